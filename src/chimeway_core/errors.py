@@ -1,0 +1,131 @@
+"""The exceptions chimeway raises.
+
+Every exception the library raises derives from :class:`ChimewayError`, so an
+application can catch chimeway's failures without catching its own. Each class
+carries, as attributes, the fields an operator needs to reproduce the case; the
+message repeats them so a log line alone is enough.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from chimeway_core.outcomes import Outcome
+    from chimeway_core.states import DeliveryStatus, Event
+
+
+class ChimewayError(Exception):
+    """The root of every exception chimeway raises."""
+
+
+class IllegalTransitionError(ChimewayError):
+    """An event was fired from a status where the state machine forbids it.
+
+    The status is left untouched: nothing was written.
+    """
+
+    def __init__(self, status: DeliveryStatus, event: Event) -> None:
+        self.status = status
+        self.event = event
+        super().__init__(
+            f"illegal transition: event {event.value!r} is not allowed from status {status.value!r}"
+        )
+
+
+class UnhandledOutcomeError(ChimewayError):
+    """A recorded attempt has a shape that no documented dispatch row covers.
+
+    Raised (never swallowed) when the catch-all of the dispatch table cannot
+    converge: the delivery is not in ``failed`` or retries remain. It is the
+    loud-failure branch of the reference worker. ``retry_at`` is set when the
+    engine has already scheduled the next attempt, so the delivery is not
+    leaked while the queue records the failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        delivery_id: UUID | None,
+        outcome: Outcome,
+        error_class: object,
+        status: DeliveryStatus,
+        attempt: int,
+        max_attempts: int,
+    ) -> None:
+        self.delivery_id = delivery_id
+        self.outcome = outcome
+        self.error_class = error_class
+        self.status = status
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        super().__init__(
+            "unhandled delivery outcome shape: "
+            f"delivery_id={delivery_id!s} outcome={outcome.value!r} "
+            f"error_class={error_class!r} status={status.value!r} "
+            f"attempt={attempt}/{max_attempts}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only __init__: teach pickle (used by multiprocessing and some
+        # queues' result backends) how to rebuild the instance.
+        return (
+            _rebuild_unhandled,
+            (
+                self.delivery_id,
+                self.outcome,
+                self.error_class,
+                self.status,
+                self.attempt,
+                self.max_attempts,
+            ),
+        )
+
+
+def _rebuild_unhandled(
+    delivery_id: UUID | None,
+    outcome: Outcome,
+    error_class: object,
+    status: DeliveryStatus,
+    attempt: int,
+    max_attempts: int,
+) -> UnhandledOutcomeError:
+    return UnhandledOutcomeError(
+        delivery_id=delivery_id,
+        outcome=outcome,
+        error_class=error_class,
+        status=status,
+        attempt=attempt,
+        max_attempts=max_attempts,
+    )
+
+
+class OutcomeUnknownError(ChimewayError):
+    """Raised by a channel when a request was sent but its result was lost.
+
+    A read timeout after the request left, or a connection dropped before the
+    response arrived: the provider may or may not have acted. chimeway
+    classifies it as outcome ``unknown``; the channel's delivery guarantee
+    decides whether it is retried with the same idempotency key.
+    """
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"outcome unknown: {detail}")
+
+
+class InvalidJobError(ChimewayError):
+    """A queue job carried arguments that are not one delivery id.
+
+    The job is rejected before anything is read or called. Only the type and a
+    short prefix of the argument are kept, since it came from outside.
+    """
+
+    def __init__(self, argument: object) -> None:
+        self.argument_type = type(argument).__name__
+        self.argument_preview = repr(argument)[:80]
+        super().__init__(
+            f"job argument is not a delivery id: {self.argument_type} {self.argument_preview}"
+        )

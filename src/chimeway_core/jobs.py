@@ -1,0 +1,96 @@
+"""The contract between the engine and a queue backend.
+
+A backend does two things (DESIGN.md, "Backends"): it enqueues a delivery id,
+now or at a time, under a job id derived from the delivery so a duplicate
+enqueue makes no second job; and it runs a worker that calls
+``Chimeway.perform(delivery_id)`` and translates the :class:`JobResult` into
+its own idiom:
+
+- ``ACK``: return normally; the job is done.
+- ``RETRY``: run the same delivery again at ``run_at`` (the engine's backoff;
+  the ledger, not the queue's retry counter, owns the attempt number).
+- ``DEFER``: a policy or ``scheduled_at`` pushed the delivery later; run it
+  again at ``run_at``. It consumed no attempt.
+
+``UnhandledOutcomeError`` raised by ``perform`` must propagate into the
+queue's failure record; the engine has already scheduled the next run when
+retries remain (``run_at`` on the exception), so the adapter only needs to
+honour it the way it honours ``RETRY``.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+import attrs
+
+from chimeway_core.errors import InvalidJobError
+
+__all__ = ["Backend", "JobKind", "JobResult", "job_id_for", "parse_delivery_id"]
+
+
+class JobKind(enum.StrEnum):
+    """What the queue does with the job that just ran."""
+
+    ACK = "ack"
+    RETRY = "retry"
+    DEFER = "defer"
+
+
+@attrs.frozen(kw_only=True)
+class JobResult:
+    """What ``perform()`` tells the backend, plus why (for logs and the demo)."""
+
+    delivery_id: UUID
+    kind: JobKind
+    run_at: datetime | None = None
+    detail: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.kind is JobKind.ACK) != (self.run_at is None):
+            raise ValueError(f"{self.kind.value} result needs run_at exactly when it is not ack")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where the engine hands delivery ids to a job queue."""
+
+    def enqueue(self, delivery_id: UUID, *, at: datetime | None = None) -> None:
+        """Queue a job for ``delivery_id``, now or not before ``at``.
+
+        Deduplicated: a pending job for the same delivery is not doubled.
+        """
+        ...
+
+    def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
+        """Queue jobs for several deliveries, due now, in as few round trips as possible."""
+        ...
+
+
+_JOB_ID_PREFIX = "chimeway-delivery-"
+
+
+def job_id_for(delivery_id: UUID) -> str:
+    """The queue job id for a delivery: stable, so brokers can dedupe on it."""
+    return f"{_JOB_ID_PREFIX}{delivery_id}"
+
+
+def parse_delivery_id(raw: object) -> UUID:
+    """Validate a job argument as a delivery id, or raise :class:`InvalidJobError`.
+
+    Only a canonical UUID string is accepted: job arguments are ids only.
+    """
+    if not isinstance(raw, str) or len(raw) != 36:
+        raise InvalidJobError(raw)
+    try:
+        parsed = uuid.UUID(raw)
+    except ValueError:
+        raise InvalidJobError(raw) from None
+    if str(parsed) != raw.lower():
+        raise InvalidJobError(raw)
+    return parsed

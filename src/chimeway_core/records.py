@@ -1,0 +1,156 @@
+"""Frozen values read from the ledger: a delivery, its attempts, its journal.
+
+These are what the store returns and what the engine, the command line and the
+testing kit pass around. They are snapshots: changing a delivery goes through
+the store, which returns a new snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from chimeway_core.outcomes import Outcome
+from chimeway_core.states import TERMINAL_STATUSES, DeliveryStatus
+
+__all__ = [
+    "Attempt",
+    "Claim",
+    "Delivery",
+    "DeliveryHistory",
+    "JournalEntry",
+    "JournalKind",
+    "NewDelivery",
+]
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """One notification to one recipient over one channel, as the ledger holds it."""
+
+    id: UUID
+    channel: str
+    recipient: str
+    payload: Any
+    notification_key: str | None
+    idempotency_key: str
+    status: DeliveryStatus
+    reason: str | None
+    attempt_count: int
+    max_attempts: int
+    scheduled_at: datetime
+    expires_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    version: int
+    deferral_count: int
+    metadata: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the status is one no event can leave."""
+        return self.status in TERMINAL_STATUSES
+
+    def is_due(self, now: datetime) -> bool:
+        """Whether ``scheduled_at`` (not before) has passed at ``now``."""
+        return self.scheduled_at <= now
+
+
+@attrs.frozen(kw_only=True)
+class Attempt:
+    """One call of a channel for a delivery.
+
+    Written before the call (``outcome is None``: in flight) and completed
+    after it. ``number`` is contiguous from 1 per delivery.
+    """
+
+    delivery_id: UUID
+    number: int
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: Outcome | None
+    error_class: str | None
+    provider_response: Mapping[str, Any] | None
+    error: str | None
+    worker: str | None
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether the attempt was started and never completed."""
+        return self.outcome is None
+
+
+class JournalKind(enum.StrEnum):
+    """What a journal entry records."""
+
+    CREATED = "created"
+    TRANSITION = "transition"
+    DEFERRED = "deferred"
+    RESCUED = "rescued"
+
+
+@attrs.frozen(kw_only=True)
+class JournalEntry:
+    """One line of a delivery's history: a status change or a policy decision."""
+
+    delivery_id: UUID
+    at: datetime
+    kind: JournalKind
+    event: str | None
+    from_status: DeliveryStatus | None
+    to_status: DeliveryStatus | None
+    reason: str | None
+    detail: Mapping[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryHistory:
+    """A delivery with every attempt and every journal entry, oldest first."""
+
+    delivery: Delivery
+    attempts: tuple[Attempt, ...]
+    journal: tuple[JournalEntry, ...]
+
+
+@attrs.frozen(kw_only=True)
+class NewDelivery:
+    """What ``notify()`` asks the store to create. Validated by the store.
+
+    ``idempotency_key=None`` means "derive one from the new delivery's id".
+    ``scheduled_at=None`` means "due now".
+    """
+
+    channel: str
+    recipient: str
+    payload: Any = None
+    notification_key: str | None = None
+    idempotency_key: str | None = None
+    max_attempts: int = 5
+    scheduled_at: datetime | None = None
+    expires_at: datetime | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """A lease on a delivery plus the write-ahead attempt taken with it.
+
+    ``delivery`` is the snapshot *after* the claim (its ``version`` is the
+    fencing token every later write of this worker must match).
+    """
+
+    delivery: Delivery
+    attempt: Attempt
+
+    @property
+    def owner(self) -> str:
+        """The worker identity holding the lease."""
+        assert self.delivery.lease_owner is not None
+        return self.delivery.lease_owner
