@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from uuid import UUID
 
     from chimeway_core.outcomes import Outcome
@@ -54,8 +55,11 @@ class UnhandledOutcomeError(ChimewayError):
         status: DeliveryStatus,
         attempt: int,
         max_attempts: int,
+        run_at: datetime | None = None,
     ) -> None:
         self.delivery_id = delivery_id
+        #: When the engine scheduled the next run (``None``: nothing scheduled).
+        self.run_at = run_at
         self.outcome = outcome
         self.error_class = error_class
         self.status = status
@@ -80,6 +84,7 @@ class UnhandledOutcomeError(ChimewayError):
                 self.status,
                 self.attempt,
                 self.max_attempts,
+                self.run_at,
             ),
         )
 
@@ -91,6 +96,7 @@ def _rebuild_unhandled(
     status: DeliveryStatus,
     attempt: int,
     max_attempts: int,
+    run_at: datetime | None,
 ) -> UnhandledOutcomeError:
     return UnhandledOutcomeError(
         delivery_id=delivery_id,
@@ -99,6 +105,7 @@ def _rebuild_unhandled(
         status=status,
         attempt=attempt,
         max_attempts=max_attempts,
+        run_at=run_at,
     )
 
 

@@ -31,7 +31,7 @@ import attrs
 
 from chimeway_core.errors import InvalidJobError
 
-__all__ = ["Backend", "JobKind", "JobResult", "job_id_for", "parse_delivery_id"]
+__all__ = ["Backend", "JobKind", "JobResult", "Performer", "job_id_for", "parse_delivery_id"]
 
 
 class JobKind(enum.StrEnum):
@@ -69,6 +69,15 @@ class Backend(Protocol):
 
     def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
         """Queue jobs for several deliveries, due now, in as few round trips as possible."""
+        ...
+
+
+@runtime_checkable
+class Performer(Protocol):
+    """What a backend's worker calls: the engine's one entry point."""
+
+    def perform(self, delivery_id: UUID) -> JobResult:
+        """Run one job for ``delivery_id``; may raise ``UnhandledOutcomeError``."""
         ...
 
 
