@@ -136,3 +136,34 @@ class InvalidJobError(ChimewayError):
         super().__init__(
             f"job argument is not a delivery id: {self.argument_type} {self.argument_preview}"
         )
+
+
+class MissingExtraError(ChimewayError, ImportError):
+    """An optional feature was used without the extra that installs its dependency.
+
+    ``extra`` is the name of the chimeway extra; the message gives the exact
+    install command, so the log line alone says how to fix it.
+    """
+
+    def __init__(self, extra: str, *, feature: str | None = None) -> None:
+        self.extra = extra
+        self.feature = feature
+        what = feature or f"the {extra!r} feature"
+        super().__init__(f'{what} needs an optional dependency: pip install "chimeway[{extra}]"')
+
+
+class UnsafeDestinationError(ChimewayError):
+    """A network destination resolved to an address chimeway refuses to connect to.
+
+    Raised before any connection is made. ``host`` is the name that was
+    resolved and ``address`` the refused IP; ``category`` says why (for
+    example ``"private"`` or ``"cloud-metadata"``). The message names the
+    address and the category but not the host, because a host may be derived
+    from a recipient (a webhook URL is often the recipient itself).
+    """
+
+    def __init__(self, host: str, address: str, category: str) -> None:
+        self.host = host
+        self.address = address
+        self.category = category
+        super().__init__(f"refused destination: address {address} is {category}")
