@@ -138,20 +138,6 @@ class InvalidJobError(ChimewayError):
         )
 
 
-class MissingExtraError(ChimewayError, ImportError):
-    """An optional feature was used without the extra that installs its dependency.
-
-    ``extra`` is the name of the chimeway extra; the message gives the exact
-    install command, so the log line alone says how to fix it.
-    """
-
-    def __init__(self, extra: str, *, feature: str | None = None) -> None:
-        self.extra = extra
-        self.feature = feature
-        what = feature or f"the {extra!r} feature"
-        super().__init__(f'{what} needs an optional dependency: pip install "chimeway[{extra}]"')
-
-
 class UnsafeDestinationError(ChimewayError):
     """A network destination resolved to an address chimeway refuses to connect to.
 
@@ -167,3 +153,94 @@ class UnsafeDestinationError(ChimewayError):
         self.address = address
         self.category = category
         super().__init__(f"refused destination: address {address} is {category}")
+
+
+class InvalidDeliveryError(ChimewayError, ValueError):
+    """A value handed to the delivery ledger was refused before anything was written.
+
+    ``field`` names the offending argument (``"payload"``, ``"payload.items[3]"``,
+    ``"recipient"``, ``"now"`` ...) and ``problem`` says what is wrong with it.
+    The value itself is never repeated: it may be a recipient address or a secret.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"invalid delivery: {field}: {problem}")
+
+
+class PayloadTooLargeError(InvalidDeliveryError):
+    """A payload or metadata mapping serializes to more JSON bytes than the store allows."""
+
+    def __init__(self, field: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(field, f"serializes to {size} bytes of JSON, over the limit of {limit}")
+
+
+class PayloadNotSerializableError(InvalidDeliveryError):
+    """A payload or metadata mapping holds a value JSON cannot represent exactly."""
+
+
+class DeliveryNotFoundError(ChimewayError, LookupError):
+    """No delivery with this id exists in the ledger."""
+
+    def __init__(self, delivery_id: UUID) -> None:
+        self.delivery_id = delivery_id
+        super().__init__(f"no delivery with id {delivery_id!s}")
+
+
+class LeaseLostError(ChimewayError):
+    """A fenced write was rejected: the delivery moved on since this worker read it.
+
+    The write matched ``id``, ``version == expected_version`` and (for a worker)
+    ``lease_owner == owner``, and matched nothing: the lease expired and was
+    taken over, the delivery was cancelled, or a rescuer resolved the attempt.
+    Nothing was written. ``owner`` is ``None`` for writes that hold no lease.
+    """
+
+    def __init__(self, delivery_id: UUID, owner: str | None, expected_version: int) -> None:
+        self.delivery_id = delivery_id
+        self.owner = owner
+        self.expected_version = expected_version
+        super().__init__(
+            f"fenced write rejected for delivery {delivery_id!s}: "
+            f"owner={owner!r} expected_version={expected_version} no longer hold"
+        )
+
+
+class StaleDeliveryError(LeaseLostError):
+    """A compare-and-set on ``version`` failed for a write that holds no lease.
+
+    Raised by ``exhaust``, ``suppress`` and ``defer`` when ``version`` moved
+    since the caller read it (``actual_version`` is what the row holds now, or
+    ``None`` if it could not be read). A :class:`LeaseLostError`, so one
+    ``except`` covers every fencing rejection. Nothing was written.
+    """
+
+    def __init__(
+        self, delivery_id: UUID, expected_version: int, actual_version: int | None
+    ) -> None:
+        self.actual_version = actual_version
+        super().__init__(delivery_id, None, expected_version)
+        self.args = (
+            f"stale write rejected for delivery {delivery_id!s}: "
+            f"expected_version={expected_version} actual_version={actual_version}",
+        )
+
+
+class DeliveryTerminalError(ChimewayError):
+    """An operation that only applies to a live delivery met a terminal one.
+
+    Raised by ``defer`` (a deferral is a policy decision, not a state-machine
+    event, so this is its counterpart of ``IllegalTransitionError``). Nothing
+    was written.
+    """
+
+    def __init__(self, delivery_id: UUID, status: DeliveryStatus, operation: str) -> None:
+        self.delivery_id = delivery_id
+        self.status = status
+        self.operation = operation
+        super().__init__(
+            f"cannot {operation} delivery {delivery_id!s}: it is terminal ({status.value!r})"
+        )

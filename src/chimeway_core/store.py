@@ -1,0 +1,1133 @@
+"""The delivery ledger on SQLAlchemy: :class:`SQLStore`.
+
+Theory of operation
+-------------------
+The database decides. Every operation of :class:`SQLStore` is one short
+transaction that either writes everything it promises or nothing:
+
+- **State machine first.** Every status change is computed with
+  :func:`chimeway_core.states.apply_event` from the status the row holds; an
+  illegal event raises :class:`~chimeway_core.errors.IllegalTransitionError`
+  before anything is written.
+- **Compare-and-set second.** Every write is ``UPDATE ... WHERE id = :id AND
+  version = :expected`` (plus ``lease_owner = :owner`` for a worker) and bumps
+  ``version`` and ``updated_at``. A write that matches nothing rolls back the
+  whole transaction and raises :class:`~chimeway_core.errors.LeaseLostError`
+  (or its subclass :class:`~chimeway_core.errors.StaleDeliveryError`): two
+  workers racing on one delivery can never produce an illegal transition or a
+  lost update.
+- **Claims are one conditional UPDATE.** :meth:`SQLStore.claim` takes the lease
+  only if the delivery is live, due, not leased (or its lease expired), below
+  ``max_attempts`` and has no in-flight attempt, and writes the attempt row in
+  the same transaction. Of N concurrent claimers exactly one wins.
+- **Attempts are write-ahead.** The attempt row exists before the channel is
+  called; :meth:`SQLStore.record_attempt` completes it and applies the
+  transition in one transaction, fenced on the claim's version and owner.
+- **Transactional enqueue.** :meth:`SQLStore.create` writes the delivery, its
+  journal entry and an outbox row together, optionally inside the caller's
+  :class:`~sqlalchemy.orm.Session`; :meth:`SQLStore.relay_outbox` hands
+  committed outbox rows to the queue and deletes them in one transaction.
+
+SQLite is supported as the embedded default: file databases get WAL, a busy
+timeout and foreign keys on connect, and write transactions start with
+``BEGIN IMMEDIATE`` so writers queue for the lock instead of failing with
+"database is locked". Values are validated before any write: bad input raises
+a specific :class:`~chimeway_core.errors.InvalidDeliveryError` and writes
+nothing. The store never reads the wall clock: every writing method takes
+``now``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+import attrs
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Row,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from chimeway_core.errors import (
+    DeliveryNotFoundError,
+    DeliveryTerminalError,
+    InvalidDeliveryError,
+    LeaseLostError,
+    PayloadNotSerializableError,
+    PayloadTooLargeError,
+    StaleDeliveryError,
+)
+from chimeway_core.outcomes import Classification, Outcome
+from chimeway_core.records import (
+    Attempt,
+    Claim,
+    Delivery,
+    DeliveryHistory,
+    JournalEntry,
+    JournalKind,
+    NewDelivery,
+)
+from chimeway_core.schema import (
+    CHANNEL_LENGTH,
+    ERROR_CLASS_LENGTH,
+    KEY_LENGTH,
+    OWNER_LENGTH,
+    REASON_LENGTH,
+    RECIPIENT_LENGTH,
+    AttemptRow,
+    DeliveryRow,
+    JournalRow,
+    OutboxRow,
+    metadata,
+)
+from chimeway_core.states import TERMINAL_STATUSES, DeliveryStatus, Event, apply_event
+
+__all__ = ["Created", "OutboxItem", "SQLStore"]
+
+_DELIVERIES: Final = metadata.tables[DeliveryRow.__tablename__]
+_ATTEMPTS: Final = metadata.tables[AttemptRow.__tablename__]
+_JOURNAL: Final = metadata.tables[JournalRow.__tablename__]
+_OUTBOX: Final = metadata.tables[OutboxRow.__tablename__]
+_D: Final = _DELIVERIES.c
+_A: Final = _ATTEMPTS.c
+_J: Final = _JOURNAL.c
+_O: Final = _OUTBOX.c
+
+_LIVE: Final = (DeliveryStatus.READY.value, DeliveryStatus.FAILED.value)
+_SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+_WRITE_OPTION: Final = "chimeway_write"
+# Rows per statement for lookups by key: well under SQLite's variable limit.
+_CHUNK: Final = 500
+# How often cancel() re-reads and retries when a concurrent write moved version.
+_CANCEL_TRIES: Final = 10
+
+
+@attrs.frozen
+class Created:
+    """What :meth:`SQLStore.create` returns.
+
+    ``created`` is ``False`` when a delivery with the same
+    ``(channel, idempotency_key)`` already existed: ``delivery`` is that one.
+    """
+
+    delivery: Delivery
+    created: bool
+
+
+@attrs.frozen
+class OutboxItem:
+    """A committed delivery waiting to be handed to the queue, due at ``run_at``."""
+
+    delivery_id: UUID
+    run_at: datetime
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module so that SQLAlchemy's
+    # "begin" event (below) decides between BEGIN and BEGIN IMMEDIATE.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # A write transaction takes the write lock up front: concurrent writers
+    # then wait (busy_timeout) instead of failing on lock upgrade.
+    if conn.get_execution_options().get(_WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    if not event.contains(engine, "connect", _sqlite_on_connect):
+        event.listen(engine, "connect", _sqlite_on_connect)
+    if not event.contains(engine, "begin", _sqlite_on_begin):
+        event.listen(engine, "begin", _sqlite_on_begin)
+
+
+# ----------------------------------------------------------------------- validation
+
+
+def _aware(value: object, field: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise InvalidDeliveryError(field, f"must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidDeliveryError(field, "must be a timezone-aware datetime, got a naive one")
+    return value
+
+
+def _check_text(value: object, field: str, *, max_length: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise InvalidDeliveryError(field, f"must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidDeliveryError(field, "must not be empty")
+    if len(value) > max_length:
+        raise InvalidDeliveryError(field, f"is {len(value)} characters, over {max_length}")
+    _check_encodable(value, field)
+
+
+def _check_encodable(value: str, field: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidDeliveryError(
+            field, "is not valid UTF-8 (it contains a lone surrogate)"
+        ) from None
+    if "\x00" in value:
+        # PostgreSQL text and JSON cannot hold NUL; refuse it on every database
+        # so a delivery accepted by SQLite in tests is accepted in production.
+        raise InvalidDeliveryError(field, "contains a NUL character, which cannot be stored")
+
+
+def _json_value(value: object, field: str) -> Any:
+    """Return a plain-JSON copy of ``value`` (tuples become lists), or raise."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        _check_encodable(value, field)
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PayloadNotSerializableError(field, f"{value!r} is not a JSON number")
+        return value
+    if isinstance(value, Mapping):
+        copy: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise PayloadNotSerializableError(
+                    field, f"has a {type(key).__name__} key; JSON object keys are strings"
+                )
+            _check_encodable(key, f"{field} key")
+            copy[key] = _json_value(item, f"{field}[{key!r}]")
+        return copy
+    if isinstance(value, list | tuple):
+        return [_json_value(item, f"{field}[{index}]") for index, item in enumerate(value)]
+    raise PayloadNotSerializableError(field, f"holds a {type(value).__name__}, not a JSON value")
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def _clean_text(text: str) -> str:
+    """Make text storable: replace lone surrogates and NUL (never reject)."""
+    cleaned = text.encode("utf-8", "replace").decode("utf-8")
+    return cleaned.replace("\x00", "\ufffd")
+
+
+def _sanitize(value: object) -> Any:
+    """Best-effort plain-JSON copy for provider responses: never raises."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, Mapping):
+        return {_clean_text(str(key)): _sanitize(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sanitize(item) for item in value]
+    return f"<{type(value).__qualname__}>"
+
+
+def _truncate(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    text = _clean_text(text)
+    if len(text) <= limit:
+        return text
+    marker = f"... [truncated {len(text) - limit} chars]"
+    return text[: max(limit - len(marker), 0)] + marker
+
+
+# -------------------------------------------------------------------- conversion
+
+
+def _delivery(row: Row[Any]) -> Delivery:
+    m = row._mapping
+    return Delivery(
+        id=m[_D.id],
+        channel=m[_D.channel],
+        recipient=m[_D.recipient],
+        payload=m[_D.payload],
+        notification_key=m[_D.notification_key],
+        idempotency_key=m[_D.idempotency_key],
+        status=DeliveryStatus(m[_D.status]),
+        reason=m[_D.reason],
+        attempt_count=m[_D.attempt_count],
+        max_attempts=m[_D.max_attempts],
+        scheduled_at=m[_D.scheduled_at],
+        expires_at=m[_D.expires_at],
+        lease_owner=m[_D.lease_owner],
+        lease_expires_at=m[_D.lease_expires_at],
+        version=m[_D.version],
+        deferral_count=m[_D.deferral_count],
+        metadata=m[_D["metadata"]],
+        created_at=m[_D.created_at],
+        updated_at=m[_D.updated_at],
+    )
+
+
+def _delivery_from_values(values: Mapping[str, Any]) -> Delivery:
+    return Delivery(
+        id=values["id"],
+        channel=values["channel"],
+        recipient=values["recipient"],
+        payload=values["payload"],
+        notification_key=values["notification_key"],
+        idempotency_key=values["idempotency_key"],
+        status=DeliveryStatus(values["status"]),
+        reason=values["reason"],
+        attempt_count=values["attempt_count"],
+        max_attempts=values["max_attempts"],
+        scheduled_at=values["scheduled_at"],
+        expires_at=values["expires_at"],
+        lease_owner=None,
+        lease_expires_at=None,
+        version=values["version"],
+        deferral_count=values["deferral_count"],
+        metadata=values["metadata"],
+        created_at=values["created_at"],
+        updated_at=values["updated_at"],
+    )
+
+
+def _attempt(row: Row[Any]) -> Attempt:
+    m = row._mapping
+    outcome = m[_A.outcome]
+    return Attempt(
+        delivery_id=m[_A.delivery_id],
+        number=m[_A.number],
+        started_at=m[_A.started_at],
+        finished_at=m[_A.finished_at],
+        outcome=Outcome(outcome) if outcome is not None else None,
+        error_class=m[_A.error_class],
+        provider_response=m[_A.provider_response],
+        error=m[_A.error],
+        worker=m[_A.worker],
+    )
+
+
+def _journal_entry(row: Row[Any]) -> JournalEntry:
+    m = row._mapping
+    from_status, to_status = m[_J.from_status], m[_J.to_status]
+    return JournalEntry(
+        delivery_id=m[_J.delivery_id],
+        at=m[_J.at],
+        kind=JournalKind(m[_J.kind]),
+        event=m[_J.event],
+        from_status=DeliveryStatus(from_status) if from_status is not None else None,
+        to_status=DeliveryStatus(to_status) if to_status is not None else None,
+        reason=m[_J.reason],
+        detail=m[_J.detail],
+    )
+
+
+def _journal_values(
+    delivery_id: UUID,
+    at: datetime,
+    kind: JournalKind,
+    *,
+    event: Event | None = None,
+    from_status: DeliveryStatus | None = None,
+    to_status: DeliveryStatus | None = None,
+    reason: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery_id,
+        "at": at,
+        "kind": kind.value,
+        "event": event.value if event is not None else None,
+        "from_status": from_status.value if from_status is not None else None,
+        "to_status": to_status.value if to_status is not None else None,
+        "reason": reason,
+        "detail": dict(detail or {}),
+    }
+
+
+def _no_attempt_in_flight() -> ColumnElement[bool]:
+    return ~exists().where(_A.delivery_id == _D.id, _A.outcome.is_(None))
+
+
+def _in_chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -------------------------------------------------------------------------- store
+
+
+class SQLStore:
+    """The delivery ledger on a SQLAlchemy engine (PostgreSQL or SQLite).
+
+    ``url_or_engine`` is a database URL or an :class:`~sqlalchemy.Engine`. For
+    SQLite, connections get WAL, a 30 s busy timeout and foreign keys, and
+    write transactions use ``BEGIN IMMEDIATE`` (listeners are added to a
+    given engine too). ``max_payload_bytes`` bounds the serialized JSON of a
+    payload (and of metadata); ``max_response_bytes`` and ``max_error_chars``
+    cap what an attempt records (capped, never rejected).
+    """
+
+    engine: Engine
+
+    def __init__(
+        self,
+        url_or_engine: str | Engine,
+        *,
+        max_payload_bytes: int = 256 * 1024,
+        max_response_bytes: int = 16 * 1024,
+        max_error_chars: int = 2000,
+    ) -> None:
+        self.engine = (
+            create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        )
+        if self.engine.dialect.name == "sqlite":
+            _configure_sqlite(self.engine)
+        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self.max_payload_bytes = max_payload_bytes
+        self.max_response_bytes = max_response_bytes
+        self.max_error_chars = max_error_chars
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    # ----------------------------------------------------------------- plumbing
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def create_all(self) -> None:
+        """Create chimeway's tables if missing (tests, demo); production uses migrations."""
+        metadata.create_all(self.engine)
+
+    def drop_all(self) -> None:
+        """Drop chimeway's tables and everything in them."""
+        metadata.drop_all(self.engine)
+
+    # ----------------------------------------------------------------- creating
+
+    def _row_for(
+        self, spec: NewDelivery, now: datetime, suppress_reason: str | None, index: int
+    ) -> dict[str, Any]:
+        where = f"specs[{index}]." if index >= 0 else ""
+        if not isinstance(spec, NewDelivery):
+            raise InvalidDeliveryError(
+                where.rstrip(".") or "spec", f"must be a NewDelivery, not {type(spec).__name__}"
+            )
+        _check_text(spec.channel, f"{where}channel", max_length=CHANNEL_LENGTH)
+        _check_text(spec.recipient, f"{where}recipient", max_length=RECIPIENT_LENGTH)
+        _check_text(
+            spec.notification_key, f"{where}notification_key", max_length=KEY_LENGTH, optional=True
+        )
+        _check_text(
+            spec.idempotency_key, f"{where}idempotency_key", max_length=KEY_LENGTH, optional=True
+        )
+        _check_text(suppress_reason, "suppress_reason", max_length=REASON_LENGTH, optional=True)
+        if not isinstance(spec.max_attempts, int) or isinstance(spec.max_attempts, bool):
+            raise InvalidDeliveryError(f"{where}max_attempts", "must be an int")
+        if spec.max_attempts < 1:
+            raise InvalidDeliveryError(
+                f"{where}max_attempts", f"must be at least 1, got {spec.max_attempts}"
+            )
+        scheduled_at = (
+            now if spec.scheduled_at is None else _aware(spec.scheduled_at, f"{where}scheduled_at")
+        )
+        expires_at = (
+            None if spec.expires_at is None else _aware(spec.expires_at, f"{where}expires_at")
+        )
+        payload = _json_value(spec.payload, f"{where}payload")
+        size = _json_size(payload)
+        if size > self.max_payload_bytes:
+            raise PayloadTooLargeError(f"{where}payload", size, self.max_payload_bytes)
+        meta = _json_value(spec.metadata, f"{where}metadata")
+        if not isinstance(meta, dict):
+            raise PayloadNotSerializableError(f"{where}metadata", "must be a mapping")
+        size = _json_size(meta)
+        if size > self.max_payload_bytes:
+            raise PayloadTooLargeError(f"{where}metadata", size, self.max_payload_bytes)
+        delivery_id = uuid.uuid4()
+        status = DeliveryStatus.READY
+        if suppress_reason is not None:
+            status = apply_event(DeliveryStatus.READY, Event.SUPPRESS).dest
+        return {
+            "id": delivery_id,
+            "channel": spec.channel,
+            "recipient": spec.recipient,
+            "payload": payload,
+            "notification_key": spec.notification_key,
+            "idempotency_key": spec.idempotency_key or str(delivery_id),
+            "status": status.value,
+            "reason": suppress_reason,
+            "attempt_count": 0,
+            "max_attempts": spec.max_attempts,
+            "scheduled_at": scheduled_at,
+            "expires_at": expires_at,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "version": 1,
+            "deferral_count": 0,
+            "metadata": meta,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def create(
+        self,
+        spec: NewDelivery,
+        *,
+        now: datetime,
+        session: Session | None = None,
+        suppress_reason: str | None = None,
+    ) -> Created:
+        """Create one delivery with its ``created`` journal entry and its outbox row.
+
+        Idempotent on ``(channel, idempotency_key)``: a repeat (even a
+        concurrent one) returns the existing delivery with ``created=False``
+        and writes nothing. ``idempotency_key=None`` becomes ``str(id)``.
+        With ``suppress_reason`` the delivery is born ``suppressed`` (the
+        journal records the ``suppress`` transition) and gets no outbox row.
+        With ``session`` everything goes through the caller's transaction
+        (flushed, never committed): rolling it back leaves nothing.
+        Invalid input raises :class:`InvalidDeliveryError` and writes nothing.
+        """
+        return self.create_many(
+            [spec],
+            now=now,
+            session=session,
+            suppress_reasons=None if suppress_reason is None else [suppress_reason],
+        )[0]
+
+    def create_many(
+        self,
+        specs: Sequence[NewDelivery],
+        *,
+        now: datetime,
+        session: Session | None = None,
+        suppress_reasons: Sequence[str | None] | None = None,
+    ) -> list[Created]:
+        """Create many deliveries in a handful of statements; results in ``specs`` order.
+
+        Same guarantees as :meth:`create`, per spec. All specs are validated
+        before anything is written: one invalid spec writes none. A key
+        repeated inside ``specs`` creates one delivery; later repeats get it
+        back with ``created=False``.
+        """
+        now = _aware(now, "now")
+        if suppress_reasons is not None and len(suppress_reasons) != len(specs):
+            raise InvalidDeliveryError(
+                "suppress_reasons",
+                f"has {len(suppress_reasons)} entries for {len(specs)} specs",
+            )
+        reasons: Sequence[str | None] = suppress_reasons or [None] * len(specs)
+        single = len(specs) == 1
+        rows = [
+            self._row_for(spec, now, reason, -1 if single else index)
+            for index, (spec, reason) in enumerate(zip(specs, reasons, strict=True))
+        ]
+        if not rows:
+            return []
+        if session is not None:
+            return self._insert_deliveries(session.connection(), rows, now)
+        with self._write() as conn:
+            return self._insert_deliveries(conn, rows, now)
+
+    def _insert_deliveries(
+        self, conn: Connection, rows: list[dict[str, Any]], now: datetime
+    ) -> list[Created]:
+        # Insert in key order so concurrent batches lock keys in one order
+        # (no deadlock on PostgreSQL); conflicts are skipped, not raised, so a
+        # caller's transaction is never aborted by a duplicate.
+        ordered = sorted(rows, key=lambda row: (row["channel"], row["idempotency_key"]))
+        statement = _insert_ignoring_conflicts(conn).returning(_D.id)
+        inserted: set[UUID] = set()
+        for chunk in _in_chunks(ordered, 1000):
+            inserted.update(conn.execute(statement, list(chunk)).scalars())
+        journal: list[dict[str, Any]] = []
+        outbox: list[dict[str, Any]] = []
+        for row in ordered:
+            if row["id"] not in inserted:
+                continue
+            journal.append(
+                _journal_values(row["id"], now, JournalKind.CREATED, to_status=DeliveryStatus.READY)
+            )
+            if row["reason"] is None:
+                outbox.append({"delivery_id": row["id"], "run_at": row["scheduled_at"]})
+                outbox[-1]["created_at"] = now
+            else:
+                journal.append(
+                    _journal_values(
+                        row["id"],
+                        now,
+                        JournalKind.TRANSITION,
+                        event=Event.SUPPRESS,
+                        from_status=DeliveryStatus.READY,
+                        to_status=DeliveryStatus.SUPPRESSED,
+                        reason=row["reason"],
+                    )
+                )
+        if journal:
+            conn.execute(_JOURNAL.insert(), journal)
+        if outbox:
+            conn.execute(_OUTBOX.insert(), outbox)
+        existing: dict[tuple[str, str], Delivery] = {}
+        missing = sorted(
+            {(row["channel"], row["idempotency_key"]) for row in rows if row["id"] not in inserted}
+        )
+        for chunk in _in_chunks(missing):
+            query = select(_DELIVERIES).where(
+                tuple_(_D.channel, _D.idempotency_key).in_(list(chunk))
+            )
+            for found in conn.execute(query):
+                delivery = _delivery(found)
+                existing[delivery.channel, delivery.idempotency_key] = delivery
+        results: list[Created] = []
+        for row in rows:
+            if row["id"] in inserted:
+                results.append(Created(_delivery_from_values(row), created=True))
+            else:
+                results.append(
+                    Created(existing[row["channel"], row["idempotency_key"]], created=False)
+                )
+        return results
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, delivery_id: UUID) -> Delivery | None:
+        """The delivery with this id, or ``None``."""
+        with self._read() as conn:
+            row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
+        return _delivery(row) if row is not None else None
+
+    def history(self, delivery_id: UUID) -> DeliveryHistory | None:
+        """The delivery with all its attempts and journal entries, oldest first; or ``None``.
+
+        Read in one transaction, so the three parts are consistent on
+        PostgreSQL and SQLite alike.
+        """
+        with self._read() as conn:
+            row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
+            if row is None:
+                return None
+            attempts = conn.execute(
+                select(_ATTEMPTS).where(_A.delivery_id == delivery_id).order_by(_A.number)
+            ).all()
+            journal = conn.execute(
+                select(_JOURNAL).where(_J.delivery_id == delivery_id).order_by(_J.id)
+            ).all()
+        return DeliveryHistory(
+            delivery=_delivery(row),
+            attempts=tuple(_attempt(a) for a in attempts),
+            journal=tuple(_journal_entry(j) for j in journal),
+        )
+
+    # --------------------------------------------------------------- claiming
+
+    def claim(
+        self, delivery_id: UUID, *, owner: str, lease_seconds: float, now: datetime
+    ) -> Claim | None:
+        """Take the lease and write the in-flight attempt, or return ``None``.
+
+        One transaction: a conditional UPDATE that succeeds only if the
+        delivery is ``ready``/``failed``, due (``scheduled_at <= now``), not
+        leased or its lease expired, below ``max_attempts`` and with no
+        attempt in flight; it sets the lease, bumps ``attempt_count`` and
+        ``version``; then the attempt row (number = new ``attempt_count``) is
+        inserted. Of N concurrent claimers exactly one gets a :class:`Claim`.
+        """
+        now = _aware(now, "now")
+        _check_text(owner, "owner", max_length=OWNER_LENGTH)
+        if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+            raise InvalidDeliveryError("lease_seconds", f"must be > 0, got {lease_seconds!r}")
+        statement = (
+            update(_DELIVERIES)
+            .where(
+                _D.id == delivery_id,
+                _D.status.in_(_LIVE),
+                _D.scheduled_at <= now,
+                or_(_D.lease_owner.is_(None), _D.lease_expires_at <= now),
+                _D.attempt_count < _D.max_attempts,
+                _no_attempt_in_flight(),
+            )
+            .values(
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempt_count=_D.attempt_count + 1,
+                version=_D.version + 1,
+                updated_at=now,
+            )
+            .returning(*_DELIVERIES.c)
+        )
+        with self._write() as conn:
+            row = conn.execute(statement).first()
+            if row is None:
+                return None
+            delivery = _delivery(row)
+            attempt = Attempt(
+                delivery_id=delivery.id,
+                number=delivery.attempt_count,
+                started_at=now,
+                finished_at=None,
+                outcome=None,
+                error_class=None,
+                provider_response=None,
+                error=None,
+                worker=owner,
+            )
+            conn.execute(
+                _ATTEMPTS.insert().values(
+                    delivery_id=attempt.delivery_id,
+                    number=attempt.number,
+                    started_at=now,
+                    worker=owner,
+                )
+            )
+        return Claim(delivery=delivery, attempt=attempt)
+
+    def record_attempt(
+        self,
+        claim: Claim,
+        classification: Classification,
+        *,
+        event: Event,
+        now: datetime,
+        reason: str | None = None,
+        next_run_at: datetime | None = None,
+    ) -> Delivery:
+        """Complete the claim's attempt and apply ``event``, in one fenced transaction.
+
+        The attempt row gets ``finished_at``, outcome, error class, the
+        provider response (replaced by ``{"truncated": True, "original_bytes":
+        n}`` over ``max_response_bytes``) and the error (truncated to
+        ``max_error_chars``). The delivery takes the transition ``event``
+        makes from the claimed status (its reason is the transition's fixed
+        one, else ``reason``), the lease is cleared and ``scheduled_at`` set to
+        ``next_run_at`` if given; the journal records the transition.
+
+        Fenced on ``version == claim.delivery.version`` and ``lease_owner ==
+        claim.owner``: if the lease was taken over, the delivery cancelled or
+        the attempt resolved by a rescuer, everything rolls back and
+        :class:`LeaseLostError` is raised. An illegal ``event`` raises
+        :class:`IllegalTransitionError` before anything is written.
+        """
+        now = _aware(now, "now")
+        if next_run_at is not None:
+            _aware(next_run_at, "next_run_at")
+        _check_text(reason, "reason", max_length=REASON_LENGTH, optional=True)
+        before = claim.delivery
+        transition = apply_event(before.status, event)
+        new_reason = transition.reason.value if transition.reason is not None else reason
+        response = _sanitize(classification.provider_response)
+        size = _json_size(response)
+        if size > self.max_response_bytes:
+            response = {"truncated": True, "original_bytes": size}
+        error_class = classification.error_class
+        attempt_values = {
+            "finished_at": now,
+            "outcome": Outcome(classification.outcome).value,
+            "error_class": _truncate(str(error_class), ERROR_CLASS_LENGTH)
+            if error_class is not None
+            else None,
+            "provider_response": response,
+            "error": _truncate(classification.error, self.max_error_chars),
+        }
+        delivery_values: dict[str, Any] = {
+            "status": transition.dest.value,
+            "reason": new_reason,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "version": _D.version + 1,
+            "updated_at": now,
+        }
+        if next_run_at is not None:
+            delivery_values["scheduled_at"] = next_run_at
+        lost = LeaseLostError(before.id, claim.owner, before.version)
+        with self._write() as conn:
+            # The attempt first: if the fenced delivery write below matches
+            # nothing, raising rolls this back too.
+            completed = conn.execute(
+                update(_ATTEMPTS)
+                .where(
+                    _A.delivery_id == before.id,
+                    _A.number == claim.attempt.number,
+                    _A.outcome.is_(None),
+                )
+                .values(attempt_values)
+            )
+            if completed.rowcount != 1:
+                raise lost
+            row = conn.execute(
+                update(_DELIVERIES)
+                .where(
+                    _D.id == before.id,
+                    _D.version == before.version,
+                    _D.status == before.status.value,
+                    _D.lease_owner == claim.owner,
+                )
+                .values(delivery_values)
+                .returning(*_DELIVERIES.c)
+            ).first()
+            if row is None:
+                raise lost
+            conn.execute(
+                _JOURNAL.insert().values(
+                    _journal_values(
+                        before.id,
+                        now,
+                        JournalKind.TRANSITION,
+                        event=event,
+                        from_status=before.status,
+                        to_status=transition.dest,
+                        reason=new_reason,
+                        detail={
+                            "attempt": claim.attempt.number,
+                            "outcome": attempt_values["outcome"],
+                            "error_class": attempt_values["error_class"],
+                        },
+                    )
+                )
+            )
+        return _delivery(row)
+
+    # ------------------------------------------------------ transitions by id
+
+    def _transition(
+        self,
+        delivery_id: UUID,
+        event: Event,
+        *,
+        reason: str | None,
+        expected_version: int | None,
+        now: datetime,
+    ) -> Delivery:
+        now = _aware(now, "now")
+        with self._write() as conn:
+            row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
+            if row is None:
+                raise DeliveryNotFoundError(delivery_id)
+            current = _delivery(row)
+            if expected_version is not None and current.version != expected_version:
+                raise StaleDeliveryError(delivery_id, expected_version, current.version)
+            transition = apply_event(current.status, event)
+            new_reason = transition.reason.value if transition.reason is not None else reason
+            values: dict[str, Any] = {
+                "status": transition.dest.value,
+                "reason": new_reason,
+                "version": _D.version + 1,
+                "updated_at": now,
+            }
+            if transition.dest in TERMINAL_STATUSES:
+                values.update(lease_owner=None, lease_expires_at=None)
+            updated = conn.execute(
+                update(_DELIVERIES)
+                .where(
+                    _D.id == delivery_id,
+                    _D.version == current.version,
+                    _D.status == current.status.value,
+                )
+                .values(values)
+                .returning(*_DELIVERIES.c)
+            ).first()
+            if updated is None:
+                raise StaleDeliveryError(delivery_id, current.version, None)
+            conn.execute(
+                _JOURNAL.insert().values(
+                    _journal_values(
+                        delivery_id,
+                        now,
+                        JournalKind.TRANSITION,
+                        event=event,
+                        from_status=current.status,
+                        to_status=transition.dest,
+                        reason=new_reason,
+                    )
+                )
+            )
+            if transition.dest in TERMINAL_STATUSES:
+                conn.execute(delete(_OUTBOX).where(_O.delivery_id == delivery_id))
+        return _delivery(updated)
+
+    def exhaust(self, delivery_id: UUID, *, expected_version: int, now: datetime) -> Delivery:
+        """Move a ``failed`` delivery to ``cancelled`` / ``retries_exhausted``.
+
+        Compare-and-set on ``expected_version`` (:class:`StaleDeliveryError`
+        if it moved); :class:`IllegalTransitionError` from any other status;
+        :class:`DeliveryNotFoundError` for an unknown id.
+        """
+        return self._transition(
+            delivery_id, Event.EXHAUST, reason=None, expected_version=expected_version, now=now
+        )
+
+    def suppress(
+        self, delivery_id: UUID, reason: str, *, expected_version: int | None, now: datetime
+    ) -> Delivery:
+        """Move a live delivery to ``suppressed`` with the policy's ``reason``.
+
+        With ``expected_version`` it is a compare-and-set
+        (:class:`StaleDeliveryError` if the version moved); without, it
+        applies to whatever version it reads (still fenced against a write
+        racing it). Terminal deliveries raise :class:`IllegalTransitionError`.
+        """
+        _check_text(reason, "reason", max_length=REASON_LENGTH)
+        return self._transition(
+            delivery_id, Event.SUPPRESS, reason=reason, expected_version=expected_version, now=now
+        )
+
+    def cancel(self, delivery_id: UUID, *, now: datetime) -> Delivery:
+        """Cancel a live delivery (reason ``cancelled``), even while it is leased.
+
+        Bumping ``version`` fences the leased worker off: its
+        ``record_attempt`` raises :class:`LeaseLostError`. A racing write
+        makes cancel re-read and try again. Terminal deliveries raise
+        :class:`IllegalTransitionError`; unknown ids
+        :class:`DeliveryNotFoundError`.
+        """
+        for _ in range(_CANCEL_TRIES - 1):
+            try:
+                return self._transition(
+                    delivery_id, Event.CANCEL, reason=None, expected_version=None, now=now
+                )
+            except StaleDeliveryError:
+                continue
+        return self._transition(
+            delivery_id, Event.CANCEL, reason=None, expected_version=None, now=now
+        )
+
+    def defer(
+        self,
+        delivery_id: UUID,
+        until: datetime,
+        reason: str,
+        *,
+        expected_version: int | None,
+        now: datetime,
+    ) -> Delivery:
+        """Push a live delivery to ``until`` for ``reason`` (a policy decision).
+
+        Sets ``scheduled_at`` and ``reason``, bumps ``deferral_count`` and
+        ``version`` and journals a ``deferred`` entry; never touches the status
+        or ``attempt_count``. Compare-and-set like :meth:`suppress`; a terminal
+        delivery raises :class:`DeliveryTerminalError`.
+        """
+        now = _aware(now, "now")
+        until = _aware(until, "until")
+        _check_text(reason, "reason", max_length=REASON_LENGTH)
+        with self._write() as conn:
+            row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
+            if row is None:
+                raise DeliveryNotFoundError(delivery_id)
+            current = _delivery(row)
+            if expected_version is not None and current.version != expected_version:
+                raise StaleDeliveryError(delivery_id, expected_version, current.version)
+            if current.is_terminal:
+                raise DeliveryTerminalError(delivery_id, current.status, "defer")
+            updated = conn.execute(
+                update(_DELIVERIES)
+                .where(_D.id == delivery_id, _D.version == current.version)
+                .values(
+                    scheduled_at=until,
+                    reason=reason,
+                    deferral_count=_D.deferral_count + 1,
+                    version=_D.version + 1,
+                    updated_at=now,
+                )
+                .returning(*_DELIVERIES.c)
+            ).first()
+            if updated is None:
+                raise StaleDeliveryError(delivery_id, current.version, None)
+            conn.execute(
+                _JOURNAL.insert().values(
+                    _journal_values(
+                        delivery_id,
+                        now,
+                        JournalKind.DEFERRED,
+                        from_status=current.status,
+                        to_status=current.status,
+                        reason=reason,
+                        detail={
+                            "until": until.isoformat(),
+                            "deferral_count": current.deferral_count + 1,
+                        },
+                    )
+                )
+            )
+        return _delivery(updated)
+
+    # ------------------------------------------------------- operators, rescuer
+
+    def expired_claims(self, *, now: datetime, limit: int = 100) -> list[Claim]:
+        """Live deliveries whose lease expired with an attempt still in flight.
+
+        The worker died mid-call. Each is returned as the :class:`Claim` it
+        held (delivery snapshot + in-flight attempt), so the rescuer can call
+        :meth:`record_attempt` with an ``unknown`` outcome, fenced on the same
+        version. Oldest expiry first.
+        """
+        now = _aware(now, "now")
+        query = (
+            select(_DELIVERIES, _ATTEMPTS)
+            .join(_ATTEMPTS, and_(_A.delivery_id == _D.id, _A.outcome.is_(None)))
+            .where(_D.status.in_(_LIVE), _D.lease_expires_at <= now)
+            .order_by(_D.lease_expires_at)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [Claim(delivery=_delivery(row), attempt=_attempt(row)) for row in rows]
+
+    def due(
+        self, *, now: datetime, limit: int = 500, not_touched_since: datetime | None = None
+    ) -> list[Delivery]:
+        """Live deliveries due at ``now`` that nobody holds, earliest first.
+
+        "Nobody holds": no lease, or an expired lease with no attempt in
+        flight (in-flight ones are :meth:`expired_claims`). With
+        ``not_touched_since``, only those not written since then: the rescuer
+        re-enqueues deliveries that may have lost their job.
+        """
+        now = _aware(now, "now")
+        query = select(_DELIVERIES).where(
+            _D.status.in_(_LIVE),
+            _D.scheduled_at <= now,
+            or_(
+                _D.lease_owner.is_(None),
+                and_(_D.lease_expires_at <= now, _no_attempt_in_flight()),
+            ),
+        )
+        if not_touched_since is not None:
+            query = query.where(_D.updated_at <= _aware(not_touched_since, "not_touched_since"))
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(_D.scheduled_at).limit(limit)).all()
+        return [_delivery(row) for row in rows]
+
+    def counts(self) -> dict[tuple[DeliveryStatus, str | None], int]:
+        """How many deliveries there are per ``(status, reason)``."""
+        query = select(_D.status, _D.reason, func.count()).group_by(_D.status, _D.reason)
+        with self._read() as conn:
+            return {
+                (DeliveryStatus(status), reason): count
+                for status, reason, count in conn.execute(query)
+            }
+
+    def oldest_non_terminal(self) -> Delivery | None:
+        """The live delivery created first, or ``None`` (a health signal)."""
+        query = select(_DELIVERIES).where(_D.status.in_(_LIVE)).order_by(_D.created_at).limit(1)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return _delivery(row) if row is not None else None
+
+    def count_recent_attempts(self, *, channel: str, recipient: str, since: datetime) -> int:
+        """Attempts started at or after ``since`` to this channel and recipient.
+
+        Counted in the database, so a rate limit holds across workers.
+        """
+        query = (
+            select(func.count())
+            .select_from(_ATTEMPTS.join(_DELIVERIES, _A.delivery_id == _D.id))
+            .where(
+                _D.channel == channel,
+                _D.recipient == recipient,
+                _A.started_at >= _aware(since, "since"),
+            )
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # ------------------------------------------------------------------- outbox
+
+    def relay_outbox(
+        self,
+        send: Callable[[Sequence[OutboxItem]], None],
+        *,
+        batch_size: int = 500,
+        created_before: datetime | None = None,
+    ) -> int:
+        """Hand up to ``batch_size`` committed outbox rows to ``send``, then delete them.
+
+        One transaction: rows are selected (``FOR UPDATE SKIP LOCKED`` on
+        PostgreSQL; on SQLite the ``BEGIN IMMEDIATE`` write lock serializes
+        relays), ``send(items)`` is called, the rows are deleted, and the
+        transaction commits. If ``send`` raises, everything rolls back and the
+        rows stay for the next relay. Concurrent relays never hand out the
+        same row twice. ``send`` is not called when there is nothing to relay.
+        Returns how many rows were sent.
+        """
+        query = select(_O.delivery_id, _O.run_at).order_by(_O.created_at).limit(batch_size)
+        if created_before is not None:
+            query = query.where(_O.created_at < _aware(created_before, "created_before"))
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            items = [OutboxItem(delivery_id, run_at) for delivery_id, run_at in conn.execute(query)]
+            if not items:
+                return 0
+            send(items)
+            for chunk in _in_chunks(items):
+                conn.execute(
+                    delete(_OUTBOX).where(_O.delivery_id.in_([item.delivery_id for item in chunk]))
+                )
+        return len(items)
+
+    def delete_outbox(self, delivery_ids: Sequence[UUID]) -> None:
+        """Remove outbox rows, after the caller enqueued those deliveries itself."""
+        ids = list(delivery_ids)
+        with self._write() as conn:
+            for chunk in _in_chunks(ids):
+                conn.execute(delete(_OUTBOX).where(_O.delivery_id.in_(list(chunk))))
+
+    def outbox_size(self) -> int:
+        """How many committed deliveries wait for the relay."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(_OUTBOX)).scalar_one())
+
+
+def _insert_ignoring_conflicts(conn: Connection) -> Insert:
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(_DELIVERIES).on_conflict_do_nothing(
+            index_elements=[_D.channel, _D.idempotency_key]
+        )
+    if name == "sqlite":
+        return sqlite.insert(_DELIVERIES).on_conflict_do_nothing(
+            index_elements=[_D.channel, _D.idempotency_key]
+        )
+    raise NotImplementedError(f"chimeway's store supports PostgreSQL and SQLite, not {name}")
