@@ -1,0 +1,146 @@
+"""Which network addresses a channel may connect to (SSRF protection).
+
+A webhook URL frequently comes from a user, and a user who can make a server
+POST to ``http://169.254.169.254/`` or ``http://10.0.0.5/admin`` owns the
+network behind it. :class:`DestinationPolicy` is checked against the
+*resolved* addresses of a host — never the name — and the caller connects to
+the very address that was checked, so a DNS answer cannot change between the
+check and the connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, TypeAlias
+
+import attrs
+
+from chimeway_core.errors import UnsafeDestinationError
+
+__all__ = [
+    "CLOUD_METADATA_ADDRESSES",
+    "DestinationPolicy",
+    "Resolver",
+    "address_category",
+    "system_resolver",
+]
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: ``resolver(host, port) -> IP address strings``; injectable so tests never touch DNS.
+Resolver: TypeAlias = Callable[[str, int], Sequence[str]]
+
+#: Instance-metadata endpoints of the major clouds. Refused even with
+#: ``allow_private=True``: they hand out credentials, and no webhook lives there.
+CLOUD_METADATA_ADDRESSES: Final = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")
+)
+
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Resolve ``host`` with :func:`socket.getaddrinfo`; unique addresses, in order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    # IPv4-mapped (::ffff:a.b.c.d), 6to4 (2002::/16) and NAT64 (64:ff9b::/96)
+    # addresses reach an IPv4 host; judge them by that host.
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def address_category(address: IPAddress) -> str | None:
+    """Why ``address`` is not a public destination, or ``None`` when it is one.
+
+    One of ``cloud-metadata``, ``unspecified``, ``loopback``, ``link-local``,
+    ``multicast``, ``private``, ``reserved`` or ``non-global`` (shared,
+    documentation and other special-purpose ranges).
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None and (category := address_category(embedded)) is not None:
+            return category
+    checks: tuple[tuple[bool, str], ...] = (
+        (address in CLOUD_METADATA_ADDRESSES, "cloud-metadata"),
+        (address.is_unspecified, "unspecified"),
+        (address.is_loopback, "loopback"),
+        (address.is_link_local, "link-local"),
+        (address.is_multicast, "multicast"),
+        (address.is_private, "private"),
+        (address.is_reserved, "reserved"),
+        (not address.is_global, "non-global"),
+    )
+    return next((name for refused, name in checks if refused), None)
+
+
+def _to_network(value: str | IPNetwork) -> IPNetwork:
+    return value if isinstance(value, IPNetwork) else ipaddress.ip_network(value, strict=False)
+
+
+def _to_networks(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    if isinstance(values, str):
+        raise TypeError("allow_networks must be an iterable of networks, not a single string")
+    return tuple(_to_network(v) for v in values)
+
+
+@attrs.frozen
+class DestinationPolicy:
+    """Which resolved addresses may be connected to.
+
+    Public (globally routable) addresses always pass. An address inside one of
+    ``allow_networks`` passes, whatever it is. Otherwise ``allow_private=True``
+    lets every non-public address pass *except* the cloud-metadata endpoints,
+    which only an explicit ``allow_networks`` entry can open.
+    """
+
+    allow_private: bool = False
+    allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks)
+
+    def _allowlisted(self, address: IPAddress) -> bool:
+        candidates: list[IPAddress] = [address]
+        if isinstance(address, ipaddress.IPv6Address) and (v4 := _embedded_ipv4(address)):
+            candidates.append(v4)
+        return any(c in net for c in candidates for net in self.allow_networks)
+
+    def check(self, host: str, address: str) -> IPAddress:
+        """Return ``address`` parsed, or raise :class:`UnsafeDestinationError`."""
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            raise UnsafeDestinationError(host, "<unparseable>", "not an IP address") from None
+        category = address_category(parsed)
+        if category is None or self._allowlisted(parsed):
+            return parsed
+        if self.allow_private and category != "cloud-metadata":
+            return parsed
+        raise UnsafeDestinationError(host, str(parsed), category)
+
+    def resolve(self, host: str, port: int, resolver: Resolver) -> IPAddress:
+        """Resolve ``host`` and check every address; return the first.
+
+        Every address is checked, not only the one used: a name that resolves
+        to a public and a private address is refused as a whole. A literal IP
+        host is checked without resolving.
+        """
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            addresses = list(resolver(host, port))
+        else:
+            addresses = [str(literal)]
+        if not addresses:
+            raise OSError("the host resolved to no address")
+        checked = [self.check(host, a) for a in addresses]
+        return checked[0]

@@ -1,0 +1,64 @@
+"""The channel contract: what the engine calls to actually send a notification.
+
+Theory of operation
+-------------------
+A channel is any object with a ``send(delivery, idempotency_key)`` method and
+three attributes the engine reads before calling it:
+
+- ``guarantee`` — what an *unknown* outcome means for this provider. An
+  :attr:`~DeliveryGuarantee.AT_LEAST_ONCE` channel talks to a provider that
+  honours idempotency keys, so a lost answer is retried with the same key. An
+  :attr:`~DeliveryGuarantee.AT_MOST_ONCE` channel cannot be retried safely, so
+  a lost answer cancels the delivery with reason ``outcome_unknown``.
+- ``exception_class`` — how :func:`~chimeway_core.outcomes.classify` treats an
+  exception the channel raises (other than
+  :class:`~chimeway_core.errors.OutcomeUnknownError`).
+- ``timeout`` — the longest one ``send`` call may take, in seconds; the engine
+  makes the delivery's lease longer than this.
+
+``send`` returns one of the four result values of
+:mod:`chimeway_core.outcomes`, or raises
+:class:`~chimeway_core.errors.OutcomeUnknownError` when the request left but
+its answer was lost. A channel never puts the payload or the recipient in an
+exception message, a log line or a ``provider_response``: those end up in the
+ledger and in operators' logs.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol, runtime_checkable
+
+from chimeway_core.outcomes import ChannelResult, ErrorClass
+from chimeway_core.records import Delivery
+
+__all__ = ["Channel", "DeliveryGuarantee"]
+
+
+class DeliveryGuarantee(enum.StrEnum):
+    """What a channel promises when the outcome of a call is unknown."""
+
+    AT_LEAST_ONCE = "at_least_once"
+    """The provider honours idempotency keys: an unknown outcome is retried with the same key."""
+    AT_MOST_ONCE = "at_most_once"
+    """An unknown outcome is cancelled (reason ``outcome_unknown``), never sent again."""
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """Anything the engine can hand a delivery to.
+
+    ``isinstance(obj, Channel)`` checks only that the attributes and ``send``
+    exist, as for every runtime-checkable protocol.
+    """
+
+    guarantee: DeliveryGuarantee
+    """What an unknown outcome means for this channel."""
+    exception_class: ErrorClass
+    """How an exception raised by ``send`` is classified (usually temporary)."""
+    timeout: float
+    """The longest one ``send`` call may take, in seconds."""
+
+    def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
+        """Send ``delivery`` once, passing ``idempotency_key`` to the provider."""
+        ...

@@ -1,0 +1,215 @@
+"""A channel that sends one email per delivery over SMTP (stdlib :mod:`smtplib`).
+
+Theory of operation
+-------------------
+One ``send`` opens a connection, optionally upgrades it with STARTTLS and
+logs in, then walks MAIL FROM → RCPT TO → DATA by hand, so that every reply
+is judged at the stage it came from:
+
+- 2xx → :class:`~chimeway_core.outcomes.Sent`;
+- 4xx at any stage → ``TemporaryFailure``;
+- at RCPT or DATA, a 5.1.x enhanced code (or 550/551/553 without an enhanced
+  code) → ``Bounced``: the mailbox does not exist or refuses mail;
+- any other 5xx → ``PermanentFailure``;
+- connection refused, timeout or drop before DATA → ``TemporaryFailure``:
+  nothing was sent;
+- a drop or timeout once DATA was sent → raises
+  :class:`~chimeway_core.errors.OutcomeUnknownError`.
+
+SMTP has no idempotency keys, so the default guarantee is at-most-once: an
+unknown outcome is never sent again. The message still carries the key, in
+``X-Idempotency-Key`` and in a ``Message-ID`` derived from it, so a receiving
+system that dedupes on Message-ID can recognise a resend.
+
+The server's reply text often quotes the recipient address, so results and
+errors keep only the numeric code, the enhanced status code and a queue id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import re
+import smtplib
+import ssl
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate
+from typing import Final
+
+from chimeway_core.channels.base import DeliveryGuarantee
+from chimeway_core.errors import OutcomeUnknownError
+from chimeway_core.outcomes import (
+    Bounced,
+    ChannelResult,
+    ErrorClass,
+    PermanentFailure,
+    Sent,
+    TemporaryFailure,
+)
+from chimeway_core.records import Delivery
+
+__all__ = ["SMTPChannel", "message_id_for"]
+
+_ENHANCED: Final = re.compile(r"\s*([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+_QUEUE_ID: Final = re.compile(r"queued as ([A-Za-z0-9._-]{1,64})")
+_MAILBOX_CODES: Final = frozenset({550, 551, 553})
+#: Round trips of one send (greeting, EHLO, STARTTLS, EHLO, AUTH x2, MAIL, RCPT,
+#: DATA, end of data): ``timeout`` bounds each, so a send can take this many times it.
+_ROUND_TRIPS: Final = 10
+
+
+def message_id_for(idempotency_key: str, domain: str) -> str:
+    """A ``Message-ID`` that is the same for every send with the same key."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+    return f"<{digest}.chimeway@{domain}>"
+
+
+def _reply_text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+
+
+def _classify_reply(code: int, reply: bytes | str, stage: str, *, mailbox: bool) -> ChannelResult:
+    text = _reply_text(reply)
+    enhanced_match = _ENHANCED.match(text)
+    enhanced = enhanced_match.group(1) if enhanced_match else None
+    response: dict[str, object] = {"code": code, "stage": stage}
+    if enhanced is not None:
+        response["enhanced_status"] = enhanced
+    label = f"SMTP {code}{f' {enhanced}' if enhanced else ''} at {stage}"
+    if 200 <= code < 300:
+        if queue_id := _QUEUE_ID.search(text):
+            response["queue_id"] = queue_id.group(1)
+        return Sent(provider_response=response)
+    if 400 <= code < 500:
+        return TemporaryFailure(label, provider_response=response)
+    is_mailbox_error = (
+        enhanced.startswith("5.1.") if enhanced is not None else code in _MAILBOX_CODES
+    )
+    if mailbox and is_mailbox_error:
+        return Bounced(label, provider_response=response)
+    return PermanentFailure(label, provider_response=response)
+
+
+class SMTPChannel:
+    """Sends ``delivery.recipient`` one email built by ``subject_for`` and ``body_for``.
+
+    ``timeout`` is the socket timeout of each SMTP round trip; the channel's
+    :attr:`timeout` is the worst case of a whole send. ``starttls=True``
+    upgrades the connection (with ``ssl_context`` or the default context)
+    before logging in with ``username``/``password``, if given. Guarantee:
+    at-most-once by default, see the module docstring.
+    """
+
+    exception_class = ErrorClass.TEMPORARY
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 25,
+        *,
+        sender: str,
+        subject_for: Callable[[Delivery], str],
+        body_for: Callable[[Delivery], str],
+        timeout: float = 30.0,
+        starttls: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        local_hostname: str | None = None,
+        message_id_domain: str | None = None,
+        guarantee: DeliveryGuarantee = DeliveryGuarantee.AT_MOST_ONCE,
+    ) -> None:
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if (username is None) != (password is None):
+            raise ValueError("username and password must be given together")
+        self.host = host
+        self.port = port
+        self.sender = sender
+        self.subject_for = subject_for
+        self.body_for = body_for
+        self.socket_timeout = float(timeout)
+        self.timeout = self.socket_timeout * _ROUND_TRIPS
+        self.starttls = starttls
+        self.ssl_context = ssl_context
+        self.username = username
+        self._password = password
+        self.local_hostname = local_hostname
+        self.message_id_domain = message_id_domain or (
+            sender.rpartition("@")[2] or "chimeway.invalid"
+        )
+        self.guarantee = DeliveryGuarantee(guarantee)
+
+    def __repr__(self) -> str:
+        return f"SMTPChannel({self.host!r}, {self.port}, guarantee={self.guarantee.value})"
+
+    def build_message(self, delivery: Delivery, idempotency_key: str) -> EmailMessage:
+        """The email ``send`` would transmit for ``delivery``."""
+        message = EmailMessage(policy=SMTP_POLICY)
+        message["From"] = self.sender
+        message["To"] = delivery.recipient
+        message["Subject"] = self.subject_for(delivery)
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = message_id_for(idempotency_key, self.message_id_domain)
+        message["X-Idempotency-Key"] = idempotency_key
+        message.set_content(self.body_for(delivery))
+        return message
+
+    def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
+        """Send one email; see the module docstring for how replies are classified."""
+        try:
+            data = self.build_message(delivery, idempotency_key).as_bytes()
+        except (ValueError, TypeError) as error:
+            # e.g. a newline in the recipient: a header injection attempt or bad data.
+            return PermanentFailure(f"cannot build the message ({type(error).__name__})")
+        try:
+            connection = smtplib.SMTP(
+                self.host,
+                self.port,
+                local_hostname=self.local_hostname,
+                timeout=self.socket_timeout,
+            )
+        except smtplib.SMTPConnectError as error:
+            return _classify_reply(error.smtp_code, error.smtp_error, "connect", mailbox=False)
+        except OSError as error:
+            return TemporaryFailure(f"SMTP connection failed ({type(error).__name__})")
+        try:
+            return self._transact(connection, delivery.recipient, data)
+        finally:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                connection.quit()
+            connection.close()
+
+    def _transact(self, connection: smtplib.SMTP, recipient: str, data: bytes) -> ChannelResult:
+        try:
+            connection.ehlo_or_helo_if_needed()
+            if self.starttls:
+                connection.starttls(context=self.ssl_context)
+                connection.ehlo()
+            if self.username is not None and self._password is not None:
+                connection.login(self.username, self._password)
+            code, reply = connection.mail(self.sender)
+            if code != 250:
+                return _classify_reply(code, reply, "mail", mailbox=False)
+            code, reply = connection.rcpt(recipient)
+            if code not in {250, 251}:
+                return _classify_reply(code, reply, "rcpt", mailbox=True)
+        except smtplib.SMTPNotSupportedError:
+            return PermanentFailure("SMTP server does not support a required extension")
+        except smtplib.SMTPResponseException as error:
+            return _classify_reply(error.smtp_code, error.smtp_error, "session", mailbox=False)
+        except (smtplib.SMTPException, OSError) as error:
+            return TemporaryFailure(f"SMTP session failed before DATA ({type(error).__name__})")
+        try:
+            code, reply = connection.data(data)
+        except smtplib.SMTPDataError as error:
+            return _classify_reply(error.smtp_code, error.smtp_error, "data", mailbox=True)
+        except (smtplib.SMTPException, OSError) as error:
+            # DATA went out: the server may have queued the message before dropping.
+            raise OutcomeUnknownError(
+                f"SMTP connection lost after DATA ({type(error).__name__})"
+            ) from error
+        return _classify_reply(code, reply, "data", mailbox=True)

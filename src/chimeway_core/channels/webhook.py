@@ -1,0 +1,301 @@
+"""A channel that POSTs the delivery payload as JSON to an HTTP endpoint.
+
+Theory of operation
+-------------------
+One ``send`` is one logical POST, possibly over a few redirect hops. For each
+hop the host is resolved, **every** resolved address is checked against the
+:class:`~chimeway_core.channels._destinations.DestinationPolicy`, and the
+request is sent to the checked IP itself (the URL is rewritten to the IP; the
+``Host`` header and, for HTTPS, the TLS server name keep the original host, so
+certificates are still verified against it). Redirects are followed by hand so
+that each hop is checked the same way before any connection is made.
+
+What the answer means:
+
+========================================  ==========================================
+2xx                                       :class:`~chimeway_core.outcomes.Sent`
+408, 429, 5xx                             ``TemporaryFailure`` (``Retry-After`` kept)
+301, 302, 307, 308                        followed (POST kept), up to ``max_redirects``
+other 3xx and 4xx                         ``PermanentFailure``
+refused destination (SSRF)                ``PermanentFailure``, nothing connected
+DNS failure, connect error or timeout     ``TemporaryFailure``: nothing was sent
+read/write timeout, dropped connection    raises :class:`~chimeway_core.errors.OutcomeUnknownError`
+========================================  ==========================================
+
+Nothing the provider says is echoed beyond the status code and a short,
+sanitised message id header; the payload, the recipient and the URL (which
+may be built from the recipient) never appear in a result or an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Final
+
+from chimeway_core.channels._destinations import (
+    DestinationPolicy,
+    IPNetwork,
+    Resolver,
+    system_resolver,
+)
+from chimeway_core.channels.base import DeliveryGuarantee
+from chimeway_core.errors import MissingExtraError, OutcomeUnknownError, UnsafeDestinationError
+from chimeway_core.outcomes import (
+    ChannelResult,
+    ErrorClass,
+    PermanentFailure,
+    Sent,
+    TemporaryFailure,
+)
+from chimeway_core.records import Delivery
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["WebhookChannel", "parse_retry_after"]
+
+_FOLLOWED_REDIRECTS: Final = frozenset({301, 302, 307, 308})
+_TEMPORARY_STATUSES: Final = frozenset({408, 429})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_MAX_MESSAGE_ID: Final = 128
+_SAFE_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_.:@/+=<>")
+
+
+def _httpx() -> object:
+    try:
+        return importlib.import_module("httpx")
+    except ImportError:
+        raise MissingExtraError("webhook", "httpx") from None
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
+
+    ``None`` when absent or unparseable; a date in the past gives ``0.0``.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT by definition
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _safe_message_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    cleaned = "".join(c for c in value[:_MAX_MESSAGE_ID] if c in _SAFE_ID_CHARS)
+    return cleaned or None
+
+
+class WebhookChannel:
+    """POSTs the delivery's payload as JSON with an ``Idempotency-Key`` header.
+
+    Guarantee: at-least-once by default — right for a receiver that dedupes on
+    ``Idempotency-Key``; pass ``AT_MOST_ONCE`` for one that does not.
+
+    ``url`` is a fixed URL or ``url_for(delivery) -> str``. Destinations are
+    refused unless public, see :class:`DestinationPolicy`: ``allow_private``
+    and ``allow_networks`` open private ranges (tests use loopback this way).
+    ``resolver(host, port)`` replaces DNS. ``client`` is an
+    :class:`httpx.Client` to reuse (connection pooling, TLS settings); the
+    channel never closes it and never lets it follow redirects. Without one, a
+    short-lived client is made per ``send``, ignoring proxy environment
+    variables. ``headers`` are sent on every hop to the original origin and
+    dropped on a cross-origin redirect, since they often carry credentials.
+
+    ``connect_timeout``, ``write_timeout`` and ``read_timeout`` are httpx's
+    per-operation timeouts; :attr:`timeout` is the worst case of a whole send.
+    """
+
+    exception_class = ErrorClass.TEMPORARY
+
+    def __init__(
+        self,
+        url: str | Callable[[Delivery], str],
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        write_timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        allow_private: bool = False,
+        allow_networks: Iterable[str | IPNetwork] = (),
+        resolver: Resolver | None = None,
+        client: httpx.Client | None = None,
+        max_redirects: int = 3,
+        message_id_headers: Sequence[str] = ("X-Message-Id", "X-Request-Id"),
+        guarantee: DeliveryGuarantee = DeliveryGuarantee.AT_LEAST_ONCE,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        _httpx()  # fail at construction, not at the first delivery
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+            ("write_timeout", write_timeout),
+        ):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if max_redirects < 0:
+            raise ValueError(f"max_redirects must be >= 0, got {max_redirects!r}")
+        self._url = url
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.write_timeout = float(write_timeout)
+        self.headers = dict(headers or {})
+        self.policy = DestinationPolicy(allow_private, tuple(allow_networks))
+        self.resolver: Resolver = resolver if resolver is not None else system_resolver
+        self.client = client
+        self.max_redirects = max_redirects
+        self.message_id_headers = tuple(message_id_headers)
+        self.guarantee = DeliveryGuarantee(guarantee)
+        self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
+        per_hop = self.connect_timeout + self.write_timeout + self.read_timeout
+        self.timeout = per_hop * (max_redirects + 1)
+
+    def __repr__(self) -> str:
+        # Never the URL: it may embed a token or be built from the recipient.
+        return f"WebhookChannel(guarantee={self.guarantee.value}, policy={self.policy!r})"
+
+    def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
+        """POST the payload once (following allowed redirects) and classify the answer."""
+        import httpx  # noqa: PLC0415 - the webhook extra is optional; checked in __init__
+
+        try:
+            body = json.dumps(delivery.payload, allow_nan=False, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as error:
+            return PermanentFailure(f"payload is not JSON-serialisable ({type(error).__name__})")
+        raw_url = self._url(delivery) if callable(self._url) else self._url
+        try:
+            url = httpx.URL(raw_url)
+        except httpx.InvalidURL:
+            return PermanentFailure("invalid webhook URL")
+        timeout = httpx.Timeout(
+            connect=self.connect_timeout,
+            read=self.read_timeout,
+            write=self.write_timeout,
+            pool=self.connect_timeout,
+        )
+        if self.client is not None:
+            return self._post(self.client, url, body, idempotency_key, timeout)
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            return self._post(client, url, body, idempotency_key, timeout)
+
+    def _post(
+        self,
+        client: httpx.Client,
+        url: httpx.URL,
+        body: bytes,
+        idempotency_key: str,
+        timeout: httpx.Timeout,
+    ) -> ChannelResult:
+        import httpx  # noqa: PLC0415 - see send()
+
+        origin = (url.scheme, url.host, url.port)
+        hops = 0
+        while True:
+            same_origin = (url.scheme, url.host, url.port) == origin
+            outcome = self._post_once(client, url, body, idempotency_key, timeout, same_origin)
+            if not isinstance(outcome, httpx.Response):
+                return outcome
+            status, location = outcome.status_code, outcome.headers.get("location")
+            if status not in _FOLLOWED_REDIRECTS:
+                return self._classify(status, outcome.headers, hops)
+            if location is None:
+                return PermanentFailure(f"HTTP {status} redirect without a Location header")
+            if hops >= self.max_redirects:
+                return PermanentFailure(
+                    f"more than {self.max_redirects} redirects",
+                    provider_response={"status": status},
+                )
+            try:
+                url = url.join(location)
+            except Exception:  # any malformed Location is the provider's fault
+                return PermanentFailure(f"HTTP {status} redirect to an invalid Location")
+            hops += 1
+
+    def _post_once(
+        self,
+        client: httpx.Client,
+        url: httpx.URL,
+        body: bytes,
+        idempotency_key: str,
+        timeout: httpx.Timeout,
+        same_origin: bool,
+    ) -> ChannelResult | httpx.Response:
+        import httpx  # noqa: PLC0415 - see send()
+
+        if url.scheme not in _DEFAULT_PORTS:
+            return PermanentFailure("webhook URL scheme must be http or https")
+        if not url.host:
+            return PermanentFailure("webhook URL has no host")
+        port = url.port if url.port is not None else _DEFAULT_PORTS[url.scheme]
+        try:
+            address = self.policy.resolve(url.host, port, self.resolver)
+        except UnsafeDestinationError as error:
+            return PermanentFailure(str(error), provider_response={"refused": error.category})
+        except OSError as error:
+            return TemporaryFailure(f"could not resolve the host ({type(error).__name__})")
+
+        headers = dict(self.headers) if same_origin else {}
+        headers.update(
+            {
+                "Host": url.netloc.decode("ascii"),
+                "Content-Type": "application/json",
+                "Idempotency-Key": idempotency_key,
+                "User-Agent": "chimeway",
+            }
+        )
+        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        request = client.build_request(
+            "POST",
+            url.copy_with(host=str(address)),
+            content=body,
+            headers=headers,
+            timeout=timeout,
+            extensions=extensions,
+        )
+        try:
+            response = client.send(request, follow_redirects=False, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            return TemporaryFailure(f"connection failed, nothing was sent ({type(error).__name__})")
+        except httpx.UnsupportedProtocol:
+            return PermanentFailure("webhook URL protocol is not supported")
+        except httpx.TransportError as error:
+            # The request (or part of it) left; whether the provider acted is unknown.
+            raise OutcomeUnknownError(
+                f"webhook request sent but no response received ({type(error).__name__})"
+            ) from error
+        # Only the status line and headers matter; the body is never read or echoed.
+        response.close()
+        return response
+
+    def _classify(self, status: int, headers: httpx.Headers, hops: int) -> ChannelResult:
+        response: dict[str, object] = {"status": status}
+        if hops:
+            response["redirects"] = hops
+        if 200 <= status < 300:
+            for name in self.message_id_headers:
+                message_id = _safe_message_id(headers.get(name))
+                if message_id is not None:
+                    response["message_id"] = message_id
+                    break
+            return Sent(provider_response=response)
+        if status in _TEMPORARY_STATUSES or 500 <= status < 600:
+            retry_after = parse_retry_after(headers.get("retry-after"), self._clock())
+            if retry_after is not None:
+                response["retry_after"] = retry_after
+            return TemporaryFailure(f"HTTP {status}", retry_after, provider_response=response)
+        return PermanentFailure(f"HTTP {status}", provider_response=response)
