@@ -138,6 +138,20 @@ class InvalidJobError(ChimewayError):
         )
 
 
+class MissingExtraError(ChimewayError, ImportError):
+    """An optional feature was used without the extra that installs its dependency.
+
+    ``extra`` is the name of the chimeway extra; the message gives the exact
+    install command, so the log line alone says how to fix it.
+    """
+
+    def __init__(self, extra: str, *, feature: str | None = None) -> None:
+        self.extra = extra
+        self.feature = feature
+        what = feature or f"the {extra!r} feature"
+        super().__init__(f'{what} needs an optional dependency: pip install "chimeway[{extra}]"')
+
+
 class UnsafeDestinationError(ChimewayError):
     """A network destination resolved to an address chimeway refuses to connect to.
 
