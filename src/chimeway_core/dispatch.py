@@ -38,7 +38,7 @@ from typing import Final
 import attrs
 
 from chimeway_core.outcomes import ErrorClass, Outcome
-from chimeway_core.states import DeliveryStatus
+from chimeway_core.states import DeliveryStatus, Event
 
 __all__ = [
     "ANY",
@@ -47,6 +47,7 @@ __all__ = [
     "Action",
     "AttemptRelation",
     "DispatchRow",
+    "attempt_event",
     "decide",
     "match_row",
 ]
@@ -166,7 +167,7 @@ CATCH_ALL: Final = "catch_all"
 
 _OTHER: Final = "<other>"
 _ERROR_CLASS_KEYS: Final[tuple[ErrorClass | str | None, ...]] = (*ErrorClass, None, _OTHER)
-_KNOWN_ERROR_CLASSES: Final = frozenset(ErrorClass)
+_KNOWN_VALUES: Final = frozenset(c.value for c in ErrorClass)
 
 
 def _row_matches(
@@ -192,13 +193,25 @@ def _row_matches(
 def _error_class_key(error_class: object) -> ErrorClass | str | None:
     if error_class is None:
         return None
-    try:
-        if error_class in _KNOWN_ERROR_CLASSES:
-            # A str equal to a member (as read back from the database) counts.
-            return ErrorClass(str(error_class))
-    except TypeError:  # unhashable: certainly undocumented
-        pass
+    if type(error_class) is ErrorClass:
+        return error_class
+    if isinstance(error_class, str) and error_class in _KNOWN_VALUES:
+        # A str equal to a member (as read back from the database) counts.
+        return ErrorClass(str.__str__(error_class))
     return _OTHER
+
+
+def _fast_key(error_class: object) -> str | None:
+    # The hot path keys on plain strings: Enum.__hash__ is a Python-level call,
+    # str hashes are cached in C. _value_ is the member's plain value attribute.
+    if error_class is None:
+        return None
+    if type(error_class) is ErrorClass:
+        return error_class._value_
+    if type(error_class) is str:
+        return error_class if error_class in _KNOWN_VALUES else _OTHER
+    key = _error_class_key(error_class)
+    return key if key is None else str(key)
 
 
 def _compile() -> Mapping[
@@ -225,12 +238,18 @@ def _compile() -> Mapping[
 
 
 _TABLE: Final = _compile()
+_FAST_TABLE: Final[dict[tuple[str, str | None, str, bool], tuple[Action, str]]] = {
+    (outcome.value, None if key is None else str(key), status.value, final): decision
+    for (outcome, key, status, final), decision in _TABLE.items()
+}
 
 
 def _check(outcome: object, status: object, attempt: object, max_attempts: object) -> None:
-    if not isinstance(outcome, Outcome):
+    # Enums with members cannot be subclassed, so exact type checks are
+    # isinstance checks, only cheaper.
+    if type(outcome) is not Outcome:
         raise TypeError(f"outcome must be an Outcome, not {type(outcome).__name__}")
-    if not isinstance(status, DeliveryStatus):
+    if type(status) is not DeliveryStatus:
         raise TypeError(f"status must be a DeliveryStatus, not {type(status).__name__}")
     if type(attempt) is not int:
         raise TypeError(f"attempt must be an int, not {type(attempt).__name__}")
@@ -251,7 +270,9 @@ def match_row(
 ) -> tuple[Action, str]:
     """Like :func:`decide`, and also name the row that fired (or ``catch_all``)."""
     _check(outcome, status, attempt, max_attempts)
-    return _TABLE[outcome, _error_class_key(error_class), status, attempt >= max_attempts]
+    return _FAST_TABLE[
+        outcome._value_, _fast_key(error_class), status._value_, attempt >= max_attempts
+    ]
 
 
 def decide(
@@ -270,5 +291,45 @@ def decide(
     when ``attempt`` or ``max_attempts`` is below 1. It never raises for an
     unknown shape: it returns :attr:`Action.RAISE` and the caller raises.
     """
-    _check(outcome, status, attempt, max_attempts)
-    return _TABLE[outcome, _error_class_key(error_class), status, attempt >= max_attempts][0]
+    if not (
+        type(outcome) is Outcome
+        and type(status) is DeliveryStatus
+        and type(attempt) is int
+        and type(max_attempts) is int
+        and attempt >= 1
+        and max_attempts >= 1
+    ):
+        _check(outcome, status, attempt, max_attempts)  # raises the precise error
+    return _FAST_TABLE[
+        outcome._value_, _fast_key(error_class), status._value_, attempt >= max_attempts
+    ][0]
+
+
+_FAILURE_EVENTS: Final[Mapping[ErrorClass, Event]] = MappingProxyType(
+    {
+        ErrorClass.TEMPORARY: Event.FAIL_TEMPORARY,
+        ErrorClass.PERMANENT: Event.FAIL_PERMANENT,
+        ErrorClass.BOUNCED: Event.BOUNCE,
+    }
+)
+
+
+def attempt_event(outcome: Outcome, error_class: object, *, retry_unknown: bool) -> Event:
+    """The state-machine event that recording an attempt of this shape fires.
+
+    A failure of an undocumented error class fires ``fail_temporary``: the
+    delivery stays live in ``failed`` and the dispatch table's catch-all then
+    decides (converge on the final attempt, raise otherwise). An unknown
+    outcome is retryable when the channel honours idempotency keys
+    (``retry_unknown``), final otherwise.
+    """
+    if not isinstance(outcome, Outcome):
+        raise TypeError(f"outcome must be an Outcome, not {type(outcome).__name__}")
+    if outcome is Outcome.SUCCEEDED:
+        return Event.SUCCEED
+    if outcome is Outcome.UNKNOWN:
+        return Event.LOSE_OUTCOME_RETRYABLE if retry_unknown else Event.LOSE_OUTCOME_FINAL
+    key = _error_class_key(error_class)
+    if isinstance(key, ErrorClass):
+        return _FAILURE_EVENTS[key]
+    return Event.FAIL_TEMPORARY

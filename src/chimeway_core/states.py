@@ -174,6 +174,10 @@ def _compile() -> Mapping[tuple[DeliveryStatus, Event], Transition]:
 #: ``(status, event) -> Transition`` for every legal move, compiled from :data:`MACHINE`.
 TRANSITION_TABLE: Final = _compile()
 
+# The hot path keys on the plain string values: Enum.__hash__ is a Python-level
+# call, a str's hash is cached in C.
+_FAST_TABLE: Final = {(s.value, e.value): move for (s, e), move in TRANSITION_TABLE.items()}
+
 
 def apply_event(status: DeliveryStatus, event: Event) -> Transition:
     """Return the move ``event`` makes from ``status``.
@@ -183,12 +187,12 @@ def apply_event(status: DeliveryStatus, event: Event) -> Transition:
     when ``status`` or ``event`` is not the enum itself: strings are never
     coerced.
     """
-    if not isinstance(status, DeliveryStatus):
+    if type(status) is not DeliveryStatus:
         raise TypeError(f"status must be a DeliveryStatus, not {type(status).__name__}")
-    if not isinstance(event, Event):
+    if type(event) is not Event:
         raise TypeError(f"event must be an Event, not {type(event).__name__}")
     try:
-        return TRANSITION_TABLE[status, event]
+        return _FAST_TABLE[status._value_, event._value_]
     except KeyError:
         raise IllegalTransitionError(status, event) from None
 
