@@ -71,7 +71,7 @@ def _httpx() -> object:
     try:
         return importlib.import_module("httpx")
     except ImportError:
-        raise MissingExtraError("webhook", "httpx") from None
+        raise MissingExtraError("webhook", feature="WebhookChannel (httpx)") from None
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
