@@ -258,3 +258,23 @@ class DeliveryTerminalError(ChimewayError):
         super().__init__(
             f"cannot {operation} delivery {delivery_id!s}: it is terminal ({status.value!r})"
         )
+
+
+class PolicyError(ChimewayError):
+    """A policy raised instead of returning a decision.
+
+    ``policy_name`` is the policy's ``name``, ``delivery_id`` the delivery it was
+    evaluating and ``error_type`` the qualified name of what it raised; the
+    original exception is chained as ``__cause__``. Its message is not repeated
+    here: it may echo a recipient or a payload.
+    """
+
+    def __init__(self, policy_name: str, delivery_id: UUID, error_type: str) -> None:
+        self.policy_name = policy_name
+        self.delivery_id = delivery_id
+        self.error_type = error_type
+        super().__init__(f"policy {policy_name!r} failed on delivery {delivery_id!s}: {error_type}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.policy_name, self.delivery_id, self.error_type))
