@@ -1,0 +1,333 @@
+"""Telemetry: events about deliveries, for logs, metrics and traces.
+
+Theory of operation
+-------------------
+The engine reports what happens as :class:`TelemetryEvent` values with a
+mapping of metadata. A :class:`Telemetry` object fans each event out to the
+handlers subscribed to it. Two promises hold for every handler:
+
+- **Only safe metadata reaches it.** :func:`safe_meta` keeps the keys of
+  :data:`SAFE_KEYS` and drops everything else, so a payload, a recipient
+  address, a provider response or a secret never passes even if a caller puts
+  it in the mapping. Values are coerced to ``str``, ``int``, ``float`` or
+  ``None``.
+- **A handler cannot break a delivery.** A handler that raises is logged (on
+  the ``chimeway.telemetry`` logger) and the other handlers still run.
+
+:meth:`Telemetry.span` wraps a unit of work (``"perform"``) and emits its
+start, then its stop or exception event with the ``duration`` in seconds.
+
+Two subscribers ship with chimeway: :class:`LoggingSubscriber` (stdlib
+logging) and :class:`OpenTelemetrySubscriber` (the ``otel`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import importlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import date, datetime
+from types import MappingProxyType
+from typing import Any, Final, TypeAlias
+
+from chimeway_core.errors import MissingExtraError
+
+__all__ = [
+    "SAFE_KEYS",
+    "Handler",
+    "LoggingSubscriber",
+    "MetaValue",
+    "OpenTelemetrySubscriber",
+    "Telemetry",
+    "TelemetryEvent",
+    "safe_meta",
+]
+
+_logger = logging.getLogger("chimeway.telemetry")
+
+
+class TelemetryEvent(enum.StrEnum):
+    """Everything chimeway reports. The value is the event's name in logs and traces."""
+
+    PERFORM_START = "chimeway.perform.start"
+    """A job started working on a delivery."""
+    PERFORM_STOP = "chimeway.perform.stop"
+    """A job finished (``duration`` set), whatever the delivery's outcome."""
+    PERFORM_EXCEPTION = "chimeway.perform.exception"
+    """A job raised (``duration`` and ``exception_type`` set)."""
+    ATTEMPT_RECORDED = "chimeway.attempt.recorded"
+    """A channel call's outcome was written to the ledger."""
+    STATUS_TRANSITION = "chimeway.status.transition"
+    """A delivery moved from ``from_status`` to ``to_status``."""
+    SUPPRESSED = "chimeway.delivery.suppressed"
+    """A policy suppressed a delivery (``reason`` set)."""
+    DEFERRED = "chimeway.delivery.deferred"
+    """A policy deferred a delivery to a later time."""
+    EXHAUSTED = "chimeway.delivery.exhausted"
+    """A delivery ran out of attempts and was cancelled."""
+    DUPLICATE_IGNORED = "chimeway.job.duplicate_ignored"
+    """A job found its delivery already terminal or claimed, and did nothing."""
+    RESCUED = "chimeway.delivery.rescued"
+    """The rescuer resolved an attempt left in flight by a dead worker."""
+    UNHANDLED_OUTCOME = "chimeway.delivery.unhandled_outcome"
+    """The dispatch table met an undocumented shape and raised."""
+
+
+#: A metadata value after :func:`safe_meta`.
+MetaValue: TypeAlias = str | int | float | None
+
+#: What a subscriber is called with.
+Handler: TypeAlias = Callable[[TelemetryEvent, Mapping[str, MetaValue]], None]
+
+#: The only metadata keys that ever reach a handler.
+SAFE_KEYS: Final = frozenset(
+    {
+        "delivery_id",
+        "channel",
+        "notification_key",
+        "attempt",
+        "max_attempts",
+        "outcome",
+        "error_class",
+        "status",
+        "from_status",
+        "to_status",
+        "reason",
+        "action",
+        "row",
+        "duration",
+        "job_kind",
+        "worker",
+        "event",
+        "exception_type",
+    }
+)
+
+_MAX_TEXT: Final = 200
+
+_SPANS: Final[Mapping[str, tuple[TelemetryEvent, TelemetryEvent, TelemetryEvent]]] = {
+    "perform": (
+        TelemetryEvent.PERFORM_START,
+        TelemetryEvent.PERFORM_STOP,
+        TelemetryEvent.PERFORM_EXCEPTION,
+    ),
+}
+
+
+def _coerce(value: object) -> MetaValue:
+    match value:
+        case None:
+            return None
+        case bool():
+            return int(value)
+        case enum.Enum():
+            return _coerce(value.value)
+        case int() | float():
+            return value
+        case str():
+            return value[:_MAX_TEXT]
+        case uuid.UUID():
+            return str(value)
+        case datetime() | date():
+            return value.isoformat()
+        case _:
+            return str(value)[:_MAX_TEXT]
+
+
+def safe_meta(meta: Mapping[str, object]) -> dict[str, MetaValue]:
+    """Keep only the keys of :data:`SAFE_KEYS`, with values coerced to plain scalars.
+
+    Unknown keys are dropped silently: that is the point. Enums become their
+    value, UUIDs and datetimes strings, booleans ints, anything else its
+    ``str()``; strings are cut to 200 characters.
+    """
+    return {key: _coerce(value) for key, value in meta.items() if key in SAFE_KEYS}
+
+
+class Telemetry:
+    """A set of handlers and the events sent to them.
+
+    Thread-safe: handlers may subscribe and unsubscribe while events are
+    emitted from worker threads. With no handler, :meth:`emit` costs one
+    check. ``clock`` (seconds, monotonic) times :meth:`span`.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Replaced, never mutated, so emit() iterates a snapshot without locking.
+        self._subscriptions: tuple[tuple[object, Handler], ...] = ()
+
+    @property
+    def handlers(self) -> tuple[Handler, ...]:
+        """The subscribed handlers, in subscription order."""
+        return tuple(handler for _, handler in self._subscriptions)
+
+    def subscribe(self, handler: Handler) -> Callable[[], None]:
+        """Call ``handler(event, meta)`` for every event; return a function that unsubscribes.
+
+        Unsubscribing twice is harmless. Subscribing the same handler twice
+        delivers each event to it twice.
+        """
+        token = object()  # identifies this subscription, not the handler
+        with self._lock:
+            self._subscriptions = (*self._subscriptions, (token, handler))
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscriptions = tuple(s for s in self._subscriptions if s[0] is not token)
+
+        return unsubscribe
+
+    def emit(self, event: TelemetryEvent, meta: Mapping[str, object] | None = None) -> None:
+        """Send ``event`` with :func:`safe_meta` of ``meta`` to every handler.
+
+        Never raises because of a handler: a failing handler is logged with
+        its traceback and the next one runs.
+        """
+        subscriptions = self._subscriptions
+        if not subscriptions:
+            return
+        event = TelemetryEvent(event)
+        clean = safe_meta(meta or {})
+        clean["event"] = event.value
+        for _, handler in subscriptions:
+            try:
+                # Each handler gets a read-only view: one cannot alter what the next sees.
+                handler(event, MappingProxyType(dict(clean)))
+            except Exception:
+                _logger.warning(
+                    "telemetry handler %s raised on %s; ignored",
+                    getattr(handler, "__qualname__", type(handler).__qualname__),
+                    event.value,
+                    exc_info=True,
+                )
+
+    @contextlib.contextmanager
+    def span(
+        self, prefix: str, meta: Mapping[str, object] | None = None
+    ) -> Iterator[dict[str, object]]:
+        """Emit ``<prefix>.start`` now and ``.stop`` or ``.exception`` at the end.
+
+        ``prefix`` names a unit of work (``"perform"``). The block receives a
+        dict it may add metadata to (say the ``outcome``); the stop or
+        exception event carries it plus ``duration`` in seconds. On exception
+        the event also carries ``exception_type`` (the type name, never the
+        message) and the exception propagates unchanged.
+        """
+        try:
+            start_event, stop_event, exception_event = _SPANS[prefix]
+        except KeyError:
+            raise ValueError(
+                f"unknown telemetry span {prefix!r}; known: {sorted(_SPANS)}"
+            ) from None
+        data: dict[str, object] = dict(meta or {})
+        self.emit(start_event, data)
+        started = self._clock()
+        try:
+            yield data
+        except BaseException as error:
+            data["duration"] = self._clock() - started
+            data["exception_type"] = type(error).__qualname__
+            self.emit(exception_event, data)
+            raise
+        data["duration"] = self._clock() - started
+        self.emit(stop_event, data)
+
+
+_WARNING_EVENTS: Final = frozenset(
+    {TelemetryEvent.PERFORM_EXCEPTION, TelemetryEvent.EXHAUSTED, TelemetryEvent.RESCUED}
+)
+
+
+class LoggingSubscriber:
+    """Writes each event as one stdlib log record with structured ``extra``.
+
+    The message is ``"<event> key=value ..."``; the same metadata is in
+    ``record.chimeway`` (a dict) and the event name in ``record.chimeway_event``,
+    for JSON formatters. Events go at ``level``, except exceptions, exhausted
+    and rescued deliveries (``WARNING``) and unhandled outcomes (``ERROR``).
+    """
+
+    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        self.logger = logger if logger is not None else logging.getLogger("chimeway.events")
+        self.level = level
+
+    def _level_for(self, event: TelemetryEvent) -> int:
+        if event is TelemetryEvent.UNHANDLED_OUTCOME:
+            return logging.ERROR
+        if event in _WARNING_EVENTS:
+            return max(self.level, logging.WARNING)
+        return self.level
+
+    def __call__(self, event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> None:
+        """Log ``event``."""
+        level = self._level_for(event)
+        if not self.logger.isEnabledFor(level):
+            return
+        pairs = " ".join(f"{key}={value}" for key, value in meta.items() if key != "event")
+        self.logger.log(
+            level,
+            "%s %s",
+            event.value,
+            pairs,
+            extra={"chimeway": dict(meta), "chimeway_event": event.value},
+        )
+
+
+def _import_otel_trace() -> Any:
+    try:
+        return importlib.import_module("opentelemetry.trace")
+    except ImportError:
+        raise MissingExtraError("otel", feature="OpenTelemetrySubscriber") from None
+
+
+class OpenTelemetrySubscriber:
+    """Turns events into OpenTelemetry spans (needs the ``otel`` extra).
+
+    A span's stop or exception event becomes one span named after the unit of
+    work (``chimeway.perform``), back-dated by its ``duration``; an exception
+    sets the span's status to error. ``*.start`` events are skipped (the span
+    is recorded whole when it ends). Every other event is added as a span
+    event to the current span when one is recording, and otherwise recorded as
+    a zero-length span of its own. Attributes are the safe metadata, prefixed
+    ``chimeway.``.
+
+    ``tracer_provider`` defaults to the global one. Raises
+    :class:`~chimeway_core.errors.MissingExtraError` if ``opentelemetry-api``
+    is not installed.
+    """
+
+    def __init__(self, tracer_provider: Any = None) -> None:
+        self._trace = _import_otel_trace()
+        self._tracer = self._trace.get_tracer("chimeway", tracer_provider=tracer_provider)
+
+    def __call__(self, event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> None:
+        """Record ``event`` as a span or a span event."""
+        attributes = {f"chimeway.{k}": v for k, v in meta.items() if v is not None}
+        name, _, phase = event.value.rpartition(".")
+        if phase == "start" and name in {f"chimeway.{p}" for p in _SPANS}:
+            return
+        if phase in {"stop", "exception"} and name in {f"chimeway.{p}" for p in _SPANS}:
+            end = time.time_ns()
+            duration = meta.get("duration")
+            seconds = float(duration) if isinstance(duration, int | float) else 0.0
+            span = self._tracer.start_span(
+                name, start_time=end - int(seconds * 1e9), attributes=attributes
+            )
+            if phase == "exception":
+                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
+            span.end(end_time=end)
+            return
+        current = self._trace.get_current_span()
+        if current.is_recording():
+            current.add_event(event.value, attributes=attributes)
+            return
+        now = time.time_ns()
+        span = self._tracer.start_span(event.value, start_time=now, attributes=attributes)
+        span.end(end_time=now)
