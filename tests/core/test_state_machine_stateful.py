@@ -29,7 +29,7 @@ from chimeway_core import (
     decide,
 )
 from chimeway_core.states import DeliveryLifecycle
-from tests.test_states import DESIGN_TABLE
+from tests.core.test_states import DESIGN_TABLE
 
 
 class DeliveryMachine(RuleBasedStateMachine):

@@ -1,0 +1,80 @@
+"""The project's sessions, named by purpose. ``nox`` alone runs the CI set.
+
+- ``tests``: the whole test suite with every extra, against the real services.
+- ``core``: the core's tests with no extra installed — proof the core never
+  needs a backend, a driver or a broker client.
+- ``lint``, ``typecheck``, ``docs``: ruff, mypy --strict, a strict docs build.
+- ``bench``: the benchmarks (not in the default set; ``nox -s bench``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "core", "tests", "docs"]
+nox.options.reuse_existing_virtualenvs = False
+nox.needs_version = ">=2024.10.9"
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery]"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole suite against the real PostgreSQL, Redis and RabbitMQ."""
+    session.install(ALL_EXTRAS, *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run(
+        "pytest",
+        *(session.posargs or ["tests"]),
+        env={"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")},
+    )
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """Run the core's own tests with no extra installed."""
+    session.install(".", "pytest>=8", "hypothesis>=6.100")
+    session.run(
+        "python",
+        "-c",
+        "import importlib.util as u, sys; "
+        "extras = [m for m in ('rq', 'celery', 'redis', 'psycopg', 'httpx', 'alembic') "
+        "if u.find_spec(m)]; "
+        "sys.exit(f'extras leaked into the core session: {extras}' if extras else 0)",
+    )
+    session.run("pytest", *(session.posargs or ["tests/core"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over everything."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/."""
+    session.install(ALL_EXTRAS, *nox.project.dependency_groups(PYPROJECT, "typecheck"))
+    session.run("mypy", "--strict", "src")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site in strict mode (warnings are errors)."""
+    session.install(".", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"}
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks; ``nox -s bench -- --smoke`` for a seconds-long check."""
+    session.install(ALL_EXTRAS)
+    for script in sorted(os.listdir("bench")):
+        if script.startswith("bench_") and script.endswith(".py"):
+            session.run("python", f"bench/{script}", *session.posargs)
