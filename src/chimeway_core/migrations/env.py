@@ -1,0 +1,62 @@
+"""Alembic environment for chimeway's own tables (run by :func:`upgrade`).
+
+Uses the connection :func:`chimeway_core.migrations.upgrade` passes in
+``config.attributes["connection"]``, or else ``sqlalchemy.url`` from the
+Alembic config. Offline mode (``--sql``) renders the SQL instead.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection, create_engine
+
+from chimeway_core.migrations import VERSION_TABLE
+from chimeway_core.schema import metadata
+
+config = context.config
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_offline() -> None:
+    """Render the migrations as SQL for ``sqlalchemy.url``'s dialect."""
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    """Run the migrations on the given connection, or on ``sqlalchemy.url``."""
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("set sqlalchemy.url or pass a connection in config.attributes")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as new_connection:
+            _run(new_connection)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,79 @@
+"""The shipped Alembic migration builds exactly the schema of ``chimeway_core.schema.metadata``."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from chimeway_core.migrations import VERSION_TABLE, upgrade
+from chimeway_core.schema import metadata
+from chimeway_core.store import SQLStore
+from tests.services import POSTGRES_ADMIN_URL, require
+from tests.store.conftest import _database_url
+
+
+def _diffs(url: str) -> list[object]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
+            )
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def empty_postgres() -> Iterator[str]:
+    """A brand-new empty PostgreSQL database, dropped afterwards."""
+    require("postgres")
+    name = f"chimeway_migrate_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield _database_url(name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_upgrade_on_empty_sqlite_matches_metadata(tmp_path: Path) -> None:
+    """upgrade() on an empty SQLite file yields a schema with no diff against metadata."""
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    upgrade(url)
+    assert [] == _diffs(url)
+
+
+def test_upgrade_on_empty_postgres_matches_metadata(empty_postgres: str) -> None:
+    """upgrade() on an empty PostgreSQL database yields a schema with no diff against metadata."""
+    upgrade(empty_postgres)
+    assert [] == _diffs(empty_postgres)
+
+
+def test_upgrade_is_idempotent_and_records_its_revision(tmp_path: Path) -> None:
+    """A second upgrade() does nothing and the revision sits in chimeway's own version table."""
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    upgrade(url)
+    upgrade(url)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert [("0001",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    engine.dispose()
+
+
+def test_upgrade_accepts_a_store_engine(tmp_path: Path) -> None:
+    """upgrade() runs on an engine a SQLStore already configured (WAL, BEGIN hooks)."""
+    store = SQLStore(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(store.engine)
+    expected = {table.name for table in metadata.sorted_tables} | {VERSION_TABLE}
+    assert expected == set(inspect(store.engine).get_table_names())
+    store.engine.dispose()
