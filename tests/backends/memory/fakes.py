@@ -24,7 +24,7 @@ class ScriptedPerformer:
         for delivery_id, steps in (scripts or {}).items():
             self.scripts[delivery_id].extend(steps)
         self.calls: list[tuple[UUID, datetime]] = []
-        self.before_return: Callable[[UUID], None] | None = None
+        self.before_return: Callable[[UUID], object] | None = None
         self._lock = threading.Lock()
 
     def perform(self, delivery_id: UUID) -> JobResult:
