@@ -69,6 +69,9 @@ def address_category(address: IPAddress) -> str | None:
     documentation and other special-purpose ranges).
     """
     if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            # ::ffff:0:0/96 is itself "reserved"; a mapped address is its IPv4 host.
+            return address_category(address.ipv4_mapped)
         embedded = _embedded_ipv4(address)
         if embedded is not None and (category := address_category(embedded)) is not None:
             return category

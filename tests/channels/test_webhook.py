@@ -1,0 +1,208 @@
+"""WebhookChannel against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from chimeway_core.channels import DeliveryGuarantee, WebhookChannel
+from chimeway_core.channels.webhook import parse_retry_after
+from chimeway_core.errors import MissingExtraError, OutcomeUnknownError
+from chimeway_core.outcomes import PermanentFailure, Sent, TemporaryFailure
+
+from .conftest import HTTPTestServer, Reply, free_port, make_delivery
+
+LOOPBACK = ["127.0.0.1/32"]
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def channel(url: str, **kwargs: object) -> WebhookChannel:
+    """A webhook channel allowed to reach loopback only, with short timeouts."""
+    options: dict[object, object] = {
+        "allow_networks": LOOPBACK,
+        "connect_timeout": 1.0,
+        "read_timeout": 0.5,
+        "clock": lambda: NOW,
+    }
+    options.update(kwargs)
+    return WebhookChannel(url, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_2xx_is_sent_with_the_status(http_server: HTTPTestServer, status: int) -> None:
+    """A 2xx answer is Sent, and the provider response is the status only."""
+    http_server.replies["/hook"] = Reply(status)
+    result = channel(http_server.url()).send(make_delivery(), "key-1")
+    assert Sent(provider_response={"status": status}) == result
+
+
+def test_message_id_header_is_kept_sanitised(http_server: HTTPTestServer) -> None:
+    """A provider message id header is kept, stripped of unsafe characters and capped."""
+    http_server.replies["/hook"] = Reply(200, {"X-Message-Id": "msg_123 <b>" + "x" * 300})
+    result = channel(http_server.url()).send(make_delivery(), "key-1")
+    assert isinstance(result, Sent)
+    expected = ("msg_123<b>" + "x" * 300)[:127]
+    assert expected[:120] == str(result.provider_response["message_id"])[:120]
+    assert len(str(result.provider_response["message_id"])) <= 128
+
+
+def test_request_carries_payload_and_idempotency_key(http_server: HTTPTestServer) -> None:
+    """The payload is POSTed as JSON with the Idempotency-Key header."""
+    delivery = make_delivery(payload={"order": 42, "items": ["a", "b"]})
+    channel(http_server.url()).send(delivery, "the-key")
+    (request,) = http_server.received
+    assert "the-key" == request.headers["Idempotency-Key"]
+    assert "application/json" == request.headers["Content-Type"]
+    assert {"order": 42, "items": ["a", "b"]} == json.loads(request.body)
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
+def test_retryable_statuses_are_temporary(http_server: HTTPTestServer, status: int) -> None:
+    """408, 429 and 5xx are temporary failures."""
+    http_server.replies["/hook"] = Reply(status)
+    result = channel(http_server.url()).send(make_delivery(), "key-1")
+    assert TemporaryFailure(f"HTTP {status}", None, provider_response={"status": status}) == result
+
+
+def test_retry_after_seconds_is_honoured(http_server: HTTPTestServer) -> None:
+    """A 429 with Retry-After in seconds gives that retry_after."""
+    http_server.replies["/hook"] = Reply(429, {"Retry-After": "120"})
+    result = channel(http_server.url()).send(make_delivery(), "key-1")
+    assert isinstance(result, TemporaryFailure)
+    assert 120.0 == result.retry_after
+
+
+def test_retry_after_http_date_is_honoured(http_server: HTTPTestServer) -> None:
+    """A 503 with Retry-After as an HTTP-date gives the seconds until that date."""
+    when = format_datetime(NOW + timedelta(seconds=90), usegmt=True)
+    http_server.replies["/hook"] = Reply(503, {"Retry-After": when})
+    result = channel(http_server.url()).send(make_delivery(), "key-1")
+    assert isinstance(result, TemporaryFailure)
+    assert 90.0 == result.retry_after
+
+
+def test_parse_retry_after_edge_cases() -> None:
+    """Garbage is ignored and a past date means retry now."""
+    past = format_datetime(NOW - timedelta(hours=1), usegmt=True)
+    expected = [None, None, 0.0, 0.0]
+    actual = [
+        parse_retry_after(None, NOW),
+        parse_retry_after("soon", NOW),
+        parse_retry_after(past, NOW),
+        parse_retry_after("0", NOW),
+    ]
+    assert expected == actual
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 410, 422])
+def test_other_4xx_are_permanent(http_server: HTTPTestServer, status: int) -> None:
+    """Any 4xx except 408 and 429 is a permanent failure."""
+    http_server.replies["/hook"] = Reply(status)
+    result = channel(http_server.url()).send(make_delivery(), "key-1")
+    assert PermanentFailure(f"HTTP {status}", provider_response={"status": status}) == result
+
+
+def test_read_timeout_after_request_is_outcome_unknown(http_server: HTTPTestServer) -> None:
+    """A server that reads the request and never answers makes the outcome unknown."""
+    http_server.replies["/hook"] = Reply(action="hang")
+    with pytest.raises(OutcomeUnknownError, match="ReadTimeout"):
+        channel(http_server.url(), read_timeout=0.3).send(make_delivery(), "key-1")
+    assert 1 == len(http_server.received)
+
+
+def test_connection_dropped_after_request_is_outcome_unknown(http_server: HTTPTestServer) -> None:
+    """A server that closes the connection after reading the request makes it unknown."""
+    http_server.replies["/hook"] = Reply(action="close")
+    with pytest.raises(OutcomeUnknownError, match="RemoteProtocolError"):
+        channel(http_server.url()).send(make_delivery(), "key-1")
+    assert 1 == len(http_server.received)
+
+
+def test_refused_port_is_temporary() -> None:
+    """A refused connection is a temporary failure: nothing was sent."""
+    result = channel(f"http://127.0.0.1:{free_port()}/hook").send(make_delivery(), "key-1")
+    assert TemporaryFailure("connection failed, nothing was sent (ConnectError)") == result
+
+
+def test_redirect_is_followed_with_the_same_post(http_server: HTTPTestServer) -> None:
+    """A 307 is followed, re-POSTing the same body and key, and counted."""
+    http_server.replies["/hook"] = Reply(307, {"Location": "/final"})
+    result = channel(http_server.url()).send(make_delivery(), "key-1")
+    assert Sent(provider_response={"status": 200, "redirects": 1}) == result
+    first, second = http_server.received
+    assert ("/final", first.body, "key-1") == (
+        second.path,
+        second.body,
+        second.headers["Idempotency-Key"],
+    )
+
+
+def test_redirect_loop_stops_at_max_redirects(http_server: HTTPTestServer) -> None:
+    """A redirect loop ends in a permanent failure after max_redirects hops."""
+    http_server.replies["/hook"] = Reply(302, {"Location": "/hook"})
+    result = channel(http_server.url(), max_redirects=2).send(make_delivery(), "key-1")
+    assert PermanentFailure("more than 2 redirects", provider_response={"status": 302}) == result
+    assert 3 == len(http_server.received)
+
+
+def test_custom_headers_dropped_on_cross_origin_redirect(http_server: HTTPTestServer) -> None:
+    """Credentials in custom headers do not follow a redirect to another origin."""
+    other = f"http://localhost.test:{http_server.port}/final"
+    http_server.replies["/hook"] = Reply(308, {"Location": other})
+    webhook = channel(
+        http_server.url(),
+        headers={"Authorization": "Bearer s3cr3t"},
+        resolver=lambda host, port: ["127.0.0.1"],
+    )
+    assert isinstance(webhook.send(make_delivery(), "key-1"), Sent)
+    first, second = http_server.received
+    assert ("Bearer s3cr3t", None) == (
+        first.headers.get("Authorization"),
+        second.headers.get("Authorization"),
+    )
+
+
+def test_connects_to_resolved_ip_with_original_host_header(http_server: HTTPTestServer) -> None:
+    """The request goes to the checked IP while Host keeps the original name."""
+    webhook = channel(
+        f"http://hooks.example.test:{http_server.port}/hook",
+        resolver=lambda host, port: ["127.0.0.1"],
+    )
+    assert isinstance(webhook.send(make_delivery(), "key-1"), Sent)
+    (request,) = http_server.received
+    assert f"hooks.example.test:{http_server.port}" == request.headers["Host"]
+
+
+def test_url_for_is_called_with_the_delivery(http_server: HTTPTestServer) -> None:
+    """url_for(delivery) picks the endpoint per delivery."""
+    delivery = make_delivery()
+    webhook = channel(lambda d: http_server.url(f"/hook/{d.notification_key}"))
+    webhook.send(delivery, "key-1")
+    assert ["/hook/welcome"] == [r.path for r in http_server.received]
+
+
+def test_unserialisable_payload_is_permanent(http_server: HTTPTestServer) -> None:
+    """A payload JSON cannot encode fails permanently before any connection."""
+    result = channel(http_server.url()).send(make_delivery(payload={"x": object()}), "key-1")
+    assert PermanentFailure("payload is not JSON-serialisable (TypeError)") == result
+    assert [] == http_server.connections
+
+
+def test_defaults_and_worst_case_timeout() -> None:
+    """The default guarantee is at-least-once and timeout bounds every hop."""
+    webhook = WebhookChannel(
+        "https://example.com/", connect_timeout=1, read_timeout=2, write_timeout=3
+    )
+    assert (DeliveryGuarantee.AT_LEAST_ONCE, 24.0) == (webhook.guarantee, webhook.timeout)
+    assert "example.com" not in repr(webhook)
+
+
+def test_missing_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without httpx, constructing the channel names the webhook extra."""
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "chimeway\[webhook\]"'):
+        WebhookChannel("https://example.com/")
