@@ -1,0 +1,117 @@
+"""Bad input is refused with a specific error and writes nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from chimeway_core.errors import (
+    InvalidDeliveryError,
+    PayloadNotSerializableError,
+    PayloadTooLargeError,
+)
+from chimeway_core.records import NewDelivery
+from chimeway_core.schema import DeliveryRow, JournalRow
+from chimeway_core.store import SQLStore
+
+NAIVE = datetime(2030, 1, 1, 12, 0)  # noqa: DTZ001 -- the point of the test
+
+
+def _spec(**changes: Any) -> NewDelivery:
+    fields: dict[str, Any] = {"channel": "email", "recipient": "ada@example.com"}
+    fields.update(changes)
+    return NewDelivery(**fields)
+
+
+BAD_SPECS = [
+    pytest.param(_spec(channel=""), InvalidDeliveryError, "channel", id="empty-channel"),
+    pytest.param(_spec(recipient=""), InvalidDeliveryError, "recipient", id="empty-recipient"),
+    pytest.param(_spec(recipient="x" * 1001), InvalidDeliveryError, "recipient", id="too-long"),
+    pytest.param(
+        _spec(payload={"when": datetime.now}),
+        PayloadNotSerializableError,
+        "payload['when']",
+        id="payload-not-json",
+    ),
+    pytest.param(
+        _spec(payload={1: "int key"}), PayloadNotSerializableError, "payload", id="int-key"
+    ),
+    pytest.param(
+        _spec(payload=[float("nan")]), PayloadNotSerializableError, "payload[0]", id="nan"
+    ),
+    pytest.param(
+        _spec(payload={"blob": "x" * (256 * 1024)}),
+        PayloadTooLargeError,
+        "payload",
+        id="payload-too-large",
+    ),
+    pytest.param(
+        _spec(payload={"a": ["ok", "\ud800"]}),
+        InvalidDeliveryError,
+        "payload['a'][1]",
+        id="nested-lone-surrogate",
+    ),
+    pytest.param(_spec(recipient="a\udfffb"), InvalidDeliveryError, "recipient", id="surrogate"),
+    pytest.param(_spec(payload={"\ud800": 1}), InvalidDeliveryError, "payload key", id="key"),
+    pytest.param(_spec(recipient="a\x00b"), InvalidDeliveryError, "recipient", id="nul-text"),
+    pytest.param(_spec(payload={"s": "a\x00"}), InvalidDeliveryError, "payload['s']", id="nul"),
+    pytest.param(
+        _spec(metadata={"m": "\x00"}), InvalidDeliveryError, "metadata['m']", id="nul-metadata"
+    ),
+    pytest.param(_spec(max_attempts=0), InvalidDeliveryError, "max_attempts", id="attempts-0"),
+    pytest.param(_spec(scheduled_at=NAIVE), InvalidDeliveryError, "scheduled_at", id="naive"),
+    pytest.param(_spec(expires_at=NAIVE), InvalidDeliveryError, "expires_at", id="naive-exp"),
+    pytest.param(_spec(idempotency_key=""), InvalidDeliveryError, "idempotency_key", id="key0"),
+]
+
+
+def _written(store: SQLStore) -> tuple[int, int, int]:
+    with store.engine.connect() as conn:
+        return (
+            int(conn.execute(select(func.count()).select_from(DeliveryRow)).scalar_one()),
+            int(conn.execute(select(func.count()).select_from(JournalRow)).scalar_one()),
+            store.outbox_size(),
+        )
+
+
+@pytest.mark.parametrize(("spec", "error", "field"), BAD_SPECS)
+def test_bad_spec_is_refused_and_writes_nothing(
+    store: SQLStore, now: datetime, spec: NewDelivery, error: type[Exception], field: str
+) -> None:
+    """Each kind of bad input raises its own error naming the field, and nothing is written."""
+    with pytest.raises(error) as raised:
+        store.create(spec, now=now)
+    assert isinstance(raised.value, InvalidDeliveryError)
+    assert field == raised.value.field
+    assert field in str(raised.value)
+    assert (0, 0, 0) == _written(store)
+
+
+def test_one_bad_spec_in_a_batch_writes_none(store: SQLStore, now: datetime) -> None:
+    """create_many validates every spec first: one bad spec means no row at all."""
+    specs = [_spec(recipient=f"r{i}") for i in range(10)] + [_spec(channel="")]
+    with pytest.raises(InvalidDeliveryError) as raised:
+        store.create_many(specs, now=now)
+    assert "specs[10].channel" == raised.value.field
+    assert (0, 0, 0) == _written(store)
+
+
+def test_naive_now_is_refused(store: SQLStore) -> None:
+    """A naive `now` is refused before anything is written."""
+    with pytest.raises(InvalidDeliveryError) as raised:
+        store.create(_spec(), now=NAIVE)
+    assert "now" == raised.value.field
+    assert (0, 0, 0) == _written(store)
+
+
+def test_payload_too_large_reports_size_and_limit(tmp_path: Any, now: datetime) -> None:
+    """The size error carries the measured size and the configured limit."""
+    store = SQLStore(f"sqlite:///{tmp_path / 'small.db'}", max_payload_bytes=100)
+    store.create_all()
+    with pytest.raises(PayloadTooLargeError) as raised:
+        store.create(_spec(payload="é" * 60), now=now)
+    assert (122, 100) == (raised.value.size, raised.value.limit)
+    store.engine.dispose()
