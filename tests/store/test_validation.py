@@ -17,7 +17,7 @@ from chimeway_core.records import NewDelivery
 from chimeway_core.schema import DeliveryRow, JournalRow
 from chimeway_core.store import SQLStore
 
-NAIVE = datetime(2030, 1, 1, 12, 0)  # noqa: DTZ001 -- the point of the test
+NAIVE = datetime(2030, 1, 1, 12, 0)
 
 
 def _spec(**changes: Any) -> NewDelivery:
