@@ -1,0 +1,155 @@
+"""SMTPChannel against a real aiosmtpd server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email
+from email.policy import default as default_policy
+
+import pytest
+
+from chimeway_core.channels import DeliveryGuarantee, SMTPChannel
+from chimeway_core.channels.smtp import message_id_for
+from chimeway_core.errors import OutcomeUnknownError
+from chimeway_core.outcomes import Bounced, PermanentFailure, Sent, TemporaryFailure
+from chimeway_core.records import Delivery
+
+from .conftest import SMTPTestServer, free_port, make_delivery
+
+RECIPIENT = "alice@example.com"
+
+
+def channel(port: int, **kwargs: object) -> SMTPChannel:
+    """An SMTP channel to loopback with short timeouts."""
+    options: dict[str, object] = {
+        "sender": "noreply@chimeway.test",
+        "subject_for": lambda d: f"Hello ({d.notification_key})",
+        "body_for": lambda d: f"Your order {d.payload['order']} shipped.",
+        "timeout": 0.5,
+    }
+    options.update(kwargs)
+    return SMTPChannel("127.0.0.1", port, **options)  # type: ignore[arg-type]
+
+
+def delivery(recipient: str = RECIPIENT) -> Delivery:
+    """A delivery to ``recipient`` with an order payload."""
+    return make_delivery(payload={"order": 42}, recipient=recipient)
+
+
+def test_accepted_message_is_sent_with_idempotency_headers(smtp_server: SMTPTestServer) -> None:
+    """A 250 is Sent, and the message carries the key and a Message-ID derived from it."""
+    result = channel(smtp_server.port).send(delivery(), "idem-123")
+    expected = Sent(
+        provider_response={
+            "code": 250,
+            "stage": "data",
+            "enhanced_status": "2.0.0",
+            "queue_id": "ABC123",
+        }
+    )
+    assert expected == result
+    (raw,) = smtp_server.handler.messages
+    message = email.message_from_bytes(raw, policy=default_policy)
+    assert ("idem-123", message_id_for("idem-123", "chimeway.test"), RECIPIENT) == (
+        message["X-Idempotency-Key"],
+        message["Message-ID"],
+        message["To"],
+    )
+    assert "Your order 42 shipped." == message.get_content().strip()
+
+
+def test_message_id_is_stable_per_key() -> None:
+    """The same key gives the same Message-ID; another key another one."""
+    assert message_id_for("a", "x.test") == message_id_for("a", "x.test")
+    assert message_id_for("a", "x.test") != message_id_for("b", "x.test")
+
+
+@pytest.mark.parametrize(
+    "reply", ["421 4.3.2 Service shutting down", "451 4.7.1 Greylisted, try later"]
+)
+def test_4xx_recipient_reply_is_temporary(smtp_server: SMTPTestServer, reply: str) -> None:
+    """A 4xx at RCPT is a temporary failure."""
+    smtp_server.handler.rcpt_replies[RECIPIENT] = reply
+    result = channel(smtp_server.port).send(delivery(), "k")
+    assert isinstance(result, TemporaryFailure)
+    assert int(reply[:3]) == result.provider_response["code"]
+
+
+def test_554_is_permanent(smtp_server: SMTPTestServer) -> None:
+    """A 554 (transaction failed) is a permanent failure, not a bounce."""
+    smtp_server.handler.rcpt_replies[RECIPIENT] = "554 Transaction failed"
+    result = channel(smtp_server.port).send(delivery(), "k")
+    assert (
+        PermanentFailure("SMTP 554 at rcpt", provider_response={"code": 554, "stage": "rcpt"})
+        == result
+    )
+
+
+@pytest.mark.parametrize(
+    ("reply", "enhanced"),
+    [
+        ("550 No such user here", None),
+        ("550 5.1.1 User unknown", "5.1.1"),
+        ("553 Mailbox name not allowed", None),
+        ("551 User not local", None),
+    ],
+)
+def test_mailbox_errors_bounce(
+    smtp_server: SMTPTestServer, reply: str, enhanced: str | None
+) -> None:
+    """550-class mailbox replies at RCPT are bounces."""
+    smtp_server.handler.rcpt_replies[RECIPIENT] = reply
+    result = channel(smtp_server.port).send(delivery(), "k")
+    assert isinstance(result, Bounced)
+    expected = {"code": int(reply[:3]), "stage": "rcpt"}
+    if enhanced:
+        expected["enhanced_status"] = enhanced
+    assert expected == dict(result.provider_response)
+
+
+def test_550_with_policy_enhanced_code_is_permanent(smtp_server: SMTPTestServer) -> None:
+    """A 550 whose enhanced code is not 5.1.x (a policy block) is permanent, not a bounce."""
+    smtp_server.handler.rcpt_replies[RECIPIENT] = "550 5.7.1 Message rejected as spam"
+    result = channel(smtp_server.port).send(delivery(), "k")
+    assert isinstance(result, PermanentFailure)
+
+
+def test_data_rejection_is_classified(smtp_server: SMTPTestServer) -> None:
+    """A 5xx at the end of DATA is classified like any reply."""
+    smtp_server.handler.data_reply = "552 5.3.4 Message too big"
+    result = channel(smtp_server.port).send(delivery(), "k")
+    assert isinstance(result, PermanentFailure)
+    assert "data" == result.provider_response["stage"]
+
+
+def test_refused_connection_is_temporary() -> None:
+    """Connection refused is a temporary failure: nothing was sent."""
+    result = channel(free_port()).send(delivery(), "k")
+    assert TemporaryFailure("SMTP connection failed (ConnectionRefusedError)") == result
+
+
+def test_stall_after_data_is_outcome_unknown(smtp_server: SMTPTestServer) -> None:
+    """A server that takes the message and never answers makes the outcome unknown."""
+    smtp_server.handler.data_action = "sleep"
+    with pytest.raises(OutcomeUnknownError, match="after DATA"):
+        channel(smtp_server.port, timeout=0.2).send(delivery(), "k")
+    assert 1 == len(smtp_server.handler.messages)
+
+
+def test_disconnect_after_data_is_outcome_unknown(smtp_server: SMTPTestServer) -> None:
+    """A server that drops the connection once it has the message makes the outcome unknown."""
+    smtp_server.handler.data_action = "close"
+    with pytest.raises(OutcomeUnknownError, match="SMTPServerDisconnected"):
+        channel(smtp_server.port).send(delivery(), "k")
+
+
+def test_header_injection_in_recipient_is_refused(smtp_server: SMTPTestServer) -> None:
+    """A recipient with a newline fails permanently before connecting."""
+    result = channel(smtp_server.port).send(delivery("a@b.test\r\nBcc: x@y.test"), "k")
+    assert PermanentFailure("cannot build the message (ValueError)") == result
+    assert [] == smtp_server.handler.messages
+
+
+def test_defaults() -> None:
+    """SMTP is at-most-once by default and its timeout bounds every round trip."""
+    smtp = channel(25, timeout=2.0)
+    assert (DeliveryGuarantee.AT_MOST_ONCE, 20.0) == (smtp.guarantee, smtp.timeout)
