@@ -1,0 +1,106 @@
+"""Races between real threads: one claim winner, one row per key, fenced stale workers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import pytest
+
+from chimeway_core.errors import LeaseLostError
+from chimeway_core.outcomes import Classification, Outcome, Sent, classify
+from chimeway_core.records import NewDelivery
+from chimeway_core.states import DeliveryStatus, Event
+from chimeway_core.store import SQLStore
+
+T = TypeVar("T")
+
+
+def _race(workers: int, action: Callable[[int], T]) -> list[T]:
+    """Run ``action(i)`` in ``workers`` threads released together by a barrier."""
+    barrier = threading.Barrier(workers)
+
+    def run(index: int) -> T:
+        barrier.wait()
+        return action(index)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run, range(workers)))
+
+
+@pytest.mark.postgres
+def test_twenty_claimers_one_winner_fifty_times(pg_store: SQLStore, now: datetime) -> None:
+    """20 threads claim one delivery at once; in each of 50 trials exactly one wins."""
+    winners = []
+    for trial in range(50):
+        delivery = pg_store.create(NewDelivery(channel="c", recipient=f"r{trial}"), now=now)
+        claims = _race(
+            20,
+            lambda i, d=delivery.delivery: pg_store.claim(
+                d.id, owner=f"w{i}", lease_seconds=30, now=now
+            ),
+        )
+        winners.append(sum(claim is not None for claim in claims))
+        history = pg_store.history(delivery.delivery.id)
+        assert history is not None
+        assert (1, 1) == (history.delivery.attempt_count, len(history.attempts))
+    assert [1] * 50 == winners
+
+
+def test_claim_race_on_each_database(store: SQLStore, now: datetime) -> None:
+    """Concurrent claimers never fail with a lock error and exactly one wins (both databases)."""
+    for trial in range(5):
+        delivery = store.create(NewDelivery(channel="c", recipient=f"r{trial}"), now=now).delivery
+        claims = _race(
+            8, lambda i, d=delivery: store.claim(d.id, owner=f"w{i}", lease_seconds=30, now=now)
+        )
+        assert 1 == sum(claim is not None for claim in claims)
+
+
+@pytest.mark.postgres
+def test_ten_concurrent_creates_make_one_row(pg_store: SQLStore, now: datetime) -> None:
+    """10 threads create with one idempotency key: one row, one created=True, same delivery."""
+    spec = NewDelivery(channel="email", recipient="r", idempotency_key="once")
+    results = _race(10, lambda _i: pg_store.create(spec, now=now))
+    assert 1 == sum(result.created for result in results)
+    assert {results[0].delivery.id} == {result.delivery.id for result in results}
+    assert 1 == pg_store.outbox_size()
+    assert {(DeliveryStatus.READY, None): 1} == pg_store.counts()
+
+
+@pytest.mark.postgres
+def test_stale_worker_loses_to_takeover_under_threads(pg_store: SQLStore, now: datetime) -> None:
+    """A stale worker and the rescuer race to resolve one attempt: one wins, the other is fenced."""
+    delivery = pg_store.create(NewDelivery(channel="c", recipient="r"), now=now).delivery
+    stale = pg_store.claim(delivery.id, owner="slow", lease_seconds=1, now=now)
+    assert stale is not None
+    later = now + timedelta(seconds=5)
+    (rescued,) = pg_store.expired_claims(now=later)
+    unknown = Classification(Outcome.UNKNOWN, None)
+
+    def resolve(index: int) -> str:
+        try:
+            if index == 0:
+                pg_store.record_attempt(stale, classify(Sent()), event=Event.SUCCEED, now=later)
+            else:
+                pg_store.record_attempt(
+                    rescued, unknown, event=Event.LOSE_OUTCOME_RETRYABLE, now=later
+                )
+        except LeaseLostError:
+            return "lost"
+        return "won"
+
+    assert ["lost", "won"] == sorted(_race(2, resolve))
+    history = pg_store.history(delivery.id)
+    assert history is not None
+    (attempt,) = history.attempts
+    transitions = [entry for entry in history.journal if entry.event is not None]
+    assert 1 == len(transitions)
+    expected_status = {
+        Outcome.SUCCEEDED: DeliveryStatus.SUCCEEDED,
+        Outcome.UNKNOWN: DeliveryStatus.FAILED,
+    }[attempt.outcome or Outcome.FAILED]
+    assert expected_status == history.delivery.status
