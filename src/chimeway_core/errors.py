@@ -278,3 +278,17 @@ class PolicyError(ChimewayError):
     def __reduce__(self) -> tuple[object, ...]:
         # The message is not the constructor's argument: tell pickle what is.
         return (type(self), (self.policy_name, self.delivery_id, self.error_type))
+
+
+class UnknownChannelError(ChimewayError, LookupError):
+    """A delivery names a channel this engine was not given.
+
+    Raised by ``notify()`` before anything is written, and by ``perform()``
+    before the delivery is claimed (no attempt is consumed; the queue records
+    the failure and the job is retried once the worker is configured).
+    """
+
+    def __init__(self, channel: str, known: tuple[str, ...]) -> None:
+        self.channel = channel
+        self.known = known
+        super().__init__(f"unknown channel {channel!r}; this engine has {list(known)}")

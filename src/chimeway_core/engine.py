@@ -1,0 +1,645 @@
+"""The engine: ``notify()`` writes a delivery, ``perform()`` runs one job for it.
+
+Theory of operation
+-------------------
+``notify()`` evaluates the policies on a provisional snapshot, then writes the
+delivery and its outbox row in one transaction (the caller's, when a
+``session`` is given). Once that transaction has committed, the id is handed
+to the backend; the outbox row is deleted later, in batches. A crash between
+commit and enqueue loses nothing: :meth:`Chimeway.relay` (run by
+:meth:`Chimeway.rescue` and by workers) hands every outbox row older than a
+grace period to the backend, whose job ids dedupe.
+
+``perform()`` is the queue-agnostic port of the reference Oban worker
+(``shared/reference/oban_worker.ex``):
+
+1. A missing, terminal or leased delivery acknowledges with no side effect;
+   one not yet due is deferred to its ``scheduled_at``.
+2. Policies decide: suppress (terminal, with the policy's reason), defer
+   (``scheduled_at`` moves, no attempt consumed) or proceed.
+3. The delivery is claimed: one transaction takes a lease and writes the
+   attempt row *before* the channel is called. A job that loses the claim
+   does not call the channel.
+4. The channel is called with the delivery's stable idempotency key; what it
+   returns or raises is classified.
+5. The attempt's outcome and the status transition commit together, fenced by
+   the lease's version.
+6. :func:`~chimeway_core.dispatch.decide` picks ACK, RETRY, EXHAUST or RAISE.
+   RAISE schedules the next attempt first (``run_at`` on the error), exactly
+   as Oban retries a job that raised, so a delivery is never left live
+   without a scheduled run; on the final attempt the catch-all converges.
+
+One delivery costs three commits end to end: the notify, the claim with its
+write-ahead attempt, and the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, assert_never
+from uuid import UUID
+
+import attrs
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from chimeway_core.channels.base import Channel, DeliveryGuarantee
+from chimeway_core.clock import Clock, SystemClock, ensure_aware
+from chimeway_core.dispatch import Action, attempt_event, match_row
+from chimeway_core.errors import (
+    DeliveryNotFoundError,
+    DeliveryTerminalError,
+    IllegalTransitionError,
+    LeaseLostError,
+    UnhandledOutcomeError,
+    UnknownChannelError,
+)
+from chimeway_core.jobs import Backend, JobKind, JobResult
+from chimeway_core.outcomes import Classification, Outcome, classify
+from chimeway_core.policies import (
+    MAX_DEFERRALS,
+    Defer,
+    ExpiryPolicy,
+    Policy,
+    PolicyContext,
+    PolicyPhase,
+    Proceed,
+    Suppress,
+    apply_deferral_bound,
+    evaluate_policies,
+)
+from chimeway_core.records import Claim, Delivery, DeliveryHistory, NewDelivery
+from chimeway_core.retry import RetryPolicy
+from chimeway_core.states import DeliveryStatus, apply_event
+from chimeway_core.store import OutboxItem, SQLStore
+from chimeway_core.telemetry import Telemetry, TelemetryEvent
+
+__all__ = ["Chimeway", "RescueReport"]
+
+logger = logging.getLogger("chimeway")
+
+_SESSION_KEY = "chimeway.pending_enqueue"
+_OUTBOX_FLUSH_AT = 200
+
+
+@attrs.frozen
+class RescueReport:
+    """What one :meth:`Chimeway.rescue` pass did."""
+
+    resolved: int
+    """In-flight attempts of dead workers resolved as ``unknown``."""
+    requeued: int
+    """Due live deliveries handed to the backend again."""
+    relayed: int
+    """Outbox rows handed to the backend."""
+
+
+class Chimeway:
+    """The delivery engine an application constructs once.
+
+    ``channels`` maps a channel name to a :class:`~chimeway_core.channels.Channel`.
+    ``policies`` run in order at notify time and at perform time;
+    :class:`~chimeway_core.policies.ExpiryPolicy` always runs first.
+    ``retry`` is the default :class:`RetryPolicy`; ``channel_retry``
+    overrides it per channel. ``lease_margin`` is added to a channel's
+    ``timeout`` to make the lease, so a live call never outlasts its lease.
+    ``rand`` is the jitter's random source (seed it for determinism).
+    """
+
+    def __init__(
+        self,
+        store: SQLStore,
+        backend: Backend,
+        channels: Mapping[str, Channel],
+        *,
+        policies: Sequence[Policy] = (),
+        retry: RetryPolicy | None = None,
+        channel_retry: Mapping[str, RetryPolicy] | None = None,
+        clock: Clock | None = None,
+        telemetry: Telemetry | None = None,
+        lease_margin: float = 30.0,
+        max_deferrals: int = MAX_DEFERRALS,
+        relay_grace: float = 10.0,
+        requeue_after: float = 300.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.channels = dict(channels)
+        self.policies: tuple[Policy, ...] = (ExpiryPolicy(), *policies)
+        self.retry = retry or RetryPolicy()
+        self.channel_retry = dict(channel_retry or {})
+        self.clock = clock or SystemClock()
+        self.telemetry = telemetry or Telemetry()
+        self.lease_margin = lease_margin
+        self.max_deferrals = max_deferrals
+        self.relay_grace = timedelta(seconds=relay_grace)
+        self.requeue_after = timedelta(seconds=requeue_after)
+        self._rand = rand
+        self._identity = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        self._enqueued_lock = threading.Lock()
+        self._enqueued: list[UUID] = []
+
+    def __repr__(self) -> str:
+        return f"Chimeway(store={self.store!r}, channels={sorted(self.channels)})"
+
+    # ------------------------------------------------------------------ notify
+
+    def notify(
+        self,
+        channel: str,
+        recipient: str,
+        payload: Any = None,
+        *,
+        notification_key: str | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        session: Session | None = None,
+    ) -> Delivery:
+        """Record a delivery and queue it; return the delivery as written.
+
+        Idempotent on ``(channel, idempotency_key)``: a repeat returns the
+        existing delivery and queues nothing. A delivery a policy suppresses is
+        still recorded, terminal, with the policy's reason. With ``session``
+        the rows are written in the caller's transaction and the job is queued
+        only after it commits; a rollback leaves no delivery and no job.
+        Invalid input raises a :class:`~chimeway_core.errors.ChimewayError`
+        subclass and writes nothing.
+        """
+        spec = NewDelivery(
+            channel=channel,
+            recipient=recipient,
+            payload=payload,
+            notification_key=notification_key,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts
+            if max_attempts is not None
+            else self._retry(channel).max_attempts,
+            scheduled_at=scheduled_at,
+            expires_at=expires_at,
+            metadata=dict(metadata or {}),
+        )
+        return self.notify_many([spec], session=session)[0]
+
+    def notify_many(
+        self, specs: Iterable[NewDelivery], *, session: Session | None = None
+    ) -> list[Delivery]:
+        """Record and queue many deliveries in a handful of statements.
+
+        Same guarantees as :meth:`notify`, per spec, in order; one invalid spec
+        writes none.
+        """
+        now = self.clock.now()
+        specs = list(specs)
+        for spec in specs:
+            self._channel(spec.channel)
+        planned = [self._plan_at_notify(spec, now) for spec in specs]
+        created = self.store.create_many(
+            [spec for spec, _ in planned],
+            now=now,
+            session=session,
+            suppress_reasons=[reason for _, reason in planned],
+        )
+        fresh = [c.delivery for c in created if c.created and not c.delivery.is_terminal]
+        for result in created:
+            meta = _meta(result.delivery)
+            if not result.created:
+                self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, meta)
+            elif result.delivery.status is DeliveryStatus.SUPPRESSED:
+                self.telemetry.emit(
+                    TelemetryEvent.SUPPRESSED, {**meta, "reason": result.delivery.reason}
+                )
+        if session is None:
+            self._hand_over(fresh, now)
+        else:
+            self._after_commit(session, fresh)
+        return [c.delivery for c in created]
+
+    def _plan_at_notify(self, spec: NewDelivery, now: datetime) -> tuple[NewDelivery, str | None]:
+        provisional = _provisional(spec, now)
+        decision, _ = evaluate_policies(
+            self.policies, provisional, self._context(now, PolicyPhase.NOTIFY)
+        )
+        match decision:
+            case Suppress(reason=reason):
+                return spec, reason
+            case Defer(until=until):
+                return attrs.evolve(spec, scheduled_at=max(until, provisional.scheduled_at)), None
+            case Proceed():
+                return spec, None
+            case _:
+                assert_never(decision)
+
+    def _hand_over(self, deliveries: Sequence[Delivery], now: datetime) -> None:
+        if not deliveries:
+            return
+        due = [d.id for d in deliveries if d.scheduled_at <= now]
+        if due:
+            self.backend.enqueue_many(due)
+        for delivery in deliveries:
+            if delivery.scheduled_at > now:
+                self.backend.enqueue(delivery.id, at=delivery.scheduled_at)
+        with self._enqueued_lock:
+            self._enqueued.extend(d.id for d in deliveries)
+            flush = len(self._enqueued) >= _OUTBOX_FLUSH_AT
+        if flush:
+            self.flush_outbox()
+
+    def _after_commit(self, session: Session, deliveries: Sequence[Delivery]) -> None:
+        pending: list[Delivery] | None = session.info.get(_SESSION_KEY)
+        if pending is None:
+            pending = session.info[_SESSION_KEY] = []
+
+            def committed(sess: Session) -> None:
+                handed = sess.info.pop(_SESSION_KEY, [])
+                self._hand_over(handed, self.clock.now())
+
+            def rolled_back(sess: Session, _previous: object) -> None:
+                sess.info.pop(_SESSION_KEY, None)
+
+            event.listen(session, "after_commit", committed, once=True)
+            event.listen(session, "after_soft_rollback", rolled_back, once=True)
+        pending.extend(deliveries)
+
+    def flush_outbox(self) -> None:
+        """Delete the outbox rows of deliveries this engine has already queued."""
+        with self._enqueued_lock:
+            ids, self._enqueued = self._enqueued, []
+        if ids:
+            self.store.delete_outbox(ids)
+
+    # ------------------------------------------------------------------ perform
+
+    def perform(self, delivery_id: UUID) -> JobResult:
+        """Run one queue job for ``delivery_id``; see the module docstring.
+
+        Returns the :class:`JobResult` the backend translates; raises
+        :class:`UnhandledOutcomeError` (after scheduling the next run) for a
+        shape the dispatch table does not cover.
+        """
+        delivery = self.store.get(delivery_id)
+        if delivery is None:
+            return self._ignored(delivery_id, None, "delivery not found")
+        with self.telemetry.span("perform", _meta(delivery)) as span:
+            result = self._perform(delivery)
+            span["job_kind"] = result.kind.value
+            return result
+
+    def _perform(self, delivery: Delivery) -> JobResult:
+        now = self.clock.now()
+        if delivery.is_terminal:
+            return self._ignored(delivery.id, delivery, "delivery is terminal")
+        if delivery.scheduled_at > now:
+            return JobResult(
+                delivery_id=delivery.id,
+                kind=JobKind.DEFER,
+                run_at=delivery.scheduled_at,
+                detail="not yet due",
+            )
+        if delivery.lease_owner is not None:
+            # A live lease: another worker is calling. An expired one: a worker
+            # died mid-call and its in-flight attempt is the rescuer's to
+            # resolve (it queues the delivery again when it retries).
+            live = delivery.lease_expires_at is not None and delivery.lease_expires_at > now
+            why = "claimed by another worker" if live else "awaiting rescue of a lost attempt"
+            return self._ignored(delivery.id, delivery, why)
+        channel = self._channel(delivery.channel)
+        if delivery.attempt_count >= delivery.max_attempts:
+            # Crashed between recording the final failure and exhausting.
+            return self._exhaust(delivery, now)
+        decision, policy_name = evaluate_policies(
+            self.policies, delivery, self._context(now, PolicyPhase.PERFORM)
+        )
+        decision = apply_deferral_bound(decision, delivery, self.max_deferrals)
+        match decision:
+            case Suppress(reason=reason):
+                return self._suppress(delivery, reason, policy_name, now)
+            case Defer(until=until, reason=reason):
+                return self._defer(delivery, until, reason, now)
+            case Proceed():
+                pass
+            case _:
+                assert_never(decision)
+        claim = self.store.claim(
+            delivery.id,
+            owner=self._owner(),
+            lease_seconds=channel.timeout + self.lease_margin,
+            now=now,
+        )
+        if claim is None:
+            return self._ignored(delivery.id, delivery, "claim lost")
+        return self._attempt(claim, channel)
+
+    def _attempt(self, claim: Claim, channel: Channel) -> JobResult:
+        delivery = claim.delivery
+        try:
+            result: object = channel.send(delivery, delivery.idempotency_key)
+        except Exception as error:  # every exception is classified, none escapes
+            result = error
+        shape = classify(result, exception_class=channel.exception_class)
+        try:
+            return self._record(claim, shape, channel.guarantee, self.clock.now())
+        except LeaseLostError:
+            # Cancelled, rescued or taken over while we were calling: the
+            # ledger already says what happened; our late write is fenced off.
+            return self._ignored(delivery.id, delivery, "lease lost before recording")
+
+    def _record(
+        self,
+        claim: Claim,
+        shape: Classification,
+        guarantee: DeliveryGuarantee,
+        now: datetime,
+    ) -> JobResult:
+        before = claim.delivery
+        number = claim.attempt.number
+        event_ = attempt_event(
+            shape.outcome,
+            shape.error_class,
+            retry_unknown=guarantee is DeliveryGuarantee.AT_LEAST_ONCE,
+        )
+        status_after = apply_event(before.status, event_).dest
+        action, row = match_row(
+            shape.outcome, shape.error_class, status_after, number, before.max_attempts
+        )
+        next_run_at = None
+        if action in {Action.RETRY, Action.RAISE} and status_after is DeliveryStatus.FAILED:
+            delay = self._retry(before.channel).delay_for(
+                number, shape.retry_after, rand=self._rand
+            )
+            next_run_at = now + timedelta(seconds=delay)
+        after = self.store.record_attempt(
+            claim, shape, event=event_, now=now, next_run_at=next_run_at
+        )
+        meta = _meta(after) | {
+            "attempt": number,
+            "outcome": shape.outcome.value,
+            "error_class": None if shape.error_class is None else str(shape.error_class),
+            "action": action.value,
+            "row": row,
+        }
+        self.telemetry.emit(TelemetryEvent.ATTEMPT_RECORDED, meta)
+        self.telemetry.emit(
+            TelemetryEvent.STATUS_TRANSITION,
+            meta | {"from_status": before.status.value, "to_status": after.status.value},
+        )
+        match action:
+            case Action.ACK:
+                return JobResult(delivery_id=after.id, kind=JobKind.ACK, detail=row)
+            case Action.RETRY:
+                assert next_run_at is not None
+                return JobResult(
+                    delivery_id=after.id, kind=JobKind.RETRY, run_at=next_run_at, detail=row
+                )
+            case Action.EXHAUST:
+                return self._exhaust(after, now)
+            case Action.RAISE:
+                self.telemetry.emit(TelemetryEvent.UNHANDLED_OUTCOME, meta)
+                logger.error(
+                    "unhandled delivery outcome: delivery_id=%s outcome=%s error_class=%r "
+                    "status=%s attempt=%d/%d",
+                    after.id,
+                    shape.outcome.value,
+                    shape.error_class,
+                    after.status.value,
+                    number,
+                    after.max_attempts,
+                )
+                raise UnhandledOutcomeError(
+                    delivery_id=after.id,
+                    outcome=shape.outcome,
+                    error_class=shape.error_class,
+                    status=after.status,
+                    attempt=number,
+                    max_attempts=after.max_attempts,
+                    run_at=next_run_at,
+                )
+            case _:
+                assert_never(action)
+
+    def _exhaust(self, delivery: Delivery, now: datetime) -> JobResult:
+        try:
+            after = self.store.exhaust(delivery.id, expected_version=delivery.version, now=now)
+        except (LeaseLostError, IllegalTransitionError):
+            return self._ignored(delivery.id, delivery, "moved on before exhausting")
+        meta = _meta(after) | {"reason": after.reason, "attempt": after.attempt_count}
+        self.telemetry.emit(TelemetryEvent.EXHAUSTED, meta)
+        self.telemetry.emit(
+            TelemetryEvent.STATUS_TRANSITION,
+            meta | {"from_status": delivery.status.value, "to_status": after.status.value},
+        )
+        return JobResult(delivery_id=after.id, kind=JobKind.ACK, detail="exhausted")
+
+    def _suppress(
+        self, delivery: Delivery, reason: str, policy: str | None, now: datetime
+    ) -> JobResult:
+        try:
+            after = self.store.suppress(
+                delivery.id, reason, expected_version=delivery.version, now=now
+            )
+        except (LeaseLostError, IllegalTransitionError):
+            return self._ignored(delivery.id, delivery, "moved on before suppressing")
+        self.telemetry.emit(
+            TelemetryEvent.SUPPRESSED, _meta(after) | {"reason": reason, "row": policy}
+        )
+        return JobResult(delivery_id=after.id, kind=JobKind.ACK, detail=f"suppressed: {reason}")
+
+    def _defer(self, delivery: Delivery, until: datetime, reason: str, now: datetime) -> JobResult:
+        try:
+            after = self.store.defer(
+                delivery.id, until, reason, expected_version=delivery.version, now=now
+            )
+        except (LeaseLostError, DeliveryTerminalError):
+            return self._ignored(delivery.id, delivery, "moved on before deferring")
+        self.telemetry.emit(TelemetryEvent.DEFERRED, _meta(after) | {"reason": reason})
+        return JobResult(
+            delivery_id=after.id, kind=JobKind.DEFER, run_at=after.scheduled_at, detail=reason
+        )
+
+    def _ignored(self, delivery_id: UUID, delivery: Delivery | None, why: str) -> JobResult:
+        meta = _meta(delivery) if delivery else {"delivery_id": str(delivery_id)}
+        self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, meta | {"reason": why})
+        return JobResult(delivery_id=delivery_id, kind=JobKind.ACK, detail=why)
+
+    # ------------------------------------------------------------------ operators
+
+    def get(self, delivery_id: UUID) -> DeliveryHistory:
+        """The delivery with its attempts and journal; raises if it does not exist."""
+        history = self.store.history(delivery_id)
+        if history is None:
+            raise DeliveryNotFoundError(delivery_id)
+        return history
+
+    def cancel(self, delivery_id: UUID) -> Delivery:
+        """Cancel a live delivery (reason ``cancelled``); a leased worker is fenced off.
+
+        A terminal delivery raises :class:`IllegalTransitionError`; an unknown
+        id :class:`DeliveryNotFoundError`.
+        """
+        before = self.store.get(delivery_id)
+        after = self.store.cancel(delivery_id, now=self.clock.now())
+        self.telemetry.emit(
+            TelemetryEvent.STATUS_TRANSITION,
+            _meta(after)
+            | {
+                "from_status": before.status.value if before else None,
+                "to_status": after.status.value,
+                "reason": after.reason,
+            },
+        )
+        return after
+
+    def explain(self, delivery_id: UUID) -> list[str]:
+        """Why the delivery is where it is: one line per journal entry and attempt."""
+        history = self.get(delivery_id)
+        lines: list[tuple[datetime, int, str]] = []
+        for entry in history.journal:
+            change = (
+                f"{entry.from_status.value if entry.from_status else '-'} -> "
+                f"{entry.to_status.value if entry.to_status else '-'}"
+            )
+            detail = f" ({entry.reason})" if entry.reason else ""
+            lines.append((entry.at, 1, f"{entry.kind.value}: {entry.event or ''} {change}{detail}"))
+        for attempt in history.attempts:
+            outcome = attempt.outcome.value if attempt.outcome else "in flight"
+            error_class = f"/{attempt.error_class}" if attempt.error_class else ""
+            error = f": {attempt.error}" if attempt.error else ""
+            lines.append(
+                (attempt.started_at, 0, f"attempt {attempt.number}: {outcome}{error_class}{error}")
+            )
+        lines.sort(key=lambda item: (item[0], item[1]))
+        return [f"{at.isoformat()} {text}" for at, _, text in lines]
+
+    def relay(self, *, batch_size: int = 500, grace: float | None = None) -> int:
+        """Hand committed outbox rows older than ``grace`` seconds to the backend.
+
+        Returns the number relayed. Safe with several relays at once.
+        """
+        self.flush_outbox()
+        now = self.clock.now()
+        window = self.relay_grace if grace is None else timedelta(seconds=grace)
+        total = 0
+        while True:
+            sent = self.store.relay_outbox(
+                lambda items: self._send_outbox(items, now),
+                batch_size=batch_size,
+                created_before=now - window + timedelta(microseconds=1),
+            )
+            total += sent
+            if sent < batch_size:
+                return total
+
+    def _send_outbox(self, items: Sequence[OutboxItem], now: datetime) -> None:
+        due = [item.delivery_id for item in items if item.run_at <= now]
+        if due:
+            self.backend.enqueue_many(due)
+        for item in items:
+            if item.run_at > now:
+                self.backend.enqueue(item.delivery_id, at=item.run_at)
+
+    def rescue(self, now: datetime | None = None, *, limit: int = 500) -> RescueReport:
+        """Resolve dead workers' attempts, requeue stranded deliveries, relay the outbox.
+
+        An attempt left in flight past its lease becomes outcome ``unknown``:
+        retried with the same idempotency key on an at-least-once channel,
+        cancelled ``outcome_unknown`` on an at-most-once one (the table
+        decides). Live, due deliveries untouched for ``requeue_after``
+        seconds are queued again (a lost or flushed queue); the backend's job
+        ids dedupe. Safe with several rescuers at once.
+        """
+        now = ensure_aware(now, "now") if now is not None else self.clock.now()
+        resolved = 0
+        for claim in self.store.expired_claims(now=now, limit=limit):
+            if self._resolve_lost(claim, now):
+                resolved += 1
+        stranded = self.store.due(now=now, limit=limit, not_touched_since=now - self.requeue_after)
+        if stranded:
+            self.backend.enqueue_many([d.id for d in stranded])
+        relayed = self.relay()
+        return RescueReport(resolved=resolved, requeued=len(stranded), relayed=relayed)
+
+    def _resolve_lost(self, claim: Claim, now: datetime) -> bool:
+        channel = self.channels.get(claim.delivery.channel)
+        guarantee = channel.guarantee if channel else DeliveryGuarantee.AT_MOST_ONCE
+        shape = Classification(
+            Outcome.UNKNOWN, None, {}, None, "worker lost: lease expired with the call in flight"
+        )
+        try:
+            result = self._record(claim, shape, guarantee, now)
+        except LeaseLostError:  # another rescuer, or the worker itself, got there first
+            return False
+        self.telemetry.emit(
+            TelemetryEvent.RESCUED, _meta(claim.delivery) | {"attempt": claim.attempt.number}
+        )
+        if result.kind is not JobKind.ACK:
+            assert result.run_at is not None
+            self.backend.enqueue(result.delivery_id, at=result.run_at)
+        return True
+
+    # ------------------------------------------------------------------ helpers
+
+    def _channel(self, name: str) -> Channel:
+        try:
+            return self.channels[name]
+        except KeyError:
+            raise UnknownChannelError(name, tuple(sorted(self.channels))) from None
+
+    def _retry(self, channel: str) -> RetryPolicy:
+        return self.channel_retry.get(channel, self.retry)
+
+    def _owner(self) -> str:
+        return f"{self._identity}:{os.getpid()}:{threading.get_ident()}"
+
+    def _context(self, now: datetime, phase: PolicyPhase) -> PolicyContext:
+        return PolicyContext(
+            now=now,
+            phase=phase,
+            recent_attempts=lambda channel, recipient, since: self.store.count_recent_attempts(
+                channel=channel, recipient=recipient, since=since
+            ),
+        )
+
+
+def _meta(delivery: Delivery) -> dict[str, object]:
+    return {
+        "delivery_id": str(delivery.id),
+        "channel": delivery.channel,
+        "notification_key": delivery.notification_key,
+        "status": delivery.status.value,
+        "max_attempts": delivery.max_attempts,
+    }
+
+
+def _provisional(spec: NewDelivery, now: datetime) -> Delivery:
+    """The snapshot policies see at notify time, before anything is written."""
+    return Delivery(
+        id=uuid.UUID(int=0),
+        channel=spec.channel,
+        recipient=spec.recipient,
+        payload=spec.payload,
+        notification_key=spec.notification_key,
+        idempotency_key=spec.idempotency_key or "",
+        status=DeliveryStatus.READY,
+        reason=None,
+        attempt_count=0,
+        max_attempts=spec.max_attempts,
+        scheduled_at=spec.scheduled_at or now,
+        expires_at=spec.expires_at,
+        lease_owner=None,
+        lease_expires_at=None,
+        version=0,
+        deferral_count=0,
+        metadata=spec.metadata,
+        created_at=now,
+        updated_at=now,
+    )

@@ -1,0 +1,103 @@
+"""The testing kit: fakes for testing an application's notifications.
+
+:class:`FakeChannel` is a channel with scripted results that records every
+call (with its idempotency key and the clock's time). The library's own suite
+uses it; so can yours. :class:`~chimeway_core.clock.VirtualClock` lives in
+:mod:`chimeway_core.clock` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from uuid import UUID
+
+import attrs
+
+from chimeway_core.channels.base import DeliveryGuarantee
+from chimeway_core.clock import Clock, SystemClock, VirtualClock
+from chimeway_core.outcomes import ChannelResult, ErrorClass, Sent
+from chimeway_core.records import Delivery
+
+__all__ = ["ChannelCall", "FakeChannel", "VirtualClock"]
+
+#: What a script step may be: a result to return, or an exception to raise.
+Step = ChannelResult | BaseException | object
+
+
+@attrs.frozen
+class ChannelCall:
+    """One recorded call of a :class:`FakeChannel`."""
+
+    delivery_id: UUID
+    idempotency_key: str
+    attempt: int
+    """The delivery's attempt number at the time of the call."""
+    at: datetime
+
+
+class FakeChannel:
+    """A channel whose results are scripted; it records every call.
+
+    ``script`` is either a sequence (attempt *n* of each delivery gets item
+    *n*; the last item repeats once the script runs out) or a function of the
+    :class:`~chimeway_core.records.Delivery` being sent (its
+    ``attempt_count`` is the attempt number). An item that is an exception is
+    raised; anything else is returned, even values of undocumented shapes, so
+    tests can exercise the dispatch table's catch-all. The default script
+    always sends.
+    """
+
+    def __init__(
+        self,
+        script: Sequence[Step] | Callable[[Delivery], Step] = (Sent(),),
+        *,
+        guarantee: DeliveryGuarantee = DeliveryGuarantee.AT_LEAST_ONCE,
+        exception_class: ErrorClass = ErrorClass.TEMPORARY,
+        timeout: float = 5.0,
+        clock: Clock | None = None,
+        on_call: Callable[[Delivery], None] | None = None,
+    ) -> None:
+        if not callable(script) and not script:
+            raise ValueError("a FakeChannel script needs at least one step")
+        self.script = script
+        self.guarantee = guarantee
+        self.exception_class = exception_class
+        self.timeout = timeout
+        self.clock: Clock = clock or SystemClock()
+        self.on_call = on_call
+        self._lock = threading.Lock()
+        self._calls: list[ChannelCall] = []
+
+    @property
+    def calls(self) -> list[ChannelCall]:
+        """Every call so far, oldest first (a copy)."""
+        with self._lock:
+            return list(self._calls)
+
+    def calls_for(self, delivery_id: UUID) -> list[ChannelCall]:
+        """The calls made for one delivery."""
+        return [call for call in self.calls if call.delivery_id == delivery_id]
+
+    def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
+        """Record the call, then return or raise the script's next step."""
+        with self._lock:
+            self._calls.append(
+                ChannelCall(
+                    delivery_id=delivery.id,
+                    idempotency_key=idempotency_key,
+                    attempt=delivery.attempt_count,
+                    at=self.clock.now(),
+                )
+            )
+        if self.on_call is not None:
+            self.on_call(delivery)
+        if callable(self.script):
+            step = self.script(delivery)
+        else:
+            index = max(delivery.attempt_count, 1) - 1
+            step = self.script[min(index, len(self.script) - 1)]
+        if isinstance(step, BaseException):
+            raise step
+        return step  # type: ignore[return-value]  # undocumented shapes are the point
