@@ -8,7 +8,7 @@ subscriber recording everything the engine would emit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import pytest
 
@@ -26,10 +26,10 @@ SERVER_LOGGERS = ("mail.log",)
 
 
 @pytest.fixture
-def recorded(caplog: pytest.LogCaptureFixture) -> Iterator[list[Mapping[str, MetaValue]]]:
-    """Capture logs at DEBUG; yield the list telemetry metadata is recorded into."""
+def recorded(caplog: pytest.LogCaptureFixture) -> list[Mapping[str, MetaValue]]:
+    """Capture logs at DEBUG; return the list telemetry metadata is recorded into."""
     caplog.set_level(logging.DEBUG)
-    yield []
+    return []
 
 
 def canary_delivery() -> Delivery:
@@ -176,7 +176,7 @@ def test_smtp_replies_leak_nothing(
     recorded: list[Mapping[str, MetaValue]],
     rcpt_reply: str | None,
 ) -> None:
-    """Accepted, bounced, temporary and permanent SMTP replies (which quote the address) leak nothing."""
+    """Accepted, bounced, temporary and permanent replies quoting the address leak nothing."""
     if rcpt_reply is not None:
         smtp_server.handler.rcpt_replies[f"{CANARY}@example.com"] = rcpt_reply
     assert_no_canary(run(smtp(smtp_server.port), recorded), caplog)
