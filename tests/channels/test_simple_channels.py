@@ -76,7 +76,7 @@ def test_log_channel_logs_safe_metadata_and_reports_sent(caplog: pytest.LogCaptu
     }
     assert (Sent(provider_response={"logged": True}), expected_meta) == (
         result,
-        record.chimeway,
+        record.__dict__["chimeway"],
     )
 
 

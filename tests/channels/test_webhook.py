@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -13,6 +14,7 @@ from chimeway_core.channels import DeliveryGuarantee, WebhookChannel
 from chimeway_core.channels.webhook import parse_retry_after
 from chimeway_core.errors import MissingExtraError, OutcomeUnknownError
 from chimeway_core.outcomes import PermanentFailure, Sent, TemporaryFailure
+from chimeway_core.records import Delivery
 
 from .conftest import HTTPTestServer, Reply, free_port, make_delivery
 
@@ -20,7 +22,7 @@ LOOPBACK = ["127.0.0.1/32"]
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def channel(url: str, **kwargs: object) -> WebhookChannel:
+def channel(url: str | Callable[[Delivery], str], **kwargs: object) -> WebhookChannel:
     """A webhook channel allowed to reach loopback only, with short timeouts."""
     options: dict[object, object] = {
         "allow_networks": LOOPBACK,

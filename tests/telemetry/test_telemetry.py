@@ -254,8 +254,8 @@ def test_logging_subscriber_writes_structured_records(caplog: pytest.LogCaptureF
     ) == (
         first.levelno,
         first.getMessage(),
-        first.chimeway,
-        first.chimeway_event,
+        first.__dict__["chimeway"],
+        first.__dict__["chimeway_event"],
         second.levelno,
     )
 
