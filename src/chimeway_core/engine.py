@@ -226,16 +226,16 @@ class Chimeway:
         return [c.delivery for c in created]
 
     def _plan_at_notify(self, spec: NewDelivery, now: datetime) -> tuple[NewDelivery, str | None]:
-        provisional = _provisional(spec, now)
+        # Only a suppression is applied at notify time. A deferral is left to
+        # perform(), where it is journaled with its reason and counted against
+        # the deferral bound; the policies run again there anyway.
         decision, _ = evaluate_policies(
-            self.policies, provisional, self._context(now, PolicyPhase.NOTIFY)
+            self.policies, _provisional(spec, now), self._context(now, PolicyPhase.NOTIFY)
         )
         match decision:
             case Suppress(reason=reason):
                 return spec, reason
-            case Defer(until=until):
-                return attrs.evolve(spec, scheduled_at=max(until, provisional.scheduled_at)), None
-            case Proceed():
+            case Defer() | Proceed():
                 return spec, None
             case _:
                 assert_never(decision)

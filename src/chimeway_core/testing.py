@@ -25,6 +25,8 @@ __all__ = ["ChannelCall", "FakeChannel", "VirtualClock"]
 #: What a script step may be: a result to return, or an exception to raise.
 Step = ChannelResult | BaseException | object
 
+_ALWAYS_SENT: tuple[Step, ...] = (Sent(),)
+
 
 @attrs.frozen
 class ChannelCall:
@@ -51,7 +53,7 @@ class FakeChannel:
 
     def __init__(
         self,
-        script: Sequence[Step] | Callable[[Delivery], Step] = (Sent(),),
+        script: Sequence[Step] | Callable[[Delivery], Step] = _ALWAYS_SENT,
         *,
         guarantee: DeliveryGuarantee = DeliveryGuarantee.AT_LEAST_ONCE,
         exception_class: ErrorClass = ErrorClass.TEMPORARY,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -44,8 +44,10 @@ def backend(clock: VirtualClock) -> MemoryBackend:
 
 @pytest.fixture
 def make_engine(
-    store: SQLStore, backend: MemoryBackend, clock: VirtualClock
-) -> Iterator[MakeEngine]:
+    store: SQLStore,  # noqa: F811 - the shared fixture, not a redefinition
+    backend: MemoryBackend,
+    clock: VirtualClock,
+) -> MakeEngine:
     """Build an engine on the store under test with the given channels and options."""
 
     def make(
@@ -67,4 +69,4 @@ def make_engine(
             **options,  # type: ignore[arg-type]
         )
 
-    yield make
+    return make

@@ -1,0 +1,253 @@
+"""Policies at notify and perform time, transactional enqueue, relay, and safe telemetry."""
+
+from __future__ import annotations
+
+import logging
+from datetime import time, timedelta
+from uuid import UUID
+
+import pytest
+from sqlalchemy.orm import Session
+
+from chimeway_backends.memory import MemoryBackend
+from chimeway_core import DeliveryStatus, Sent, TemporaryFailure, VirtualClock
+from chimeway_core.policies import (
+    Defer,
+    PolicyContext,
+    PolicyDecision,
+    PreferencePolicy,
+    QuietHoursPolicy,
+    RateLimitPolicy,
+    ReadStatePolicy,
+)
+from chimeway_core.records import Delivery
+from chimeway_core.store import SQLStore
+from chimeway_core.telemetry import LoggingSubscriber, Telemetry, TelemetryEvent
+from chimeway_core.testing import FakeChannel
+from tests.engine.conftest import START, MakeEngine
+
+
+def test_opted_out_at_notify_is_recorded_suppressed(
+    make_engine: MakeEngine, backend: MemoryBackend
+) -> None:
+    """A recipient opted out at notify time: recorded, suppressed/opted_out, never queued."""
+    channel = FakeChannel()
+    policy = PreferencePolicy(lambda d: d.recipient != "+15550199")
+    engine = make_engine({"sms": channel}, policies=(policy,))
+    delivery = engine.notify("sms", "+15550199")
+    assert (DeliveryStatus.SUPPRESSED, "opted_out") == (delivery.status, delivery.reason)
+    assert not backend.is_enqueued(delivery.id)
+    backend.run_until_idle(engine, fail_fast=True)
+    assert [] == channel.calls
+
+
+def test_preferences_changed_while_queued_are_honoured(
+    make_engine: MakeEngine, backend: MemoryBackend
+) -> None:
+    """Opting out after notify but before the job runs suppresses at perform time."""
+    opted_out: set[str] = set()
+    channel = FakeChannel()
+    policy = PreferencePolicy(lambda d: d.recipient not in opted_out)
+    engine = make_engine({"sms": channel}, policies=(policy,))
+    delivery = engine.notify("sms", "+15550100")
+    opted_out.add("+15550100")
+    backend.run_until_idle(engine, fail_fast=True)
+    after = engine.get(delivery.id).delivery
+    assert (DeliveryStatus.SUPPRESSED, "opted_out") == (after.status, after.reason)
+    assert [] == channel.calls
+    assert 0 == after.attempt_count
+
+
+def test_read_state_suppresses_already_read(
+    make_engine: MakeEngine, backend: MemoryBackend
+) -> None:
+    """The application says the in-app notification was read: suppressed/already_read."""
+    read: set[str] = set()
+    engine = make_engine(
+        {"push": FakeChannel()},
+        policies=(ReadStatePolicy(lambda d: str(d.notification_key) in read),),
+    )
+    delivery = engine.notify("push", "device-1", notification_key="n-1")
+    read.add("n-1")
+    backend.run_until_idle(engine, fail_fast=True)
+    assert "already_read" == engine.get(delivery.id).delivery.reason
+
+
+def test_expired_delivery_is_suppressed(
+    make_engine: MakeEngine, backend: MemoryBackend, clock: VirtualClock
+) -> None:
+    """A delivery whose expires_at passed before its retry is suppressed/expired."""
+    channel = FakeChannel([TemporaryFailure("busy"), Sent()], clock=clock)
+    engine = make_engine({"sms": channel})
+    delivery = engine.notify("sms", "+15550100", expires_at=START + timedelta(seconds=5))
+    backend.run_until_idle(engine, fail_fast=True)
+    after = engine.get(delivery.id).delivery
+    assert (DeliveryStatus.SUPPRESSED, "expired") == (after.status, after.reason)
+    assert 1 == len(channel.calls)
+
+
+def test_quiet_hours_defer_without_consuming_an_attempt(
+    make_engine: MakeEngine, backend: MemoryBackend, clock: VirtualClock
+) -> None:
+    """Inside quiet hours the delivery waits for the window's end; no attempt is used."""
+    channel = FakeChannel(clock=clock)
+    quiet = QuietHoursPolicy(time(11, 0), time(14, 0), lambda d: "UTC")
+    engine = make_engine({"sms": channel}, policies=(quiet,))
+    delivery = engine.notify("sms", "+15550100")
+    result = engine.perform(delivery.id)
+    assert START.replace(hour=14) == result.run_at
+    deferred = engine.get(delivery.id).delivery
+    assert (0, 1) == (deferred.attempt_count, deferred.deferral_count)
+    backend.run_until_idle(engine, fail_fast=True)
+    assert [START.replace(hour=14)] == [call.at for call in channel.calls]
+    history = engine.get(delivery.id)
+    assert DeliveryStatus.SUCCEEDED == history.delivery.status
+    assert 1 == len(history.attempts)
+    assert any(entry.reason == "quiet_hours" for entry in history.journal)
+
+
+def test_rate_limit_is_counted_in_the_database(
+    make_engine: MakeEngine, backend: MemoryBackend, clock: VirtualClock
+) -> None:
+    """Three deliveries to one recipient with a limit of two per minute: the third waits."""
+    channel = FakeChannel(clock=clock)
+    limit = RateLimitPolicy(2, timedelta(minutes=1))
+    engine = make_engine({"sms": channel}, policies=(limit,))
+    for n in range(3):
+        engine.notify("sms", "+15550100", idempotency_key=f"k{n}")
+    backend.run_until_idle(engine, fail_fast=True)
+    times = sorted(call.at for call in channel.calls)
+    assert 3 == len(times)
+    assert [START, START] == times[:2]
+    assert times[2] >= START + timedelta(minutes=1)
+
+
+class _AlwaysLater:
+    """A policy that always wants one more hour."""
+
+    name = "always_later"
+
+    def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:
+        return Defer(context.now + timedelta(hours=1), "not_yet")
+
+
+def test_too_many_deferrals_end_the_delivery(
+    make_engine: MakeEngine, backend: MemoryBackend
+) -> None:
+    """A delivery deferred forever becomes suppressed/too_many_deferrals at the bound."""
+    engine = make_engine({"sms": FakeChannel()}, policies=(_AlwaysLater(),), max_deferrals=3)
+    delivery = engine.notify("sms", "+15550100")
+    backend.run_until_idle(engine, fail_fast=True)
+    after = engine.get(delivery.id).delivery
+    assert (DeliveryStatus.SUPPRESSED, "too_many_deferrals", 3) == (
+        after.status,
+        after.reason,
+        after.deferral_count,
+    )
+
+
+def test_transactional_notify_commit_queues_after_commit(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
+) -> None:
+    """With a session, the job is queued only once the caller's transaction commits."""
+    engine = make_engine({"sms": FakeChannel()})
+    with Session(store.engine) as session:
+        delivery = engine.notify("sms", "+15550100", session=session)
+        assert not backend.is_enqueued(delivery.id)
+        session.commit()
+    assert backend.is_enqueued(delivery.id)
+    backend.run_until_idle(engine, fail_fast=True)
+    assert DeliveryStatus.SUCCEEDED == engine.get(delivery.id).delivery.status
+
+
+def test_rolled_back_notifies_leave_nothing(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
+) -> None:
+    """100 rolled-back transactions: no delivery, no outbox row, no job."""
+    engine = make_engine({"sms": FakeChannel()})
+    for n in range(100):
+        with Session(store.engine) as session:
+            engine.notify("sms", "+15550100", idempotency_key=f"r{n}", session=session)
+            session.rollback()
+    assert {} == store.counts()
+    assert 0 == store.outbox_size()
+    assert [] == backend.pending()
+    assert 0 == engine.relay(grace=0)
+
+
+class _FlakyBackend(MemoryBackend):
+    """A backend whose first enqueue fails: the crash between commit and hand-over."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.refuse = True
+
+    def enqueue_many(self, delivery_ids: list[UUID]) -> None:  # type: ignore[override]
+        if self.refuse:
+            self.refuse = False
+            raise ConnectionError("broker down")
+        super().enqueue_many(delivery_ids)
+
+
+def test_crash_between_commit_and_enqueue_is_relayed_once(
+    store: SQLStore, clock: VirtualClock
+) -> None:
+    """A committed delivery whose enqueue failed is relayed later, exactly once."""
+    from chimeway_core.engine import Chimeway
+
+    backend = _FlakyBackend(clock)
+    channel = FakeChannel()
+    engine = Chimeway(store, backend, {"sms": channel}, clock=clock)
+    with pytest.raises(ConnectionError):
+        engine.notify("sms", "+15550100")
+    assert 1 == store.outbox_size()
+    clock.advance(60)
+    assert 1 == engine.relay()
+    assert 0 == engine.relay()
+    backend.run_until_idle(engine, fail_fast=True)
+    assert 1 == len(channel.calls)
+
+
+def test_canary_secrets_never_reach_logs_or_telemetry(
+    make_engine: MakeEngine, backend: MemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Secrets in payload and recipient appear in no log record and no telemetry event."""
+    canary = "CANARY-7f3a9c"
+    seen: list[tuple[TelemetryEvent, dict[str, object]]] = []
+    telemetry = Telemetry()
+    telemetry.subscribe(lambda event, meta: seen.append((event, dict(meta))))
+    telemetry.subscribe(LoggingSubscriber(level=logging.DEBUG))
+    channel = FakeChannel(
+        [TemporaryFailure("busy"), {"odd": "shape"}, RuntimeError("boom"), Sent()]
+    )
+    engine = make_engine({"sms": channel}, telemetry=telemetry)
+    caplog.set_level(logging.DEBUG)
+    delivery = engine.notify("sms", f"+1555{canary}", {"token": canary}, metadata={"note": canary})
+    backend.run_until_idle(engine)
+    assert DeliveryStatus.SUCCEEDED == engine.get(delivery.id).delivery.status
+    assert len(seen) > 5
+    for event, meta in seen:
+        assert canary not in repr(meta), event
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.__dict__)
+        assert canary not in text
+    for failure in backend.failures:
+        assert canary not in str(failure.error)
+
+
+def test_notify_many_is_one_batch(make_engine: MakeEngine, backend: MemoryBackend) -> None:
+    """notify_many records and queues every spec; duplicates inside the batch collapse."""
+    from chimeway_core import NewDelivery
+
+    channel = FakeChannel()
+    engine = make_engine({"sms": channel})
+    specs = [
+        NewDelivery(channel="sms", recipient=f"+1555{n:04}", idempotency_key=f"b{n % 50}")
+        for n in range(60)
+    ]
+    deliveries = engine.notify_many(specs)
+    assert 60 == len(deliveries)
+    assert 50 == len({d.id for d in deliveries})
+    backend.run_until_idle(engine, fail_fast=True)
+    assert 50 == len(channel.calls)
+    _ = Delivery  # the value type notify_many returns
