@@ -208,3 +208,41 @@ def test_missing_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "httpx", None)
     with pytest.raises(MissingExtraError, match=r'pip install "chimeway\[webhook\]"'):
         WebhookChannel("https://example.com/")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected_url"),
+    [
+        ("93.184.216.34", "https://93.184.216.34/hook?x=1"),
+        ("2606:4700::1111", "https://[2606:4700::1111]/hook?x=1"),
+    ],
+)
+def test_https_goes_to_checked_ip_with_sni_of_the_host(address: str, expected_url: str) -> None:
+    """Over HTTPS the checked IP is dialled with SNI and Host set to the original name."""
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202)
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        webhook = WebhookChannel(
+            "https://hooks.example.test/hook?x=1",
+            resolver=lambda host, port: [address],
+            client=client,
+        )
+        result = webhook.send(make_delivery(), "key-1")
+    (request,) = seen
+    assert (
+        Sent(provider_response={"status": 202}),
+        expected_url,
+        "hooks.example.test",
+        "hooks.example.test",
+    ) == (
+        result,
+        str(request.url),
+        request.headers["Host"],
+        request.extensions["sni_hostname"],
+    )
