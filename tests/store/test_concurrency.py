@@ -7,12 +7,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TypeVar
+from uuid import UUID
 
 import pytest
 
 from chimeway_core.errors import LeaseLostError
 from chimeway_core.outcomes import Classification, Outcome, Sent, classify
-from chimeway_core.records import NewDelivery
+from chimeway_core.records import Claim, NewDelivery
 from chimeway_core.states import DeliveryStatus, Event
 from chimeway_core.store import SQLStore
 
@@ -37,12 +38,12 @@ def test_twenty_claimers_one_winner_fifty_times(pg_store: SQLStore, now: datetim
     winners = []
     for trial in range(50):
         delivery = pg_store.create(NewDelivery(channel="c", recipient=f"r{trial}"), now=now)
-        claims = _race(
-            20,
-            lambda i, d=delivery.delivery: pg_store.claim(
-                d.id, owner=f"w{i}", lease_seconds=30, now=now
-            ),
-        )
+        delivery_id = delivery.delivery.id
+
+        def claim(index: int, delivery_id: UUID = delivery_id) -> Claim | None:
+            return pg_store.claim(delivery_id, owner=f"w{index}", lease_seconds=30, now=now)
+
+        claims = _race(20, claim)
         winners.append(sum(claim is not None for claim in claims))
         history = pg_store.history(delivery.delivery.id)
         assert history is not None
@@ -54,9 +55,11 @@ def test_claim_race_on_each_database(store: SQLStore, now: datetime) -> None:
     """Concurrent claimers never fail with a lock error and exactly one wins (both databases)."""
     for trial in range(5):
         delivery = store.create(NewDelivery(channel="c", recipient=f"r{trial}"), now=now).delivery
-        claims = _race(
-            8, lambda i, d=delivery: store.claim(d.id, owner=f"w{i}", lease_seconds=30, now=now)
-        )
+
+        def claim(index: int, delivery_id: UUID = delivery.id) -> Claim | None:
+            return store.claim(delivery_id, owner=f"w{index}", lease_seconds=30, now=now)
+
+        claims = _race(8, claim)
         assert 1 == sum(claim is not None for claim in claims)
 
 
