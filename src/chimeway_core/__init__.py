@@ -6,16 +6,49 @@ The public names of the queue-agnostic core. Backends live in
 
 from __future__ import annotations
 
+from chimeway_core.channels import (
+    CallableChannel,
+    Channel,
+    DeliveryGuarantee,
+    LogChannel,
+    SMTPChannel,
+    WebhookChannel,
+)
 from chimeway_core.clock import Clock, SystemClock, VirtualClock
 from chimeway_core.dispatch import DISPATCH_ROWS, Action, DispatchRow, decide
+from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
     ChimewayError,
+    DeliveryNotFoundError,
+    DeliveryTerminalError,
     IllegalTransitionError,
+    InvalidDeliveryError,
     InvalidJobError,
+    LeaseLostError,
+    MissingExtraError,
     OutcomeUnknownError,
+    PayloadNotSerializableError,
+    PayloadTooLargeError,
+    PolicyError,
+    StaleDeliveryError,
     UnhandledOutcomeError,
+    UnknownChannelError,
+    UnsafeDestinationError,
 )
 from chimeway_core.jobs import Backend, JobKind, JobResult
+from chimeway_core.policies import (
+    Defer,
+    ExpiryPolicy,
+    Policy,
+    PolicyContext,
+    PolicyPhase,
+    PreferencePolicy,
+    Proceed,
+    QuietHoursPolicy,
+    RateLimitPolicy,
+    ReadStatePolicy,
+    Suppress,
+)
 from chimeway_core.outcomes import (
     UNKNOWN_CLASSIFICATION,
     Bounced,
@@ -45,8 +78,40 @@ from chimeway_core.states import (
     Reason,
     apply_event,
 )
+from chimeway_core.store import Created, OutboxItem, SQLStore
+from chimeway_core.telemetry import LoggingSubscriber, Telemetry, TelemetryEvent
 
 __all__ = [
+    # engine
+    "Chimeway",
+    "RescueReport",
+    # ledger
+    "SQLStore",
+    "Created",
+    "OutboxItem",
+    # channels
+    "Channel",
+    "DeliveryGuarantee",
+    "CallableChannel",
+    "LogChannel",
+    "SMTPChannel",
+    "WebhookChannel",
+    # policies
+    "Policy",
+    "PolicyContext",
+    "PolicyPhase",
+    "Proceed",
+    "Suppress",
+    "Defer",
+    "PreferencePolicy",
+    "QuietHoursPolicy",
+    "RateLimitPolicy",
+    "ReadStatePolicy",
+    "ExpiryPolicy",
+    # telemetry
+    "Telemetry",
+    "TelemetryEvent",
+    "LoggingSubscriber",
     # states
     "DeliveryStatus",
     "TERMINAL_STATUSES",
@@ -93,4 +158,15 @@ __all__ = [
     "UnhandledOutcomeError",
     "OutcomeUnknownError",
     "InvalidJobError",
+    "InvalidDeliveryError",
+    "PayloadTooLargeError",
+    "PayloadNotSerializableError",
+    "DeliveryNotFoundError",
+    "DeliveryTerminalError",
+    "LeaseLostError",
+    "StaleDeliveryError",
+    "PolicyError",
+    "UnknownChannelError",
+    "MissingExtraError",
+    "UnsafeDestinationError",
 ]
