@@ -36,6 +36,18 @@ from chimeway_core.errors import (
     UnsafeDestinationError,
 )
 from chimeway_core.jobs import Backend, JobKind, JobResult
+from chimeway_core.outcomes import (
+    UNKNOWN_CLASSIFICATION,
+    Bounced,
+    ChannelResult,
+    Classification,
+    ErrorClass,
+    Outcome,
+    PermanentFailure,
+    Sent,
+    TemporaryFailure,
+    classify,
+)
 from chimeway_core.policies import (
     Defer,
     ExpiryPolicy,
@@ -48,18 +60,6 @@ from chimeway_core.policies import (
     RateLimitPolicy,
     ReadStatePolicy,
     Suppress,
-)
-from chimeway_core.outcomes import (
-    UNKNOWN_CLASSIFICATION,
-    Bounced,
-    ChannelResult,
-    Classification,
-    ErrorClass,
-    Outcome,
-    PermanentFailure,
-    Sent,
-    TemporaryFailure,
-    classify,
 )
 from chimeway_core.records import (
     Attempt,

@@ -884,6 +884,19 @@ class SQLStore:
             )
             if transition.dest in TERMINAL_STATUSES:
                 conn.execute(delete(_OUTBOX).where(_O.delivery_id == delivery_id))
+                if current.lease_owner is not None:
+                    # Cancelled (or suppressed) mid-call: the leased worker's
+                    # late record is fenced off, so close its attempt here as
+                    # unknown rather than leave it in flight forever.
+                    conn.execute(
+                        update(_ATTEMPTS)
+                        .where(_A.delivery_id == delivery_id, _A.outcome.is_(None))
+                        .values(
+                            finished_at=now,
+                            outcome=Outcome.UNKNOWN.value,
+                            error=f"{event.value} while the call was in flight",
+                        )
+                    )
         return _delivery(updated)
 
     def exhaust(self, delivery_id: UUID, *, expected_version: int, now: datetime) -> Delivery:

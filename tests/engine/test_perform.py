@@ -267,3 +267,32 @@ def test_explain_tells_the_story(make_engine: MakeEngine, backend: MemoryBackend
     assert "attempt 2: succeeded" in story
     assert "ready -> failed" in story
     assert "failed -> succeeded" in story
+
+
+def test_cancel_racing_a_send_fences_the_late_record(
+    make_engine: MakeEngine, store: SQLStore
+) -> None:
+    """Cancelled while the channel call is in flight: cancelled wins, the attempt is closed."""
+    engine_box: list[object] = []
+
+    def cancel_mid_call(delivery: object) -> None:
+        from chimeway_core.records import Delivery
+
+        assert isinstance(delivery, Delivery)
+        engine = engine_box[0]
+        assert hasattr(engine, "cancel")
+        engine.cancel(delivery.id)
+
+    channel = FakeChannel(on_call=cancel_mid_call)
+    engine = make_engine({"sms": channel})
+    engine_box.append(engine)
+    delivery = engine.notify("sms", "+15550100")
+    result = engine.perform(delivery.id)
+    assert (JobKind.ACK, "lease lost before recording") == (result.kind, result.detail)
+    history = engine.get(delivery.id)
+    assert (DeliveryStatus.CANCELLED, "cancelled") == (
+        history.delivery.status,
+        history.delivery.reason,
+    )
+    assert [Outcome.UNKNOWN] == [attempt.outcome for attempt in history.attempts]
+    assert 1 == len(channel.calls)
