@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +69,7 @@ def _chimeway(url: str, n: int) -> tuple[float, float, float]:
     store.drop_all()
     store.create_all()
     backend = MemoryBackend()
-    engine = Chimeway(store, backend, {"sms": CallableChannel(lambda d, k: Sent())})
+    engine = Chimeway(store, backend, {"sms": CallableChannel(lambda _delivery, _key: Sent())})
     counter = Counter(store.engine)
     started = time.perf_counter()
     for i in range(n):
@@ -168,7 +168,7 @@ def _postgres() -> Iterator[str | None]:
         admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # noqa: BLE001 - the bench reports and goes on
+    except Exception as error:
         print(f"postgres unavailable, skipped: {type(error).__name__}", file=sys.stderr)
         yield None
         return

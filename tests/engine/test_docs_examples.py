@@ -22,5 +22,5 @@ def test_page_examples_run_in_order(page: str) -> None:
     assert blocks
     namespace: dict[str, object] = {}
     for block in blocks:
-        exec(compile(block, f"docs/{page}", "exec"), namespace)  # noqa: S102 - our own docs
+        exec(compile(block, f"docs/{page}", "exec"), namespace)
     namespace["store"].engine.dispose()  # type: ignore[attr-defined]
