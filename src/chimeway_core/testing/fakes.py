@@ -1,9 +1,9 @@
-"""The testing kit: fakes for testing an application's notifications.
+"""Fake channels with scripted results.
 
-:class:`FakeChannel` is a channel with scripted results that records every
-call (with its idempotency key and the clock's time). The library's own suite
-uses it; so can yours. :class:`~chimeway_core.clock.VirtualClock` lives in
-:mod:`chimeway_core.clock` and is re-exported here.
+:class:`FakeChannel` records every call (with its idempotency key and the
+clock's time) and returns what a script says. :class:`ScriptedChannel` reads
+its script from the recipient address (see :func:`script_for`), so a worker
+process configured with it needs no shared state with the test.
 """
 
 from __future__ import annotations
@@ -16,11 +16,19 @@ from uuid import UUID
 import attrs
 
 from chimeway_core.channels.base import DeliveryGuarantee
-from chimeway_core.clock import Clock, SystemClock, VirtualClock
-from chimeway_core.outcomes import ChannelResult, ErrorClass, Sent
+from chimeway_core.clock import Clock, SystemClock
+from chimeway_core.errors import OutcomeUnknownError
+from chimeway_core.outcomes import (
+    Bounced,
+    ChannelResult,
+    ErrorClass,
+    PermanentFailure,
+    Sent,
+    TemporaryFailure,
+)
 from chimeway_core.records import Delivery
 
-__all__ = ["ChannelCall", "FakeChannel", "VirtualClock"]
+__all__ = ["ChannelCall", "FakeChannel", "ScriptedChannel", "script_for"]
 
 #: What a script step may be: a result to return, or an exception to raise.
 Step = ChannelResult | BaseException | object
@@ -103,3 +111,75 @@ class FakeChannel:
         if isinstance(step, BaseException):
             raise step
         return step  # type: ignore[return-value]  # undocumented shapes are the point
+
+
+#: The steps a :class:`ScriptedChannel` understands, by name.
+SCRIPT_STEPS: tuple[str, ...] = (
+    "sent",
+    "temporary",
+    "permanent",
+    "bounced",
+    "unknown",
+    "raise",
+    "weird",
+)
+
+
+def script_for(*steps: str, tag: str = "") -> str:
+    """A recipient address that scripts a :class:`ScriptedChannel`'s results.
+
+    ``script_for("temporary", "temporary", "sent")`` fails twice, then sends.
+    A step may carry a retry-after hint: ``"temporary@2.5"``. ``tag`` makes
+    otherwise identical scripts distinct recipients.
+    """
+    for step in steps:
+        name = step.split("@", 1)[0]
+        if name not in SCRIPT_STEPS:
+            raise ValueError(f"unknown script step {step!r}; known: {list(SCRIPT_STEPS)}")
+    if not steps:
+        raise ValueError("a script needs at least one step")
+    return f"script:{'/'.join(steps)}#{tag}"
+
+
+def _step(delivery: Delivery) -> ChannelResult | BaseException | object:
+    recipient = delivery.recipient
+    if not recipient.startswith("script:"):
+        return PermanentFailure("recipient is not a script")
+    steps = recipient[len("script:") :].split("#", 1)[0].split("/")
+    step = steps[min(max(delivery.attempt_count, 1), len(steps)) - 1]
+    name, _, hint = step.partition("@")
+    match name:
+        case "sent":
+            return Sent(provider_response={"script_step": delivery.attempt_count})
+        case "temporary":
+            return TemporaryFailure("scripted", float(hint) if hint else None)
+        case "permanent":
+            return PermanentFailure("scripted")
+        case "bounced":
+            return Bounced("scripted")
+        case "unknown":
+            return OutcomeUnknownError("scripted: the answer was lost")
+        case "raise":
+            return RuntimeError("scripted failure")
+        case _:
+            return {"undocumented": "shape"}
+
+
+class ScriptedChannel(FakeChannel):
+    """A :class:`FakeChannel` whose script is the recipient address.
+
+    Build recipients with :func:`script_for`. Because the script travels with
+    the delivery, a worker in another process (RQ, Celery) produces exactly
+    the results the test wrote, and the test reads the outcome from the
+    ledger.
+    """
+
+    def __init__(
+        self,
+        *,
+        guarantee: DeliveryGuarantee = DeliveryGuarantee.AT_LEAST_ONCE,
+        timeout: float = 5.0,
+        clock: Clock | None = None,
+        on_call: Callable[[Delivery], None] | None = None,
+    ) -> None:
+        super().__init__(_step, guarantee=guarantee, timeout=timeout, clock=clock, on_call=on_call)

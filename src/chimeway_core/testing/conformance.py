@@ -1,0 +1,314 @@
+"""The backend conformance suite: what "a backend works" means, as tests.
+
+A backend joins by subclassing :class:`BackendConformance` in a test module
+and providing one pytest fixture, ``harness``, that returns a :class:`Harness`
+— how to build the engine the test talks to, how to run the backend's worker
+until the given deliveries are done, and how to let time pass::
+
+    from chimeway_core.testing.conformance import BackendConformance
+
+    class TestMyBackend(BackendConformance):
+        @pytest.fixture
+        def harness(self, ...) -> Harness:
+            return MyHarness(...)
+
+Every case asserts on the ledger, never on process-local state, so a harness
+whose worker runs in other processes (RQ, Celery) works unchanged: its worker
+builds its engine with :func:`conformance_engine`, whose channel reads its
+script from the recipient (:func:`~chimeway_core.testing.script_for`) and
+whose policy reads its decision from the notification key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+from uuid import UUID
+
+import pytest
+
+from chimeway_core.channels.base import DeliveryGuarantee
+from chimeway_core.clock import Clock
+from chimeway_core.engine import Chimeway
+from chimeway_core.jobs import Backend
+from chimeway_core.outcomes import Outcome
+from chimeway_core.policies import (
+    Defer,
+    PolicyContext,
+    PolicyDecision,
+    PolicyPhase,
+    Proceed,
+    Suppress,
+)
+from chimeway_core.records import Delivery, DeliveryHistory, NewDelivery
+from chimeway_core.retry import RetryPolicy
+from chimeway_core.states import DeliveryStatus
+from chimeway_core.store import SQLStore
+from chimeway_core.testing.fakes import ScriptedChannel, script_for
+
+__all__ = [
+    "CONFORMANCE_RETRY",
+    "BackendConformance",
+    "Harness",
+    "ScriptedPolicy",
+    "conformance_engine",
+]
+
+#: The retry policy of the conformance engine: three attempts, 0.2 s apart.
+CONFORMANCE_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.2, backoff_factor=1.0, jitter=0.0)
+#: How long the scripted channel may take, and the lease margin on top.
+CONFORMANCE_TIMEOUT = 0.5
+CONFORMANCE_LEASE_MARGIN = 0.5
+#: How long a scripted deferral waits.
+CONFORMANCE_DEFERRAL = timedelta(seconds=0.3)
+
+
+class ScriptedPolicy:
+    """A policy whose decision is written in the notification key.
+
+    ``optout`` suppresses at notify time; ``optout-later`` suppresses at
+    perform time; ``defer`` defers once by :data:`CONFORMANCE_DEFERRAL`.
+    Anything else proceeds.
+    """
+
+    name = "scripted"
+
+    def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:
+        """Decide from ``delivery.notification_key``."""
+        key = delivery.notification_key or ""
+        if key == "optout":
+            return Suppress("opted_out")
+        if key == "optout-later" and context.phase is PolicyPhase.PERFORM:
+            return Suppress("opted_out")
+        if key == "defer" and context.phase is PolicyPhase.PERFORM:
+            if delivery.deferral_count == 0:
+                return Defer(context.now + CONFORMANCE_DEFERRAL, "scripted_defer")
+        return Proceed()
+
+
+def conformance_engine(
+    store: SQLStore, backend: Backend, *, clock: Clock | None = None, requeue_after: float = 300.0
+) -> Chimeway:
+    """The engine every conformance worker runs: scripted channels and policy."""
+    return Chimeway(
+        store,
+        backend,
+        {
+            "scripted": ScriptedChannel(timeout=CONFORMANCE_TIMEOUT, clock=clock),
+            "scripted-at-most-once": ScriptedChannel(
+                guarantee=DeliveryGuarantee.AT_MOST_ONCE, timeout=CONFORMANCE_TIMEOUT, clock=clock
+            ),
+        },
+        policies=[ScriptedPolicy()],
+        retry=CONFORMANCE_RETRY,
+        clock=clock,
+        lease_margin=CONFORMANCE_LEASE_MARGIN,
+        requeue_after=requeue_after,
+    )
+
+
+class Harness(Protocol):
+    """What a backend provides to run the conformance suite."""
+
+    @property
+    def engine(self) -> Chimeway:
+        """The test-side engine, built with :func:`conformance_engine` on the backend."""
+        ...
+
+    def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:
+        """Run the worker until every given delivery is terminal, or ``timeout`` passes."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` pass (advance a virtual clock, or really wait)."""
+        ...
+
+
+def _history(engine: Chimeway, delivery_id: UUID) -> DeliveryHistory:
+    return engine.get(delivery_id)
+
+
+def _describe(history: DeliveryHistory) -> str:
+    d = history.delivery
+    attempts = ", ".join(
+        f"#{a.number} {a.outcome.value if a.outcome else 'in flight'}/{a.error_class}"
+        for a in history.attempts
+    )
+    return f"{d.id}: status={d.status.value} reason={d.reason} attempts=[{attempts}]"
+
+
+class BackendConformance:
+    """The cases every backend must pass. Subclass it and provide ``harness``."""
+
+    drain_timeout: float = 60.0
+
+    def _run(self, harness: Harness, *ids: UUID) -> list[DeliveryHistory]:
+        harness.drain(list(ids), timeout=self.drain_timeout)
+        histories = [_history(harness.engine, i) for i in ids]
+        live = [h for h in histories if not h.delivery.is_terminal]
+        if live:
+            pytest.fail(
+                "the backend left deliveries live after draining (a lost or dropped job?): "
+                + "; ".join(_describe(h) for h in live),
+                pytrace=False,
+            )
+        return histories
+
+    def _expect(
+        self,
+        history: DeliveryHistory,
+        status: DeliveryStatus,
+        reason: str | None,
+        attempts: int,
+    ) -> None:
+        actual = (history.delivery.status, history.delivery.reason, len(history.attempts))
+        if (status, reason, attempts) != actual:
+            pytest.fail(
+                f"expected status={status.value} reason={reason} attempts={attempts}, got "
+                + _describe(history),
+                pytrace=False,
+            )
+
+    def test_success(self, harness: Harness) -> None:
+        """A delivery whose channel sends ends succeeded after one attempt."""
+        d = harness.engine.notify("scripted", script_for("sent"))
+        (history,) = self._run(harness, d.id)
+        self._expect(history, DeliveryStatus.SUCCEEDED, None, 1)
+
+    def test_retry_with_backoff(self, harness: Harness) -> None:
+        """Two temporary failures then success: three attempts, each after the backoff."""
+        d = harness.engine.notify("scripted", script_for("temporary", "temporary", "sent"))
+        (history,) = self._run(harness, d.id)
+        self._expect(history, DeliveryStatus.SUCCEEDED, None, 3)
+        delay = timedelta(seconds=CONFORMANCE_RETRY.initial_delay)
+        for before, after in zip(history.attempts, history.attempts[1:], strict=False):
+            assert before.finished_at is not None
+            if after.started_at - before.finished_at < delay:
+                pytest.fail(
+                    f"attempt {after.number} ran {after.started_at - before.finished_at} after "
+                    f"attempt {before.number}, before the {delay} backoff",
+                    pytrace=False,
+                )
+
+    def test_exhaustion(self, harness: Harness) -> None:
+        """Always temporary: max_attempts attempts, then cancelled/retries_exhausted."""
+        d = harness.engine.notify("scripted", script_for("temporary"))
+        (history,) = self._run(harness, d.id)
+        self._expect(
+            history,
+            DeliveryStatus.CANCELLED,
+            "retries_exhausted",
+            CONFORMANCE_RETRY.max_attempts,
+        )
+
+    def test_permanent(self, harness: Harness) -> None:
+        """A permanent failure cancels after one attempt."""
+        d = harness.engine.notify("scripted", script_for("permanent"))
+        (history,) = self._run(harness, d.id)
+        self._expect(history, DeliveryStatus.CANCELLED, "permanent_failure", 1)
+
+    def test_bounce(self, harness: Harness) -> None:
+        """A bounce cancels after one attempt with reason bounced."""
+        d = harness.engine.notify("scripted", script_for("bounced"))
+        (history,) = self._run(harness, d.id)
+        self._expect(history, DeliveryStatus.CANCELLED, "bounced", 1)
+
+    def test_suppression(self, harness: Harness) -> None:
+        """Suppressed at notify (never queued) and at perform time (no attempt)."""
+        early = harness.engine.notify("scripted", script_for("sent"), notification_key="optout")
+        late = harness.engine.notify(
+            "scripted", script_for("sent", tag="late"), notification_key="optout-later"
+        )
+        histories = self._run(harness, early.id, late.id)
+        for history in histories:
+            self._expect(history, DeliveryStatus.SUPPRESSED, "opted_out", 0)
+
+    def test_deferral(self, harness: Harness) -> None:
+        """A deferral consumes no attempt; the delivery is sent once it is due."""
+        d = harness.engine.notify("scripted", script_for("sent"), notification_key="defer")
+        (history,) = self._run(harness, d.id)
+        self._expect(history, DeliveryStatus.SUCCEEDED, None, 1)
+        assert 1 == history.delivery.deferral_count
+        deferred_at = next(e.at for e in history.journal if e.reason == "scripted_defer")
+        if history.attempts[0].started_at < deferred_at + CONFORMANCE_DEFERRAL:
+            pytest.fail("the deferred delivery was sent before its deferral ended", pytrace=False)
+
+    def test_cancel(self, harness: Harness) -> None:
+        """A delivery cancelled before its job runs is never attempted."""
+        engine = harness.engine
+        later = engine.clock.now() + timedelta(seconds=1)
+        d = engine.notify("scripted", script_for("sent"), scheduled_at=later)
+        engine.cancel(d.id)
+        harness.sleep(1.2)
+        (history,) = self._run(harness, d.id)
+        self._expect(history, DeliveryStatus.CANCELLED, "cancelled", 0)
+
+    def test_duplicate_jobs(self, harness: Harness) -> None:
+        """The same delivery queued six times is attempted once."""
+        engine = harness.engine
+        d = engine.notify("scripted", script_for("sent"))
+        for _ in range(5):
+            engine.backend.enqueue(d.id)
+        (history,) = self._run(harness, d.id)
+        self._expect(history, DeliveryStatus.SUCCEEDED, None, 1)
+
+    def test_terminal_short_circuit(self, harness: Harness) -> None:
+        """A job for a terminal delivery makes no attempt."""
+        engine = harness.engine
+        d = engine.notify("scripted", script_for("sent"))
+        self._run(harness, d.id)
+        engine.backend.enqueue(d.id)
+        marker = engine.notify("scripted", script_for("sent", tag="marker"))
+        histories = self._run(harness, d.id, marker.id)
+        self._expect(histories[0], DeliveryStatus.SUCCEEDED, None, 1)
+
+    @pytest.mark.parametrize(
+        ("channel", "status", "reason", "attempts"),
+        [
+            ("scripted", DeliveryStatus.SUCCEEDED, None, 2),
+            ("scripted-at-most-once", DeliveryStatus.CANCELLED, "outcome_unknown", 1),
+        ],
+    )
+    def test_worker_death_mid_call_is_rescued(
+        self,
+        harness: Harness,
+        channel: str,
+        status: DeliveryStatus,
+        reason: str | None,
+        attempts: int,
+    ) -> None:
+        """An attempt abandoned mid-call is resolved unknown by rescue, then retried or cancelled."""
+        engine = harness.engine
+        # Written straight to the ledger and never queued: no worker can race
+        # the dying one for the claim.
+        created = engine.store.create(
+            NewDelivery(channel=channel, recipient=script_for("sent")), now=_now(engine)
+        )
+        d = created.delivery
+        engine.store.delete_outbox([d.id])
+        claim = engine.store.claim(
+            d.id, owner="a-worker-that-dies", lease_seconds=0.5, now=_now(engine)
+        )
+        assert claim is not None
+        harness.sleep(0.7)
+        engine.rescue()
+        (history,) = self._run(harness, d.id)
+        self._expect(history, status, reason, attempts)
+        assert Outcome.UNKNOWN == history.attempts[0].outcome
+
+    def test_unhandled_outcome_converges_on_the_final_attempt(self, harness: Harness) -> None:
+        """An undocumented channel return raises loudly, is retried, and converges at the end."""
+        d = harness.engine.notify("scripted", script_for("weird"))
+        (history,) = self._run(harness, d.id)
+        self._expect(
+            history,
+            DeliveryStatus.CANCELLED,
+            "retries_exhausted",
+            CONFORMANCE_RETRY.max_attempts,
+        )
+        assert {"unknown_classification"} == {a.error_class for a in history.attempts}
+
+
+def _now(engine: Chimeway) -> datetime:
+    return engine.clock.now()
