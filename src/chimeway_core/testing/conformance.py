@@ -81,9 +81,9 @@ class ScriptedPolicy:
             return Suppress("opted_out")
         if key == "optout-later" and context.phase is PolicyPhase.PERFORM:
             return Suppress("opted_out")
-        if key == "defer" and context.phase is PolicyPhase.PERFORM:
-            if delivery.deferral_count == 0:
-                return Defer(context.now + CONFORMANCE_DEFERRAL, "scripted_defer")
+        deferring = key == "defer" and context.phase is PolicyPhase.PERFORM
+        if deferring and delivery.deferral_count == 0:
+            return Defer(context.now + CONFORMANCE_DEFERRAL, "scripted_defer")
         return Proceed()
 
 
