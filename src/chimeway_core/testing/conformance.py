@@ -278,7 +278,7 @@ class BackendConformance:
         reason: str | None,
         attempts: int,
     ) -> None:
-        """An attempt abandoned mid-call is resolved unknown by rescue, then retried or cancelled."""
+        """An attempt abandoned mid-call is resolved unknown by rescue: retried or cancelled."""
         engine = harness.engine
         # Written straight to the ledger and never queued: no worker can race
         # the dying one for the claim.
