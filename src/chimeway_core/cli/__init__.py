@@ -1,0 +1,85 @@
+"""The ``chimeway`` command line: the demo, workers, the rescuer and the ledger.
+
+One module per command group (:mod:`~chimeway_core.cli.demo`,
+:mod:`~chimeway_core.cli.ledger`, :mod:`~chimeway_core.cli.workers`,
+:mod:`~chimeway_core.cli.db`, :mod:`~chimeway_core.cli.table`); each
+registers its commands on the parser built here. :func:`main` turns every
+:class:`~chimeway_core.cli.errors.CliError` into one line on stderr and its
+:class:`~chimeway_core.cli.errors.ExitCode`: 0 ok, 1 the command found a
+problem, 2 usage or configuration error, 3 a service unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from sqlalchemy.exc import DBAPIError
+
+from chimeway_core.cli import db, demo, ledger, table, workers
+from chimeway_core.cli.config import database_failure
+from chimeway_core.cli.errors import CliError, ExitCode
+from chimeway_core.cli.output import warn
+from chimeway_core.cli.parser import Parser
+
+__all__ = ["CliError", "ExitCode", "build_parser", "main"]
+
+_EPILOG = """\
+environment:
+  CHIMEWAY_DATABASE_URL  the database when --db is not given (not read by the demo)
+  CHIMEWAY_REDIS_URL     the Redis URL when --redis-url is not given
+  CHIMEWAY_BROKER_URL    the broker URL when --broker-url is not given
+
+exit status:
+  0  ok
+  1  the command ran and found a problem
+  2  usage or configuration error
+  3  a service (the database) is unreachable"""
+
+
+def _version() -> str:
+    try:
+        return version("chimeway")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> Parser:
+    """The ``chimeway`` parser with every command."""
+    parser = Parser(
+        prog="chimeway",
+        description="Reliable notification delivery: the demo, workers and the ledger.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"chimeway {_version()}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    commands.required = True
+    demo.register(commands)
+    table.register(commands)
+    ledger.register(commands)
+    workers.register(commands)
+    db.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``chimeway`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.handler(args))
+    except CliError as error:
+        warn(error.line())
+        return int(error.code)
+    except DBAPIError as error:
+        # The database went away, or refused, in the middle of a command.
+        failure = database_failure(error)
+        warn(failure.line())
+        return int(failure.code)
+    except SystemExit as exit_:  # --help and --version
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    except KeyboardInterrupt:
+        warn("chimeway: interrupted")
+        return 130

@@ -1,0 +1,399 @@
+"""``chimeway inspect``, ``show`` and ``cancel``: the ledger, read and acted on directly.
+
+These commands need no engine and no channel: they read and write the
+delivery ledger through :class:`~chimeway_core.store.SQLStore` at ``--db``
+(or ``CHIMEWAY_DATABASE_URL``). ``show`` prints a delivery's explanation,
+rendered from its history alone (:func:`explain`), so an operator can read
+it on a machine where the application's channels are not configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown
+from chimeway_core.cli.errors import CliError, ExitCode
+from chimeway_core.cli.output import echo, format_table, iso, print_json
+from chimeway_core.cli.parser import Subparsers, command
+from chimeway_core.clock import SystemClock
+from chimeway_core.errors import DeliveryNotFoundError, IllegalTransitionError
+from chimeway_core.records import Attempt, Delivery, DeliveryHistory, JournalKind
+from chimeway_core.states import DeliveryStatus
+from chimeway_core.store import SQLStore
+
+__all__ = [
+    "delivery_json",
+    "explain",
+    "history_json",
+    "register",
+    "run_cancel",
+    "run_inspect",
+    "run_show",
+]
+
+_STUCK_LIMIT: Final = 100
+_DB_HELP: Final = f"database URL (default: ${ENV_DATABASE_URL})"
+
+
+def _delivery_id(text: str) -> UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a delivery id (a UUID)") from None
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add ``chimeway inspect``, ``show`` and ``cancel``."""
+    inspect = command(subparsers, "inspect", run_inspect, "Summarize the delivery ledger.")
+    inspect.description = (
+        "Counts of deliveries by status and reason, the oldest delivery not yet terminal, "
+        "the outbox, and stuck deliveries: leases that expired with an attempt in flight "
+        "(a worker died mid-call and no rescuer has resolved it yet).\n\n"
+        "exit status: 0 nothing stuck, 1 stuck deliveries found, 2 bad options, "
+        "3 database unreachable."
+    )
+    inspect.add_argument("--db", metavar="URL", help=_DB_HELP)
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    show = command(subparsers, "show", run_show, "Show one delivery and why it is where it is.")
+    show.description = (
+        "The delivery, every attempt and every journal entry, and the explanation: its "
+        "history in time order. The payload is left out unless --payload is given.\n\n"
+        "exit status: 0 shown, 1 no such delivery, 2 bad options, 3 database unreachable."
+    )
+    show.add_argument("id", type=_delivery_id, metavar="ID", help="the delivery's id")
+    show.add_argument("--db", metavar="URL", help=_DB_HELP)
+    show.add_argument("--payload", action="store_true", help="include the payload")
+    show.add_argument("--json", action="store_true", help="print the delivery as JSON")
+
+    cancel = command(subparsers, "cancel", run_cancel, "Cancel a live delivery.")
+    cancel.description = (
+        "Move a ready or failed delivery to cancelled (reason: cancelled). A worker holding "
+        "its lease is fenced off: its late result is not recorded.\n\n"
+        "exit status: 0 cancelled, 1 no such delivery or already terminal, 2 bad options, "
+        "3 database unreachable."
+    )
+    cancel.add_argument("id", type=_delivery_id, metavar="ID", help="the delivery's id")
+    cancel.add_argument("--db", metavar="URL", help=_DB_HELP)
+    cancel.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _store(args: argparse.Namespace) -> SQLStore:
+    return open_store(from_env(args.db, ENV_DATABASE_URL))
+
+
+# ------------------------------------------------------------------------ inspect
+
+
+def _brief(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": str(delivery.id),
+        "channel": delivery.channel,
+        "status": delivery.status.value,
+        "reason": delivery.reason,
+        "attempt_count": delivery.attempt_count,
+        "max_attempts": delivery.max_attempts,
+        "created_at": iso(delivery.created_at),
+        "scheduled_at": iso(delivery.scheduled_at),
+    }
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Print counts, the oldest live delivery and stuck deliveries."""
+    store = _store(args)
+    now = SystemClock().now()
+    order = list(DeliveryStatus)
+    counts = sorted(
+        store.counts().items(), key=lambda item: (order.index(item[0][0]), item[0][1] or "")
+    )
+    oldest = store.oldest_non_terminal()
+    stuck = store.expired_claims(now=now, limit=_STUCK_LIMIT)
+    outbox = store.outbox_size()
+    total = sum(n for _, n in counts)
+    summary = {
+        "database": shown(store.engine.url),
+        "now": iso(now),
+        "total": total,
+        "counts": [
+            {"status": status.value, "reason": reason, "count": n} for (status, reason), n in counts
+        ],
+        "outbox": outbox,
+        "oldest_non_terminal": None if oldest is None else _brief(oldest),
+        "stuck": [
+            {
+                **_brief(claim.delivery),
+                "attempt": claim.attempt.number,
+                "attempt_started_at": iso(claim.attempt.started_at),
+                "lease_owner": claim.delivery.lease_owner,
+                "lease_expires_at": iso(claim.delivery.lease_expires_at),
+            }
+            for claim in stuck
+        ],
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        _print_inspect(summary, len(stuck))
+    return ExitCode.PROBLEM if stuck else ExitCode.OK
+
+
+def _print_inspect(summary: dict[str, Any], stuck: int) -> None:
+    lines = [
+        f"database: {summary['database']}",
+        f"deliveries: {summary['total']}; outbox: {summary['outbox']} waiting for the relay",
+        "",
+    ]
+    rows = [("status", "reason", "count")]
+    rows += [(c["status"], c["reason"] or "-", str(c["count"])) for c in summary["counts"]]
+    lines += format_table(rows, right={2}) if summary["counts"] else ["no deliveries"]
+    oldest = summary["oldest_non_terminal"]
+    lines.append("")
+    if oldest is None:
+        lines.append("oldest non-terminal: none, every delivery is terminal")
+    else:
+        lines.append(
+            f"oldest non-terminal: {oldest['id']} {oldest['status']} on {oldest['channel']}, "
+            f"created {oldest['created_at']}, attempt {oldest['attempt_count']} of "
+            f"{oldest['max_attempts']}, next run not before {oldest['scheduled_at']}"
+        )
+    if not stuck:
+        lines.append("stuck (lease expired, attempt in flight): none")
+    else:
+        more = "" if stuck < _STUCK_LIMIT else f" (the first {_STUCK_LIMIT})"
+        lines.append(f"stuck (lease expired, attempt in flight): {stuck}{more}")
+        stuck_rows = [("id", "channel", "attempt", "lease owner", "lease expired at")]
+        stuck_rows += [
+            (
+                s["id"],
+                s["channel"],
+                str(s["attempt"]),
+                s["lease_owner"] or "-",
+                s["lease_expires_at"],
+            )
+            for s in summary["stuck"]
+        ]
+        lines += format_table(stuck_rows, indent=2)
+        lines.append("  run the rescuer (chimeway rescue --app ..., or a worker) to resolve them")
+    echo(lines)
+
+
+# --------------------------------------------------------------------------- show
+
+
+def delivery_json(delivery: Delivery, *, payload: bool) -> dict[str, Any]:
+    """A delivery as plain JSON values; the payload only when asked for."""
+    data: dict[str, Any] = {
+        "id": str(delivery.id),
+        "channel": delivery.channel,
+        "recipient": delivery.recipient,
+        "notification_key": delivery.notification_key,
+        "idempotency_key": delivery.idempotency_key,
+        "status": delivery.status.value,
+        "reason": delivery.reason,
+        "terminal": delivery.is_terminal,
+        "attempt_count": delivery.attempt_count,
+        "max_attempts": delivery.max_attempts,
+        "scheduled_at": iso(delivery.scheduled_at),
+        "expires_at": iso(delivery.expires_at),
+        "lease_owner": delivery.lease_owner,
+        "lease_expires_at": iso(delivery.lease_expires_at),
+        "deferral_count": delivery.deferral_count,
+        "version": delivery.version,
+        "metadata": dict(delivery.metadata),
+        "created_at": iso(delivery.created_at),
+        "updated_at": iso(delivery.updated_at),
+    }
+    if payload:
+        data["payload"] = delivery.payload
+    return data
+
+
+def _attempt_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "outcome": None if attempt.outcome is None else attempt.outcome.value,
+        "error_class": attempt.error_class,
+        "error": attempt.error,
+        "provider_response": None
+        if attempt.provider_response is None
+        else dict(attempt.provider_response),
+        "worker": attempt.worker,
+    }
+
+
+def history_json(history: DeliveryHistory, *, payload: bool) -> dict[str, Any]:
+    """A delivery's whole history as plain JSON values, with its explanation."""
+    return {
+        "delivery": delivery_json(history.delivery, payload=payload),
+        "attempts": [_attempt_json(a) for a in history.attempts],
+        "journal": [
+            {
+                "at": iso(entry.at),
+                "kind": entry.kind.value,
+                "event": entry.event,
+                "from_status": None if entry.from_status is None else entry.from_status.value,
+                "to_status": None if entry.to_status is None else entry.to_status.value,
+                "reason": entry.reason,
+                "detail": dict(entry.detail),
+            }
+            for entry in history.journal
+        ],
+        "explanation": explain(history),
+    }
+
+
+def explain(history: DeliveryHistory) -> list[str]:
+    """Why the delivery is where it is: its attempts and journal in time order, one per line.
+
+    Like :meth:`Chimeway.explain <chimeway_core.engine.Chimeway.explain>`,
+    from the history alone. At equal times the creation comes first, then an
+    attempt's start, its end, and the transition it caused.
+    """
+    lines: list[tuple[datetime, int, int, str]] = []
+    for seq, entry in enumerate(history.journal):
+        before = entry.from_status.value if entry.from_status else "-"
+        after = entry.to_status.value if entry.to_status else "-"
+        reason = f" ({entry.reason})" if entry.reason else ""
+        match entry.kind:
+            case JournalKind.CREATED:
+                rank, text = 0, f"created: {after}"
+            case JournalKind.DEFERRED:
+                until = entry.detail.get("until", "?")
+                rank, text = 3, f"deferred until {until}{reason}"
+            case _:
+                rank, text = (
+                    3,
+                    f"{entry.kind.value}: {entry.event or '-'} {before} -> {after}{reason}",
+                )
+        lines.append((entry.at, rank, seq, text))
+    for attempt in history.attempts:
+        worker = f" by {attempt.worker}" if attempt.worker else ""
+        lines.append(
+            (attempt.started_at, 1, attempt.number, f"attempt {attempt.number} started{worker}")
+        )
+        if attempt.outcome is None:
+            continue
+        error_class = f"/{attempt.error_class}" if attempt.error_class else ""
+        error = f": {attempt.error}" if attempt.error else ""
+        at = attempt.finished_at or attempt.started_at
+        lines.append(
+            (
+                at,
+                2,
+                attempt.number,
+                f"attempt {attempt.number} {attempt.outcome.value}{error_class}{error}",
+            )
+        )
+    lines.sort(key=lambda item: item[:3])
+    return [f"{at.isoformat()}  {text}" for at, _, _, text in lines]
+
+
+def _load(store: SQLStore, delivery_id: UUID) -> DeliveryHistory:
+    history = store.history(delivery_id)
+    if history is None:
+        raise CliError(f"no delivery with id {delivery_id}", ExitCode.PROBLEM)
+    return history
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print one delivery with its attempts, journal and explanation."""
+    history = _load(_store(args), args.id)
+    data = history_json(history, payload=args.payload)
+    if args.json:
+        print_json(data)
+        return ExitCode.OK
+    d = history.delivery
+    fields = [
+        ("id", str(d.id)),
+        ("channel", d.channel),
+        ("recipient", d.recipient),
+        ("notification key", d.notification_key or "-"),
+        ("idempotency key", d.idempotency_key),
+        ("status", d.status.value + (f" ({d.reason})" if d.reason else "")),
+        ("attempts", f"{d.attempt_count} of {d.max_attempts}"),
+        ("scheduled at", d.scheduled_at.isoformat()),
+        ("expires at", iso(d.expires_at) or "-"),
+        ("lease", f"{d.lease_owner} until {iso(d.lease_expires_at)}" if d.lease_owner else "-"),
+        ("deferrals", str(d.deferral_count)),
+        ("created at", d.created_at.isoformat()),
+        ("updated at", d.updated_at.isoformat()),
+    ]
+    if args.payload:
+        fields.append(("payload", repr(d.payload)))
+    lines = [f"delivery {d.id}"]
+    lines += format_table([(name, value) for name, value in fields[1:]], indent=2)
+    lines += ["", "attempts"]
+    if history.attempts:
+        rows = [("#", "started", "finished", "outcome", "error class", "error")]
+        rows += [
+            (
+                str(a["number"]),
+                a["started_at"],
+                a["finished_at"] or "in flight",
+                a["outcome"] or "-",
+                a["error_class"] or "-",
+                a["error"] or "-",
+            )
+            for a in data["attempts"]
+        ]
+        lines += format_table(rows, indent=2)
+    else:
+        lines.append("  none")
+    lines += ["", "journal"]
+    rows = [("at", "kind", "event", "from", "to", "reason")]
+    rows += [
+        (
+            j["at"],
+            j["kind"],
+            j["event"] or "-",
+            j["from_status"] or "-",
+            j["to_status"] or "-",
+            j["reason"] or "-",
+        )
+        for j in data["journal"]
+    ]
+    lines += format_table(rows, indent=2)
+    lines += ["", "explanation"]
+    lines += [f"  {line}" for line in data["explanation"]]
+    echo(lines)
+    return ExitCode.OK
+
+
+# ------------------------------------------------------------------------- cancel
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    """Cancel one live delivery."""
+    store = _store(args)
+    before = store.get(args.id)
+    if before is None:
+        raise CliError(f"no delivery with id {args.id}", ExitCode.PROBLEM)
+    try:
+        after = store.cancel(args.id, now=SystemClock().now())
+    except DeliveryNotFoundError:
+        raise CliError(f"no delivery with id {args.id}", ExitCode.PROBLEM) from None
+    except IllegalTransitionError as error:
+        reason = f" ({before.reason})" if before.reason else ""
+        raise CliError(
+            f"delivery {args.id} is already {error.status.value}{reason}, a terminal status; "
+            "nothing to cancel",
+            ExitCode.PROBLEM,
+        ) from None
+    if args.json:
+        print_json(
+            {
+                "id": str(after.id),
+                "previous_status": before.status.value,
+                "status": after.status.value,
+                "reason": after.reason,
+            }
+        )
+    else:
+        echo(f"cancelled {after.id} (was {before.status.value}; reason: {after.reason})")
+    return ExitCode.OK

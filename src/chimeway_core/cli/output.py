@@ -1,0 +1,56 @@
+"""Plain-text tables and JSON for the command line's output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+__all__ = ["echo", "format_table", "iso", "print_json", "warn"]
+
+
+def format_table(
+    rows: Sequence[Sequence[str]], *, right: Collection[int] = (), indent: int = 0
+) -> list[str]:
+    """Align ``rows`` (the first is the header) in columns two spaces apart.
+
+    Columns whose index is in ``right`` are right-aligned (numbers).
+    Trailing spaces are stripped.
+    """
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append((" " * indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def iso(value: datetime | None) -> str | None:
+    """``value`` in ISO 8601, or ``None``."""
+    return None if value is None else value.isoformat()
+
+
+def echo(*lines: str | Iterable[str]) -> None:
+    """Write lines (strings or iterables of strings) to stdout, and flush."""
+    for item in lines:
+        for line in [item] if isinstance(item, str) else item:
+            sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def warn(line: str) -> None:
+    """Write one line to stderr."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def print_json(value: Any) -> None:
+    """Write ``value`` as indented JSON to stdout."""
+    echo(json.dumps(value, indent=2, ensure_ascii=False))
