@@ -1,0 +1,518 @@
+"""The RQ backend: chimeway deliveries as RQ jobs on Redis.
+
+Theory of operation
+-------------------
+One RQ job per delivery, always under the same job id,
+:func:`~chimeway_core.jobs.job_id_for`, running :func:`deliver` with the
+delivery id as its only argument, serialized as JSON (never pickle).
+
+**Enqueueing** (:class:`RQBackend`). A delivery *has a pending job* when its
+job is in the queue's ``ScheduledJobRegistry`` or its job hash says
+``queued`` or ``started``. Enqueueing such a delivery makes no second job; a
+scheduled job only moves earlier (``ZADD XX LT``), never later. Otherwise a
+fresh job is written under the same id, over whatever finished or failed job
+hash was left there. The check and the write are one optimistic transaction
+(``WATCH`` on the job hashes, then ``MULTI``/``EXEC`` with RQ's own
+``enqueue_many`` / ``schedule_job``), so concurrent enqueuers cannot double a
+job. Every RQ transition of a job rewrites its hash, which is why watching
+the hashes is enough.
+
+**Running** (:func:`deliver`, in any RQ worker). The job calls
+``engine.perform(id)`` and translates the :class:`~chimeway_core.jobs.JobResult`
+into RQ's idiom:
+
+- ``ACK`` — return a short string; the job finishes.
+- ``RETRY`` / ``DEFER`` — return :class:`rq.Retry`. RQ itself then schedules
+  *this same job id* again, after the job has ended and inside the worker's
+  own bookkeeping transaction: that is how a running job re-enqueues itself
+  without racing its own hash. The interval is rounded up to whole seconds
+  (the scheduler's resolution) so the job never runs before ``run_at``. The
+  ledger owns the attempt number; ``Retry.max`` is always one more than RQ's
+  retry count, so RQ never gives up on its own.
+- :class:`~chimeway_core.errors.UnhandledOutcomeError` — the job schedules
+  itself at ``run_at`` (when the engine set one), then re-raises: RQ records
+  the failure, with the shape in the message, in the ``FailedJobRegistry``,
+  and the scheduled registry still holds the next run.
+- :class:`~chimeway_core.errors.InvalidJobError` (the arguments are not one
+  canonical delivery id) and any other exception — the job fails into the
+  ``FailedJobRegistry`` and is not retried by RQ. A live delivery whose job
+  failed this way is requeued by the engine's rescuer after
+  ``requeue_after``.
+
+**Workers** (:class:`ChimewayWorker`, :class:`ChimewaySimpleWorker`,
+:func:`run_worker`). The worker finds the engine from the ``engine`` it was
+given or from ``CHIMEWAY_APP=module:attribute`` (read once per process), always
+deserializes jobs as JSON, runs the engine's ``rescue()`` every
+``rescue_interval`` seconds from its main loop (between jobs and while idle),
+and, in a forking worker, drops the SQLAlchemy pool it inherited in each work
+horse (``dispose(close=False)``) so no database connection crosses a fork.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+from uuid import UUID
+
+from chimeway_core.clock import ensure_aware
+from chimeway_core.engine import Chimeway, RescueReport
+from chimeway_core.errors import (
+    ChimewayError,
+    InvalidJobError,
+    MissingExtraError,
+    UnhandledOutcomeError,
+)
+from chimeway_core.jobs import JobKind, job_id_for, parse_delivery_id
+
+try:
+    import redis
+    import rq
+    from rq.job import JobStatus
+    from rq.serializers import JSONSerializer, resolve_serializer
+    from rq.worker import BaseWorker
+except ImportError as error:  # pragma: no cover - exercised with rq hidden from sys.modules
+    raise MissingExtraError("rq", feature="the RQ backend (chimeway_backends.rq)") from error
+
+__all__ = [
+    "APP_ENV",
+    "DEFAULT_QUEUE",
+    "DEFAULT_RESCUE_INTERVAL",
+    "RESCUE_INTERVAL_ENV",
+    "AppNotFoundError",
+    "ChimewaySimpleWorker",
+    "ChimewayWorker",
+    "ChimewayWorkerMixin",
+    "RQBackend",
+    "current_engine",
+    "deliver",
+    "load_app",
+    "run_worker",
+]
+
+_log = logging.getLogger(__name__)
+
+#: The queue chimeway uses unless told otherwise.
+DEFAULT_QUEUE: Final = "chimeway"
+#: The environment variable naming the engine: ``module:attribute``.
+APP_ENV: Final = "CHIMEWAY_APP"
+#: The environment variable a worker reads its rescue interval from (seconds).
+RESCUE_INTERVAL_ENV: Final = "CHIMEWAY_RESCUE_INTERVAL"
+#: How often a worker runs the engine's rescuer, in seconds.
+DEFAULT_RESCUE_INTERVAL: Final = 30.0
+
+# Per job, in the queue's scheduled registry: [status, score] for each job
+# hash, "" for absent. Read-only; runs while the hashes are WATCHed.
+_STATES_SCRIPT: Final = """
+local out = {}
+for i = 2, #KEYS do
+  out[#out + 1] = redis.call('HGET', KEYS[i], 'status') or ''
+  out[#out + 1] = redis.call('ZSCORE', KEYS[1], ARGV[i - 1]) or ''
+end
+return out
+"""
+_RUNNING: Final = frozenset({JobStatus.QUEUED.value, JobStatus.STARTED.value})
+
+
+class AppNotFoundError(ChimewayError, LookupError):
+    """``CHIMEWAY_APP`` (or an explicit path) does not name a chimeway engine.
+
+    ``path`` is what was given and ``problem`` what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"chimeway app {path!r}: {problem}")
+
+
+# ---------------------------------------------------------------------- backend
+
+
+class RQBackend:
+    """Queue delivery ids as RQ jobs; satisfies :class:`~chimeway_core.jobs.Backend`.
+
+    ``job_timeout`` (seconds) is RQ's hard limit on one job: keep it above
+    every channel's ``timeout`` and no longer than the shortest lease
+    (``channel.timeout + engine.lease_margin``); the worker warns otherwise.
+    ``result_ttl`` and ``failure_ttl`` (seconds; ``None``: RQ's defaults of
+    500 s and one year) are how long finished and failed job hashes are kept.
+    ``failure_ttl`` must outlast the longest retry delay, since a job whose
+    attempt raised ``UnhandledOutcomeError`` waits for its next run in that
+    hash.
+    """
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        queue_name: str = DEFAULT_QUEUE,
+        *,
+        job_timeout: int = 60,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+    ) -> None:
+        if type(job_timeout) is not int or job_timeout < 1:
+            raise ValueError(f"job_timeout must be an int >= 1 (seconds), got {job_timeout!r}")
+        self.connection = connection
+        self.queue_name = queue_name
+        self.job_timeout = job_timeout
+        self.result_ttl = result_ttl
+        self.failure_ttl = failure_ttl
+        self.queue = rq.Queue(
+            queue_name,
+            connection=connection,
+            serializer=JSONSerializer,
+            default_timeout=job_timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"RQBackend(queue={self.queue_name!r})"
+
+    def enqueue(self, delivery_id: UUID, *, at: datetime | None = None) -> None:
+        """Queue a job for ``delivery_id``, due now or not before ``at`` (tz-aware).
+
+        A delivery with a pending job (queued, started or scheduled) gets no
+        second one; a scheduled job moves earlier when ``at`` is earlier.
+        """
+        self._submit([(_check_id(delivery_id), None if at is None else ensure_aware(at, "at"))])
+
+    def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
+        """Queue jobs for several deliveries, due now, in one transaction (three round trips)."""
+        unique = dict.fromkeys(_check_id(delivery_id) for delivery_id in delivery_ids)
+        if unique:
+            self._submit([(delivery_id, None) for delivery_id in unique])
+
+    def _submit(self, items: list[tuple[UUID, datetime | None]]) -> None:
+        job_ids = [job_id_for(delivery_id) for delivery_id, _ in items]
+        job_keys = [self.queue.job_class.key_for(job_id) for job_id in job_ids]
+        scheduled = self.queue.scheduled_job_registry.key
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*job_keys)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    flat = pipe.eval(
+                        _STATES_SCRIPT, len(job_keys) + 1, scheduled, *job_keys, *job_ids
+                    )
+                    pipe.multi()
+                    self._write(pipe, items, job_ids, job_keys, flat)
+                    pipe.execute()
+                except redis.WatchError:
+                    continue  # a job changed under us: decide again on fresh states
+                return
+
+    def _write(
+        self,
+        pipe: redis.client.Pipeline,
+        items: list[tuple[UUID, datetime | None]],
+        job_ids: list[str],
+        job_keys: list[str],
+        flat: list[bytes | str],
+    ) -> None:
+        now = time.time()
+        due_now = []
+        for index, ((delivery_id, at), job_id, key) in enumerate(
+            zip(items, job_ids, job_keys, strict=True)
+        ):
+            status, score = _text(flat[2 * index]), _text(flat[2 * index + 1])
+            when = None if at is None or at.timestamp() <= now else _not_before(at)
+            if score:
+                target = math.floor(now) if when is None else int(when.timestamp())
+                pipe.zadd(self.queue.scheduled_job_registry.key, {job_id: target}, xx=True, lt=True)
+                continue
+            if status in _RUNNING:
+                continue
+            # A finished or failed hash left under this id may carry an expiry.
+            pipe.persist(key)
+            if when is None:
+                due_now.append(
+                    self.queue.prepare_data(
+                        deliver, args=[str(delivery_id)], job_id=job_id, **self._options()
+                    )
+                )
+            else:
+                job = self.queue.create_job(
+                    deliver, args=[str(delivery_id)], job_id=job_id, **self._options()
+                )
+                self.queue.schedule_job(job, when, pipeline=pipe)
+        if due_now:
+            self.queue.enqueue_many(due_now, pipeline=pipe)
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "timeout": self.job_timeout,
+            "result_ttl": self.result_ttl,
+            "failure_ttl": self.failure_ttl,
+        }
+
+
+def _check_id(delivery_id: object) -> UUID:
+    if not isinstance(delivery_id, UUID):
+        raise TypeError(f"delivery_id must be a UUID, not {type(delivery_id).__name__}")
+    return delivery_id
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _not_before(at: datetime) -> datetime:
+    """``at`` rounded up to the whole second: RQ's scheduler truncates to seconds."""
+    return datetime.fromtimestamp(math.ceil(at.timestamp()), UTC)
+
+
+# ---------------------------------------------------------------------- the job
+
+
+class _Installed:
+    """The engine of this process, installed by a worker or loaded from ``CHIMEWAY_APP``."""
+
+    engine: Chimeway | None = None
+
+
+def load_app(path: str) -> Chimeway:
+    """Import ``module:attribute`` and return the engine it names.
+
+    The attribute (a dotted path is followed) is a
+    :class:`~chimeway_core.engine.Chimeway` or a zero-argument callable
+    returning one. Raises :class:`AppNotFoundError` otherwise; an exception
+    raised while importing the module propagates.
+    """
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise AppNotFoundError(path, "expected module:attribute (like myapp.notify:engine)")
+    found: object = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise AppNotFoundError(path, f"{module_name} has no attribute {attribute}") from None
+    if not isinstance(found, Chimeway) and callable(found):
+        found = found()
+    if not isinstance(found, Chimeway):
+        raise AppNotFoundError(
+            path, f"{attribute} is a {type(found).__qualname__}, not a Chimeway (or a callable)"
+        )
+    return found
+
+
+def current_engine() -> Chimeway:
+    """The engine jobs run on in this process.
+
+    The one a worker was given, or else the one ``CHIMEWAY_APP`` names,
+    loaded on first use and kept for the life of the process.
+    """
+    if _Installed.engine is None:
+        path = os.environ.get(APP_ENV)
+        if not path:
+            raise AppNotFoundError("", f"no engine: set {APP_ENV}=module:attribute for the worker")
+        _Installed.engine = load_app(path)
+    return _Installed.engine
+
+
+def deliver(*args: object, **kwargs: object) -> str | rq.Retry:
+    """The RQ job: run one job for the delivery id in ``args``; see the module docstring.
+
+    Exactly one positional argument, a canonical delivery id string, is
+    accepted; anything else raises :class:`InvalidJobError` before the
+    engine is touched.
+    """
+    if len(args) != 1 or kwargs:
+        raise InvalidJobError({"args": list(args), "kwargs": kwargs})
+    delivery_id = parse_delivery_id(args[0])
+    try:
+        result = current_engine().perform(delivery_id)
+    except UnhandledOutcomeError as error:
+        job = rq.get_current_job()
+        if error.run_at is not None and job is not None:
+            queue = rq.Queue(job.origin, connection=job.connection, serializer=job.serializer)
+            queue.schedule_job(job, _not_before(error.run_at))
+        raise
+    if result.kind is JobKind.ACK:
+        return f"ack: {result.detail}"
+    assert result.run_at is not None  # guaranteed by JobResult for RETRY and DEFER
+    return _retry_at(result.run_at)
+
+
+def _retry_at(run_at: datetime) -> rq.Retry:
+    now = time.time()
+    target = run_at.timestamp()
+    # RQ schedules at (its now + interval) truncated to the second: aim for the
+    # whole second after run_at so the truncation never lands before it.
+    interval = 0 if target <= now else math.ceil(math.ceil(target) - now)
+    job = rq.get_current_job()
+    retried = (job.number_of_retries or 0) if job is not None else 0
+    return rq.Retry(max=retried + 1, interval=interval)
+
+
+# ---------------------------------------------------------------------- workers
+
+
+class ChimewayWorkerMixin(BaseWorker):
+    """What makes an RQ worker a chimeway worker; mix it in before an RQ worker class.
+
+    Takes two keyword arguments on top of RQ's: ``engine`` (default: the
+    engine ``CHIMEWAY_APP`` names) and ``rescue_interval`` (seconds; default
+    ``CHIMEWAY_RESCUE_INTERVAL`` or 30). Jobs are always deserialized as JSON,
+    whatever serializer was asked for.
+    """
+
+    def __init__(
+        self,
+        queues: Any,
+        *args: Any,
+        engine: Chimeway | None = None,
+        rescue_interval: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if rescue_interval is None:
+            rescue_interval = float(os.environ.get(RESCUE_INTERVAL_ENV, DEFAULT_RESCUE_INTERVAL))
+        if not rescue_interval > 0:
+            raise ValueError(f"rescue_interval must be positive, got {rescue_interval!r}")
+        # Set before RQ's __init__, which reads dequeue_timeout.
+        self.rescue_interval = rescue_interval
+        self._next_rescue = time.monotonic()
+        requested = kwargs.get("serializer")
+        if requested is not None and resolve_serializer(requested) is not JSONSerializer:
+            _log.warning(
+                "chimeway workers read jobs as JSON only; ignoring serializer %s", requested
+            )
+        kwargs["serializer"] = JSONSerializer
+        names = [
+            queue.name if isinstance(queue, rq.Queue) else queue
+            for queue in ([queues] if isinstance(queues, str | rq.Queue) else queues)
+        ]
+        super().__init__(names, *args, **kwargs)
+        if engine is not None:
+            _Installed.engine = engine
+        self.engine = current_engine()
+        if not isinstance(self.engine.backend, RQBackend):
+            raise TypeError(
+                f"a chimeway RQ worker needs an engine whose backend is an RQBackend, "
+                f"not {type(self.engine.backend).__qualname__}"
+            )
+        _check_timeouts(self.engine, self.engine.backend)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """RQ's blocking wait for a job, capped so an idle worker still rescues on time."""
+        return max(1, min(super().dequeue_timeout, math.ceil(self.rescue_interval)))
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        """RQ's maintenance is due, or the rescuer is."""
+        return super().should_run_maintenance_tasks or time.monotonic() >= self._next_rescue
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's maintenance when due, then the rescuer when due."""
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq leaves it untyped
+        if time.monotonic() >= self._next_rescue:
+            self.run_rescue()
+
+    def run_rescue(self) -> RescueReport | None:
+        """Fail RQ jobs whose worker died, then run the engine's rescuer; never raises.
+
+        Abandoned ``started`` jobs would otherwise count as pending and keep
+        the rescuer's enqueues from creating their next job.
+        """
+        self._next_rescue = time.monotonic() + self.rescue_interval
+        try:
+            for queue in self.queues:
+                queue.started_job_registry.cleanup()
+            report = self.engine.rescue()
+        except Exception:
+            _log.exception("chimeway rescue failed; trying again in %s s", self.rescue_interval)
+            return None
+        if report.resolved or report.requeued or report.relayed:
+            _log.info(
+                "chimeway rescue: %d lost attempts resolved, %d deliveries requeued, %d relayed",
+                report.resolved,
+                report.requeued,
+                report.relayed,
+            )
+        return report
+
+    def main_work_horse(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        """In a forked work horse: drop the inherited database pool, then run the job.
+
+        ``close=False`` leaves the parent's connections open for the parent;
+        the horse opens its own (SQLAlchemy, "Using Connection Pools with
+        Multiprocessing or os.fork()").
+        """
+        self.engine.store.engine.dispose(close=False)
+        super().main_work_horse(job, queue)
+
+
+class ChimewayWorker(ChimewayWorkerMixin, rq.Worker):
+    """A forking chimeway worker: each job runs in a fresh work horse (``rq.Worker``)."""
+
+
+class ChimewaySimpleWorker(ChimewayWorkerMixin, rq.SimpleWorker):
+    """A chimeway worker that runs jobs in its own process (``rq.SimpleWorker``)."""
+
+
+_CHIMEWAY_CLASSES: Final[dict[type[BaseWorker], type[ChimewayWorkerMixin]]] = {
+    rq.Worker: ChimewayWorker,
+    rq.SimpleWorker: ChimewaySimpleWorker,
+}
+
+
+def _check_timeouts(engine: Chimeway, backend: RQBackend) -> None:
+    for name, channel in sorted(engine.channels.items()):
+        lease = channel.timeout + engine.lease_margin
+        if not channel.timeout < backend.job_timeout <= lease:
+            _log.warning(
+                "channel %r: RQ job_timeout=%s s should be above the channel timeout (%s s) "
+                "and at most its lease (%s s = timeout + lease_margin)",
+                name,
+                backend.job_timeout,
+                channel.timeout,
+                lease,
+            )
+
+
+def run_worker(
+    engine: Chimeway | None = None,
+    connection: redis.Redis | None = None,
+    queues: Sequence[str] | None = None,
+    *,
+    burst: bool = False,
+    with_scheduler: bool = True,
+    worker_class: type[BaseWorker] = ChimewayWorker,
+    rescue_interval: float | None = None,
+    name: str | None = None,
+    logging_level: str = "INFO",
+) -> bool:
+    """Run a chimeway RQ worker until it is stopped (or, with ``burst``, the queues are empty).
+
+    ``engine`` defaults to the one ``CHIMEWAY_APP`` names; ``connection`` and
+    ``queues`` to its backend's. ``with_scheduler`` runs RQ's scheduler (in
+    burst mode: once, at start), which retries and deferrals need.
+    ``worker_class`` is :class:`ChimewayWorker` (forking) or
+    :class:`ChimewaySimpleWorker`; ``rq.Worker`` and ``rq.SimpleWorker`` mean
+    those. Returns whether any job was run.
+    """
+    if engine is not None:
+        _Installed.engine = engine
+    engine = current_engine()
+    backend = engine.backend
+    if not isinstance(backend, RQBackend):
+        raise TypeError(f"the engine's backend is {type(backend).__qualname__}, not an RQBackend")
+    cls = _CHIMEWAY_CLASSES.get(worker_class, worker_class)
+    if not issubclass(cls, ChimewayWorkerMixin):
+        raise TypeError(f"{worker_class.__qualname__} is not a chimeway worker class")
+    worker = cls(
+        list(queues) if queues is not None else [backend.queue_name],
+        connection=connection if connection is not None else backend.connection,
+        engine=engine,
+        rescue_interval=rescue_interval,
+        name=name,
+    )
+    return bool(
+        worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=logging_level)
+    )
