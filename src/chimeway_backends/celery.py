@@ -146,7 +146,8 @@ def load_engine(target: Chimeway | str | None) -> Chimeway:
 class CeleryBackend:
     """Chimeway's backend on a Celery app; satisfies :class:`~chimeway_core.jobs.Backend`.
 
-    Registers the task ``chimeway.deliver`` (routed to ``queue``) and a
+    Registers the task ``chimeway.deliver`` (its jobs and their retries are
+    sent to ``queue``) and a
     worker bootstep on ``app``; one backend per app. ``engine`` is what the
     worker performs with: a :class:`Chimeway`, its import path, or ``None``
     for ``CHIMEWAY_APP``; it is resolved lazily, once per process, so the
@@ -175,19 +176,25 @@ class CeleryBackend:
         self.error_retry_delay = error_retry_delay
         self._target = engine
         self._engine = engine if isinstance(engine, Chimeway) else None
+        self._engine_pid = os.getpid()
         self._engine_lock = threading.Lock()
+        backend = self
+
+        def deliver(task: Any, *args: object, **kwargs: object) -> str:
+            return backend._deliver(task, args, kwargs)
+
+        deliver.__doc__ = "Perform one chimeway delivery job: the only argument is its id."
         self.task: Any = app.task(
             name=TASK_NAME,
             bind=True,
             shared=False,  # never registered on other apps of the process
-            queue=queue,
             serializer="json",
             acks_late=True,
             reject_on_worker_lost=True,
             ignore_result=True,
             max_retries=None,  # the ledger decides when a delivery stops
             typing=False,  # wrong arguments reach the body and raise InvalidJobError
-        )(self._deliver)
+        )(deliver)
         setattr(app, _APP_ATTRIBUTE, self)
         app.steps["consumer"].add(ChimewayStep)
         signals.worker_process_init.connect(self._after_fork, weak=True)
@@ -227,17 +234,30 @@ class CeleryBackend:
 
     # -- the worker side ----------------------------------------------------
 
+    def bind(self, engine: Chimeway) -> None:
+        """Perform this process's jobs with ``engine`` (built after, and with, this backend).
+
+        The in-process alternative to an import path: ``backend =
+        CeleryBackend(app); engine = Chimeway(store, backend, ...);
+        backend.bind(engine)``. Raises :class:`ValueError` if another engine
+        is already in use.
+        """
+        with self._engine_lock:
+            if self._engine is not None and self._engine is not engine:
+                raise ValueError("this CeleryBackend already performs with another engine")
+            self._engine, self._engine_pid = engine, os.getpid()
+
     def engine(self) -> Chimeway:
         """The engine this backend's tasks perform with, resolved once per process."""
         engine = self._engine
         if engine is None:
             with self._engine_lock:
                 if self._engine is None:
-                    self._engine = load_engine(self._target)
+                    self._engine, self._engine_pid = load_engine(self._target), os.getpid()
                 engine = self._engine
         return engine
 
-    def _deliver(self, task: Any, *args: object, **kwargs: object) -> str:
+    def _deliver(self, task: Any, args: tuple[object, ...], kwargs: dict[str, object]) -> str:
         if kwargs or len(args) != 1:
             raise InvalidJobError({"args": args, "kwargs": kwargs})
         delivery_id = parse_delivery_id(args[0])
@@ -245,7 +265,7 @@ class CeleryBackend:
             result = self.engine().perform(delivery_id)
         except UnhandledOutcomeError as error:
             if error.run_at is not None:
-                task.retry(eta=error.run_at, max_retries=None, throw=False)
+                task.retry(eta=error.run_at, max_retries=None, queue=self.queue, throw=False)
             raise
         except Exception as error:
             _log.exception(
@@ -254,21 +274,24 @@ class CeleryBackend:
                 self.error_retry_delay,
             )
             raise task.retry(
-                exc=error, countdown=self.error_retry_delay, max_retries=None
+                exc=error, countdown=self.error_retry_delay, max_retries=None, queue=self.queue
             ) from error
         match result.kind:
             case JobKind.ACK:
                 return f"{result.kind.value}: {result.detail}"
             case JobKind.RETRY | JobKind.DEFER:
-                raise task.retry(eta=result.run_at, max_retries=None)
+                raise task.retry(eta=result.run_at, max_retries=None, queue=self.queue)
             case _:
                 assert_never(result.kind)
 
     def _after_fork(self, **_: object) -> None:
         # A prefork child inherits the parent's pooled connections: forget
-        # them without closing the sockets the parent still uses.
-        if self._engine is not None:
-            self._engine.store.engine.dispose(close=False)
+        # them without closing the sockets the parent still uses. The solo
+        # pool sends the same signal in the parent itself: nothing to do.
+        with self._engine_lock:
+            if self._engine is not None and self._engine_pid != os.getpid():
+                self._engine.store.engine.dispose(close=False)
+                self._engine_pid = os.getpid()
 
     def _rescue(self) -> None:
         try:
@@ -420,9 +443,8 @@ def run_worker(
     backend = resolved.backend
     if not isinstance(backend, CeleryBackend):
         raise TypeError(f"the engine's backend is {type(backend).__name__}, not a CeleryBackend")
-    with backend._engine_lock:
-        if backend._engine is None:
-            backend._engine = resolved
+    if backend._engine is None:
+        backend.bind(resolved)
     backend.rescue_interval = rescue_interval
     worker = backend.app.Worker(
         pool_cls=pool,

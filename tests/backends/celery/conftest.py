@@ -1,0 +1,278 @@
+"""Fixtures for the Celery backend's tests: real brokers, real workers, PostgreSQL as the ledger.
+
+Each test gets its own queue name (and, on Redis, its own key prefix in DB
+14), removed at the end. The ledger is a fresh PostgreSQL database per test
+session (the ledger tests' fixtures), truncated after each test. Every wait
+is a bounded poll.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any
+
+import attrs
+import pytest
+from celery import Celery, bootsteps, signals
+from celery.contrib.testing.worker import start_worker
+
+from chimeway_backends.celery import TASK_NAME, CeleryBackend
+from chimeway_core.engine import Chimeway
+from chimeway_core.store import SQLStore
+from tests.services import RABBITMQ_URL, REDIS_URL, require
+from tests.store.conftest import (  # noqa: F401 - fixtures shared with the ledger tests
+    pg_store,
+    postgres_database,
+    postgres_engine,
+)
+
+#: The Redis database the Celery tests use (keys are prefixed per test too).
+REDIS_DB = 14
+REDIS_BROKER_URL = f"{REDIS_URL.rsplit('/', 1)[0]}/{REDIS_DB}"
+
+#: How long any wait for the worker may take before the test fails.
+IDLE_TIMEOUT = 60.0
+
+
+class WakeUp(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
+    """Wakes the embedded worker's event loop every 0.1 s.
+
+    Without it, an embedded solo worker on RabbitMQ was seen to sleep up to
+    the hub's 10 s poll ceiling before taking a retry and before shutting
+    down; the tests would spend their time waiting, not testing.
+    """
+
+    def start(self, c: Any) -> None:
+        """Add the no-op timer."""
+        c.timer.call_repeatedly(0.1, _noop)
+
+
+def _noop() -> None:
+    pass
+
+
+@attrs.frozen
+class Broker:
+    """One broker for one test: where it is, its transport options, a unique queue."""
+
+    name: str
+    url: str
+    queue: str
+    transport_options: dict[str, Any]
+
+    def app(self, **conf: Any) -> Any:
+        """A fresh Celery app on this broker, configured as chimeway recommends."""
+        app = Celery(f"chimeway-test-{self.queue}", broker=self.url, set_as_current=False)
+        app.conf.update(
+            broker_transport_options=dict(self.transport_options),
+            broker_connection_retry_on_startup=True,
+            worker_prefetch_multiplier=1,
+            worker_hijack_root_logger=False,
+            worker_enable_remote_control=False,
+            task_default_queue=self.queue,
+        )
+        app.conf.update(conf)
+        app.steps["consumer"].add(WakeUp)
+        return app
+
+    def queue_length(self) -> int:
+        """Messages waiting in the queue (not those a worker holds)."""
+        app = self.app()
+        with app.connection_for_write() as connection:
+            _, count, _ = connection.default_channel.queue_declare(self.queue, passive=False)
+            return int(count)
+
+
+def _redis_cleanup(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_BROKER_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def _rabbitmq_cleanup(queue: str) -> None:
+    from kombu import Connection
+
+    with Connection(RABBITMQ_URL) as connection:
+        channel = connection.default_channel
+        channel.queue_delete(queue)
+
+
+def make_broker(name: str) -> Broker:
+    """A Broker with a queue name unique to this call."""
+    queue = f"chimeway-test-{secrets.token_hex(4)}"
+    if name == "redis":
+        return Broker(
+            name, REDIS_BROKER_URL, queue, {"global_keyprefix": f"{queue}:", "fanout_prefix": True}
+        )
+    return Broker(name, RABBITMQ_URL, queue, {"confirm_publish": True})
+
+
+def cleanup_broker(broker: Broker) -> None:
+    """Remove every trace of ``broker``'s queue."""
+    if broker.name == "redis":
+        _redis_cleanup(f"{broker.queue}:")
+    else:
+        _rabbitmq_cleanup(broker.queue)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """Each broker in turn, with a queue of this test's own; cleaned up after."""
+    require(request.param)
+    spec = make_broker(request.param)
+    yield spec
+    cleanup_broker(spec)
+
+
+class JobWatch:
+    """Counts the chimeway jobs published and finished in this process, and their failures.
+
+    Fed by Celery's signals, so it sees the test's enqueues and the in-process
+    worker's runs and retries alike.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.published = 0
+        self.finished = 0
+        self.retries = 0
+        self._failures: list[BaseException] = []
+
+    def connect(self) -> None:
+        """Start listening to Celery's signals."""
+        signals.after_task_publish.connect(self._on_publish, weak=False)
+        signals.task_postrun.connect(self._on_postrun, weak=False)
+        signals.task_failure.connect(self._on_failure, weak=False)
+        signals.task_retry.connect(self._on_retry, weak=False)
+
+    def disconnect(self) -> None:
+        """Stop listening."""
+        signals.after_task_publish.disconnect(self._on_publish)
+        signals.task_postrun.disconnect(self._on_postrun)
+        signals.task_failure.disconnect(self._on_failure)
+        signals.task_retry.disconnect(self._on_retry)
+
+    def _on_publish(self, sender: object = None, **_: object) -> None:
+        if sender == TASK_NAME:
+            with self._lock:
+                self.published += 1
+
+    def _on_postrun(self, sender: Any = None, **_: object) -> None:
+        if getattr(sender, "name", None) == TASK_NAME:
+            with self._lock:
+                self.finished += 1
+
+    def _on_failure(
+        self, sender: Any = None, exception: BaseException | None = None, **_: object
+    ) -> None:
+        if getattr(sender, "name", None) == TASK_NAME and exception is not None:
+            with self._lock:
+                self._failures.append(exception)
+
+    def _on_retry(self, sender: Any = None, **_: object) -> None:
+        if getattr(sender, "name", None) == TASK_NAME:
+            with self._lock:
+                self.retries += 1
+
+    def pending(self) -> int:
+        """Jobs published and not yet finished."""
+        with self._lock:
+            return self.published - self.finished
+
+    def take_failures(self) -> list[BaseException]:
+        """The failures since the last call, oldest first."""
+        with self._lock:
+            failures, self._failures = self._failures, []
+            return failures
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float = IDLE_TIMEOUT, what: str = "a condition"
+) -> None:
+    """Poll ``condition`` every 50 ms until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def run_watched_until_idle(
+    engine: Chimeway, watch: JobWatch, *, timeout: float = IDLE_TIMEOUT
+) -> list[BaseException]:
+    """Wait until no job is pending and no delivery is live, three polls in a row."""
+    quiet = 0
+
+    def idle() -> bool:
+        nonlocal quiet
+        busy = watch.pending() > 0 or engine.store.oldest_non_terminal() is not None
+        quiet = 0 if busy else quiet + 1
+        return quiet >= 3
+
+    wait_until(idle, timeout=timeout, what="the worker to be idle")
+    return watch.take_failures()
+
+
+@attrs.define
+class InProcessCelery:
+    """Builds engines on a CeleryBackend and runs an embedded worker for them."""
+
+    broker: Broker
+    store: SQLStore
+    stack: ExitStack
+    watch: JobWatch
+    app_conf: dict[str, Any] = attrs.Factory(dict)
+    backends: list[CeleryBackend] = attrs.Factory(list)
+
+    def make_engine(self, channels: dict[str, Any], **options: Any) -> Chimeway:
+        """An engine on a fresh app and backend, with a solo worker started for it."""
+        app = self.broker.app(**self.app_conf)
+        backend = CeleryBackend(app, queue=self.broker.queue, rescue_interval=None)
+        engine = Chimeway(self.store, backend, channels, **options)
+        backend.bind(engine)
+        self.backends.append(backend)
+        self.stack.enter_context(worker_for(app, self.broker.queue))
+        return engine
+
+
+def worker_for(app: Any, queue: str) -> AbstractContextManager[Any]:
+    """An embedded solo worker consuming ``queue``, stopped at the end of the block."""
+    return start_worker(  # type: ignore[no-any-return]
+        app,
+        pool="solo",
+        concurrency=1,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        queues=[queue],
+        shutdown_timeout=30.0,
+    )
+
+
+@pytest.fixture
+def job_watch() -> Iterator[JobWatch]:
+    """A JobWatch listening for this test."""
+    watch = JobWatch()
+    watch.connect()
+    yield watch
+    watch.disconnect()
+
+
+@pytest.fixture
+def in_process(
+    broker: Broker,
+    pg_store: SQLStore,  # noqa: F811 - the shared fixture, not a redefinition
+    job_watch: JobWatch,
+) -> Iterator[InProcessCelery]:
+    """Engines on a CeleryBackend over ``broker`` with embedded workers, stopped after."""
+    with ExitStack() as stack:
+        yield InProcessCelery(broker, pg_store, stack, job_watch)
