@@ -388,7 +388,7 @@ def _spec(seed: int, index: int) -> NewDelivery:
 def _attempt_histogram(store: SQLStore) -> tuple[tuple[int, int], ...]:
     count = DeliveryRow.attempt_count
     with store.engine.connect() as conn:
-        found = dict(conn.execute(select(count, func.count()).group_by(count)).tuples().all())
+        found = dict(conn.execute(select(count, func.count()).group_by(count)).all())
     top = max(found, default=0)
     return tuple((n, found.get(n, 0)) for n in range(top + 1))
 

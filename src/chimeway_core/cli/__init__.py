@@ -12,6 +12,8 @@ problem, 2 usage or configuration error, 3 a service unreachable.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
@@ -83,3 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         warn("chimeway: interrupted")
         return 130
+    except BrokenPipeError:
+        # The reader went away (``chimeway inspect | head``): stop quietly, and
+        # keep Python from complaining when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return int(ExitCode.PROBLEM)

@@ -1,0 +1,231 @@
+"""The worker backends ``chimeway worker --backend`` knows: one table, one runner each.
+
+:data:`BACKENDS` maps a name to a :class:`WorkerBackend`: the adapter module
+that must import (it raises :class:`~chimeway_core.errors.MissingExtraError`
+naming its extra when the queue's client library is missing), the extra
+itself, and the function that runs the worker. :func:`require` checks the
+adapter before the application is imported, so a missing extra is reported
+first and in one line. A new backend plugs in with one entry.
+
+Each runner checks that the application's engine really queues on its
+backend and that the queue's service answers (exit 3 otherwise), then runs
+the adapter's own worker until SIGINT or SIGTERM; RQ and Celery handle those
+signals themselves (a warm shutdown: running jobs finish).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType, MappingProxyType
+from typing import Final
+
+import attrs
+
+from chimeway_backends.memory import MemoryBackend, MemoryWorker
+from chimeway_core.cli.errors import CliError, ExitCode
+from chimeway_core.cli.output import echo, warn
+from chimeway_core.engine import Chimeway
+from chimeway_core.errors import MissingExtraError
+
+__all__ = [
+    "BACKENDS",
+    "RunWorker",
+    "WorkerBackend",
+    "WorkerOptions",
+    "require",
+    "run_celery",
+    "run_memory",
+    "run_rq",
+]
+
+_BROKER_CONNECT_TIMEOUT: Final = 5.0
+
+
+@attrs.frozen(kw_only=True)
+class WorkerOptions:
+    """What ``chimeway worker`` was asked, beyond the engine."""
+
+    app: str
+    concurrency: int | None
+    """Jobs at a time (``None``: the backend's default)."""
+    tick_interval: float
+    """Seconds between rescue passes."""
+    grace: float
+    """Seconds running jobs get to finish on stop (memory backend)."""
+    log_level: str
+
+
+#: How a backend's worker runs: the engine and the options in, the exit code out.
+RunWorker = Callable[[Chimeway, WorkerOptions], int]
+
+
+@attrs.frozen
+class WorkerBackend:
+    """One entry of :data:`BACKENDS`."""
+
+    adapter: str
+    """The module that must import for this backend."""
+    extra: str | None
+    """The chimeway extra that installs its dependencies (``None``: none needed)."""
+    run: RunWorker
+    """Runs the worker until it is stopped; returns the exit code."""
+
+
+def _wrong_backend(name: str, options: WorkerOptions, engine: Chimeway, expected: str) -> CliError:
+    return CliError(
+        f"--backend {name}: the engine of {options.app} queues on a "
+        f"{type(engine.backend).__qualname__}, not a {expected}"
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM inside the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
+    """Run :class:`~chimeway_backends.memory.MemoryWorker` until SIGINT or SIGTERM.
+
+    A rescue pass runs first (outbox rows and lost attempts left by a
+    previous process), then every ``tick_interval`` seconds. On a signal no
+    new job is taken and running ones get ``grace`` seconds to finish.
+    """
+    backend = engine.backend
+    if not isinstance(backend, MemoryBackend):
+        raise _wrong_backend("memory", options, engine, "chimeway_backends.memory.MemoryBackend")
+    threads = options.concurrency or 1
+    first = engine.rescue()
+    worker = MemoryWorker(
+        backend,
+        engine,
+        concurrency=threads,
+        tick=engine.rescue,
+        tick_interval=options.tick_interval,
+    )
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        worker.start()
+        echo(
+            f"chimeway worker: memory backend, {threads} thread(s), app {options.app}; "
+            f"rescue every {options.tick_interval:g} s; Ctrl-C or SIGTERM stops",
+            f"chimeway worker: first rescue pass: {first.relayed} relayed, "
+            f"{first.requeued} requeued, {first.resolved} lost attempts resolved",
+        )
+        try:
+            while not stop.wait(0.2):
+                pass
+        finally:
+            ended = worker.stop(timeout=options.grace)
+    stats = backend.stats
+    echo(
+        f"chimeway worker: stopped after {stats.jobs_run} jobs ({stats.acks} acked, "
+        f"{stats.retries} retried, {stats.defers} deferred, {stats.failures} raised)"
+    )
+    if not ended:
+        warn(
+            f"chimeway worker: jobs still running after {options.grace:g} s were abandoned; "
+            "the rescuer resolves their attempts"
+        )
+        return ExitCode.PROBLEM
+    return ExitCode.OK
+
+
+def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
+    """Run :func:`chimeway_backends.rq.run_worker` (forking, with RQ's scheduler)."""
+    import redis  # noqa: PLC0415 -- optional: the "rq" extra
+
+    from chimeway_backends import rq as adapter  # noqa: PLC0415 -- optional: the "rq" extra
+
+    backend = engine.backend
+    if not isinstance(backend, adapter.RQBackend):
+        raise _wrong_backend("rq", options, engine, "chimeway_backends.rq.RQBackend")
+    if options.concurrency not in {None, 1}:
+        raise CliError(
+            "--backend rq: an RQ worker runs one job at a time; start more workers "
+            "instead of --concurrency"
+        )
+    try:
+        backend.connection.ping()
+    except redis.RedisError as error:
+        raise CliError(f"cannot reach Redis: {error}", ExitCode.UNREACHABLE) from None
+    echo(
+        f"chimeway worker: rq backend, queue {backend.queue_name!r}, app {options.app}; "
+        f"rescue every {options.tick_interval:g} s; Ctrl-C or SIGTERM stops"
+    )
+    adapter.run_worker(
+        engine, rescue_interval=options.tick_interval, logging_level=options.log_level.upper()
+    )
+    echo("chimeway worker: stopped")
+    return ExitCode.OK
+
+
+def run_celery(engine: Chimeway, options: WorkerOptions) -> int:
+    """Run :func:`chimeway_backends.celery.run_worker` on the backend's queue."""
+    from kombu.exceptions import OperationalError  # noqa: PLC0415 -- optional: "celery"
+
+    from chimeway_backends import celery as adapter  # noqa: PLC0415 -- optional: "celery"
+
+    backend = engine.backend
+    if not isinstance(backend, adapter.CeleryBackend):
+        raise _wrong_backend("celery", options, engine, "chimeway_backends.celery.CeleryBackend")
+    try:
+        with backend.app.connection_for_write() as connection:
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, timeout=_BROKER_CONNECT_TIMEOUT
+            )
+    except (OperationalError, OSError) as error:
+        raise CliError(f"cannot reach the Celery broker: {error}", ExitCode.UNREACHABLE) from None
+    code = adapter.run_worker(
+        engine,
+        concurrency=options.concurrency,
+        loglevel=options.log_level.upper(),
+        rescue_interval=options.tick_interval,
+    )
+    return ExitCode.OK if code == 0 else ExitCode.PROBLEM
+
+
+#: The worker backends by name; ``--backend`` accepts exactly these.
+BACKENDS: Final[Mapping[str, WorkerBackend]] = MappingProxyType(
+    {
+        "memory": WorkerBackend("chimeway_backends.memory", None, run_memory),
+        "rq": WorkerBackend("chimeway_backends.rq", "rq", run_rq),
+        "celery": WorkerBackend("chimeway_backends.celery", "celery", run_celery),
+    }
+)
+
+
+def require(name: str) -> WorkerBackend:
+    """The backend ``name``, its adapter imported; :class:`CliError` when it cannot be."""
+    backend = BACKENDS[name]
+    try:
+        importlib.import_module(backend.adapter)
+    except MissingExtraError:
+        raise CliError(
+            f"--backend {name} needs the {backend.extra!r} extra: "
+            f'pip install "chimeway[{backend.extra}]"'
+        ) from None
+    except ModuleNotFoundError as error:
+        if error.name != backend.adapter:
+            raise
+        extra = f' (pip install "chimeway[{backend.extra}]")' if backend.extra else ""
+        raise CliError(
+            f"--backend {name}: its adapter {backend.adapter} is not installed{extra}"
+        ) from None
+    return backend

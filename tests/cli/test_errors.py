@@ -1,0 +1,273 @@
+"""Bad configuration: one line on stderr, the documented exit code, never a traceback.
+
+The cases the brief names (an unreachable database, an ``--app`` that does not
+import or lacks the attribute, an unknown backend, a malformed URL, an unknown
+or malformed delivery id) run as subprocesses of the real entry point, all at
+once to keep the suite fast. The rest run through ``main()`` in-process, which
+proves the same of the command line's own code: an exception escaping it would
+fail the test.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+import pytest
+
+from chimeway_core.cli import main
+from tests.cli.conftest import APP_MODULE, Result, run, sqlite_ledger
+
+UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/chimeway"
+MISSING_ID = "00000000-0000-4000-8000-000000000000"
+LEDGER = "<ledger>"
+"""Replaced by the URL of an empty SQLite ledger."""
+
+
+@attrs.frozen
+class Case:
+    """One bad invocation and what it must produce."""
+
+    name: str
+    args: tuple[str, ...]
+    code: int
+    says: str
+    env: tuple[tuple[str, str], ...] = ()
+    hide: tuple[str, ...] = ()
+    """Modules made unimportable (in-process cases only)."""
+
+    def argv(self, ledger: str) -> list[str]:
+        """The arguments, with the ledger's URL in place."""
+        return [ledger if arg == LEDGER else arg for arg in self.args]
+
+
+def _worker(backend: str, app: str, *more: str) -> tuple[str, ...]:
+    return ("worker", "--backend", backend, "--app", app, *more)
+
+
+SUBPROCESS = [
+    Case("malformed URL", ("inspect", "--db", "not a url"), 2, "malformed database URL"),
+    Case("unreachable database", ("inspect", "--db", UNREACHABLE), 3, "cannot reach"),
+    Case("malformed UUID", ("show", "not-a-uuid", "--db", LEDGER), 2, "not a delivery id"),
+    Case("unknown delivery id", ("show", MISSING_ID, "--db", LEDGER), 1, "no delivery with id"),
+    Case("unknown backend", _worker("kafka", "x:y"), 2, "invalid choice: 'kafka'"),
+    Case(
+        "app does not import",
+        _worker("memory", "chimeway_cli_broken_app:engine"),
+        2,
+        "raised ValueError: this module fails at import (chimeway_cli_broken_app.py:1)",
+    ),
+    Case(
+        "app lacks the attribute",
+        _worker("memory", f"{APP_MODULE}:missing"),
+        2,
+        "has no attribute 'missing'",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def ledger_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty SQLite ledger."""
+    store, url = sqlite_ledger(tmp_path_factory.mktemp("errors") / "ledger.sqlite3")
+    store.engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="module")
+def subprocess_results(
+    ledger_url: str, app_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Result]:
+    """Every subprocess case, run four at a time."""
+    cwd = tmp_path_factory.mktemp("errors-cwd")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {
+            case.name: pool.submit(
+                run, *case.argv(ledger_url), cwd=cwd, env=dict(case.env), path=[app_dir]
+            )
+            for case in SUBPROCESS
+        }
+    return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", SUBPROCESS, ids=lambda case: case.name)
+def test_bad_configuration_in_a_subprocess(
+    case: Case, subprocess_results: dict[str, Result]
+) -> None:
+    """The real entry point prints exactly one line on stderr and exits with the documented code."""
+    result = subprocess_results[case.name]
+    assert case.code == result.code, result.stderr
+    assert 1 == len(result.stderr_lines), result.stderr
+    assert case.says in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "" == result.stdout
+
+
+IN_PROCESS = [
+    Case("no command", (), 2, "required: COMMAND"),
+    Case("unknown command", ("frobnicate",), 2, "invalid choice"),
+    Case(
+        "malformed URL from the environment",
+        ("inspect",),
+        2,
+        "malformed database URL",
+        (("CHIMEWAY_DATABASE_URL", "::nonsense"),),
+    ),
+    Case(
+        "password never echoed",
+        ("inspect", "--db", "postgresql://u:s3cret@h:port/db"),
+        2,
+        "postgresql://u:***@h:port/db",
+    ),
+    Case("unsupported database", ("inspect", "--db", "mysql://u@h/db"), 2, "unsupported database"),
+    Case("unknown driver", ("inspect", "--db", "postgresql+nodriver://u@h/db"), 2, "nodriver"),
+    Case("in-memory SQLite", ("inspect", "--db", "sqlite://"), 2, "in-memory SQLite"),
+    Case(
+        "missing SQLite file", ("inspect", "--db", "sqlite:///nowhere.db"), 2, "no SQLite database"
+    ),
+    Case(
+        "unreachable database on upgrade", ("db", "upgrade", "--db", UNREACHABLE), 3, "cannot reach"
+    ),
+    Case("upgrade without a database", ("db", "upgrade"), 2, "no database"),
+    Case("db without a subcommand", ("db",), 2, "required"),
+    Case("cancel an unknown id", ("cancel", MISSING_ID, "--db", LEDGER), 1, "no delivery with id"),
+    Case("cancel a malformed id", ("cancel", "12", "--db", LEDGER), 2, "not a delivery id"),
+    Case("worker without --app", ("worker", "--backend", "memory"), 2, "--app"),
+    Case("app without a colon", _worker("memory", APP_MODULE), 2, "module:attribute"),
+    Case(
+        "app module missing",
+        _worker("memory", "no_such_module:engine"),
+        2,
+        "no module named 'no_such_module'",
+    ),
+    Case(
+        "app attribute not an engine",
+        _worker("memory", f"{APP_MODULE}:NOT_AN_ENGINE"),
+        2,
+        "is a int, not a Chimeway engine",
+    ),
+    Case(
+        "app factory raises",
+        _worker("memory", f"{APP_MODULE}:broken_factory"),
+        2,
+        "raised RuntimeError: cannot build the engine",
+    ),
+    Case(
+        "engine not on the memory backend",
+        _worker("memory", f"{APP_MODULE}:recording_engine", "--db", LEDGER),
+        2,
+        "not a chimeway_backends.memory.MemoryBackend",
+        (("RECORD_PATH", "unused"),),
+    ),
+    Case(
+        "engine not on the rq backend",
+        _worker("rq", f"{APP_MODULE}:memory_engine", "--db", LEDGER),
+        2,
+        "not a chimeway_backends.rq.RQBackend",
+    ),
+    Case(
+        "engine on an unreachable database",
+        _worker("memory", f"{APP_MODULE}:memory_engine", "--db", UNREACHABLE),
+        3,
+        "cannot reach",
+    ),
+    Case(
+        "Redis unreachable",
+        _worker("rq", f"{APP_MODULE}:rq_engine", "--db", LEDGER),
+        3,
+        "cannot reach Redis",
+        (("CHIMEWAY_REDIS_URL", "redis://127.0.0.1:1/0"),),
+    ),
+    Case(
+        "Celery broker unreachable",
+        _worker("celery", f"{APP_MODULE}:celery_engine", "--db", LEDGER),
+        3,
+        "cannot reach the Celery broker",
+        (("CHIMEWAY_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//"),),
+    ),
+    Case(
+        "celery extra missing",
+        _worker("celery", "x:y"),
+        2,
+        "needs the 'celery' extra: pip install \"chimeway[celery]\"",
+        hide=("celery",),
+    ),
+    Case("rq extra missing", _worker("rq", "x:y"), 2, 'pip install "chimeway[rq]"', hide=("rq",)),
+    Case(
+        "adapter missing",
+        _worker("rq", "x:y"),
+        2,
+        "its adapter chimeway_backends.rq is not installed",
+        hide=("chimeway_backends.rq",),
+    ),
+    Case(
+        "malformed Redis URL",
+        _worker("memory", f"{APP_MODULE}:memory_engine", "--redis-url", "http://x"),
+        2,
+        "malformed --redis-url",
+    ),
+    Case(
+        "malformed broker URL from the environment",
+        _worker("memory", f"{APP_MODULE}:memory_engine"),
+        2,
+        "malformed --broker-url",
+        (("CHIMEWAY_BROKER_URL", "nonsense"),),
+    ),
+    Case("zero worker threads", _worker("memory", "x:y", "--concurrency", "0"), 2, "--concurrency"),
+    Case(
+        "rq with concurrency",
+        _worker("rq", f"{APP_MODULE}:rq_engine", "--db", LEDGER, "--concurrency", "4"),
+        2,
+        "one job at a time",
+        (("CHIMEWAY_REDIS_URL", "redis://127.0.0.1:1/0"),),
+    ),
+    Case(
+        "relay of an in-memory engine",
+        ("relay", "--app", f"{APP_MODULE}:memory_engine", "--db", LEDGER),
+        2,
+        "queues in memory",
+    ),
+    Case(
+        "rescue of an in-memory engine",
+        ("rescue", "--app", f"{APP_MODULE}:memory_engine", "--db", LEDGER),
+        2,
+        "queues in memory",
+    ),
+    Case("unknown mix profile", ("demo", "--mix", "spam=1"), 2, "unknown profile 'spam'"),
+    Case("malformed mix", ("demo", "--mix", "success"), 2, "is not name=weight"),
+    Case("negative mix weight", ("demo", "--mix", "success=-1"), 2, "finite number >= 0"),
+    Case("no deliveries", ("demo", "-n", "0"), 2, "between 1 and"),
+    Case("reset without --db", ("demo", "--reset"), 2, "--reset needs --db"),
+]
+
+
+@pytest.mark.parametrize("case", IN_PROCESS, ids=lambda case: case.name)
+def test_bad_configuration_in_process(
+    case: Case,
+    ledger_url: str,
+    app_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """main() returns the documented code after one line on stderr and nothing on stdout."""
+    for name in ("CHIMEWAY_DATABASE_URL", "CHIMEWAY_REDIS_URL", "CHIMEWAY_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in case.env:
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(app_dir))
+    for module in case.hide:
+        monkeypatch.setitem(sys.modules, module, None)
+        for adapter in ("chimeway_backends.rq", "chimeway_backends.celery"):
+            if adapter != module:
+                monkeypatch.delitem(sys.modules, adapter, raising=False)
+    code = main(case.argv(ledger_url))
+    out, err = capsys.readouterr()
+    assert case.code == code, err
+    assert 1 == len(err.strip().splitlines()), err
+    assert case.says in err
+    assert "" == out
+    assert "s3cret" not in err

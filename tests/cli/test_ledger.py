@@ -1,0 +1,177 @@
+"""``chimeway inspect``, ``show`` and ``cancel`` against real ledgers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from sqlalchemy import select
+
+from chimeway_core.schema import DeliveryRow
+from chimeway_core.store import SQLStore
+from tests.cli.conftest import Invoke, add_deliveries, run_all, sqlite_ledger
+
+INSPECT_KEYS = {"database", "now", "total", "counts", "outbox", "oldest_non_terminal", "stuck"}
+
+
+def _ids_with(store: SQLStore, **where: object) -> list[str]:
+    """Ids of deliveries whose columns equal ``where``."""
+    query = select(DeliveryRow.id).filter_by(**where).order_by(DeliveryRow.idempotency_key)
+    with store.engine.connect() as conn:
+        return [str(i) for i in conn.execute(query).scalars()]
+
+
+def test_inspect_show_and_cancel_in_subprocesses(
+    demo_ledger: tuple[SQLStore, str], tmp_path: Path
+) -> None:
+    """Against the demo's ledger: inspect and show print JSON; cancelling a terminal one exits 1."""
+    store, url = demo_ledger
+    exhausted = _ids_with(store, reason="retries_exhausted")[0]
+    succeeded = _ids_with(store, status="succeeded")[0]
+    inspect, show, cancel = run_all(
+        ("inspect", "--db", url, "--json"),
+        ("show", exhausted, "--db", url, "--json"),
+        ("cancel", succeeded, "--db", url),
+        cwd=tmp_path,
+    )
+    assert (0, "") == (inspect.code, inspect.stderr)
+    summary = json.loads(inspect.stdout)
+    assert INSPECT_KEYS == set(summary)
+    expected = {(s.value, r): n for (s, r), n in store.counts().items()}
+    assert expected == {(c["status"], c["reason"]): c["count"] for c in summary["counts"]}
+    assert (120, 0, None, []) == (
+        summary["total"],
+        summary["outbox"],
+        summary["oldest_non_terminal"],
+        summary["stuck"],
+    )
+    assert (0, "") == (show.code, show.stderr)
+    assert {"delivery", "attempts", "journal", "explanation"} == set(json.loads(show.stdout))
+    assert (1, "") == (cancel.code, cancel.stdout)
+    assert [
+        f"chimeway: error: delivery {succeeded} is already succeeded, a terminal status; "
+        "nothing to cancel"
+    ] == cancel.stderr_lines
+
+
+def test_inspect_prints_counts_and_health(
+    demo_ledger: tuple[SQLStore, str], invoke: Invoke
+) -> None:
+    """The text summary has the counts, the outbox and the two health lines."""
+    _, url = demo_ledger
+    result = invoke("inspect", "--db", url)
+    assert (0, "") == (result.code, result.stderr)
+    assert "deliveries: 120; outbox: 0 waiting for the relay" in result.stdout
+    assert "oldest non-terminal: none, every delivery is terminal" in result.stdout
+    assert "stuck (lease expired, attempt in flight): none" in result.stdout
+
+
+def test_inspect_reads_the_database_url_from_the_environment(
+    demo_ledger: tuple[SQLStore, str], invoke: Invoke
+) -> None:
+    """Without --db, CHIMEWAY_DATABASE_URL names the ledger."""
+    _, url = demo_ledger
+    result = invoke("inspect", "--json", env={"CHIMEWAY_DATABASE_URL": url})
+    assert 0 == result.code
+    assert 120 == json.loads(result.stdout)["total"]
+
+
+def test_show_explains_an_exhausted_delivery(
+    demo_ledger: tuple[SQLStore, str], invoke: Invoke
+) -> None:
+    """show --json has the delivery, every attempt, every journal entry and the explanation."""
+    store, url = demo_ledger
+    delivery_id = _ids_with(store, reason="retries_exhausted")[0]
+    result = invoke("show", delivery_id, "--db", url, "--json")
+    assert (0, "") == (result.code, result.stderr)
+    shown = json.loads(result.stdout)
+    assert {"delivery", "attempts", "journal", "explanation"} == set(shown)
+    delivery = shown["delivery"]
+    assert (delivery_id, "cancelled", "retries_exhausted", True) == (
+        delivery["id"],
+        delivery["status"],
+        delivery["reason"],
+        delivery["terminal"],
+    )
+    assert "payload" not in delivery
+    assert list(range(1, delivery["attempt_count"] + 1)) == [a["number"] for a in shown["attempts"]]
+    assert "created" == shown["journal"][0]["kind"]
+    assert ("exhaust", "cancelled") == (
+        shown["journal"][-1]["event"],
+        shown["journal"][-1]["to_status"],
+    )
+    explanation = shown["explanation"]
+    assert explanation[0].endswith("created: ready")
+    assert explanation[-1].endswith("transition: exhaust failed -> cancelled (retries_exhausted)")
+    assert len(shown["attempts"]) * 2 + len(shown["journal"]) == len(explanation)
+
+
+def test_show_prints_the_delivery_attempts_journal_and_explanation(
+    demo_ledger: tuple[SQLStore, str], invoke: Invoke
+) -> None:
+    """The text form has the four sections; --payload adds the payload."""
+    store, url = demo_ledger
+    delivery_id = _ids_with(store, status="succeeded")[0]
+    result = invoke("show", delivery_id, "--db", url, "--payload")
+    assert (0, "") == (result.code, result.stderr)
+    lines = result.stdout.splitlines()
+    assert f"delivery {delivery_id}" == lines[0]
+    for section in ("attempts", "journal", "explanation"):
+        assert section in lines
+    assert any(line.split()[:2] == ["status", "succeeded"] for line in lines)
+    assert any("payload" in line and "'template': 'welcome'" in line for line in lines)
+
+
+def test_cancel_moves_a_live_delivery_to_cancelled(tmp_path: Path, invoke: Invoke) -> None:
+    """cancel --json cancels a ready delivery; a second cancel exits 1."""
+    store, url = sqlite_ledger(tmp_path / "live.sqlite3")
+    (delivery_id,) = add_deliveries(store, 1)
+    result = invoke("cancel", delivery_id, "--db", url, "--json")
+    assert (0, "") == (result.code, result.stderr)
+    assert {
+        "id": delivery_id,
+        "previous_status": "ready",
+        "status": "cancelled",
+        "reason": "cancelled",
+    } == json.loads(result.stdout)
+    again = invoke("cancel", delivery_id, "--db", url)
+    assert 1 == again.code
+    assert "already cancelled (cancelled)" in again.stderr
+    store.engine.dispose()
+
+
+def test_inspect_reports_stuck_deliveries_and_exits_1(tmp_path: Path, invoke: Invoke) -> None:
+    """A lease that expired with its attempt in flight is listed as stuck (exit 1)."""
+    store, url = sqlite_ledger(tmp_path / "stuck.sqlite3")
+    past = datetime.now(UTC) - timedelta(hours=1)
+    stuck_id, waiting_id = add_deliveries(store, 2, now=past)
+    claim = store.claim(UUID(stuck_id), owner="dead-worker", lease_seconds=5, now=past)
+    assert claim is not None
+    result = invoke("inspect", "--db", url, "--json")
+    assert (1, "") == (result.code, result.stderr)
+    summary = json.loads(result.stdout)
+    assert [(stuck_id, 1, "dead-worker")] == [
+        (s["id"], s["attempt"], s["lease_owner"]) for s in summary["stuck"]
+    ]
+    assert summary["oldest_non_terminal"]["id"] in {stuck_id, waiting_id}
+    assert 2 == summary["outbox"]
+    text = invoke("inspect", "--db", url)
+    assert 1 == text.code
+    assert "stuck (lease expired, attempt in flight): 1" in text.stdout
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize("command", ["show", "cancel"])
+def test_unknown_delivery_exits_1(
+    command: str, demo_ledger: tuple[SQLStore, str], invoke: Invoke
+) -> None:
+    """show and cancel of an id the ledger does not hold exit 1 with one line."""
+    _, url = demo_ledger
+    result = invoke(command, "0b0e7a3c-1f5e-4c36-9d4e-2f1e0e9f1d11", "--db", url)
+    assert 1 == result.code
+    assert [
+        "chimeway: error: no delivery with id 0b0e7a3c-1f5e-4c36-9d4e-2f1e0e9f1d11"
+    ] == result.stderr_lines
