@@ -1,0 +1,252 @@
+"""Real ``celery worker`` processes: a mixed load, SIGKILLed pool children, redelivery, pickle.
+
+The worker runs ``worker_app.py`` (copied to a temporary directory) against
+the test session's PostgreSQL ledger; the test process notifies, watches the
+ledger and the channel's call log, and kills pool processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Producer
+from sqlalchemy import Engine
+
+from chimeway_core import DeliveryStatus, NewDelivery, Outcome
+from chimeway_core.jobs import job_id_for
+from chimeway_core.store import SQLStore
+from tests.backends.celery.conftest import Broker, wait_until
+from tests.backends.celery.workers import (
+    MAX_ATTEMPTS,
+    celery_worker,
+    make_setup,
+    wait_all_terminal,
+)
+
+pytestmark = pytest.mark.slow
+
+#: recipient prefix -> (status, reason, attempts) every such delivery must end with.
+EXPECTED = {
+    "ok": (DeliveryStatus.SUCCEEDED, None, 1),
+    "temp2": (DeliveryStatus.SUCCEEDED, None, 3),
+    "perm": (DeliveryStatus.CANCELLED, "permanent_failure", 1),
+    "bounce": (DeliveryStatus.CANCELLED, "bounced", 1),
+    "exhaust": (DeliveryStatus.CANCELLED, "retries_exhausted", MAX_ATTEMPTS),
+}
+
+#: How many pool children the kill test SIGKILLs per broker.
+KILLS = 20
+
+
+def _specs(kinds: list[str]) -> list[NewDelivery]:
+    return [
+        NewDelivery(
+            channel="scripted",
+            recipient=f"{kind}-{n}",
+            payload={"n": n},
+            notification_key="test",
+            idempotency_key=None,
+            max_attempts=MAX_ATTEMPTS,
+            scheduled_at=None,
+            expires_at=None,
+            metadata={},
+        )
+        for n, kind in enumerate(kinds)
+    ]
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 2), ("solo", 1)])
+def test_two_hundred_mixed_deliveries_end_terminal(
+    broker: Broker,
+    pg_store: SQLStore,
+    postgres_database: str,
+    postgres_engine: Engine,
+    tmp_path: Path,
+    pool: str,
+    concurrency: int,
+) -> None:
+    """200 deliveries of five scripted kinds end terminal with the expected attempts and calls."""
+    setup = make_setup(broker, tmp_path, postgres_database)
+    producer = setup.producer(postgres_engine)
+    kinds = [list(EXPECTED)[n % len(EXPECTED)] for n in range(200)]
+    with celery_worker(setup, pool=pool, concurrency=concurrency):
+        deliveries = producer.notify_many(_specs(kinds))
+        wait_all_terminal(pg_store, timeout=120)
+    calls = collections.Counter(call.delivery_id for call in setup.calls())
+    actual = collections.Counter()
+    for delivery in deliveries:
+        after = pg_store.get(delivery.id)
+        assert after is not None
+        kind = delivery.recipient.split("-", 1)[0]
+        actual[(kind, after.status, after.reason, after.attempt_count, calls[delivery.id])] += 1
+    expected = collections.Counter(
+        {(kind, *shape, shape[2]): 40 for kind, shape in EXPECTED.items()}
+    )
+    assert expected == actual
+
+
+def _markers(directory: Path) -> list[tuple[str, int, int]]:
+    if not directory.exists():
+        return []
+    found = []
+    for path in directory.iterdir():
+        delivery_id, attempt, pid = path.name.split(".")
+        found.append((delivery_id, int(attempt), int(pid)))
+    return found
+
+
+def test_sigkilled_pool_children_lose_nothing_and_never_send_twice(
+    broker: Broker,
+    pg_store: SQLStore,
+    postgres_database: str,
+    postgres_engine: Engine,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the pool child mid-call, KILLS times: all terminal, one success each, one key."""
+    setup = make_setup(broker, tmp_path, postgres_database)
+    producer = setup.producer(postgres_engine)
+    kinds = ["killonce"] * KILLS + ["killalways"] + ["ok"] * 10
+    killed: set[tuple[str, int, int]] = set()
+    started = time.monotonic()
+    with celery_worker(setup, pool="prefork", concurrency=2):
+        deliveries = producer.notify_many(_specs(kinds))
+        by_id = {str(d.id): d.recipient.split("-", 1)[0] for d in deliveries}
+        deadline = time.monotonic() + 150
+        while pg_store.oldest_non_terminal() is not None:
+            assert time.monotonic() < deadline, f"not terminal after 150 s; killed {len(killed)}"
+            for marker in _markers(setup.markers):
+                delivery_id, attempt, pid = marker
+                if marker in killed or by_id[delivery_id] != "killonce" or attempt != 1:
+                    continue
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                killed.add(marker)
+            time.sleep(0.05)
+    took = time.monotonic() - started
+    print(f"\n{broker.name}: {len(killed)} pool children SIGKILLed mid-call in {took:.1f} s")
+    assert KILLS == len(killed)
+    calls = setup.calls()
+    for delivery in deliveries:
+        history = producer.get(delivery.id)
+        kind = by_id[str(delivery.id)]
+        outcomes = [attempt.outcome for attempt in history.attempts]
+        keys = {call.idempotency_key for call in calls if call.delivery_id == delivery.id}
+        assert {delivery.idempotency_key} == keys
+        assert outcomes.count(Outcome.SUCCEEDED) <= 1
+        if kind == "killonce":
+            assert (DeliveryStatus.SUCCEEDED, [Outcome.UNKNOWN, Outcome.SUCCEEDED]) == (
+                history.delivery.status,
+                outcomes,
+            )
+        elif kind == "killalways":
+            deaths = [m for m in _markers(setup.markers) if m[0] == str(delivery.id)]
+            assert (DeliveryStatus.CANCELLED, "retries_exhausted", MAX_ATTEMPTS) == (
+                history.delivery.status,
+                history.delivery.reason,
+                len(deaths),
+            )
+        else:
+            assert [Outcome.SUCCEEDED] == outcomes
+
+
+def test_redelivered_task_while_running_makes_one_call(
+    pg_store: SQLStore, postgres_database: str, postgres_engine: Engine, tmp_path: Path
+) -> None:
+    """Redis redelivers a running task after a 1 s visibility timeout: still one call, one success."""
+    from tests.backends.celery.conftest import cleanup_broker, make_broker
+    from tests.services import require
+
+    require("redis")
+    broker = make_broker("redis")
+    try:
+        setup = make_setup(
+            broker,
+            tmp_path,
+            postgres_database,
+            visibility_timeout=1,
+            unacked_restore_interval=0.25,
+            unacked_restore_throttle=1,
+        )
+        producer = setup.producer(postgres_engine)
+        with celery_worker(setup, pool="prefork", concurrency=2, CHIMEWAY_TEST_SLOW="4"):
+            delivery = producer.notify("scripted", "slow-1", max_attempts=MAX_ATTEMPTS)
+            job = job_id_for(delivery.id)
+            wait_until(
+                lambda: setup.log.read_text().count(f"[{job}] received") >= 2,
+                what="the running task to be redelivered",
+            )
+            wait_all_terminal(pg_store)
+        history = producer.get(delivery.id)
+        assert (DeliveryStatus.SUCCEEDED, [Outcome.SUCCEEDED]) == (
+            history.delivery.status,
+            [attempt.outcome for attempt in history.attempts],
+        )
+        assert 1 == len(setup.calls())
+    finally:
+        cleanup_broker(broker)
+
+
+class Canary:
+    """Unpickling this creates the file at ``path``: proof that pickle ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        """Rebuild as ``open(path, "w")``, which creates the file."""
+        return (open, (self.path, "w"))
+
+
+def test_pickle_message_is_refused_and_tampered_arguments_make_no_call(
+    broker: Broker,
+    pg_store: SQLStore,
+    postgres_database: str,
+    postgres_engine: Engine,
+    tmp_path: Path,
+) -> None:
+    """A pickle message never runs (no canary file); non-id arguments make no channel call."""
+    setup = make_setup(broker, tmp_path, postgres_database)
+    producer = setup.producer(postgres_engine)
+    canary = tmp_path / "canary"
+    app = producer.backend.app  # type: ignore[attr-defined]
+    with celery_worker(setup, pool="solo", concurrency=1):
+        pickled_id = "chimeway-pickle-canary"
+        headers, *_ = app.amqp.as_task_v2(pickled_id, "chimeway.deliver", args=(), kwargs={})
+        queue = app.amqp.queues[broker.queue]
+        with Connection(broker.url, transport_options=setup.transport_options) as connection:
+            Producer(connection).publish(
+                ((Canary(str(canary)),), {}, {}),
+                serializer="pickle",
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                headers=headers,
+                declare=[queue],
+            )
+        # Written without a job: the tampered jobs below name a live, due delivery.
+        target = producer.store.create(_specs(["ok"])[0], now=producer.clock.now()).delivery
+        for args, kwargs in [
+            (["not-a-uuid"], {}),
+            ([target.id.hex], {}),
+            ([str(target.id), "extra"], {}),
+            ([str(target.id)], {"extra": 1}),
+        ]:
+            app.send_task("chimeway.deliver", args=args, kwargs=kwargs, queue=broker.queue)
+        producer.backend.enqueue(target.id)
+        witness = producer.notify("scripted", "ok-witness", max_attempts=MAX_ATTEMPTS)
+        wait_all_terminal(pg_store)
+        wait_until(
+            lambda: setup.log.read_text().count("InvalidJobError") >= 4,
+            what="the four tampered jobs to fail",
+        )
+    log = setup.log.read_text()
+    assert not canary.exists()
+    assert "ContentDisallowed" in log or "Refusing to deserialize" in log, log[-3000:]
+    assert [target.id, witness.id] == [call.delivery_id for call in setup.calls()]
+    assert DeliveryStatus.SUCCEEDED == producer.get(target.id).delivery.status
