@@ -8,6 +8,7 @@ ledger and the channel's call log, and kills pool processes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import time
@@ -123,10 +124,8 @@ def test_sigkilled_pool_children_lose_nothing_and_never_send_twice(
                 delivery_id, attempt, pid = marker
                 if marker in killed or by_id[delivery_id] != "killonce" or attempt != 1:
                     continue
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 killed.add(marker)
             time.sleep(0.05)
     took = time.monotonic() - started
@@ -159,7 +158,7 @@ def test_sigkilled_pool_children_lose_nothing_and_never_send_twice(
 def test_redelivered_task_while_running_makes_one_call(
     pg_store: SQLStore, postgres_database: str, postgres_engine: Engine, tmp_path: Path
 ) -> None:
-    """Redis redelivers a running task after a 1 s visibility timeout: still one call, one success."""
+    """Redis redelivers a running task after a 1 s visibility timeout: one call, one success."""
     from tests.backends.celery.conftest import cleanup_broker, make_broker
     from tests.services import require
 

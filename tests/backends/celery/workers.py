@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -110,7 +110,7 @@ def make_setup(broker: Broker, workdir: Path, database_url: str, **options: Any)
 def celery_worker(
     setup: WorkerSetup, *, pool: str, concurrency: int, **env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``celery -A chimeway_worker_app worker`` process, ready; stopped (warm, then hard) after."""
+    """A ``celery -A chimeway_worker_app worker`` process, ready; stopped (warm, then hard)."""
     command = [
         sys.executable,
         "-m",
@@ -158,15 +158,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     """Warm shutdown (SIGTERM), then SIGKILL to the worker's own process group after 30 s."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        try:
+        with suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
     if process.poll() is None or _group_alive(process.pid):
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout=30)
 
 
