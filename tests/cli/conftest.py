@@ -8,6 +8,7 @@ script is installed, ``("chimeway",)``.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -19,10 +20,12 @@ from typing import Final
 
 import attrs
 import pytest
+from sqlalchemy import create_engine, make_url, text
 
 from chimeway_core.cli import main
 from chimeway_core.records import NewDelivery
 from chimeway_core.store import SQLStore
+from tests.services import POSTGRES_ADMIN_URL, require
 
 #: How the command line is started.
 COMMAND: Final[tuple[str, ...]] = (sys.executable, "-m", "chimeway_core")
@@ -35,6 +38,7 @@ _APP_SOURCE: Final = '''
 """Engines for the command-line tests, configured from the environment."""
 
 import os
+import secrets
 from pathlib import Path
 
 from chimeway_backends.memory import MemoryBackend
@@ -239,3 +243,19 @@ def demo_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SQLS
     store = SQLStore(url)
     yield store, url
     store.engine.dispose()
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[str]:
+    """An empty PostgreSQL database, dropped afterwards; yields its URL."""
+    require("postgres")
+    name = f"chimeway_cli_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
 
 from chimeway_core.store import SQLStore
 from tests.cli.conftest import Invoke, run, run_all
-from tests.services import POSTGRES_ADMIN_URL, require
 
 
 def _report(stdout: str) -> tuple[list[str], str]:
@@ -49,9 +45,9 @@ def test_same_seed_prints_the_same_report_and_another_seed_does_not(tmp_path: Pa
     for name in ("first", "second", "other"):
         (tmp_path / name).mkdir()
     first, second, other = run_all(
-        ("demo", "-n", "100", "--seed", "7", "--db", "sqlite:///chimeway-demo.sqlite3"),
-        ("demo", "-n", "100", "--seed", "7", "--db", "sqlite:///chimeway-demo.sqlite3"),
-        ("demo", "-n", "100", "--seed", "8", "--db", "sqlite:///chimeway-demo.sqlite3"),
+        ("demo", "-n", "60", "--seed", "7", "--db", "sqlite:///chimeway-demo.sqlite3"),
+        ("demo", "-n", "60", "--seed", "7", "--db", "sqlite:///chimeway-demo.sqlite3"),
+        ("demo", "-n", "60", "--seed", "8", "--db", "sqlite:///chimeway-demo.sqlite3"),
         cwds=[tmp_path / "first", tmp_path / "second", tmp_path / "other"],
     )
     assert [0, 0, 0] == [first.code, second.code, other.code]
@@ -121,22 +117,6 @@ def test_demo_ignores_the_database_environment_variable(tmp_path: Path, invoke: 
     assert 0 == result.code
     assert not elsewhere.exists()
     assert (tmp_path / "chimeway-demo.sqlite3").is_file()
-
-
-@pytest.fixture
-def fresh_postgres() -> Iterator[str]:
-    """An empty PostgreSQL database, dropped afterwards; yields its URL."""
-    require("postgres")
-    name = f"chimeway_cli_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.postgres

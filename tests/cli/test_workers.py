@@ -1,0 +1,233 @@
+"""``chimeway worker``, ``relay`` and ``rescue`` with ``--app`` engines from a fixture module."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from chimeway_core.states import DeliveryStatus
+from chimeway_core.store import SQLStore
+from tests.cli.conftest import APP_MODULE, Invoke, add_deliveries, sqlite_ledger, start
+from tests.services import RABBITMQ_URL, REDIS_URL, require
+
+DEADLINE = 20.0
+
+
+def _wait_for(store: SQLStore, succeeded: int, process: subprocess.Popen[str]) -> None:
+    """Poll the ledger until ``succeeded`` deliveries succeeded (or the worker died)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        done = store.counts().get((DeliveryStatus.SUCCEEDED, None), 0)
+        if done >= succeeded:
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    process.kill()
+    out, err = process.communicate()
+    pytest.fail(f"worker did not deliver {succeeded}: exit {process.returncode}\n{out}\n{err}")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_memory_worker_delivers_and_stops_gracefully(
+    stop_signal: signal.Signals, tmp_path: Path, app_dir: Path
+) -> None:
+    """The worker delivers what was waiting and what arrives later, then exits 0 on a signal."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 20)
+    process = start(
+        "worker",
+        "--backend",
+        "memory",
+        "--app",
+        f"{APP_MODULE}:memory_engine",
+        "--db",
+        url,
+        "--concurrency",
+        "2",
+        "--tick-interval",
+        "0.2",
+        cwd=tmp_path,
+        path=[app_dir],
+    )
+    try:
+        _wait_for(store, 20, process)
+        add_deliveries(store, 5)  # written by "another process": the rescuer's relay finds them
+        _wait_for(store, 25, process)
+        process.send_signal(stop_signal)
+        out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert 0 == process.returncode, err
+    assert "Traceback" not in out + err
+    lines = out.splitlines()
+    assert lines[0].startswith("chimeway worker: memory backend, 2 thread(s)")
+    assert (
+        lines[1]
+        == "chimeway worker: first rescue pass: 20 relayed, 0 requeued, 0 lost attempts resolved"
+    )
+    assert lines[-1].startswith("chimeway worker: stopped after 25 jobs (25 acked")
+    assert {(DeliveryStatus.SUCCEEDED, None): 25} == store.counts()
+    assert 0 == store.outbox_size()
+    store.engine.dispose()
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM the worker and collect its output (killing it if it hangs)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.redis
+def test_rq_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Path) -> None:
+    """--backend rq runs chimeway's RQ worker on the app's queue until SIGTERM (exit 0)."""
+    require("redis")
+    import redis
+
+    queue = f"chimeway-cli-{secrets.token_hex(4)}"
+    redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 5)
+    process = start(
+        "worker",
+        "--backend",
+        "rq",
+        "--app",
+        f"{APP_MODULE}:rq_engine",
+        "--db",
+        url,
+        "--redis-url",
+        redis_url,
+        "--tick-interval",
+        "0.5",
+        cwd=tmp_path,
+        env={"QUEUE": queue},
+        path=[app_dir],
+    )
+    try:
+        _wait_for(store, 5, process)
+        out, err = _stop(process)
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"*{queue}*"))
+        if keys:
+            client.delete(*keys)
+    assert 0 == process.returncode, err
+    assert "Traceback" not in out + err
+    assert out.splitlines()[0].startswith(f"chimeway worker: rq backend, queue '{queue}'")
+    assert {(DeliveryStatus.SUCCEEDED, None): 5} == store.counts()
+    store.engine.dispose()
+
+
+@pytest.mark.rabbitmq
+def test_celery_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Path) -> None:
+    """--backend celery runs chimeway's Celery worker on RabbitMQ until SIGTERM (exit 0)."""
+    require("rabbitmq")
+    queue = f"chimeway-cli-{secrets.token_hex(4)}"
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 5)
+    process = start(
+        "worker",
+        "--backend",
+        "celery",
+        "--app",
+        f"{APP_MODULE}:celery_engine",
+        "--db",
+        url,
+        "--broker-url",
+        RABBITMQ_URL,
+        "--concurrency",
+        "1",
+        "--tick-interval",
+        "0.5",
+        cwd=tmp_path,
+        env={"QUEUE": queue},
+        path=[app_dir],
+    )
+    try:
+        _wait_for(store, 5, process)
+        out, err = _stop(process)
+    finally:
+        _delete_queue(queue)
+    assert 0 == process.returncode, err
+    assert "Traceback" not in out + err
+    assert {(DeliveryStatus.SUCCEEDED, None): 5} == store.counts()
+    store.engine.dispose()
+
+
+def _delete_queue(queue: str) -> None:
+    """Remove the test's queue and exchange from RabbitMQ."""
+    from celery import Celery
+
+    with Celery(broker=RABBITMQ_URL, set_as_current=False).connection_for_write() as connection:
+        channel = connection.default_channel
+        channel.queue_delete(queue)
+        channel.exchange_delete(queue)
+
+
+def test_relay_hands_the_outbox_to_the_backend(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """relay --json hands every committed outbox row to the engine's backend once."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    ids = add_deliveries(store, 4)
+    record = tmp_path / "enqueued.txt"
+    args = ("relay", "--app", f"{APP_MODULE}:recording_engine", "--db", url, "--json")
+    env = {"RECORD_PATH": str(record)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        first = invoke(*args, env=env)
+        second = invoke(*args[:-1], env=env)
+    assert (0, "") == (first.code, first.stderr)
+    assert {"relayed": 4} == json.loads(first.stdout)
+    assert "relayed 0 outbox rows to FileBackend\n" == second.stdout
+    assert sorted(ids) == sorted(record.read_text().split())
+    store.engine.dispose()
+
+
+def test_rescue_resolves_a_dead_workers_attempt(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """rescue --json resolves an attempt left in flight past its lease and requeues it."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    past = datetime.now(UTC) - timedelta(hours=1)
+    (delivery_id,) = add_deliveries(store, 1, now=past)
+    store.delete_outbox([UUID(delivery_id)])
+    assert store.claim(UUID(delivery_id), owner="dead", lease_seconds=5, now=past) is not None
+    record = tmp_path / "enqueued.txt"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        result = invoke(
+            "rescue",
+            "--app",
+            f"{APP_MODULE}:recording_engine",
+            "--db",
+            url,
+            "--json",
+            env={"RECORD_PATH": str(record)},
+        )
+    assert (0, "") == (result.code, result.stderr)
+    assert {"resolved": 1, "requeued": 0, "relayed": 0} == json.loads(result.stdout)
+    history = store.history(UUID(delivery_id))
+    assert history is not None
+    assert (DeliveryStatus.FAILED, "unknown") == (
+        history.delivery.status,
+        history.attempts[0].outcome and history.attempts[0].outcome.value,
+    )
+    assert [delivery_id] == record.read_text().split()
+    store.engine.dispose()
