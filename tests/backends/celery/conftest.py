@@ -79,13 +79,6 @@ class Broker:
         app.steps["consumer"].add(WakeUp)
         return app
 
-    def queue_length(self) -> int:
-        """Messages waiting in the queue (not those a worker holds)."""
-        app = self.app()
-        with app.connection_for_write() as connection:
-            _, count, _ = connection.default_channel.queue_declare(self.queue, passive=False)
-            return int(count)
-
 
 def _redis_cleanup(prefix: str) -> None:
     import redis
@@ -231,16 +224,17 @@ class InProcessCelery:
     store: SQLStore
     stack: ExitStack
     watch: JobWatch
-    app_conf: dict[str, Any] = attrs.Factory(dict)
-    backends: list[CeleryBackend] = attrs.Factory(list)
+    backend_options: dict[str, Any] = attrs.Factory(dict)
+    """Keyword arguments for the next CeleryBackend (``rescue_interval`` is ``None`` unless set)."""
 
     def make_engine(self, channels: dict[str, Any], **options: Any) -> Chimeway:
         """An engine on a fresh app and backend, with a solo worker started for it."""
-        app = self.broker.app(**self.app_conf)
-        backend = CeleryBackend(app, queue=self.broker.queue, rescue_interval=None)
+        app = self.broker.app()
+        backend = CeleryBackend(
+            app, queue=self.broker.queue, **{"rescue_interval": None, **self.backend_options}
+        )
         engine = Chimeway(self.store, backend, channels, **options)
         backend.bind(engine)
-        self.backends.append(backend)
         self.stack.enter_context(worker_for(app, self.broker.queue))
         return engine
 
