@@ -11,6 +11,7 @@ import collections
 import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -249,3 +250,34 @@ def test_pickle_message_is_refused_and_tampered_arguments_make_no_call(
     assert "ContentDisallowed" in log or "Refusing to deserialize" in log, log[-3000:]
     assert [target.id, witness.id] == [call.delivery_id for call in setup.calls()]
     assert DeliveryStatus.SUCCEEDED == producer.get(target.id).delivery.status
+
+
+def test_run_worker_serves_the_queue_and_stops_warm_on_sigterm(
+    pg_store: SQLStore, postgres_database: str, postgres_engine: Engine, tmp_path: Path
+) -> None:
+    """run_worker (what ``chimeway worker --backend celery`` calls) delivers, then exits 0."""
+    from tests.backends.celery.conftest import cleanup_broker, make_broker
+    from tests.services import require
+
+    require("redis")
+    broker = make_broker("redis")
+    script = (
+        "from chimeway_backends.celery import run_worker; "
+        "raise SystemExit(run_worker('chimeway_worker_app:engine', pool='solo', "
+        "concurrency=1, loglevel='INFO', rescue_interval=1.0))"
+    )
+    try:
+        setup = make_setup(broker, tmp_path, postgres_database)
+        producer = setup.producer(postgres_engine)
+        command = [sys.executable, "-c", script]
+        with celery_worker(setup, pool="solo", concurrency=1, command=command) as process:
+            delivery = producer.notify("scripted", "temp2-1", max_attempts=MAX_ATTEMPTS)
+            wait_all_terminal(pg_store)
+            process.send_signal(signal.SIGTERM)
+            assert 0 == process.wait(timeout=30)
+        assert (DeliveryStatus.SUCCEEDED, 3) == (
+            producer.get(delivery.id).delivery.status,
+            len(setup.calls()),
+        )
+    finally:
+        cleanup_broker(broker)

@@ -108,10 +108,15 @@ def make_setup(broker: Broker, workdir: Path, database_url: str, **options: Any)
 
 @contextmanager
 def celery_worker(
-    setup: WorkerSetup, *, pool: str, concurrency: int, **env: str
+    setup: WorkerSetup,
+    *,
+    pool: str,
+    concurrency: int,
+    command: list[str] | None = None,
+    **env: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A ``celery -A chimeway_worker_app worker`` process, ready; stopped (warm, then hard)."""
-    command = [
+    command = command or [
         sys.executable,
         "-m",
         "celery",
