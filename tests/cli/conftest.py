@@ -159,12 +159,12 @@ def run_all(
     path: Sequence[Path] = (),
 ) -> list[Result]:
     """Run several independent invocations at once, in ``cwd`` or one each of ``cwds``."""
-    directories = list(cwds) or [cwd] * len(invocations)
+    if cwd is not None:
+        cwds = [cwd] * len(invocations)
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = [
             pool.submit(run, *args, cwd=directory, path=path)
-            for args, directory in zip(invocations, directories, strict=True)
-            if directory is not None
+            for args, directory in zip(invocations, cwds, strict=True)
         ]
     return [future.result() for future in futures]
 
