@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType, MappingProxyType
@@ -30,6 +32,7 @@ from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, warn
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import MissingExtraError
+from chimeway_core.telemetry import LoggingSubscriber
 
 __all__ = [
     "BACKENDS",
@@ -75,6 +78,16 @@ class WorkerBackend:
     """Runs the worker until it is stopped; returns the exit code."""
 
 
+def _start_logging(engine: Chimeway, options: WorkerOptions) -> None:
+    """Log to stderr at ``--log-level``, delivery events included; once the checks passed."""
+    logging.basicConfig(
+        level=options.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    engine.telemetry.subscribe(LoggingSubscriber())
+
+
 def _wrong_backend(name: str, options: WorkerOptions, engine: Chimeway, expected: str) -> CliError:
     return CliError(
         f"--backend {name}: the engine of {options.app} queues on a "
@@ -111,6 +124,7 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     if not isinstance(backend, MemoryBackend):
         raise _wrong_backend("memory", options, engine, "chimeway_backends.memory.MemoryBackend")
     threads = options.concurrency or 1
+    _start_logging(engine, options)
     first = engine.rescue()
     worker = MemoryWorker(
         backend,
@@ -165,6 +179,7 @@ def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
         backend.connection.ping()
     except redis.RedisError as error:
         raise CliError(f"cannot reach Redis: {error}", ExitCode.UNREACHABLE) from None
+    _start_logging(engine, options)
     echo(
         f"chimeway worker: rq backend, queue {backend.queue_name!r}, app {options.app}; "
         f"rescue every {options.tick_interval:g} s; Ctrl-C or SIGTERM stops"
@@ -192,6 +207,7 @@ def run_celery(engine: Chimeway, options: WorkerOptions) -> int:
             )
     except (OperationalError, OSError) as error:
         raise CliError(f"cannot reach the Celery broker: {error}", ExitCode.UNREACHABLE) from None
+    _start_logging(engine, options)
     code = adapter.run_worker(
         engine,
         concurrency=options.concurrency,

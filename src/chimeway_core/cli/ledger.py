@@ -291,7 +291,8 @@ def explain(history: DeliveryHistory) -> list[str]:
             )
         )
     lines.sort(key=lambda item: item[:3])
-    return [f"{at.isoformat()}  {text}" for at, _, _, text in lines]
+    width = max((len(at.isoformat()) for at, _, _, _ in lines), default=0)
+    return [f"{at.isoformat():<{width}}  {text}" for at, _, _, text in lines]
 
 
 def _load(store: SQLStore, delivery_id: UUID) -> DeliveryHistory:

@@ -12,9 +12,7 @@ command line was given.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 from typing import Final
 
 import attrs
@@ -35,7 +33,6 @@ from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, print_json
 from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.engine import Chimeway
-from chimeway_core.telemetry import LoggingSubscriber
 
 __all__ = ["register", "run_relay", "run_rescue", "run_worker"]
 
@@ -164,12 +161,6 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CliError("--tick-interval must be positive and --grace not negative")
     _export(args)
     engine = _engine(args)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    engine.telemetry.subscribe(LoggingSubscriber())
     options = WorkerOptions(
         app=args.app,
         concurrency=args.concurrency,
