@@ -27,7 +27,7 @@ from chimeway_core.schema import DeliveryRow
 from chimeway_core.states import TERMINAL_STATUSES
 from chimeway_core.store import SQLStore
 
-__all__ = ["DEFAULT_DATABASE", "register", "render_report", "report_json", "run"]
+__all__ = ["DEFAULT_DATABASE", "register", "render_report", "report_json", "run", "throughput_line"]
 
 #: The demo's own database file, in the current directory.
 DEFAULT_DATABASE: Final = "chimeway-demo.sqlite3"
