@@ -73,9 +73,10 @@ from chimeway_core.jobs import JobKind, job_id_for, parse_delivery_id
 try:
     import redis
     import rq
+    from rq.exceptions import StopRequested
     from rq.job import JobStatus
     from rq.serializers import JSONSerializer, resolve_serializer
-    from rq.worker import BaseWorker
+    from rq.worker import BaseWorker, WorkerStatus
 except ImportError as error:  # pragma: no cover - exercised with rq hidden from sys.modules
     raise MissingExtraError("rq", feature="the RQ backend (chimeway_backends.rq)") from error
 
@@ -415,20 +416,28 @@ class ChimewayWorkerMixin(BaseWorker):
             self.run_rescue()
 
     def run_rescue(self) -> RescueReport | None:
-        """Fail RQ jobs whose worker died, then run the engine's rescuer; never raises.
+        """Fail RQ jobs whose worker died, then run the engine's rescuer; log, never raise.
 
         Abandoned ``started`` jobs would otherwise count as pending and keep
-        the rescuer's enqueues from creating their next job.
+        the rescuer's enqueues from creating their next job. The worker counts
+        as busy meanwhile, so a warm shutdown (SIGTERM) waits for the rescue
+        to end instead of interrupting it.
         """
         self._next_rescue = time.monotonic() + self.rescue_interval
+        state = self.get_state()
+        self.set_state(WorkerStatus.BUSY)
         try:
             for queue in self.queues:
                 queue.started_job_registry.cleanup()
             report = self.engine.rescue()
         except Exception:
             _log.exception("chimeway rescue failed; trying again in %s s", self.rescue_interval)
-            return None
-        if report.resolved or report.requeued or report.relayed:
+            report = None
+        finally:
+            self.set_state(state)
+        if self._stop_requested:
+            raise StopRequested
+        if report is not None and (report.resolved or report.requeued or report.relayed):
             _log.info(
                 "chimeway rescue: %d lost attempts resolved, %d deliveries requeued, %d relayed",
                 report.resolved,
