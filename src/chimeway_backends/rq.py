@@ -76,6 +76,7 @@ try:
     from rq.exceptions import StopRequested
     from rq.job import JobStatus
     from rq.serializers import JSONSerializer, resolve_serializer
+    from rq.timeouts import BaseTimeoutException, JobTimeoutException, UnixSignalDeathPenalty
     from rq.worker import BaseWorker, WorkerStatus
 except ImportError as error:  # pragma: no cover - exercised with rq hidden from sys.modules
     raise MissingExtraError("rq", feature="the RQ backend (chimeway_backends.rq)") from error
@@ -85,7 +86,9 @@ __all__ = [
     "DEFAULT_QUEUE",
     "DEFAULT_RESCUE_INTERVAL",
     "RESCUE_INTERVAL_ENV",
+    "JobTimeLimitExceeded",
     "AppNotFoundError",
+    "ChimewayDeathPenalty",
     "ChimewaySimpleWorker",
     "ChimewayWorker",
     "ChimewayWorkerMixin",
@@ -353,14 +356,47 @@ def _retry_at(run_at: datetime) -> rq.Retry:
 # ---------------------------------------------------------------------- workers
 
 
+class JobTimeLimitExceeded(BaseException):
+    """RQ's ``job_timeout`` cut a chimeway job short.
+
+    A :class:`BaseException`, like a worker dying, so the engine does not take
+    it for the channel's own failure: a call cut off mid-flight may have
+    reached the provider. The attempt stays in flight until its lease expires
+    and the rescuer resolves it as outcome ``unknown`` (retried with the same
+    idempotency key, or cancelled, as the channel's guarantee says). RQ records
+    the job in its ``FailedJobRegistry``.
+    """
+
+
+class ChimewayDeathPenalty(UnixSignalDeathPenalty):
+    """RQ's SIGALRM job timeout, raising :class:`JobTimeLimitExceeded` for jobs.
+
+    Other timeouts RQ arms with the same class (callbacks, the work-horse
+    monitor) keep their own exceptions.
+    """
+
+    def __init__(
+        self,
+        timeout: int,
+        exception: type[BaseException] = BaseTimeoutException,
+        **kwargs: Any,
+    ) -> None:
+        if exception is JobTimeoutException:
+            exception = JobTimeLimitExceeded
+        super().__init__(timeout, exception, **kwargs)  # type: ignore[no-untyped-call]  # rq untyped
+
+
 class ChimewayWorkerMixin(BaseWorker):
     """What makes an RQ worker a chimeway worker; mix it in before an RQ worker class.
 
     Takes two keyword arguments on top of RQ's: ``engine`` (default: the
     engine ``CHIMEWAY_APP`` names) and ``rescue_interval`` (seconds; default
     ``CHIMEWAY_RESCUE_INTERVAL`` or 30). Jobs are always deserialized as JSON,
-    whatever serializer was asked for.
+    whatever serializer was asked for. RQ's job timeout raises
+    :class:`JobTimeLimitExceeded`.
     """
+
+    death_penalty_class = ChimewayDeathPenalty
 
     def __init__(
         self,

@@ -27,10 +27,12 @@ from chimeway_backends.rq import (
     load_app,
     run_worker,
 )
-from chimeway_core import DeliveryStatus, RetryPolicy, Sent, TemporaryFailure
+from chimeway_core import DeliveryStatus, Outcome, RetryPolicy, Sent, TemporaryFailure
+from chimeway_core.channels.base import DeliveryGuarantee
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import InvalidJobError
 from chimeway_core.jobs import job_id_for
+from chimeway_core.records import Delivery
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import FakeChannel
 
@@ -284,3 +286,59 @@ def test_a_deferral_waits_without_an_attempt(make_engine: MakeEngine) -> None:
     assert (0, 0) == (engine.get(delivery.id).delivery.attempt_count, calls(engine))
     drain(engine, delivery.id)
     assert (DeliveryStatus.SUCCEEDED, 1) == (engine.get(delivery.id).delivery.status, calls(engine))
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "status", "reason", "outcomes"),
+    [
+        (
+            DeliveryGuarantee.AT_LEAST_ONCE,
+            DeliveryStatus.SUCCEEDED,
+            None,
+            [Outcome.UNKNOWN, Outcome.SUCCEEDED],
+        ),
+        (
+            DeliveryGuarantee.AT_MOST_ONCE,
+            DeliveryStatus.CANCELLED,
+            "outcome_unknown",
+            [Outcome.UNKNOWN],
+        ),
+    ],
+)
+def test_a_job_cut_off_by_the_rq_timeout_is_rescued_as_unknown(
+    sqlite_store: SQLStore,
+    redis_conn: redis.Redis,
+    queue_name: str,
+    guarantee: DeliveryGuarantee,
+    status: DeliveryStatus,
+    reason: str | None,
+    outcomes: list[Outcome],
+) -> None:
+    """RQ's job timeout mid-call is a lost worker, not a channel failure: rescued as unknown."""
+
+    def hang_once(delivery: Delivery) -> object:
+        if delivery.attempt_count == 1:
+            time.sleep(5)
+        return Sent()
+
+    channel = FakeChannel(hang_once, guarantee=guarantee, timeout=0.5)
+    backend = RQBackend(redis_conn, queue_name, job_timeout=1)
+    engine = Chimeway(sqlite_store, backend, {"sms": channel}, retry=RETRY, lease_margin=1.0)
+    delivery = engine.notify("sms", "+15550100")
+    burst(engine)
+    job_id = job_id_for(delivery.id)
+    assert [job_id] == backend.queue.failed_job_registry.get_job_ids()
+    job = backend.queue.fetch_job(job_id)
+    assert job is not None
+    result = job.latest_result()
+    assert result is not None
+    assert "JobTimeLimitExceeded" in str(result.exc_string)
+    assert [None] == [a.outcome for a in engine.get(delivery.id).attempts]
+    time.sleep(0.6)  # the 1.5 s lease runs out
+    drain(engine, delivery.id)
+    after = engine.get(delivery.id)
+    assert (status, reason, outcomes) == (
+        after.delivery.status,
+        after.delivery.reason,
+        [a.outcome for a in after.attempts],
+    )
