@@ -1,8 +1,8 @@
 """Running the ``chimeway`` command line in a subprocess, and the ledgers and apps it needs.
 
-:data:`COMMAND` is the one place that says how the command is started: today
-``python -m chimeway_core`` with ``src`` on ``PYTHONPATH``; once the console
-script is installed, ``("chimeway",)``.
+:data:`COMMAND` is the one place that says how the command is started: the
+installed ``chimeway`` console script, found next to the running interpreter
+(nox installs the package into its session's environment).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from chimeway_core.records import NewDelivery
 from chimeway_core.store import SQLStore
 from tests.services import POSTGRES_ADMIN_URL, require
 
-#: How the command line is started.
-COMMAND: Final[tuple[str, ...]] = (sys.executable, "-m", "chimeway_core")
+#: How the command line is started: the console script a user types.
+_SCRIPT: Final = Path(sys.executable).with_name("chimeway")
+COMMAND: Final[tuple[str, ...]] = (
+    (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "chimeway_core")
+)
 SRC: Final = Path(__file__).resolve().parents[2] / "src"
 
 #: The module the ``--app`` tests import (written to a temporary directory).
