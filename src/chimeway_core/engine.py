@@ -61,6 +61,7 @@ from chimeway_core.errors import (
     UnhandledOutcomeError,
     UnknownChannelError,
 )
+from chimeway_core.explain import explain
 from chimeway_core.jobs import Backend, JobKind, JobResult
 from chimeway_core.outcomes import Classification, Outcome, classify
 from chimeway_core.policies import (
@@ -500,25 +501,8 @@ class Chimeway:
         return after
 
     def explain(self, delivery_id: UUID) -> list[str]:
-        """Why the delivery is where it is: one line per journal entry and attempt."""
-        history = self.get(delivery_id)
-        lines: list[tuple[datetime, int, str]] = []
-        for entry in history.journal:
-            change = (
-                f"{entry.from_status.value if entry.from_status else '-'} -> "
-                f"{entry.to_status.value if entry.to_status else '-'}"
-            )
-            detail = f" ({entry.reason})" if entry.reason else ""
-            lines.append((entry.at, 1, f"{entry.kind.value}: {entry.event or ''} {change}{detail}"))
-        for attempt in history.attempts:
-            outcome = attempt.outcome.value if attempt.outcome else "in flight"
-            error_class = f"/{attempt.error_class}" if attempt.error_class else ""
-            error = f": {attempt.error}" if attempt.error else ""
-            lines.append(
-                (attempt.started_at, 0, f"attempt {attempt.number}: {outcome}{error_class}{error}")
-            )
-        lines.sort(key=lambda item: (item[0], item[1]))
-        return [f"{at.isoformat()} {text}" for at, _, text in lines]
+        """Why the delivery is where it is: one line per attempt and journal entry."""
+        return explain(self.get(delivery_id))
 
     def relay(self, *, batch_size: int = 500, grace: float | None = None) -> int:
         """Hand committed outbox rows older than ``grace`` seconds to the backend.

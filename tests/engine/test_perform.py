@@ -263,8 +263,8 @@ def test_explain_tells_the_story(make_engine: MakeEngine, backend: MemoryBackend
     delivery = engine.notify("sms", "+15550100")
     backend.run_until_idle(engine, fail_fast=True)
     story = "\n".join(engine.explain(delivery.id))
-    assert "attempt 1: failed/temporary: busy" in story
-    assert "attempt 2: succeeded" in story
+    assert "attempt 1 failed/temporary: busy" in story
+    assert "attempt 2 succeeded" in story
     assert "ready -> failed" in story
     assert "failed -> succeeded" in story
 

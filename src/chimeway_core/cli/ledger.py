@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
@@ -21,13 +20,13 @@ from chimeway_core.cli.output import echo, format_table, iso, print_json
 from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.clock import SystemClock
 from chimeway_core.errors import DeliveryNotFoundError, IllegalTransitionError
-from chimeway_core.records import Attempt, Delivery, DeliveryHistory, JournalKind
+from chimeway_core.explain import explain
+from chimeway_core.records import Attempt, Delivery, DeliveryHistory
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
 
 __all__ = [
     "delivery_json",
-    "explain",
     "history_json",
     "register",
     "run_cancel",
@@ -246,53 +245,6 @@ def history_json(history: DeliveryHistory, *, payload: bool) -> dict[str, Any]:
         ],
         "explanation": explain(history),
     }
-
-
-def explain(history: DeliveryHistory) -> list[str]:
-    """Why the delivery is where it is: its attempts and journal in time order, one per line.
-
-    Like :meth:`Chimeway.explain <chimeway_core.engine.Chimeway.explain>`,
-    from the history alone. At equal times the creation comes first, then an
-    attempt's start, its end, and the transition it caused.
-    """
-    lines: list[tuple[datetime, int, int, str]] = []
-    for seq, entry in enumerate(history.journal):
-        before = entry.from_status.value if entry.from_status else "-"
-        after = entry.to_status.value if entry.to_status else "-"
-        reason = f" ({entry.reason})" if entry.reason else ""
-        match entry.kind:
-            case JournalKind.CREATED:
-                rank, text = 0, f"created: {after}"
-            case JournalKind.DEFERRED:
-                until = entry.detail.get("until", "?")
-                rank, text = 3, f"deferred until {until}{reason}"
-            case _:
-                rank, text = (
-                    3,
-                    f"{entry.kind.value}: {entry.event or '-'} {before} -> {after}{reason}",
-                )
-        lines.append((entry.at, rank, seq, text))
-    for attempt in history.attempts:
-        worker = f" by {attempt.worker}" if attempt.worker else ""
-        lines.append(
-            (attempt.started_at, 1, attempt.number, f"attempt {attempt.number} started{worker}")
-        )
-        if attempt.outcome is None:
-            continue
-        error_class = f"/{attempt.error_class}" if attempt.error_class else ""
-        error = f": {attempt.error}" if attempt.error else ""
-        at = attempt.finished_at or attempt.started_at
-        lines.append(
-            (
-                at,
-                2,
-                attempt.number,
-                f"attempt {attempt.number} {attempt.outcome.value}{error_class}{error}",
-            )
-        )
-    lines.sort(key=lambda item: item[:3])
-    width = max((len(at.isoformat()) for at, _, _, _ in lines), default=0)
-    return [f"{at.isoformat():<{width}}  {text}" for at, _, _, text in lines]
 
 
 def _load(store: SQLStore, delivery_id: UUID) -> DeliveryHistory:

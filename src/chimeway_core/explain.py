@@ -1,0 +1,56 @@
+"""The explanation of a delivery: why it is where it is, one line per step."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from chimeway_core.records import DeliveryHistory, JournalKind
+
+__all__ = ["explain"]
+
+
+def explain(history: DeliveryHistory) -> list[str]:
+    """Why the delivery is where it is: its attempts and journal in time order, one per line.
+
+    Needs nothing but the history (``chimeway show`` uses it without an
+    engine). At equal times the creation comes first, then an attempt's
+    start, its end, and the transition it caused.
+    """
+    lines: list[tuple[datetime, int, int, str]] = []
+    for seq, entry in enumerate(history.journal):
+        before = entry.from_status.value if entry.from_status else "-"
+        after = entry.to_status.value if entry.to_status else "-"
+        reason = f" ({entry.reason})" if entry.reason else ""
+        match entry.kind:
+            case JournalKind.CREATED:
+                rank, text = 0, f"created: {after}"
+            case JournalKind.DEFERRED:
+                until = entry.detail.get("until", "?")
+                rank, text = 3, f"deferred until {until}{reason}"
+            case _:
+                rank, text = (
+                    3,
+                    f"{entry.kind.value}: {entry.event or '-'} {before} -> {after}{reason}",
+                )
+        lines.append((entry.at, rank, seq, text))
+    for attempt in history.attempts:
+        worker = f" by {attempt.worker}" if attempt.worker else ""
+        lines.append(
+            (attempt.started_at, 1, attempt.number, f"attempt {attempt.number} started{worker}")
+        )
+        if attempt.outcome is None:
+            continue
+        error_class = f"/{attempt.error_class}" if attempt.error_class else ""
+        error = f": {attempt.error}" if attempt.error else ""
+        at = attempt.finished_at or attempt.started_at
+        lines.append(
+            (
+                at,
+                2,
+                attempt.number,
+                f"attempt {attempt.number} {attempt.outcome.value}{error_class}{error}",
+            )
+        )
+    lines.sort(key=lambda item: item[:3])
+    width = max((len(at.isoformat()) for at, _, _, _ in lines), default=0)
+    return [f"{at.isoformat():<{width}}  {text}" for at, _, _, text in lines]
