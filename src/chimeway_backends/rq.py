@@ -81,6 +81,12 @@ try:
 except ImportError as error:  # pragma: no cover - exercised with rq hidden from sys.modules
     raise MissingExtraError("rq", feature="the RQ backend (chimeway_backends.rq)") from error
 
+if not hasattr(BaseWorker, "handle_job_retry"):  # pragma: no cover - depends on the installed rq
+    # Without it a returned Retry would be stored as a plain result: retries silently lost.
+    raise MissingExtraError(
+        "rq", feature=f"the RQ backend (rq {rq.__version__} cannot run jobs that return Retry)"
+    )
+
 __all__ = [
     "APP_ENV",
     "DEFAULT_QUEUE",
