@@ -127,6 +127,8 @@ end
 return out
 """
 _RUNNING: Final = frozenset({JobStatus.QUEUED.value, JobStatus.STARTED.value})
+# Deliveries per WATCH/MULTI transaction: bounds the keys one transaction watches.
+_BATCH: Final = 500
 
 
 class AppNotFoundError(ChimewayError, LookupError):
@@ -192,12 +194,16 @@ class RQBackend:
         self._submit([(_check_id(delivery_id), None if at is None else ensure_aware(at, "at"))])
 
     def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
-        """Queue jobs for several deliveries, due now, in one transaction (three round trips)."""
+        """Queue jobs for several deliveries, due now: three round trips per 500 deliveries."""
         unique = dict.fromkeys(_check_id(delivery_id) for delivery_id in delivery_ids)
         if unique:
             self._submit([(delivery_id, None) for delivery_id in unique])
 
     def _submit(self, items: list[tuple[UUID, datetime | None]]) -> None:
+        for start in range(0, len(items), _BATCH):
+            self._submit_batch(items[start : start + _BATCH])
+
+    def _submit_batch(self, items: list[tuple[UUID, datetime | None]]) -> None:
         job_ids = [job_id_for(delivery_id) for delivery_id, _ in items]
         job_keys = [self.queue.job_class.key_for(job_id) for job_id in job_ids]
         scheduled = self.queue.scheduled_job_registry.key
@@ -230,14 +236,17 @@ class RQBackend:
         ):
             status, score = _text(flat[2 * index]), _text(flat[2 * index + 1])
             when = None if at is None or at.timestamp() <= now else _not_before(at)
-            if score:
+            if score and status:
                 target = math.floor(now) if when is None else int(when.timestamp())
                 pipe.zadd(self.queue.scheduled_job_registry.key, {job_id: target}, xx=True, lt=True)
                 continue
             if status in _RUNNING:
                 continue
-            # A finished or failed hash left under this id may carry an expiry.
-            pipe.persist(key)
+            # What an ended run left under this id (fields, an expiry, a schedule whose
+            # job hash expired) is not the new job's.
+            pipe.delete(key)
+            if score:
+                pipe.zrem(self.queue.scheduled_job_registry.key, job_id)
             if when is None:
                 due_now.append(
                     self.queue.prepare_data(

@@ -92,14 +92,38 @@ def test_an_ended_job_is_replaced_and_kept(
     backend = RQBackend(redis_conn, queue_name)
     backend.enqueue(A)
     finish(backend, A, status)
+    redis_conn.hset(f"rq:job:{job_id_for(A)}", "exc_info", b"left over")
     backend.enqueue(A)
     job = backend.queue.fetch_job(job_id_for(A))
     assert job is not None
-    assert ([job_id_for(A)], JobStatus.QUEUED, -1) == (
+    assert ([job_id_for(A)], JobStatus.QUEUED, -1, None) == (
         backend.queue.job_ids,
         job.get_status(),
         redis_conn.ttl(job.key),
+        redis_conn.hget(job.key, "exc_info"),
     )
+
+
+def test_a_scheduled_entry_without_its_job_is_replaced(
+    redis_conn: redis.Redis, queue_name: str
+) -> None:
+    """A scheduled registry entry whose job hash expired does not count as a pending job."""
+    backend = RQBackend(redis_conn, queue_name)
+    backend.enqueue(A, at=datetime.now(UTC) + timedelta(hours=1))
+    redis_conn.delete(f"rq:job:{job_id_for(A)}")
+    backend.enqueue(A)
+    assert ([job_id_for(A)], {}) == (backend.queue.job_ids, scheduled(backend))
+
+
+def test_a_large_batch_is_queued_in_several_transactions(
+    redis_conn: redis.Redis, queue_name: str
+) -> None:
+    """enqueue_many of 1,200 deliveries queues each exactly once, in order."""
+    ids = [uuid.uuid4() for _ in range(1200)]
+    backend = RQBackend(redis_conn, queue_name)
+    backend.enqueue_many(ids)
+    backend.enqueue_many(ids[::-1])
+    assert [job_id_for(i) for i in ids] == backend.queue.job_ids
 
 
 def test_scheduling_rounds_up_to_the_second(redis_conn: redis.Redis, queue_name: str) -> None:
