@@ -448,6 +448,11 @@ class ChimewayWorkerMixin(BaseWorker):
                 f"not {type(self.engine.backend).__qualname__}"
             )
         _check_timeouts(self.engine, self.engine.backend)
+        if self.engine.backend.queue_name not in self.queue_names():
+            _log.warning(
+                "this worker does not listen on %r, where its engine queues deliveries",
+                self.engine.backend.queue_name,
+            )
 
     @property
     def dequeue_timeout(self) -> int:

@@ -15,6 +15,7 @@ from rq.job import Job, JobStatus
 
 from chimeway_backends.rq import RQBackend, deliver
 from chimeway_core.jobs import Backend, job_id_for
+from tests.backends.rq.conftest import REDIS_TEST_DB, redis_url
 
 A, B, C = (uuid.UUID(int=n) for n in (1, 2, 3))
 
@@ -183,18 +184,24 @@ def test_an_empty_batch_does_nothing(redis_conn: redis.Redis, queue_name: str) -
 
 
 def test_concurrent_enqueuers_make_one_job(redis_conn: redis.Redis, queue_name: str) -> None:
-    """Twenty threads enqueueing the same deliveries at once make one job per delivery."""
+    """Twenty threads enqueueing the same deliveries at once make one job per delivery.
+
+    Half share one backend (an application's threads), half have their own (other processes).
+    """
     ids = [uuid.uuid4() for _ in range(20)]
     gate = threading.Barrier(20)
+    shared = RQBackend(redis_conn, queue_name)
 
     def enqueue(n: int) -> None:
-        backend = RQBackend(redis.Redis(connection_pool=redis_conn.connection_pool), queue_name)
+        own = redis.Redis.from_url(redis_url(REDIS_TEST_DB))
+        backend = shared if n < 10 else RQBackend(own, queue_name)
         gate.wait()
         if n % 2:
             backend.enqueue_many(ids)
         else:
             for delivery_id in ids:
                 backend.enqueue(delivery_id)
+        own.close()
 
     threads = [threading.Thread(target=enqueue, args=(n,)) for n in range(20)]
     for thread in threads:
