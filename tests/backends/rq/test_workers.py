@@ -8,6 +8,7 @@ every channel call appends to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -255,7 +256,9 @@ def test_killing_the_work_horse_mid_call_is_rescued(
         for marker in app.markers.iterdir():
             if marker.suffix or marker.name in killed:
                 continue
-            os.kill(int(marker.read_text()), signal.SIGKILL)
+            # The horse may already be gone: RQ's job timeout (3 s) ends it the same way.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(marker.read_text()), signal.SIGKILL)
             killed.add(marker.name)
         return app.live() == 0
 
