@@ -25,7 +25,7 @@ from chimeway_core import (
     decide,
 )
 from chimeway_core.dispatch import attempt_event
-from tests import strategies
+from chimeway_core.testing import strategies
 
 
 def _raise_unhandled(status: DeliveryStatus, attempt: int, maximum: int, shape: object) -> None:

@@ -16,7 +16,7 @@ from chimeway_core import (
 )
 from chimeway_core.dispatch import attempt_event, match_row
 from chimeway_core.states import Event
-from tests import strategies
+from chimeway_core.testing import strategies
 
 F, C, R = DeliveryStatus.FAILED, DeliveryStatus.CANCELLED, DeliveryStatus.READY
 DOCUMENTED = {None, *ErrorClass}

@@ -21,7 +21,7 @@ from chimeway_core import (
     UnhandledOutcomeError,
     classify,
 )
-from tests import strategies
+from chimeway_core.testing import strategies
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from chimeway_core import (
     apply_event,
 )
 from chimeway_core.states import MACHINE, TRANSITION_TABLE, DeliveryLifecycle
-from tests import strategies
+from chimeway_core.testing import strategies
 
 R, F, S, C, X = (
     DeliveryStatus.READY,

@@ -3,13 +3,42 @@
 - :class:`FakeChannel`: scripted results, every call recorded.
 - :class:`ScriptedChannel`: results scripted by the recipient address itself,
   so a worker in another process behaves exactly like the test expects.
+- :class:`Hang` and :class:`LoseResponse`: script steps for a call that
+  times out, and for a provider that acts but whose answer is lost.
 - :class:`~chimeway_core.clock.VirtualClock`: time that moves only when told.
+- ``assert_*``: assertion helpers in the spirit of ``Oban.Testing``.
+- :mod:`chimeway_core.testing.strategies`: hypothesis strategies (needs hypothesis).
 - :mod:`chimeway_core.testing.conformance`: the backend conformance suite.
 """
 
 from __future__ import annotations
 
 from chimeway_core.clock import VirtualClock
-from chimeway_core.testing.fakes import ChannelCall, FakeChannel, ScriptedChannel, script_for
+from chimeway_core.testing.assertions import (
+    assert_attempts,
+    assert_delivery,
+    assert_enqueued,
+    assert_not_enqueued,
+)
+from chimeway_core.testing.fakes import (
+    ChannelCall,
+    FakeChannel,
+    Hang,
+    LoseResponse,
+    ScriptedChannel,
+    script_for,
+)
 
-__all__ = ["ChannelCall", "FakeChannel", "ScriptedChannel", "VirtualClock", "script_for"]
+__all__ = [
+    "ChannelCall",
+    "FakeChannel",
+    "Hang",
+    "LoseResponse",
+    "ScriptedChannel",
+    "VirtualClock",
+    "assert_attempts",
+    "assert_delivery",
+    "assert_enqueued",
+    "assert_not_enqueued",
+    "script_for",
+]

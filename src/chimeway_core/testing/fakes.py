@@ -9,14 +9,16 @@ process configured with it needs no shared state with the test.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import attrs
 
 from chimeway_core.channels.base import DeliveryGuarantee
-from chimeway_core.clock import Clock, SystemClock
+from chimeway_core.clock import Clock, SystemClock, VirtualClock
 from chimeway_core.errors import OutcomeUnknownError
 from chimeway_core.outcomes import (
     Bounced,
@@ -28,12 +30,35 @@ from chimeway_core.outcomes import (
 )
 from chimeway_core.records import Delivery
 
-__all__ = ["ChannelCall", "FakeChannel", "ScriptedChannel", "script_for"]
+__all__ = ["ChannelCall", "FakeChannel", "Hang", "LoseResponse", "ScriptedChannel", "script_for"]
 
 #: What a script step may be: a result to return, or an exception to raise.
 Step = ChannelResult | BaseException | object
 
 _ALWAYS_SENT: tuple[Step, ...] = (Sent(),)
+
+
+@attrs.frozen
+class Hang:
+    """A script step: the call takes ``seconds`` (past the timeout), then its answer is lost.
+
+    On a :class:`~chimeway_core.clock.VirtualClock` the clock is advanced;
+    otherwise the call really sleeps. Then
+    :class:`~chimeway_core.errors.OutcomeUnknownError` is raised, as a real
+    channel does when its read timeout fires after the request went out.
+    """
+
+    seconds: float
+
+
+@attrs.frozen
+class LoseResponse:
+    """A script step: the provider accepts the notification, then the answer is lost.
+
+    The call is counted in :attr:`FakeChannel.accepted` (the provider's side
+    effect happened) and :class:`~chimeway_core.errors.OutcomeUnknownError`
+    is raised.
+    """
 
 
 @attrs.frozen
@@ -79,6 +104,7 @@ class FakeChannel:
         self.on_call = on_call
         self._lock = threading.Lock()
         self._calls: list[ChannelCall] = []
+        self._accepted: list[ChannelCall] = []
 
     @property
     def calls(self) -> list[ChannelCall]:
@@ -86,21 +112,35 @@ class FakeChannel:
         with self._lock:
             return list(self._calls)
 
+    @property
+    def accepted(self) -> list[ChannelCall]:
+        """The calls the provider acted on: sent, or accepted before the answer was lost."""
+        with self._lock:
+            return list(self._accepted)
+
+    @classmethod
+    def drawing(cls, draw: Callable[[], Step], **options: Any) -> FakeChannel:
+        """A channel whose every call draws its step, e.g. from a hypothesis strategy.
+
+        Inside a ``@given(data=st.data())`` test:
+        ``FakeChannel.drawing(lambda: data.draw(strategies.channel_results))``.
+        """
+        return cls(lambda _delivery: draw(), **options)
+
     def calls_for(self, delivery_id: UUID) -> list[ChannelCall]:
         """The calls made for one delivery."""
         return [call for call in self.calls if call.delivery_id == delivery_id]
 
     def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
         """Record the call, then return or raise the script's next step."""
+        call = ChannelCall(
+            delivery_id=delivery.id,
+            idempotency_key=idempotency_key,
+            attempt=delivery.attempt_count,
+            at=self.clock.now(),
+        )
         with self._lock:
-            self._calls.append(
-                ChannelCall(
-                    delivery_id=delivery.id,
-                    idempotency_key=idempotency_key,
-                    attempt=delivery.attempt_count,
-                    at=self.clock.now(),
-                )
-            )
+            self._calls.append(call)
         if self.on_call is not None:
             self.on_call(delivery)
         if callable(self.script):
@@ -108,9 +148,25 @@ class FakeChannel:
         else:
             index = max(delivery.attempt_count, 1) - 1
             step = self.script[min(index, len(self.script) - 1)]
-        if isinstance(step, BaseException):
-            raise step
-        return step  # type: ignore[return-value]  # undocumented shapes are the point
+        match step:
+            case Hang(seconds=seconds):
+                if isinstance(self.clock, VirtualClock):
+                    self.clock.advance(seconds)
+                else:
+                    time.sleep(seconds)
+                raise OutcomeUnknownError(f"no answer within {seconds} s")
+            case LoseResponse():
+                with self._lock:
+                    self._accepted.append(call)
+                raise OutcomeUnknownError("the connection dropped after the request was sent")
+            case BaseException():
+                raise step
+            case Sent():
+                with self._lock:
+                    self._accepted.append(call)
+                return step
+            case _:
+                return step  # type: ignore[return-value]  # undocumented shapes are the point
 
 
 #: The steps a :class:`ScriptedChannel` understands, by name.
