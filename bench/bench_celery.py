@@ -187,10 +187,25 @@ def measure(broker: str, url: str, db: str, n: int, *, everything: bool) -> None
                 wait(lambda store=store: store.oldest_non_terminal() is None)
                 chimeway = n / (time.perf_counter() - start)
             store.engine.dispose()
+            if broker == "redis":
+                _forget_redis_keys(url, queue)
             print(
                 f"{broker:9} {pool:8} c={concurrency}  raw no-op {raw:8.1f} tasks/s   "
                 f"chimeway {chimeway:7.1f} deliveries/s   ({chimeway / raw:.0%} of raw)"
             )
+
+
+def _forget_redis_keys(url: str, queue: str) -> None:
+    """Delete what kombu left in Redis for ``queue`` (bindings; the queue itself is empty)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"*{queue}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def main() -> None:
