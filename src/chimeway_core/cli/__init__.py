@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from sqlalchemy.exc import DBAPIError
 
-from chimeway_core.cli import db, demo, ledger, table, workers
+from chimeway_core.cli import db, demo, ledger, selftest, table, workers
 from chimeway_core.cli.config import database_failure
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import warn
@@ -63,6 +63,7 @@ def build_parser() -> Parser:
     ledger.register(commands)
     workers.register(commands)
     db.register(commands)
+    selftest.register(commands)
     return parser
 
 

@@ -28,8 +28,9 @@ from uuid import UUID
 
 import pytest
 
+from chimeway_backends.memory import MemoryBackend
 from chimeway_core.channels.base import DeliveryGuarantee
-from chimeway_core.clock import Clock
+from chimeway_core.clock import Clock, VirtualClock
 from chimeway_core.engine import Chimeway
 from chimeway_core.jobs import Backend
 from chimeway_core.outcomes import Outcome
@@ -51,6 +52,7 @@ __all__ = [
     "CONFORMANCE_RETRY",
     "BackendConformance",
     "Harness",
+    "MemoryHarness",
     "ScriptedPolicy",
     "conformance_engine",
 ]
@@ -123,6 +125,28 @@ class Harness(Protocol):
     def sleep(self, seconds: float) -> None:
         """Let ``seconds`` pass (advance a virtual clock, or really wait)."""
         ...
+
+
+class MemoryHarness:
+    """The in-memory backend on a virtual clock: draining runs jobs in virtual time.
+
+    ``backend`` lets a test pass a (deliberately broken) subclass; its clock is
+    replaced by the harness's virtual clock.
+    """
+
+    def __init__(self, store: SQLStore, backend: MemoryBackend | None = None) -> None:
+        self.clock = VirtualClock()
+        self.backend = backend or MemoryBackend(self.clock)
+        self.backend.clock = self.clock
+        self.engine: Chimeway = conformance_engine(store, self.backend, clock=self.clock)
+
+    def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:  # noqa: ARG002
+        """Run every job, moving virtual time to each next one, until the queue is idle."""
+        self.backend.run_until_idle(self.engine, max_jobs=10_000)
+
+    def sleep(self, seconds: float) -> None:
+        """Advance the virtual clock."""
+        self.clock.advance(seconds)
 
 
 def _history(engine: Chimeway, delivery_id: UUID) -> DeliveryHistory:

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
 import pytest
 
 from chimeway_backends.memory import MemoryBackend
-from chimeway_core import Chimeway, SQLStore, VirtualClock
-from chimeway_core.testing.conformance import BackendConformance, conformance_engine
-
-
-class MemoryHarness:
-    """The memory backend on a virtual clock: draining runs jobs in virtual time."""
-
-    def __init__(self, store: SQLStore, backend: MemoryBackend | None = None) -> None:
-        self.clock = VirtualClock()
-        self.backend = backend or MemoryBackend(self.clock)
-        self.backend.clock = self.clock
-        self.engine: Chimeway = conformance_engine(store, self.backend, clock=self.clock)
-
-    def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:
-        self.backend.run_until_idle(self.engine, max_jobs=10_000)
-
-    def sleep(self, seconds: float) -> None:
-        self.clock.advance(seconds)
+from chimeway_core import SQLStore
+from chimeway_core.testing.conformance import BackendConformance, MemoryHarness
 
 
 @pytest.fixture

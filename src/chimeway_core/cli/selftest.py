@@ -1,0 +1,78 @@
+"""``chimeway selftest``: run chimeway's own property suite against the installed library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+from typing import Final
+
+from chimeway_core.cli.errors import CliError, ExitCode
+from chimeway_core.cli.parser import Subparsers, command
+
+__all__ = ["register", "run"]
+
+_DESCRIPTION: Final = """\
+Run the property suite chimeway runs on itself against this installation:
+the dispatch table over its whole product space, the backend conformance suite
+on the in-memory backend (and on your backend when CHIMEWAY_SELFTEST_HARNESS
+names a module:factory returning a harness), and the stateful model test of
+the whole engine. Needs the testing extra: pip install "chimeway[testing]".
+Arguments after -- go to pytest."""
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add ``chimeway selftest``."""
+    parser = command(subparsers, "selftest", run, "Run chimeway's property suite here.")
+    parser.description = _DESCRIPTION
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=200,
+        help="examples for the stateful engine test (default 200)",
+    )
+    parser.add_argument(
+        "--harness",
+        metavar="MODULE:FACTORY",
+        help="also run the conformance suite on the harness this factory returns",
+    )
+    parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suite with pytest; return pytest's exit code mapped onto ours."""
+    # Only look for hypothesis: importing it before pytest starts would keep
+    # pytest from rewriting its plugin's asserts.
+    missing = [name for name in ("pytest", "hypothesis") if find_spec(name) is None]
+    if missing:
+        raise CliError(
+            f'selftest needs {", ".join(missing)}: pip install "chimeway[testing]"',
+            ExitCode.USAGE,
+        )
+    if args.examples < 1:
+        raise CliError("--examples must be at least 1", ExitCode.USAGE)
+    env = dict(os.environ, CHIMEWAY_SELFTEST_EXAMPLES=str(args.examples))
+    if args.harness:
+        env["CHIMEWAY_SELFTEST_HARNESS"] = args.harness
+    extra = [a for a in args.pytest_args if a != "--"]
+    # A fresh interpreter: pytest must import (and may rewrite) chimeway_core
+    # itself, and the suite runs with its own settings, not those of the
+    # project the command is started in.
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--pyargs",
+        "chimeway_core.testing.selftest",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        os.devnull,
+        "--rootdir",
+        os.getcwd(),
+        *extra,
+    ]
+    code = subprocess.run(command, env=env, check=False).returncode  # noqa: S603 - our own argv
+    return ExitCode.OK if code == 0 else ExitCode.PROBLEM
