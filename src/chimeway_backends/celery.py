@@ -48,7 +48,6 @@ resolves the engine and warns about risky settings
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -61,12 +60,12 @@ from uuid import UUID
 from chimeway_core.clock import ensure_aware
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import (
-    ChimewayError,
     InvalidJobError,
     MissingExtraError,
     UnhandledOutcomeError,
 )
 from chimeway_core.jobs import JobKind, job_id_for, parse_delivery_id
+from chimeway_core.loading import APP_VARIABLE, load_engine
 
 try:
     from celery import bootsteps, signals
@@ -76,10 +75,8 @@ except ImportError as _error:  # pragma: no cover - exercised by monkeypatching 
 __all__ = [
     "CeleryBackend",
     "CeleryConfigurationWarning",
-    "EngineNotFoundError",
     "TASK_NAME",
     "check_configuration",
-    "load_engine",
     "run_worker",
     "warn_configuration",
 ]
@@ -90,57 +87,15 @@ _log = logging.getLogger(__name__)
 TASK_NAME = "chimeway.deliver"
 
 #: The environment variable naming the engine when none is given.
-ENGINE_ENV = "CHIMEWAY_APP"
+ENGINE_ENV = APP_VARIABLE
 
 _APP_ATTRIBUTE = "_chimeway_backend"
 _PICKLE = frozenset({"pickle", "application/x-python-serialize"})
 _KOMBU_REDIS_VISIBILITY_TIMEOUT = 3600.0
 
 
-class EngineNotFoundError(ChimewayError, LookupError):
-    """The engine's import path could not be turned into a :class:`Chimeway`.
-
-    ``target`` is the path as given (``None``: none was given and
-    ``CHIMEWAY_APP`` is unset); ``problem`` says what went wrong.
-    """
-
-    def __init__(self, target: str | None, problem: str) -> None:
-        self.target = target
-        self.problem = problem
-        super().__init__(f"cannot load the chimeway engine {target!r}: {problem}")
-
-
 class CeleryConfigurationWarning(UserWarning):
     """A Celery setting weakens chimeway's delivery guarantees (see the message)."""
-
-
-def load_engine(target: Chimeway | str | None) -> Chimeway:
-    """Resolve ``target`` to an engine.
-
-    ``target`` is a :class:`Chimeway`, an import path ``module:attribute``
-    (the attribute may be dotted) naming a :class:`Chimeway` or a
-    zero-argument callable returning one, or ``None`` to read the path from
-    ``CHIMEWAY_APP``. Raises :class:`EngineNotFoundError`.
-    """
-    if isinstance(target, Chimeway):
-        return target
-    path = target if target is not None else os.environ.get(ENGINE_ENV) or None
-    if path is None:
-        raise EngineNotFoundError(None, f"pass engine='module:attribute' or set {ENGINE_ENV}")
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise EngineNotFoundError(path, "expected 'module:attribute'")
-    try:
-        found: object = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError) as error:
-        raise EngineNotFoundError(path, f"{type(error).__name__}: {error}") from error
-    if not isinstance(found, Chimeway) and callable(found):
-        found = found()
-    if not isinstance(found, Chimeway):
-        raise EngineNotFoundError(path, f"it is a {type(found).__name__}, not a Chimeway")
-    return found
 
 
 class CeleryBackend:
@@ -431,7 +386,7 @@ def run_worker(
 ) -> int:
     """Run a Celery worker for ``engine``'s deliveries until it is shut down; return its exit code.
 
-    ``engine`` is resolved like :func:`load_engine`; its backend must be a
+    ``engine`` is resolved by :func:`chimeway_core.loading.load_engine`; its backend must be a
     :class:`CeleryBackend`. The worker consumes the backend's queue with the
     given ``pool`` (``"prefork"``, ``"solo"``, ``"threads"`` ...) and
     ``concurrency`` (Celery's default: the number of CPUs), a prefetch

@@ -50,7 +50,6 @@ horse (``dispose(close=False)``) so no database connection crosses a fork.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -63,12 +62,12 @@ from uuid import UUID
 from chimeway_core.clock import ensure_aware
 from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
-    ChimewayError,
     InvalidJobError,
     MissingExtraError,
     UnhandledOutcomeError,
 )
 from chimeway_core.jobs import JobKind, job_id_for, parse_delivery_id
+from chimeway_core.loading import APP_VARIABLE, load_engine
 
 try:
     import redis
@@ -93,7 +92,6 @@ __all__ = [
     "DEFAULT_RESCUE_INTERVAL",
     "RESCUE_INTERVAL_ENV",
     "JobTimeLimitExceeded",
-    "AppNotFoundError",
     "ChimewayDeathPenalty",
     "ChimewaySimpleWorker",
     "ChimewayWorker",
@@ -101,7 +99,6 @@ __all__ = [
     "RQBackend",
     "current_engine",
     "deliver",
-    "load_app",
     "run_worker",
 ]
 
@@ -110,7 +107,7 @@ _log = logging.getLogger(__name__)
 #: The queue chimeway uses unless told otherwise.
 DEFAULT_QUEUE: Final = "chimeway"
 #: The environment variable naming the engine: ``module:attribute``.
-APP_ENV: Final = "CHIMEWAY_APP"
+APP_ENV: Final = APP_VARIABLE
 #: The environment variable a worker reads its rescue interval from (seconds).
 RESCUE_INTERVAL_ENV: Final = "CHIMEWAY_RESCUE_INTERVAL"
 #: How often a worker runs the engine's rescuer, in seconds.
@@ -129,18 +126,6 @@ return out
 _RUNNING: Final = frozenset({JobStatus.QUEUED.value, JobStatus.STARTED.value})
 # Deliveries per WATCH/MULTI transaction: bounds the keys one transaction watches.
 _BATCH: Final = 500
-
-
-class AppNotFoundError(ChimewayError, LookupError):
-    """``CHIMEWAY_APP`` (or an explicit path) does not name a chimeway engine.
-
-    ``path`` is what was given and ``problem`` what is wrong with it.
-    """
-
-    def __init__(self, path: str, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(f"chimeway app {path!r}: {problem}")
 
 
 # ---------------------------------------------------------------------- backend
@@ -293,32 +278,6 @@ class _Installed:
     engine: Chimeway | None = None
 
 
-def load_app(path: str) -> Chimeway:
-    """Import ``module:attribute`` and return the engine it names.
-
-    The attribute (a dotted path is followed) is a
-    :class:`~chimeway_core.engine.Chimeway` or a zero-argument callable
-    returning one. Raises :class:`AppNotFoundError` otherwise; an exception
-    raised while importing the module propagates.
-    """
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise AppNotFoundError(path, "expected module:attribute (like myapp.notify:engine)")
-    found: object = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise AppNotFoundError(path, f"{module_name} has no attribute {attribute}") from None
-    if not isinstance(found, Chimeway) and callable(found):
-        found = found()
-    if not isinstance(found, Chimeway):
-        raise AppNotFoundError(
-            path, f"{attribute} is a {type(found).__qualname__}, not a Chimeway (or a callable)"
-        )
-    return found
-
-
 def current_engine() -> Chimeway:
     """The engine jobs run on in this process.
 
@@ -326,10 +285,7 @@ def current_engine() -> Chimeway:
     loaded on first use and kept for the life of the process.
     """
     if _Installed.engine is None:
-        path = os.environ.get(APP_ENV)
-        if not path:
-            raise AppNotFoundError("", f"no engine: set {APP_ENV}=module:attribute for the worker")
-        _Installed.engine = load_app(path)
+        _Installed.engine = load_engine(None)
     return _Installed.engine
 
 

@@ -21,6 +21,7 @@ from chimeway_core.errors import (
     ChimewayError,
     DeliveryNotFoundError,
     DeliveryTerminalError,
+    EngineNotFoundError,
     IllegalTransitionError,
     InvalidDeliveryError,
     InvalidJobError,
@@ -169,4 +170,5 @@ __all__ = [
     "UnknownChannelError",
     "MissingExtraError",
     "UnsafeDestinationError",
+    "EngineNotFoundError",
 ]

@@ -292,3 +292,16 @@ class UnknownChannelError(ChimewayError, LookupError):
         self.channel = channel
         self.known = known
         super().__init__(f"unknown channel {channel!r}; this engine has {list(known)}")
+
+
+class EngineNotFoundError(ChimewayError, LookupError):
+    """An import path (``--app``, ``CHIMEWAY_APP``) did not give a chimeway engine.
+
+    ``path`` is the path as given (``None``: none was given and
+    ``CHIMEWAY_APP`` is unset); ``problem`` says what went wrong, in one line.
+    """
+
+    def __init__(self, path: str | None, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"cannot load the chimeway engine {path!r}: {problem}")

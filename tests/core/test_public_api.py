@@ -41,6 +41,7 @@ DOCUMENTED = {
     "UnknownChannelError",
     "MissingExtraError",
     "UnsafeDestinationError",
+    "EngineNotFoundError",
     "DeliveryStatus",
     "TERMINAL_STATUSES",
     "Event",

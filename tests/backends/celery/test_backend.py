@@ -15,9 +15,7 @@ from chimeway_backends.celery import (
     TASK_NAME,
     CeleryBackend,
     CeleryConfigurationWarning,
-    EngineNotFoundError,
     check_configuration,
-    load_engine,
     warn_configuration,
 )
 from chimeway_core import (
@@ -28,8 +26,9 @@ from chimeway_core import (
     TemporaryFailure,
     UnhandledOutcomeError,
 )
-from chimeway_core.errors import InvalidJobError, MissingExtraError
+from chimeway_core.errors import EngineNotFoundError, InvalidJobError, MissingExtraError
 from chimeway_core.jobs import Backend, job_id_for
+from chimeway_core.loading import load_engine
 from chimeway_core.policies import PolicyContext, PolicyDecision, Proceed
 from chimeway_core.records import Delivery
 from chimeway_core.store import SQLStore
@@ -312,17 +311,17 @@ def test_load_engine_from_a_path_a_factory_and_the_environment(
 @pytest.mark.parametrize(
     ("target", "problem"),
     [
-        ("no_colon", "expected 'module:attribute'"),
-        ("chimeway_no_such_module:engine", "ModuleNotFoundError"),
-        ("chimeway_core.engine:nothing_here", "AttributeError"),
-        ("chimeway_core.engine:__name__", "it is a str, not a Chimeway"),
+        ("no_colon", "expected module:attribute"),
+        ("chimeway_no_such_module:engine", "no module named"),
+        ("chimeway_core.engine:nothing_here", "has no attribute"),
+        ("chimeway_core.engine:__name__", "is a str, not a Chimeway"),
     ],
 )
 def test_load_engine_says_what_is_wrong(target: str, problem: str) -> None:
     """A bad import path raises EngineNotFoundError naming the path and the problem."""
     with pytest.raises(EngineNotFoundError, match=problem) as raised:
         load_engine(target)
-    assert target == raised.value.target
+    assert target == raised.value.path
 
 
 def test_load_engine_without_a_path_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:

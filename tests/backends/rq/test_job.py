@@ -19,19 +19,18 @@ from rq.serializers import JSONSerializer
 from chimeway_backends.memory import MemoryBackend
 from chimeway_backends.rq import (
     APP_ENV,
-    AppNotFoundError,
     ChimewaySimpleWorker,
     RQBackend,
     current_engine,
     deliver,
-    load_app,
     run_worker,
 )
 from chimeway_core import DeliveryStatus, Outcome, RetryPolicy, Sent, TemporaryFailure
 from chimeway_core.channels.base import DeliveryGuarantee
 from chimeway_core.engine import Chimeway
-from chimeway_core.errors import InvalidJobError
+from chimeway_core.errors import EngineNotFoundError, InvalidJobError
 from chimeway_core.jobs import job_id_for
+from chimeway_core.loading import load_engine
 from chimeway_core.records import Delivery
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import FakeChannel
@@ -104,7 +103,7 @@ def test_bad_job_arguments_are_rejected_before_anything_runs(
 def test_without_an_engine_the_job_says_how_to_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker process with no engine and no CHIMEWAY_APP fails naming the variable."""
     monkeypatch.delenv(APP_ENV, raising=False)
-    with pytest.raises(AppNotFoundError, match=APP_ENV):
+    with pytest.raises(EngineNotFoundError, match=APP_ENV):
         deliver(str(uuid.uuid4()))
 
 
@@ -123,17 +122,17 @@ def test_the_app_path_names_an_engine_or_a_factory(
     monkeypatch.setattr(chimeway_app_probe, "ENGINE", engine)
     monkeypatch.setattr(chimeway_app_probe.Holder, "engine", engine)
     for path in ("chimeway_app_probe:ENGINE", "chimeway_app_probe:Holder.engine"):
-        assert engine is load_app(path)
-    assert engine is load_app("chimeway_app_probe:factory")
+        assert engine is load_engine(path)
+    assert engine is load_engine("chimeway_app_probe:factory")
     for bad, problem in [
         ("chimeway_app_probe", "module:attribute"),
         ("chimeway_app_probe:missing", "no attribute"),
         ("chimeway_app_probe:not_an_engine", "int, not a Chimeway"),
     ]:
-        with pytest.raises(AppNotFoundError, match=problem):
-            load_app(bad)
-    with pytest.raises(ModuleNotFoundError):
-        load_app("no_such_module_anywhere:engine")
+        with pytest.raises(EngineNotFoundError, match=problem):
+            load_engine(bad)
+    with pytest.raises(EngineNotFoundError, match="no module named"):
+        load_engine("no_such_module_anywhere:engine")
     monkeypatch.setenv(APP_ENV, "chimeway_app_probe:factory")
     assert engine is current_engine() is current_engine()
 
