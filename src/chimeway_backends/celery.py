@@ -69,6 +69,7 @@ from chimeway_core.loading import APP_VARIABLE, load_engine
 
 try:
     from celery import bootsteps, signals
+    from celery.exceptions import SoftTimeLimitExceeded
 except ImportError as _error:  # pragma: no cover - exercised by monkeypatching sys.modules
     raise MissingExtraError("celery", feature="the Celery backend") from _error
 
@@ -110,7 +111,14 @@ class CeleryBackend:
     ``rescue_interval`` is how often (seconds) every worker runs the rescuer
     (``None``: never). ``error_retry_delay`` is how long a job whose
     ``perform()`` crashed waits before it runs again.
+
+    A soft time limit (``SoftTimeLimitExceeded``, raised inside the channel
+    call) is one of its ``interrupts``: the attempt is left in flight and
+    rescued as ``unknown``, never recorded as the channel's own failure.
     """
+
+    #: Raised by Celery inside a running task to stop it; see the Backend protocol.
+    interrupts: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded,)
 
     def __init__(
         self,

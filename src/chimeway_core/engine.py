@@ -144,6 +144,9 @@ class Chimeway:
         self.relay_grace = timedelta(seconds=relay_grace)
         self.requeue_after = timedelta(seconds=requeue_after)
         self._rand = rand
+        self._interrupts: tuple[type[BaseException], ...] = tuple(
+            getattr(backend, "interrupts", ())
+        )
         self._identity = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         self._enqueued_lock = threading.Lock()
         self._enqueued: list[UUID] = []
@@ -345,7 +348,9 @@ class Chimeway:
         delivery = claim.delivery
         try:
             result: object = channel.send(delivery, delivery.idempotency_key)
-        except Exception as error:  # every exception is classified, none escapes
+        except self._interrupts:
+            raise  # the queue stopped the job mid-call: left in flight for the rescuer
+        except Exception as error:  # every other exception is classified, none escapes
             result = error
         shape = classify(result, exception_class=channel.exception_class)
         try:

@@ -58,12 +58,23 @@ class JobResult:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Where the engine hands delivery ids to a job queue."""
+    """Where the engine hands delivery ids to a job queue.
+
+    A backend may also define ``interrupts``: a tuple of the exception types
+    its queue raises *inside* a running job to stop it (Celery's soft time
+    limit). The engine lets those propagate out of the channel call without
+    recording an outcome — the request may have reached the provider — so the
+    attempt stays in flight and the rescuer resolves it as ``unknown``, as
+    after a worker's death.
+    """
 
     def enqueue(self, delivery_id: UUID, *, at: datetime | None = None) -> None:
         """Queue a job for ``delivery_id``, now or not before ``at``.
 
-        Deduplicated: a pending job for the same delivery is not doubled.
+        A backend should not double a pending job for the same delivery where
+        its queue allows (memory and RQ do not; Celery cannot tell). Nothing
+        depends on it: a duplicate job finds the delivery terminal, leased or
+        not yet due and acknowledges without calling the channel.
         """
         ...
 

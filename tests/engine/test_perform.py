@@ -296,3 +296,34 @@ def test_cancel_racing_a_send_fences_the_late_record(
     )
     assert [Outcome.UNKNOWN] == [attempt.outcome for attempt in history.attempts]
     assert 1 == len(channel.calls)
+
+
+class _StopJobError(Exception):
+    """What a queue raises inside a running job to stop it (a soft time limit)."""
+
+
+class _InterruptingBackend(MemoryBackend):
+    """A memory backend whose queue stops jobs with _StopJobError."""
+
+    interrupts = (_StopJobError,)
+
+
+def test_a_queue_interrupt_leaves_the_attempt_for_the_rescuer(
+    store: SQLStore, clock: VirtualClock
+) -> None:
+    """A backend's interrupt raised mid-call is not the channel's failure: rescued as unknown."""
+    from chimeway_core.engine import Chimeway
+
+    backend = _InterruptingBackend(clock)
+    channel = FakeChannel([_StopJobError("soft time limit"), Sent()], clock=clock)
+    engine = Chimeway(store, backend, {"sms": channel}, clock=clock)
+    delivery = engine.notify("sms", "+15550100")
+    with pytest.raises(_StopJobError):
+        engine.perform(delivery.id)
+    assert [None] == [a.outcome for a in engine.get(delivery.id).attempts]
+    clock.advance(channel.timeout + engine.lease_margin + 1)
+    assert 1 == engine.rescue().resolved
+    backend.run_until_idle(engine, fail_fast=True)
+    history = engine.get(delivery.id)
+    assert DeliveryStatus.SUCCEEDED == history.delivery.status
+    assert [Outcome.UNKNOWN, Outcome.SUCCEEDED] == [a.outcome for a in history.attempts]

@@ -342,3 +342,10 @@ def test_binding_a_second_engine_is_refused(pg_store: SQLStore) -> None:
     with pytest.raises(ValueError, match="another engine"):
         backend.bind(Chimeway(pg_store, backend, {}))
     assert first is backend.engine()
+
+
+def test_a_soft_time_limit_is_an_interrupt() -> None:
+    """SoftTimeLimitExceeded is declared an interrupt: the engine leaves the attempt to rescue."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    assert (SoftTimeLimitExceeded,) == CeleryBackend.interrupts
