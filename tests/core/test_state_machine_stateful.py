@@ -2,7 +2,7 @@
 
 The system under test is :class:`DeliveryLifecycle` (driven by ``transitions``)
 plus :func:`decide`; the reference model is DESIGN.md's table written out by
-hand in ``tests/test_states.py``.
+hand in ``tests/core/test_states.py``.
 """
 
 from __future__ import annotations
