@@ -36,6 +36,7 @@ write-ahead attempt, and the record.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -105,13 +106,26 @@ class RescueReport:
 class Chimeway:
     """The delivery engine an application constructs once.
 
-    ``channels`` maps a channel name to a :class:`~chimeway_core.channels.Channel`.
-    ``policies`` run in order at notify time and at perform time;
-    :class:`~chimeway_core.policies.ExpiryPolicy` always runs first.
-    ``retry`` is the default :class:`RetryPolicy`; ``channel_retry``
-    overrides it per channel. ``lease_margin`` is added to a channel's
-    ``timeout`` to make the lease, so a live call never outlasts its lease.
-    ``rand`` is the jitter's random source (seed it for determinism).
+    Everything it uses is passed in; it keeps no process-global state.
+
+    - ``store``: the ledger; ``backend``: the job queue it hands ids to.
+    - ``channels``: channel name → :class:`~chimeway_core.channels.Channel`.
+    - ``policies``: run in order at notify time and at perform time;
+      :class:`~chimeway_core.policies.ExpiryPolicy` always runs first.
+    - ``retry``: the default :class:`RetryPolicy`; ``channel_retry``
+      overrides it per channel.
+    - ``clock``: where time is read (a ``VirtualClock`` in tests);
+      ``telemetry``: where events go.
+    - ``lease_margin`` (seconds): added to a channel's ``timeout`` to make
+      the lease, so a live call never outlasts its lease.
+    - ``max_deferrals``: a delivery deferred this many times is suppressed
+      with ``too_many_deferrals``.
+    - ``relay_grace`` (seconds): a relay leaves younger outbox rows to the
+      process that wrote them. ``requeue_after`` (seconds): the rescuer
+      requeues live, due deliveries untouched this long.
+    - ``rand``: the jitter's random source (seed it for determinism).
+
+    A setting out of range raises :class:`ValueError` naming it.
     """
 
     def __init__(
@@ -131,6 +145,15 @@ class Chimeway:
         requeue_after: float = 300.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        for name, value in (
+            ("lease_margin", lease_margin),
+            ("relay_grace", relay_grace),
+            ("requeue_after", requeue_after),
+        ):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        if type(max_deferrals) is not int or max_deferrals < 0:
+            raise ValueError(f"max_deferrals must be an int >= 0, got {max_deferrals!r}")
         self.store = store
         self.backend = backend
         self.channels = dict(channels)

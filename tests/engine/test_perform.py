@@ -327,3 +327,20 @@ def test_a_queue_interrupt_leaves_the_attempt_for_the_rescuer(
     history = engine.get(delivery.id)
     assert DeliveryStatus.SUCCEEDED == history.delivery.status
     assert [Outcome.UNKNOWN, Outcome.SUCCEEDED] == [a.outcome for a in history.attempts]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("lease_margin", 0),
+        ("relay_grace", -1.0),
+        ("requeue_after", float("nan")),
+        ("max_deferrals", -1),
+    ],
+)
+def test_settings_out_of_range_are_refused(
+    make_engine: MakeEngine, option: str, value: float
+) -> None:
+    """An engine setting out of range raises ValueError naming it."""
+    with pytest.raises(ValueError, match=option):
+        make_engine({"sms": FakeChannel()}, **{option: value})
