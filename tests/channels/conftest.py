@@ -11,7 +11,6 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from chimeway_core.records import Delivery
-from chimeway_core.states import DeliveryStatus
+from chimeway_core.testing import make_delivery as kit_delivery
 
 CANARY = "canary-5ecr3t-0f-the-payl0ad"
 
@@ -29,27 +28,13 @@ def make_delivery(
     *, payload: Any = None, recipient: str = "someone@example.com", channel: str = "test"
 ) -> Delivery:
     """A ready delivery with the given payload and recipient."""
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    return Delivery(
+    return kit_delivery(
         id=uuid.uuid4(),
         channel=channel,
         recipient=recipient,
         payload={"hello": "world"} if payload is None else payload,
         notification_key="welcome",
         idempotency_key="idem-key-1",
-        status=DeliveryStatus.READY,
-        reason=None,
-        attempt_count=0,
-        max_attempts=5,
-        scheduled_at=now,
-        expires_at=None,
-        lease_owner=None,
-        lease_expires_at=None,
-        version=1,
-        deferral_count=0,
-        metadata={},
-        created_at=now,
-        updated_at=now,
     )
 
 

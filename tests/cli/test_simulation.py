@@ -16,30 +16,20 @@ from chimeway_core.demo import DEFAULT_MIX, Mix, Profile, SimulatedProvider, run
 from chimeway_core.errors import OutcomeUnknownError
 from chimeway_core.records import Delivery
 from chimeway_core.states import DeliveryStatus
+from chimeway_core.testing import make_delivery
 from tests.cli.conftest import sqlite_ledger
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def _delivery(key: str, attempt: int) -> Delivery:
-    return Delivery(
+    return make_delivery(
         id=uuid.uuid4(),
         channel="sim",
         recipient="someone@demo.invalid",
-        payload=None,
-        notification_key=None,
         idempotency_key=key,
-        status=DeliveryStatus.READY,
-        reason=None,
         attempt_count=attempt,
-        max_attempts=5,
         scheduled_at=START,
-        expires_at=None,
-        lease_owner=None,
-        lease_expires_at=None,
-        version=1,
-        deferral_count=0,
-        metadata={},
         created_at=START,
         updated_at=START,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -11,35 +10,21 @@ import attrs
 
 from chimeway_core.policies import PolicyContext, PolicyPhase
 from chimeway_core.records import Delivery
-from chimeway_core.states import DeliveryStatus
+from chimeway_core.testing import make_delivery as kit_delivery
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def make_delivery(**changes: Any) -> Delivery:
     """A live delivery with plausible defaults, any field overridable."""
-    base = Delivery(
-        id=uuid.UUID(int=1),
-        channel="email",
-        recipient="user-1",
-        payload=None,
-        notification_key=None,
-        idempotency_key="key-1",
-        status=DeliveryStatus.READY,
-        reason=None,
-        attempt_count=0,
-        max_attempts=5,
-        scheduled_at=T0,
-        expires_at=None,
-        lease_owner=None,
-        lease_expires_at=None,
-        version=1,
-        deferral_count=0,
-        metadata={},
-        created_at=T0,
-        updated_at=T0,
-    )
-    return attrs.evolve(base, **changes)
+    defaults: dict[str, Any] = {
+        "channel": "email",
+        "recipient": "user-1",
+        "scheduled_at": T0,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return kit_delivery(**{**defaults, **changes})
 
 
 def no_attempts(channel: str, recipient: str, since: datetime) -> int:

@@ -6,6 +6,8 @@
 - :class:`Hang` and :class:`LoseResponse`: script steps for a call that
   times out, and for a provider that acts but whose answer is lost.
 - :class:`~chimeway_core.clock.VirtualClock`: time that moves only when told.
+- :func:`make_delivery`: a delivery snapshot for unit tests of channels
+  and policies.
 - ``assert_*``: assertion helpers in the spirit of ``Oban.Testing``.
 - :mod:`chimeway_core.testing.strategies`: hypothesis strategies (needs hypothesis).
 - :mod:`chimeway_core.testing.conformance`: the backend conformance suite.
@@ -26,6 +28,7 @@ from chimeway_core.testing.fakes import (
     Hang,
     LoseResponse,
     ScriptedChannel,
+    make_delivery,
     script_for,
 )
 
@@ -40,5 +43,6 @@ __all__ = [
     "assert_delivery",
     "assert_enqueued",
     "assert_not_enqueued",
+    "make_delivery",
     "script_for",
 ]

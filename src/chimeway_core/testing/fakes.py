@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -29,8 +30,52 @@ from chimeway_core.outcomes import (
     TemporaryFailure,
 )
 from chimeway_core.records import Delivery
+from chimeway_core.states import DeliveryStatus
 
-__all__ = ["ChannelCall", "FakeChannel", "Hang", "LoseResponse", "ScriptedChannel", "script_for"]
+__all__ = [
+    "ChannelCall",
+    "FakeChannel",
+    "Hang",
+    "LoseResponse",
+    "ScriptedChannel",
+    "make_delivery",
+    "script_for",
+]
+
+_EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def make_delivery(**changes: Any) -> Delivery:
+    """A live :class:`~chimeway_core.records.Delivery` snapshot with plausible defaults.
+
+    For unit tests of a channel or a policy, which take a delivery and need
+    no ledger: ``make_delivery(recipient="+15550100", payload={...})``. Every
+    field can be overridden; unspecified ones are a ``ready`` delivery created
+    at 2030-01-01 UTC, never attempted.
+    """
+    base = Delivery(
+        id=uuid.UUID(int=1),
+        channel="fake",
+        recipient="someone@example.test",
+        payload=None,
+        notification_key=None,
+        idempotency_key="key-1",
+        status=DeliveryStatus.READY,
+        reason=None,
+        attempt_count=0,
+        max_attempts=5,
+        scheduled_at=_EPOCH,
+        expires_at=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        version=1,
+        deferral_count=0,
+        metadata={},
+        created_at=_EPOCH,
+        updated_at=_EPOCH,
+    )
+    return attrs.evolve(base, **changes)
+
 
 #: What a script step may be: a result to return, or an exception to raise.
 Step = ChannelResult | BaseException | object
