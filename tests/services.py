@@ -9,9 +9,13 @@ fails: in CI a missing service is a broken run, never a silent skip.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from sqlalchemy import create_engine, make_url, text
 
 POSTGRES_HOST = os.environ.get("CHIMEWAY_TEST_PGHOST", "127.0.0.1")
 POSTGRES_PORT = int(os.environ.get("CHIMEWAY_TEST_PGPORT", "5432"))
@@ -53,3 +57,23 @@ def require(service: str) -> None:
     if services_required():
         pytest.fail(f"{message} and CHIMEWAY_REQUIRE_SERVICES=1", pytrace=False)
     pytest.skip(message)
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """Create an empty PostgreSQL database named ``<prefix>_<random>``; yield its URL; drop it.
+
+    Requires PostgreSQL (see :func:`require`). Each test run gets its own
+    databases, so runs never collide.
+    """
+    require("postgres")
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

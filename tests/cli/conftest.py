@@ -8,7 +8,6 @@ installed ``chimeway`` console script, found next to the running interpreter
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import textwrap
@@ -20,12 +19,11 @@ from typing import Final
 
 import attrs
 import pytest
-from sqlalchemy import create_engine, make_url, text
 
 from chimeway_core.cli import main
 from chimeway_core.records import NewDelivery
 from chimeway_core.store import SQLStore
-from tests.services import POSTGRES_ADMIN_URL, require
+from tests.services import fresh_postgres_database
 
 #: How the command line is started: the console script a user types.
 _SCRIPT: Final = Path(sys.executable).with_name("chimeway")
@@ -251,14 +249,5 @@ def demo_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SQLS
 @pytest.fixture
 def fresh_postgres() -> Iterator[str]:
     """An empty PostgreSQL database, dropped afterwards; yields its URL."""
-    require("postgres")
-    name = f"chimeway_cli_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("chimeway_cli") as url:
+        yield url

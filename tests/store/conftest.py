@@ -7,38 +7,24 @@ truncated between tests. SQLite gets a new file per test.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, text
 
 from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
-from tests.services import POSTGRES_ADMIN_URL, require
+from tests.services import fresh_postgres_database
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def _database_url(name: str) -> str:
-    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test session; yields its URL."""
-    require("postgres")
-    name = f"chimeway_test_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield _database_url(name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("chimeway_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 from chimeway_core.migrations import VERSION_TABLE, upgrade
 from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
-from tests.services import POSTGRES_ADMIN_URL, require
-from tests.store.conftest import _database_url
+from tests.services import fresh_postgres_database
 
 
 def _diffs(url: str) -> list[object]:
@@ -33,17 +31,8 @@ def _diffs(url: str) -> list[object]:
 @pytest.fixture
 def empty_postgres() -> Iterator[str]:
     """A brand-new empty PostgreSQL database, dropped afterwards."""
-    require("postgres")
-    name = f"chimeway_migrate_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield _database_url(name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("chimeway_migrate") as url:
+        yield url
 
 
 def test_upgrade_on_empty_sqlite_matches_metadata(tmp_path: Path) -> None:
