@@ -382,6 +382,34 @@ def _no_attempt_in_flight() -> ColumnElement[bool]:
     return ~exists().where(_A.delivery_id == _D.id, _A.outcome.is_(None))
 
 
+def _read_for_write(conn: Connection, delivery_id: UUID, expected_version: int | None) -> Delivery:
+    """The delivery as it is now, checked against ``expected_version`` when given."""
+    row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
+    if row is None:
+        raise DeliveryNotFoundError(delivery_id)
+    current = _delivery(row)
+    if expected_version is not None and current.version != expected_version:
+        raise StaleDeliveryError(delivery_id, expected_version, current.version)
+    return current
+
+
+def _write_fenced(conn: Connection, current: Delivery, values: Mapping[str, Any]) -> Row[Any]:
+    """Update ``current`` only if its version and status still hold; return the new row."""
+    updated = conn.execute(
+        update(_DELIVERIES)
+        .where(
+            _D.id == current.id,
+            _D.version == current.version,
+            _D.status == current.status.value,
+        )
+        .values(values)
+        .returning(*_DELIVERIES.c)
+    ).first()
+    if updated is None:
+        raise StaleDeliveryError(current.id, current.version, None)
+    return updated
+
+
 def _in_chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -841,12 +869,7 @@ class SQLStore:
     ) -> Delivery:
         now = _aware(now, "now")
         with self._write() as conn:
-            row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
-            if row is None:
-                raise DeliveryNotFoundError(delivery_id)
-            current = _delivery(row)
-            if expected_version is not None and current.version != expected_version:
-                raise StaleDeliveryError(delivery_id, expected_version, current.version)
+            current = _read_for_write(conn, delivery_id, expected_version)
             transition = apply_event(current.status, event)
             new_reason = transition.reason.value if transition.reason is not None else reason
             values: dict[str, Any] = {
@@ -857,18 +880,7 @@ class SQLStore:
             }
             if transition.dest in TERMINAL_STATUSES:
                 values.update(lease_owner=None, lease_expires_at=None)
-            updated = conn.execute(
-                update(_DELIVERIES)
-                .where(
-                    _D.id == delivery_id,
-                    _D.version == current.version,
-                    _D.status == current.status.value,
-                )
-                .values(values)
-                .returning(*_DELIVERIES.c)
-            ).first()
-            if updated is None:
-                raise StaleDeliveryError(delivery_id, current.version, None)
+            updated = _write_fenced(conn, current, values)
             conn.execute(
                 _JOURNAL.insert().values(
                     _journal_values(
@@ -965,28 +977,20 @@ class SQLStore:
         until = _aware(until, "until")
         _check_text(reason, "reason", max_length=REASON_LENGTH)
         with self._write() as conn:
-            row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
-            if row is None:
-                raise DeliveryNotFoundError(delivery_id)
-            current = _delivery(row)
-            if expected_version is not None and current.version != expected_version:
-                raise StaleDeliveryError(delivery_id, expected_version, current.version)
+            current = _read_for_write(conn, delivery_id, expected_version)
             if current.is_terminal:
                 raise DeliveryTerminalError(delivery_id, current.status, "defer")
-            updated = conn.execute(
-                update(_DELIVERIES)
-                .where(_D.id == delivery_id, _D.version == current.version)
-                .values(
-                    scheduled_at=until,
-                    reason=reason,
-                    deferral_count=_D.deferral_count + 1,
-                    version=_D.version + 1,
-                    updated_at=now,
-                )
-                .returning(*_DELIVERIES.c)
-            ).first()
-            if updated is None:
-                raise StaleDeliveryError(delivery_id, current.version, None)
+            updated = _write_fenced(
+                conn,
+                current,
+                {
+                    "scheduled_at": until,
+                    "reason": reason,
+                    "deferral_count": _D.deferral_count + 1,
+                    "version": _D.version + 1,
+                    "updated_at": now,
+                },
+            )
             conn.execute(
                 _JOURNAL.insert().values(
                     _journal_values(
