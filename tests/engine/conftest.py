@@ -14,13 +14,6 @@ from chimeway_core.engine import Chimeway
 from chimeway_core.policies import Policy
 from chimeway_core.store import SQLStore
 from chimeway_core.telemetry import Telemetry
-from tests.store.conftest import (  # noqa: F401 - fixtures shared with the ledger tests
-    pg_store,
-    postgres_database,
-    postgres_engine,
-    sqlite_store,
-    store,
-)
 
 START = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -44,7 +37,7 @@ def backend(clock: VirtualClock) -> MemoryBackend:
 
 @pytest.fixture
 def make_engine(
-    store: SQLStore,  # noqa: F811 - the shared fixture, not a redefinition
+    store: SQLStore,
     backend: MemoryBackend,
     clock: VirtualClock,
 ) -> MakeEngine:

@@ -1,71 +1,17 @@
-"""Fixtures for the ledger tests: every ``store`` test runs on SQLite (file, WAL) and PostgreSQL.
+"""Fixtures for the ledger tests.
 
-PostgreSQL gets one fresh database per test session (``chimeway_test_<random>``),
-created through ``POSTGRES_ADMIN_URL`` and dropped at the end; tables are
-truncated between tests. SQLite gets a new file per test.
+The ``store`` fixture, which runs every store test on SQLite (file, WAL) and
+PostgreSQL, lives in ``tests/conftest.py``: the engine and backend tests use
+the same one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-
-from chimeway_core.schema import metadata
-from chimeway_core.store import SQLStore
-from tests.services import fresh_postgres_database
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test session; yields its URL."""
-    with fresh_postgres_database("chimeway_test") as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def postgres_engine(postgres_database: str) -> Iterator[Engine]:
-    """An engine on the session database with chimeway's tables created."""
-    engine = create_engine(postgres_database, pool_size=25, max_overflow=10)
-    metadata.create_all(engine)
-    yield engine
-    engine.dispose()
-
-
-def _truncate(engine: Engine) -> None:
-    names = ", ".join(table.name for table in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} CASCADE"))
-
-
-@pytest.fixture
-def pg_store(postgres_engine: Engine) -> Iterator[SQLStore]:
-    """A store on PostgreSQL with empty tables."""
-    store = SQLStore(postgres_engine)
-    yield store
-    _truncate(postgres_engine)
-
-
-@pytest.fixture
-def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLStore]:
-    """A store on a fresh SQLite file (WAL) with chimeway's tables."""
-    path = tmp_path_factory.mktemp("ledger") / "ledger.db"
-    store = SQLStore(f"sqlite:///{path}")
-    store.create_all()
-    yield store
-    store.engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest) -> SQLStore:
-    """The store under test, once per database."""
-    fixture = "sqlite_store" if request.param == "sqlite" else "pg_store"
-    result: SQLStore = request.getfixturevalue(fixture)
-    return result
 
 
 @pytest.fixture

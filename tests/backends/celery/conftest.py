@@ -24,11 +24,6 @@ from chimeway_backends.celery import TASK_NAME, CeleryBackend
 from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
 from tests.services import RABBITMQ_URL, REDIS_URL, require
-from tests.store.conftest import (  # noqa: F401 - fixtures shared with the ledger tests
-    pg_store,
-    postgres_database,
-    postgres_engine,
-)
 
 #: The Redis database the Celery tests use (keys are prefixed per test too).
 REDIS_DB = 14
@@ -264,7 +259,7 @@ def job_watch() -> Iterator[JobWatch]:
 @pytest.fixture
 def in_process(
     broker: Broker,
-    pg_store: SQLStore,  # noqa: F811 - the shared fixture, not a redefinition
+    pg_store: SQLStore,
     job_watch: JobWatch,
 ) -> Iterator[InProcessCelery]:
     """Engines on a CeleryBackend over ``broker`` with embedded workers, stopped after."""

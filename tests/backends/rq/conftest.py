@@ -18,17 +18,11 @@ import redis
 
 from chimeway_backends import rq as rq_backend
 from tests.services import REDIS_URL, require
-from tests.store.conftest import (  # noqa: F401 - fixtures shared with the ledger tests
-    pg_store,
-    postgres_database,
-    postgres_engine,
-    sqlite_store,
-)
 
 #: The Redis database the RQ tests write to.
 REDIS_TEST_DB = 15
 #: The Redis database the FLUSHDB test empties (it must belong to that test alone).
-REDIS_FLUSH_DB = 14
+REDIS_FLUSH_DB = 11  # 14 is the Celery tests', 12 and 13 the fault suite's
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
