@@ -73,8 +73,10 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks; ``nox -s bench -- --smoke`` for a seconds-long check."""
-    session.install(ALL_EXTRAS)
-    for script in sorted(os.listdir("bench")):
-        if script.startswith("bench_") and script.endswith(".py"):
-            session.run("python", f"bench/{script}", *session.posargs)
+    """Run every benchmark on the local services and write results, chart and docs table.
+
+    ``bench/run.py``: ``nox -s bench -- --smoke`` for a seconds-long check that
+    writes to a temporary folder; ``-- --only core,engine`` for some areas.
+    """
+    session.install(ALL_EXTRAS, "matplotlib")
+    session.run("python", "bench/run.py", *session.posargs)

@@ -1,16 +1,29 @@
-"""Deliveries per second on the Celery backend, next to raw Celery no-op tasks per second.
+"""chimeway on Celery next to raw no-op tasks and a hand-written anchor-A task.
 
-For each reachable broker (Redis, RabbitMQ) and pool (prefork with 2
-processes, solo), one real ``celery worker`` runs an app that has both
-chimeway's task and a raw task with the same settings (JSON, late ack,
-reject on worker lost, no result) that only appends one byte to a file. In
-the same run, against the same worker:
+For each broker and pool (Redis: prefork with 2 processes and solo;
+RabbitMQ: prefork with 2), one real ``celery worker`` runs an app that has
+chimeway's task and two hand-written tasks with the same settings (JSON, late
+ack, reject on worker lost, no result): a no-op that appends one byte to a
+file, and anchor A's worker transaction (:mod:`_jobs`). Against the same
+worker, interleaved runs of N each, timed from the first send until the last
+job is done (the worker is another process, so the sends are in the timing
+on every side):
 
-- raw: N raw tasks sent over one producer; timed until the file has N bytes;
+- raw no-op: N tasks sent over one producer; done when the file has N more bytes;
+- anchor A task: N rows inserted in one transaction, then N tasks sent over
+  one producer; done when all N rows say ``succeeded``;
 - chimeway: ``notify_many`` of N deliveries on a channel that always sends
-  (PostgreSQL ledger, a throwaway database); timed until all are terminal.
+  (PostgreSQL ledger); done when none is live.
 
-    PYTHONPATH=src python bench/bench_celery.py [--smoke] [--all]
+Then, on Redis with the solo pool, Redis commands per job (``INFO
+commandstats`` delta; the idle worker's own polling is in it, so it is
+quoted for chimeway and for the raw task side by side).
+
+RabbitMQ with the solo pool is not measured: with late acks and a prefetch of
+one, Celery's solo pool takes about one message per event-loop wake-up there
+(about 1 raw no-op task/s): a measure of that loop, not of chimeway.
+
+    python bench/bench_celery.py [--smoke]     # this area alone, JSON on stdout
 """
 
 from __future__ import annotations
@@ -20,33 +33,34 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
-from celery import Celery
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine
 
-import chimeway_backends
-from chimeway_backends.celery import CeleryBackend
-from chimeway_core import NewDelivery, RetryPolicy
-from chimeway_core.engine import Chimeway
-from chimeway_core.store import SQLStore
-from chimeway_core.testing import FakeChannel
-
-ADMIN_URL = os.environ.get(
-    "CHIMEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from _harness import (
+    Config,
+    Results,
+    Target,
+    interleave,
+    log,
+    postgres_database,
+    reachable,
+    redis_command_calls,
+    redis_delta,
+    run_area,
+    subprocess_env,
 )
-BROKERS = {
-    "redis": os.environ.get("CHIMEWAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"),
-    "rabbitmq": os.environ.get(
-        "CHIMEWAY_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"
-    ),
-}
-POOLS = [("prefork", 2), ("solo", 1)]
+from _jobs import ANCHOR_DB_ENV
+from bench_engine import anchor_tables, count_anchor_done, insert_anchor_rows
+
+AREA = "celery"
+CELERY_REDIS_DB = "13"
 
 APP = textwrap.dedent(
     """
@@ -54,11 +68,13 @@ APP = textwrap.dedent(
     from pathlib import Path
 
     from celery import Celery
+    from celery.signals import worker_ready
 
+    import _jobs
     from chimeway_backends.celery import CeleryBackend
+    from chimeway_core import CallableChannel, Sent
     from chimeway_core.engine import Chimeway
     from chimeway_core.store import SQLStore
-    from chimeway_core.testing import FakeChannel
 
     QUEUE = os.environ["BENCH_QUEUE"]
     TICKS = Path(os.environ["BENCH_TICKS"])
@@ -69,54 +85,45 @@ APP = textwrap.dedent(
         worker_enable_remote_control=False,
         task_default_queue=QUEUE,
     )
+    SETTINGS = dict(acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+                    serializer="json")
 
-    @app.task(name="bench.noop", acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True, serializer="json")
+    @app.task(name="bench.noop", **SETTINGS)
     def noop(n):
         with TICKS.open("a") as ticks:
             ticks.write(".")
 
+    @app.task(name="bench.anchor_a", **SETTINGS)
+    def anchor_a(ident):
+        return _jobs.anchor_a_job(ident)
+
+    @worker_ready.connect
+    def ready(**_):
+        Path(os.environ["BENCH_READY"]).touch()
+
     backend = CeleryBackend(app, queue=QUEUE, engine="bench_app:engine", rescue_interval=None)
-    engine = Chimeway(SQLStore(os.environ["BENCH_DB"]), backend, {"sent": FakeChannel()})
+    engine = Chimeway(SQLStore(os.environ["BENCH_DB"]), backend,
+                      {"sent": CallableChannel(lambda _d, _k: Sent())})
     """
 )
 
 
 @contextmanager
-def database() -> Iterator[str]:
-    """A throwaway PostgreSQL database with chimeway's tables; yields its URL."""
-    name = f"chimeway_bench_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        SQLStore(url).create_all()
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
 def worker(workdir: Path, env: dict[str, str], pool: str, concurrency: int) -> Iterator[None]:
-    """A ``celery worker`` on the bench app, ready; stopped after."""
-    log = workdir / "worker.log"
+    """A ``celery worker`` on the bench app, ready (its ``worker_ready`` signal); stopped after."""
+    log_file = workdir / "worker.log"
+    ready = Path(env["BENCH_READY"])
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", pool]
     command += ["-c", str(concurrency), "-Q", env["BENCH_QUEUE"], "-l", "WARNING"]
     command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    with log.open("ab") as out:
+    with log_file.open("ab") as out:
         process = subprocess.Popen(
             command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        time.sleep(1)
-        deadline = time.monotonic() + 60
-        while "ready" not in log.read_text() and time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(log.read_text()[-2000:])
-            time.sleep(0.1)
+        wait(lambda: ready.exists() or process.poll() is not None, timeout=60)
+        if process.poll() is not None:
+            raise RuntimeError(log_file.read_text()[-2000:])
         yield
     finally:
         process.send_signal(signal.SIGTERM)
@@ -127,75 +134,16 @@ def worker(workdir: Path, env: dict[str, str], pool: str, concurrency: int) -> I
             process.wait()
 
 
-def wait(condition: object, timeout: float = 600) -> None:
-    """Poll ``condition`` (a callable) every 10 ms; raise after ``timeout`` seconds."""
+def wait(condition: Callable[[], bool], timeout: float = 600, interval: float = 0.01) -> None:
+    """Poll ``condition`` every ``interval`` seconds; raise after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError("the worker did not finish in time")
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
-def measure(broker: str, url: str, db: str, n: int, *, everything: bool) -> None:
-    """Print raw and chimeway throughput for each pool on one broker."""
-    for pool, concurrency in POOLS:
-        if broker == "rabbitmq" and pool == "solo" and not everything:
-            # Celery's solo pool on RabbitMQ with late acks and a prefetch of 1
-            # takes about one message per event-loop wake-up (about 1 raw
-            # no-op task/s here): a measure of that loop, not of chimeway.
-            print(f"{broker:9} {pool:8} skipped (about 1 task/s even raw; --all runs it)")
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            (workdir / "bench_app.py").write_text(APP)
-            ticks = workdir / "ticks"
-            ticks.touch()
-            queue = f"chimeway-bench-{secrets.token_hex(4)}"
-            src = Path(chimeway_backends.__file__).resolve().parents[1]
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join([str(workdir), str(src)]),
-                "BENCH_QUEUE": queue,
-                "BENCH_TICKS": str(ticks),
-                "BENCH_BROKER": url,
-                "BENCH_DB": db,
-            }
-            app = Celery("bench-client", broker=url, set_as_current=False)
-            app.conf.update(task_default_queue=queue)
-            backend = CeleryBackend(app, queue=queue, rescue_interval=None)
-            store = SQLStore(db)
-            engine = Chimeway(
-                store, backend, {"sent": FakeChannel()}, retry=RetryPolicy(max_attempts=3)
-            )
-            with worker(workdir, env, pool, concurrency):
-                start = time.perf_counter()
-                with app.producer_or_acquire() as producer:
-                    for i in range(n):
-                        app.send_task(
-                            "bench.noop",
-                            args=[i],
-                            queue=queue,
-                            producer=producer,
-                            serializer="json",
-                        )
-                wait(lambda ticks=ticks: ticks.stat().st_size >= n)
-                raw = n / (time.perf_counter() - start)
-
-                specs = [NewDelivery(channel="sent", recipient=f"r{i}") for i in range(n)]
-                start = time.perf_counter()
-                engine.notify_many(specs)
-                wait(lambda store=store: store.oldest_non_terminal() is None)
-                chimeway = n / (time.perf_counter() - start)
-            store.engine.dispose()
-            if broker == "redis":
-                _forget_redis_keys(url, queue)
-            print(
-                f"{broker:9} {pool:8} c={concurrency}  raw no-op {raw:8.1f} tasks/s   "
-                f"chimeway {chimeway:7.1f} deliveries/s   ({chimeway / raw:.0%} of raw)"
-            )
-
-
-def _forget_redis_keys(url: str, queue: str) -> None:
+def forget_redis_keys(url: str, queue: str) -> None:
     """Delete what kombu left in Redis for ``queue`` (bindings; the queue itself is empty)."""
     import redis
 
@@ -208,20 +156,194 @@ def _forget_redis_keys(url: str, queue: str) -> None:
         client.close()
 
 
-def main() -> None:
-    """Run the benchmark on every reachable broker."""
-    n = 50 if "--smoke" in sys.argv else 1000
-    print(f"{n} jobs per measurement; ledger on PostgreSQL; channel always sends")
-    with database() as db:
-        for broker, url in BROKERS.items():
+class CeleryBench:
+    """One worker's three sides: raw no-op, anchor-A task, chimeway."""
+
+    def __init__(self, broker_url: str, db: str, queue: str, ticks: Path) -> None:
+        from celery import Celery
+
+        from chimeway_backends.celery import CeleryBackend
+        from chimeway_core import CallableChannel, Chimeway, RetryPolicy, Sent, SQLStore
+
+        self.queue = queue
+        self.ticks = ticks
+        self.app = Celery("bench-client", broker=broker_url, set_as_current=False)
+        self.app.conf.update(task_default_queue=queue)
+        backend = CeleryBackend(self.app, queue=queue, rescue_interval=None)
+        self.store = SQLStore(db)
+        self.engine = Chimeway(
+            self.store,
+            backend,
+            {"sent": CallableChannel(lambda _d, _k: Sent())},
+            retry=RetryPolicy(max_attempts=3),
+        )
+        self.sql = create_engine(db)
+
+    def send(self, name: str, args: list[list[Any]]) -> None:
+        """Send one task per argument list over one producer."""
+        with self.app.producer_or_acquire() as producer:
+            for one in args:
+                self.app.send_task(
+                    name, args=one, queue=self.queue, producer=producer, serializer="json"
+                )
+
+    def raw(self, n: int) -> float:
+        """Raw no-op tasks per second, sends included."""
+        target = self.ticks.stat().st_size + n
+        start = time.perf_counter()
+        self.send("bench.noop", [[i] for i in range(n)])
+        wait(lambda: self.ticks.stat().st_size >= target)
+        return n / (time.perf_counter() - start)
+
+    def anchor(self, n: int) -> float:
+        """Anchor-A tasks per second, the rows' insert and the sends included."""
+        anchor_tables(self.sql)
+        ids = [str(uuid.uuid4()) for _ in range(n)]
+        start = time.perf_counter()
+        insert_anchor_rows(self.sql, ids)
+        self.send("bench.anchor_a", [[i] for i in ids])
+        wait(lambda: count_anchor_done(self.sql) >= n)
+        return n / (time.perf_counter() - start)
+
+    def chimeway(self, n: int) -> float:
+        """chimeway deliveries per second, notify_many included."""
+        from chimeway_core import NewDelivery
+
+        self.store.drop_all()
+        self.store.create_all()
+        specs = [NewDelivery(channel="sent", recipient=f"r{i}") for i in range(n)]
+        start = time.perf_counter()
+        self.engine.notify_many(specs)
+        wait(lambda: self.store.oldest_non_terminal() is None)
+        rate = n / (time.perf_counter() - start)
+        counts = {(s.value, reason): c for (s, reason), c in self.store.counts().items()}
+        assert {("succeeded", None): n} == counts, counts
+        return rate
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.store.engine.dispose()
+        self.sql.dispose()
+
+
+def measure(
+    config: Config, results: Results, broker: str, url: str, db: str, pool: str, concurrency: int
+) -> None:
+    """Start one worker and run the three sides against it; counts on Redis + solo."""
+    n = config.size(400, 10)
+    workdir = config.workdir / f"celery-{broker}-{pool}"
+    workdir.mkdir()
+    (workdir / "bench_app.py").write_text(APP)
+    ticks = workdir / "ticks"
+    ticks.touch()
+    queue = f"chimeway-bench-{secrets.token_hex(4)}"
+    env = subprocess_env(workdir)
+    env.update(
+        BENCH_QUEUE=queue,
+        BENCH_TICKS=str(ticks),
+        BENCH_BROKER=url,
+        BENCH_DB=db,
+        BENCH_READY=str(workdir / "ready"),
+        **{ANCHOR_DB_ENV: db},
+    )
+    bench = CeleryBench(url, db, queue, ticks)
+    kind = f"Celery {pool} (c={concurrency}), {broker} broker"
+    try:
+        with worker(workdir, env, pool, concurrency):
+            samples = interleave(
+                {
+                    "chimeway": lambda: bench.chimeway(n),
+                    "anchor A task": lambda: bench.anchor(n),
+                    "raw no-op task": lambda: bench.raw(n),
+                },
+                config.runs if not config.smoke else 1,
+            )
+            for anchor, target in (
+                ("anchor A task", Target(">=", 0.75, f"{kind} >= 0.75x its anchor-A task")),
+                ("raw no-op task", None),
+            ):
+                entry = results.compare(
+                    AREA,
+                    f"{kind}, PostgreSQL",
+                    ("chimeway", samples["chimeway"]),
+                    (anchor, samples[anchor]),
+                    unit="jobs/s",
+                    target=target,
+                    detail=f"N={n} per run, timed from the first send to the last job done",
+                )
+                log(
+                    AREA,
+                    f"{kind}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
+                    f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
+                )
+            if broker == "redis" and pool == "solo":
+                results.counts["Celery solo, Redis broker, PostgreSQL"] = _redis_counts(
+                    bench, url, config.size(200, 10)
+                )
+    finally:
+        bench.close()
+        if broker == "redis":
+            forget_redis_keys(url, queue)
+
+
+def _redis_counts(bench: CeleryBench, url: str, n: int) -> dict[str, dict[str, Any]]:
+    """Redis commands per job for raw no-op tasks and chimeway deliveries (quieter of two)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    out: dict[str, dict[str, Any]] = {}
+    for name, side in (("raw no-op task", bench.raw), ("chimeway, succeeded", bench.chimeway)):
+        runs = []
+        for _ in range(2):
+            before = redis_command_calls(client)
+            side(n)
+            delta = redis_delta(before, redis_command_calls(client))
+            runs.append(
+                {
+                    "redis_commands": sum(delta.values()) / n,
+                    "redis_by_command": {k: round(v / n, 2) for k, v in delta.items()},
+                }
+            )
+        out[name] = min(runs, key=lambda counts: counts["redis_commands"])
+    client.close()
+    return out
+
+
+def run(config: Config, results: Results) -> None:
+    """Every reachable broker and pool, on one throwaway PostgreSQL ledger."""
+    from celery import Celery
+
+    if not reachable(config.postgres_admin_url, 5432):
+        results.note(AREA, "PostgreSQL unreachable: Celery skipped")
+        return
+    redis_url = config.redis_url.rsplit("/", 1)[0] + "/" + CELERY_REDIS_DB
+    setups = [
+        ("redis", redis_url, "prefork", 2),
+        ("redis", redis_url, "solo", 1),
+        ("rabbitmq", config.rabbitmq_url, "prefork", 2),
+    ]
+    results.note(
+        AREA,
+        "RabbitMQ with the solo pool is not measured: with late acks and a prefetch of one "
+        "Celery's solo pool takes about one message per event-loop wake-up there (about 1 raw "
+        "no-op task/s).",
+    )
+    with postgres_database(config.postgres_admin_url) as db:
+        from chimeway_core import SQLStore
+
+        store = SQLStore(db)
+        store.create_all()
+        store.engine.dispose()
+        for broker, url, pool, concurrency in setups:
             try:
                 with Celery("probe", broker=url, set_as_current=False).connection_for_write() as c:
                     c.ensure_connection(max_retries=1)
             except Exception as error:  # any failure means: skip this broker
-                print(f"{broker:9} skipped: {type(error).__name__}")
+                results.note(AREA, f"{broker} unreachable ({type(error).__name__}): skipped")
                 continue
-            measure(broker, url, db, n, everything="--all" in sys.argv)
+            measure(config, results, broker, url, db, pool, concurrency)
 
 
 if __name__ == "__main__":
-    main()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    run_area(run)

@@ -1,44 +1,56 @@
-"""notify -> terminal through the engine on the memory backend, next to hand-written anchors.
+"""notify -> terminal on the memory backend, next to hand-written anchors, on SQLite and PostgreSQL.
 
-For SQLite (file, WAL) and PostgreSQL (a throwaway database, if reachable),
-in the same run, medians over several runs:
+For a SQLite file (WAL) and a throwaway PostgreSQL database, interleaved runs of:
 
 - chimeway: ``notify()`` each delivery, then the memory backend runs every
-  job through ``perform()`` against a channel that always sends.
-- anchor A: what a careful user writes without chimeway — per delivery one
+  job through ``perform()`` against a channel that always sends, and the
+  engine clears its outbox rows;
+- anchor A: what a careful user writes without chimeway: per delivery one
   transaction inserting the delivery, then one transaction that selects it,
-  inserts an attempt and updates its status (2 commits).
-- floor: one insert+update transaction per row (the physical floor of one
-  durable write).
+  inserts an attempt and updates its status (2 commits);
+- floor: one insert+update transaction per row (one durable write per delivery).
 
-It also counts commits and statements per delivery (machine-independent).
+Then the machine-independent counts, per successful delivery and per
+delivery retried once (a temporary failure, then a success, no backoff):
+commits (all, and those that wrote) and statements, from SQLAlchemy's
+engine events.
 
-    PYTHONPATH=src python bench/bench_engine.py [--smoke] [--json]
+    python bench/bench_engine.py [--smoke]     # this area alone, JSON on stdout
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import statistics
-import sys
-import tempfile
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, text
 
-from chimeway_backends.memory import MemoryBackend
-from chimeway_core import CallableChannel, Chimeway, Sent, SQLStore
-
-ADMIN_URL = os.environ.get(
-    "CHIMEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from _harness import (
+    Config,
+    Results,
+    SQLCounter,
+    Target,
+    interleave,
+    log,
+    per_second,
+    postgres_database,
+    reachable,
+    run_area,
 )
+from chimeway_backends.memory import MemoryBackend
+from chimeway_core import (
+    CallableChannel,
+    Chimeway,
+    Delivery,
+    RetryPolicy,
+    Sent,
+    SQLStore,
+    TemporaryFailure,
+)
+
+AREA = "engine"
 ANCHOR_DDL = (
     "CREATE TABLE anchor_deliveries (id VARCHAR(36) PRIMARY KEY, channel VARCHAR(200),"
     " recipient VARCHAR(1000), payload TEXT, status VARCHAR(20), attempt_count INTEGER,"
@@ -46,153 +58,219 @@ ANCHOR_DDL = (
     "CREATE TABLE anchor_attempts (delivery_id VARCHAR(36), number INTEGER,"
     " outcome VARCHAR(20), started_at VARCHAR(40), PRIMARY KEY (delivery_id, number))",
 )
+INSERT = text(
+    "INSERT INTO anchor_deliveries VALUES (:id, 'sms', :r, '{\"text\": \"hello\"}',"
+    " 'ready', 0, :now, :now)"
+)
+SELECT = text("SELECT id, status FROM anchor_deliveries WHERE id=:id")
+INSERT_ATTEMPT = text("INSERT INTO anchor_attempts VALUES (:id, 1, 'succeeded', :now)")
+UPDATE = text(
+    "UPDATE anchor_deliveries SET status='succeeded', attempt_count=1, updated_at=:now WHERE id=:id"
+)
+FLOOR_UPDATE = text("UPDATE anchor_deliveries SET status='succeeded' WHERE id=:id")
 
 
-class Counter:
-    """Counts commits and statements on an engine."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.commits = 0
-        self.statements = 0
-        event.listen(engine, "commit", self._commit)
-        event.listen(engine, "before_cursor_execute", self._statement)
-
-    def _commit(self, *_: object) -> None:
-        self.commits += 1
-
-    def _statement(self, *_: object) -> None:
-        self.statements += 1
+def _always_sent(_delivery: Delivery, _key: str) -> Sent:
+    return Sent()
 
 
-def _chimeway(url: str, n: int) -> tuple[float, float, float]:
+def _fail_once(delivery: Delivery, _key: str) -> Sent | TemporaryFailure:
+    # attempt_count is the number of the attempt being made.
+    return TemporaryFailure("try again") if delivery.attempt_count == 1 else Sent()
+
+
+def make_engine(url: str, send: Callable[[Delivery, str], Any] = _always_sent) -> Chimeway:
+    """A fresh ledger on ``url`` (tables dropped and created) with the memory backend."""
     store = SQLStore(url)
     store.drop_all()
     store.create_all()
-    backend = MemoryBackend()
-    engine = Chimeway(store, backend, {"sms": CallableChannel(lambda _delivery, _key: Sent())})
-    counter = Counter(store.engine)
-    started = time.perf_counter()
-    for i in range(n):
+    return Chimeway(
+        store,
+        MemoryBackend(),
+        {"sms": CallableChannel(send)},
+        retry=RetryPolicy.immediate(max_attempts=3),
+    )
+
+
+def notify_to_terminal(engine: Chimeway, n: int, offset: int = 0) -> None:
+    """``notify()`` n deliveries one by one, then run every job until none is left."""
+    backend = engine.backend
+    assert isinstance(backend, MemoryBackend)
+    for i in range(offset, offset + n):
         engine.notify("sms", f"+1555{i:07}", {"text": "hello"})
     backend.run_until_idle(engine, fail_fast=True)
     engine.flush_outbox()
-    elapsed = time.perf_counter() - started
-    assert {("succeeded", None): n} == {
-        (status.value, reason): count for (status, reason), count in store.counts().items()
-    }
-    store.engine.dispose()
-    return elapsed, counter.commits / n, counter.statements / n
 
 
-def _anchor(url: str, n: int, *, floor: bool) -> float:
-    engine = create_engine(url)
+def _check_all_succeeded(engine: Chimeway, n: int) -> None:
+    counts = {(s.value, reason): c for (s, reason), c in engine.store.counts().items()}
+    assert {("succeeded", None): n} == counts, counts
+
+
+def _chimeway(url: str, n: int) -> float:
+    engine = make_engine(url)
+    rate = per_second(n, lambda: notify_to_terminal(engine, n))
+    _check_all_succeeded(engine, n)
+    engine.store.engine.dispose()
+    return rate
+
+
+def anchor_tables(engine: Engine) -> None:
+    """(Re)create anchor A's two tables."""
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS anchor_attempts"))
         conn.execute(text("DROP TABLE IF EXISTS anchor_deliveries"))
         for ddl in ANCHOR_DDL:
             conn.execute(text(ddl))
-    insert = text(
-        "INSERT INTO anchor_deliveries VALUES (:id, 'sms', :r, '{\"text\": \"hello\"}',"
-        " 'ready', 0, :now, :now)"
-    )
-    started = time.perf_counter()
-    for i in range(n):
-        now = datetime.now(UTC).isoformat()
-        ident = str(uuid.uuid4())
-        if floor:
-            with engine.begin() as conn:
-                conn.execute(insert, {"id": ident, "r": f"+1555{i:07}", "now": now})
-                conn.execute(
-                    text("UPDATE anchor_deliveries SET status='succeeded' WHERE id=:id"),
-                    {"id": ident},
-                )
-            continue
-        with engine.begin() as conn:
-            conn.execute(insert, {"id": ident, "r": f"+1555{i:07}", "now": now})
-        with engine.begin() as conn:
-            row = conn.execute(
-                text("SELECT id, status FROM anchor_deliveries WHERE id=:id"), {"id": ident}
-            ).one()
+
+
+def insert_anchor_rows(engine: Engine, ids: list[str]) -> None:
+    """Anchor A's delivery rows for ``ids``, in one transaction (set-up, not timed)."""
+    now = datetime.now(UTC).isoformat()
+    with engine.begin() as conn:
+        conn.execute(
+            INSERT, [{"id": i, "r": f"+1555{n:07}", "now": now} for n, i in enumerate(ids)]
+        )
+
+
+def count_anchor_done(engine: Engine) -> int:
+    """How many anchor deliveries reached ``succeeded``."""
+    with engine.begin() as conn:
+        return int(
             conn.execute(
-                text("INSERT INTO anchor_attempts VALUES (:id, 1, 'succeeded', :now)"),
-                {"id": row.id, "now": now},
-            )
-            conn.execute(
-                text(
-                    "UPDATE anchor_deliveries SET status='succeeded', attempt_count=1,"
-                    " updated_at=:now WHERE id=:id"
-                ),
-                {"id": row.id, "now": now},
-            )
-    elapsed = time.perf_counter() - started
+                text("SELECT count(*) FROM anchor_deliveries WHERE status='succeeded'")
+            ).scalar_one()
+        )
+
+
+def anchor_a_insert(engine: Engine, ident: str, recipient: str) -> None:
+    """Anchor A's first transaction: insert the delivery."""
+    now = datetime.now(UTC).isoformat()
+    with engine.begin() as conn:
+        conn.execute(INSERT, {"id": ident, "r": recipient, "now": now})
+
+
+def anchor_a_work(engine: Engine, ident: str) -> None:
+    """Anchor A's worker transaction: select the delivery, insert an attempt, update it."""
+    now = datetime.now(UTC).isoformat()
+    with engine.begin() as conn:
+        row = conn.execute(SELECT, {"id": ident}).one()
+        conn.execute(INSERT_ATTEMPT, {"id": row.id, "now": now})
+        conn.execute(UPDATE, {"id": row.id, "now": now})
+
+
+def _anchor(url: str, n: int, *, floor: bool) -> float:
+    engine = create_engine(url)
+    anchor_tables(engine)
+
+    def work() -> None:
+        for i in range(n):
+            ident = str(uuid.uuid4())
+            if floor:
+                now = datetime.now(UTC).isoformat()
+                with engine.begin() as conn:
+                    conn.execute(INSERT, {"id": ident, "r": f"+1555{i:07}", "now": now})
+                    conn.execute(FLOOR_UPDATE, {"id": ident})
+                continue
+            anchor_a_insert(engine, ident, f"+1555{i:07}")
+            anchor_a_work(engine, ident)
+
+    rate = per_second(n, work)
+    assert n == count_anchor_done(engine)
     engine.dispose()
-    return elapsed
+    return rate
 
 
-def bench(name: str, url: str, n: int, runs: int) -> dict[str, float]:
-    """Median deliveries/s for chimeway, anchor A and the floor, interleaved per run."""
-    chimeway, anchor, floor, commits, statements = [], [], [], [], []
-    for _ in range(runs):
-        elapsed, per_commit, per_statement = _chimeway(url, n)
-        chimeway.append(n / elapsed)
-        commits.append(per_commit)
-        statements.append(per_statement)
-        anchor.append(n / _anchor(url, n, floor=False))
-        floor.append(n / _anchor(url, n, floor=True))
-    result = {
-        "chimeway_per_s": statistics.median(chimeway),
-        "chimeway_spread": max(chimeway) - min(chimeway),
-        "anchor_a_per_s": statistics.median(anchor),
-        "anchor_a_spread": max(anchor) - min(anchor),
-        "floor_per_s": statistics.median(floor),
-        "commits_per_delivery": statistics.median(commits),
-        "statements_per_delivery": statistics.median(statements),
+def _counts(url: str, n: int) -> dict[str, dict[str, float]]:
+    """Per-delivery commits and statements: chimeway succeeded, retried once, anchor A."""
+    out: dict[str, dict[str, float]] = {}
+    for name, send in (("succeeded", _always_sent), ("retried once", _fail_once)):
+        engine = make_engine(url, send)
+        counter = SQLCounter(engine.store.engine)
+        notify_to_terminal(engine, n)
+        commits, writes, statements = counter.snapshot()
+        counter.close()
+        _check_all_succeeded(engine, n)
+        out[f"chimeway, {name}"] = {
+            "commits": commits / n,
+            "write_commits": writes / n,
+            "statements": statements / n,
+        }
+        engine.store.engine.dispose()
+    sql = create_engine(url)
+    anchor_tables(sql)
+    counter = SQLCounter(sql)
+    for i in range(n):
+        ident = str(uuid.uuid4())
+        anchor_a_insert(sql, ident, f"+1555{i:07}")
+        anchor_a_work(sql, ident)
+    commits, writes, statements = counter.snapshot()
+    out["anchor A"] = {
+        "commits": commits / n,
+        "write_commits": writes / n,
+        "statements": statements / n,
     }
-    result["ratio_to_anchor_a"] = result["chimeway_per_s"] / result["anchor_a_per_s"]
-    result["ratio_to_floor"] = result["chimeway_per_s"] / result["floor_per_s"]
-    print(
-        f"{name:10} chimeway {result['chimeway_per_s']:8.0f}/s  anchor A "
-        f"{result['anchor_a_per_s']:8.0f}/s  floor {result['floor_per_s']:8.0f}/s  "
-        f"x anchor A {result['ratio_to_anchor_a']:.2f}  x floor {result['ratio_to_floor']:.2f}  "
-        f"commits/delivery {result['commits_per_delivery']:.2f}  "
-        f"statements/delivery {result['statements_per_delivery']:.1f}",
-        file=sys.stderr,
+    sql.dispose()
+    return out
+
+
+def bench_database(config: Config, results: Results, name: str, url: str) -> None:
+    """Interleaved chimeway / anchor A / floor runs on one database, then the counts."""
+    n = config.size(1000, 20)
+    samples = interleave(
+        {
+            "chimeway": lambda: _chimeway(url, n),
+            "anchor A": lambda: _anchor(url, n, floor=False),
+            "floor": lambda: _anchor(url, n, floor=True),
+        },
+        config.runs,
     )
-    return result
+    label = f"notify -> terminal, memory backend, {name}"
+    detail = f"N={n} deliveries per run, notify() one by one, channel always sends"
+    for anchor, target in (
+        ("anchor A", Target(">=", 0.6, f"notify->terminal >= 0.6x anchor A on {name}")),
+        ("floor", None),
+    ):
+        entry = results.compare(
+            AREA,
+            label,
+            ("chimeway", samples["chimeway"]),
+            (anchor, samples[anchor]),
+            unit="deliveries/s",
+            target=target,
+            detail=detail,
+        )
+        log(
+            AREA,
+            f"{name}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
+            f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
+        )
+    counts = _counts(url, config.size(200, 10))
+    results.counts[f"database, memory backend, {name}"] = counts
+    log(AREA, f"{name} counts: {counts}")
+    if name == "PostgreSQL":
+        commits = counts["chimeway, succeeded"]["commits"]
+        results.extra_targets.append(
+            {
+                "target": "at most 3 commits per delivery end to end",
+                "comparison": "commits per successful delivery, PostgreSQL "
+                f"({counts['chimeway, succeeded']['write_commits']:.2f} of them writes)",
+                "ratio": commits,
+                "goal": "<= 3",
+                "met": commits <= 3,
+            }
+        )
 
 
-@contextmanager
-def _postgres() -> Iterator[str | None]:
-    name = f"chimeway_bench_{secrets.token_hex(4)}"
-    try:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:
-        print(f"postgres unavailable, skipped: {type(error).__name__}", file=sys.stderr)
-        yield None
+def run(config: Config, results: Results) -> None:
+    """SQLite then PostgreSQL (skipped, with a note, if unreachable)."""
+    bench_database(config, results, "SQLite", f"sqlite:///{config.workdir / 'engine.db'}")
+    if not reachable(config.postgres_admin_url, 5432):
+        results.note(AREA, "PostgreSQL unreachable: skipped")
         return
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def main() -> None:
-    """Run on SQLite and PostgreSQL; print a line each, and JSON with --json."""
-    smoke = "--smoke" in sys.argv
-    n, runs = (50, 1) if smoke else (1000, 3)
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        results["sqlite"] = bench("sqlite", f"sqlite:///{Path(folder) / 'bench.db'}", n, runs)
-    with _postgres() as url:
-        if url is not None:
-            results["postgresql"] = bench("postgresql", url, n, runs)
-    if "--json" in sys.argv:
-        print(json.dumps(results, indent=2))
+    with postgres_database(config.postgres_admin_url) as url:
+        bench_database(config, results, "PostgreSQL", url)
 
 
 if __name__ == "__main__":
-    main()
+    run_area(run)

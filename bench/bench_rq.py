@@ -1,163 +1,276 @@
-"""Deliveries per second through the RQ backend, next to raw RQ jobs, in the same run.
+"""chimeway on RQ next to raw RQ no-op jobs and a hand-written anchor-A RQ job.
 
-One ``SimpleWorker`` in burst mode, in this process, on a real Redis (database 15)
-and a throwaway PostgreSQL database, N jobs each, medians over several runs:
+A real Redis (database 15) and a throwaway PostgreSQL database. For each
+worker class, the non-forking ``SimpleWorker`` and the forking ``Worker``
+(a work horse per job), interleaved runs of N jobs each, the same worker
+class on every side (chimeway's subclass of it for chimeway), in burst mode
+in this process; only the worker's drain of a full queue is timed:
 
-- raw RQ: N no-op jobs (``builtins.len``, JSON) queued with ``enqueue_many``,
-  then an ``rq.SimpleWorker`` runs them all;
-- chimeway: N deliveries ``notify_many``-ed (untimed) on a channel that always
-  sends, then a ``ChimewaySimpleWorker`` runs their jobs (``perform()``: three
-  commits each) until the queue is empty;
-- enqueue: ``RQBackend.enqueue_many`` of N ids (dedupe transaction) next to
-  ``Queue.enqueue_many`` of N jobs.
+- raw RQ: N no-op jobs (``builtins.len``, JSON), queued with ``enqueue_many``;
+- anchor A job: N rows inserted and N jobs queued (untimed), each job
+  selecting its row, inserting an attempt and updating the status in one
+  transaction (:mod:`_jobs`);
+- chimeway: N deliveries ``notify_many``-ed (untimed) on a channel that
+  always sends; each job runs ``perform()``.
 
-The ratio chimeway / raw is the price of the ledger per job.
+Then the counts per successful and per retried delivery (a temporary failure,
+then a success, no backoff): Redis commands (``INFO commandstats`` delta over
+notify and drain, the smallest of two runs since the server is shared) and
+database commits and statements on the SimpleWorker.
 
-    PYTHONPATH=src python bench/bench_rq.py [--smoke] [--json]
+    python bench/bench_rq.py [--smoke]     # this area alone, JSON on stdout
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
-import statistics
-import sys
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import Any
 
-import redis
-import rq
-from rq.serializers import JSONSerializer
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine
 
-from chimeway_backends.rq import ChimewaySimpleWorker, RQBackend
-from chimeway_core import CallableChannel, Chimeway, NewDelivery, Sent, SQLStore
-
-ADMIN_URL = os.environ.get(
-    "CHIMEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from _harness import (
+    Config,
+    Results,
+    SQLCounter,
+    Target,
+    interleave,
+    log,
+    per_second,
+    postgres_database,
+    reachable,
+    redis_command_calls,
+    redis_delta,
+    run_area,
 )
-REDIS_URL = os.environ.get("CHIMEWAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+from _jobs import ANCHOR_DB_ENV
+from bench_engine import (
+    _always_sent,
+    _fail_once,
+    anchor_tables,
+    count_anchor_done,
+    insert_anchor_rows,
+)
+from chimeway_core import CallableChannel, Chimeway, Delivery, NewDelivery, RetryPolicy, SQLStore
+
+AREA = "rq"
 
 
-def _drop_queue(connection: redis.Redis, name: str) -> None:
-    doomed = [key for key in connection.scan_iter(count=1000) if name.encode() in key]
-    if doomed:
-        connection.delete(*doomed)
+def drop_rq_queue(queue: Any) -> None:
+    """Delete what a bench queue left in Redis: queued job hashes, then every key naming it."""
+    connection = queue.connection
+    for job_id in queue.get_job_ids():
+        connection.delete(queue.job_class.key_for(job_id))
+    doomed = [key for key in connection.scan_iter(count=1000) if queue.name.encode() in key]
+    for start in range(0, len(doomed), 1000):
+        connection.delete(*doomed[start : start + 1000])
 
 
-def _raw(connection: redis.Redis, n: int) -> tuple[float, float]:
-    """(jobs/s run, jobs/s enqueued) for N no-op jobs."""
-    name = f"bench-raw-{secrets.token_hex(4)}"
-    queue = rq.Queue(name, connection=connection, serializer=JSONSerializer)
-    started = time.perf_counter()
-    queue.enqueue_many(
-        [queue.prepare_data("builtins.len", args=["x"], result_ttl=60) for _ in range(n)]
-    )
-    enqueued = time.perf_counter() - started
-    worker = rq.SimpleWorker([queue], connection=connection, serializer=JSONSerializer)
-    started = time.perf_counter()
-    worker.work(burst=True, logging_level="WARNING")
-    elapsed = time.perf_counter() - started
-    assert 0 == queue.count
-    assert n == queue.finished_job_registry.count
-    _drop_queue(connection, name)
-    return n / elapsed, n / enqueued
+class RQBench:
+    """One Redis connection, one database, and the three sides of the comparison."""
+
+    def __init__(self, config: Config, url: str) -> None:
+        import redis
+
+        self.config = config
+        self.url = url
+        self.connection = redis.Redis.from_url(config.redis_url)
+        self.sql = create_engine(url)
+        os.environ[ANCHOR_DB_ENV] = url
+
+    def raw(self, n: int, forking: bool) -> float:
+        """Raw RQ no-op jobs per second."""
+        import rq
+        from rq.serializers import JSONSerializer
+
+        queue = rq.Queue(
+            f"bench-raw-{secrets.token_hex(4)}",
+            connection=self.connection,
+            serializer=JSONSerializer,
+        )
+        queue.enqueue_many(
+            [queue.prepare_data("builtins.len", args=["x"], result_ttl=60) for _ in range(n)]
+        )
+        cls = rq.Worker if forking else rq.SimpleWorker
+        worker = cls([queue], connection=self.connection, serializer=JSONSerializer)
+        rate = per_second(n, lambda: worker.work(burst=True, logging_level="WARNING"))
+        assert 0 == queue.count
+        assert n == queue.finished_job_registry.count
+        drop_rq_queue(queue)
+        return rate
+
+    def anchor(self, n: int, forking: bool) -> float:
+        """Hand-written anchor-A RQ jobs per second."""
+        import rq
+        from rq.serializers import JSONSerializer
+
+        anchor_tables(self.sql)
+        ids = [str(uuid.uuid4()) for _ in range(n)]
+        insert_anchor_rows(self.sql, ids)
+        queue = rq.Queue(
+            f"bench-anchor-{secrets.token_hex(4)}",
+            connection=self.connection,
+            serializer=JSONSerializer,
+        )
+        queue.enqueue_many(
+            [queue.prepare_data("_jobs.anchor_a_job", args=[i], result_ttl=60) for i in ids]
+        )
+        cls = rq.Worker if forking else rq.SimpleWorker
+        worker = cls([queue], connection=self.connection, serializer=JSONSerializer)
+        rate = per_second(n, lambda: worker.work(burst=True, logging_level="WARNING"))
+        assert n == count_anchor_done(self.sql)
+        drop_rq_queue(queue)
+        return rate
+
+    def engine(self, send: Callable[[Delivery, str], Any] = _always_sent) -> Chimeway:
+        """A chimeway engine on a fresh ledger and a fresh RQ queue."""
+        from chimeway_backends.rq import RQBackend
+
+        store = SQLStore(self.url)
+        store.drop_all()
+        store.create_all()
+        backend = RQBackend(
+            self.connection, f"bench-chimeway-{secrets.token_hex(4)}", result_ttl=60
+        )
+        return Chimeway(
+            store,
+            backend,
+            {"sms": CallableChannel(send, timeout=30.0)},
+            retry=RetryPolicy.immediate(max_attempts=3),
+        )
+
+    def notify(self, engine: Chimeway, n: int) -> None:
+        """Record and queue n deliveries."""
+        engine.notify_many(
+            [NewDelivery(channel="sms", recipient=f"+1555{i:07}", max_attempts=3) for i in range(n)]
+        )
+
+    def drain(self, engine: Chimeway, forking: bool) -> None:
+        """Run the engine's queue empty with a chimeway worker."""
+        from chimeway_backends.rq import ChimewaySimpleWorker, ChimewayWorker
+
+        backend = engine.backend
+        cls = ChimewayWorker if forking else ChimewaySimpleWorker
+        worker = cls([backend.queue_name], connection=self.connection, engine=engine)  # type: ignore[attr-defined]
+        worker.work(burst=True, logging_level="WARNING")
+
+    def finish(self, engine: Chimeway, n: int) -> None:
+        """Check every delivery succeeded, then drop the ledger and the queue."""
+        counts = {(s.value, reason): c for (s, reason), c in engine.store.counts().items()}
+        assert {("succeeded", None): n} == counts, counts
+        engine.store.drop_all()
+        engine.store.engine.dispose()
+        drop_rq_queue(engine.backend.queue)  # type: ignore[attr-defined]
+
+    def chimeway(self, n: int, forking: bool) -> float:
+        """chimeway deliveries per second through an RQ worker (notify untimed)."""
+        engine = self.engine()
+        self.notify(engine, n)
+        rate = per_second(n, lambda: self.drain(engine, forking))
+        self.finish(engine, n)
+        return rate
+
+    def counts(self, n: int) -> dict[str, dict[str, Any]]:
+        """Redis commands and database work per job, smallest of two runs each."""
+        import rq
+        from rq.serializers import JSONSerializer
+
+        out: dict[str, dict[str, Any]] = {}
+
+        def smallest(name: str, one: Callable[[], dict[str, Any]]) -> None:
+            # Other clients of a shared Redis only ever add commands: the
+            # quieter of two runs is the closer to this job's own count.
+            out[name] = min(one(), one(), key=lambda counts: counts["redis_commands"])
+
+        def chimeway(send: Callable[[Delivery, str], Any]) -> dict[str, Any]:
+            engine = self.engine(send)
+            counter = SQLCounter(engine.store.engine)
+            before = redis_command_calls(self.connection)
+            self.notify(engine, n)
+            self.drain(engine, forking=False)
+            delta = redis_delta(before, redis_command_calls(self.connection))
+            commits, writes, statements = counter.snapshot()
+            counter.close()
+            self.finish(engine, n)
+            return {
+                "redis_commands": sum(delta.values()) / n,
+                "commits": commits / n,
+                "write_commits": writes / n,
+                "statements": statements / n,
+                "redis_by_command": {k: round(v / n, 2) for k, v in delta.items()},
+            }
+
+        def raw() -> dict[str, Any]:
+            queue = rq.Queue(
+                f"bench-raw-{secrets.token_hex(4)}",
+                connection=self.connection,
+                serializer=JSONSerializer,
+            )
+            before = redis_command_calls(self.connection)
+            queue.enqueue_many(
+                [queue.prepare_data("builtins.len", args=["x"], result_ttl=60) for _ in range(n)]
+            )
+            rq.SimpleWorker([queue], connection=self.connection, serializer=JSONSerializer).work(
+                burst=True, logging_level="WARNING"
+            )
+            delta = redis_delta(before, redis_command_calls(self.connection))
+            drop_rq_queue(queue)
+            return {
+                "redis_commands": sum(delta.values()) / n,
+                "redis_by_command": {k: round(v / n, 2) for k, v in delta.items()},
+            }
+
+        smallest("raw RQ no-op job", raw)
+        smallest("chimeway, succeeded", lambda: chimeway(_always_sent))
+        smallest("chimeway, retried once", lambda: chimeway(_fail_once))
+        return out
 
 
-def _chimeway(connection: redis.Redis, url: str, n: int) -> tuple[float, float]:
-    """(deliveries/s run, ids/s enqueued) for N deliveries that send at once."""
-    name = f"bench-chimeway-{secrets.token_hex(4)}"
-    store = SQLStore(url)
-    store.create_all()
-    backend = RQBackend(connection, name, result_ttl=60)
-    engine = Chimeway(
-        store, backend, {"sms": CallableChannel(lambda _delivery, _key: Sent(), timeout=30.0)}
-    )
-    started = time.perf_counter()
-    backend.enqueue_many([uuid.uuid4() for _ in range(n)])
-    enqueued = time.perf_counter() - started
-    backend.queue.empty()  # type: ignore[no-untyped-call]  # rq leaves it untyped
-    engine.notify_many(
-        [NewDelivery(channel="sms", recipient=f"+1555{i:07}", max_attempts=3) for i in range(n)]
-    )
-    assert n == backend.queue.count
-    worker = ChimewaySimpleWorker([name], connection=connection, engine=engine)
-    started = time.perf_counter()
-    worker.work(burst=True, logging_level="WARNING")
-    elapsed = time.perf_counter() - started
-    assert {("succeeded", None): n} == {
-        (status.value, reason): count for (status, reason), count in store.counts().items()
-    }
-    store.drop_all()
-    store.engine.dispose()
-    _drop_queue(connection, name)
-    return n / elapsed, n / enqueued
-
-
-def bench(connection: redis.Redis, url: str, n: int, runs: int) -> dict[str, float]:
-    """Medians over ``runs`` interleaved runs of both sides."""
-    raw_run, raw_enqueue, chimeway_run, chimeway_enqueue = [], [], [], []
-    for _ in range(runs):
-        run, enqueue = _raw(connection, n)
-        raw_run.append(run)
-        raw_enqueue.append(enqueue)
-        run, enqueue = _chimeway(connection, url, n)
-        chimeway_run.append(run)
-        chimeway_enqueue.append(enqueue)
-    result = {
-        "n": float(n),
-        "raw_rq_jobs_per_s": statistics.median(raw_run),
-        "chimeway_deliveries_per_s": statistics.median(chimeway_run),
-        "raw_enqueue_per_s": statistics.median(raw_enqueue),
-        "chimeway_enqueue_per_s": statistics.median(chimeway_enqueue),
-    }
-    result["ratio"] = result["chimeway_deliveries_per_s"] / result["raw_rq_jobs_per_s"]
-    result["enqueue_ratio"] = result["chimeway_enqueue_per_s"] / result["raw_enqueue_per_s"]
-    print(
-        f"SimpleWorker, N={n}: chimeway {result['chimeway_deliveries_per_s']:7.0f} deliveries/s"
-        f"  raw RQ {result['raw_rq_jobs_per_s']:7.0f} jobs/s  ratio {result['ratio']:.2f}"
-        f"  | enqueue_many: chimeway {result['chimeway_enqueue_per_s']:7.0f}/s"
-        f"  raw {result['raw_enqueue_per_s']:7.0f}/s  ratio {result['enqueue_ratio']:.2f}",
-        file=sys.stderr,
-    )
-    return result
-
-
-@contextmanager
-def _postgres() -> Iterator[str]:
-    name = f"chimeway_bench_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def main() -> None:
-    """Run the comparison; print one line, and JSON with --json."""
-    logging.basicConfig(level=logging.WARNING)
-    smoke = "--smoke" in sys.argv
-    n, runs = (50, 1) if smoke else (1000, 3)
-    connection = redis.Redis.from_url(REDIS_URL)
-    try:
-        connection.ping()
-    except redis.ConnectionError as error:
-        print(f"redis unavailable, skipped: {type(error).__name__}", file=sys.stderr)
+def run(config: Config, results: Results) -> None:
+    """Both worker classes on Redis and PostgreSQL, then the counts."""
+    if not (reachable(config.redis_url, 6379) and reachable(config.postgres_admin_url, 5432)):
+        results.note(AREA, "Redis or PostgreSQL unreachable: RQ skipped")
         return
-    with _postgres() as url:
-        result = bench(connection, url, n, runs)
-    connection.close()
-    if "--json" in sys.argv:
-        print(json.dumps(result, indent=2))
+    logging.getLogger("rq").setLevel(logging.WARNING)
+    with postgres_database(config.postgres_admin_url) as url:
+        bench = RQBench(config, url)
+        for forking, n in ((False, config.size(1000, 20)), (True, config.size(300, 5))):
+            kind = "Worker (forking)" if forking else "SimpleWorker"
+            samples = interleave(
+                {
+                    "chimeway": lambda n=n, f=forking: bench.chimeway(n, f),
+                    "anchor A job": lambda n=n, f=forking: bench.anchor(n, f),
+                    "raw no-op job": lambda n=n, f=forking: bench.raw(n, f),
+                },
+                config.runs if not forking else min(config.runs, 3),
+            )
+            for anchor, target in (
+                ("anchor A job", Target(">=", 0.75, f"RQ {kind} >= 0.75x its anchor-A job")),
+                ("raw no-op job", None),
+            ):
+                entry = results.compare(
+                    AREA,
+                    f"RQ {kind}, PostgreSQL",
+                    ("chimeway", samples["chimeway"]),
+                    (anchor, samples[anchor]),
+                    unit="jobs/s",
+                    target=target,
+                    detail=f"N={n} jobs per run; the worker's drain of a full queue is timed",
+                )
+                log(
+                    AREA,
+                    f"{kind}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
+                    f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
+                )
+        counts = bench.counts(config.size(100, 10))
+        results.counts["RQ SimpleWorker, PostgreSQL"] = counts
+        log(AREA, f"counts: { {k: v['redis_commands'] for k, v in counts.items()} }")
+        bench.connection.close()
+        bench.sql.dispose()
 
 
 if __name__ == "__main__":
-    main()
+    run_area(run)

@@ -1,40 +1,50 @@
-"""Bulk create of 10,000 deliveries through SQLStore vs a raw executemany insert.
+"""Bulk paths: notify_many of 10,000 deliveries next to a raw executemany; bulk enqueue rates.
 
-Runs on PostgreSQL (a throwaway database created through the admin URL the
-tests use, if reachable) and on a SQLite file with WAL. For each database it
-times, over 5 runs, ``SQLStore.create_many`` of 10,000 specs (delivery +
-journal + outbox rows, validated, idempotent) and a raw DB-API ``executemany``
-of the same delivery rows alone, then prints medians, rows/s and the ratio.
+Ledger, on PostgreSQL and on a SQLite file (WAL), interleaved runs of:
 
-    PYTHONPATH=src /work/.venv/bin/python bench/bench_store.py
+- ``Chimeway.notify_many`` of 10,000 specs on the memory backend (delivery,
+  journal and outbox rows, validated and idempotent; ids queued; outbox rows
+  cleared again), and ``SQLStore.create_many`` alone (the ledger's share);
+- anchor: a raw DB-API ``executemany`` of the same 10,000 delivery rows
+  alone, in one transaction (rows built inside the timing too).
+
+Queues, interleaved runs of N ids each:
+
+- ``RQBackend.enqueue_many`` (a WATCH/MULTI dedupe transaction per 500)
+  next to RQ's own ``Queue.enqueue_many`` of as many no-op jobs;
+- ``CeleryBackend.enqueue_many`` (one producer) next to as many raw
+  ``send_task`` calls over one producer (Celery has no bulk send), Redis broker.
+
+    python bench/bench_store.py [--smoke]     # this area alone, JSON on stdout
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import socket
-import statistics
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine
 
-from chimeway_core.records import NewDelivery
+from _harness import (
+    Config,
+    Results,
+    Target,
+    interleave,
+    log,
+    per_second,
+    postgres_database,
+    reachable,
+    run_area,
+)
+from chimeway_backends.memory import MemoryBackend
+from chimeway_core import CallableChannel, Chimeway, NewDelivery, Sent
 from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
 
-ROWS = 10_000
-RUNS = 5
-ADMIN_URL = os.environ.get(
-    "CHIMEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+AREA = "bulk"
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 COLUMNS = (
     "id, channel, recipient, payload, notification_key, idempotency_key, status, reason, "
@@ -43,7 +53,7 @@ COLUMNS = (
 )
 
 
-def _specs() -> list[NewDelivery]:
+def _specs(rows: int) -> list[NewDelivery]:
     return [
         NewDelivery(
             channel="email",
@@ -51,17 +61,17 @@ def _specs() -> list[NewDelivery]:
             payload={"subject": "Welcome", "user": i},
             notification_key="welcome",
         )
-        for i in range(ROWS)
+        for i in range(rows)
     ]
 
 
-def _raw_rows(dialect: str) -> list[tuple[object, ...]]:
-    rows: list[tuple[object, ...]] = []
+def _raw_rows(dialect: str, rows: int) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
     stamp: object = NOW if dialect == "postgresql" else NOW.replace(tzinfo=None).isoformat(" ")
-    for i in range(ROWS):
+    for i in range(rows):
         delivery_id = uuid.uuid4()
         key = str(delivery_id)
-        rows.append(
+        out.append(
             (
                 delivery_id if dialect == "postgresql" else delivery_id.hex,
                 "email",
@@ -84,7 +94,7 @@ def _raw_rows(dialect: str) -> list[tuple[object, ...]]:
                 stamp,
             )
         )
-    return rows
+    return out
 
 
 def _truncate(engine: Engine) -> None:
@@ -93,80 +103,176 @@ def _truncate(engine: Engine) -> None:
             conn.execute(table.delete())
 
 
-def _time(action: Callable[[], object], reset: Callable[[], None]) -> float:
-    samples = []
-    for _ in range(RUNS):
-        reset()
-        start = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def bench(name: str, url: str) -> tuple[str, float, float]:
-    """Median seconds for create_many and for raw executemany on ``url``."""
+def bench_ledger(config: Config, results: Results, name: str, url: str) -> None:
+    """notify_many and create_many of N rows next to a raw executemany of the same rows."""
+    rows = config.size(10_000, 200)
     store = SQLStore(url)
+    store.drop_all()
     store.create_all()
     engine = store.engine
-    specs = _specs()
+    chimeway = Chimeway(store, MemoryBackend(), {"email": CallableChannel(lambda _d, _k: Sent())})
+    specs = _specs(rows)
     placeholder = "%s" if engine.dialect.name == "postgresql" else "?"
     insert = f"INSERT INTO chimeway_deliveries ({COLUMNS}) VALUES ({', '.join([placeholder] * 19)})"
 
     def raw() -> None:
-        rows = _raw_rows(engine.dialect.name)
+        values = _raw_rows(engine.dialect.name, rows)
         with engine.begin() as conn:
             cursor = conn.connection.cursor()
-            cursor.executemany(insert, rows)
+            cursor.executemany(insert, values)
             cursor.close()
 
-    store_seconds = _time(lambda: store.create_many(specs, now=NOW), lambda: _truncate(engine))
-    raw_seconds = _time(raw, lambda: _truncate(engine))
+    def timed(action: Any) -> float:
+        _truncate(engine)
+        return per_second(rows, action)
+
+    samples = interleave(
+        {
+            "notify_many": lambda: timed(lambda: chimeway.notify_many(specs)),
+            "create_many": lambda: timed(lambda: store.create_many(specs, now=NOW)),
+            "raw executemany": lambda: timed(raw),
+        },
+        config.runs,
+    )
+    for figure in ("notify_many", "create_many"):
+        entry = results.compare(
+            AREA,
+            f"bulk create of {rows:,} deliveries, {name}",
+            (figure, samples[figure]),
+            ("raw executemany", samples["raw executemany"]),
+            unit="rows/s",
+            target=Target(">=", 0.7, "notify_many >= 0.7x raw executemany")
+            if figure == "notify_many" and name == "PostgreSQL"
+            else None,
+            detail="chimeway writes delivery + journal + outbox rows; the anchor only "
+            "the delivery rows",
+        )
+        log(
+            AREA,
+            f"{name}: {figure} {entry['figure']['median']:.0f} rows/s, raw "
+            f"{entry['anchor']['median']:.0f} rows/s, x{entry['ratio']['median']:.2f}",
+        )
     store.drop_all()
     engine.dispose()
-    return name, store_seconds, raw_seconds
 
 
-@contextmanager
-def _postgres() -> Iterator[str | None]:
-    url = make_url(ADMIN_URL)
-    try:
-        socket.create_connection((url.host or "127.0.0.1", url.port or 5432), timeout=1).close()
-    except OSError:
-        yield None
-        return
-    name = f"chimeway_bench_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def bench_rq_enqueue(config: Config, results: Results) -> None:
+    """RQBackend.enqueue_many next to RQ's Queue.enqueue_many."""
+    import redis
+    import rq
+    from rq.serializers import JSONSerializer
 
+    from chimeway_backends.rq import RQBackend
 
-def main() -> None:
-    """Run both databases and print the table."""
-    results = []
-    with _postgres() as pg_url:
-        if pg_url is None:
-            print("PostgreSQL unreachable: skipped")
-        else:
-            results.append(bench("PostgreSQL", pg_url))
-    with tempfile.TemporaryDirectory() as directory:
-        results.append(bench("SQLite (WAL)", f"sqlite:///{Path(directory) / 'bench.db'}"))
-    print(f"bulk create of {ROWS:,} deliveries, median of {RUNS} runs")
-    print(
-        f"{'database':<14}{'create_many':>14}{'rows/s':>12}{'raw executemany':>18}"
-        f"{'rows/s':>12}{'ratio':>8}"
+    n = config.size(10_000, 100)
+    connection = redis.Redis.from_url(config.redis_url)
+    name = f"bench-enqueue-{secrets.token_hex(4)}"
+    backend = RQBackend(connection, name, result_ttl=60)
+    raw_queue = rq.Queue(f"{name}-raw", connection=connection, serializer=JSONSerializer)
+
+    def chimeway() -> float:
+        ids = [uuid.uuid4() for _ in range(n)]
+        rate = per_second(n, lambda: backend.enqueue_many(ids))
+        assert n == backend.queue.count
+        drop_rq_keys(connection, name)
+        return rate
+
+    def raw() -> float:
+        def enqueue() -> None:
+            raw_queue.enqueue_many(
+                [
+                    raw_queue.prepare_data("builtins.len", args=["x"], result_ttl=60)
+                    for _ in range(n)
+                ]
+            )
+
+        rate = per_second(n, enqueue)
+        assert n == raw_queue.count
+        drop_rq_keys(connection, name)
+        return rate
+
+    samples = interleave({"RQBackend.enqueue_many": chimeway, "Queue.enqueue_many": raw}, 3)
+    entry = results.compare(
+        AREA,
+        f"bulk enqueue of {n:,} ids, RQ",
+        ("RQBackend.enqueue_many", samples["RQBackend.enqueue_many"]),
+        ("Queue.enqueue_many", samples["Queue.enqueue_many"]),
+        unit="jobs/s",
+        detail="chimeway's dedupes (WATCH + a Lua read per 500 ids); RQ's does not",
     )
-    for name, store_s, raw_s in results:
-        print(
-            f"{name:<14}{store_s:>13.3f}s{ROWS / store_s:>12,.0f}{raw_s:>17.3f}s"
-            f"{ROWS / raw_s:>12,.0f}{store_s / raw_s:>7.1f}x"
-        )
+    log(AREA, f"RQ enqueue: x{entry['ratio']['median']:.2f}")
+    connection.close()
+
+
+def bench_celery_enqueue(config: Config, results: Results) -> None:
+    """CeleryBackend.enqueue_many next to raw send_task calls over one producer (Redis)."""
+    from celery import Celery
+
+    from bench_celery import forget_redis_keys
+    from chimeway_backends.celery import CeleryBackend
+
+    n = config.size(10_000, 100)
+    queue = f"bench-enqueue-{secrets.token_hex(4)}"
+    app = Celery("bench-enqueue", broker=config.redis_url, set_as_current=False)
+    app.conf.update(task_default_queue=queue)
+    backend = CeleryBackend(app, queue=queue, rescue_interval=None)
+
+    def purge() -> None:
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_purge(queue)
+
+    def chimeway() -> float:
+        ids = [uuid.uuid4() for _ in range(n)]
+        rate = per_second(n, lambda: backend.enqueue_many(ids))
+        purge()
+        return rate
+
+    def raw() -> float:
+        def send() -> None:
+            with app.producer_or_acquire() as producer:
+                for i in range(n):
+                    app.send_task(
+                        "bench.noop", args=[i], queue=queue, producer=producer, serializer="json"
+                    )
+
+        rate = per_second(n, send)
+        purge()
+        return rate
+
+    samples = interleave({"CeleryBackend.enqueue_many": chimeway, "send_task loop": raw}, 3)
+    entry = results.compare(
+        AREA,
+        f"bulk enqueue of {n:,} ids, Celery on Redis",
+        ("CeleryBackend.enqueue_many", samples["CeleryBackend.enqueue_many"]),
+        ("send_task loop", samples["send_task loop"]),
+        unit="jobs/s",
+        detail="Celery has no bulk send: both send one message per id over one producer",
+    )
+    log(AREA, f"Celery enqueue: x{entry['ratio']['median']:.2f}")
+    forget_redis_keys(config.redis_url, queue)
+
+
+def drop_rq_keys(connection: Any, name: str) -> None:
+    """Delete every Redis key that mentions the queue ``name`` (jobs, registries)."""
+    doomed = [key for key in connection.scan_iter(count=1000) if name.encode() in key]
+    for start in range(0, len(doomed), 1000):
+        connection.delete(*doomed[start : start + 1000])
+
+
+def run(config: Config, results: Results) -> None:
+    """PostgreSQL and SQLite ledgers, then the RQ and Celery bulk enqueues."""
+    if reachable(config.postgres_admin_url, 5432):
+        with postgres_database(config.postgres_admin_url) as url:
+            bench_ledger(config, results, "PostgreSQL", url)
+    else:
+        results.note(AREA, "PostgreSQL unreachable: its bulk create was skipped")
+    bench_ledger(config, results, "SQLite", f"sqlite:///{config.workdir / 'bulk.db'}")
+    if reachable(config.redis_url, 6379):
+        bench_rq_enqueue(config, results)
+        bench_celery_enqueue(config, results)
+    else:
+        results.note(AREA, "Redis unreachable: bulk enqueue skipped")
 
 
 if __name__ == "__main__":
-    main()
+    run_area(run)

@@ -1,0 +1,303 @@
+"""Turn a run's JSON into the chart (PNG) and the generated part of docs/performance.md.
+
+The page keeps its hand-written text; only what lies between
+:data:`START` and :data:`END` is rewritten, so a re-run changes the figures
+and nothing else. What would close a missed target is written here, next to
+the target's name, and shown only while the target is missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+
+# What would close each target, shown when it is missed. Keyed by the start
+# of the target's label.
+REMEDIES: dict[str, str] = {
+    "decide()": (
+        "decide() is one Python call doing four exact type checks, two range checks, "
+        "a second Python call (`_fast_key`) and a 4-tuple key before its dict lookup; "
+        "the anchor is the dict lookup alone. Inlining `_fast_key`'s two common cases "
+        "(an `ErrorClass` member, `None`) into decide() saves a call frame; the engine "
+        "could call an unchecked `_decide(outcome_value, key, status_value, final)` with "
+        "values it built itself, keeping the checks on the public function only. It is "
+        "not on the critical path: the whole state machine and dispatch is well under 1% "
+        "of perform() (profile below)."
+    ),
+    "notify->terminal": (
+        "The profile says where: over half of perform() is SQLAlchemy's Python, not the "
+        "database. The store builds every Core statement per call "
+        "(`update(_DELIVERIES).where(...).values(...)`: constructs, coercions, then a "
+        "cache key walk) — prebuilding the six hot statements once, with `bindparam()` "
+        "for the values, removes the building and most of the cache-key cost. perform() "
+        "opens with `store.get()`, a read-only transaction (a fourth commit and a "
+        "round trip) whose checks the claim's conditional UPDATE already makes: read only "
+        "when the claim fails, to say why. `record_attempt` sends three statements "
+        "(attempt, delivery, journal) where one PostgreSQL statement with CTEs would do, "
+        "and every write returns all 19 columns and builds a `Delivery` from them. "
+        "Anchor A does 2 commits and 4 statements per delivery; chimeway 4 and 9."
+    ),
+    "RQ": (
+        "The job is perform(): see notify->terminal for the ledger's cost and what "
+        "would cut it. RQ itself is not the gap: chimeway adds about 3 Redis commands "
+        "per job to RQ's own ~65 (counts below)."
+    ),
+    "Celery": (
+        "The task is perform(): see notify->terminal for the ledger's cost and what "
+        "would cut it. The broker is not the gap: a chimeway job costs the broker the "
+        "same commands as a raw task (counts below)."
+    ),
+    "at most 3 commits": (
+        "The fourth commit is perform()'s opening `store.get()`: a read-only "
+        "transaction that still sends COMMIT. Folding it into the claim (read only when "
+        "the claim fails) or reading in autocommit mode makes it 3: notify, claim, record."
+    ),
+    "notify_many": (
+        "chimeway writes three rows per delivery (delivery, `created` journal entry, "
+        "outbox row) where the anchor writes one, validates every spec in Python "
+        "(`_check_text`, `_json_value`, a JSON size check), inserts with `RETURNING id` "
+        "to tell duplicates apart, and afterwards deletes the outbox rows of the ids it "
+        "queued. Closing the gap: PostgreSQL `COPY` or one multi-row `INSERT ... SELECT "
+        "FROM unnest(...)` per table instead of executemany; writing the outbox and "
+        "journal rows from the same statement (CTEs); skipping the outbox insert+delete "
+        "pair when the backend enqueues inside the same transaction is impossible "
+        "(Redis is not transactional), so that part stays."
+    ),
+    "worker memory": (
+        "Resident memory grew by more than 10% between 1,000 and 50,000 deliveries: "
+        "look for what grows with the number of deliveries (the memory backend's "
+        "per-delivery maps, telemetry subscribers, SQLAlchemy's statement cache)."
+    ),
+}
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _figure(stat: Mapping[str, Any]) -> str:
+    return f"{_fmt(stat['median'])} {stat['unit']} (±{stat['spread_pct'] / 2:.0f}%)"
+
+
+def _ratio(stat: Mapping[str, Any]) -> str:
+    return f"**{stat['median']:.2f}x** ({stat['min']:.2f}-{stat['max']:.2f})"
+
+
+def _remedy(label: str) -> str | None:
+    for prefix, text in REMEDIES.items():
+        if label.startswith(prefix):
+            return text
+    return None
+
+
+def markdown(data: Mapping[str, Any], image: str) -> str:
+    """The generated section of docs/performance.md for one run's JSON."""
+    meta = data["meta"]
+    lines = [
+        START,
+        "",
+        f"Measured {meta['generated_at']} on commit `{meta['commit']}`, Python "
+        f"{meta['python']}, {meta['cpus']} CPUs shared with PostgreSQL, Redis, RabbitMQ and "
+        f"other work; the run took {data['timings'].get('total', 0) / 60:.1f} minutes"
+        + (" (**smoke run: tiny sizes, not figures to quote**)" if meta["smoke"] else "")
+        + ".",
+        "",
+        f"![Every ratio of this run, with its min-max over the runs]({image})",
+        "",
+        "### Targets",
+        "",
+        "| target | measured | goal | |",
+        "|---|---|---|---|",
+    ]
+    for target in data["targets"]:
+        verdict = "met" if target["met"] else "**missed**"
+        lines.append(
+            f"| {target['target']} | {target['comparison']}: {target['ratio']:.2f} "
+            f"| {target['goal']} | {verdict} |"
+        )
+    lines += [
+        "",
+        "### Every figure next to its anchor",
+        "",
+        "Median of the runs (± half the min-max spread); the ratio is figure / anchor, "
+        "taken run by run, then its median (min-max over the runs). For ns per call "
+        "lower is better; for every rate higher is better.",
+        "",
+        "| area | what | figure | anchor | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for c in data["comparisons"]:
+        lines.append(
+            f"| {c['area']} | {c['label']} | {c['figure_name']}: {_figure(c['figure'])} "
+            f"| {c['anchor_name']}: {_figure(c['anchor'])} | {_ratio(c['ratio'])} |"
+        )
+    details = sorted({(c["label"], c["detail"]) for c in data["comparisons"] if c["detail"]})
+    if details:
+        lines += ["", "Sizes and conditions:", ""]
+        lines += [f"- {label}: {detail}." for label, detail in details]
+    lines += _counts(data["counts"])
+    lines += _memory(data["memory"])
+    lines += _profile(data["profile"])
+    missed = [t for t in data["targets"] if not t["met"]]
+    if missed:
+        lines += ["", "### Missed targets: why, and what would close them", ""]
+        seen: set[str] = set()
+        for target in missed:
+            text = _remedy(target["target"])
+            if text is None or text in seen:
+                continue
+            seen.add(text)
+            lines += [f"**{target['target']}.** {text}", ""]
+    notes = [f"{area}: {note}" for area, items in data["notes"].items() for note in items]
+    if notes:
+        lines += ["", "### Notes from this run", ""]
+        lines += [f"- {note}" for note in notes]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def _counts(counts: Mapping[str, Any]) -> list[str]:
+    if not counts:
+        return []
+    lines = [
+        "",
+        "### Counts per delivery (machine-independent)",
+        "",
+        "Commits and statements from SQLAlchemy's engine events in the process that runs "
+        "the jobs (`BEGIN` not counted; a read-only transaction still commits, so "
+        "*writing* commits are shown too); Redis commands from the server's `INFO "
+        "commandstats`, the quieter of two runs (the server is shared). Retried once: a "
+        "temporary failure, then a success, no backoff.",
+        "",
+        "| setup | side | commits | writing commits | statements | Redis commands |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setup, sides in counts.items():
+        for side, values in sides.items():
+            cells = [
+                f"{values[key]:.2f}" if key in values else "-"
+                for key in ("commits", "write_commits", "statements", "redis_commands")
+            ]
+            lines.append(f"| {setup} | {side} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _memory(memory: Mapping[str, Any]) -> list[str]:
+    if not memory:
+        return []
+    points = ", ".join(
+        f"{n:,}: {rss / 2**20:.1f} MiB"
+        for n, rss in zip(memory["deliveries"], memory["rss_bytes"], strict=True)
+    )
+    return [
+        "",
+        "### Worker memory",
+        "",
+        f"{memory['backend']}; resident memory after each count of deliveries: {points}. "
+        f"After {memory['last']:,} it is **{memory['growth']:.3f}x** what it was after "
+        f"{memory['first']:,} ({memory['seconds']:.0f} s).",
+    ]
+
+
+def _profile(profile: Mapping[str, Any]) -> list[str]:
+    if not profile:
+        return []
+    lines = [
+        "",
+        "### Where perform() spends its time",
+        "",
+        f"cProfile over {profile['deliveries']:,} jobs on the {profile['backend']} backend, "
+        f"{profile['database']} ledger, channel always sends: "
+        f"{profile['ms_per_perform']:.2f} ms per perform() under the profiler (which slows "
+        "Python more than waiting: read the shares). A function's own time is put in its "
+        "layer; a built-in's goes to its callers.",
+        "",
+        "| layer | ms per perform() | share |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {layer['layer']} | {layer['ms_per_perform']:.2f} | {layer['pct']:.0f}% |"
+        for layer in profile["layers"]
+    ]
+    lines += [
+        "",
+        "| function (cumulative) | calls per perform() | ms per perform() |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {f['function']} | {f['calls_per_perform']:.1f} | {f['ms_per_perform']:.2f} |"
+        for f in profile["functions"]
+    ]
+    return lines
+
+
+def write_docs(data: Mapping[str, Any], page: Path, image: str) -> None:
+    """Rewrite the generated section of ``page`` (append it, with markers, if absent)."""
+    section = markdown(data, image)
+    text = page.read_text() if page.exists() else "# Performance\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    page.write_text(text)
+
+
+def chart(data: Mapping[str, Any], path: Path) -> Path | None:
+    """Draw every ratio (median, min-max bar, target tick) into ``path``.
+
+    Returns ``None`` when matplotlib is not installed (the JSON and the table
+    are still written).
+    """
+    try:
+        import matplotlib as mpl
+
+        mpl.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    comparisons = data["comparisons"]
+    if not comparisons:
+        return None
+    labels = [f"{c['label']}\n{c['figure_name']} / {c['anchor_name']}" for c in comparisons]
+    medians = [c["ratio"]["median"] for c in comparisons]
+    errors = [
+        [m - c["ratio"]["min"] for m, c in zip(medians, comparisons, strict=True)],
+        [c["ratio"]["max"] - m for m, c in zip(medians, comparisons, strict=True)],
+    ]
+    colours = []
+    for c in comparisons:
+        if c["target"] is None:
+            colours.append("#9e9e9e")
+        else:
+            colours.append("#2e7d32" if c["target"]["met"] else "#c62828")
+    height = 0.42 * len(comparisons) + 1.5
+    figure, axes = plt.subplots(figsize=(11, height))
+    rows = list(range(len(comparisons)))[::-1]
+    axes.barh(rows, medians, xerr=errors, color=colours, capsize=2)
+    for row, c in zip(rows, comparisons, strict=True):
+        if c["target"] is not None:
+            axes.plot([c["target"]["value"]] * 2, [row - 0.4, row + 0.4], color="black", lw=2)
+    axes.set_yticks(rows, labels, fontsize=6.5)
+    axes.set_xscale("log")
+    axes.axvline(1.0, color="black", lw=0.6, ls=":")
+    axes.set_xlabel("figure / anchor, same run (log scale); black tick = target")
+    smoke = " (smoke run)" if data["meta"]["smoke"] else ""
+    axes.set_title(
+        f"chimeway benchmarks{smoke}: green = target met, red = missed, grey = no target",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

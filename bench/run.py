@@ -1,0 +1,105 @@
+"""Run every benchmark and write the results, the chart and the docs table.
+
+    python bench/run.py                 # the full run (about 20 minutes)
+    python bench/run.py --smoke         # seconds-long: every code path, tiny sizes
+    python bench/run.py --only core,engine
+
+A full run writes ``bench/results/latest.json``, ``bench/results/latest.png``
+(copied to ``docs/performance.png``) and rewrites the generated part of
+``docs/performance.md`` (between its markers; the rest of the page is left
+alone). A smoke run or an ``--only`` run writes the same three files into a
+temporary folder (or ``--out``), never over the committed ones. ``nox -s
+bench`` runs this script; its arguments follow ``--``.
+
+Every area runs in this process, in turn (never two at once: they would
+measure each other); the Celery workers and the scaling and memory workers
+are its child processes. An area that fails is reported and the others still
+run; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import _report
+import bench_celery
+import bench_core
+import bench_engine
+import bench_profile
+import bench_rq
+import bench_scaling
+import bench_store
+from _harness import BENCH_DIR, ROOT, Config, Results, log, write_json
+
+AREAS: dict[str, Callable[[Config, Results], None]] = {
+    "core": bench_core.run,
+    "engine": bench_engine.run,
+    "bulk": bench_store.run,
+    "rq": bench_rq.run,
+    "celery": bench_celery.run,
+    "scaling": bench_scaling.run,
+    "profile": bench_profile.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the areas, write JSON, chart and docs; return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, temp output")
+    parser.add_argument("--out", type=Path, help="folder for latest.json and latest.png")
+    parser.add_argument("--only", help=f"comma-separated areas among {', '.join(AREAS)}")
+    args = parser.parse_args(argv)
+    areas = list(AREAS) if args.only is None else [a.strip() for a in args.only.split(",")]
+    unknown = sorted(set(areas) - set(AREAS))
+    if unknown:
+        parser.error(f"unknown areas {unknown}; choose among {list(AREAS)}")
+    committed = not args.smoke and args.only is None
+    out: Path = args.out or (
+        BENCH_DIR / "results"
+        if committed
+        else Path(tempfile.mkdtemp(prefix="chimeway-bench-results-"))
+    )
+    docs_page = ROOT / "docs" / "performance.md"
+
+    results = Results(smoke=args.smoke)
+    failed = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="chimeway-bench-") as scratch:
+        for name in areas:
+            workdir = Path(scratch) / name
+            workdir.mkdir()
+            log(name, "starting")
+            area_started = time.perf_counter()
+            try:
+                AREAS[name](Config(smoke=args.smoke, workdir=workdir), results)
+            except Exception:
+                failed.append(name)
+                results.note(name, "failed: " + traceback.format_exc(limit=3).replace("\n", " "))
+            results.timings[name] = time.perf_counter() - area_started
+            log(name, f"done in {results.timings[name]:.1f} s")
+    results.timings["total"] = time.perf_counter() - started
+
+    data = results.to_json()
+    data["meta"]["areas"] = areas
+    data["meta"]["failed_areas"] = failed
+    write_json(out / "latest.json", data)
+    chart = _report.chart(data, out / "latest.png")
+    page = docs_page if committed else out / "performance.md"
+    if not committed and docs_page.exists():
+        shutil.copyfile(docs_page, page)
+    _report.write_docs(data, page, image="performance.png")
+    if committed and chart is not None:
+        shutil.copyfile(chart, ROOT / "docs" / "performance.png")
+    log("run", f"wrote {out / 'latest.json'}, {chart or 'no chart'} and {page}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
