@@ -1,0 +1,1 @@
+"""The fault suite: whole deployments attacked, their histories checked (issue #10)."""

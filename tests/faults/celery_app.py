@@ -1,0 +1,47 @@
+"""The Celery worker application of the fault suite: ``celery -A tests.faults.celery_app worker``.
+
+Built at import from ``FAULTS_SETTINGS``, as ``celery -A`` needs the app.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from celery import Celery
+
+from chimeway_backends.celery import CeleryBackend
+from tests.faults import sabotage
+from tests.faults.app import Settings, make_engine
+from tests.faults.provider import ProcessHooks
+
+settings = Settings.from_env()
+sabotage.apply(settings.sabotage)
+
+celery_app = Celery("chimeway_faults", broker=settings.broker_url)
+celery_app.conf.update(
+    broker_transport_options=dict(settings.transport_options),
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    worker_prefetch_multiplier=1,
+    worker_enable_remote_control=False,
+    task_default_queue=settings.queue,
+)
+if "pickle-on" in settings.sabotage:
+    celery_app.conf.accept_content = ["json", "pickle"]
+backend = CeleryBackend(
+    celery_app,
+    queue=settings.queue,
+    engine="tests.faults.celery_app:engine",
+    rescue_interval=settings.rescue_interval,
+    error_retry_delay=settings.error_retry_delay,
+)
+
+
+def _push_duplicate(delivery_id: UUID) -> None:
+    # Celery never deduplicates: a second enqueue is a second message.
+    backend.enqueue(delivery_id)
+
+
+hooks = ProcessHooks(_push_duplicate)
+engine = make_engine(settings, backend, hooks)
+hooks.engine = engine

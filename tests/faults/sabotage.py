@@ -1,0 +1,372 @@
+"""Protections switched off, for the negative controls: each scenario must be able to fail.
+
+Each sabotage replaces one method of chimeway with a copy that lacks one
+protection, through a ``patch(owner, name, value)`` callable (pytest's
+``monkeypatch.setattr`` in the test process, a plain ``setattr`` in a worker
+process, which dies with it). ``src/`` is never changed.
+
+- ``lease-off``: a job ignores a live lease and an attempt in flight; the
+  claim takes the delivery anyway.
+- ``fence-off``: the record is not fenced on the lease's version and owner,
+  nor on the attempt still being in flight.
+- ``split-record``: the record writes the attempt and the delivery in two
+  transactions.
+- ``rescue-off``: the rescuer never resolves a dead worker's attempt.
+- ``forget-deaths``: the rescuer forgets a dead worker's attempt (deletes it)
+  and queues the delivery again, as a queue's own retry would.
+- ``outbox-off``: ``notify`` writes no outbox row.
+- ``requeue-off``: the rescuer never queues stranded deliveries again.
+- ``ack-on-error``: the backend acknowledges a job whose ``perform`` raised.
+- ``pickle-on``: a worker deserializes pickle.
+- ``validation-off``: text is not checked for NUL and lone surrogates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+import attrs
+from sqlalchemy import delete, update
+
+from chimeway_core import store as store_module
+from chimeway_core.engine import Chimeway
+from chimeway_core.errors import LeaseLostError
+from chimeway_core.outcomes import Classification, Outcome
+from chimeway_core.records import Attempt, Claim, Delivery
+from chimeway_core.states import Event, apply_event
+from chimeway_core.store import SQLStore
+
+Patch = Callable[[Any, str, Any], None]
+
+_D = store_module._D
+_A = store_module._A
+_DELIVERIES = store_module._DELIVERIES
+_ATTEMPTS = store_module._ATTEMPTS
+_JOURNAL = store_module._JOURNAL
+_OUTBOX = store_module._OUTBOX
+_O = store_module._O
+
+
+def _lease_off(patch: Patch) -> None:
+    original_get = SQLStore.get
+
+    def get(self: SQLStore, delivery_id: UUID) -> Delivery | None:
+        found = original_get(self, delivery_id)
+        if found is None:
+            return None
+        return attrs.evolve(found, lease_owner=None, lease_expires_at=None)
+
+    def claim(
+        self: SQLStore, delivery_id: UUID, *, owner: str, lease_seconds: float, now: datetime
+    ) -> Claim | None:
+        statement = (
+            update(_DELIVERIES)
+            .where(
+                _D.id == delivery_id,
+                _D.status.in_(store_module._LIVE),
+                _D.scheduled_at <= now,
+                _D.attempt_count < _D.max_attempts,
+            )
+            .values(
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempt_count=_D.attempt_count + 1,
+                version=_D.version + 1,
+                updated_at=now,
+            )
+            .returning(*_DELIVERIES.c)
+        )
+        with self._write() as conn:
+            row = conn.execute(statement).first()
+            if row is None:
+                return None
+            delivery = store_module._delivery(row)
+            conn.execute(
+                _ATTEMPTS.insert().values(
+                    delivery_id=delivery.id,
+                    number=delivery.attempt_count,
+                    started_at=now,
+                    worker=owner,
+                )
+            )
+        attempt = Attempt(
+            delivery_id=delivery.id,
+            number=delivery.attempt_count,
+            started_at=now,
+            finished_at=None,
+            outcome=None,
+            error_class=None,
+            provider_response=None,
+            error=None,
+            worker=owner,
+        )
+        return Claim(delivery=delivery, attempt=attempt)
+
+    patch(SQLStore, "get", get)
+    patch(SQLStore, "claim", claim)
+
+
+def _record_values(
+    claim: Claim, classification: Classification, event: Event, now: datetime, next_run_at: Any
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    transition = apply_event(claim.delivery.status, event)
+    reason = transition.reason.value if transition.reason is not None else None
+    attempt_values = {
+        "finished_at": now,
+        "outcome": Outcome(classification.outcome).value,
+        "error_class": None
+        if classification.error_class is None
+        else str(classification.error_class),
+        "provider_response": store_module._sanitize(classification.provider_response),
+        "error": classification.error,
+    }
+    delivery_values: dict[str, Any] = {
+        "status": transition.dest.value,
+        "reason": reason,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "version": _D.version + 1,
+        "updated_at": now,
+    }
+    if next_run_at is not None:
+        delivery_values["scheduled_at"] = next_run_at
+    journal = store_module._journal_values(
+        claim.delivery.id,
+        now,
+        store_module.JournalKind.TRANSITION,
+        event=event,
+        from_status=claim.delivery.status,
+        to_status=transition.dest,
+        reason=reason,
+        detail={
+            "attempt": claim.attempt.number,
+            "outcome": attempt_values["outcome"],
+            "error_class": attempt_values["error_class"],
+        },
+    )
+    return attempt_values, delivery_values, journal
+
+
+def _fence_off(patch: Patch) -> None:
+    def record_attempt(
+        self: SQLStore,
+        claim: Claim,
+        classification: Classification,
+        *,
+        event: Event,
+        now: datetime,
+        reason: str | None = None,
+        next_run_at: datetime | None = None,
+    ) -> Delivery:
+        attempt_values, delivery_values, journal = _record_values(
+            claim, classification, event, now, next_run_at
+        )
+        with self._write() as conn:
+            conn.execute(
+                update(_ATTEMPTS)
+                .where(_A.delivery_id == claim.delivery.id, _A.number == claim.attempt.number)
+                .values(attempt_values)
+            )
+            row = conn.execute(
+                update(_DELIVERIES)
+                .where(_D.id == claim.delivery.id)
+                .values(delivery_values)
+                .returning(*_DELIVERIES.c)
+            ).first()
+            conn.execute(_JOURNAL.insert().values(journal))
+        assert row is not None
+        return store_module._delivery(row)
+
+    patch(SQLStore, "record_attempt", record_attempt)
+
+
+def _split_record(patch: Patch) -> None:
+    def record_attempt(
+        self: SQLStore,
+        claim: Claim,
+        classification: Classification,
+        *,
+        event: Event,
+        now: datetime,
+        reason: str | None = None,
+        next_run_at: datetime | None = None,
+    ) -> Delivery:
+        attempt_values, delivery_values, journal = _record_values(
+            claim, classification, event, now, next_run_at
+        )
+        lost = LeaseLostError(claim.delivery.id, claim.owner, claim.delivery.version)
+        with self._write() as conn:
+            done = conn.execute(
+                update(_ATTEMPTS)
+                .where(
+                    _A.delivery_id == claim.delivery.id,
+                    _A.number == claim.attempt.number,
+                    _A.outcome.is_(None),
+                )
+                .values(attempt_values)
+            )
+            if done.rowcount != 1:
+                raise lost
+        with self._write() as conn:
+            row = conn.execute(
+                update(_DELIVERIES)
+                .where(
+                    _D.id == claim.delivery.id,
+                    _D.version == claim.delivery.version,
+                    _D.lease_owner == claim.owner,
+                )
+                .values(delivery_values)
+                .returning(*_DELIVERIES.c)
+            ).first()
+            if row is None:
+                raise lost
+            conn.execute(_JOURNAL.insert().values(journal))
+        return store_module._delivery(row)
+
+    patch(SQLStore, "record_attempt", record_attempt)
+
+
+def _rescue_off(patch: Patch) -> None:
+    patch(SQLStore, "expired_claims", lambda _self, **_kwargs: [])
+
+
+def _forget_deaths(patch: Patch) -> None:
+    def resolve_lost(self: Chimeway, claim: Claim, now: datetime) -> bool:
+        delivery = claim.delivery
+        with self.store.engine.begin() as conn:
+            gone = conn.execute(
+                delete(_ATTEMPTS).where(
+                    _A.delivery_id == delivery.id,
+                    _A.number == claim.attempt.number,
+                    _A.outcome.is_(None),
+                )
+            )
+            if gone.rowcount != 1:
+                return False
+            conn.execute(
+                update(_DELIVERIES)
+                .where(_D.id == delivery.id)
+                .values(
+                    attempt_count=_D.attempt_count - 1,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    version=_D.version + 1,
+                    updated_at=now,
+                )
+            )
+        self.backend.enqueue(delivery.id)
+        return True
+
+    patch(Chimeway, "_resolve_lost", resolve_lost)
+
+
+def _outbox_off(patch: Patch) -> None:
+    original = SQLStore._insert_deliveries
+
+    def insert(self: SQLStore, conn: Any, rows: list[dict[str, Any]], now: datetime) -> Any:
+        created = original(self, conn, rows, now)
+        ids = [result.delivery.id for result in created if result.created]
+        if ids:
+            conn.execute(delete(_OUTBOX).where(_O.delivery_id.in_(ids)))
+        return created
+
+    patch(SQLStore, "_insert_deliveries", insert)
+
+
+def _requeue_off(patch: Patch) -> None:
+    original = SQLStore.due
+
+    def due(self: SQLStore, **kwargs: Any) -> list[Delivery]:
+        if kwargs.get("not_touched_since") is not None:
+            return []
+        return original(self, **kwargs)
+
+    patch(SQLStore, "due", due)
+
+
+def _ack_on_error(patch: Patch) -> None:
+    _requeue_off(patch)
+    from chimeway_backends import memory
+
+    original_run_one = memory.MemoryBackend._run_one
+
+    def run_one(self: Any, delivery_id: UUID, performer: Any) -> Exception | None:
+        class Swallowing:
+            def perform(self, delivery_id: UUID) -> Any:
+                from chimeway_core.jobs import JobKind, JobResult
+
+                try:
+                    return performer.perform(delivery_id)
+                except Exception:
+                    return JobResult(delivery_id=delivery_id, kind=JobKind.ACK, detail="swallowed")
+
+        return original_run_one(self, delivery_id, Swallowing())
+
+    patch(memory.MemoryBackend, "_run_one", run_one)
+    try:
+        from chimeway_backends import rq as rq_backend
+    except ImportError:  # pragma: no cover - rq is installed in the dev venv
+        return
+    original_deliver = rq_backend.deliver
+
+    def deliver(*args: object, **kwargs: object) -> Any:
+        try:
+            return original_deliver(*args, **kwargs)
+        except Exception:
+            return "ack: swallowed"
+
+    patch(rq_backend, "deliver", deliver)
+    from chimeway_backends.celery import CeleryBackend
+
+    original_celery = CeleryBackend._deliver
+
+    def celery_deliver(self: Any, task: Any, args: Any, kwargs: Any) -> str:
+        try:
+            return original_celery(self, task, args, kwargs)
+        except Exception:
+            return "ack: swallowed"
+
+    patch(CeleryBackend, "_deliver", celery_deliver)
+
+
+def _pickle_on(patch: Patch) -> None:
+    from rq.serializers import DefaultSerializer
+
+    from chimeway_backends import rq as rq_backend
+
+    patch(rq_backend, "JSONSerializer", DefaultSerializer)
+
+
+def _validation_off(patch: Patch) -> None:
+    patch(store_module, "_check_encodable", lambda _value, _field: None)
+    original = store_module._json_value
+
+    def json_value(value: object, field: str) -> Any:
+        if isinstance(value, str):
+            return value
+        return original(value, field)
+
+    patch(store_module, "_json_value", json_value)
+
+
+SABOTAGES: Final[dict[str, Callable[[Patch], None]]] = {
+    "lease-off": _lease_off,
+    "fence-off": _fence_off,
+    "split-record": _split_record,
+    "rescue-off": _rescue_off,
+    "forget-deaths": _forget_deaths,
+    "outbox-off": _outbox_off,
+    "requeue-off": _requeue_off,
+    "ack-on-error": _ack_on_error,
+    "pickle-on": _pickle_on,
+    "validation-off": _validation_off,
+}
+
+
+def apply(names: Sequence[str], patch: Patch = setattr) -> None:
+    """Switch off the named protections (see the module docstring)."""
+    for name in names:
+        SABOTAGES[name](patch)
