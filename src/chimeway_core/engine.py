@@ -145,13 +145,13 @@ class Chimeway:
         requeue_after: float = 300.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        for name, value in (
-            ("lease_margin", lease_margin),
-            ("relay_grace", relay_grace),
-            ("requeue_after", requeue_after),
-        ):
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        if not math.isfinite(lease_margin) or lease_margin <= 0:
+            raise ValueError(
+                f"lease_margin must be a finite number of seconds > 0, got {lease_margin!r}"
+            )
+        for name, value in (("relay_grace", relay_grace), ("requeue_after", requeue_after)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         if type(max_deferrals) is not int or max_deferrals < 0:
             raise ValueError(f"max_deferrals must be an int >= 0, got {max_deferrals!r}")
         self.store = store

@@ -21,6 +21,7 @@ COMMANDS = [
     ("rescue",),
     ("db",),
     ("db", "upgrade"),
+    ("selftest",),
 ]
 
 
