@@ -121,6 +121,9 @@ _WRITE_OPTION: Final = "chimeway_write"
 _CHUNK: Final = 500
 # How often cancel() re-reads and retries when a concurrent write moved version.
 _CANCEL_TRIES: Final = 10
+# How deep JSON may nest (payloads, metadata, provider responses): far below
+# Python's recursion limit, so validating, storing and reading never overflow.
+_MAX_JSON_DEPTH: Final = 128
 
 
 @attrs.frozen
@@ -211,7 +214,7 @@ def _check_encodable(value: str, field: str) -> None:
         raise InvalidDeliveryError(field, "contains a NUL character, which cannot be stored")
 
 
-def _json_value(value: object, field: str) -> Any:
+def _json_value(value: object, field: str, depth: int = 0) -> Any:
     """Return a plain-JSON copy of ``value`` (tuples become lists), or raise."""
     if value is None or isinstance(value, bool | int):
         return value
@@ -222,6 +225,11 @@ def _json_value(value: object, field: str) -> Any:
         if not math.isfinite(value):
             raise PayloadNotSerializableError(field, f"{value!r} is not a JSON number")
         return value
+    if isinstance(value, Mapping | list | tuple) and depth >= _MAX_JSON_DEPTH:
+        # Deeper would hit the recursion limit here or in a worker's JSON decoder.
+        raise PayloadNotSerializableError(
+            field.split("[", 1)[0], f"is nested more than {_MAX_JSON_DEPTH} levels deep"
+        )
     if isinstance(value, Mapping):
         copy: dict[str, Any] = {}
         for key, item in value.items():
@@ -230,10 +238,12 @@ def _json_value(value: object, field: str) -> Any:
                     field, f"has a {type(key).__name__} key; JSON object keys are strings"
                 )
             _check_encodable(key, f"{field} key")
-            copy[key] = _json_value(item, f"{field}[{key!r}]")
+            copy[key] = _json_value(item, f"{field}[{key!r}]", depth + 1)
         return copy
     if isinstance(value, list | tuple):
-        return [_json_value(item, f"{field}[{index}]") for index, item in enumerate(value)]
+        return [
+            _json_value(item, f"{field}[{index}]", depth + 1) for index, item in enumerate(value)
+        ]
     raise PayloadNotSerializableError(field, f"holds a {type(value).__name__}, not a JSON value")
 
 
@@ -247,7 +257,7 @@ def _clean_text(text: str) -> str:
     return cleaned.replace("\x00", "\ufffd")
 
 
-def _sanitize(value: object) -> Any:
+def _sanitize(value: object, depth: int = 0) -> Any:
     """Best-effort plain-JSON copy for provider responses: never raises."""
     if value is None or isinstance(value, bool | int):
         return value
@@ -255,10 +265,12 @@ def _sanitize(value: object) -> Any:
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, str):
         return _clean_text(value)
+    if isinstance(value, Mapping | list | tuple) and depth >= _MAX_JSON_DEPTH:
+        return f"<nested more than {_MAX_JSON_DEPTH} levels deep>"
     if isinstance(value, Mapping):
-        return {_clean_text(str(key)): _sanitize(item) for key, item in value.items()}
+        return {_clean_text(str(key)): _sanitize(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_sanitize(item) for item in value]
+        return [_sanitize(item, depth + 1) for item in value]
     return f"<{type(value).__qualname__}>"
 
 
