@@ -173,7 +173,6 @@ class Chimeway:
         self._identity = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         self._enqueued_lock = threading.Lock()
         self._enqueued: list[UUID] = []
-        self._flush_timer: threading.Timer | None = None
 
     def __repr__(self) -> str:
         return f"Chimeway(store={self.store!r}, channels={sorted(self.channels)})"
@@ -280,15 +279,6 @@ class Chimeway:
         with self._enqueued_lock:
             self._enqueued.extend(d.id for d in deliveries)
             flush = len(self._enqueued) >= _OUTBOX_FLUSH_AT
-            if not flush and self._flush_timer is None:
-                # A process that notifies a few deliveries and never relays
-                # must still clear its outbox rows before a relay's grace
-                # period ends, or the relay would hand them over again.
-                self._flush_timer = threading.Timer(
-                    self.relay_grace.total_seconds() / 2, self._flush_in_background
-                )
-                self._flush_timer.daemon = True
-                self._flush_timer.start()
         if flush:
             self.flush_outbox()
 
@@ -308,25 +298,10 @@ class Chimeway:
             event.listen(session, "after_soft_rollback", rolled_back, once=True)
         pending.extend(deliveries)
 
-    def _flush_in_background(self) -> None:
-        try:
-            self.flush_outbox()
-        except Exception:  # a failed flush only means a relay hands the ids over again
-            logger.warning(
-                "could not clear outbox rows; a relay will hand them over", exc_info=True
-            )
-
     def flush_outbox(self) -> None:
-        """Delete the outbox rows of deliveries this engine has already queued.
-
-        Runs by itself once 200 are waiting, and at the latest half a relay
-        grace period after the first of them was queued.
-        """
+        """Delete the outbox rows of deliveries this engine has already queued."""
         with self._enqueued_lock:
             ids, self._enqueued = self._enqueued, []
-            timer, self._flush_timer = self._flush_timer, None
-        if timer is not None:
-            timer.cancel()
         if ids:
             self.store.delete_outbox(ids)
 

@@ -251,22 +251,3 @@ def test_notify_many_is_one_batch(make_engine: MakeEngine, backend: MemoryBacken
     backend.run_until_idle(engine, fail_fast=True)
     assert 50 == len(channel.calls)
     _ = Delivery  # the value type notify_many returns
-
-
-def test_outbox_rows_are_cleared_before_a_relay_would_resend_them(
-    store: SQLStore, clock: VirtualClock
-) -> None:
-    """A process that notifies and never relays clears its outbox within half the grace period."""
-    import time
-
-    from chimeway_core.engine import Chimeway
-
-    engine = Chimeway(
-        store, MemoryBackend(clock), {"sms": FakeChannel()}, clock=clock, relay_grace=0.2
-    )
-    engine.notify("sms", "+15550100")
-    assert 1 == store.outbox_size()
-    deadline = time.monotonic() + 5
-    while store.outbox_size() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert 0 == store.outbox_size()
