@@ -44,12 +44,12 @@ REMEDIES: dict[str, str] = {
     "RQ": (
         "The job is perform(): see notify->terminal for the ledger's cost and what "
         "would cut it. RQ itself is not the gap: chimeway adds about 3 Redis commands "
-        "per job to RQ's own ~65 (counts below)."
+        "per job (its dedupe check at enqueue) to RQ's own 60-odd (see the counts)."
     ),
     "Celery": (
         "The task is perform(): see notify->terminal for the ledger's cost and what "
         "would cut it. The broker is not the gap: a chimeway job costs the broker the "
-        "same commands as a raw task (counts below)."
+        "same commands as a raw task (see the counts)."
     ),
     "at most 3 commits": (
         "The fourth commit is perform()'s opening `store.get()`: a read-only "
@@ -63,9 +63,11 @@ REMEDIES: dict[str, str] = {
         "to tell duplicates apart, and afterwards deletes the outbox rows of the ids it "
         "queued. Closing the gap: PostgreSQL `COPY` or one multi-row `INSERT ... SELECT "
         "FROM unnest(...)` per table instead of executemany; writing the outbox and "
-        "journal rows from the same statement (CTEs); skipping the outbox insert+delete "
-        "pair when the backend enqueues inside the same transaction is impossible "
-        "(Redis is not transactional), so that part stays."
+        "journal rows from the same statement (CTEs); prebuilt statements, as for "
+        "perform(). create_many alone is no faster than notify_many, so the enqueue and "
+        "the outbox clean-up are not the gap. The outbox rows themselves stay: Redis "
+        "cannot join the database's transaction, and the outbox is what makes an "
+        "enqueue survive a crash after the commit."
     ),
     "worker memory": (
         "Resident memory grew by more than 10% between 1,000 and 50,000 deliveries: "

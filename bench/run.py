@@ -3,6 +3,7 @@
     python bench/run.py                 # the full run (about 20 minutes)
     python bench/run.py --smoke         # seconds-long: every code path, tiny sizes
     python bench/run.py --only core,engine
+    python bench/run.py --render        # chart and docs again from latest.json
 
 A full run writes ``bench/results/latest.json``, ``bench/results/latest.png``
 (copied to ``docs/performance.png``) and rewrites the generated part of
@@ -20,6 +21,7 @@ run; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -27,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import _report
 import bench_celery
@@ -55,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, temp output")
     parser.add_argument("--out", type=Path, help="folder for latest.json and latest.png")
     parser.add_argument("--only", help=f"comma-separated areas among {', '.join(AREAS)}")
+    parser.add_argument(
+        "--render", action="store_true", help="no measuring: redraw from latest.json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        return render(args.out or BENCH_DIR / "results")
     areas = list(AREAS) if args.only is None else [a.strip() for a in args.only.split(",")]
     unknown = sorted(set(areas) - set(AREAS))
     if unknown:
@@ -66,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         if committed
         else Path(tempfile.mkdtemp(prefix="chimeway-bench-results-"))
     )
-    docs_page = ROOT / "docs" / "performance.md"
-
     results = Results(smoke=args.smoke)
     failed = []
     started = time.perf_counter()
@@ -90,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     data["meta"]["areas"] = areas
     data["meta"]["failed_areas"] = failed
     write_json(out / "latest.json", data)
+    publish(data, out, committed=committed)
+    return 1 if failed else 0
+
+
+def publish(data: dict[str, Any], out: Path, *, committed: bool) -> None:
+    """Draw the chart and write the docs table: into docs/ when ``committed``, else ``out``."""
+    docs_page = ROOT / "docs" / "performance.md"
     chart = _report.chart(data, out / "latest.png")
     page = docs_page if committed else out / "performance.md"
     if not committed and docs_page.exists():
@@ -98,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     if committed and chart is not None:
         shutil.copyfile(chart, ROOT / "docs" / "performance.png")
     log("run", f"wrote {out / 'latest.json'}, {chart or 'no chart'} and {page}")
-    return 1 if failed else 0
+
+
+def render(out: Path) -> int:
+    """Redraw the chart and rewrite the docs table from ``out/latest.json``, measuring nothing."""
+    data = json.loads((out / "latest.json").read_text())
+    publish(data, out, committed=out.resolve() == (BENCH_DIR / "results").resolve())
+    return 0
 
 
 if __name__ == "__main__":
