@@ -42,6 +42,6 @@ def _push_duplicate(delivery_id: UUID) -> None:
     backend.enqueue(delivery_id)
 
 
-hooks = ProcessHooks(_push_duplicate)
+hooks = ProcessHooks(_push_duplicate, settings.files)
 engine = make_engine(settings, backend, hooks)
 hooks.engine = engine

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,9 +127,9 @@ class Deployment(abc.ABC):
         with self.db.connect() as conn:
             return int(conn.execute(text(_LIVE_SQL)).scalar_one())
 
-    def inject(self, name: str) -> None:
-        """Record a fault the test injected into the whole deployment."""
-        self.global_faults.append(GlobalFault(name))
+    def inject(self, name: str, *, post_accept: bool = False) -> None:
+        """Record a fault the test injected into the whole deployment (see GlobalFault)."""
+        self.global_faults.append(GlobalFault(name, post_accept))
 
     def problem(self, delivery_id: UUID | None, detail: str) -> None:
         """Record something the scenario saw that must not happen."""
@@ -194,6 +195,22 @@ class Deployment(abc.ABC):
     @abc.abstractmethod
     def duplicate(self, ids: Sequence[UUID], copies: int) -> None:
         """Push ``copies`` more jobs for each delivery, past any deduplication."""
+
+    @abc.abstractmethod
+    def hostile_jobs(self, canary: Path, target: UUID) -> list[str]:
+        """Push hostile jobs (pickle, tampered arguments, garbage); describe each one pushed.
+
+        ``canary`` is the file a pickle payload would create; ``target`` a
+        real, live delivery the tampered jobs name.
+        """
+
+    def hostile_settled(self, pushed: Sequence[str]) -> bool:
+        """Whether the queue has dealt with every hostile job pushed."""
+        return True
+
+    def broker_sightings(self, needle: bytes) -> list[str]:
+        """Where in the broker's own storage ``needle`` occurs."""
+        return []
 
     def close(self) -> None:
         """Stop everything and release connections."""
@@ -361,7 +378,7 @@ class MemoryDeployment(Deployment):
 
     def shutdown(self, *, graceful: bool = True) -> None:
         """Stop every worker (waiting for running jobs unless not ``graceful``); the queue ends."""
-        self.inject("sigterm" if graceful else "cold shutdown")
+        self.inject("sigterm" if graceful else "cold shutdown", post_accept=not graceful)
         for node in self.nodes:
             if node.worker is not None:
                 node.worker.stop(timeout=60 if graceful else 0)
@@ -391,6 +408,25 @@ class MemoryDeployment(Deployment):
         """Every node queues a job for each delivery (each node's queue dedupes its own)."""
         for node in self.nodes:
             node.backend.enqueue_many(list(ids))
+
+    def hostile_jobs(self, canary: Path, target: UUID) -> list[str]:
+        """The memory queue takes UUIDs only: anything else is refused at enqueue.
+
+        It has no serialized form, so there is no pickle to push; an unknown
+        delivery id is acknowledged as not found.
+        """
+        pushed = []
+        backend = self.nodes[0].backend
+        for bad in ("not-a-uuid", str(target), target.hex, 12345, None, target.bytes):
+            try:
+                backend.enqueue(bad)  # type: ignore[arg-type]
+            except TypeError:
+                pushed.append(f"refused at enqueue: {type(bad).__name__}")
+            else:
+                self.problem(None, f"the memory queue accepted a {type(bad).__name__} job")
+        backend.enqueue(uuid.uuid4())
+        pushed.append("an unknown delivery id")
+        return pushed
 
     def close(self) -> None:
         """Stop the threads, cancel the outbox timers, close connections."""
@@ -513,6 +549,57 @@ class ProcessDeployment(Deployment):
         """Remove the run's queue from the broker."""
 
 
+class PickleCanary:
+    """Unpickling this creates the file at ``path``: proof that a pickle payload ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Rebuild as ``Path.touch(path)``."""
+        return (Path.touch, (self.path,))
+
+
+def tampered_arguments(target: UUID) -> list[tuple[tuple[object, ...], dict[str, object], str]]:
+    """Job arguments that are not one canonical delivery id, each naming a real delivery."""
+    real = str(target)
+    return [
+        ((real, "extra"), {}, "a second argument"),
+        ((real,), {"delivery_id": real}, "a keyword argument"),
+        (("not-a-uuid",), {}, "not a UUID"),
+        ((target.hex,), {}, "a non-canonical UUID"),
+        ((real[:-1] + "\x00",), {}, "a NUL character"),
+        (("x" * 100_000,), {}, "a 100 kB string"),
+        (([real],), {}, "a list"),
+        (({"id": real},), {}, "an object"),
+        ((), {}, "no argument"),
+    ]
+
+
+def scan_redis(client: Any, needle: bytes) -> list[str]:
+    """The keys of ``client``'s database whose values contain ``needle``."""
+    found = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            values = [client.get(key)]
+        elif kind == "hash":
+            values = list(client.hgetall(key).values())
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind in {"set"}:
+            values = list(client.smembers(key))
+        elif kind == "zset":
+            values = client.zrange(key, 0, -1)
+        elif kind == "stream":
+            values = [v for _, fields in client.xrange(key) for v in fields.values()]
+        else:
+            values = []
+        if any(needle in (value or b"") for value in values):
+            found.append(key.decode(errors="replace"))
+    return found
+
+
 def _redis_url(db: int) -> str:
     from tests.services import REDIS_URL
 
@@ -543,10 +630,14 @@ class RQDeployment(ProcessDeployment):
             "--url",
             self.settings.redis_url,
             "-w",
-            "chimeway_backends.rq.ChimewayWorker",
+            "tests.faults.rq_app.SabotagedWorker"
+            if self.settings.sabotage
+            else "chimeway_backends.rq.ChimewayWorker",
             "--with-scheduler",
             "--serializer",
-            "rq.serializers.JSONSerializer",
+            "rq.serializers.DefaultSerializer"
+            if "pickle-on" in self.settings.sabotage
+            else "rq.serializers.JSONSerializer",
             self.settings.queue,
         ]
 
@@ -567,7 +658,7 @@ class RQDeployment(ProcessDeployment):
     def shutdown(self, *, graceful: bool = True) -> None:
         """SIGTERM (warm: the horse finishes its job), or SIGTERM twice (cold: it is killed)."""
         self.supervising = False
-        self.inject("sigterm" if graceful else "cold shutdown")
+        self.inject("sigterm" if graceful else "cold shutdown", post_accept=not graceful)
         self.signal_all(signal.SIGTERM)
         if not graceful:
             time.sleep(0.1)
@@ -587,6 +678,40 @@ class RQDeployment(ProcessDeployment):
         for delivery_id in ids:
             self.backend.enqueue(delivery_id)
             self.redis.rpush(self.backend.queue.key, *[job_id_for(delivery_id)] * copies)
+
+    def hostile_jobs(self, canary: Path, target: UUID) -> list[str]:
+        """A pickled job, tampered arguments, a job id with no job, a job hash of garbage."""
+        import rq
+        from rq.serializers import DefaultSerializer
+
+        from chimeway_backends.rq import deliver
+
+        queue = self.backend.queue
+        pickled = rq.Queue(queue.name, connection=self.redis, serializer=DefaultSerializer)
+        pickled.enqueue_call("chimeway_backends.rq.deliver", args=(PickleCanary(canary),))
+        pushed = ["a pickled job whose argument creates a file"]
+        for args, kwargs, what in tampered_arguments(target):
+            queue.enqueue_call(deliver, args=args, kwargs=kwargs)
+            pushed.append(what)
+        self.redis.rpush(queue.key, "no-such-job")
+        pushed.append("a job id with no job")
+        garbage = "faults-garbage"
+        self.redis.hset(
+            f"rq:job:{garbage}",
+            mapping={"data": b"\x00\xff{garbage", "status": "queued", "origin": queue.name},
+        )
+        self.redis.rpush(queue.key, garbage)
+        pushed.append("a job hash of garbage")
+        return pushed
+
+    def hostile_settled(self, pushed: Sequence[str]) -> bool:
+        """The queue is empty and no job is running."""
+        queue = self.backend.queue
+        return queue.count == 0 and queue.started_job_registry.count == 0
+
+    def broker_sightings(self, needle: bytes) -> list[str]:
+        """Redis keys (job hashes, results, failures) holding ``needle``."""
+        return scan_redis(self.redis, needle)
 
     def cleanup(self) -> None:
         """FLUSHDB (the database is the suite's own) and close the connection."""
@@ -660,7 +785,7 @@ class CeleryDeployment(ProcessDeployment):
     def shutdown(self, *, graceful: bool = True) -> None:
         """SIGTERM (warm shutdown), or SIGQUIT (cold)."""
         self.supervising = False
-        self.inject("sigterm" if graceful else "cold shutdown")
+        self.inject("sigterm" if graceful else "cold shutdown", post_accept=not graceful)
         self.signal_all(signal.SIGTERM if graceful else signal.SIGQUIT)
         if not self.wait_exited(60):
             self.problem(None, "a worker did not exit within 60 s of SIGTERM")
@@ -675,7 +800,10 @@ class CeleryDeployment(ProcessDeployment):
         """Redis: FLUSHDB. RabbitMQ: drop every connection of the worker."""
         if self.proxy is not None:
             self.inject("rabbitmq connections dropped")
+            before = self.proxy.dropped
             self.proxy.drop()
+            if self.proxy.dropped == before:
+                self.problem(None, "no broker connection to drop: the worker bypassed the proxy")
         else:
             self.inject("redis flushdb")
             client = self._redis()
@@ -686,6 +814,67 @@ class CeleryDeployment(ProcessDeployment):
         """Celery never deduplicates: enqueue each delivery ``copies`` more times."""
         for _ in range(copies):
             self.producer.backend.enqueue_many(list(ids))
+
+    def hostile_jobs(self, canary: Path, target: UUID) -> list[str]:
+        """A pickle message, tampered arguments, an unregistered task, a body of garbage."""
+        from kombu import Connection, Producer
+
+        from chimeway_backends.celery import TASK_NAME
+
+        app, queue_name = self.app, self.settings.queue
+        queue = app.amqp.queues[queue_name]
+        pushed = []
+        options = dict(self.settings.transport_options)
+        url = app.conf.broker_url
+        with Connection(url, transport_options=options) as connection:
+            producer = Producer(connection)
+            headers, *_ = app.amqp.as_task_v2("faults-pickle", TASK_NAME, args=(), kwargs={})
+            producer.publish(
+                ((PickleCanary(canary),), {}, {}),
+                serializer="pickle",
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                headers=headers,
+                declare=[queue],
+            )
+            pushed.append("a pickle message whose argument creates a file")
+            headers, *_ = app.amqp.as_task_v2("faults-garbage", TASK_NAME, args=(), kwargs={})
+            producer.publish(
+                b"\x00\xff[garbage",
+                content_type="application/json",
+                content_encoding="utf-8",
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                headers=headers,
+                declare=[queue],
+            )
+            pushed.append("a body of garbage")
+        for args, kwargs, what in tampered_arguments(target):
+            app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue=queue_name)
+            pushed.append(what)
+        app.send_task("os.mkdir", args=[str(canary)], queue=queue_name)
+        pushed.append("an unregistered task")
+        return pushed
+
+    def hostile_settled(self, pushed: Sequence[str]) -> bool:
+        """The worker logged each tampered job's failure and the refusals."""
+        logged = "".join(path.read_text(errors="replace") for path in self.log_paths())
+        tampered = len(tampered_arguments(uuid.uuid4()))
+        return (
+            logged.count("InvalidJobError") >= tampered
+            and "unregistered task" in logged
+            and ("ContentDisallowed" in logged or "Refusing to deserialize" in logged)
+        )
+
+    def broker_sightings(self, needle: bytes) -> list[str]:
+        """Redis keys holding ``needle`` (RabbitMQ's messages are not read back)."""
+        if self.broker != "redis":
+            return []
+        client = self._redis()
+        try:
+            return scan_redis(client, needle)
+        finally:
+            client.close()
 
     def cleanup(self) -> None:
         """Delete the run's queue and stop the proxy."""

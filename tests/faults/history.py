@@ -91,9 +91,15 @@ class Problem:
 
 @attrs.frozen
 class GlobalFault:
-    """A fault the test injected into the deployment as a whole."""
+    """A fault the test injected into the deployment as a whole.
+
+    ``post_accept``: it may strike calls after the provider acted (a
+    database outage, a cold shutdown), so an unknown attempt whose call had
+    an effect counts as one more post-accept fault for its delivery.
+    """
 
     name: str
+    post_accept: bool = False
     at: float = attrs.field(factory=time.time)
 
 
@@ -366,7 +372,7 @@ def check(  # noqa: PLR0912 - one pass over every rule, in order
             duplicated += distinct - 1
             problem("duplicated", f"the provider acted under {distinct} keys")
         allowed = 1 + post_accept[delivery_id]
-        if global_faults:
+        if any(fault.post_accept for fault in global_faults):
             effect_attempts = {call["a"] for call in effects}
             unknown_with_effect = sum(
                 1 for a in tried if a.outcome == "unknown" and a.number in effect_attempts

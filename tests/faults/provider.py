@@ -69,8 +69,9 @@ STEPS: Final[Mapping[str, str]] = {
     "kill-post": "accept and answer; the worker dies after the outcome committed, before the ack",
     "pgkill": "accept and answer; the worker's database connection is terminated mid-record",
     "overrun": "accept, then the call outlives its lease before answering 200",
-    "redeliver": "a duplicate job is pushed for the delivery while this call runs",
+    "redeliver": "a duplicate job runs elsewhere while this call runs, then accept",
     "cancel-mid": "accept; an operator cancels the delivery before the answer is recorded",
+    "deep": "accept and answer 200 with a response nested 5000 levels deep",
 }
 #: Steps whose fault strikes after the provider acted.
 POST_ACCEPT: Final = frozenset({"hang", "drop", "kill-mid", "pgkill", "overrun"})
@@ -317,9 +318,14 @@ class ProviderChannel:
             case "redeliver":
                 self.files.fault(delivery.id, attempt, step, post_accept=False)
                 self.hooks.redeliver(delivery)
-                self.hooks.sleep(self.slow)
                 self._call(delivery, idempotency_key, step, effect=True)
                 return accepted
+            case "deep":
+                self._call(delivery, idempotency_key, step, effect=True)
+                deep: object = "leaf"
+                for _ in range(5000):
+                    deep = {"k": deep}
+                return Sent(provider_response={"deep": deep})
             case "cancel-mid":
                 self._call(delivery, idempotency_key, step, effect=True)
                 self.files.fault(delivery.id, attempt, step, post_accept=False)
@@ -360,7 +366,12 @@ class FaultEngine(Chimeway):
             result = super().perform(delivery_id)
         except Exception as error:
             self.files.jobs.append(
-                {"d": str(delivery_id), "error": type(error).__qualname__, "t": _now(self.clock)}
+                {
+                    "d": str(delivery_id),
+                    "error": type(error).__qualname__,
+                    "t": _now(self.clock),
+                    "pid": os.getpid(),
+                }
             )
             raise
         for channel in self.fault_channels:
@@ -373,6 +384,7 @@ class FaultEngine(Chimeway):
                 "kind": result.kind.value,
                 "detail": result.detail,
                 "t": _now(self.clock),
+                "pid": os.getpid(),
             }
         )
         return result
@@ -386,11 +398,18 @@ class ProcessHooks:
     """Hooks for a worker process: a real SIGKILL of itself, real sleeps.
 
     ``push_duplicate`` pushes a raw duplicate job (backend-specific);
-    ``engine`` is set once the engine exists (for ``cancel``).
+    ``engine`` is set once the engine exists (for ``cancel``). A redelivery
+    waits (up to ``overlap`` seconds) until another process has run the
+    duplicate, so the two runs really overlap; keep it within the channel's
+    timeout, or the call outlives its lease.
     """
 
-    def __init__(self, push_duplicate: Callable[[UUID], None]) -> None:
+    def __init__(
+        self, push_duplicate: Callable[[UUID], None], files: RunFiles, overlap: float = 0.8
+    ) -> None:
         self.push_duplicate = push_duplicate
+        self.files = files
+        self.overlap = overlap
         self.engine: Chimeway | None = None
 
     def kill(self) -> NoReturn:
@@ -410,8 +429,18 @@ class ProcessHooks:
         time.sleep(seconds)
 
     def redeliver(self, delivery: Delivery) -> None:
-        """Push a raw duplicate of the delivery's job."""
+        """Push a raw duplicate of the delivery's job; wait until another process ran it."""
+        mine = str(delivery.id)
+
+        def elsewhere() -> int:
+            records = self.files.jobs.read() + self.files.provider.read()
+            return sum(1 for r in records if r["d"] == mine and r.get("pid") != os.getpid())
+
+        before = elsewhere()
         self.push_duplicate(delivery.id)
+        deadline = time.monotonic() + self.overlap
+        while elsewhere() == before and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def cancel(self, delivery: Delivery) -> None:
         """Cancel through this process's engine, as an operator's command would."""

@@ -344,10 +344,10 @@ def _validation_off(patch: Patch) -> None:
     patch(store_module, "_check_encodable", lambda _value, _field: None)
     original = store_module._json_value
 
-    def json_value(value: object, field: str) -> Any:
+    def json_value(value: object, field: str, depth: int = 0) -> Any:
         if isinstance(value, str):
             return value
-        return original(value, field)
+        return original(value, field, depth)
 
     patch(store_module, "_json_value", json_value)
 

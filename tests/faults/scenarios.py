@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -22,7 +24,7 @@ from uuid import UUID
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from chimeway_core.errors import IllegalTransitionError
+from chimeway_core.errors import ChimewayError, IllegalTransitionError
 from chimeway_core.jobs import Backend
 from chimeway_core.records import NewDelivery
 from chimeway_core.schema import DeliveryRow
@@ -259,8 +261,11 @@ def db_outage(
     d.run_until(lambda: _calls(d) >= n // 4, timeout=60)
     proxy = d.db_proxy
     assert proxy is not None
+    dropped_before = proxy.dropped
     proxy.disable()
-    d.inject("database unreachable")
+    d.inject("database unreachable", post_accept=True)
+    if proxy.dropped == dropped_before:
+        d.problem(None, "the outage cut no database connection: the workers bypassed the proxy")
     d.run_until(lambda: False, timeout=outage)
     proxy.enable()
     d.drain(timeout or d.drain_timeout(n))
@@ -284,33 +289,49 @@ def concurrency(
     On RQ the job timeout is raised above the overrun on purpose (the
     documented misconfiguration): otherwise RQ ends the call at the lease.
     """
-    options: dict[str, Any] = {"job_timeout": 6, "workers": 3} if backend == "rq" else {}
+    options: dict[str, Any] = {
+        "rq": {"job_timeout": 6, "workers": 4},
+        "celery-redis": {"workers": 2},
+        "celery-rabbitmq": {"workers": 2},
+    }.get(backend, {})
     d = deploy(backend, sabotage=sabotage, **options)
     d.start()
     once = ends(("succeeded", None), attempts=1, calls=1)
-    # An overrun nobody took over in time (every worker busy) records its own
-    # success, legitimately: one attempt or two.
-    kinds = [
-        (["ok"], once),
-        (["redeliver"], once),
-        (["overrun", "ok"], ends(("succeeded", None), calls=2)),
-    ]
-    plan = [(spec(kinds[i % 3][0], i), kinds[i % 3][1]) for i in range(n)]
+    # First duplicates and redeliveries, with workers to spare; then the
+    # overruns, each holding a worker past its lease.
+    kinds = [(["ok"], once), (["redeliver"], once)]
+    plan = [(spec(kinds[i % 2][0], i), kinds[i % 2][1]) for i in range(n - n // 3)]
     ids, expect = _run(d, "concurrency", plan)
     d.inject("duplicate jobs")
-    d.duplicate(ids[::3], copies=5)
+    d.duplicate(ids[::2], copies=5)
     d.drain(timeout or d.drain_timeout(n))
-    overruns = set(ids[2::3])
+    # An overrun nobody took over in time (every worker busy) records its own
+    # success, legitimately: one attempt or two.
+    plan = [
+        (spec(["overrun", "ok"], i), ends(("succeeded", None), calls=2))
+        for i in range(n - n // 3, n)
+    ]
+    overruns, more = _run(d, "concurrency", plan)
+    expect |= more
+    d.drain(timeout or d.drain_timeout(n))
     with d.db.connect() as conn:
         taken_over = sum(
             1
             for delivery_id, count in conn.execute(
                 text(f"SELECT id, attempt_count FROM {DeliveryRow.__tablename__}")
             )
-            if delivery_id in overruns and count == 2
+            if delivery_id in set(overruns) and count == 2
         )
     if overruns and not taken_over:
         d.problem(None, "no call that outlived its lease was taken over: fencing went untested")
+    redelivered = {str(i) for i in ids[1::2]}
+    overlapped = {
+        job["d"]
+        for job in d.files.jobs.read()
+        if job["d"] in redelivered and job.get("detail") == "claimed by another worker"
+    }
+    if redelivered and not overlapped:
+        d.problem(None, "no redelivery overlapped the first run: the lease went untested")
     return d.check("7 duplicates, redelivery, lease expiry", expect=expect)
 
 
@@ -392,14 +413,217 @@ def sigterm(
     return d.check("9 graceful SIGTERM", expect=expect)
 
 
-SCENARIOS: Final[dict[str, Callable[..., Report]]] = {
-    "sigkill": sigkill,
-    "poison": poison,
-    "outbox": outbox,
-    "queue_lost": queue_lost,
-    "pg_terminate": pg_terminate,
-    "db_outage": db_outage,
-    "concurrency": concurrency,
-    "cancel_race": cancel_race,
-    "sigterm": sigterm,
-}
+# ------------------------------------------------------------- 10. hostile input
+
+#: SQL metacharacters, quoting and placeholder syntax, for every string field.
+SQL_TEXTS: Final = (
+    "'; DROP TABLE chimeway_deliveries; --",
+    '" OR 1=1 --',
+    "\\'; SELECT pg_sleep(10); --",
+    "$$; DELETE FROM chimeway_outbox; $$",
+    "%s %(x)s {0} ?",
+    "Robert'); TRUNCATE chimeway_delivery_journal CASCADE;--",
+)
+#: How deep a payload that must be accepted is nested.
+NESTED_OK: Final = 50
+
+
+def _nested(depth: int, leaf: object) -> object:
+    value = leaf
+    for level in range(depth):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+def _refused_inputs(canary: str) -> list[tuple[str, dict[str, Any]]]:
+    """Inputs ``notify`` must refuse with a ChimewayError, writing nothing."""
+    big = "x" * (300 * 1024)
+    return [
+        ("oversized payload", {"payload": {"blob": big, "secret": canary}}),
+        ("payload nested 100000 deep", {"payload": _nested(100_000, canary)}),
+        ("dict payload nested 995 deep", {"payload": _nested_dicts(995, canary)}),
+        ("NUL in the recipient", {"recipient": f"fx/ok/0/{canary}\x00@example.com"}),
+        ("NUL in a payload string", {"payload": {"secret": f"{canary}\x00"}}),
+        ("NUL in a payload key", {"payload": {f"{canary}\x00": 1}}),
+        ("NUL in the idempotency key", {"idempotency_key": f"key\x00{canary}"}),
+        ("lone surrogate in the recipient", {"recipient": f"fx/ok/0/{canary}\udcff"}),
+        ("lone surrogate in metadata", {"metadata": {"note": f"{canary}\ud800"}}),
+        ("invalid UTF-8 bytes in the payload", {"payload": {"raw": b"\xff\xfe" + canary.encode()}}),
+        ("NaN in the payload", {"payload": {"n": float("nan"), "secret": canary}}),
+        ("an unknown channel named in SQL", {"channel": SQL_TEXTS[0]}),
+    ]
+
+
+def _nested_dicts(depth: int, leaf: object) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def hostile(
+    deploy: Deploy,
+    backend: str,
+    n: int,
+    sabotage: tuple[str, ...] = (),
+    timeout: float | None = None,
+) -> Report:
+    """Tampered and pickled jobs, refused inputs, SQL metacharacters and canary secrets.
+
+    Valid deliveries carry a canary secret in their payload, recipient and
+    metadata through every outcome path, or SQL metacharacters in every
+    string field; invalid inputs must be refused with a ChimewayError that
+    writes nothing; hostile jobs are pushed into the queue. Afterwards the
+    canary must be in no log, telemetry event, job record, exception message,
+    stored provider response, attempt error or journal entry, the pickle
+    canary file must not exist, and every string must be stored verbatim.
+    """
+    d = deploy(backend, sabotage=sabotage)
+    d.start()
+    canary = f"CANARY-{secrets.token_hex(8)}"
+    canary_file = d.files.directory / "pickle-canary"
+    captured = _LogCapture()
+    logging.getLogger().addHandler(captured)
+    try:
+        expect = _hostile_deliveries(d, n, canary)
+        _refuse(d, canary)
+        target = next(iter(expect))
+        pushed = d.hostile_jobs(canary_file, target)
+        d.drain(timeout or d.drain_timeout(n))
+        if not d.run_until(lambda: d.hostile_settled(pushed), timeout=60):
+            d.problem(None, f"the queue did not deal with {len(pushed)} hostile jobs in 60 s")
+        d.stop()
+    finally:
+        logging.getLogger().removeHandler(captured)
+    if canary_file.exists():
+        d.problem(None, "a pickle payload ran: the canary file exists")
+    if d.restarts:
+        d.problem(None, f"hostile jobs killed {d.restarts} worker processes")
+    for where in _canary_sightings(d, canary, captured.text()):
+        d.problem(None, f"the canary secret leaked into {where}")
+    with d.db.connect() as conn:
+        if conn.execute(text("SELECT to_regclass('chimeway_deliveries')")).scalar_one() is None:
+            d.problem(None, "the deliveries table is gone")
+    for job in pushed:
+        d.inject(f"hostile job: {job}")
+    return d.check("10 hostile input", expect=expect)
+
+
+def _hostile_deliveries(d: Deployment, n: int, canary: str) -> dict[UUID, Expect]:
+    paths = [
+        (["5xx", "ok"], ("succeeded", None)),
+        (["4xx"], ("cancelled", "permanent_failure")),
+        (["drop", "ok"], ("succeeded", None)),
+        (["bounce"], ("cancelled", "bounced")),
+        (["hang", "ok"], ("succeeded", None)),
+        (["deep"], ("succeeded", None)),
+    ]
+    plan: list[tuple[NewDelivery, Expect]] = []
+    for i in range(max(n // 2, len(paths))):
+        steps, end = paths[i % len(paths)]
+        plan.append(
+            (
+                NewDelivery(
+                    channel="provider",
+                    recipient=recipient(steps, i, f"{canary}@example.com"),
+                    payload={"secret": canary, "nested": _nested(NESTED_OK, canary)},
+                    metadata={"note": canary},
+                    notification_key=f"note-{i}",
+                    max_attempts=MAX,
+                ),
+                ends(end, attempts=len(steps)),
+            )
+        )
+    sql: list[NewDelivery] = []
+    for i in range(max(n - len(plan), len(SQL_TEXTS))):
+        evil = SQL_TEXTS[i % len(SQL_TEXTS)]
+        sql.append(
+            NewDelivery(
+                channel="provider",
+                recipient=recipient(["ok"], 1000 + i, evil),
+                payload={evil: evil, "list": [evil]},
+                metadata={evil: evil},
+                notification_key=evil,
+                idempotency_key=f"{evil}#{i}",
+                max_attempts=MAX,
+            )
+        )
+        plan.append((sql[-1], SUCCEEDED))
+    made = d.notify([item for item, _ in plan])
+    for delivery, spec_ in zip(made[-len(sql) :], sql, strict=True):
+        stored = d.producer.store.get(delivery.id)
+        assert stored is not None
+        wanted = (spec_.recipient, spec_.payload, spec_.metadata, spec_.notification_key)
+        if wanted != (stored.recipient, stored.payload, stored.metadata, stored.notification_key):
+            d.problem(delivery.id, "SQL metacharacters were not stored verbatim")
+        if stored.idempotency_key != spec_.idempotency_key:
+            d.problem(delivery.id, "the idempotency key was not stored verbatim")
+    return {delivery.id: wanted for delivery, (_, wanted) in zip(made, plan, strict=True)}
+
+
+def _refuse(d: Deployment, canary: str) -> None:
+    for what, fields in _refused_inputs(canary):
+        values = {"channel": "provider", "recipient": recipient(["ok"], 0), **fields}
+        before = _count(d)
+        d.inject(f"refused input: {what}")
+        try:
+            d.producer.notify(
+                values.pop("channel"), values.pop("recipient"), max_attempts=MAX, **values
+            )
+        except ChimewayError as error:
+            if canary in str(error):
+                d.problem(None, f"{what}: the refusal's message carries the canary")
+        except Exception as error:  # any other exception breaks notify's contract
+            d.problem(None, f"{what}: refused with {type(error).__qualname__}, not a ChimewayError")
+        else:
+            d.problem(None, f"{what}: accepted")
+        if _count(d) != before:
+            d.problem(None, f"{what}: refused, but a delivery was written")
+
+
+def _count(d: Deployment) -> int:
+    with d.db.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM chimeway_deliveries")).scalar_one())
+
+
+class _LogCapture(logging.Handler):
+    """Every record logged in the test process, formatted with its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the formatted record."""
+        self.records.append(self.format(record))
+
+    def text(self) -> str:
+        """Everything captured."""
+        return "\n".join(self.records)
+
+
+def _canary_sightings(d: Deployment, canary: str, logged: str) -> list[str]:
+    found = []
+    if canary in logged:
+        found.append("the test process's logs")
+    found += [
+        path.name
+        for path in sorted(d.files.directory.iterdir())
+        if path.is_file() and canary.encode() in path.read_bytes()
+    ]
+    with d.db.connect() as conn:
+        for table, column in [
+            ("chimeway_delivery_attempts", "provider_response::text"),
+            ("chimeway_delivery_attempts", "error"),
+            ("chimeway_delivery_journal", "detail::text"),
+            ("chimeway_delivery_journal", "reason"),
+        ]:
+            hits = conn.execute(
+                text(f"SELECT count(*) FROM {table} WHERE {column} LIKE :pattern"),
+                {"pattern": f"%{canary}%"},
+            ).scalar_one()
+            if hits:
+                found.append(f"{table}.{column} ({hits} rows)")
+    found += [f"the broker: {where}" for where in d.broker_sightings(canary.encode())]
+    return found

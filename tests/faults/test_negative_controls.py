@@ -93,3 +93,17 @@ def test_cold_shutdown_leaves_attempts_in_flight(deploy: Deploy) -> None:
     """A shutdown that does not wait for running jobs leaves their attempts in flight."""
     report = scenarios.sigterm(deploy, "memory", SIZE, graceful=False, timeout=30)
     _failing(report, "unexpected")
+
+
+def test_unvalidated_text_breaks_the_refusal_contract(deploy: Deploy) -> None:
+    """Without the NUL and surrogate checks, hostile text is accepted or fails in the driver."""
+    report = scenarios.hostile(deploy, "memory", SIZE, sabotage=("validation-off",), timeout=5)
+    _failing(report, "unexpected")
+
+
+def test_a_worker_reading_pickle_runs_the_payload(deploy: Deploy) -> None:
+    """A worker that deserializes pickle runs the pickled job's payload: the canary file appears."""
+    report = scenarios.hostile(deploy, "rq", SIZE, sabotage=("pickle-on",), timeout=20)
+    _failing(report, "unexpected")
+    ran = any("pickle payload ran" in problem.detail for problem in report.problems)
+    assert ran, report.describe()

@@ -84,3 +84,9 @@ def test_cancel_race(
 def test_sigterm(deploy: Deploy, backend: str, n: int, record: Callable[[Report], None]) -> None:
     """A graceful SIGTERM completes or releases every call in flight."""
     _clean(record, scenarios.sigterm(deploy, backend, n))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hostile(deploy: Deploy, backend: str, n: int, record: Callable[[Report], None]) -> None:
+    """Hostile jobs and inputs run nothing, write nothing invalid and leak no secret."""
+    _clean(record, scenarios.hostile(deploy, backend, n))
