@@ -131,7 +131,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print the fault table of this run (and write it to ``CHIMEWAY_FAULTS_TABLE``)."""
     if not _REPORTS:
         return
-    reports = sorted(_REPORTS, key=lambda r: (r.scenario, BACKENDS.index(r.backend)))
+    reports = sorted(
+        _REPORTS, key=lambda r: (int(r.scenario.split()[0]), BACKENDS.index(r.backend))
+    )
     rendered = table(reports)
     terminalreporter.write_sep("=", f"fault suite: N={N} per scenario and backend")
     terminalreporter.write_line(rendered)

@@ -215,7 +215,6 @@ class Deployment(abc.ABC):
     def close(self) -> None:
         """Stop everything and release connections."""
         self.stop()
-        self.producer.flush_outbox()
         self.producer.store.engine.dispose()
 
 
@@ -262,12 +261,9 @@ class MemoryHooks:
 
 
 def _abandon(engine: FaultEngine) -> None:
-    """Forget what a dead process had pending: its outbox flush never happens."""
+    """Forget what a dead process had pending: it never clears its outbox rows."""
     with engine._enqueued_lock:
-        timer, engine._flush_timer = engine._flush_timer, None
         engine._enqueued = []
-    if timer is not None:
-        timer.cancel()
 
 
 class MemoryDeployment(Deployment):
@@ -429,10 +425,9 @@ class MemoryDeployment(Deployment):
         return pushed
 
     def close(self) -> None:
-        """Stop the threads, cancel the outbox timers, close connections."""
+        """Stop the threads, close connections."""
         self.stop()
         for node in self.nodes:
-            node.engine.flush_outbox()
             node.engine.store.engine.dispose()
 
 
@@ -449,6 +444,11 @@ class ProcessDeployment(Deployment):
         self.processes: list[subprocess.Popen[bytes]] = []
         self.supervising = False
         self.spawned = 0
+
+    @staticmethod
+    def direct(settings: Settings) -> Settings:
+        """The producer's settings: it reaches the database directly, never through a proxy."""
+        return settings.evolve(db_url=settings.admin_db_url)
 
     @abc.abstractmethod
     def command(self) -> list[str]:
@@ -620,7 +620,7 @@ class RQDeployment(ProcessDeployment):
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.redis.flushdb()
         self.backend = RQBackend(self.redis, settings.queue, job_timeout=settings.job_timeout)
-        self.producer = make_engine(settings, self.backend, NoHooks())
+        self.producer = make_engine(self.direct(settings), self.backend, NoHooks())
 
     def command(self) -> list[str]:
         """The documented invocation, with chimeway's forking worker class."""
@@ -755,7 +755,7 @@ class CeleryDeployment(ProcessDeployment):
         )
         self.app = app
         self.producer = make_engine(
-            settings,
+            self.direct(settings),
             CeleryBackend(app, queue=settings.queue, rescue_interval=None),
             NoHooks(),
         )
