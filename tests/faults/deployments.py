@@ -164,7 +164,7 @@ class Deployment(abc.ABC):
 
     def drain_timeout(self, n: int) -> float:
         """A generous bound for ``n`` deliveries to end."""
-        return 90.0 + 0.6 * n
+        return 120.0 + 1.0 * n
 
     # -- what each backend implements ---------------------------------------
 

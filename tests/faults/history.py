@@ -299,10 +299,11 @@ def _check_attempts(
         )
         wanted = 0 if attempt.outcome is None or closed else 1
         if recorded[attempt.number] != wanted:
+            what = "a partial write" if recorded[attempt.number] < wanted else "written twice"
             problem(
                 "unexpected",
                 f"attempt {attempt.number} ({attempt.outcome}) has "
-                f"{recorded[attempt.number]} recording transitions (a partial write)",
+                f"{recorded[attempt.number]} recording transitions ({what})",
             )
 
 
