@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,6 +30,10 @@ SETTINGS_VARIABLE: Final = "FAULTS_SETTINGS"
 #: Three attempts, 0.2 s apart, no jitter.
 RETRY: Final = RetryPolicy(max_attempts=3, initial_delay=0.2, backoff_factor=1.0, jitter=0.0)
 CHANNELS: Final = ("provider", "provider-amo")
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
 
 
 @attrs.frozen(kw_only=True)
@@ -56,7 +60,7 @@ class Settings:
     job_timeout: int = 2
     rescue_interval: float = 0.5
     error_retry_delay: float = 1.0
-    sabotage: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    sabotage: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
     @property
     def files(self) -> RunFiles:

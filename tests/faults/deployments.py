@@ -817,7 +817,7 @@ class CeleryDeployment(ProcessDeployment):
 
     def hostile_jobs(self, canary: Path, target: UUID) -> list[str]:
         """A pickle message, tampered arguments, an unregistered task, a body of garbage."""
-        from kombu import Connection, Producer
+        from kombu import Connection, Producer  # type: ignore[attr-defined]  # kombu is untyped
 
         from chimeway_backends.celery import TASK_NAME
 
@@ -826,10 +826,10 @@ class CeleryDeployment(ProcessDeployment):
         pushed = []
         options = dict(self.settings.transport_options)
         url = app.conf.broker_url
-        with Connection(url, transport_options=options) as connection:
-            producer = Producer(connection)
+        with Connection(url, transport_options=options) as connection:  # type: ignore[no-untyped-call]
+            producer = Producer(connection)  # type: ignore[no-untyped-call]
             headers, *_ = app.amqp.as_task_v2("faults-pickle", TASK_NAME, args=(), kwargs={})
-            producer.publish(
+            producer.publish(  # type: ignore[no-untyped-call]
                 ((PickleCanary(canary),), {}, {}),
                 serializer="pickle",
                 exchange=queue.exchange,
@@ -839,7 +839,7 @@ class CeleryDeployment(ProcessDeployment):
             )
             pushed.append("a pickle message whose argument creates a file")
             headers, *_ = app.amqp.as_task_v2("faults-garbage", TASK_NAME, args=(), kwargs={})
-            producer.publish(
+            producer.publish(  # type: ignore[no-untyped-call]
                 b"\x00\xff[garbage",
                 content_type="application/json",
                 content_encoding="utf-8",
@@ -883,11 +883,11 @@ class CeleryDeployment(ProcessDeployment):
             client.flushdb()
             client.close()
         else:
-            from kombu import Connection
+            from kombu import Connection  # type: ignore[attr-defined]  # kombu is untyped
 
             from tests.services import RABBITMQ_URL
 
-            with Connection(RABBITMQ_URL) as connection:
+            with Connection(RABBITMQ_URL) as connection:  # type: ignore[no-untyped-call]
                 channel = connection.default_channel
                 with contextlib.suppress(Exception):
                     channel.queue_delete(self.settings.queue)

@@ -242,7 +242,9 @@ def _check_journal(delivery: _Delivery, entries: Sequence[_Entry], problem: Any)
                     f"broken chain: {entry.event} from {entry.from_status} while {status}",
                 )
             try:
-                moved = apply_event(DeliveryStatus(entry.from_status), Event(entry.event))
+                moved = apply_event(
+                    DeliveryStatus(entry.from_status or ""), Event(entry.event or "")
+                )
             except (IllegalTransitionError, ValueError) as error:
                 problem("unexpected", f"illegal transition in the journal: {error}")
             else:

@@ -35,7 +35,7 @@ from chimeway_core import store as store_module
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import LeaseLostError
 from chimeway_core.outcomes import Classification, Outcome
-from chimeway_core.records import Attempt, Claim, Delivery
+from chimeway_core.records import Attempt, Claim, Delivery, JournalKind
 from chimeway_core.states import Event, apply_event
 from chimeway_core.store import SQLStore
 
@@ -136,7 +136,7 @@ def _record_values(
     journal = store_module._journal_values(
         claim.delivery.id,
         now,
-        store_module.JournalKind.TRANSITION,
+        JournalKind.TRANSITION,
         event=event,
         from_status=claim.delivery.status,
         to_status=transition.dest,

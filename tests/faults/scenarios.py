@@ -211,7 +211,11 @@ def queue_lost(
     plan = [(spec(kinds[i % 4][0], i), kinds[i % 4][1]) for i in range(n)]
     _, expect = _run(d, "queue lost", plan)
     for fraction in (4, 2):
-        d.run_until(lambda f=fraction: _calls(d) >= n // f, timeout=60)
+
+        def far_enough(fraction: int = fraction) -> bool:
+            return _calls(d) >= n // fraction
+
+        d.run_until(far_enough, timeout=60)
         d.lose_queue()
     d.drain(timeout or d.drain_timeout(n))
     return d.check("4 queue lost in flight", expect=expect)

@@ -36,9 +36,10 @@ def test_a_value_nested_too_deep_is_refused_with_a_chimeway_error(
     """A payload or metadata nested 10,000 levels deep is refused as invalid; nothing is written."""
     clock = VirtualClock()
     engine = Chimeway(sqlite_store, MemoryBackend(clock), {"c": FakeChannel()}, clock=clock)
-    value = _nested(DEPTH) if field == "payload" else {"deep": _nested(DEPTH)}
+    payload = _nested(DEPTH) if field == "payload" else None
+    metadata = {"deep": _nested(DEPTH)} if field == "metadata" else None
     with pytest.raises(InvalidDeliveryError, match="nested"):
-        engine.notify("c", "someone", **{field: value})
+        engine.notify("c", "someone", payload, metadata=metadata)
     assert {} == sqlite_store.counts()
 
 
