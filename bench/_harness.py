@@ -51,7 +51,8 @@ ROOT = BENCH_DIR.parent
 POSTGRES_ADMIN_URL = os.environ.get(
     "CHIMEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("CHIMEWAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Database 10: the RQ tests own 15 and dedupe on job ids there.
+REDIS_URL = os.environ.get("CHIMEWAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 RABBITMQ_URL = os.environ.get("CHIMEWAY_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 

@@ -17,7 +17,9 @@ from chimeway_backends.rq import RQBackend, deliver
 from chimeway_core.jobs import Backend, job_id_for
 from tests.backends.rq.conftest import REDIS_TEST_DB, redis_url
 
-A, B, C = (uuid.UUID(int=n) for n in (1, 2, 3))
+# Fresh ids each run: a job id is global to the Redis database, and a run
+# killed before its teardown must not leave jobs the next run would dedupe on.
+A, B, C = (uuid.uuid4() for _ in range(3))
 
 
 def scheduled(backend: RQBackend) -> dict[str, float]:
