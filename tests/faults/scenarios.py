@@ -35,7 +35,6 @@ from tests.faults.provider import recipient
 
 Deploy = Callable[..., Deployment]
 MAX: Final = RETRY.max_attempts
-CANCELLED: Final = Expect(ends=frozenset({("cancelled", "cancelled")}))
 
 
 def spec(steps: Sequence[str], n: int, *, channel: str = "provider", **fields: Any) -> NewDelivery:
@@ -55,14 +54,12 @@ def _calls(deployment: Deployment) -> int:
     return len(deployment.files.provider.read())
 
 
-def _run(
-    deployment: Deployment,
-    scenario: str,
-    plan: Sequence[tuple[NewDelivery, Expect]],
+def _notify(
+    deployment: Deployment, plan: Sequence[tuple[NewDelivery, Expect]]
 ) -> tuple[list[UUID], dict[UUID, Expect]]:
+    """Notify the plan's deliveries; return their ids and what each is expected to end as."""
     made = deployment.notify([item for item, _ in plan])
     expect = {delivery.id: wanted for delivery, (_, wanted) in zip(made, plan, strict=True)}
-    del scenario
     return [delivery.id for delivery in made], expect
 
 
@@ -90,7 +87,7 @@ def sigkill(
         for i in range(n)
         for steps, channel, wanted in [kinds[i % len(kinds)]]
     ]
-    _, expect = _run(d, "sigkill", plan)
+    _, expect = _notify(d, plan)
     d.drain(timeout or d.drain_timeout(n))
     return d.check("1 SIGKILL mid-call / pre-call / post-commit", expect=expect)
 
@@ -110,7 +107,7 @@ def poison(
     d.start()
     exhausted = ends(("cancelled", "retries_exhausted"), attempts=MAX)
     plan = [(spec(["kill-mid"] if i % 2 else ["kill-pre"], i), exhausted) for i in range(n)]
-    _, expect = _run(d, "poison", plan)
+    _, expect = _notify(d, plan)
     d.drain(timeout or d.drain_timeout(n) + 10 * MAX)
     deaths = collections.Counter(fault["d"] for fault in d.files.faults.read())
     for delivery_id, count in deaths.items():
@@ -209,7 +206,7 @@ def queue_lost(
         (["5xx", "5xx", "ok"], ends(("succeeded", None), attempts=3)),
     ]
     plan = [(spec(kinds[i % 4][0], i), kinds[i % 4][1]) for i in range(n)]
-    _, expect = _run(d, "queue lost", plan)
+    _, expect = _notify(d, plan)
     for fraction in (4, 2):
 
         def far_enough(fraction: int = fraction) -> bool:
@@ -240,7 +237,7 @@ def pg_terminate(
         else (spec(["pgkill", "pgkill", "ok"], i), ends(("succeeded", None), attempts=3))
         for i in range(n)
     ]
-    _, expect = _run(d, "pgkill", plan)
+    _, expect = _notify(d, plan)
     d.drain(timeout or d.drain_timeout(n))
     return d.check("5 connection terminated at the record", expect=expect)
 
@@ -261,7 +258,7 @@ def db_outage(
     d.start()
     kinds = [["slow"], ["5xx", "ok"], ["ok"]]
     plan = [(spec(kinds[i % 3], i), SUCCEEDED) for i in range(n)]
-    _, expect = _run(d, "outage", plan)
+    _, expect = _notify(d, plan)
     d.run_until(lambda: _calls(d) >= n // 4, timeout=60)
     proxy = d.db_proxy
     assert proxy is not None
@@ -305,7 +302,7 @@ def concurrency(
     # overruns, each holding a worker past its lease.
     kinds = [(["ok"], once), (["redeliver"], once)]
     plan = [(spec(kinds[i % 2][0], i), kinds[i % 2][1]) for i in range(n - n // 3)]
-    ids, expect = _run(d, "concurrency", plan)
+    ids, expect = _notify(d, plan)
     d.inject("duplicate jobs")
     d.duplicate(ids[::2], copies=5)
     d.drain(timeout or d.drain_timeout(n))
@@ -315,7 +312,7 @@ def concurrency(
         (spec(["overrun", "ok"], i), ends(("succeeded", None), calls=2))
         for i in range(n - n // 3, n)
     ]
-    overruns, more = _run(d, "concurrency", plan)
+    overruns, more = _notify(d, plan)
     expect |= more
     d.drain(timeout or d.drain_timeout(n))
     with d.db.connect() as conn:
@@ -396,7 +393,7 @@ def sigterm(
     d = deploy(backend, sabotage=sabotage, realtime=True, slow=0.8)
     d.start()
     plan = [(spec(["slow"], i), ends(("succeeded", None), attempts=1, calls=1)) for i in range(n)]
-    _, expect = _run(d, "sigterm", plan)
+    _, expect = _notify(d, plan)
     if not d.run_until(lambda: in_flight_attempts(d.db) > 0, timeout=60):
         d.problem(None, "no call was in flight to shut down on")
     d.shutdown(graceful=graceful)
