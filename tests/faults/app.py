@@ -81,6 +81,11 @@ class Settings:
         return attrs.evolve(self, **changes)
 
 
+def urgent_queue(queue: str) -> str:
+    """The second queue a Celery worker consumes: only redeliveries go there."""
+    return f"{queue}-urgent"
+
+
 def psycopg_url(url: str) -> str:
     """A SQLAlchemy PostgreSQL URL as a plain libpq URL (for ``psycopg.connect``)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

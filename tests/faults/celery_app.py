@@ -10,8 +10,9 @@ from uuid import UUID
 from celery import Celery
 
 from chimeway_backends.celery import CeleryBackend
+from chimeway_core.jobs import job_id_for
 from tests.faults import sabotage
-from tests.faults.app import Settings, make_engine
+from tests.faults.app import Settings, make_engine, urgent_queue
 from tests.faults.provider import ProcessHooks
 
 settings = Settings.from_env()
@@ -38,8 +39,12 @@ backend = CeleryBackend(
 
 
 def _push_duplicate(delivery_id: UUID) -> None:
-    # Celery never deduplicates: a second enqueue is a second message.
-    backend.enqueue(delivery_id)
+    # Celery never deduplicates: a second message under the same task id, sent to
+    # the queue the worker also consumes that nothing else fills, so an idle
+    # pool child takes it at once instead of after every message already queued.
+    backend.task.apply_async(
+        (str(delivery_id),), task_id=job_id_for(delivery_id), queue=urgent_queue(settings.queue)
+    )
 
 
 hooks = ProcessHooks(_push_duplicate, settings.files)

@@ -41,7 +41,7 @@ from sqlalchemy import Engine, make_url, text
 from chimeway_backends.memory import MemoryBackend, MemoryWorker
 from chimeway_core.clock import Clock, SystemClock, VirtualClock
 from chimeway_core.records import Delivery, NewDelivery
-from tests.faults.app import Settings, make_engine
+from tests.faults.app import Settings, make_engine, urgent_queue
 from tests.faults.history import Expect, GlobalFault, Problem, Report, check
 from tests.faults.provider import FaultEngine
 from tests.faults.proxy import TcpProxy
@@ -772,7 +772,14 @@ class CeleryDeployment(ProcessDeployment):
         queue = self.settings.queue
         return [
             *(sys.executable, "-m", "celery", "-A", "tests.faults.celery_app", "worker"),
-            *("--pool", "prefork", "--concurrency", "2", "--queues", queue),
+            *(
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--queues",
+                f"{queue},{urgent_queue(queue)}",
+            ),
             *("--prefetch-multiplier", "1", "--loglevel", "INFO"),
             *("--without-gossip", "--without-mingle", "--without-heartbeat"),
             *("--hostname", f"{queue}-{self.spawned}@%h"),
@@ -889,8 +896,9 @@ class CeleryDeployment(ProcessDeployment):
 
             with Connection(RABBITMQ_URL) as connection:  # type: ignore[no-untyped-call]
                 channel = connection.default_channel
-                with contextlib.suppress(Exception):
-                    channel.queue_delete(self.settings.queue)
+                for queue in (self.settings.queue, urgent_queue(self.settings.queue)):
+                    with contextlib.suppress(Exception):
+                        channel.queue_delete(queue)
         if self.proxy is not None:
             self.proxy.close()
         self.app.close()
