@@ -56,7 +56,6 @@ from chimeway_core.clock import Clock, SystemClock, ensure_aware
 from chimeway_core.dispatch import Action, attempt_event, match_row
 from chimeway_core.errors import (
     DeliveryNotFoundError,
-    DeliveryTerminalError,
     IllegalTransitionError,
     LeaseLostError,
     UnhandledOutcomeError,
@@ -73,6 +72,7 @@ from chimeway_core.policies import (
     PolicyContext,
     PolicyPhase,
     Proceed,
+    RecentAttempts,
     Suppress,
     apply_deferral_bound,
     evaluate_policies,
@@ -80,7 +80,7 @@ from chimeway_core.policies import (
 from chimeway_core.records import Claim, Delivery, DeliveryHistory, NewDelivery
 from chimeway_core.retry import RetryPolicy
 from chimeway_core.states import DeliveryStatus, apply_event
-from chimeway_core.store import OutboxItem, SQLStore
+from chimeway_core.store import LockedDelivery, OutboxItem, SQLStore
 from chimeway_core.telemetry import Telemetry, TelemetryEvent
 
 __all__ = ["Chimeway", "RescueReport"]
@@ -101,6 +101,55 @@ class RescueReport:
     """Due live deliveries handed to the backend again."""
     relayed: int
     """Outbox rows handed to the backend."""
+
+
+@attrs.frozen
+class _Claimed:
+    """The lease is taken and the attempt written: call the channel."""
+
+    claim: Claim
+    channel: Channel
+
+
+@attrs.frozen
+class _Ignored:
+    """Nothing to do for this job (duplicate, terminal, leased...)."""
+
+    why: str
+
+
+@attrs.frozen
+class _NotDue:
+    """The delivery's ``scheduled_at`` is still ahead: run the job again then."""
+
+
+@attrs.frozen
+class _Exhausted:
+    """No attempt was left: the delivery was cancelled as exhausted."""
+
+    before: Delivery
+    after: Delivery
+
+
+@attrs.frozen
+class _Suppressed:
+    """A policy suppressed the delivery."""
+
+    after: Delivery
+    reason: str
+    policy: str | None
+
+
+@attrs.frozen
+class _Deferred:
+    """A policy moved the delivery's ``scheduled_at``."""
+
+    after: Delivery
+    reason: str
+
+
+Admission = _Claimed | _Ignored | _NotDue | _Exhausted | _Suppressed | _Deferred
+"""What perform() decided inside the lock, acted on after it committed."""
 
 
 class Chimeway:
@@ -314,58 +363,93 @@ class Chimeway:
         :class:`UnhandledOutcomeError` (after scheduling the next run) for a
         shape the dispatch table does not cover.
         """
-        delivery = self.store.get(delivery_id)
+        now = self.clock.now()
+        # One transaction reads the delivery for update, asks the policies and
+        # writes what they decide (the claim with its attempt, a suppression,
+        # a deferral): one commit where a separate read would cost two.
+        with self.store.lock(delivery_id) as locked:
+            delivery = locked.delivery
+            if delivery is None:
+                admitted: Admission = _Ignored("delivery not found")
+            else:
+                admitted = self._admit(locked, delivery, now)
         if delivery is None:
             return self._ignored(delivery_id, None, "delivery not found")
         with self.telemetry.span("perform", _meta(delivery)) as span:
-            result = self._perform(delivery)
+            result = self._settle(delivery, admitted)
             span["job_kind"] = result.kind.value
             return result
 
-    def _perform(self, delivery: Delivery) -> JobResult:
-        now = self.clock.now()
+    def _admit(self, locked: LockedDelivery, delivery: Delivery, now: datetime) -> Admission:
+        """Decide, inside the lock, what this job does; write it through ``locked``."""
         if delivery.is_terminal:
-            return self._ignored(delivery.id, delivery, "delivery is terminal")
+            return _Ignored("delivery is terminal")
         if delivery.scheduled_at > now:
-            return JobResult(
-                delivery_id=delivery.id,
-                kind=JobKind.DEFER,
-                run_at=delivery.scheduled_at,
-                detail="not yet due",
-            )
+            return _NotDue()
         if delivery.lease_owner is not None:
             # A live lease: another worker is calling. An expired one: a worker
             # died mid-call and its in-flight attempt is the rescuer's to
             # resolve (it queues the delivery again when it retries).
             live = delivery.lease_expires_at is not None and delivery.lease_expires_at > now
             why = "claimed by another worker" if live else "awaiting rescue of a lost attempt"
-            return self._ignored(delivery.id, delivery, why)
+            return _Ignored(why)
         channel = self._channel(delivery.channel)
         if delivery.attempt_count >= delivery.max_attempts:
             # Crashed between recording the final failure and exhausting.
-            return self._exhaust(delivery, now)
+            return _Exhausted(delivery, locked.exhaust(now=now))
         decision, policy_name = evaluate_policies(
-            self.policies, delivery, self._context(now, PolicyPhase.PERFORM)
+            self.policies, delivery, self._context(now, PolicyPhase.PERFORM, locked)
         )
         decision = apply_deferral_bound(decision, delivery, self.max_deferrals)
         match decision:
             case Suppress(reason=reason):
-                return self._suppress(delivery, reason, policy_name, now)
+                return _Suppressed(locked.suppress(reason, now=now), reason, policy_name)
             case Defer(until=until, reason=reason):
-                return self._defer(delivery, until, reason, now)
+                return _Deferred(locked.defer(until, reason, now=now), reason)
             case Proceed():
                 pass
             case _:
                 assert_never(decision)
-        claim = self.store.claim(
-            delivery.id,
-            owner=self._owner(),
-            lease_seconds=channel.timeout + self.lease_margin,
-            now=now,
+        claim = locked.claim(
+            owner=self._owner(), lease_seconds=channel.timeout + self.lease_margin, now=now
         )
         if claim is None:
-            return self._ignored(delivery.id, delivery, "claim lost")
-        return self._attempt(claim, channel)
+            return _Ignored("claim lost")
+        return _Claimed(claim, channel)
+
+    def _settle(self, delivery: Delivery, admitted: Admission) -> JobResult:
+        """After the lock committed: emit what was written, or make the attempt."""
+        match admitted:
+            case _Claimed(claim=claim, channel=channel):
+                return self._attempt(claim, channel)
+            case _Ignored(why=why):
+                return self._ignored(delivery.id, delivery, why)
+            case _NotDue():
+                return JobResult(
+                    delivery_id=delivery.id,
+                    kind=JobKind.DEFER,
+                    run_at=delivery.scheduled_at,
+                    detail="not yet due",
+                )
+            case _Exhausted(before=before, after=after):
+                return self._exhausted(before, after)
+            case _Suppressed(after=after, reason=reason, policy=policy):
+                self.telemetry.emit(
+                    TelemetryEvent.SUPPRESSED, _meta(after) | {"reason": reason, "row": policy}
+                )
+                return JobResult(
+                    delivery_id=after.id, kind=JobKind.ACK, detail=f"suppressed: {reason}"
+                )
+            case _Deferred(after=after, reason=reason):
+                self.telemetry.emit(TelemetryEvent.DEFERRED, _meta(after) | {"reason": reason})
+                return JobResult(
+                    delivery_id=after.id,
+                    kind=JobKind.DEFER,
+                    run_at=after.scheduled_at,
+                    detail=reason,
+                )
+            case _:
+                assert_never(admitted)
 
     def _attempt(self, claim: Claim, channel: Channel) -> JobResult:
         delivery = claim.delivery
@@ -461,39 +545,16 @@ class Chimeway:
             after = self.store.exhaust(delivery.id, expected_version=delivery.version, now=now)
         except (LeaseLostError, IllegalTransitionError):
             return self._ignored(delivery.id, delivery, "moved on before exhausting")
+        return self._exhausted(delivery, after)
+
+    def _exhausted(self, before: Delivery, after: Delivery) -> JobResult:
         meta = _meta(after) | {"reason": after.reason, "attempt": after.attempt_count}
         self.telemetry.emit(TelemetryEvent.EXHAUSTED, meta)
         self.telemetry.emit(
             TelemetryEvent.STATUS_TRANSITION,
-            meta | {"from_status": delivery.status.value, "to_status": after.status.value},
+            meta | {"from_status": before.status.value, "to_status": after.status.value},
         )
         return JobResult(delivery_id=after.id, kind=JobKind.ACK, detail="exhausted")
-
-    def _suppress(
-        self, delivery: Delivery, reason: str, policy: str | None, now: datetime
-    ) -> JobResult:
-        try:
-            after = self.store.suppress(
-                delivery.id, reason, expected_version=delivery.version, now=now
-            )
-        except (LeaseLostError, IllegalTransitionError):
-            return self._ignored(delivery.id, delivery, "moved on before suppressing")
-        self.telemetry.emit(
-            TelemetryEvent.SUPPRESSED, _meta(after) | {"reason": reason, "row": policy}
-        )
-        return JobResult(delivery_id=after.id, kind=JobKind.ACK, detail=f"suppressed: {reason}")
-
-    def _defer(self, delivery: Delivery, until: datetime, reason: str, now: datetime) -> JobResult:
-        try:
-            after = self.store.defer(
-                delivery.id, until, reason, expected_version=delivery.version, now=now
-            )
-        except (LeaseLostError, DeliveryTerminalError):
-            return self._ignored(delivery.id, delivery, "moved on before deferring")
-        self.telemetry.emit(TelemetryEvent.DEFERRED, _meta(after) | {"reason": reason})
-        return JobResult(
-            delivery_id=after.id, kind=JobKind.DEFER, run_at=after.scheduled_at, detail=reason
-        )
 
     def _ignored(self, delivery_id: UUID, delivery: Delivery | None, why: str) -> JobResult:
         meta = _meta(delivery) if delivery else {"delivery_id": str(delivery_id)}
@@ -612,14 +673,19 @@ class Chimeway:
     def _owner(self) -> str:
         return f"{self._identity}:{os.getpid()}:{threading.get_ident()}"
 
-    def _context(self, now: datetime, phase: PolicyPhase) -> PolicyContext:
-        return PolicyContext(
-            now=now,
-            phase=phase,
-            recent_attempts=lambda channel, recipient, since: self.store.count_recent_attempts(
+    def _context(
+        self, now: datetime, phase: PolicyPhase, locked: LockedDelivery | None = None
+    ) -> PolicyContext:
+        # At perform time, counts run inside the lock's transaction (one
+        # connection: SQLite in memory has only one).
+        recent: RecentAttempts = (
+            locked.recent_attempts
+            if locked is not None
+            else lambda channel, recipient, since: self.store.count_recent_attempts(
                 channel=channel, recipient=recipient, since=since
-            ),
+            )
         )
+        return PolicyContext(now=now, phase=phase, recent_attempts=recent)
 
 
 def _meta(delivery: Delivery) -> dict[str, object]:

@@ -44,7 +44,7 @@ import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
@@ -55,7 +55,9 @@ from sqlalchemy import (
     Engine,
     Insert,
     Row,
+    Update,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -103,7 +105,7 @@ from chimeway_core.schema import (
 )
 from chimeway_core.states import TERMINAL_STATUSES, DeliveryStatus, Event, apply_event
 
-__all__ = ["Created", "OutboxItem", "SQLStore"]
+__all__ = ["Created", "LockedDelivery", "OutboxItem", "SQLStore"]
 
 _DELIVERIES: Final = metadata.tables[DeliveryRow.__tablename__]
 _ATTEMPTS: Final = metadata.tables[AttemptRow.__tablename__]
@@ -115,6 +117,7 @@ _J: Final = _JOURNAL.c
 _O: Final = _OUTBOX.c
 
 _LIVE: Final = (DeliveryStatus.READY.value, DeliveryStatus.FAILED.value)
+_DELIVERY_COLUMNS: Final = len(_DELIVERIES.c)
 _SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 _WRITE_OPTION: Final = "chimeway_write"
 # Rows per statement for lookups by key: well under SQLite's variable limit.
@@ -288,27 +291,49 @@ def _truncate(text: str | None, limit: int) -> str | None:
 
 
 def _delivery(row: Row[Any]) -> Delivery:
-    m = row._mapping
+    # Positional: a row of ``select(_DELIVERIES)`` (or a join starting with it)
+    # holds the table's columns in order, which is the field order of Delivery.
+    (
+        id_,
+        channel,
+        recipient,
+        payload,
+        notification_key,
+        idempotency_key,
+        status,
+        reason,
+        attempt_count,
+        max_attempts,
+        scheduled_at,
+        expires_at,
+        lease_owner,
+        lease_expires_at,
+        version,
+        deferral_count,
+        metadata_,
+        created_at,
+        updated_at,
+    ) = row[:_DELIVERY_COLUMNS]
     return Delivery(
-        id=m[_D.id],
-        channel=m[_D.channel],
-        recipient=m[_D.recipient],
-        payload=m[_D.payload],
-        notification_key=m[_D.notification_key],
-        idempotency_key=m[_D.idempotency_key],
-        status=DeliveryStatus(m[_D.status]),
-        reason=m[_D.reason],
-        attempt_count=m[_D.attempt_count],
-        max_attempts=m[_D.max_attempts],
-        scheduled_at=m[_D.scheduled_at],
-        expires_at=m[_D.expires_at],
-        lease_owner=m[_D.lease_owner],
-        lease_expires_at=m[_D.lease_expires_at],
-        version=m[_D.version],
-        deferral_count=m[_D.deferral_count],
-        metadata=m[_D["metadata"]],
-        created_at=m[_D.created_at],
-        updated_at=m[_D.updated_at],
+        id=id_,
+        channel=channel,
+        recipient=recipient,
+        payload=payload,
+        notification_key=notification_key,
+        idempotency_key=idempotency_key,
+        status=DeliveryStatus(status),
+        reason=reason,
+        attempt_count=attempt_count,
+        max_attempts=max_attempts,
+        scheduled_at=scheduled_at,
+        expires_at=expires_at,
+        lease_owner=lease_owner,
+        lease_expires_at=lease_expires_at,
+        version=version,
+        deferral_count=deferral_count,
+        metadata=metadata_,
+        created_at=created_at,
+        updated_at=updated_at,
     )
 
 
@@ -425,6 +450,302 @@ def _write_fenced(conn: Connection, current: Delivery, values: Mapping[str, Any]
 def _in_chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# ------------------------------------------------------------ hot-path statements
+
+# The statements of perform() are built once, with bind parameters, instead of
+# per call: SQLAlchemy memoizes a statement object's cache key, so executing a
+# prebuilt one skips constructing, coercing and cache-key walking (most of the
+# Python cost of a write, per the profile in docs/performance.md).
+
+_SELECT_FOR_UPDATE: Final = select(_DELIVERIES).where(_D.id == bindparam("b_id")).with_for_update()
+
+_CLAIM: Final = (
+    update(_DELIVERIES)
+    .where(
+        _D.id == bindparam("b_id"),
+        _D.version == bindparam("b_version"),
+        _D.status.in_(_LIVE),
+        _D.scheduled_at <= bindparam("b_due"),
+        or_(_D.lease_owner.is_(None), _D.lease_expires_at <= bindparam("b_expired")),
+        _D.attempt_count < _D.max_attempts,
+        _no_attempt_in_flight(),
+    )
+    .values(
+        lease_owner=bindparam("b_owner"),
+        lease_expires_at=bindparam("b_lease_expires_at"),
+        attempt_count=_D.attempt_count + 1,
+        version=_D.version + 1,
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+
+_INSERT_ATTEMPT: Final = _ATTEMPTS.insert()
+_INSERT_JOURNAL: Final = _JOURNAL.insert()
+
+_FINISH_ATTEMPT: Final = (
+    update(_ATTEMPTS)
+    .where(
+        _A.delivery_id == bindparam("b_id"),
+        _A.number == bindparam("b_number"),
+        _A.outcome.is_(None),
+    )
+    .values(
+        finished_at=bindparam("b_finished_at"),
+        outcome=bindparam("b_outcome"),
+        error_class=bindparam("b_error_class"),
+        provider_response=bindparam("b_provider_response", type_=_A.provider_response.type),
+        error=bindparam("b_error"),
+    )
+)
+
+
+def _record_statement(*, reschedule: bool) -> Update:
+    values: dict[str, Any] = {
+        "status": bindparam("b_status"),
+        "reason": bindparam("b_reason"),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "version": _D.version + 1,
+        "updated_at": bindparam("b_updated_at"),
+    }
+    if reschedule:
+        values["scheduled_at"] = bindparam("b_scheduled_at")
+    return (
+        update(_DELIVERIES)
+        .where(
+            _D.id == bindparam("b_id"),
+            _D.version == bindparam("b_version"),
+            _D.status == bindparam("b_from_status"),
+            _D.lease_owner == bindparam("b_owner"),
+        )
+        .values(values)
+    )
+
+
+_RECORD: Final = _record_statement(reschedule=False)
+_RECORD_RESCHEDULED: Final = _record_statement(reschedule=True)
+
+_COUNT_RECENT_ATTEMPTS: Final = (
+    select(func.count())
+    .select_from(_ATTEMPTS.join(_DELIVERIES, _A.delivery_id == _D.id))
+    .where(
+        _D.channel == bindparam("b_channel"),
+        _D.recipient == bindparam("b_recipient"),
+        _A.started_at >= bindparam("b_since"),
+    )
+)
+
+
+def _count_recent_attempts(conn: Connection, channel: str, recipient: str, since: datetime) -> int:
+    since = _aware(since, "since")
+    parameters = {"b_channel": channel, "b_recipient": recipient, "b_since": since}
+    return int(conn.execute(_COUNT_RECENT_ATTEMPTS, parameters).scalar_one())
+
+
+def _claim_on(
+    conn: Connection, current: Delivery, *, owner: str, lease_seconds: float, now: datetime
+) -> Claim | None:
+    """Claim ``current`` (as read in this transaction) and write its attempt, or ``None``."""
+    now = _aware(now, "now")
+    _check_text(owner, "owner", max_length=OWNER_LENGTH)
+    if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+        raise InvalidDeliveryError("lease_seconds", f"must be > 0, got {lease_seconds!r}")
+    lease_expires_at = now + timedelta(seconds=lease_seconds)
+    claimed = conn.execute(
+        _CLAIM,
+        {
+            "b_id": current.id,
+            "b_version": current.version,
+            "b_due": now,
+            "b_expired": now,
+            "b_owner": owner,
+            "b_lease_expires_at": lease_expires_at,
+            "b_updated_at": now,
+        },
+    )
+    if claimed.rowcount != 1:
+        return None
+    at = now.astimezone(UTC)
+    delivery = attrs.evolve(
+        current,
+        lease_owner=owner,
+        lease_expires_at=lease_expires_at.astimezone(UTC),
+        attempt_count=current.attempt_count + 1,
+        version=current.version + 1,
+        updated_at=at,
+    )
+    conn.execute(
+        _INSERT_ATTEMPT,
+        {
+            "delivery_id": delivery.id,
+            "number": delivery.attempt_count,
+            "started_at": now,
+            "worker": owner,
+        },
+    )
+    attempt = Attempt(
+        delivery_id=delivery.id,
+        number=delivery.attempt_count,
+        started_at=at,
+        finished_at=None,
+        outcome=None,
+        error_class=None,
+        provider_response=None,
+        error=None,
+        worker=owner,
+    )
+    return Claim(delivery=delivery, attempt=attempt)
+
+
+def _transition_on(
+    conn: Connection, current: Delivery, event: Event, *, reason: str | None, now: datetime
+) -> Delivery:
+    """Apply ``event`` to ``current`` (as read in this transaction), fenced; journal it."""
+    transition = apply_event(current.status, event)
+    new_reason = transition.reason.value if transition.reason is not None else reason
+    values: dict[str, Any] = {
+        "status": transition.dest.value,
+        "reason": new_reason,
+        "version": _D.version + 1,
+        "updated_at": now,
+    }
+    if transition.dest in TERMINAL_STATUSES:
+        values.update(lease_owner=None, lease_expires_at=None)
+    updated = _write_fenced(conn, current, values)
+    conn.execute(
+        _INSERT_JOURNAL,
+        _journal_values(
+            current.id,
+            now,
+            JournalKind.TRANSITION,
+            event=event,
+            from_status=current.status,
+            to_status=transition.dest,
+            reason=new_reason,
+        ),
+    )
+    if transition.dest in TERMINAL_STATUSES:
+        conn.execute(delete(_OUTBOX).where(_O.delivery_id == current.id))
+        if current.lease_owner is not None:
+            # Cancelled (or suppressed) mid-call: the leased worker's late
+            # record is fenced off, so close its attempt here as unknown
+            # rather than leave it in flight forever.
+            conn.execute(
+                update(_ATTEMPTS)
+                .where(_A.delivery_id == current.id, _A.outcome.is_(None))
+                .values(
+                    finished_at=now,
+                    outcome=Outcome.UNKNOWN.value,
+                    error=f"{event.value} while the call was in flight",
+                )
+            )
+    return _delivery(updated)
+
+
+def _defer_on(
+    conn: Connection, current: Delivery, until: datetime, reason: str, *, now: datetime
+) -> Delivery:
+    """Push ``current`` (as read in this transaction) to ``until``, fenced; journal it."""
+    if current.is_terminal:
+        raise DeliveryTerminalError(current.id, current.status, "defer")
+    updated = _write_fenced(
+        conn,
+        current,
+        {
+            "scheduled_at": until,
+            "reason": reason,
+            "deferral_count": _D.deferral_count + 1,
+            "version": _D.version + 1,
+            "updated_at": now,
+        },
+    )
+    conn.execute(
+        _INSERT_JOURNAL,
+        _journal_values(
+            current.id,
+            now,
+            JournalKind.DEFERRED,
+            from_status=current.status,
+            to_status=current.status,
+            reason=reason,
+            detail={"until": until.isoformat(), "deferral_count": current.deferral_count + 1},
+        ),
+    )
+    return _delivery(updated)
+
+
+class LockedDelivery:
+    """A delivery read for update, and the one transaction every write on it joins.
+
+    Yielded by :meth:`SQLStore.lock`. ``delivery`` is ``None`` for an unknown
+    id. While the block runs nobody else can write the row (PostgreSQL ``SELECT
+    ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` write lock), so what the
+    caller decides from ``delivery`` still holds when it writes. At most one of
+    :meth:`claim`, :meth:`suppress`, :meth:`defer` and :meth:`exhaust` may be
+    called; the transaction commits when the block ends and rolls everything
+    back if it raises.
+    """
+
+    def __init__(self, conn: Connection, delivery_id: UUID, delivery: Delivery | None) -> None:
+        self._conn = conn
+        self.delivery_id = delivery_id
+        self.delivery = delivery
+        self._written = False
+
+    def __repr__(self) -> str:
+        found = "found" if self.delivery is not None else "missing"
+        return f"<LockedDelivery {self.delivery_id} {found} written={self._written}>"
+
+    def _current(self, operation: str) -> Delivery:
+        if self.delivery is None:
+            raise DeliveryNotFoundError(self.delivery_id)
+        if self._written:
+            raise RuntimeError(f"LockedDelivery.{operation}: this lock already wrote once")
+        self._written = True
+        return self.delivery
+
+    def recent_attempts(self, channel: str, recipient: str, since: datetime) -> int:
+        """:meth:`SQLStore.count_recent_attempts`, inside this transaction."""
+        return _count_recent_attempts(self._conn, channel, recipient, since)
+
+    def claim(self, *, owner: str, lease_seconds: float, now: datetime) -> Claim | None:
+        """Take the lease and write the in-flight attempt; ``None`` if not claimable.
+
+        The same conditions as :meth:`SQLStore.claim`, checked by the database,
+        plus the version read: live, due, no live lease, below
+        ``max_attempts``, no attempt in flight.
+        """
+        return _claim_on(
+            self._conn,
+            self._current("claim"),
+            owner=owner,
+            lease_seconds=lease_seconds,
+            now=now,
+        )
+
+    def suppress(self, reason: str, *, now: datetime) -> Delivery:
+        """Move the delivery to ``suppressed`` with a policy's ``reason``."""
+        _check_text(reason, "reason", max_length=REASON_LENGTH)
+        now = _aware(now, "now")
+        return _transition_on(
+            self._conn, self._current("suppress"), Event.SUPPRESS, reason=reason, now=now
+        )
+
+    def defer(self, until: datetime, reason: str, *, now: datetime) -> Delivery:
+        """Push the delivery to ``until`` for a policy's ``reason`` (no attempt used)."""
+        now = _aware(now, "now")
+        until = _aware(until, "until")
+        _check_text(reason, "reason", max_length=REASON_LENGTH)
+        return _defer_on(self._conn, self._current("defer"), until, reason, now=now)
+
+    def exhaust(self, *, now: datetime) -> Delivery:
+        """Move a ``failed`` delivery with no attempt left to ``cancelled``."""
+        now = _aware(now, "now")
+        return _transition_on(
+            self._conn, self._current("exhaust"), Event.EXHAUST, reason=None, now=now
+        )
 
 
 # -------------------------------------------------------------------------- store
@@ -700,6 +1021,22 @@ class SQLStore:
             journal=tuple(_journal_entry(j) for j in journal),
         )
 
+    @contextmanager
+    def lock(self, delivery_id: UUID) -> Iterator[LockedDelivery]:
+        """Read a delivery for update and keep its transaction open for the block.
+
+        One transaction: the row is read with ``SELECT ... FOR UPDATE`` (on
+        SQLite under the ``BEGIN IMMEDIATE`` write lock), the block decides
+        and writes at most once through the :class:`LockedDelivery`, and the
+        transaction commits when the block ends (rolls back if it raises).
+        ``perform()`` uses it so that reading, the policies and the claim cost
+        one commit, not two.
+        """
+        with self._write() as conn:
+            row = conn.execute(_SELECT_FOR_UPDATE, {"b_id": delivery_id}).first()
+            found = _delivery(row) if row is not None else None
+            yield LockedDelivery(conn, delivery_id, found)
+
     # --------------------------------------------------------------- claiming
 
     def claim(
@@ -821,52 +1158,69 @@ class SQLStore:
         if next_run_at is not None:
             delivery_values["scheduled_at"] = next_run_at
         lost = LeaseLostError(before.id, claim.owner, before.version)
+        delivery_parameters: dict[str, Any] = {
+            "b_id": before.id,
+            "b_version": before.version,
+            "b_from_status": before.status.value,
+            "b_owner": claim.owner,
+            "b_status": transition.dest.value,
+            "b_reason": new_reason,
+            "b_updated_at": now,
+        }
+        if next_run_at is not None:
+            delivery_parameters["b_scheduled_at"] = next_run_at
         with self._write() as conn:
             # The attempt first: if the fenced delivery write below matches
             # nothing, raising rolls this back too.
             completed = conn.execute(
-                update(_ATTEMPTS)
-                .where(
-                    _A.delivery_id == before.id,
-                    _A.number == claim.attempt.number,
-                    _A.outcome.is_(None),
-                )
-                .values(attempt_values)
+                _FINISH_ATTEMPT,
+                {
+                    "b_id": before.id,
+                    "b_number": claim.attempt.number,
+                    "b_finished_at": now,
+                    "b_outcome": attempt_values["outcome"],
+                    "b_error_class": attempt_values["error_class"],
+                    "b_provider_response": attempt_values["provider_response"],
+                    "b_error": attempt_values["error"],
+                },
             )
             if completed.rowcount != 1:
                 raise lost
-            row = conn.execute(
-                update(_DELIVERIES)
-                .where(
-                    _D.id == before.id,
-                    _D.version == before.version,
-                    _D.status == before.status.value,
-                    _D.lease_owner == claim.owner,
-                )
-                .values(delivery_values)
-                .returning(*_DELIVERIES.c)
-            ).first()
-            if row is None:
+            updated = conn.execute(
+                _RECORD if next_run_at is None else _RECORD_RESCHEDULED, delivery_parameters
+            )
+            if updated.rowcount != 1:
                 raise lost
             conn.execute(
-                _JOURNAL.insert().values(
-                    _journal_values(
-                        before.id,
-                        now,
-                        JournalKind.TRANSITION,
-                        event=event,
-                        from_status=before.status,
-                        to_status=transition.dest,
-                        reason=new_reason,
-                        detail={
-                            "attempt": claim.attempt.number,
-                            "outcome": attempt_values["outcome"],
-                            "error_class": attempt_values["error_class"],
-                        },
-                    )
-                )
+                _INSERT_JOURNAL,
+                _journal_values(
+                    before.id,
+                    now,
+                    JournalKind.TRANSITION,
+                    event=event,
+                    from_status=before.status,
+                    to_status=transition.dest,
+                    reason=new_reason,
+                    detail={
+                        "attempt": claim.attempt.number,
+                        "outcome": attempt_values["outcome"],
+                        "error_class": attempt_values["error_class"],
+                    },
+                ),
             )
-        return _delivery(row)
+        # The row as the fenced write left it: every changed column is known here.
+        return attrs.evolve(
+            before,
+            status=transition.dest,
+            reason=new_reason,
+            lease_owner=None,
+            lease_expires_at=None,
+            version=before.version + 1,
+            updated_at=now.astimezone(UTC),
+            scheduled_at=before.scheduled_at
+            if next_run_at is None
+            else next_run_at.astimezone(UTC),
+        )
 
     # ------------------------------------------------------ transitions by id
 
@@ -882,46 +1236,7 @@ class SQLStore:
         now = _aware(now, "now")
         with self._write() as conn:
             current = _read_for_write(conn, delivery_id, expected_version)
-            transition = apply_event(current.status, event)
-            new_reason = transition.reason.value if transition.reason is not None else reason
-            values: dict[str, Any] = {
-                "status": transition.dest.value,
-                "reason": new_reason,
-                "version": _D.version + 1,
-                "updated_at": now,
-            }
-            if transition.dest in TERMINAL_STATUSES:
-                values.update(lease_owner=None, lease_expires_at=None)
-            updated = _write_fenced(conn, current, values)
-            conn.execute(
-                _JOURNAL.insert().values(
-                    _journal_values(
-                        delivery_id,
-                        now,
-                        JournalKind.TRANSITION,
-                        event=event,
-                        from_status=current.status,
-                        to_status=transition.dest,
-                        reason=new_reason,
-                    )
-                )
-            )
-            if transition.dest in TERMINAL_STATUSES:
-                conn.execute(delete(_OUTBOX).where(_O.delivery_id == delivery_id))
-                if current.lease_owner is not None:
-                    # Cancelled (or suppressed) mid-call: the leased worker's
-                    # late record is fenced off, so close its attempt here as
-                    # unknown rather than leave it in flight forever.
-                    conn.execute(
-                        update(_ATTEMPTS)
-                        .where(_A.delivery_id == delivery_id, _A.outcome.is_(None))
-                        .values(
-                            finished_at=now,
-                            outcome=Outcome.UNKNOWN.value,
-                            error=f"{event.value} while the call was in flight",
-                        )
-                    )
-        return _delivery(updated)
+            return _transition_on(conn, current, event, reason=reason, now=now)
 
     def exhaust(self, delivery_id: UUID, *, expected_version: int, now: datetime) -> Delivery:
         """Move a ``failed`` delivery to ``cancelled`` / ``retries_exhausted``.
@@ -990,36 +1305,7 @@ class SQLStore:
         _check_text(reason, "reason", max_length=REASON_LENGTH)
         with self._write() as conn:
             current = _read_for_write(conn, delivery_id, expected_version)
-            if current.is_terminal:
-                raise DeliveryTerminalError(delivery_id, current.status, "defer")
-            updated = _write_fenced(
-                conn,
-                current,
-                {
-                    "scheduled_at": until,
-                    "reason": reason,
-                    "deferral_count": _D.deferral_count + 1,
-                    "version": _D.version + 1,
-                    "updated_at": now,
-                },
-            )
-            conn.execute(
-                _JOURNAL.insert().values(
-                    _journal_values(
-                        delivery_id,
-                        now,
-                        JournalKind.DEFERRED,
-                        from_status=current.status,
-                        to_status=current.status,
-                        reason=reason,
-                        detail={
-                            "until": until.isoformat(),
-                            "deferral_count": current.deferral_count + 1,
-                        },
-                    )
-                )
-            )
-        return _delivery(updated)
+            return _defer_on(conn, current, until, reason, now=now)
 
     # ------------------------------------------------------- operators, rescuer
 
@@ -1089,17 +1375,8 @@ class SQLStore:
 
         Counted in the database, so a rate limit holds across workers.
         """
-        query = (
-            select(func.count())
-            .select_from(_ATTEMPTS.join(_DELIVERIES, _A.delivery_id == _D.id))
-            .where(
-                _D.channel == channel,
-                _D.recipient == recipient,
-                _A.started_at >= _aware(since, "since"),
-            )
-        )
         with self._read() as conn:
-            return int(conn.execute(query).scalar_one())
+            return _count_recent_attempts(conn, channel, recipient, since)
 
     # ------------------------------------------------------------------- outbox
 

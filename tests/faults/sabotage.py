@@ -6,7 +6,8 @@ protection, through a ``patch(owner, name, value)`` callable (pytest's
 process, which dies with it). ``src/`` is never changed.
 
 - ``lease-off``: a job ignores a live lease and an attempt in flight; the
-  claim takes the delivery anyway.
+  claim (``LockedDelivery.claim`` in perform(), ``SQLStore.claim``) takes
+  the delivery anyway.
 - ``fence-off``: the record is not fenced on the lease's version and owner,
   nor on the attempt still being in flight.
 - ``split-record``: the record writes the attempt and the delivery in two
@@ -23,7 +24,8 @@ process, which dies with it). ``src/`` is never changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
@@ -37,7 +39,7 @@ from chimeway_core.errors import LeaseLostError
 from chimeway_core.outcomes import Classification, Outcome
 from chimeway_core.records import Attempt, Claim, Delivery, JournalKind
 from chimeway_core.states import Event, apply_event
-from chimeway_core.store import SQLStore
+from chimeway_core.store import LockedDelivery, SQLStore
 
 Patch = Callable[[Any, str, Any], None]
 
@@ -50,62 +52,80 @@ _OUTBOX = store_module._OUTBOX
 _O = store_module._O
 
 
-def _lease_off(patch: Patch) -> None:
-    original_get = SQLStore.get
+def _unguarded_claim(
+    conn: Any, delivery_id: UUID, *, owner: str, lease_seconds: float, now: datetime
+) -> Claim | None:
+    """The claim without its lease and in-flight guards."""
+    statement = (
+        update(_DELIVERIES)
+        .where(
+            _D.id == delivery_id,
+            _D.status.in_(store_module._LIVE),
+            _D.scheduled_at <= now,
+            _D.attempt_count < _D.max_attempts,
+        )
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempt_count=_D.attempt_count + 1,
+            version=_D.version + 1,
+            updated_at=now,
+        )
+        .returning(*_DELIVERIES.c)
+    )
+    row = conn.execute(statement).first()
+    if row is None:
+        return None
+    delivery = store_module._delivery(row)
+    conn.execute(
+        _ATTEMPTS.insert().values(
+            delivery_id=delivery.id, number=delivery.attempt_count, started_at=now, worker=owner
+        )
+    )
+    attempt = Attempt(
+        delivery_id=delivery.id,
+        number=delivery.attempt_count,
+        started_at=now,
+        finished_at=None,
+        outcome=None,
+        error_class=None,
+        provider_response=None,
+        error=None,
+        worker=owner,
+    )
+    return Claim(delivery=delivery, attempt=attempt)
 
-    def get(self: SQLStore, delivery_id: UUID) -> Delivery | None:
-        found = original_get(self, delivery_id)
-        if found is None:
-            return None
-        return attrs.evolve(found, lease_owner=None, lease_expires_at=None)
+
+def _lease_off(patch: Patch) -> None:
+    original_lock = SQLStore.lock
+
+    @contextmanager
+    def lock(self: SQLStore, delivery_id: UUID) -> Iterator[LockedDelivery]:
+        with original_lock(self, delivery_id) as locked:
+            if locked.delivery is not None:
+                locked.delivery = attrs.evolve(
+                    locked.delivery, lease_owner=None, lease_expires_at=None
+                )
+            yield locked
+
+    def locked_claim(
+        self: LockedDelivery, *, owner: str, lease_seconds: float, now: datetime
+    ) -> Claim | None:
+        assert self.delivery is not None
+        return _unguarded_claim(
+            self._conn, self.delivery.id, owner=owner, lease_seconds=lease_seconds, now=now
+        )
 
     def claim(
         self: SQLStore, delivery_id: UUID, *, owner: str, lease_seconds: float, now: datetime
     ) -> Claim | None:
-        statement = (
-            update(_DELIVERIES)
-            .where(
-                _D.id == delivery_id,
-                _D.status.in_(store_module._LIVE),
-                _D.scheduled_at <= now,
-                _D.attempt_count < _D.max_attempts,
-            )
-            .values(
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempt_count=_D.attempt_count + 1,
-                version=_D.version + 1,
-                updated_at=now,
-            )
-            .returning(*_DELIVERIES.c)
-        )
         with self._write() as conn:
-            row = conn.execute(statement).first()
-            if row is None:
-                return None
-            delivery = store_module._delivery(row)
-            conn.execute(
-                _ATTEMPTS.insert().values(
-                    delivery_id=delivery.id,
-                    number=delivery.attempt_count,
-                    started_at=now,
-                    worker=owner,
-                )
+            return _unguarded_claim(
+                conn, delivery_id, owner=owner, lease_seconds=lease_seconds, now=now
             )
-        attempt = Attempt(
-            delivery_id=delivery.id,
-            number=delivery.attempt_count,
-            started_at=now,
-            finished_at=None,
-            outcome=None,
-            error_class=None,
-            provider_response=None,
-            error=None,
-            worker=owner,
-        )
-        return Claim(delivery=delivery, attempt=attempt)
 
-    patch(SQLStore, "get", get)
+    patch(SQLStore, "lock", lock)
+    patch(LockedDelivery, "claim", locked_claim)
     patch(SQLStore, "claim", claim)
 
 
