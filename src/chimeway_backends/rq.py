@@ -46,6 +46,16 @@ deserializes jobs as JSON, runs the engine's ``rescue()`` every
 ``rescue_interval`` seconds from its main loop (between jobs and while idle),
 and, in a forking worker, drops the SQLAlchemy pool it inherited in each work
 horse (``dispose(close=False)``) so no database connection crosses a fork.
+
+**Only deliver runs.** An RQ job names its function (and, optionally,
+success, failure and stopped callbacks) by import path, and a plain RQ worker
+imports and calls whatever a job on its queues names. A chimeway worker reads
+jobs as :class:`ChimewayJob`, which resolves :func:`deliver` and nothing
+else: a job naming any other function, a method of an instance, or any
+callback fails with :class:`ForeignJobError` before anything is imported or
+called, is logged as refused, is never retried by RQ, and ends in the
+``FailedJobRegistry``. The check is on the job itself, so it holds in the
+forking, simple and spawning workers alike.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import UUID
@@ -62,6 +72,7 @@ from uuid import UUID
 from chimeway_core.clock import ensure_aware
 from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
+    ChimewayError,
     InvalidJobError,
     MissingExtraError,
     UnhandledOutcomeError,
@@ -73,7 +84,7 @@ try:
     import redis
     import rq
     from rq.exceptions import StopRequested
-    from rq.job import JobStatus
+    from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer, resolve_serializer
     from rq.timeouts import BaseTimeoutException, JobTimeoutException, UnixSignalDeathPenalty
     from rq.worker import BaseWorker, WorkerStatus
@@ -91,8 +102,11 @@ __all__ = [
     "DEFAULT_QUEUE",
     "DEFAULT_RESCUE_INTERVAL",
     "RESCUE_INTERVAL_ENV",
+    "DELIVER",
+    "ForeignJobError",
     "JobTimeLimitExceeded",
     "ChimewayDeathPenalty",
+    "ChimewayJob",
     "ChimewaySimpleWorker",
     "ChimewayWorker",
     "ChimewayWorkerMixin",
@@ -313,6 +327,10 @@ def deliver(*args: object, **kwargs: object) -> str | rq.Retry:
     return _retry_at(result.run_at)
 
 
+#: The one function a chimeway worker runs, by the import path jobs name it with.
+DELIVER: Final = f"{deliver.__module__}.{deliver.__qualname__}"
+
+
 def _retry_at(run_at: datetime) -> rq.Retry:
     now = time.time()
     target = run_at.timestamp()
@@ -325,6 +343,83 @@ def _retry_at(run_at: datetime) -> rq.Retry:
 
 
 # ---------------------------------------------------------------------- workers
+
+
+class ForeignJobError(ChimewayError):
+    """A job on a chimeway worker's queue names code other than :func:`deliver`.
+
+    Raised before anything the job names is imported or called; the job
+    fails into the ``FailedJobRegistry``. ``job_id`` and ``names`` (the
+    foreign import path, shortened) identify it for the operator.
+    """
+
+    def __init__(self, job_id: str, names: str) -> None:
+        self.job_id = job_id
+        self.names = names
+        super().__init__(
+            f"job {job_id} names {names}, not {DELIVER}: a chimeway worker runs nothing else"
+        )
+
+
+class ChimewayJob(Job):
+    """An RQ job that resolves to :func:`deliver` or to nothing: see the module docstring.
+
+    Its function is :func:`deliver` when the job names exactly
+    ``chimeway_backends.rq.deliver``, with no instance and no callback;
+    otherwise resolving it raises :class:`ForeignJobError` (and the job is not
+    retried). Its callbacks are always none, so failing a foreign job runs
+    nothing either.
+    """
+
+    @property
+    def func(self) -> Callable[..., object]:
+        """:func:`deliver`, after checking the job names it and nothing else."""
+        names = self._foreign()
+        if names is not None:
+            self.retries_left = None  # a refused job fails for good, whatever it asked for
+            _log.error(
+                "refused RQ job %s from queue %r: it names %s, not %s; failed without running",
+                self.id,
+                self.origin,
+                names,
+                DELIVER,
+            )
+            raise ForeignJobError(self.id, names)
+        return deliver
+
+    def _foreign(self) -> str | None:
+        if self.func_name != DELIVER:
+            return f"function {_shorten(self.func_name)}"
+        if self.instance is not None:
+            return f"a method of a {type(self.instance).__name__} instance"
+        for kind, name in [
+            ("success", self._success_callback_name),
+            ("failure", self._failure_callback_name),
+            ("stopped", self._stopped_callback_name),
+        ]:
+            if name:
+                return f"{kind} callback {_shorten(name)}"
+        return None
+
+    @property
+    def success_callback(self) -> None:
+        """None: a chimeway job has no callbacks (one that names any is refused)."""
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        """None: a chimeway job has no callbacks (one that names any is refused)."""
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        """None: a chimeway job has no callbacks (one that names any is refused)."""
+        return None
+
+
+def _shorten(name: object) -> str:
+    text = repr(name)
+    return text if len(text) <= 120 else f"{text[:117]}..."
 
 
 class JobTimeLimitExceeded(BaseException):
@@ -363,11 +458,13 @@ class ChimewayWorkerMixin(BaseWorker):
     Takes two keyword arguments on top of RQ's: ``engine`` (default: the
     engine ``CHIMEWAY_APP`` names) and ``rescue_interval`` (seconds; default
     ``CHIMEWAY_RESCUE_INTERVAL`` or 30). Jobs are always deserialized as JSON,
-    whatever serializer was asked for. RQ's job timeout raises
-    :class:`JobTimeLimitExceeded`.
+    whatever serializer was asked for, as :class:`ChimewayJob` whatever job
+    class was asked for, so only :func:`deliver` ever runs. RQ's job timeout
+    raises :class:`JobTimeLimitExceeded`.
     """
 
     death_penalty_class = ChimewayDeathPenalty
+    job_class = ChimewayJob
 
     def __init__(
         self,
@@ -390,6 +487,11 @@ class ChimewayWorkerMixin(BaseWorker):
                 "chimeway workers read jobs as JSON only; ignoring serializer %s", requested
             )
         kwargs["serializer"] = JSONSerializer
+        job_class = kwargs.get("job_class")
+        if not (isinstance(job_class, type) and issubclass(job_class, ChimewayJob)):
+            if job_class not in {None, Job, "rq.job.Job"}:  # RQ's default says nothing
+                _log.warning("chimeway workers run chimeway jobs only; ignoring %s", job_class)
+            kwargs["job_class"] = ChimewayJob
         names = [
             queue.name if isinstance(queue, rq.Queue) else queue
             for queue in ([queues] if isinstance(queues, str | rq.Queue) else queues)

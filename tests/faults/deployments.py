@@ -51,6 +51,9 @@ RQ_CLI: Final = str(Path(sys.executable).with_name("rq"))
 #: The Redis database the fault suite owns (it flushes it); its tests never overlap.
 RQ_REDIS_DB: Final = 12
 CELERY_REDIS_DB: Final = 12
+#: The file a job naming another function than chimeway's (os.mkdir) would create,
+#: beside the pickle canary.
+FOREIGN_CANARY: Final = "foreign-function-canary"
 #: How often the virtual memory deployment moves time and runs the rescuer.
 TICK: Final = 0.25
 _LIVE_SQL: Final = "SELECT count(*) FROM chimeway_deliveries WHERE status IN ('ready', 'failed')"
@@ -200,7 +203,8 @@ class Deployment(abc.ABC):
     def hostile_jobs(self, canary: Path, target: UUID) -> list[str]:
         """Push hostile jobs (pickle, tampered arguments, garbage); describe each one pushed.
 
-        ``canary`` is the file a pickle payload would create; ``target`` a
+        ``canary`` is the file a pickle payload would create (a job naming
+        another function would create :data:`FOREIGN_CANARY` beside it); ``target`` a
         real, live delivery the tampered jobs name.
         """
 
@@ -680,7 +684,7 @@ class RQDeployment(ProcessDeployment):
             self.redis.rpush(self.backend.queue.key, *[job_id_for(delivery_id)] * copies)
 
     def hostile_jobs(self, canary: Path, target: UUID) -> list[str]:
-        """A pickled job, tampered arguments, a job id with no job, a job hash of garbage."""
+        """A pickled job, tampered arguments, another function, no job, a job hash of garbage."""
         import rq
         from rq.serializers import DefaultSerializer
 
@@ -693,6 +697,8 @@ class RQDeployment(ProcessDeployment):
         for args, kwargs, what in tampered_arguments(target):
             queue.enqueue_call(deliver, args=args, kwargs=kwargs)
             pushed.append(what)
+        queue.enqueue_call("os.mkdir", args=(str(canary.with_name(FOREIGN_CANARY)),))
+        pushed.append("a job naming another function")
         self.redis.rpush(queue.key, "no-such-job")
         pushed.append("a job id with no job")
         garbage = "faults-garbage"
@@ -859,7 +865,7 @@ class CeleryDeployment(ProcessDeployment):
         for args, kwargs, what in tampered_arguments(target):
             app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue=queue_name)
             pushed.append(what)
-        app.send_task("os.mkdir", args=[str(canary)], queue=queue_name)
+        app.send_task("os.mkdir", args=[str(canary.with_name(FOREIGN_CANARY))], queue=queue_name)
         pushed.append("an unregistered task")
         return pushed
 

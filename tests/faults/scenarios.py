@@ -29,7 +29,7 @@ from chimeway_core.jobs import Backend
 from chimeway_core.records import NewDelivery
 from chimeway_core.schema import DeliveryRow
 from tests.faults.app import RETRY
-from tests.faults.deployments import Deployment
+from tests.faults.deployments import FOREIGN_CANARY, Deployment
 from tests.faults.history import SUCCEEDED, Expect, Report, in_flight_attempts
 from tests.faults.provider import recipient
 
@@ -498,6 +498,8 @@ def hostile(
         logging.getLogger().removeHandler(captured)
     if canary_file.exists():
         d.problem(None, "a pickle payload ran: the canary file exists")
+    if canary_file.with_name(FOREIGN_CANARY).exists():
+        d.problem(None, "a job naming another function than chimeway's ran: its canary exists")
     if d.restarts:
         d.problem(None, f"hostile jobs killed {d.restarts} worker processes")
     for where in _canary_sightings(d, canary, captured.text()):
