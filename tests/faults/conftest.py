@@ -8,8 +8,11 @@ line per report) to ``CHIMEWAY_FAULTS_TABLE`` when that is set.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +46,9 @@ _SERVICES: Final = {
     "celery-rabbitmq": ("rabbitmq",),
 }
 _REPORTS: list[Report] = []
+#: Held while a test uses the suite's Redis database, which every deployment flushes:
+#: two runs of the suite on one machine (two clones, a soak and a test) take turns.
+_REDIS_LOCK: Final = Path(tempfile.gettempdir()) / "chimeway-faults-redis.lock"
 
 Deploy = Callable[..., Deployment]
 
@@ -76,6 +82,8 @@ def deploy(
     """
     made: list[Deployment] = []
     proxies: list[TcpProxy] = []
+    locks = contextlib.ExitStack()
+    holding = False
 
     def make(
         backend: str,
@@ -90,6 +98,10 @@ def deploy(
         require("postgres")
         for service in _SERVICES[backend]:
             require(service)
+        nonlocal holding
+        if "redis" in _SERVICES[backend] and not holding:
+            locks.enter_context(_redis_lock())
+            holding = True
         db_url = postgres_database
         proxy = None
         if db_proxy:
@@ -120,11 +132,23 @@ def deploy(
         made.append(deployment)
         return deployment
 
-    yield make
-    for deployment in made:
-        deployment.close()
-    for proxy in proxies:
-        proxy.close()
+    with locks:
+        yield make
+        for deployment in made:
+            deployment.close()
+        for proxy in proxies:
+            proxy.close()
+
+
+@contextlib.contextmanager
+def _redis_lock() -> Iterator[None]:
+    """Hold the suite's Redis database for this process (an advisory file lock)."""
+    with _REDIS_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
