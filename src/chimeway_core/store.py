@@ -63,6 +63,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     or_,
     select,
     tuple_,
@@ -527,6 +528,53 @@ def _record_statement(*, reschedule: bool) -> Update:
 _RECORD: Final = _record_statement(reschedule=False)
 _RECORD_RESCHEDULED: Final = _record_statement(reschedule=True)
 
+# On PostgreSQL each write step is one statement (data-modifying CTEs), so the
+# claim and the record cost one round trip each instead of two and three.
+# SQLite runs in process: its separate statements cost no round trip.
+
+_JOURNAL_FIELDS: Final = ("at", "kind", "event", "from_status", "to_status", "reason", "detail")
+
+
+def _pg_claim_statement() -> Insert:
+    claimed = _CLAIM.returning(_D.id, _D.attempt_count).cte("claimed")
+    return (
+        insert(_ATTEMPTS)
+        .from_select(
+            ["delivery_id", "number", "started_at", "worker"],
+            select(
+                claimed.c.id,
+                claimed.c.attempt_count,
+                bindparam("b_updated_at", type_=_A.started_at.type),
+                bindparam("b_owner", type_=_A.worker.type),
+            ),
+        )
+        .returning(_A.number)
+    )
+
+
+def _pg_record_statement(*, reschedule: bool) -> Insert:
+    finished = _FINISH_ATTEMPT.returning(_A.delivery_id).cte("finished")
+    moved = (
+        _record_statement(reschedule=reschedule)
+        .where(exists(select(finished.c.delivery_id)))
+        .returning(_D.id)
+        .cte("moved")
+    )
+    journal = select(
+        moved.c.id, *(bindparam(f"j_{name}", type_=_J[name].type) for name in _JOURNAL_FIELDS)
+    )
+    return (
+        insert(_JOURNAL)
+        .from_select(["delivery_id", *_JOURNAL_FIELDS], journal)
+        .add_cte(finished)
+        .returning(_J.id)
+    )
+
+
+_PG_CLAIM: Final = _pg_claim_statement()
+_PG_RECORD: Final = _pg_record_statement(reschedule=False)
+_PG_RECORD_RESCHEDULED: Final = _pg_record_statement(reschedule=True)
+
 _COUNT_RECENT_ATTEMPTS: Final = (
     select(func.count())
     .select_from(_ATTEMPTS.join(_DELIVERIES, _A.delivery_id == _D.id))
@@ -553,19 +601,20 @@ def _claim_on(
     if not (math.isfinite(lease_seconds) and lease_seconds > 0):
         raise InvalidDeliveryError("lease_seconds", f"must be > 0, got {lease_seconds!r}")
     lease_expires_at = now + timedelta(seconds=lease_seconds)
-    claimed = conn.execute(
-        _CLAIM,
-        {
-            "b_id": current.id,
-            "b_version": current.version,
-            "b_due": now,
-            "b_expired": now,
-            "b_owner": owner,
-            "b_lease_expires_at": lease_expires_at,
-            "b_updated_at": now,
-        },
-    )
-    if claimed.rowcount != 1:
+    parameters = {
+        "b_id": current.id,
+        "b_version": current.version,
+        "b_due": now,
+        "b_expired": now,
+        "b_owner": owner,
+        "b_lease_expires_at": lease_expires_at,
+        "b_updated_at": now,
+    }
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        if conn.execute(_PG_CLAIM, parameters).first() is None:
+            return None
+    elif conn.execute(_CLAIM, parameters).rowcount != 1:
         return None
     at = now.astimezone(UTC)
     delivery = attrs.evolve(
@@ -576,15 +625,16 @@ def _claim_on(
         version=current.version + 1,
         updated_at=at,
     )
-    conn.execute(
-        _INSERT_ATTEMPT,
-        {
-            "delivery_id": delivery.id,
-            "number": delivery.attempt_count,
-            "started_at": now,
-            "worker": owner,
-        },
-    )
+    if not postgres:
+        conn.execute(
+            _INSERT_ATTEMPT,
+            {
+                "delivery_id": delivery.id,
+                "number": delivery.attempt_count,
+                "started_at": now,
+                "worker": owner,
+            },
+        )
     attempt = Attempt(
         delivery_id=delivery.id,
         number=delivery.attempt_count,
@@ -1169,45 +1219,52 @@ class SQLStore:
         }
         if next_run_at is not None:
             delivery_parameters["b_scheduled_at"] = next_run_at
+        attempt_parameters = {
+            "b_id": before.id,
+            "b_number": claim.attempt.number,
+            "b_finished_at": now,
+            "b_outcome": attempt_values["outcome"],
+            "b_error_class": attempt_values["error_class"],
+            "b_provider_response": attempt_values["provider_response"],
+            "b_error": attempt_values["error"],
+        }
+        journal = _journal_values(
+            before.id,
+            now,
+            JournalKind.TRANSITION,
+            event=event,
+            from_status=before.status,
+            to_status=transition.dest,
+            reason=new_reason,
+            detail={
+                "attempt": claim.attempt.number,
+                "outcome": attempt_values["outcome"],
+                "error_class": attempt_values["error_class"],
+            },
+        )
         with self._write() as conn:
-            # The attempt first: if the fenced delivery write below matches
-            # nothing, raising rolls this back too.
-            completed = conn.execute(
-                _FINISH_ATTEMPT,
-                {
-                    "b_id": before.id,
-                    "b_number": claim.attempt.number,
-                    "b_finished_at": now,
-                    "b_outcome": attempt_values["outcome"],
-                    "b_error_class": attempt_values["error_class"],
-                    "b_provider_response": attempt_values["provider_response"],
-                    "b_error": attempt_values["error"],
-                },
-            )
-            if completed.rowcount != 1:
-                raise lost
-            updated = conn.execute(
-                _RECORD if next_run_at is None else _RECORD_RESCHEDULED, delivery_parameters
-            )
-            if updated.rowcount != 1:
-                raise lost
-            conn.execute(
-                _INSERT_JOURNAL,
-                _journal_values(
-                    before.id,
-                    now,
-                    JournalKind.TRANSITION,
-                    event=event,
-                    from_status=before.status,
-                    to_status=transition.dest,
-                    reason=new_reason,
-                    detail={
-                        "attempt": claim.attempt.number,
-                        "outcome": attempt_values["outcome"],
-                        "error_class": attempt_values["error_class"],
-                    },
-                ),
-            )
+            if conn.dialect.name == "postgresql":
+                # One statement: attempt, fenced delivery, journal. If the
+                # fence fails nothing reaches the journal and raising rolls
+                # back the attempt's update.
+                statement = _PG_RECORD if next_run_at is None else _PG_RECORD_RESCHEDULED
+                journal_parameters = {f"j_{name}": journal[name] for name in _JOURNAL_FIELDS}
+                written = conn.execute(
+                    statement, attempt_parameters | delivery_parameters | journal_parameters
+                ).first()
+                if written is None:
+                    raise lost
+            else:
+                # The attempt first: if the fenced delivery write below
+                # matches nothing, raising rolls this back too.
+                if conn.execute(_FINISH_ATTEMPT, attempt_parameters).rowcount != 1:
+                    raise lost
+                updated = conn.execute(
+                    _RECORD if next_run_at is None else _RECORD_RESCHEDULED, delivery_parameters
+                )
+                if updated.rowcount != 1:
+                    raise lost
+                conn.execute(_INSERT_JOURNAL, journal)
         # The row as the fenced write left it: every changed column is known here.
         return attrs.evolve(
             before,

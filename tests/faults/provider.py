@@ -76,7 +76,9 @@ STEPS: Final[Mapping[str, str]] = {
 #: Steps whose fault strikes after the provider acted.
 POST_ACCEPT: Final = frozenset({"hang", "drop", "kill-mid", "pgkill", "overrun"})
 _PREFIX: Final = "fx"
-_RECORD_STATEMENT: Final = f"UPDATE {DeliveryRow.__tablename__} "
+# The record's statement: one CTE statement on PostgreSQL (the store's
+# _pg_record_statement), the fenced delivery UPDATE elsewhere.
+_RECORD_STATEMENTS: Final = ("WITH finished AS ", f"UPDATE {DeliveryRow.__tablename__} ")
 
 
 def recipient(steps: Sequence[str], n: int, extra: str = "") -> str:
@@ -198,7 +200,7 @@ class RecordFault:
 
     def _before_execute(self, conn: Any, _cursor: Any, statement: str, *_: object) -> None:
         target = getattr(self._armed, "target", None)
-        if target is None or not statement.lstrip().startswith(_RECORD_STATEMENT):
+        if target is None or not statement.lstrip().startswith(_RECORD_STATEMENTS):
             return
         self._armed.target = None
         import psycopg
