@@ -129,8 +129,9 @@ def summarise(stats: pstats.Stats, performs: int) -> dict[str, Any]:
     ]
     wanted = {
         ("engine.py", "perform"): "Chimeway.perform",
-        ("store.py", "get"): "SQLStore.get (the first read)",
-        ("store.py", "claim"): "SQLStore.claim (lease + attempt row)",
+        ("store.py", "lock"): "SQLStore.lock (read for update; commit)",
+        ("engine.py", "_admit"): "Chimeway._admit (checks, policies, claim)",
+        ("store.py", "_claim_on"): "claim: lease + attempt row",
         ("store.py", "record_attempt"): "SQLStore.record_attempt",
         ("elements.py", "_compile_w_cache"): "SQLAlchemy compile / cache lookup",
         ("default.py", "do_execute"): "driver execute (round trip)",
