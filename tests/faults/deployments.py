@@ -212,8 +212,11 @@ class Deployment(abc.ABC):
         """Whether the queue has dealt with every hostile job pushed."""
         return True
 
+    def watch_broker(self, needle: bytes) -> None:  # noqa: B027 - most brokers are read back
+        """Start looking for ``needle`` in what the broker carries (see broker_sightings)."""
+
     def broker_sightings(self, needle: bytes) -> list[str]:
-        """Where in the broker's own storage ``needle`` occurs."""
+        """Where in the broker's own storage (or traffic, once watched) ``needle`` occurs."""
         return []
 
     def close(self) -> None:
@@ -810,13 +813,19 @@ class CeleryDeployment(ProcessDeployment):
                 self.problem(None, "a pool child outlived its worker's shutdown")
 
     def lose_queue(self) -> None:
-        """Redis: FLUSHDB. RabbitMQ: drop every connection of the worker."""
+        """Redis: FLUSHDB. RabbitMQ: drop every connection of the worker, then purge its queues.
+
+        RabbitMQ requeues what a dropped connection held unacknowledged; the
+        purge then loses it with everything else that was waiting.
+        """
         if self.proxy is not None:
             self.inject("rabbitmq connections dropped")
             before = self.proxy.dropped
             self.proxy.drop()
             if self.proxy.dropped == before:
                 self.problem(None, "no broker connection to drop: the worker bypassed the proxy")
+            purged = self._rabbitmq_queues(lambda channel, queue: channel.queue_purge(queue))
+            self.inject(f"rabbitmq queues purged ({sum(filter(None, purged))} messages)")
         else:
             self.inject("redis flushdb")
             client = self._redis()
@@ -879,10 +888,20 @@ class CeleryDeployment(ProcessDeployment):
             and ("ContentDisallowed" in logged or "Refusing to deserialize" in logged)
         )
 
+    def watch_broker(self, needle: bytes) -> None:
+        """RabbitMQ: look for ``needle`` in the worker's AMQP traffic (through the proxy)."""
+        if self.proxy is not None:
+            self.proxy.watch(needle)
+
     def broker_sightings(self, needle: bytes) -> list[str]:
-        """Redis keys holding ``needle`` (RabbitMQ's messages are not read back)."""
-        if self.broker != "redis":
-            return []
+        """Redis keys holding ``needle``; on RabbitMQ, the worker's AMQP traffic since watched.
+
+        Every message the worker consumes or publishes crosses the proxy, so a
+        secret in any job message, retry included, is seen there.
+        """
+        if self.proxy is not None:
+            seen = self.proxy.sightings
+            return [f"the worker's AMQP traffic ({seen} connection directions)"] if seen else []
         client = self._redis()
         try:
             return scan_redis(client, needle)
@@ -896,18 +915,24 @@ class CeleryDeployment(ProcessDeployment):
             client.flushdb()
             client.close()
         else:
-            from kombu import Connection  # type: ignore[attr-defined]  # kombu is untyped
-
-            from tests.services import RABBITMQ_URL
-
-            with Connection(RABBITMQ_URL) as connection:  # type: ignore[no-untyped-call]
-                channel = connection.default_channel
-                for queue in (self.settings.queue, urgent_queue(self.settings.queue)):
-                    with contextlib.suppress(Exception):
-                        channel.queue_delete(queue)
+            self._rabbitmq_queues(lambda channel, queue: channel.queue_delete(queue))
         if self.proxy is not None:
             self.proxy.close()
         self.app.close()
+
+    def _rabbitmq_queues(self, action: Callable[[Any, str], Any]) -> list[Any]:
+        """``action(channel, queue)`` on both of the run's queues on RabbitMQ, directly."""
+        from kombu import Connection  # type: ignore[attr-defined]  # kombu is untyped
+
+        from tests.services import RABBITMQ_URL
+
+        with Connection(RABBITMQ_URL) as connection:  # type: ignore[no-untyped-call]
+            channel = connection.default_channel
+            results = []
+            for queue in (self.settings.queue, urgent_queue(self.settings.queue)):
+                with contextlib.suppress(Exception):  # a queue not declared yet
+                    results.append(action(channel, queue))
+            return results
 
 
 def new_queue() -> str:

@@ -5,7 +5,9 @@ One thread runs a selector over the listening socket and every proxied pair.
 (accepted, then closed at once) until :meth:`TcpProxy.enable`;
 :meth:`TcpProxy.drop` only closes the open pairs (a dropped connection the
 client reconnects from). Commands are handed to the thread through a queue,
-so only the thread touches sockets.
+so only the thread touches sockets. :meth:`TcpProxy.watch` counts the
+connections whose bytes, either way, contain a needle (the fault suite's canary
+secret in a broker's traffic).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class TcpProxy:
         self._running = True
         self.connections = 0
         self.dropped = 0
+        self._needle = b""
+        self._tails: dict[socket.socket, bytes] = {}
+        self._seen_in: set[socket.socket] = set()
         self._thread = threading.Thread(target=self._run, name="faults-tcp-proxy", daemon=True)
         self._thread.start()
 
@@ -90,6 +95,21 @@ class TcpProxy:
     def drop(self) -> None:
         """Close every open connection; new ones are still forwarded."""
         self._do(self._close_all)
+
+    def watch(self, needle: bytes) -> None:
+        """From now on, look for ``needle`` in everything forwarded (see :attr:`sightings`)."""
+
+        def command() -> None:
+            self._needle = needle
+            self._tails.clear()
+            self._seen_in.clear()
+
+        self._do(command)
+
+    @property
+    def sightings(self) -> int:
+        """How many directions of connections carried the watched needle so far."""
+        return len(self._seen_in)
 
     def close(self) -> None:
         """Stop the thread and close every socket."""
@@ -163,8 +183,17 @@ class TcpProxy:
         try:
             data = sock.recv(_CHUNK)
             if data:
+                if self._needle:
+                    self._look(sock, data)
                 self._peers[sock].sendall(data)
                 return
         except OSError:
             pass
         self._close_pair(sock)
+
+    def _look(self, sock: socket.socket, data: bytes) -> None:
+        # Keep the end of what came before, so a needle split across reads is seen.
+        window = self._tails.pop(sock, b"") + data
+        if self._needle in window:
+            self._seen_in.add(sock)
+        self._tails[sock] = window[-(len(self._needle) - 1) :]

@@ -483,6 +483,7 @@ def hostile(
     d.start()
     canary = f"CANARY-{secrets.token_hex(8)}"
     canary_file = d.files.directory / "pickle-canary"
+    d.watch_broker(canary.encode())
     captured = _LogCapture()
     logging.getLogger().addHandler(captured)
     try:
