@@ -51,6 +51,7 @@ from chimeway_core.testing.fakes import ScriptedChannel, script_for
 __all__ = [
     "CONFORMANCE_RETRY",
     "BackendConformance",
+    "EngineFactory",
     "Harness",
     "MemoryHarness",
     "ScriptedPolicy",
@@ -110,12 +111,30 @@ def conformance_engine(
     )
 
 
+class EngineFactory(Protocol):
+    """How a harness builds the engine its worker performs with.
+
+    :func:`conformance_engine` is the one the conformance suite uses; the
+    stateful machine (:mod:`chimeway_core.testing.stateful`) passes its own.
+    """
+
+    def __call__(
+        self, store: SQLStore, backend: Backend, *, clock: Clock | None = None
+    ) -> Chimeway:
+        """An engine on ``store`` and ``backend``; ``clock`` ``None`` means the wall clock."""
+        ...
+
+
 class Harness(Protocol):
     """What a backend provides to run the conformance suite."""
 
     @property
     def engine(self) -> Chimeway:
-        """The test-side engine, built with :func:`conformance_engine` on the backend."""
+        """The test-side engine, built on the backend by an :class:`EngineFactory`.
+
+        The conformance suite's is :func:`conformance_engine`; the worker
+        performs with an engine built the same way.
+        """
         ...
 
     def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:
@@ -131,14 +150,25 @@ class MemoryHarness:
     """The in-memory backend on a virtual clock: draining runs jobs in virtual time.
 
     ``backend`` lets a test pass a (deliberately broken) subclass; its clock is
-    replaced by the harness's virtual clock.
+    replaced by the harness's virtual clock. ``engine_factory`` builds the
+    engine (:func:`conformance_engine` unless told otherwise).
     """
 
-    def __init__(self, store: SQLStore, backend: MemoryBackend | None = None) -> None:
+    def __init__(
+        self,
+        store: SQLStore,
+        backend: MemoryBackend | None = None,
+        *,
+        engine_factory: EngineFactory = conformance_engine,
+    ) -> None:
         self.clock = VirtualClock()
         self.backend = backend or MemoryBackend(self.clock)
         self.backend.clock = self.clock
-        self.engine: Chimeway = conformance_engine(store, self.backend, clock=self.clock)
+        self.engine: Chimeway = engine_factory(store, self.backend, clock=self.clock)
+
+    def run_due(self) -> None:
+        """Run the jobs due now; later ones wait for the clock to move."""
+        self.backend.run_due(self.engine, max_jobs=10_000)
 
     def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:  # noqa: ARG002
         """Run every job, moving virtual time to each next one, until the queue is idle."""
