@@ -1,0 +1,115 @@
+"""The stateful model test of the whole engine on RQ: real Redis, in-process burst workers.
+
+The kit's :class:`~chimeway_core.testing.stateful.RealTimeEngineMachine`
+runs on :class:`~tests.backends.rq.harness.RQHarness`: every job travels
+through a real RQ queue (Redis database :data:`STATEFUL_REDIS_DB`, a fresh
+queue per example, purged after it) and is performed by an RQ
+``SimpleWorker`` bursting in the test's process, so a crash in the worker is
+an exception RQ itself catches and files as a failed job. The ledger is
+PostgreSQL. Few examples: each costs real seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import pytest
+import redis
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from chimeway_core.store import SQLStore
+from chimeway_core.testing.conformance import EngineFactory
+from chimeway_core.testing.stateful import MachineHarness, RealTimeEngineMachine
+from tests.backends.rq.conftest import purge, redis_url
+from tests.backends.rq.harness import DeafSimpleWorker, RQHarness
+from tests.services import require
+
+#: The Redis database of these tests alone.
+STATEFUL_REDIS_DB = 9
+
+SETTINGS = settings(
+    max_examples=20,
+    stateful_step_count=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+@pytest.fixture
+def stateful_redis() -> Iterator[redis.Redis]:
+    """A client on :data:`STATEFUL_REDIS_DB` (skips, or fails in CI, if Redis is down)."""
+    require("redis")
+    connection = redis.Redis.from_url(redis_url(STATEFUL_REDIS_DB))
+    yield connection
+    connection.close()
+
+
+@contextmanager
+def rq_harness(
+    store: SQLStore, connection: redis.Redis, engine_factory: EngineFactory
+) -> Iterator[RQHarness]:
+    """An RQHarness on a queue of its own, every key of which is deleted at the end."""
+    queue = f"chimeway-stateful-{secrets.token_hex(6)}"
+    try:
+        # RQ's job timeout within the machine's lease (0.5 s call + 0.5 s margin): a job
+        # cut short by it is one more worker death for the rescuer to resolve.
+        yield RQHarness(
+            store,
+            connection,
+            queue,
+            engine_factory=engine_factory,
+            job_timeout=1,
+            worker_class=DeafSimpleWorker,
+        )
+    finally:
+        purge(connection, queue)
+
+
+def rq_machine(store: SQLStore, connection: redis.Redis) -> type[RealTimeEngineMachine]:
+    """The real-time machine on RQ, its ledger on ``store``."""
+
+    class RQEngineMachine(RealTimeEngineMachine):
+        def open_harness(
+            self, engine_factory: EngineFactory
+        ) -> AbstractContextManager[MachineHarness]:
+            return rq_harness(store, connection, engine_factory)
+
+    return RQEngineMachine
+
+
+def test_engine_machine_on_rq(pg_store: SQLStore, stateful_redis: redis.Redis) -> None:
+    """The engine's invariants hold with every job going through RQ (20 examples of 15 steps)."""
+    run_state_machine_as_test(rq_machine(pg_store, stateful_redis), settings=SETTINGS)
+
+
+def test_a_broken_table_is_caught_on_rq(
+    pg_store: SQLStore, stateful_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the temporary_retry row changed to ACK, the RQ machine reports a leaked delivery."""
+    from chimeway_core import Action, dispatch
+
+    broken = {
+        key: ((Action.ACK, row) if row == "temporary_retry" else (action, row))
+        for key, (action, row) in dispatch._FAST_TABLE.items()
+    }
+    monkeypatch.setattr(dispatch, "_FAST_TABLE", broken)
+    machine = rq_machine(pg_store, stateful_redis)
+    machine.drain_timeout = 2.0  # a leaked delivery never ends: do not wait long for it
+    with pytest.raises(AssertionError, match="still live after draining") as caught:
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=30,
+                stateful_step_count=6,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],  # the first failure is enough; shrinking costs seconds
+                derandomize=True,  # the same few examples each run, so the same few seconds
+            ),
+        )
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert re.search(r"state\.(first_)?notify\(", notes)
