@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import secrets
 import socket
 import statistics
@@ -40,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
@@ -315,7 +316,8 @@ class SQLCounter:
 
     A commit is every transaction SQLAlchemy commits, reads included (a
     ``with engine.begin()`` that only selects still sends ``COMMIT``);
-    ``write_commits`` counts only those that ran an INSERT, UPDATE or DELETE.
+    ``write_commits`` counts only those that ran an INSERT, UPDATE or DELETE
+    (also inside a ``WITH``) or locked a row ``FOR UPDATE``.
     Statements are those SQLAlchemy executes, not counting ``BEGIN``.
     """
 
@@ -350,8 +352,13 @@ class SQLCounter:
             # BEGIN unseen, so counting it would make the databases disagree.
             return
         self.statements += 1
-        if verb in {"INSERT", "UPDATE", "DELETE"}:
+        if verb in {"INSERT", "UPDATE", "DELETE"} or _WRITES_IN_CTE.search(statement):
             self._wrote.add(id(conn))
+
+
+# A statement that writes without starting with its verb: a data-modifying CTE
+# (``WITH x AS (UPDATE ...) INSERT ...``) or a row lock taken for a write.
+_WRITES_IN_CTE: Final = re.compile(r"^\s*WITH\b.*\b(INSERT|UPDATE|DELETE)\b|\bFOR UPDATE\b", re.S)
 
 
 def redis_command_calls(connection: Any) -> dict[str, int]:
