@@ -75,10 +75,10 @@ class Broker:
         return app
 
 
-def _redis_cleanup(prefix: str) -> None:
+def _redis_cleanup(prefix: str, url: str = REDIS_BROKER_URL) -> None:
     import redis
 
-    client = redis.Redis.from_url(REDIS_BROKER_URL)
+    client = redis.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=500))
         if keys:
@@ -95,20 +95,19 @@ def _rabbitmq_cleanup(queue: str) -> None:
         channel.queue_delete(queue)
 
 
-def make_broker(name: str) -> Broker:
-    """A Broker with a queue name unique to this call."""
+def make_broker(name: str, *, redis_db: int = REDIS_DB) -> Broker:
+    """A Broker with a queue name unique to this call (on Redis, in database ``redis_db``)."""
     queue = f"chimeway-test-{secrets.token_hex(4)}"
     if name == "redis":
-        return Broker(
-            name, REDIS_BROKER_URL, queue, {"global_keyprefix": f"{queue}:", "fanout_prefix": True}
-        )
+        url = f"{REDIS_URL.rsplit('/', 1)[0]}/{redis_db}"
+        return Broker(name, url, queue, {"global_keyprefix": f"{queue}:", "fanout_prefix": True})
     return Broker(name, RABBITMQ_URL, queue, {"confirm_publish": True})
 
 
 def cleanup_broker(broker: Broker) -> None:
     """Remove every trace of ``broker``'s queue."""
     if broker.name == "redis":
-        _redis_cleanup(f"{broker.queue}:")
+        _redis_cleanup(f"{broker.queue}:", broker.url)
     else:
         _rabbitmq_cleanup(broker.queue)
 
