@@ -108,7 +108,7 @@ def poison(
     exhausted = ends(("cancelled", "retries_exhausted"), attempts=MAX)
     plan = [(spec(["kill-mid"] if i % 2 else ["kill-pre"], i), exhausted) for i in range(n)]
     _, expect = _notify(d, plan)
-    d.drain(timeout or d.drain_timeout(n) + 10 * MAX)
+    d.drain(timeout or d.drain_timeout(n * MAX))  # a run, and a worker death, per attempt
     deaths = collections.Counter(fault["d"] for fault in d.files.faults.read())
     for delivery_id, count in deaths.items():
         if count > MAX:
