@@ -54,8 +54,8 @@ jobs as :class:`ChimewayJob`, which resolves :func:`deliver` and nothing
 else: a job naming any other function, a method of an instance, or any
 callback fails with :class:`ForeignJobError` before anything is imported or
 called, is logged as refused, is never retried by RQ, and ends in the
-``FailedJobRegistry``. The check is on the job itself, so it holds in the
-forking, simple and spawning workers alike.
+``FailedJobRegistry``. The check is on the job itself, so it holds wherever
+the worker runs it: in a forked work horse or in its own process.
 """
 
 from __future__ import annotations
