@@ -29,6 +29,8 @@ from tests.backends.celery.conftest import cleanup_broker, make_broker
 from tests.backends.celery.harness import CeleryHarness, celery_harness
 from tests.services import require
 
+pytestmark = pytest.mark.slow
+
 #: The Redis database of these tests alone.
 STATEFUL_REDIS_DB = 8
 

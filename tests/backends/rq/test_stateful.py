@@ -28,6 +28,8 @@ from tests.backends.rq.conftest import purge, redis_url
 from tests.backends.rq.harness import DeafSimpleWorker, RQHarness
 from tests.services import require
 
+pytestmark = pytest.mark.slow
+
 #: The Redis database of these tests alone.
 STATEFUL_REDIS_DB = 9
 
