@@ -370,11 +370,8 @@ class Chimeway:
         with self.store.lock(delivery_id) as locked:
             delivery = locked.delivery
             if delivery is None:
-                admitted: Admission = _Ignored("delivery not found")
-            else:
-                admitted = self._admit(locked, delivery, now)
-        if delivery is None:
-            return self._ignored(delivery_id, None, "delivery not found")
+                return self._ignored(delivery_id, None, "delivery not found")
+            admitted = self._admit(locked, delivery, now)
         with self.telemetry.span("perform", _meta(delivery)) as span:
             result = self._settle(delivery, admitted)
             span["job_kind"] = result.kind.value
