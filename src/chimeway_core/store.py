@@ -20,6 +20,9 @@ transaction that either writes everything it promises or nothing:
   only if the delivery is live, due, not leased (or its lease expired), below
   ``max_attempts`` and has no in-flight attempt, and writes the attempt row in
   the same transaction. Of N concurrent claimers exactly one wins.
+  :meth:`SQLStore.lock` reads the row for update first, so a worker can run
+  its checks and policies and then claim (or suppress, or defer) in one
+  transaction: the engine's ``perform()`` does.
 - **Attempts are write-ahead.** The attempt row exists before the channel is
   called; :meth:`SQLStore.record_attempt` completes it and applies the
   transition in one transaction, fenced on the claim's version and owner.
@@ -27,6 +30,12 @@ transaction that either writes everything it promises or nothing:
   journal entry and an outbox row together, optionally inside the caller's
   :class:`~sqlalchemy.orm.Session`; :meth:`SQLStore.relay_outbox` hands
   committed outbox rows to the queue and deletes them in one transaction.
+
+On PostgreSQL each hot step is one statement: the claim (lease and attempt
+row), the record (attempt, fenced transition, journal entry) and the create
+of deliveries born ready (delivery, journal and outbox rows, columns sent as
+arrays) use data-modifying CTEs, so a step costs one round trip. SQLite, in
+process, runs the same writes as separate statements.
 
 SQLite is supported as the embedded default: file databases get WAL, a busy
 timeout and foreign keys on connect, and write transactions start with
