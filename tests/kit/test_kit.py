@@ -1,12 +1,15 @@
-"""The testing kit itself: fake channel steps, assertion helpers, strategies."""
+"""The testing kit itself: fake channel steps, assertion helpers, strategies, machine_on."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
@@ -32,6 +35,8 @@ from chimeway_core.testing import (
     assert_not_enqueued,
     strategies,
 )
+from chimeway_core.testing.conformance import EngineFactory, MemoryHarness
+from chimeway_core.testing.stateful import MachineHarness, RealTimeEngineMachine, machine_on
 
 
 def _engine(tmp_path_factory: pytest.TempPathFactory, channel: FakeChannel) -> Chimeway:
@@ -113,3 +118,28 @@ def test_notification_specs_are_accepted_by_the_ledger(specs: list[NewDelivery])
 def test_policy_decisions_are_decisions(decision: object) -> None:
     """policy_decisions yields only Proceed, Suppress or Defer."""
     assert isinstance(decision, Proceed | Suppress | Defer)
+
+
+def test_machine_on_runs_the_real_time_machine_on_the_factorys_harness() -> None:
+    """machine_on(factory): a RealTimeEngineMachine that opens and closes a harness per example."""
+    opened: list[str] = []
+
+    @contextmanager
+    def factory(engine_factory: EngineFactory) -> Iterator[MachineHarness]:
+        store = SQLStore(create_engine("sqlite://", poolclass=StaticPool))
+        store.create_all()
+        opened.append("open")
+        try:
+            yield MemoryHarness(store, engine_factory=engine_factory)
+        finally:
+            opened.append("close")
+            store.engine.dispose()
+
+    machine = machine_on(factory)
+    assert issubclass(machine, RealTimeEngineMachine)
+    run_state_machine_as_test(
+        machine,
+        settings=settings(max_examples=3, stateful_step_count=5, deadline=None, database=None),
+    )
+    assert opened
+    assert ["open", "close"] * (len(opened) // 2) == opened

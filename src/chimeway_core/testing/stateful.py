@@ -27,7 +27,9 @@ Celery worker).
 - :class:`RealTimeEngineMachine` is for a backend whose worker runs in real
   time (RQ, Celery, yours): retries a fraction of a second apart, leases of
   one second, pauses of at most 1.1 s. Subclass it and override
-  :meth:`~EngineMachine.open_harness`.
+  :meth:`~EngineMachine.open_harness`, or hand :func:`machine_on` a
+  :class:`MachineHarnessFactory` (what ``chimeway selftest
+  --machine-harness`` names).
 """
 
 from __future__ import annotations
@@ -59,7 +61,14 @@ from chimeway_core.store import SQLStore
 from chimeway_core.testing.conformance import EngineFactory, Harness, MemoryHarness
 from chimeway_core.testing.fakes import ScriptedChannel, script_for
 
-__all__ = ["EngineMachine", "MachineHarness", "RealTimeEngineMachine", "SimulatedCrash"]
+__all__ = [
+    "EngineMachine",
+    "MachineHarness",
+    "MachineHarnessFactory",
+    "RealTimeEngineMachine",
+    "SimulatedCrash",
+    "machine_on",
+]
 
 _TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
 STEPS = st.sampled_from(["sent", "temporary", "permanent", "bounced", "unknown", "raise", "weird"])
@@ -83,6 +92,20 @@ class MachineHarness(Harness, Protocol):
 
         A worker running in a thread of its own may just let a moment pass.
         """
+        ...
+
+
+class MachineHarnessFactory(Protocol):
+    """Opens a :class:`MachineHarness` whose engine ``engine_factory`` builds.
+
+    Exactly what :meth:`EngineMachine.open_harness` returns, as a function of
+    its own: ``chimeway selftest --machine-harness module:factory`` (or
+    ``CHIMEWAY_SELFTEST_MACHINE_HARNESS``) names one, and :func:`machine_on`
+    turns one into a machine.
+    """
+
+    def __call__(self, engine_factory: EngineFactory) -> AbstractContextManager[MachineHarness]:
+        """A context manager yielding the harness for one example, closed at its end."""
         ...
 
 
@@ -437,6 +460,25 @@ class RealTimeEngineMachine(EngineMachine):
         raise NotImplementedError(
             f"{type(self).__qualname__} must override open_harness to return a MachineHarness"
         )
+
+
+def machine_on(factory: MachineHarnessFactory) -> type[RealTimeEngineMachine]:
+    """A :class:`RealTimeEngineMachine` whose :meth:`~EngineMachine.open_harness` calls ``factory``.
+
+    The same as subclassing and overriding ``open_harness`` by hand; run the
+    result with ``run_state_machine_as_test``.
+    """
+
+    class ConfiguredEngineMachine(RealTimeEngineMachine):
+        """The real-time machine on the harness ``factory`` opens."""
+
+        def open_harness(
+            self, engine_factory: EngineFactory
+        ) -> AbstractContextManager[MachineHarness]:
+            """The harness ``factory`` opens with the machine's engine factory."""
+            return factory(engine_factory)
+
+    return ConfiguredEngineMachine
 
 
 def _die(delivery: Delivery) -> None:  # noqa: ARG001 - the on_call hook's shape
