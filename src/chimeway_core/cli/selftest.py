@@ -19,7 +19,9 @@ Run the property suite chimeway runs on itself against this installation:
 the dispatch table over its whole product space, the backend conformance suite
 on the in-memory backend (and on your backend when CHIMEWAY_SELFTEST_HARNESS
 names a module:factory returning a harness), and the stateful model test of
-the whole engine. Needs the testing extra: pip install "chimeway[testing]".
+the whole engine on the in-memory backend (and on your backend when
+CHIMEWAY_SELFTEST_MACHINE_HARNESS names a module:factory opening a machine
+harness). Needs the testing extra: pip install "chimeway[testing]".
 Arguments after -- go to pytest."""
 
 
@@ -38,6 +40,20 @@ def register(subparsers: Subparsers) -> None:
         metavar="MODULE:FACTORY",
         help="also run the conformance suite on the harness this factory returns",
     )
+    parser.add_argument(
+        "--machine-harness",
+        metavar="MODULE:FACTORY",
+        help="also run the real-time stateful engine test on the machine harness "
+        "this factory opens",
+    )
+    parser.add_argument(
+        "--machine-examples",
+        type=int,
+        metavar="N",
+        default=None,
+        help="examples for the stateful test on --machine-harness (default 20; "
+        "each costs real seconds)",
+    )
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
 
 
@@ -53,9 +69,18 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.examples < 1:
         raise CliError("--examples must be at least 1", ExitCode.USAGE)
+    if args.machine_examples is not None and args.machine_examples < 1:
+        raise CliError("--machine-examples must be at least 1", ExitCode.USAGE)
     env = dict(os.environ, CHIMEWAY_SELFTEST_EXAMPLES=str(args.examples))
-    if args.harness:
-        env["CHIMEWAY_SELFTEST_HARNESS"] = args.harness
+    for option, variable, value in (
+        ("--harness", "CHIMEWAY_SELFTEST_HARNESS", args.harness),
+        ("--machine-harness", "CHIMEWAY_SELFTEST_MACHINE_HARNESS", args.machine_harness),
+    ):
+        if value is not None:
+            _check_path(option, value)
+            env[variable] = value
+    if args.machine_examples is not None:
+        env["CHIMEWAY_SELFTEST_MACHINE_EXAMPLES"] = str(args.machine_examples)
     extra = [a for a in args.pytest_args if a != "--"]
     # A fresh interpreter: pytest must import (and may rewrite) chimeway_core
     # itself, and the suite runs with its own settings, not those of the
@@ -76,3 +101,17 @@ def run(args: argparse.Namespace) -> int:
     ]
     code = subprocess.run(command, env=env, check=False).returncode  # noqa: S603 - our own argv
     return ExitCode.OK if code == 0 else ExitCode.PROBLEM
+
+
+def _check_path(option: str, value: str) -> None:
+    """Refuse a value that is not ``module:attribute`` before starting pytest.
+
+    Whether it imports is for the suite to find out, in the interpreter that
+    runs the tests (it reports that in one line too).
+    """
+    module_name, sep, attribute = value.partition(":")
+    if not sep or not module_name.strip() or not attribute.strip():
+        raise CliError(
+            f"{option} {value!r}: expected MODULE:FACTORY (like myproject.selftest:factory)",
+            ExitCode.USAGE,
+        )

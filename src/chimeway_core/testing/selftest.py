@@ -10,18 +10,30 @@ extra). It covers:
   zero-argument callable returning a
   :class:`~chimeway_core.testing.conformance.Harness`;
 - the stateful model test of the whole engine
-  (:class:`~chimeway_core.testing.stateful.EngineMachine`), with
-  ``CHIMEWAY_SELFTEST_EXAMPLES`` examples (default 200).
+  (:class:`~chimeway_core.testing.stateful.EngineMachine`) on the memory
+  backend, with ``CHIMEWAY_SELFTEST_EXAMPLES`` examples (default 200);
+- the same machine timed for real time
+  (:class:`~chimeway_core.testing.stateful.RealTimeEngineMachine`) on your
+  backend when ``CHIMEWAY_SELFTEST_MACHINE_HARNESS=module:factory`` names a
+  :class:`~chimeway_core.testing.stateful.MachineHarnessFactory`, with
+  ``CHIMEWAY_SELFTEST_MACHINE_EXAMPLES`` examples (default 20: a real queue
+  costs real seconds per example).
+
+A variable that does not name a callable (not ``module:attribute``, a module
+that does not import, a missing attribute, not callable) fails the tests that
+need it with one line naming the variable and the problem.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Final, NoReturn
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis.stateful import run_state_machine_as_test
 
 from chimeway_core.dispatch import Action, decide, match_row
 from chimeway_core.outcomes import Outcome
@@ -29,17 +41,63 @@ from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import strategies
 from chimeway_core.testing.conformance import BackendConformance, Harness, MemoryHarness
-from chimeway_core.testing.stateful import EngineMachine
+from chimeway_core.testing.stateful import EngineMachine, MachineHarnessFactory, machine_on
 
 __all__ = [
     "TestConfiguredBackendConformance",
+    "TestConfiguredEngineMachine",
     "TestDispatchTable",
     "TestEngineMachine",
     "TestMemoryBackendConformance",
 ]
 
-HARNESS_VARIABLE = "CHIMEWAY_SELFTEST_HARNESS"
-EXAMPLES_VARIABLE = "CHIMEWAY_SELFTEST_EXAMPLES"
+#: Names a zero-argument callable returning your backend's conformance Harness.
+HARNESS_VARIABLE: Final = "CHIMEWAY_SELFTEST_HARNESS"
+#: Examples of the stateful machine on the memory backend.
+EXAMPLES_VARIABLE: Final = "CHIMEWAY_SELFTEST_EXAMPLES"
+#: Names your backend's MachineHarnessFactory.
+MACHINE_HARNESS_VARIABLE: Final = "CHIMEWAY_SELFTEST_MACHINE_HARNESS"
+#: Examples of the stateful machine on your backend.
+MACHINE_EXAMPLES_VARIABLE: Final = "CHIMEWAY_SELFTEST_MACHINE_EXAMPLES"
+#: Their default: each example runs a real queue in real time.
+MACHINE_EXAMPLES_DEFAULT: Final = 20
+
+_MISSING: Final = object()
+
+
+def _configured_factory(variable: str, missing: str) -> Callable[..., object]:
+    """The callable ``variable`` names as ``module:attribute``; skip with ``missing`` if unset.
+
+    Any problem finding it fails the test with one line naming the variable
+    and the problem, never a traceback.
+    """
+    path = os.environ.get(variable, "").strip()
+    if not path:
+        pytest.skip(f"{variable} is not set: {missing}")
+    module_name, sep, attribute = path.partition(":")
+
+    def fail(problem: str) -> NoReturn:
+        pytest.fail(f"{variable}={path!r}: {problem}", pytrace=False)
+
+    if not sep or not module_name or not attribute:
+        fail("expected module:attribute (like myproject.selftest:factory)")
+    # Fail outside the except blocks: pytest would print the chained import error too.
+    problem = ""
+    found: object = None
+    try:
+        found = importlib.import_module(module_name)
+    except (Exception, SystemExit) as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), "")
+        problem = f"importing {module_name!r} raised {type(error).__qualname__}: {first}"
+    if problem:
+        fail(problem)
+    for part in attribute.split("."):
+        found = getattr(found, part, _MISSING)
+        if found is _MISSING:
+            fail(f"module {module_name!r} has no attribute {attribute!r}")
+    if not callable(found):
+        fail(f"{attribute} is not callable (its type is {type(found).__qualname__})")
+    return found
 
 
 class TestDispatchTable:
@@ -88,12 +146,8 @@ class TestConfiguredBackendConformance(BackendConformance):
     @pytest.fixture
     def harness(self) -> Harness:
         """The harness the environment names, or a skip."""
-        path = os.environ.get(HARNESS_VARIABLE)
-        if not path:
-            pytest.skip(f"{HARNESS_VARIABLE} is not set: no backend of yours to test")
-        module, _, attribute = path.partition(":")
-        factory = getattr(importlib.import_module(module), attribute)
-        harness: Harness = factory()
+        factory = _configured_factory(HARNESS_VARIABLE, "no backend of yours to test")
+        harness: Harness = factory()  # type: ignore[assignment]  # the user's promise
         return harness
 
 
@@ -104,3 +158,30 @@ TestEngineMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+class TestConfiguredEngineMachine:
+    """The real-time stateful machine on your backend, named by CHIMEWAY_SELFTEST_MACHINE_HARNESS.
+
+    Skipped when the variable is not set.
+    """
+
+    def test_invariants_hold_on_your_backend(self) -> None:
+        """The engine's invariants hold with every job going through your queue and worker."""
+        factory: MachineHarnessFactory = _configured_factory(  # type: ignore[assignment]
+            MACHINE_HARNESS_VARIABLE, "no backend of yours to run the stateful machine on"
+        )
+        raw = os.environ.get(MACHINE_EXAMPLES_VARIABLE, str(MACHINE_EXAMPLES_DEFAULT))
+        if not raw.strip().isdigit() or int(raw) < 1:
+            pytest.fail(
+                f"{MACHINE_EXAMPLES_VARIABLE}={raw!r}: expected a whole number >= 1", pytrace=False
+            )
+        run_state_machine_as_test(
+            machine_on(factory),
+            settings=settings(
+                max_examples=int(raw),
+                stateful_step_count=15,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
