@@ -363,11 +363,13 @@ class Chimeway:
         :class:`UnhandledOutcomeError` (after scheduling the next run) for a
         shape the dispatch table does not cover.
         """
-        now = self.clock.now()
         # One transaction reads the delivery for update, asks the policies and
         # writes what they decide (the claim with its attempt, a suppression,
         # a deferral): one commit where a separate read would cost two.
         with self.store.lock(delivery_id) as locked:
+            # Read once the row is ours: time spent waiting for the lock must
+            # not come out of the lease the claim is about to take.
+            now = self.clock.now()
             delivery = locked.delivery
             if delivery is None:
                 return self._ignored(delivery_id, None, "delivery not found")

@@ -175,7 +175,9 @@ def test_redelivered_task_while_running_makes_one_call(
             unacked_restore_throttle=1,
         )
         producer = setup.producer(postgres_engine)
-        with celery_worker(setup, pool="prefork", concurrency=2, CHIMEWAY_TEST_SLOW="4"):
+        # The call (3 s, the channel's timeout) stays inside its 4 s lease and outlasts
+        # the 1 s visibility timeout: the redelivery arrives while it runs.
+        with celery_worker(setup, pool="prefork", concurrency=2, CHIMEWAY_TEST_SLOW="3"):
             delivery = producer.notify("scripted", "slow-1", max_attempts=MAX_ATTEMPTS)
             job = job_id_for(delivery.id)
             wait_until(
