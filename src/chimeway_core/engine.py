@@ -148,7 +148,7 @@ class _Deferred:
     reason: str
 
 
-Admission = _Claimed | _Ignored | _NotDue | _Exhausted | _Suppressed | _Deferred
+_Admission = _Claimed | _Ignored | _NotDue | _Exhausted | _Suppressed | _Deferred
 """What perform() decided inside the lock, acted on after it committed."""
 
 
@@ -379,7 +379,7 @@ class Chimeway:
             span["job_kind"] = result.kind.value
             return result
 
-    def _admit(self, locked: LockedDelivery, delivery: Delivery, now: datetime) -> Admission:
+    def _admit(self, locked: LockedDelivery, delivery: Delivery, now: datetime) -> _Admission:
         """Decide, inside the lock, what this job does; write it through ``locked``."""
         if delivery.is_terminal:
             return _Ignored("delivery is terminal")
@@ -416,7 +416,7 @@ class Chimeway:
             return _Ignored("claim lost")
         return _Claimed(claim, channel)
 
-    def _settle(self, delivery: Delivery, admitted: Admission) -> JobResult:
+    def _settle(self, delivery: Delivery, admitted: _Admission) -> JobResult:
         """After the lock committed: emit what was written, or make the attempt."""
         match admitted:
             case _Claimed(claim=claim, channel=channel):
