@@ -644,10 +644,15 @@ def _claim_on(
                 "worker": owner,
             },
         )
-    attempt = Attempt(
-        delivery_id=delivery.id,
-        number=delivery.attempt_count,
-        started_at=at,
+    return Claim(delivery=delivery, attempt=_in_flight_attempt(delivery, at, owner))
+
+
+def _in_flight_attempt(claimed: Delivery, started_at: datetime, owner: str) -> Attempt:
+    """The write-ahead attempt a claim of ``claimed`` (its snapshot after the claim) writes."""
+    return Attempt(
+        delivery_id=claimed.id,
+        number=claimed.attempt_count,
+        started_at=started_at,
         finished_at=None,
         outcome=None,
         error_class=None,
@@ -655,7 +660,6 @@ def _claim_on(
         error=None,
         worker=owner,
     )
-    return Claim(delivery=delivery, attempt=attempt)
 
 
 def _transition_on(
@@ -1115,61 +1119,19 @@ class SQLStore:
     ) -> Claim | None:
         """Take the lease and write the in-flight attempt, or return ``None``.
 
-        One transaction: a conditional UPDATE that succeeds only if the
-        delivery is ``ready``/``failed``, due (``scheduled_at <= now``), not
+        :meth:`lock` then :meth:`LockedDelivery.claim`, in one transaction:
+        the row is read for update, and a conditional UPDATE (fenced on the
+        version read) succeeds only if the delivery is ``ready``/``failed``,
+        due (``scheduled_at <= now``), not
         leased or its lease expired, below ``max_attempts`` and with no
         attempt in flight; it sets the lease, bumps ``attempt_count`` and
         ``version``; then the attempt row (number = new ``attempt_count``) is
         inserted. Of N concurrent claimers exactly one gets a :class:`Claim`.
         """
-        now = _aware(now, "now")
-        _check_text(owner, "owner", max_length=OWNER_LENGTH)
-        if not (math.isfinite(lease_seconds) and lease_seconds > 0):
-            raise InvalidDeliveryError("lease_seconds", f"must be > 0, got {lease_seconds!r}")
-        statement = (
-            update(_DELIVERIES)
-            .where(
-                _D.id == delivery_id,
-                _D.status.in_(_LIVE),
-                _D.scheduled_at <= now,
-                or_(_D.lease_owner.is_(None), _D.lease_expires_at <= now),
-                _D.attempt_count < _D.max_attempts,
-                _no_attempt_in_flight(),
-            )
-            .values(
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempt_count=_D.attempt_count + 1,
-                version=_D.version + 1,
-                updated_at=now,
-            )
-            .returning(*_DELIVERIES.c)
-        )
-        with self._write() as conn:
-            row = conn.execute(statement).first()
-            if row is None:
+        with self.lock(delivery_id) as locked:
+            if locked.delivery is None:
                 return None
-            delivery = _delivery(row)
-            attempt = Attempt(
-                delivery_id=delivery.id,
-                number=delivery.attempt_count,
-                started_at=now,
-                finished_at=None,
-                outcome=None,
-                error_class=None,
-                provider_response=None,
-                error=None,
-                worker=owner,
-            )
-            conn.execute(
-                _ATTEMPTS.insert().values(
-                    delivery_id=attempt.delivery_id,
-                    number=attempt.number,
-                    started_at=now,
-                    worker=owner,
-                )
-            )
-        return Claim(delivery=delivery, attempt=attempt)
+            return locked.claim(owner=owner, lease_seconds=lease_seconds, now=now)
 
     def record_attempt(
         self,

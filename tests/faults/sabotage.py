@@ -37,7 +37,7 @@ from chimeway_core import store as store_module
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import LeaseLostError
 from chimeway_core.outcomes import Classification, Outcome
-from chimeway_core.records import Attempt, Claim, Delivery, JournalKind
+from chimeway_core.records import Claim, Delivery, JournalKind
 from chimeway_core.states import Event, apply_event
 from chimeway_core.store import LockedDelivery, SQLStore
 
@@ -82,18 +82,7 @@ def _unguarded_claim(
             delivery_id=delivery.id, number=delivery.attempt_count, started_at=now, worker=owner
         )
     )
-    attempt = Attempt(
-        delivery_id=delivery.id,
-        number=delivery.attempt_count,
-        started_at=now,
-        finished_at=None,
-        outcome=None,
-        error_class=None,
-        provider_response=None,
-        error=None,
-        worker=owner,
-    )
-    return Claim(delivery=delivery, attempt=attempt)
+    return Claim(delivery=delivery, attempt=store_module._in_flight_attempt(delivery, now, owner))
 
 
 def _lease_off(patch: Patch) -> None:
