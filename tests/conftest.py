@@ -79,3 +79,19 @@ def store(request: pytest.FixtureRequest) -> SQLStore:
     fixture = "sqlite_store" if request.param == "sqlite" else "pg_store"
     result: SQLStore = request.getfixturevalue(fixture)
     return result
+
+
+@pytest.fixture
+def table_without_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatch table with its ``temporary_retry`` row changed to ACK (retries dropped).
+
+    The stateful machines' negative controls: with it a temporary failure
+    leaks a live delivery, which the machine must report.
+    """
+    from chimeway_core import Action, dispatch
+
+    broken = {
+        key: ((Action.ACK, row) if row == "temporary_retry" else (action, row))
+        for key, (action, row) in dispatch._FAST_TABLE.items()
+    }
+    monkeypatch.setattr(dispatch, "_FAST_TABLE", broken)

@@ -23,15 +23,9 @@ TestEngineMachine.settings = settings(
 )
 
 
-def test_a_broken_table_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("table_without_retry")
+def test_a_broken_table_is_caught() -> None:
     """Changing the temporary_retry row to ACK (dropping the retry) fails the stateful test."""
-    from chimeway_core import Action, dispatch
-
-    broken = {
-        key: ((Action.ACK, row) if row == "temporary_retry" else (action, row))
-        for key, (action, row) in dispatch._FAST_TABLE.items()
-    }
-    monkeypatch.setattr(dispatch, "_FAST_TABLE", broken)
     with pytest.raises(AssertionError, match="still live after draining") as caught:
         run_state_machine_as_test(
             EngineMachine,

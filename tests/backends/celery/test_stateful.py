@@ -84,18 +84,9 @@ def test_engine_machine_on_celery_rabbitmq(pg_store: SQLStore) -> None:
     run_state_machine_as_test(celery_machine("rabbitmq", pg_store), settings=fewer)
 
 
-def test_a_broken_table_is_caught_on_celery(
-    pg_store: SQLStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_broken_table_is_caught_on_celery(pg_store: SQLStore, table_without_retry: None) -> None:
     """With the temporary_retry row changed to ACK, the Celery machine reports a leaked delivery."""
     require("redis")
-    from chimeway_core import Action, dispatch
-
-    broken = {
-        key: ((Action.ACK, row) if row == "temporary_retry" else (action, row))
-        for key, (action, row) in dispatch._FAST_TABLE.items()
-    }
-    monkeypatch.setattr(dispatch, "_FAST_TABLE", broken)
     machine = celery_machine("redis", pg_store)
     machine.drain_timeout = 2.0  # a leaked delivery never ends: do not wait long for it
     with pytest.raises(AssertionError, match="still live after draining") as caught:

@@ -89,16 +89,9 @@ def test_engine_machine_on_rq(pg_store: SQLStore, stateful_redis: redis.Redis) -
 
 
 def test_a_broken_table_is_caught_on_rq(
-    pg_store: SQLStore, stateful_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    pg_store: SQLStore, stateful_redis: redis.Redis, table_without_retry: None
 ) -> None:
     """With the temporary_retry row changed to ACK, the RQ machine reports a leaked delivery."""
-    from chimeway_core import Action, dispatch
-
-    broken = {
-        key: ((Action.ACK, row) if row == "temporary_retry" else (action, row))
-        for key, (action, row) in dispatch._FAST_TABLE.items()
-    }
-    monkeypatch.setattr(dispatch, "_FAST_TABLE", broken)
     machine = rq_machine(pg_store, stateful_redis)
     machine.drain_timeout = 2.0  # a leaked delivery never ends: do not wait long for it
     with pytest.raises(AssertionError, match="still live after draining") as caught:
