@@ -20,11 +20,12 @@ END = "<!-- bench:end -->"
 REMEDIES: dict[str, str] = {
     "decide()": (
         "decide() checks its five arguments (exact enum types, ints, ranges: strings are "
-        "never coerced) before its dict lookup, and the anchor is the lookup alone; the two "
-        "common error-class keys are already inlined. An unchecked internal lookup for "
-        "the engine, keeping the checks on the public function, would close the rest. Not "
-        "done: the state machine and dispatch together are well under 1% of perform() "
-        "(profile below)."
+        "never coerced), then makes one lookup keyed by the arguments themselves (StrEnum "
+        "members hash as their cached str value); the anchor is a lookup alone. What is "
+        "left is the Python call and the checks: the same lookup behind the call without "
+        "any check is about 3.2x. Closing the rest means checking less on a public "
+        "function, which was not done: the state machine and dispatch together are well "
+        "under 1% of perform() (profile below)."
     ),
     "notify->terminal": (
         "One delivery costs chimeway 3 commits where anchor A makes 2, and its statements "

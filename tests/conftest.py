@@ -92,6 +92,6 @@ def table_without_retry(monkeypatch: pytest.MonkeyPatch) -> None:
 
     broken = {
         key: ((Action.ACK, row) if row == "temporary_retry" else (action, row))
-        for key, (action, row) in dispatch._FAST_TABLE.items()
+        for key, (action, row) in dispatch._TABLE.items()
     }
-    monkeypatch.setattr(dispatch, "_FAST_TABLE", broken)
+    monkeypatch.setattr(dispatch, "_TABLE", broken)

@@ -167,7 +167,9 @@ CATCH_ALL: Final = "catch_all"
 
 _OTHER: Final = "<other>"
 _ERROR_CLASS_KEYS: Final[tuple[ErrorClass | str | None, ...]] = (*ErrorClass, None, _OTHER)
-_KNOWN_VALUES: Final = frozenset(c.value for c in ErrorClass)
+_CLASS_BY_VALUE: Final[Mapping[str, ErrorClass]] = {c.value: c for c in ErrorClass}
+
+_Key = tuple[Outcome, ErrorClass | str | None, DeliveryStatus, bool]
 
 
 def _row_matches(
@@ -191,35 +193,16 @@ def _row_matches(
 
 
 def _error_class_key(error_class: object) -> ErrorClass | str | None:
-    if error_class is None:
-        return None
-    if type(error_class) is ErrorClass:
+    if error_class is None or type(error_class) is ErrorClass:
         return error_class
-    if isinstance(error_class, str) and error_class in _KNOWN_VALUES:
+    if isinstance(error_class, str):
         # A str equal to a member (as read back from the database) counts.
-        return ErrorClass(str.__str__(error_class))
+        return _CLASS_BY_VALUE.get(str.__str__(error_class), _OTHER)
     return _OTHER
 
 
-def _fast_key(error_class: object) -> str | None:
-    # The hot path keys on plain strings: Enum.__hash__ is a Python-level call,
-    # str hashes are cached in C. _value_ is the member's plain value attribute.
-    if error_class is None:
-        return None
-    if type(error_class) is ErrorClass:
-        return error_class._value_
-    if type(error_class) is str:
-        return error_class if error_class in _KNOWN_VALUES else _OTHER
-    key = _error_class_key(error_class)
-    return key if key is None else str(key)
-
-
-def _compile() -> Mapping[
-    tuple[Outcome, ErrorClass | str | None, DeliveryStatus, bool], tuple[Action, str]
-]:
-    table: dict[
-        tuple[Outcome, ErrorClass | str | None, DeliveryStatus, bool], tuple[Action, str]
-    ] = {}
+def _compile() -> dict[_Key, tuple[Action, str]]:
+    table: dict[_Key, tuple[Action, str]] = {}
     for outcome in Outcome:
         for key in _ERROR_CLASS_KEYS:
             for status in DeliveryStatus:
@@ -234,14 +217,13 @@ def _compile() -> Mapping[
                         table[outcome, key, status, final] = (Action.EXHAUST, CATCH_ALL)
                     else:
                         table[outcome, key, status, final] = (Action.RAISE, CATCH_ALL)
-    return MappingProxyType(table)
+    return table
 
 
+# Keyed by the enum members themselves: StrEnum members hash as their (cached)
+# str value, so the key of the common shape is the arguments as they came.
+# A plain dict, not a mapping proxy: the proxy costs a second lookup per call.
 _TABLE: Final = _compile()
-_FAST_TABLE: Final[dict[tuple[str, str | None, str, bool], tuple[Action, str]]] = {
-    (outcome.value, None if key is None else str(key), status.value, final): decision
-    for (outcome, key, status, final), decision in _TABLE.items()
-}
 
 
 def _check(outcome: object, status: object, attempt: object, max_attempts: object) -> None:
@@ -270,9 +252,7 @@ def match_row(
 ) -> tuple[Action, str]:
     """Like :func:`decide`, and also name the row that fired (or ``catch_all``)."""
     _check(outcome, status, attempt, max_attempts)
-    return _FAST_TABLE[
-        outcome._value_, _fast_key(error_class), status._value_, attempt >= max_attempts
-    ]
+    return _TABLE[outcome, _error_class_key(error_class), status, attempt >= max_attempts]
 
 
 def decide(
@@ -291,7 +271,9 @@ def decide(
     when ``attempt`` or ``max_attempts`` is below 1. It never raises for an
     unknown shape: it returns :attr:`Action.RAISE` and the caller raises.
     """
-    if not (
+    # One condition, then one lookup keyed by the arguments: this is the hot
+    # path of every attempt. Everything else takes the checked way below.
+    if (
         type(outcome) is Outcome
         and type(status) is DeliveryStatus
         and type(attempt) is int
@@ -299,15 +281,15 @@ def decide(
         and attempt >= 1
         and max_attempts >= 1
     ):
-        _check(outcome, status, attempt, max_attempts)  # raises the precise error
-    # _fast_key's two common cases inline: a call frame is a third of the cost.
-    if error_class is None:
-        key = None
-    elif type(error_class) is ErrorClass:
-        key = error_class._value_
-    else:
-        key = _fast_key(error_class)
-    return _FAST_TABLE[outcome._value_, key, status._value_, attempt >= max_attempts][0]
+        if error_class is None or type(error_class) is ErrorClass:
+            return _TABLE[outcome, error_class, status, attempt >= max_attempts][0]
+        if type(error_class) is str:
+            # A documented class read back from the database equals its member;
+            # any other string is undocumented.
+            final = attempt >= max_attempts
+            row = _TABLE.get((outcome, error_class, status, final))
+            return (row or _TABLE[outcome, _OTHER, status, final])[0]
+    return match_row(outcome, error_class, status, attempt, max_attempts)[0]
 
 
 _FAILURE_EVENTS: Final[Mapping[ErrorClass, Event]] = MappingProxyType(
