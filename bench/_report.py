@@ -59,13 +59,17 @@ REMEDIES: dict[str, str] = {
         "`SQLStore.lock` reads it for update, runs the policies and claims in one."
     ),
     "notify_many": (
-        "On PostgreSQL a batch born ready is one statement per 10,000 rows: the columns "
-        "go as arrays through `unnest`, and the journal and outbox rows are written by "
-        "CTEs from what was inserted. What is left is Python the anchor does not do: each "
-        "spec is validated before anything is written (text, NUL and surrogates, JSON "
-        "shape, depth and size), serialized, and sent by psycopg's text dump of the "
-        "arrays; the anchor sends tuples built beforehand. `COPY` into a temporary table "
-        "would cut the dump; the validation stays."
+        "On PostgreSQL a batch born ready is one statement per 10,000 rows: the rows go "
+        "as one JSON document (one C-encoded parameter, taken apart by "
+        "`json_to_recordset`), and the journal and outbox rows are written by CTEs from "
+        "what was inserted. That statement alone takes about as long as the whole anchor: "
+        "it writes three rows per delivery where the anchor writes one, checks two "
+        "foreign keys per delivery and maintains the delivery row's indexes (EXPLAIN "
+        "ANALYZE: about 0.42 s for 10,000, of which 0.10 s the foreign-key triggers). On "
+        "top comes Python the anchor does not do: each spec is validated before anything "
+        "is written (text, NUL and surrogates, JSON shape, depth and size), the ids are "
+        "queued and the outbox rows cleared. 0.7x would need fewer rows or no foreign "
+        "keys, which would give up the journal or the outbox's integrity: not done."
     ),
     "worker memory": (
         "Resident memory grew by more than 10% between 1,000 and 50,000 deliveries: "

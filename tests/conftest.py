@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 
 from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
-from tests.services import fresh_postgres_database
+from tests.services import fresh_postgres_database, truncate_tables
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
@@ -49,18 +49,12 @@ def postgres_engine(postgres_database: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _truncate(engine: Engine) -> None:
-    names = ", ".join(table.name for table in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} CASCADE"))
-
-
 @pytest.fixture
 def pg_store(postgres_engine: Engine) -> Iterator[SQLStore]:
     """A store on PostgreSQL with empty tables."""
     store = SQLStore(postgres_engine)
     yield store
-    _truncate(postgres_engine)
+    truncate_tables(postgres_engine)
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, make_url, text
+
+from chimeway_core.schema import metadata
 
 POSTGRES_HOST = os.environ.get("CHIMEWAY_TEST_PGHOST", "127.0.0.1")
 POSTGRES_PORT = int(os.environ.get("CHIMEWAY_TEST_PGPORT", "5432"))
@@ -77,3 +79,10 @@ def fresh_postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def truncate_tables(engine: Engine) -> None:
+    """Empty every chimeway table of the PostgreSQL database behind ``engine``."""
+    names = ", ".join(table.name for table in metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} CASCADE"))

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from chimeway_core.records import JournalKind, NewDelivery
 from chimeway_core.schema import DeliveryRow
 from chimeway_core.states import DeliveryStatus, Event
 from chimeway_core.store import OutboxItem, SQLStore
+from tests.services import truncate_tables
 
 
 def _delivery_rows(store: SQLStore) -> int:
@@ -233,3 +234,70 @@ def test_arbitrary_json_and_unicode_roundtrip_on_sqlite(
     fetched = module_sqlite_store.get(created.delivery.id)
     assert fetched is not None
     assert (payload, recipient) == (fetched.payload, fetched.recipient)
+
+
+@settings(max_examples=40)
+@given(
+    payloads=st.lists(_json, min_size=1, max_size=5),
+    recipient=_text,
+    key=_text | st.none(),
+    offset_minutes=st.integers(min_value=-14 * 60, max_value=14 * 60),
+    microsecond=st.integers(min_value=0, max_value=999_999),
+)
+def test_a_batch_reads_back_exactly_on_postgres(
+    postgres_engine: Engine,
+    payloads: list[object],
+    recipient: str,
+    key: str | None,
+    offset_minutes: int,
+    microsecond: int,
+) -> None:
+    """Any JSON payloads, keys and times in any zone survive a PostgreSQL batch exactly.
+
+    A batch born ready goes to the server as one JSON document; this checks
+    nothing is lost or changed on the way (floats, big ints, unicode, NULs
+    refused earlier, microseconds, offsets).
+    """
+    store = SQLStore(postgres_engine)
+    now = datetime(2030, 1, 1, microsecond=microsecond, tzinfo=UTC)
+    zone = timezone(timedelta(minutes=offset_minutes))
+    specs = [
+        NewDelivery(
+            channel="c",
+            recipient=recipient,
+            payload=payload,
+            notification_key=key,
+            idempotency_key=None if key is None else f"{key}-{index}",
+            max_attempts=index + 1,
+            scheduled_at=(now + timedelta(seconds=index)).astimezone(zone),
+            expires_at=None if index % 2 else (now + timedelta(days=1)).astimezone(zone),
+            metadata={"i": index, "k": key},
+        )
+        for index, payload in enumerate(payloads)
+    ]
+    try:
+        created = store.create_many(specs, now=now)
+        for spec, result in zip(specs, created, strict=True):
+            fetched = store.get(result.delivery.id)
+            assert fetched == result.delivery
+            assert (
+                spec.payload,
+                spec.recipient,
+                spec.notification_key,
+                spec.max_attempts,
+                spec.scheduled_at,
+                spec.expires_at,
+                spec.metadata,
+            ) == (
+                fetched.payload,
+                fetched.recipient,
+                fetched.notification_key,
+                fetched.max_attempts,
+                fetched.scheduled_at,
+                fetched.expires_at,
+                fetched.metadata,
+            )
+            assert fetched.idempotency_key == (spec.idempotency_key or str(fetched.id))
+        assert len(specs) == store.outbox_size()
+    finally:
+        truncate_tables(postgres_engine)
