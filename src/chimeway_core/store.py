@@ -91,6 +91,7 @@ from chimeway_core.errors import (
     StaleDeliveryError,
 )
 from chimeway_core.outcomes import Classification, Outcome
+from chimeway_core.precompiled import Precompiled
 from chimeway_core.records import (
     Attempt,
     Claim,
@@ -300,7 +301,7 @@ def _truncate(text: str | None, limit: int) -> str | None:
 # -------------------------------------------------------------------- conversion
 
 
-def _delivery(row: Row[Any]) -> Delivery:
+def _delivery(row: Sequence[Any]) -> Delivery:
     # Positional: a row of ``select(_DELIVERIES)`` (or a join starting with it)
     # holds the table's columns in order, which is the field order of Delivery.
     (
@@ -425,6 +426,13 @@ def _journal_values(
     }
 
 
+def _is_live() -> ColumnElement[bool]:
+    # One bound parameter per status, not in_(_LIVE): a list renders as an
+    # expanding parameter, which SQLAlchemy rewrites into the SQL text again
+    # at every execution.
+    return _D.status.in_([bindparam(f"b_live_{status}", status) for status in _LIVE])
+
+
 def _no_attempt_in_flight() -> ColumnElement[bool]:
     return ~exists().where(_A.delivery_id == _D.id, _A.outcome.is_(None))
 
@@ -476,7 +484,7 @@ _CLAIM: Final = (
     .where(
         _D.id == bindparam("b_id"),
         _D.version == bindparam("b_version"),
-        _D.status.in_(_LIVE),
+        _is_live(),
         _D.scheduled_at <= bindparam("b_due"),
         or_(_D.lease_owner.is_(None), _D.lease_expires_at <= bindparam("b_expired")),
         _D.attempt_count < _D.max_attempts,
@@ -584,6 +592,18 @@ _PG_CLAIM: Final = _pg_claim_statement()
 _PG_RECORD: Final = _pg_record_statement(reschedule=False)
 _PG_RECORD_RESCHEDULED: Final = _pg_record_statement(reschedule=True)
 
+# The writes perform() executes, compiled once per dialect and run as driver
+# SQL with the same type conversions (chimeway_core.precompiled). The lock's
+# read stays a Core execution: driver SQL rebuilds the result metadata of its
+# 19 columns on every call, which costs more than it saves.
+_RUN_CLAIM: Final = Precompiled(_CLAIM)
+_RUN_FINISH_ATTEMPT: Final = Precompiled(_FINISH_ATTEMPT)
+_RUN_RECORD: Final = Precompiled(_RECORD)
+_RUN_RECORD_RESCHEDULED: Final = Precompiled(_RECORD_RESCHEDULED)
+_RUN_PG_CLAIM: Final = Precompiled(_PG_CLAIM)
+_RUN_PG_RECORD: Final = Precompiled(_PG_RECORD)
+_RUN_PG_RECORD_RESCHEDULED: Final = Precompiled(_PG_RECORD_RESCHEDULED)
+
 _COUNT_RECENT_ATTEMPTS: Final = (
     select(func.count())
     .select_from(_ATTEMPTS.join(_DELIVERIES, _A.delivery_id == _D.id))
@@ -621,9 +641,9 @@ def _claim_on(
     }
     postgres = conn.dialect.name == "postgresql"
     if postgres:
-        if conn.execute(_PG_CLAIM, parameters).first() is None:
+        if _RUN_PG_CLAIM.first(conn, parameters) is None:
             return None
-    elif conn.execute(_CLAIM, parameters).rowcount != 1:
+    elif _RUN_CLAIM.execute(conn, parameters).rowcount != 1:
         return None
     at = now.astimezone(UTC)
     delivery = attrs.evolve(
@@ -1180,16 +1200,6 @@ class SQLStore:
             "provider_response": response,
             "error": _truncate(classification.error, self.max_error_chars),
         }
-        delivery_values: dict[str, Any] = {
-            "status": transition.dest.value,
-            "reason": new_reason,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "version": _D.version + 1,
-            "updated_at": now,
-        }
-        if next_run_at is not None:
-            delivery_values["scheduled_at"] = next_run_at
         lost = LeaseLostError(before.id, claim.owner, before.version)
         delivery_parameters: dict[str, Any] = {
             "b_id": before.id,
@@ -1230,22 +1240,20 @@ class SQLStore:
                 # One statement: attempt, fenced delivery, journal. If the
                 # fence fails nothing reaches the journal and raising rolls
                 # back the attempt's update.
-                statement = _PG_RECORD if next_run_at is None else _PG_RECORD_RESCHEDULED
+                statement = _RUN_PG_RECORD if next_run_at is None else _RUN_PG_RECORD_RESCHEDULED
                 journal_parameters = {f"j_{name}": journal[name] for name in _JOURNAL_FIELDS}
-                written = conn.execute(
-                    statement, attempt_parameters | delivery_parameters | journal_parameters
-                ).first()
+                written = statement.first(
+                    conn, attempt_parameters | delivery_parameters | journal_parameters
+                )
                 if written is None:
                     raise lost
             else:
                 # The attempt first: if the fenced delivery write below
                 # matches nothing, raising rolls this back too.
-                if conn.execute(_FINISH_ATTEMPT, attempt_parameters).rowcount != 1:
+                if _RUN_FINISH_ATTEMPT.execute(conn, attempt_parameters).rowcount != 1:
                     raise lost
-                updated = conn.execute(
-                    _RECORD if next_run_at is None else _RECORD_RESCHEDULED, delivery_parameters
-                )
-                if updated.rowcount != 1:
+                statement = _RUN_RECORD if next_run_at is None else _RUN_RECORD_RESCHEDULED
+                if statement.execute(conn, delivery_parameters).rowcount != 1:
                     raise lost
                 conn.execute(_INSERT_JOURNAL, journal)
         # The row as the fenced write left it: every changed column is known here.
