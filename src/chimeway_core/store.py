@@ -1029,7 +1029,7 @@ class SQLStore:
             for chunk in _in_chunks(ordered, _PG_BULK_CHUNK):
                 inserted.update(_pg_create_ready(conn, chunk, now))
             return self._created(conn, rows, inserted)
-        statement = _insert_ignoring_conflicts(conn).returning(_D.id)
+        statement = _insert_ignoring_conflicts(conn)
         for chunk in _in_chunks(ordered, 1000):
             inserted.update(conn.execute(statement, list(chunk)).scalars())
         journal: list[dict[str, Any]] = []
@@ -1545,14 +1545,22 @@ def _pg_create_ready(conn: Connection, rows: Sequence[dict[str, Any]], now: date
     return list(conn.exec_driver_sql(_PG_CREATE_READY, parameters).scalars())
 
 
+# Built once per dialect, like the hot-path statements: a statement built per
+# call has its cache key walked again on every execution.
+_INSERT_IGNORING_CONFLICTS: Final[Mapping[str, Insert]] = {
+    "postgresql": postgresql.insert(_DELIVERIES)
+    .on_conflict_do_nothing(index_elements=[_D.channel, _D.idempotency_key])
+    .returning(_D.id),
+    "sqlite": sqlite.insert(_DELIVERIES)
+    .on_conflict_do_nothing(index_elements=[_D.channel, _D.idempotency_key])
+    .returning(_D.id),
+}
+
+
 def _insert_ignoring_conflicts(conn: Connection) -> Insert:
+    """The dialect's INSERT ... ON CONFLICT DO NOTHING RETURNING id of delivery rows."""
     name = conn.dialect.name
-    if name == "postgresql":
-        return postgresql.insert(_DELIVERIES).on_conflict_do_nothing(
-            index_elements=[_D.channel, _D.idempotency_key]
-        )
-    if name == "sqlite":
-        return sqlite.insert(_DELIVERIES).on_conflict_do_nothing(
-            index_elements=[_D.channel, _D.idempotency_key]
-        )
-    raise NotImplementedError(f"chimeway's store supports PostgreSQL and SQLite, not {name}")
+    statement = _INSERT_IGNORING_CONFLICTS.get(name)
+    if statement is None:
+        raise NotImplementedError(f"chimeway's store supports PostgreSQL and SQLite, not {name}")
+    return statement
