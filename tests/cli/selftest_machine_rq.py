@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -23,8 +22,8 @@ import redis
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.conformance import EngineFactory
 from chimeway_core.testing.stateful import MachineHarness
-from tests.backends.rq.conftest import purge, redis_url
-from tests.backends.rq.harness import DeafSimpleWorker, RQHarness
+from tests.backends.rq.conftest import redis_url
+from tests.backends.rq.harness import machine_harness as rq_machine_harness
 
 #: The Redis database of this test alone (8 to 15 belong to other suites).
 REDIS_DB: Final = 7
@@ -44,17 +43,10 @@ def _store() -> SQLStore:
 def machine_harness(engine_factory: EngineFactory) -> Iterator[MachineHarness]:
     """An RQHarness on a fresh queue whose every key is deleted at the end."""
     connection = redis.Redis.from_url(redis_url(REDIS_DB))
-    queue = f"chimeway-selftest-{secrets.token_hex(6)}"
     try:
-        # RQ's job timeout within the machine's one-second lease, as in tests/backends/rq.
-        yield RQHarness(
-            _store(),
-            connection,
-            queue,
-            engine_factory=engine_factory,
-            job_timeout=1,
-            worker_class=DeafSimpleWorker,
-        )
+        with rq_machine_harness(
+            _store(), connection, engine_factory, prefix="chimeway-selftest"
+        ) as harness:
+            yield harness
     finally:
-        purge(connection, queue)
         connection.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from uuid import UUID
 
 import redis
@@ -12,6 +14,7 @@ from chimeway_backends.rq import ChimewaySimpleWorker, RQBackend, run_worker
 from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.conformance import EngineFactory, conformance_engine
+from tests.backends.rq.conftest import purge
 
 
 class DeafSimpleWorker(ChimewaySimpleWorker):
@@ -67,3 +70,27 @@ class RQHarness:
     def sleep(self, seconds: float) -> None:
         """Really wait."""
         time.sleep(seconds)
+
+
+@contextmanager
+def machine_harness(
+    store: SQLStore, connection: redis.Redis, engine_factory: EngineFactory, *, prefix: str
+) -> Iterator[RQHarness]:
+    """An RQHarness for the kit's stateful machine, on a fresh queue purged at the end.
+
+    The queue is named ``prefix`` plus a random suffix. RQ's job timeout (1 s)
+    is within the machine's lease (0.5 s call + 0.5 s margin): a job cut short
+    by it is one more worker death for the rescuer to resolve.
+    """
+    queue = f"{prefix}-{secrets.token_hex(6)}"
+    try:
+        yield RQHarness(
+            store,
+            connection,
+            queue,
+            engine_factory=engine_factory,
+            job_timeout=1,
+            worker_class=DeafSimpleWorker,
+        )
+    finally:
+        purge(connection, queue)

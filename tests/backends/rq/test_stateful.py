@@ -12,9 +12,8 @@ PostgreSQL. Few examples: each costs real seconds.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 
 import pytest
 import redis
@@ -24,8 +23,8 @@ from hypothesis.stateful import run_state_machine_as_test
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.conformance import EngineFactory
 from chimeway_core.testing.stateful import MachineHarness, RealTimeEngineMachine
-from tests.backends.rq.conftest import purge, redis_url
-from tests.backends.rq.harness import DeafSimpleWorker, RQHarness
+from tests.backends.rq.conftest import redis_url
+from tests.backends.rq.harness import machine_harness
 from tests.services import require
 
 pytestmark = pytest.mark.slow
@@ -50,27 +49,6 @@ def stateful_redis() -> Iterator[redis.Redis]:
     connection.close()
 
 
-@contextmanager
-def rq_harness(
-    store: SQLStore, connection: redis.Redis, engine_factory: EngineFactory
-) -> Iterator[RQHarness]:
-    """An RQHarness on a queue of its own, every key of which is deleted at the end."""
-    queue = f"chimeway-stateful-{secrets.token_hex(6)}"
-    try:
-        # RQ's job timeout within the machine's lease (0.5 s call + 0.5 s margin): a job
-        # cut short by it is one more worker death for the rescuer to resolve.
-        yield RQHarness(
-            store,
-            connection,
-            queue,
-            engine_factory=engine_factory,
-            job_timeout=1,
-            worker_class=DeafSimpleWorker,
-        )
-    finally:
-        purge(connection, queue)
-
-
 def rq_machine(store: SQLStore, connection: redis.Redis) -> type[RealTimeEngineMachine]:
     """The real-time machine on RQ, its ledger on ``store``."""
 
@@ -78,7 +56,7 @@ def rq_machine(store: SQLStore, connection: redis.Redis) -> type[RealTimeEngineM
         def open_harness(
             self, engine_factory: EngineFactory
         ) -> AbstractContextManager[MachineHarness]:
-            return rq_harness(store, connection, engine_factory)
+            return machine_harness(store, connection, engine_factory, prefix="chimeway-stateful")
 
     return RQEngineMachine
 
