@@ -1025,7 +1025,7 @@ class SQLStore:
         inserted: set[UUID] = set()
         if conn.dialect.name == "postgresql" and all(row["reason"] is None for row in rows):
             # Born ready: delivery, journal and outbox rows in one statement
-            # per chunk, the columns sent as arrays.
+            # per chunk, the rows sent as one JSON document.
             for chunk in _in_chunks(ordered, _PG_BULK_CHUNK):
                 inserted.update(_pg_create_ready(conn, chunk, now))
             return self._created(conn, rows, inserted)
