@@ -1484,7 +1484,9 @@ _PG_BULK_CHUNK: Final = 10_000
 # (binding 10 arrays instead costs a Python dump of every element; a VALUES
 # list of 19 parameters per row costs more to build and parse than to run).
 # The constant columns are single parameters; the journal and outbox rows are
-# written from what was inserted. The ordinality keeps the rows in key order.
+# written from what was inserted. The ordinality keeps the rows in key order;
+# json_to_recordset reads a JSON null as SQL NULL, and COALESCE stores a None
+# payload as JSON null, as SQLAlchemy's JSON type does on every other path.
 _PG_CREATE_READY: Final = f"""
 WITH created AS (
     INSERT INTO {_DELIVERIES.name} (
@@ -1492,7 +1494,7 @@ WITH created AS (
         reason, attempt_count, max_attempts, scheduled_at, expires_at, lease_owner,
         lease_expires_at, version, deferral_count, metadata, created_at, updated_at
     )
-    SELECT u.id, u.channel, u.recipient, u.payload, u.notification_key,
+    SELECT u.id, u.channel, u.recipient, COALESCE(u.payload, 'null'::json), u.notification_key,
         u.idempotency_key, %(ready)s, NULL, 0, u.max_attempts, u.scheduled_at, u.expires_at,
         NULL, NULL, 1, 0, u.metadata, %(now)s, %(now)s
     FROM ROWS FROM (

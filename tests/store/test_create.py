@@ -301,3 +301,20 @@ def test_a_batch_reads_back_exactly_on_postgres(
         assert len(specs) == store.outbox_size()
     finally:
         truncate_tables(postgres_engine)
+
+
+def test_a_none_payload_is_stored_as_json_null(store: SQLStore, now: datetime) -> None:
+    """A None payload is JSON null in the column, not SQL NULL, alone or in a batch."""
+    alone = store.create(NewDelivery(channel="c", recipient="r", payload=None), now=now)
+    batch = store.create_many(
+        [NewDelivery(channel="c", recipient=f"r{i}", payload=None) for i in range(3)], now=now
+    )
+    ids = [alone.delivery.id, *(created.delivery.id for created in batch)]
+    with store.engine.connect() as conn:
+        nulls = conn.execute(
+            select(func.count())
+            .select_from(DeliveryRow)
+            .where(DeliveryRow.id.in_(ids), DeliveryRow.payload.is_(None))
+        ).scalar_one()
+    assert 0 == nulls
+    assert [None] * 4 == [store.get(i).payload for i in ids]  # type: ignore[union-attr]
