@@ -1524,11 +1524,12 @@ _PG_DELETE_OUTBOX: Final = f"DELETE FROM {_OUTBOX.name} WHERE delivery_id = ANY(
 
 
 def _document_scalar(value: object) -> str:
-    # The two non-JSON types of a delivery row, as PostgreSQL parses them.
+    # The two non-JSON types of a delivery row, as PostgreSQL parses them
+    # (in UTC: any offset Python allows, sub-minute ones too, comes out +00:00).
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, datetime):
-        return value.isoformat()
+        return value.astimezone(UTC).isoformat()
     raise TypeError(f"a delivery row holds a {type(value).__name__}")  # pragma: no cover
 
 
