@@ -37,6 +37,8 @@ _Processor = Callable[[Any], Any]
 class _Compiled:
     sql: str
     defaults: Mapping[str, Any]
+    # The parameters the statement has no value of its own for.
+    required: frozenset[str]
     # The positional order of the parameters, for qmark/numeric dialects.
     positions: tuple[str, ...] | None
     binds: tuple[tuple[str, _Processor], ...]
@@ -47,8 +49,9 @@ class Precompiled:
     """One Core statement, compiled once per dialect, executed as driver SQL.
 
     ``execute`` takes the statement's named parameters (those it does not get
-    keep the values the statement was built with) and converts each through
-    its type exactly as ``Connection.execute`` would. ``first`` also converts
+    keep the values the statement was built with; one with no value of its own
+    missing raises :class:`ValueError`) and converts each through its type
+    exactly as ``Connection.execute`` would. ``first`` also converts
     the returned row through the result columns' types.
     """
 
@@ -73,6 +76,7 @@ class Precompiled:
         result = _Compiled(
             sql=str(compiled),
             defaults=dict(compiled.params),
+            required=frozenset(name for bind, name in compiled.bind_names.items() if bind.required),
             positions=positions,
             binds=tuple(processors.items()),
             results=results if any(results) else (),
@@ -84,6 +88,9 @@ class Precompiled:
     def execute(self, conn: Connection, parameters: Mapping[str, Any]) -> CursorResult[Any]:
         """Run the statement on ``conn`` with ``parameters``; the raw driver result."""
         compiled = self._by_dialect.get(conn.dialect) or self._compile(conn.dialect)
+        if missing := compiled.required - parameters.keys():
+            # Core raises here too; binding NULL instead would fail a fence silently.
+            raise ValueError(f"no value for the parameters {sorted(missing)}")
         values = {**compiled.defaults, **parameters}
         for name, process in compiled.binds:
             values[name] = process(values[name])

@@ -129,3 +129,12 @@ def test_one_instance_serves_both_dialects(
 def now() -> datetime:
     """A fixed aware instant with microseconds."""
     return datetime(2030, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def test_a_missing_parameter_raises_and_writes_nothing(store: SQLStore, now: datetime) -> None:
+    """Leaving out a parameter the statement has no value for is an error, not a NULL."""
+    delivery_id = _created(store, now)
+    before = _row(store, delivery_id)
+    with store.engine.begin() as conn, pytest.raises(ValueError, match=r"\['b_at'\]"):
+        Precompiled(_TOUCH).execute(conn, {"b_id": delivery_id})
+    assert before == _row(store, delivery_id)
