@@ -499,8 +499,15 @@ _CLAIM: Final = (
     )
 )
 
-_INSERT_ATTEMPT: Final = _ATTEMPTS.insert()
 _INSERT_JOURNAL: Final = _JOURNAL.insert()
+# The two inserts perform() makes on SQLite, with explicit parameters so that
+# they can run precompiled (a bare insert() compiles from the keys it gets).
+_INSERT_IN_FLIGHT_ATTEMPT: Final = insert(_ATTEMPTS).values(
+    delivery_id=bindparam("b_id"),
+    number=bindparam("b_number"),
+    started_at=bindparam("b_started_at"),
+    worker=bindparam("b_owner"),
+)
 
 _FINISH_ATTEMPT: Final = (
     update(_ATTEMPTS)
@@ -597,6 +604,13 @@ _PG_RECORD_RESCHEDULED: Final = _pg_record_statement(reschedule=True)
 # read stays a Core execution: driver SQL rebuilds the result metadata of its
 # 19 columns on every call, which costs more than it saves.
 _RUN_CLAIM: Final = Precompiled(_CLAIM)
+_RUN_INSERT_IN_FLIGHT_ATTEMPT: Final = Precompiled(_INSERT_IN_FLIGHT_ATTEMPT)
+_RUN_INSERT_JOURNAL_ENTRY: Final = Precompiled(
+    insert(_JOURNAL).values(
+        {"delivery_id": bindparam("j_delivery_id")}
+        | {name: bindparam(f"j_{name}", type_=_J[name].type) for name in _JOURNAL_FIELDS}
+    )
+)
 _RUN_FINISH_ATTEMPT: Final = Precompiled(_FINISH_ATTEMPT)
 _RUN_RECORD: Final = Precompiled(_RECORD)
 _RUN_RECORD_RESCHEDULED: Final = Precompiled(_RECORD_RESCHEDULED)
@@ -655,13 +669,13 @@ def _claim_on(
         updated_at=at,
     )
     if not postgres:
-        conn.execute(
-            _INSERT_ATTEMPT,
+        _RUN_INSERT_IN_FLIGHT_ATTEMPT.execute(
+            conn,
             {
-                "delivery_id": delivery.id,
-                "number": delivery.attempt_count,
-                "started_at": now,
-                "worker": owner,
+                "b_id": delivery.id,
+                "b_number": delivery.attempt_count,
+                "b_started_at": now,
+                "b_owner": owner,
             },
         )
     return Claim(delivery=delivery, attempt=_in_flight_attempt(delivery, at, owner))
@@ -1255,7 +1269,9 @@ class SQLStore:
                 statement = _RUN_RECORD if next_run_at is None else _RUN_RECORD_RESCHEDULED
                 if statement.execute(conn, delivery_parameters).rowcount != 1:
                     raise lost
-                conn.execute(_INSERT_JOURNAL, journal)
+                _RUN_INSERT_JOURNAL_ENTRY.execute(
+                    conn, {f"j_{name}": value for name, value in journal.items()}
+                )
         # The row as the fenced write left it: every changed column is known here.
         return attrs.evolve(
             before,
