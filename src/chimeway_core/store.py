@@ -59,6 +59,7 @@ from uuid import UUID
 
 import attrs
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     Engine,
@@ -301,7 +302,7 @@ def _truncate(text: str | None, limit: int) -> str | None:
 # -------------------------------------------------------------------- conversion
 
 
-def _delivery(row: Sequence[Any]) -> Delivery:
+def _delivery(row: Row[Any]) -> Delivery:
     # Positional: a row of ``select(_DELIVERIES)`` (or a join starting with it)
     # holds the table's columns in order, which is the field order of Delivery.
     (
@@ -559,6 +560,11 @@ _RECORD_RESCHEDULED: Final = _record_statement(reschedule=True)
 _JOURNAL_FIELDS: Final = ("at", "kind", "event", "from_status", "to_status", "reason", "detail")
 
 
+def _journal_binds() -> dict[str, BindParameter[Any]]:
+    """A journal entry's fields (but its delivery) as ``j_``-named, typed bind parameters."""
+    return {name: bindparam(f"j_{name}", type_=_J[name].type) for name in _JOURNAL_FIELDS}
+
+
 def _pg_claim_statement() -> Insert:
     claimed = _CLAIM.returning(_D.id, _D.attempt_count).cte("claimed")
     return (
@@ -584,9 +590,7 @@ def _pg_record_statement(*, reschedule: bool) -> Insert:
         .returning(_D.id)
         .cte("moved")
     )
-    journal = select(
-        moved.c.id, *(bindparam(f"j_{name}", type_=_J[name].type) for name in _JOURNAL_FIELDS)
-    )
+    journal = select(moved.c.id, *_journal_binds().values())
     return (
         insert(_JOURNAL)
         .from_select(["delivery_id", *_JOURNAL_FIELDS], journal)
@@ -606,10 +610,7 @@ _PG_RECORD_RESCHEDULED: Final = _pg_record_statement(reschedule=True)
 _RUN_CLAIM: Final = Precompiled(_CLAIM)
 _RUN_INSERT_IN_FLIGHT_ATTEMPT: Final = Precompiled(_INSERT_IN_FLIGHT_ATTEMPT)
 _RUN_INSERT_JOURNAL_ENTRY: Final = Precompiled(
-    insert(_JOURNAL).values(
-        {"delivery_id": bindparam("j_delivery_id")}
-        | {name: bindparam(f"j_{name}", type_=_J[name].type) for name in _JOURNAL_FIELDS}
-    )
+    insert(_JOURNAL).values({"delivery_id": bindparam("j_delivery_id"), **_journal_binds()})
 )
 _RUN_FINISH_ATTEMPT: Final = Precompiled(_FINISH_ATTEMPT)
 _RUN_RECORD: Final = Precompiled(_RECORD)
@@ -1249,13 +1250,14 @@ class SQLStore:
                 "error_class": attempt_values["error_class"],
             },
         )
+        journal_parameters = {f"j_{name}": value for name, value in journal.items()}
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
-                # One statement: attempt, fenced delivery, journal. If the
-                # fence fails nothing reaches the journal and raising rolls
-                # back the attempt's update.
+                # One statement: attempt, fenced delivery, journal (whose
+                # delivery id comes from the fenced write, not j_delivery_id).
+                # If the fence fails nothing reaches the journal and raising
+                # rolls back the attempt's update.
                 statement = _RUN_PG_RECORD if next_run_at is None else _RUN_PG_RECORD_RESCHEDULED
-                journal_parameters = {f"j_{name}": journal[name] for name in _JOURNAL_FIELDS}
                 written = statement.first(
                     conn, attempt_parameters | delivery_parameters | journal_parameters
                 )
@@ -1269,9 +1271,7 @@ class SQLStore:
                 statement = _RUN_RECORD if next_run_at is None else _RUN_RECORD_RESCHEDULED
                 if statement.execute(conn, delivery_parameters).rowcount != 1:
                     raise lost
-                _RUN_INSERT_JOURNAL_ENTRY.execute(
-                    conn, {f"j_{name}": value for name, value in journal.items()}
-                )
+                _RUN_INSERT_JOURNAL_ENTRY.execute(conn, journal_parameters)
         # The row as the fenced write left it: every changed column is known here.
         return attrs.evolve(
             before,
