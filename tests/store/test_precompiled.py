@@ -38,6 +38,12 @@ _RESPOND = (
 )
 
 
+@pytest.fixture
+def now() -> datetime:
+    """A fixed aware instant with microseconds."""
+    return datetime(2030, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
 def _created(store: SQLStore, now: datetime) -> uuid.UUID:
     return store.create(NewDelivery(channel="c", recipient="r"), now=now).delivery.id
 
@@ -123,12 +129,6 @@ def test_one_instance_serves_both_dialects(
         delivery_id = _created(store, now)
         with store.engine.begin() as conn:
             assert statement.first(conn, {"b_id": delivery_id, "b_at": now}) is not None
-
-
-@pytest.fixture
-def now() -> datetime:
-    """A fixed aware instant with microseconds."""
-    return datetime(2030, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 def test_a_missing_parameter_raises_and_writes_nothing(store: SQLStore, now: datetime) -> None:
