@@ -32,10 +32,13 @@ transaction that either writes everything it promises or nothing:
   committed outbox rows to the queue and deletes them in one transaction.
 
 On PostgreSQL each hot step is one statement: the claim (lease and attempt
-row), the record (attempt, fenced transition, journal entry) and the create
-of deliveries born ready (delivery, journal and outbox rows, columns sent as
-arrays) use data-modifying CTEs, so a step costs one round trip. SQLite, in
-process, runs the same writes as separate statements.
+row), the record (fenced row lock, attempt, transition, journal entry) and
+the create of deliveries born ready (delivery, journal and outbox rows, the
+rows sent as one JSON document) use data-modifying CTEs. The record and the
+create (up to 10,000 rows, no caller session) run in autocommit: one
+statement is atomic by itself, and skipping ``BEGIN`` and ``COMMIT`` makes
+each one round trip. SQLite, in process, runs the same writes as separate
+statements in a transaction.
 
 SQLite is supported as the embedded default: file databases get WAL, a busy
 timeout and foreign keys on connect, and write transactions start with
@@ -527,7 +530,8 @@ _FINISH_ATTEMPT: Final = (
 )
 
 
-def _record_statement(*, reschedule: bool) -> Update:
+def _record_values(*, reschedule: bool) -> dict[str, Any]:
+    """What the record writes on the delivery row: the transition, no lease, a new version."""
     values: dict[str, Any] = {
         "status": bindparam("b_status"),
         "reason": bindparam("b_reason"),
@@ -538,6 +542,10 @@ def _record_statement(*, reschedule: bool) -> Update:
     }
     if reschedule:
         values["scheduled_at"] = bindparam("b_scheduled_at")
+    return values
+
+
+def _record_statement(*, reschedule: bool) -> Update:
     return (
         update(_DELIVERIES)
         .where(
@@ -546,7 +554,7 @@ def _record_statement(*, reschedule: bool) -> Update:
             _D.status == bindparam("b_from_status"),
             _D.lease_owner == bindparam("b_owner"),
         )
-        .values(values)
+        .values(_record_values(reschedule=reschedule))
     )
 
 
@@ -583,10 +591,30 @@ def _pg_claim_statement() -> Insert:
 
 
 def _pg_record_statement(*, reschedule: bool) -> Insert:
-    finished = _FINISH_ATTEMPT.returning(_A.delivery_id).cte("finished")
+    # All three rows or none, without a transaction around it: the fence locks
+    # the delivery row (FOR UPDATE re-checks the fence against the newest
+    # version, and every write bumps the version), the attempt is finished
+    # only under that lock and the delivery moved only if the attempt was.
+    fence = (
+        select(_D.id)
+        .where(
+            _D.id == bindparam("b_id"),
+            _D.version == bindparam("b_version"),
+            _D.status == bindparam("b_from_status"),
+            _D.lease_owner == bindparam("b_owner"),
+        )
+        .with_for_update()
+        .cte("fence")
+    )
+    finished = (
+        _FINISH_ATTEMPT.where(_A.delivery_id.in_(select(fence.c.id)))
+        .returning(_A.delivery_id)
+        .cte("finished")
+    )
     moved = (
-        _record_statement(reschedule=reschedule)
-        .where(exists(select(finished.c.delivery_id)))
+        update(_DELIVERIES)
+        .where(_D.id.in_(select(finished.c.delivery_id)))
+        .values(_record_values(reschedule=reschedule))
         .returning(_D.id)
         .cte("moved")
     )
@@ -594,7 +622,7 @@ def _pg_record_statement(*, reschedule: bool) -> Insert:
     return (
         insert(_JOURNAL)
         .from_select(["delivery_id", *_JOURNAL_FIELDS], journal)
-        .add_cte(finished)
+        .add_cte(fence, finished)
         .returning(_J.id)
     )
 
@@ -891,6 +919,28 @@ class SQLStore:
             yield conn
 
     @contextmanager
+    def _autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement commits on its own, for one-statement writes.
+
+        A single statement is atomic by itself: outside ``BEGIN`` ... ``COMMIT``
+        it saves those two round trips (PostgreSQL only; the caller checks).
+        The driver's autocommit flag is set for the block and restored before
+        the connection goes back to the pool; SQLAlchemy still sees one
+        transaction, so its events (and anything counting commits) do too.
+        """
+        with self.engine.connect() as conn:
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            previous = dbapi.autocommit
+            dbapi.autocommit = True
+            try:
+                yield conn
+                conn.commit()
+            finally:
+                if not dbapi.closed:
+                    dbapi.autocommit = previous
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
@@ -1027,6 +1077,15 @@ class SQLStore:
             return []
         if session is not None:
             return self._insert_deliveries(session.connection(), rows, now)
+        if (
+            self.engine.dialect.name == "postgresql"
+            and len(rows) <= _PG_BULK_CHUNK
+            and all(row["reason"] is None for row in rows)
+        ):
+            # One statement writes everything (the read-back of existing keys
+            # after it only reads): it commits on its own.
+            with self._autocommit() as conn:
+                return self._insert_deliveries(conn, rows, now)
         with self._write() as conn:
             return self._insert_deliveries(conn, rows, now)
 
@@ -1178,7 +1237,7 @@ class SQLStore:
         reason: str | None = None,
         next_run_at: datetime | None = None,
     ) -> Delivery:
-        """Complete the claim's attempt and apply ``event``, in one fenced transaction.
+        """Complete the claim's attempt and apply ``event``, all or nothing, fenced.
 
         The attempt row gets ``finished_at``, outcome, error class, the
         provider response (replaced by ``{"truncated": True, "original_bytes":
@@ -1190,7 +1249,7 @@ class SQLStore:
 
         Fenced on ``version == claim.delivery.version`` and ``lease_owner ==
         claim.owner``: if the lease was taken over, the delivery cancelled or
-        the attempt resolved by a rescuer, everything rolls back and
+        the attempt resolved by a rescuer, nothing is written and
         :class:`LeaseLostError` is raised. An illegal ``event`` raises
         :class:`IllegalTransitionError` before anything is written.
         """
@@ -1251,19 +1310,19 @@ class SQLStore:
             },
         )
         journal_parameters = {f"j_{name}": value for name, value in journal.items()}
-        with self._write() as conn:
-            if conn.dialect.name == "postgresql":
-                # One statement: attempt, fenced delivery, journal (whose
-                # delivery id comes from the fenced write, not j_delivery_id).
-                # If the fence fails nothing reaches the journal and raising
-                # rolls back the attempt's update.
-                statement = _RUN_PG_RECORD if next_run_at is None else _RUN_PG_RECORD_RESCHEDULED
+        if self.engine.dialect.name == "postgresql":
+            # One statement, committed on its own: fence, attempt, delivery,
+            # journal (whose delivery id comes from the fenced write, not
+            # j_delivery_id). If the fence fails it writes nothing at all.
+            statement = _RUN_PG_RECORD if next_run_at is None else _RUN_PG_RECORD_RESCHEDULED
+            with self._autocommit() as conn:
                 written = statement.first(
                     conn, attempt_parameters | delivery_parameters | journal_parameters
                 )
-                if written is None:
-                    raise lost
-            else:
+            if written is None:
+                raise lost
+        else:
+            with self._write() as conn:
                 # The attempt first: if the fenced delivery write below
                 # matches nothing, raising rolls this back too.
                 if _RUN_FINISH_ATTEMPT.execute(conn, attempt_parameters).rowcount != 1:

@@ -78,7 +78,7 @@ POST_ACCEPT: Final = frozenset({"hang", "drop", "kill-mid", "pgkill", "overrun"}
 _PREFIX: Final = "fx"
 # The record's statement: one CTE statement on PostgreSQL (the store's
 # _pg_record_statement), the fenced delivery UPDATE elsewhere.
-_RECORD_STATEMENTS: Final = ("WITH finished AS ", f"UPDATE {DeliveryRow.__tablename__} ")
+_RECORD_STATEMENTS: Final = ("WITH fence AS ", f"UPDATE {DeliveryRow.__tablename__} ")
 
 
 def recipient(steps: Sequence[str], n: int, extra: str = "") -> str:
