@@ -315,7 +315,8 @@ class SQLCounter:
     """Counts commits and statements on a SQLAlchemy engine (events, machine-independent).
 
     A commit is every transaction SQLAlchemy commits, reads included (a
-    ``with engine.begin()`` that only selects still sends ``COMMIT``);
+    ``with engine.begin()`` that only selects still sends ``COMMIT``), and
+    every statement the store runs in autocommit (it commits its block);
     ``write_commits`` counts only those that ran an INSERT, UPDATE or DELETE
     (also inside a ``WITH``) or locked a row ``FOR UPDATE``.
     Statements are those SQLAlchemy executes, not counting ``BEGIN``.

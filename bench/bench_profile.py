@@ -129,6 +129,7 @@ def summarise(stats: pstats.Stats, performs: int) -> dict[str, Any]:
     ]
     wanted = {
         ("engine.py", "perform"): "Chimeway.perform",
+        ("store.py", "quick_claim"): "SQLStore.quick_claim (one statement)",
         ("store.py", "lock"): "SQLStore.lock (read for update; commit)",
         ("engine.py", "_admit"): "Chimeway._admit (checks, policies, claim)",
         ("store.py", "_claim_on"): "claim: lease + attempt row",

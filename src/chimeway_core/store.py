@@ -65,12 +65,16 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Connection,
+    DateTime,
     Engine,
     Insert,
     Row,
+    Select,
+    String,
     Update,
     and_,
     bindparam,
+    cast,
     create_engine,
     delete,
     event,
@@ -630,6 +634,51 @@ def _pg_record_statement(*, reschedule: bool) -> Insert:
 _PG_CLAIM: Final = _pg_claim_statement()
 _PG_RECORD: Final = _pg_record_statement(reschedule=False)
 _PG_RECORD_RESCHEDULED: Final = _pg_record_statement(reschedule=True)
+
+
+def _pg_quick_claim_statement() -> Select[Any]:
+    # The lease ends at the claimed channel's own time: the caller sends one
+    # per channel it knows, as a JSON object, and a delivery on any other
+    # channel is not claimed here.
+    leases = cast(bindparam("b_leases", type_=String), postgresql.JSONB)
+    lease_expires_at = cast(
+        func.jsonb_extract_path_text(leases, _D.channel), DateTime(timezone=True)
+    )
+    claimed = (
+        update(_DELIVERIES)
+        .where(
+            _D.id == bindparam("b_id"),
+            _is_live(),
+            _D.scheduled_at <= bindparam("b_now"),
+            _D.lease_owner.is_(None),
+            _D.attempt_count < _D.max_attempts,
+            or_(_D.expires_at.is_(None), _D.expires_at > bindparam("b_now")),
+            lease_expires_at.is_not(None),
+            _no_attempt_in_flight(),
+        )
+        .values(
+            lease_owner=bindparam("b_owner"),
+            lease_expires_at=lease_expires_at,
+            attempt_count=_D.attempt_count + 1,
+            version=_D.version + 1,
+            updated_at=bindparam("b_now"),
+        )
+        .returning(*_DELIVERIES.c)
+        .cte("claimed")
+    )
+    attempt = insert(_ATTEMPTS).from_select(
+        ["delivery_id", "number", "started_at", "worker"],
+        select(
+            claimed.c.id,
+            claimed.c.attempt_count,
+            bindparam("b_now", type_=_A.started_at.type),
+            bindparam("b_owner", type_=_A.worker.type),
+        ),
+    )
+    return select(*claimed.c).add_cte(attempt.cte("attempt"))
+
+
+_PG_QUICK_CLAIM: Final = _pg_quick_claim_statement()
 
 # The writes perform() executes, compiled once per dialect and run as driver
 # SQL with the same type conversions (chimeway_core.precompiled). The lock's
@@ -1207,6 +1256,56 @@ class SQLStore:
             yield LockedDelivery(conn, delivery_id, found)
 
     # --------------------------------------------------------------- claiming
+
+    @property
+    def claims_in_one_statement(self) -> bool:
+        """Whether :meth:`quick_claim` claims here (PostgreSQL); elsewhere it returns ``None``."""
+        return self.engine.dialect.name == "postgresql"
+
+    def quick_claim(
+        self,
+        delivery_id: UUID,
+        *,
+        owner: str,
+        lease_seconds: Mapping[str, float],
+        now: datetime,
+    ) -> Claim | None:
+        """Claim, in one statement, a delivery nothing stands in the way of; else ``None``.
+
+        The delivery must be live, due, not leased at all (an expired lease is
+        an attempt for the rescuer), below ``max_attempts``, without an attempt
+        in flight, not expired (``expires_at`` unset or after ``now``) and on a
+        channel named in ``lease_seconds``, whose value is that channel's lease.
+        It gets the lease and its in-flight attempt row in one autocommitted
+        statement: one round trip, one commit. ``None`` says only that this
+        statement did not claim: :meth:`lock` reads the row and tells why.
+        Where :attr:`claims_in_one_statement` is false (SQLite, in process,
+        where a transaction costs no round trip) it returns ``None`` without
+        touching the database.
+        """
+        if not self.claims_in_one_statement:
+            return None
+        now = _aware(now, "now")
+        _check_text(owner, "owner", max_length=OWNER_LENGTH)
+        leases: dict[str, str] = {}
+        for channel, seconds in lease_seconds.items():
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise InvalidDeliveryError("lease_seconds", f"must be > 0, got {seconds!r}")
+            leases[channel] = (now + timedelta(seconds=seconds)).isoformat()
+        parameters = {
+            "b_id": delivery_id,
+            "b_now": now,
+            "b_owner": owner,
+            "b_leases": json.dumps(leases),
+        }
+        with self._autocommit() as conn:
+            row = conn.execute(_PG_QUICK_CLAIM, parameters).first()
+        if row is None:
+            return None
+        delivery = _delivery(row)
+        return Claim(
+            delivery=delivery, attempt=_in_flight_attempt(delivery, now.astimezone(UTC), owner)
+        )
 
     def claim(
         self, delivery_id: UUID, *, owner: str, lease_seconds: float, now: datetime
