@@ -62,6 +62,7 @@ from uuid import UUID
 
 import attrs
 from sqlalchemy import (
+    CTE,
     BindParameter,
     ColumnElement,
     Connection,
@@ -577,21 +578,22 @@ def _journal_binds() -> dict[str, BindParameter[Any]]:
     return {name: bindparam(f"j_{name}", type_=_J[name].type) for name in _JOURNAL_FIELDS}
 
 
+def _in_flight_attempt_of(claimed: CTE, started_at: str) -> Insert:
+    """The write-ahead attempt row of what the claiming CTE ``claimed`` returned."""
+    return insert(_ATTEMPTS).from_select(
+        ["delivery_id", "number", "started_at", "worker"],
+        select(
+            claimed.c.id,
+            claimed.c.attempt_count,
+            bindparam(started_at, type_=_A.started_at.type),
+            bindparam("b_owner", type_=_A.worker.type),
+        ),
+    )
+
+
 def _pg_claim_statement() -> Insert:
     claimed = _CLAIM.returning(_D.id, _D.attempt_count).cte("claimed")
-    return (
-        insert(_ATTEMPTS)
-        .from_select(
-            ["delivery_id", "number", "started_at", "worker"],
-            select(
-                claimed.c.id,
-                claimed.c.attempt_count,
-                bindparam("b_updated_at", type_=_A.started_at.type),
-                bindparam("b_owner", type_=_A.worker.type),
-            ),
-        )
-        .returning(_A.number)
-    )
+    return _in_flight_attempt_of(claimed, "b_updated_at").returning(_A.number)
 
 
 def _pg_record_statement(*, reschedule: bool) -> Insert:
@@ -666,16 +668,8 @@ def _pg_quick_claim_statement() -> Select[Any]:
         .returning(*_DELIVERIES.c)
         .cte("claimed")
     )
-    attempt = insert(_ATTEMPTS).from_select(
-        ["delivery_id", "number", "started_at", "worker"],
-        select(
-            claimed.c.id,
-            claimed.c.attempt_count,
-            bindparam("b_now", type_=_A.started_at.type),
-            bindparam("b_owner", type_=_A.worker.type),
-        ),
-    )
-    return select(*claimed.c).add_cte(attempt.cte("attempt"))
+    attempt = _in_flight_attempt_of(claimed, "b_now").cte("attempt")
+    return select(*claimed.c).add_cte(attempt)
 
 
 _PG_QUICK_CLAIM: Final = _pg_quick_claim_statement()

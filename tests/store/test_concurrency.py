@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import TypeVar
 from uuid import UUID
@@ -14,7 +15,7 @@ from sqlalchemy import update
 
 from chimeway_core.errors import LeaseLostError
 from chimeway_core.outcomes import Classification, Outcome, Sent, classify
-from chimeway_core.records import Claim, NewDelivery
+from chimeway_core.records import Claim, Delivery, NewDelivery
 from chimeway_core.schema import DeliveryRow
 from chimeway_core.states import DeliveryStatus, Event
 from chimeway_core.store import SQLStore
@@ -111,20 +112,54 @@ def test_stale_worker_loses_to_takeover_under_threads(pg_store: SQLStore, now: d
     assert expected_status == history.delivery.status
 
 
-def _bump_version_under_lock(
-    store: SQLStore, delivery_id: UUID, locked: threading.Event, release: threading.Event
-) -> None:
-    """Another writer: lock the delivery row, wait for ``release``, bump its version, commit."""
-    with store.engine.begin() as conn:
-        conn.exec_driver_sql(
-            "SELECT id FROM chimeway_deliveries WHERE id = %(id)s FOR UPDATE", {"id": delivery_id}
+def _record_behind_a_writer(store: SQLStore, claim: Claim, *, bump: bool) -> Future[Delivery]:
+    """Record ``claim`` while another writer holds the delivery's row lock; the record's future.
+
+    The writer locks the row, the record is shown to wait for it, then the
+    writer bumps the version and commits (``bump``) or rolls back.
+    """
+    locked, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.engine.connect() as conn:
+            ident = {"id": claim.delivery.id}
+            conn.exec_driver_sql(
+                "SELECT id FROM chimeway_deliveries WHERE id = %(id)s FOR UPDATE", ident
+            )
+            locked.set()
+            release.wait(10)
+            if bump:
+                conn.exec_driver_sql(
+                    "UPDATE chimeway_deliveries SET version = version + 1 WHERE id = %(id)s", ident
+                )
+                conn.commit()
+            else:
+                conn.rollback()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        holder = pool.submit(writer)
+        assert locked.wait(10)
+        record = pool.submit(
+            store.record_attempt,
+            claim,
+            classify(Sent()),
+            event=Event.SUCCEED,
+            now=claim.delivery.updated_at,
         )
-        locked.set()
-        release.wait(10)
-        conn.exec_driver_sql(
-            "UPDATE chimeway_deliveries SET version = version + 1 WHERE id = %(id)s",
-            {"id": delivery_id},
-        )
+        with pytest.raises(TimeoutError):
+            record.result(timeout=0.5)  # it waits for the writer's row lock
+        release.set()
+        holder.result(timeout=10)
+        with suppress(LeaseLostError):
+            record.result(timeout=10)
+    return record
+
+
+def _claimed(store: SQLStore, now: datetime) -> Claim:
+    delivery = store.create(NewDelivery(channel="c", recipient="r"), now=now).delivery
+    claim = store.claim(delivery.id, owner="w1", lease_seconds=30, now=now)
+    assert claim is not None
+    return claim
 
 
 @pytest.mark.postgres
@@ -137,25 +172,13 @@ def test_record_waiting_on_a_writer_that_moves_the_version_writes_nothing(
     statement's own: the fence re-checks the version on the row it waited for
     and the attempt stays in flight, the journal untouched.
     """
-    delivery = pg_store.create(NewDelivery(channel="c", recipient="r"), now=now).delivery
-    claim = pg_store.claim(delivery.id, owner="w1", lease_seconds=30, now=now)
-    assert claim is not None
-    before = pg_store.history(delivery.id)
+    claim = _claimed(pg_store, now)
+    before = pg_store.history(claim.delivery.id)
     assert before is not None
-    locked, release = threading.Event(), threading.Event()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        writer = pool.submit(_bump_version_under_lock, pg_store, delivery.id, locked, release)
-        assert locked.wait(10)
-        record = pool.submit(
-            pg_store.record_attempt, claim, classify(Sent()), event=Event.SUCCEED, now=now
-        )
-        with pytest.raises(TimeoutError):
-            record.result(timeout=0.5)  # it waits for the writer's row lock
-        release.set()
-        writer.result(timeout=10)
-        with pytest.raises(LeaseLostError):
-            record.result(timeout=10)
-    after = pg_store.history(delivery.id)
+    record = _record_behind_a_writer(pg_store, claim, bump=True)
+    with pytest.raises(LeaseLostError):
+        record.result()
+    after = pg_store.history(claim.delivery.id)
     assert after is not None
     assert (before.attempts, before.journal) == (after.attempts, after.journal)
     assert (None, claim.delivery.version + 1) == (after.attempts[0].outcome, after.delivery.version)
@@ -166,33 +189,9 @@ def test_record_waiting_on_a_writer_that_changes_nothing_completes(
     pg_store: SQLStore, now: datetime
 ) -> None:
     """The same race, but the other writer rolls back: the record goes through once unblocked."""
-    delivery = pg_store.create(NewDelivery(channel="c", recipient="r"), now=now).delivery
-    claim = pg_store.claim(delivery.id, owner="w1", lease_seconds=30, now=now)
-    assert claim is not None
-    locked, release = threading.Event(), threading.Event()
-
-    def lock_then_roll_back() -> None:
-        with pg_store.engine.connect() as conn:
-            conn.exec_driver_sql(
-                "SELECT id FROM chimeway_deliveries WHERE id = %(id)s FOR UPDATE",
-                {"id": delivery.id},
-            )
-            locked.set()
-            release.wait(10)
-            conn.rollback()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        holder = pool.submit(lock_then_roll_back)
-        assert locked.wait(10)
-        record = pool.submit(
-            pg_store.record_attempt, claim, classify(Sent()), event=Event.SUCCEED, now=now
-        )
-        with pytest.raises(TimeoutError):
-            record.result(timeout=0.5)
-        release.set()
-        holder.result(timeout=10)
-        after = record.result(timeout=10)
-    history = pg_store.history(delivery.id)
+    claim = _claimed(pg_store, now)
+    after = _record_behind_a_writer(pg_store, claim, bump=False).result()
+    history = pg_store.history(claim.delivery.id)
     assert history is not None
     assert (DeliveryStatus.SUCCEEDED, after) == (history.delivery.status, history.delivery)
     assert Outcome.SUCCEEDED == history.attempts[0].outcome
@@ -202,9 +201,8 @@ def test_record_after_a_version_bump_leaves_the_attempt_in_flight(
     store: SQLStore, now: datetime
 ) -> None:
     """A fence that fails while the attempt is still open writes nothing (both databases)."""
-    delivery = store.create(NewDelivery(channel="c", recipient="r"), now=now).delivery
-    claim = store.claim(delivery.id, owner="w1", lease_seconds=30, now=now)
-    assert claim is not None
+    claim = _claimed(store, now)
+    delivery = claim.delivery
     with store.engine.begin() as conn:
         conn.execute(
             update(DeliveryRow)
