@@ -33,8 +33,6 @@ from .conftest import START
 
 pytestmark = pytest.mark.postgres
 
-OFFSETS = st.sampled_from([None, -60.0, 0.0, 60.0])  # seconds from now; None: unset
-
 
 class _RollBackError(Exception):
     pass
