@@ -366,40 +366,43 @@ class Chimeway:
         :class:`UnhandledOutcomeError` (after scheduling the next run) for a
         shape the dispatch table does not cover.
         """
-        if self._claims_quickly():
-            # Nothing to ask but expiry, which the claim checks itself: one
-            # statement claims a delivery that is plainly claimable. Anything
-            # else (not found, not due, leased, expired, exhausted, unknown
-            # channel) takes the locked path below, which says why.
-            claim = self.store.quick_claim(
-                delivery_id,
-                owner=self._owner(),
-                lease_seconds={
-                    name: channel.timeout + self.lease_margin
-                    for name, channel in self.channels.items()
-                },
-                now=self.clock.now(),
-            )
-            if claim is not None:
-                with self.telemetry.span("perform", _meta(claim.delivery)) as span:
-                    result = self._attempt(claim, self.channels[claim.delivery.channel])
-                    span["job_kind"] = result.kind.value
-                    return result
-        # One transaction reads the delivery for update, asks the policies and
-        # writes what they decide (the claim with its attempt, a suppression,
-        # a deferral): one commit where a separate read would cost two.
-        with self.store.lock(delivery_id) as locked:
-            # Read once the row is ours: time spent waiting for the lock must
-            # not come out of the lease the claim is about to take.
-            now = self.clock.now()
-            delivery = locked.delivery
-            if delivery is None:
-                return self._ignored(delivery_id, None, "delivery not found")
-            admitted = self._admit(locked, delivery, now)
+        quick = self._quick_claim(delivery_id) if self._claims_quickly() else None
+        if quick is not None:
+            delivery = quick.delivery
+            admitted: _Admission = _Claimed(quick, self.channels[quick.delivery.channel])
+        else:
+            # One transaction reads the delivery for update, asks the policies
+            # and writes what they decide (the claim with its attempt, a
+            # suppression, a deferral): one commit where a separate read would
+            # cost two.
+            with self.store.lock(delivery_id) as locked:
+                # Read once the row is ours: time spent waiting for the lock must
+                # not come out of the lease the claim is about to take.
+                now = self.clock.now()
+                if locked.delivery is None:
+                    return self._ignored(delivery_id, None, "delivery not found")
+                delivery = locked.delivery
+                admitted = self._admit(locked, delivery, now)
         with self.telemetry.span("perform", _meta(delivery)) as span:
             result = self._settle(delivery, admitted)
             span["job_kind"] = result.kind.value
             return result
+
+    def _quick_claim(self, delivery_id: UUID) -> Claim | None:
+        """One statement claiming a delivery that is plainly claimable, or ``None``.
+
+        Nothing to ask but expiry, which the claim checks itself. Anything else
+        (not found, not due, leased, expired, exhausted, unknown channel) is
+        left to the locked path, which says why.
+        """
+        return self.store.quick_claim(
+            delivery_id,
+            owner=self._owner(),
+            lease_seconds={
+                name: channel.timeout + self.lease_margin for name, channel in self.channels.items()
+            },
+            now=self.clock.now(),
+        )
 
     def _claims_quickly(self) -> bool:
         """Whether perform() may try :meth:`SQLStore.quick_claim` before the lock.

@@ -550,17 +550,18 @@ def _record_values(*, reschedule: bool) -> dict[str, Any]:
     return values
 
 
-def _record_statement(*, reschedule: bool) -> Update:
+def _record_fence() -> tuple[ColumnElement[bool], ...]:
+    """The record's fence: the row still has the claim's version, status and owner."""
     return (
-        update(_DELIVERIES)
-        .where(
-            _D.id == bindparam("b_id"),
-            _D.version == bindparam("b_version"),
-            _D.status == bindparam("b_from_status"),
-            _D.lease_owner == bindparam("b_owner"),
-        )
-        .values(_record_values(reschedule=reschedule))
+        _D.id == bindparam("b_id"),
+        _D.version == bindparam("b_version"),
+        _D.status == bindparam("b_from_status"),
+        _D.lease_owner == bindparam("b_owner"),
     )
+
+
+def _record_statement(*, reschedule: bool) -> Update:
+    return update(_DELIVERIES).where(*_record_fence()).values(_record_values(reschedule=reschedule))
 
 
 _RECORD: Final = _record_statement(reschedule=False)
@@ -601,17 +602,7 @@ def _pg_record_statement(*, reschedule: bool) -> Insert:
     # the delivery row (FOR UPDATE re-checks the fence against the newest
     # version, and every write bumps the version), the attempt is finished
     # only under that lock and the delivery moved only if the attempt was.
-    fence = (
-        select(_D.id)
-        .where(
-            _D.id == bindparam("b_id"),
-            _D.version == bindparam("b_version"),
-            _D.status == bindparam("b_from_status"),
-            _D.lease_owner == bindparam("b_owner"),
-        )
-        .with_for_update()
-        .cte("fence")
-    )
+    fence = select(_D.id).where(*_record_fence()).with_for_update().cte("fence")
     finished = (
         _FINISH_ATTEMPT.where(_A.delivery_id.in_(select(fence.c.id)))
         .returning(_A.delivery_id)
@@ -707,15 +698,20 @@ def _count_recent_attempts(conn: Connection, channel: str, recipient: str, since
     return int(conn.execute(_COUNT_RECENT_ATTEMPTS, parameters).scalar_one())
 
 
+def _lease_end(now: datetime, lease_seconds: float) -> datetime:
+    """When a lease of ``lease_seconds`` taken at ``now`` ends; refuses a bad length."""
+    if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+        raise InvalidDeliveryError("lease_seconds", f"must be > 0, got {lease_seconds!r}")
+    return now + timedelta(seconds=lease_seconds)
+
+
 def _claim_on(
     conn: Connection, current: Delivery, *, owner: str, lease_seconds: float, now: datetime
 ) -> Claim | None:
     """Claim ``current`` (as read in this transaction) and write its attempt, or ``None``."""
     now = _aware(now, "now")
     _check_text(owner, "owner", max_length=OWNER_LENGTH)
-    if not (math.isfinite(lease_seconds) and lease_seconds > 0):
-        raise InvalidDeliveryError("lease_seconds", f"must be > 0, got {lease_seconds!r}")
-    lease_expires_at = now + timedelta(seconds=lease_seconds)
+    lease_expires_at = _lease_end(now, lease_seconds)
     parameters = {
         "b_id": current.id,
         "b_version": current.version,
@@ -1281,11 +1277,10 @@ class SQLStore:
             return None
         now = _aware(now, "now")
         _check_text(owner, "owner", max_length=OWNER_LENGTH)
-        leases: dict[str, str] = {}
-        for channel, seconds in lease_seconds.items():
-            if not (math.isfinite(seconds) and seconds > 0):
-                raise InvalidDeliveryError("lease_seconds", f"must be > 0, got {seconds!r}")
-            leases[channel] = (now + timedelta(seconds=seconds)).isoformat()
+        leases = {
+            channel: _lease_end(now, seconds).isoformat()
+            for channel, seconds in lease_seconds.items()
+        }
         parameters = {
             "b_id": delivery_id,
             "b_now": now,
