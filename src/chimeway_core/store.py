@@ -89,6 +89,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import ColumnCollection
 
 from chimeway_core.errors import (
     DeliveryNotFoundError,
@@ -459,12 +460,20 @@ def _read_for_write(conn: Connection, delivery_id: UUID, expected_version: int |
 
 def _write_fenced(conn: Connection, current: Delivery, values: Mapping[str, Any]) -> Row[Any]:
     """Update ``current`` only if its version and status still hold; return the new row."""
+    # The row found by its primary key alone, as in the record: see
+    # _pg_record_statement for what a status condition in the scan costs.
+    row = (
+        select(_D.id, _D.version, _D.status)
+        .where(_D.id == current.id)
+        .with_for_update()
+        .cte("current_row")
+    )
     updated = conn.execute(
         update(_DELIVERIES)
         .where(
-            _D.id == current.id,
-            _D.version == current.version,
-            _D.status == current.status.value,
+            _D.id == row.c.id,
+            row.c.version == current.version,
+            row.c.status == current.status.value,
         )
         .values(values)
         .returning(*_DELIVERIES.c)
@@ -550,18 +559,21 @@ def _record_values(*, reschedule: bool) -> dict[str, Any]:
     return values
 
 
-def _record_fence() -> tuple[ColumnElement[bool], ...]:
-    """The record's fence: the row still has the claim's version, status and owner."""
+def _record_fence(row: ColumnCollection[str, Any]) -> tuple[ColumnElement[bool], ...]:
+    """The record's fence on ``row``: it still has the claim's version, status and owner."""
     return (
-        _D.id == bindparam("b_id"),
-        _D.version == bindparam("b_version"),
-        _D.status == bindparam("b_from_status"),
-        _D.lease_owner == bindparam("b_owner"),
+        row.version == bindparam("b_version"),
+        row.status == bindparam("b_from_status"),
+        row.lease_owner == bindparam("b_owner"),
     )
 
 
 def _record_statement(*, reschedule: bool) -> Update:
-    return update(_DELIVERIES).where(*_record_fence()).values(_record_values(reschedule=reschedule))
+    return (
+        update(_DELIVERIES)
+        .where(_D.id == bindparam("b_id"), *_record_fence(_D))
+        .values(_record_values(reschedule=reschedule))
+    )
 
 
 _RECORD: Final = _record_statement(reschedule=False)
@@ -599,14 +611,21 @@ def _pg_claim_statement() -> Insert:
 
 def _pg_record_statement(*, reschedule: bool) -> Insert:
     # All three rows or none, without a transaction around it: the fence locks
-    # the delivery row (FOR UPDATE re-checks the fence against the newest
-    # version, and every write bumps the version), the attempt is finished
-    # only under that lock and the delivery moved only if the attempt was.
-    fence = select(_D.id).where(*_record_fence()).with_for_update().cte("fence")
+    # the delivery row (FOR UPDATE returns its newest version, and every write
+    # bumps the version), the attempt is finished only if that version passes
+    # the fence and the delivery moved only if the attempt was finished.
+    # The row is found by its primary key alone: with the fence's status among
+    # the scan's conditions, a planner without statistics yet (a new table)
+    # takes the status index and walks past every delivery in that status.
+    fence = (
+        select(_D.id, _D.version, _D.status, _D.lease_owner)
+        .where(_D.id == bindparam("b_id"))
+        .with_for_update()
+        .cte("fence")
+    )
+    fenced = select(fence.c.id).where(*_record_fence(fence.c))
     finished = (
-        _FINISH_ATTEMPT.where(_A.delivery_id.in_(select(fence.c.id)))
-        .returning(_A.delivery_id)
-        .cte("finished")
+        _FINISH_ATTEMPT.where(_A.delivery_id.in_(fenced)).returning(_A.delivery_id).cte("finished")
     )
     moved = (
         update(_DELIVERIES)
