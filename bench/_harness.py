@@ -179,6 +179,7 @@ class Results:
     notes: dict[str, list[str]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     extra_targets: list[dict[str, Any]] = field(default_factory=list)
+    machine: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def compare(
         self,
@@ -246,6 +247,7 @@ class Results:
             "meta": _meta(self.smoke),
             "comparisons": self.comparisons,
             "counts": self.counts,
+            "machine": self.machine,
             "memory": self.memory,
             "profile": self.profile,
             "targets": self.targets(),

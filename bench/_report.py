@@ -41,10 +41,12 @@ REMEDIES: dict[str, str] = {
         "every transition, the outbox row, the lease and version columns, three foreign "
         "keys and five secondary indexes on the delivery row (see *What one delivery "
         "costs* below), and chimeway's own Python around them (validation, the "
-        "snapshots, classification, telemetry). SQLite makes 12 statements where anchor A "
-        "makes 4: in process, each costs a call through SQLAlchemy, so there the gap is "
-        "Python; the one-statement claim does not apply (the lock costs no round trip "
-        "there). Closing more means the bare DB-API cursor for the hot statements, which "
+        "snapshots, classification, telemetry). SQLite makes 3 commits and 9 statements "
+        "where anchor A makes 2 and 4: each commit is an fsync and each statement a call "
+        "through SQLAlchemy (see *What this machine charges* above), and the rest is "
+        "chimeway's Python, about three times anchor A's there; the one-statement claim "
+        "does not apply (the lock costs no round trip in process). Closing more means the "
+        "bare DB-API cursor for the hot statements, which "
         "bypasses SQLAlchemy's engine events (the statement counters and the fault "
         "suite's hooks use them), or fewer rows per delivery (the journal, the outbox), "
         "which gives up what they guarantee: neither was done."
@@ -157,6 +159,7 @@ def markdown(data: Mapping[str, Any], image: str) -> str:
         lines += ["", "Sizes and conditions:", ""]
         lines += [f"- {label}: {detail}." for label, detail in details]
     lines += _counts(data["counts"])
+    lines += _machine(data.get("machine", {}))
     lines += _memory(data["memory"])
     lines += _profile(data["profile"])
     missed = [t for t in data["targets"] if not t["met"]]
@@ -200,6 +203,30 @@ def _counts(counts: Mapping[str, Any]) -> list[str]:
                 for key in ("commits", "write_commits", "statements", "redis_commands")
             ]
             lines.append(f"| {setup} | {side} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _machine(machine: Mapping[str, Any]) -> list[str]:
+    if not machine:
+        return []
+    lines = [
+        "",
+        "### What this machine charges for what the counts count",
+        "",
+        "Measured in the same run, on the same databases: a round trip (`SELECT 1`; on "
+        "SQLite, in process, a call into the library) and a durable one-row write (an "
+        "insert and its commit: on PostgreSQL one autocommitted statement, so a round trip "
+        "plus a WAL flush; on SQLite a transaction and its fsync). The ratios above weigh "
+        "chimeway's counts against anchor A's at these prices: where a commit costs little, "
+        "the Python around each statement decides them.",
+        "",
+        "| database | round trip | durable one-row write |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {_figure(costs['round trip'])} | {_figure(costs['durable write'])} |"
+        for name, costs in machine.items()
+    ]
     return lines
 
 

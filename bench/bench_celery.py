@@ -230,7 +230,7 @@ def measure(
     config: Config, results: Results, broker: str, url: str, db: str, pool: str, concurrency: int
 ) -> None:
     """Start one worker and run the three sides against it; counts on Redis + solo."""
-    n = config.size(400, 10)
+    n = config.size(800, 10)
     workdir = config.workdir / f"celery-{broker}-{pool}"
     workdir.mkdir()
     (workdir / "bench_app.py").write_text(APP)

@@ -13,13 +13,16 @@ For a SQLite file (WAL) and a throwaway PostgreSQL database, interleaved runs of
 Then the machine-independent counts, per successful delivery and per
 delivery retried once (a temporary failure, then a success, no backoff):
 commits (all, and those that wrote) and statements, from SQLAlchemy's
-engine events.
+engine events. And what the machine charges for the two things the counts
+count: a round trip (``SELECT 1``) and a durable one-row write (an insert
+and its commit), so that the ratios can be read against the counts.
 
     python bench/bench_engine.py [--smoke]     # this area alone, JSON on stdout
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +34,7 @@ from _harness import (
     Config,
     Results,
     SQLCounter,
+    Stat,
     Target,
     interleave,
     log,
@@ -215,6 +219,52 @@ def _counts(url: str, n: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def _round_trips_us(engine: Engine, n: int) -> float:
+    """Microseconds per ``SELECT 1`` on one connection."""
+    with engine.connect() as conn:
+        started = time.perf_counter()
+        for _ in range(n):
+            conn.exec_driver_sql("SELECT 1")
+        return (time.perf_counter() - started) / n * 1e6
+
+
+def _durable_writes_us(engine: Engine, n: int, *, commit: bool) -> float:
+    """Microseconds per one-row insert into ``bench_durable_writes``, committed."""
+    insert = text("INSERT INTO bench_durable_writes VALUES (:n)")
+    with engine.connect() as conn:
+        started = time.perf_counter()
+        for i in range(n):
+            conn.execute(insert, {"n": i})
+            if commit:  # in autocommit the statement has committed already
+                conn.commit()
+        return (time.perf_counter() - started) / n * 1e6
+
+
+def machine_costs(url: str, n: int, runs: int) -> dict[str, Any]:
+    """A round trip and a durable one-row write on ``url``, in µs, over interleaved runs.
+
+    On PostgreSQL both run in autocommit, so the write is one round trip plus
+    its WAL flush; on SQLite (in process) the "round trip" is a call into the
+    library and the write is a transaction with its fsync.
+    """
+    postgres = url.startswith("postgresql")
+    engine = create_engine(url, isolation_level="AUTOCOMMIT") if postgres else create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_durable_writes"))
+        conn.execute(text("CREATE TABLE bench_durable_writes (n INTEGER)"))
+    samples = interleave(
+        {
+            "round trip": lambda: _round_trips_us(engine, n),
+            "durable write": lambda: _durable_writes_us(engine, n, commit=not postgres),
+        },
+        runs,
+    )
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE bench_durable_writes"))
+    engine.dispose()
+    return {name: Stat(values, "µs").to_json() for name, values in samples.items()}
+
+
 def bench_database(config: Config, results: Results, name: str, url: str) -> None:
     """Interleaved chimeway / anchor A / floor runs on one database, then the counts."""
     n = config.size(1000, 20)
@@ -246,6 +296,13 @@ def bench_database(config: Config, results: Results, name: str, url: str) -> Non
             f"{name}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
             f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
         )
+    costs = machine_costs(url, config.size(1000, 20), config.runs)
+    results.machine[name] = costs
+    log(
+        AREA,
+        f"{name}: round trip {costs['round trip']['median']:.0f} µs, durable one-row write "
+        f"{costs['durable write']['median']:.0f} µs",
+    )
     counts = _counts(url, config.size(200, 10))
     results.counts[f"database, memory backend, {name}"] = counts
     log(AREA, f"{name} counts: {counts}")

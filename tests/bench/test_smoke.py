@@ -18,7 +18,16 @@ import pytest
 from tests.services import POSTGRES_ADMIN_URL, RABBITMQ_URL, require
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED_KEYS = {"meta", "comparisons", "counts", "memory", "profile", "targets", "notes"}
+EXPECTED_KEYS = {
+    "meta",
+    "comparisons",
+    "counts",
+    "machine",
+    "memory",
+    "profile",
+    "targets",
+    "notes",
+}
 EXPECTED_AREAS = {"core", "engine", "bulk", "rq", "celery", "scaling"}
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.rabbitmq]
