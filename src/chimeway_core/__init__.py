@@ -35,6 +35,7 @@ from chimeway_core.errors import (
     UnhandledOutcomeError,
     UnknownChannelError,
     UnsafeDestinationError,
+    UnsupportedDatabaseError,
 )
 from chimeway_core.jobs import Backend, JobKind, JobResult
 from chimeway_core.outcomes import (
@@ -171,4 +172,5 @@ __all__ = [
     "MissingExtraError",
     "UnsafeDestinationError",
     "EngineNotFoundError",
+    "UnsupportedDatabaseError",
 ]

@@ -305,3 +305,20 @@ class EngineNotFoundError(ChimewayError, LookupError):
         self.path = path
         self.problem = problem
         super().__init__(f"cannot load the chimeway engine {path!r}: {problem}")
+
+
+class UnsupportedDatabaseError(ChimewayError, ValueError):
+    """The ledger was given a database it cannot run on; raised by ``SQLStore()``.
+
+    ``dialect`` is SQLAlchemy's name for the database (``"mysql"``,
+    ``"sqlite"``); ``version`` is the version found when it is the version
+    that falls short (``None`` otherwise); ``requirement`` says what the
+    ledger needs.
+    """
+
+    def __init__(self, dialect: str, requirement: str, *, version: str | None = None) -> None:
+        self.dialect = dialect
+        self.version = version
+        self.requirement = requirement
+        found = dialect if version is None else f"{dialect} {version}"
+        super().__init__(f"unsupported database {found}: the ledger needs {requirement}")

@@ -67,6 +67,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     DateTime,
+    Dialect,
     Engine,
     Insert,
     Row,
@@ -82,6 +83,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    make_url,
     or_,
     select,
     tuple_,
@@ -99,6 +101,7 @@ from chimeway_core.errors import (
     PayloadNotSerializableError,
     PayloadTooLargeError,
     StaleDeliveryError,
+    UnsupportedDatabaseError,
 )
 from chimeway_core.outcomes import Classification, Outcome
 from chimeway_core.precompiled import Precompiled
@@ -140,6 +143,7 @@ _O: Final = _OUTBOX.c
 _LIVE: Final = (DeliveryStatus.READY.value, DeliveryStatus.FAILED.value)
 _DELIVERY_COLUMNS: Final = len(_DELIVERIES.c)
 _SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+_SQLITE_MINIMUM: Final = (3, 35, 0)
 _WRITE_OPTION: Final = "chimeway_write"
 # Rows per statement for lookups by key: well under SQLite's variable limit.
 _CHUNK: Final = 500
@@ -193,6 +197,22 @@ def _sqlite_on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         conn.exec_driver_sql("BEGIN")
+
+
+def _check_backend(name: str) -> None:
+    """Raise :class:`UnsupportedDatabaseError` unless ``name`` is PostgreSQL or SQLite."""
+    if name not in {"postgresql", "sqlite"}:
+        raise UnsupportedDatabaseError(name, "PostgreSQL or SQLite")
+
+
+def _check_sqlite_version(dialect: Dialect) -> None:
+    """Raise :class:`UnsupportedDatabaseError` if the driver's SQLite is too old."""
+    # RETURNING, which every write that reads back its row uses, came in 3.35.
+    found: tuple[int, ...] = getattr(dialect.dbapi, "sqlite_version_info", _SQLITE_MINIMUM)
+    if found < _SQLITE_MINIMUM:
+        raise UnsupportedDatabaseError(
+            "sqlite", "SQLite 3.35 or newer", version=".".join(map(str, found))
+        )
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -956,10 +976,14 @@ class SQLStore:
         max_response_bytes: int = 16 * 1024,
         max_error_chars: int = 2000,
     ) -> None:
-        self.engine = (
-            create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-        )
+        if isinstance(url_or_engine, str):
+            # Before create_engine: it would first fail on the missing driver.
+            _check_backend(make_url(url_or_engine).get_backend_name())
+            url_or_engine = create_engine(url_or_engine)
+        self.engine = url_or_engine
+        _check_backend(self.engine.dialect.name)
         if self.engine.dialect.name == "sqlite":
+            _check_sqlite_version(self.engine.dialect)
             _configure_sqlite(self.engine)
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
         self.max_payload_bytes = max_payload_bytes

@@ -6,16 +6,17 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, event, func, select
 
 from chimeway_core.errors import (
     InvalidDeliveryError,
     PayloadNotSerializableError,
     PayloadTooLargeError,
+    UnsupportedDatabaseError,
 )
 from chimeway_core.records import NewDelivery
 from chimeway_core.schema import DeliveryRow, JournalRow
-from chimeway_core.store import SQLStore
+from chimeway_core.store import SQLStore, _sqlite_on_connect
 
 NAIVE = datetime(2030, 1, 1, 12, 0)
 
@@ -115,3 +116,32 @@ def test_payload_too_large_reports_size_and_limit(tmp_path: Any, now: datetime) 
         store.create(_spec(payload="é" * 60), now=now)
     assert (122, 100) == (raised.value.size, raised.value.limit)
     store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "dialect"),
+    [
+        ("mysql://u@db/app", "mysql"),
+        ("mssql+pyodbc://u@db/app", "mssql"),
+        ("oracle://u@db", "oracle"),
+    ],
+)
+def test_a_database_the_ledger_cannot_run_on_is_named(url: str, dialect: str) -> None:
+    """Another database is refused by name, before SQLAlchemy looks for its driver."""
+    with pytest.raises(UnsupportedDatabaseError) as raised:
+        SQLStore(url)
+    assert (dialect, None) == (raised.value.dialect, raised.value.version)
+    assert "PostgreSQL or SQLite" in str(raised.value)
+
+
+def test_an_sqlite_without_returning_is_refused_with_its_version(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver linked to SQLite older than 3.35 (no RETURNING) is refused, naming both."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    monkeypatch.setattr(engine.dialect.dbapi, "sqlite_version_info", (3, 31, 1))
+    with pytest.raises(UnsupportedDatabaseError) as raised:
+        SQLStore(engine)
+    assert ("sqlite", "3.31.1") == (raised.value.dialect, raised.value.version)
+    assert "SQLite 3.35 or newer" in str(raised.value)
+    assert not event.contains(engine, "connect", _sqlite_on_connect)
