@@ -42,6 +42,7 @@ DOCUMENTED = {
     "MissingExtraError",
     "UnsafeDestinationError",
     "EngineNotFoundError",
+    "UnsupportedDatabaseError",
     "DeliveryStatus",
     "TERMINAL_STATUSES",
     "Event",
