@@ -129,7 +129,10 @@ from chimeway_core.schema import (
 )
 from chimeway_core.states import TERMINAL_STATUSES, DeliveryStatus, Event, apply_event
 
-__all__ = ["Created", "LockedDelivery", "OutboxItem", "SQLStore"]
+__all__ = ["SUPPORTED_BACKENDS", "Created", "LockedDelivery", "OutboxItem", "SQLStore"]
+
+#: The databases the ledger runs on, by SQLAlchemy backend name.
+SUPPORTED_BACKENDS: Final = ("postgresql", "sqlite")
 
 _DELIVERIES: Final = metadata.tables[DeliveryRow.__tablename__]
 _ATTEMPTS: Final = metadata.tables[AttemptRow.__tablename__]
@@ -201,7 +204,7 @@ def _sqlite_on_begin(conn: Connection) -> None:
 
 def _check_backend(name: str) -> None:
     """Raise :class:`UnsupportedDatabaseError` unless ``name`` is PostgreSQL or SQLite."""
-    if name not in {"postgresql", "sqlite"}:
+    if name not in SUPPORTED_BACKENDS:
         raise UnsupportedDatabaseError(name, "PostgreSQL or SQLite")
 
 
@@ -980,8 +983,9 @@ class SQLStore:
             # Before create_engine: it would first fail on the missing driver.
             _check_backend(make_url(url_or_engine).get_backend_name())
             url_or_engine = create_engine(url_or_engine)
+        else:
+            _check_backend(url_or_engine.dialect.name)
         self.engine = url_or_engine
-        _check_backend(self.engine.dialect.name)
         if self.engine.dialect.name == "sqlite":
             _check_sqlite_version(self.engine.dialect)
             _configure_sqlite(self.engine)

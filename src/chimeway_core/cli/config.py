@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.schema import DeliveryRow
-from chimeway_core.store import SQLStore
+from chimeway_core.store import SUPPORTED_BACKENDS, SQLStore
 
 __all__ = [
     "ENV_BROKER_URL",
@@ -47,7 +47,6 @@ ENV_REDIS_URL: Final = "CHIMEWAY_REDIS_URL"
 #: The broker URL (Celery backend) when ``--broker-url`` is not given.
 ENV_BROKER_URL: Final = "CHIMEWAY_BROKER_URL"
 
-_SUPPORTED: Final = ("postgresql", "sqlite")
 _DRIVERLESS: Final = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 _CONNECT_TIMEOUT_SECONDS: Final = 5
 _EXAMPLES: Final = "sqlite:///path/to/ledger.sqlite3 or postgresql+psycopg://user@host/dbname"
@@ -83,7 +82,7 @@ def database_url(text: str | None) -> URL:
     if url.drivername in _DRIVERLESS:
         url = url.set(drivername=_DRIVERLESS[url.drivername])
     backend = url.get_backend_name()
-    if backend not in _SUPPORTED:
+    if backend not in SUPPORTED_BACKENDS:
         raise CliError(
             f"unsupported database {backend!r} in {shown(url)!r}: chimeway's ledger runs on "
             f"PostgreSQL or SQLite ({_EXAMPLES})"
