@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-``notify()`` evaluates the policies on a provisional snapshot, then writes the
-delivery and its outbox row in one transaction (the caller's, when a
+``notify()`` validates its input, evaluates the policies on the delivery as it
+is about to be written (its id included), then writes the delivery and its
+outbox row in one transaction (the caller's, when a
 ``session`` is given). Once that transaction has committed, the id is handed
 to the backend; the outbox row is deleted later, in batches. A crash between
 commit and enqueue loses nothing: :meth:`Chimeway.relay` (run by
@@ -282,42 +283,29 @@ class Chimeway:
         specs = list(specs)
         for spec in specs:
             self._channel(spec.channel)
-        planned = [self._plan_at_notify(spec, now) for spec in specs]
-        created = self.store.create_many(
-            [spec for spec, _ in planned],
-            now=now,
-            session=session,
-            suppress_reasons=[reason for _, reason in planned],
-        )
+        context = self._context(now, PolicyPhase.NOTIFY)
+
+        def suppression(delivery: Delivery) -> str | None:
+            return _suppression_at_notify(self.policies, delivery, context)
+
+        # The store validates every spec first, then the policies see each
+        # delivery as it is about to be written: bad input is an
+        # InvalidDeliveryError, never a policy failing on it.
+        created = self.store.create_many(specs, now=now, session=session, suppress_if=suppression)
         fresh = [c.delivery for c in created if c.created and not c.delivery.is_terminal]
         for result in created:
-            meta = _meta(result.delivery)
             if not result.created:
-                self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, meta)
+                self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, _meta(result.delivery))
             elif result.delivery.status is DeliveryStatus.SUPPRESSED:
                 self.telemetry.emit(
-                    TelemetryEvent.SUPPRESSED, {**meta, "reason": result.delivery.reason}
+                    TelemetryEvent.SUPPRESSED,
+                    {**_meta(result.delivery), "reason": result.delivery.reason},
                 )
         if session is None:
             self._hand_over(fresh, now)
         else:
             self._after_commit(session, fresh)
         return [c.delivery for c in created]
-
-    def _plan_at_notify(self, spec: NewDelivery, now: datetime) -> tuple[NewDelivery, str | None]:
-        # Only a suppression is applied at notify time. A deferral is left to
-        # perform(), where it is journaled with its reason and counted against
-        # the deferral bound; the policies run again there anyway.
-        decision, _ = evaluate_policies(
-            self.policies, _provisional(spec, now), self._context(now, PolicyPhase.NOTIFY)
-        )
-        match decision:
-            case Suppress(reason=reason):
-                return spec, reason
-            case Defer() | Proceed():
-                return spec, None
-            case _:
-                assert_never(decision)
 
     def _hand_over(self, deliveries: Sequence[Delivery], now: datetime) -> None:
         if not deliveries:
@@ -735,26 +723,18 @@ def _meta(delivery: Delivery) -> dict[str, object]:
     }
 
 
-def _provisional(spec: NewDelivery, now: datetime) -> Delivery:
-    """The snapshot policies see at notify time, before anything is written."""
-    return Delivery(
-        id=uuid.UUID(int=0),
-        channel=spec.channel,
-        recipient=spec.recipient,
-        payload=spec.payload,
-        notification_key=spec.notification_key,
-        idempotency_key=spec.idempotency_key or "",
-        status=DeliveryStatus.READY,
-        reason=None,
-        attempt_count=0,
-        max_attempts=spec.max_attempts,
-        scheduled_at=spec.scheduled_at or now,
-        expires_at=spec.expires_at,
-        lease_owner=None,
-        lease_expires_at=None,
-        version=0,
-        deferral_count=0,
-        metadata=spec.metadata,
-        created_at=now,
-        updated_at=now,
-    )
+def _suppression_at_notify(
+    policies: Sequence[Policy], delivery: Delivery, context: PolicyContext
+) -> str | None:
+    """The reason the policies suppress ``delivery`` with at notify time, or ``None``."""
+    # Only a suppression is applied at notify time. A deferral is left to
+    # perform(), where it is journaled with its reason and counted against
+    # the deferral bound; the policies run again there anyway.
+    decision, _ = evaluate_policies(policies, delivery, context)
+    match decision:
+        case Suppress(reason=reason):
+            return reason
+        case Defer() | Proceed():
+            return None
+        case _:
+            assert_never(decision)

@@ -12,8 +12,8 @@ A :class:`Policy` looks at a :class:`~chimeway_core.records.Delivery` and a
   and the job is enqueued again for then. A deferral consumes no attempt.
 
 The engine evaluates policies twice: at ``notify()`` time (phase
-:attr:`PolicyPhase.NOTIFY`, on a provisional snapshot of the delivery that is
-about to be written) and in the worker right before the channel is called
+:attr:`PolicyPhase.NOTIFY`, on the delivery as it is about to be written: its
+input validated, its id and defaults filled in) and in the worker right before the channel is called
 (phase :attr:`PolicyPhase.PERFORM`). Policies are pure with respect to
 chimeway: they read the delivery, the context and the application's
 callbacks, and write nothing.
@@ -115,7 +115,7 @@ class PolicyPhase(enum.StrEnum):
     """When a policy is being evaluated."""
 
     NOTIFY = "notify"
-    """In ``notify()``, on a provisional snapshot of the delivery to be written."""
+    """In ``notify()``, on the validated delivery about to be written."""
     PERFORM = "perform"
     """In the worker, right before the channel would be called."""
 

@@ -1041,9 +1041,7 @@ class SQLStore:
 
     # ----------------------------------------------------------------- creating
 
-    def _row_for(
-        self, spec: NewDelivery, now: datetime, suppress_reason: str | None, index: int
-    ) -> dict[str, Any]:
+    def _row_for(self, spec: NewDelivery, now: datetime, index: int) -> dict[str, Any]:
         where = f"specs[{index}]." if index >= 0 else ""
         if not isinstance(spec, NewDelivery):
             raise InvalidDeliveryError(
@@ -1057,7 +1055,6 @@ class SQLStore:
         _check_text(
             spec.idempotency_key, f"{where}idempotency_key", max_length=KEY_LENGTH, optional=True
         )
-        _check_text(suppress_reason, "suppress_reason", max_length=REASON_LENGTH, optional=True)
         if not isinstance(spec.max_attempts, int) or isinstance(spec.max_attempts, bool):
             raise InvalidDeliveryError(f"{where}max_attempts", "must be an int")
         if spec.max_attempts < 1:
@@ -1081,9 +1078,6 @@ class SQLStore:
         if size > self.max_payload_bytes:
             raise PayloadTooLargeError(f"{where}metadata", size, self.max_payload_bytes)
         delivery_id = uuid.uuid4()
-        status = DeliveryStatus.READY
-        if suppress_reason is not None:
-            status = apply_event(DeliveryStatus.READY, Event.SUPPRESS).dest
         return {
             "id": delivery_id,
             "channel": spec.channel,
@@ -1091,8 +1085,8 @@ class SQLStore:
             "payload": payload,
             "notification_key": spec.notification_key,
             "idempotency_key": spec.idempotency_key or str(delivery_id),
-            "status": status.value,
-            "reason": suppress_reason,
+            "status": DeliveryStatus.READY.value,
+            "reason": None,
             "attempt_count": 0,
             "max_attempts": spec.max_attempts,
             "scheduled_at": scheduled_at,
@@ -1139,26 +1133,40 @@ class SQLStore:
         now: datetime,
         session: Session | None = None,
         suppress_reasons: Sequence[str | None] | None = None,
+        suppress_if: Callable[[Delivery], str | None] | None = None,
     ) -> list[Created]:
         """Create many deliveries in a handful of statements; results in ``specs`` order.
 
         Same guarantees as :meth:`create`, per spec. All specs are validated
         before anything is written: one invalid spec writes none. A key
         repeated inside ``specs`` creates one delivery; later repeats get it
-        back with ``created=False``.
+        back with ``created=False``. ``suppress_reasons`` holds one reason (or
+        ``None``) per spec. Instead, ``suppress_if`` is called, once every spec
+        is valid and before anything is written, with each delivery as it is
+        about to be written (its id, its defaults filled in): the reason it
+        returns makes that delivery born suppressed, and an exception it
+        raises propagates and writes nothing.
         """
         now = _aware(now, "now")
+        if suppress_reasons is not None and suppress_if is not None:
+            raise TypeError("give suppress_reasons or suppress_if, not both")
         if suppress_reasons is not None and len(suppress_reasons) != len(specs):
             raise InvalidDeliveryError(
                 "suppress_reasons",
                 f"has {len(suppress_reasons)} entries for {len(specs)} specs",
             )
-        reasons: Sequence[str | None] = suppress_reasons or [None] * len(specs)
         single = len(specs) == 1
         rows = [
-            self._row_for(spec, now, reason, -1 if single else index)
-            for index, (spec, reason) in enumerate(zip(specs, reasons, strict=True))
+            self._row_for(spec, now, -1 if single else index) for index, spec in enumerate(specs)
         ]
+        if suppress_if is not None:
+            suppress_reasons = [suppress_if(_delivery_from_values(row)) for row in rows]
+        if suppress_reasons is not None:
+            for row, reason in zip(rows, suppress_reasons, strict=True):
+                _check_text(reason, "suppress_reason", max_length=REASON_LENGTH, optional=True)
+                if reason is not None:
+                    row["status"] = apply_event(DeliveryStatus.READY, Event.SUPPRESS).dest.value
+                    row["reason"] = reason
         if not rows:
             return []
         if session is not None:

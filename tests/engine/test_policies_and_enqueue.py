@@ -251,3 +251,67 @@ def test_notify_many_is_one_batch(make_engine: MakeEngine, backend: MemoryBacken
     backend.run_until_idle(engine, fail_fast=True)
     assert 50 == len(channel.calls)
     _ = Delivery  # the value type notify_many returns
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("expires_at", START.replace(tzinfo=None)),
+        ("expires_at", "tomorrow"),
+        ("scheduled_at", START.replace(tzinfo=None)),
+    ],
+)
+def test_bad_times_at_notify_are_invalid_input_not_a_policy_failure(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore, field: str, value: object
+) -> None:
+    """A naive or non-datetime time is named as bad input before any policy reads it."""
+    from chimeway_core.errors import InvalidDeliveryError
+
+    engine = make_engine({"sms": FakeChannel()})
+    with pytest.raises(InvalidDeliveryError) as raised:
+        engine.notify("sms", "+15550100", **{field: value})  # type: ignore[arg-type]
+    assert field == raised.value.field
+    assert {} == store.counts()
+    assert [] == backend.pending()
+
+
+def test_notify_policies_see_the_delivery_about_to_be_written(
+    make_engine: MakeEngine, store: SQLStore
+) -> None:
+    """At notify time a policy sees the validated delivery: its id, key and defaults."""
+    seen: list[Delivery] = []
+
+    def remember(delivery: Delivery) -> bool:
+        seen.append(delivery)
+        return True
+
+    engine = make_engine({"sms": FakeChannel()}, policies=(PreferencePolicy(remember),))
+    delivery = engine.notify("sms", "+15550100", {"n": (1, 2)})
+    notified = seen[0]
+    assert (delivery.id, str(delivery.id)) == (notified.id, notified.idempotency_key)
+    assert {"n": [1, 2]} == notified.payload  # the stored JSON copy, not the tuple
+    assert (DeliveryStatus.READY, 1, START) == (
+        notified.status,
+        notified.version,
+        notified.scheduled_at,
+    )
+
+
+def test_a_policy_failing_at_notify_writes_nothing(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
+) -> None:
+    """A policy that raises in notify_many: PolicyError, and not one of the batch is written."""
+    from chimeway_core import NewDelivery
+    from chimeway_core.errors import PolicyError
+
+    def allows(delivery: Delivery) -> bool:
+        if delivery.recipient == "+15550102":
+            raise RuntimeError("preference service down")
+        return True
+
+    engine = make_engine({"sms": FakeChannel()}, policies=(PreferencePolicy(allows),))
+    specs = [NewDelivery(channel="sms", recipient=f"+1555010{n}") for n in range(4)]
+    with pytest.raises(PolicyError):
+        engine.notify_many(specs)
+    assert {} == store.counts()
+    assert [] == backend.pending()

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from chimeway_core.records import JournalKind, NewDelivery
+from chimeway_core.errors import InvalidDeliveryError
+from chimeway_core.records import Delivery, JournalKind, NewDelivery
 from chimeway_core.schema import DeliveryRow
 from chimeway_core.states import DeliveryStatus, Event
 from chimeway_core.store import OutboxItem, SQLStore
@@ -119,6 +120,56 @@ def test_create_many_batches_and_dedupes(store: SQLStore, now: datetime) -> None
     assert results[1201].delivery == results[1202].delivery
     assert 1202 == _delivery_rows(store)
     assert 1202 == store.outbox_size()
+
+
+def test_create_many_suppress_if_sees_each_validated_delivery(
+    store: SQLStore, now: datetime
+) -> None:
+    """suppress_if gets each delivery as written (id, defaults); its reasons suppress."""
+    seen: list[uuid.UUID] = []
+
+    def suppress_if(delivery: Delivery) -> str | None:
+        seen.append(delivery.id)
+        assert (DeliveryStatus.READY, str(delivery.id)) == (
+            delivery.status,
+            delivery.idempotency_key,
+        )
+        return "opted_out" if delivery.recipient.endswith("1") else None
+
+    specs = [NewDelivery(channel="c", recipient=f"r{i}") for i in range(3)]
+    results = store.create_many(specs, now=now, suppress_if=suppress_if)
+    assert [r.delivery.id for r in results] == seen
+    assert [
+        (DeliveryStatus.READY, None),
+        (DeliveryStatus.SUPPRESSED, "opted_out"),
+        (DeliveryStatus.READY, None),
+    ] == [(r.delivery.status, r.delivery.reason) for r in results]
+    assert 2 == store.outbox_size()
+
+
+def test_create_many_suppress_if_runs_after_validation_and_can_veto(
+    store: SQLStore, now: datetime
+) -> None:
+    """An invalid spec fails before suppress_if is asked; suppress_if raising writes nothing."""
+    asked: list[Delivery] = []
+    bad = [NewDelivery(channel="c", recipient="ok"), NewDelivery(channel="c", recipient="")]
+    with pytest.raises(InvalidDeliveryError):
+        store.create_many(bad, now=now, suppress_if=lambda d: asked.append(d) or None)
+    assert [] == asked
+
+    def veto(_delivery: Delivery) -> str | None:
+        raise LookupError("no preferences")
+
+    with pytest.raises(LookupError):
+        store.create_many([NewDelivery(channel="c", recipient="ok")], now=now, suppress_if=veto)
+    with pytest.raises(TypeError, match="not both"):
+        store.create_many(
+            [NewDelivery(channel="c", recipient="ok")],
+            now=now,
+            suppress_reasons=[None],
+            suppress_if=lambda _d: None,
+        )
+    assert 0 == _delivery_rows(store)
 
 
 def test_create_in_callers_session_commits_with_it(store: SQLStore, now: datetime) -> None:
