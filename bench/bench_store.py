@@ -5,8 +5,12 @@ Ledger, on PostgreSQL and on a SQLite file (WAL), interleaved runs of:
 - ``Chimeway.notify_many`` of 10,000 specs on the memory backend (delivery,
   journal and outbox rows, validated and idempotent; ids queued; outbox rows
   cleared again), and ``SQLStore.create_many`` alone (the ledger's share);
-- anchor: a raw DB-API ``executemany`` of the same 10,000 delivery rows
-  alone, in one transaction (rows built inside the timing too).
+- anchor (the target's): a raw DB-API ``executemany`` of the same 10,000
+  delivery rows alone, in one transaction (rows built inside the timing too);
+- anchor, all rows: the same plus an ``executemany`` of the journal and the
+  outbox rows chimeway writes with them (a ``created`` entry and an outbox row
+  per delivery), in the same one transaction: what the rows cost the database
+  without chimeway's Python.
 
 Queues, interleaved runs of N ids each:
 
@@ -97,6 +101,15 @@ def _raw_rows(dialect: str, rows: int) -> list[tuple[object, ...]]:
     return out
 
 
+def _journal_and_outbox_rows(
+    deliveries: list[tuple[object, ...]],
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """A ``created`` journal row and an outbox row for each raw delivery row."""
+    journal = [(row[0], row[17], "created", "ready", "{}") for row in deliveries]
+    outbox = [(row[0], row[10], row[17]) for row in deliveries]
+    return journal, outbox
+
+
 def _truncate(engine: Engine) -> None:
     with engine.begin() as conn:
         for table in reversed(metadata.sorted_tables):
@@ -115,11 +128,24 @@ def bench_ledger(config: Config, results: Results, name: str, url: str) -> None:
     placeholder = "%s" if engine.dialect.name == "postgresql" else "?"
     insert = f"INSERT INTO chimeway_deliveries ({COLUMNS}) VALUES ({', '.join([placeholder] * 19)})"
 
-    def raw() -> None:
+    insert_journal = (
+        "INSERT INTO chimeway_delivery_journal (delivery_id, at, kind, to_status, detail) "
+        f"VALUES ({', '.join([placeholder] * 5)})"
+    )
+    insert_outbox = (
+        "INSERT INTO chimeway_outbox (delivery_id, run_at, created_at) "
+        f"VALUES ({', '.join([placeholder] * 3)})"
+    )
+
+    def raw(*, all_rows: bool = False) -> None:
         values = _raw_rows(engine.dialect.name, rows)
         with engine.begin() as conn:
             cursor = conn.connection.cursor()
             cursor.executemany(insert, values)
+            if all_rows:
+                journal, outbox = _journal_and_outbox_rows(values)
+                cursor.executemany(insert_journal, journal)
+                cursor.executemany(insert_outbox, outbox)
             cursor.close()
 
     def timed(action: Any) -> float:
@@ -131,6 +157,7 @@ def bench_ledger(config: Config, results: Results, name: str, url: str) -> None:
             "notify_many": lambda: timed(lambda: chimeway.notify_many(specs)),
             "create_many": lambda: timed(lambda: store.create_many(specs, now=NOW)),
             "raw executemany": lambda: timed(raw),
+            "raw executemany, all rows": lambda: timed(lambda: raw(all_rows=True)),
         },
         config.runs,
     )
@@ -152,6 +179,15 @@ def bench_ledger(config: Config, results: Results, name: str, url: str) -> None:
             f"{name}: {figure} {entry['figure']['median']:.0f} rows/s, raw "
             f"{entry['anchor']['median']:.0f} rows/s, x{entry['ratio']['median']:.2f}",
         )
+    entry = results.compare(
+        AREA,
+        f"bulk create of {rows:,} deliveries, {name}",
+        ("notify_many", samples["notify_many"]),
+        ("raw executemany, all rows", samples["raw executemany, all rows"]),
+        unit="rows/s",
+        detail="both write delivery + journal + outbox rows: what chimeway's Python costs",
+    )
+    log(AREA, f"{name}: notify_many against all rows raw x{entry['ratio']['median']:.2f}")
     store.drop_all()
     engine.dispose()
 
