@@ -313,6 +313,60 @@ def postgres_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+class WALMeter:
+    """Bytes of write-ahead log a database writes from now on (machine-independent).
+
+    What a workload makes the database write, rows and index entries and
+    commit records together: on PostgreSQL the distance ``pg_current_wal_lsn()``
+    moves (the whole server's, so run nothing else alongside); on SQLite the
+    growth of the ``-wal`` file, with automatic checkpoints turned off on
+    ``engine``'s connections (they are reopened) so that the file only grows.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        if self._postgres:
+            self._start: Any = self._lsn()
+            return
+        database = engine.url.database
+        if not database or database == ":memory:":
+            raise ValueError("a WAL meter needs a SQLite file")
+        self._wal = Path(f"{database}-wal")
+        event.listen(engine, "connect", _no_autocheckpoint)
+        engine.dispose()
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._start = self._wal.stat().st_size if self._wal.exists() else 0
+
+    def _lsn(self) -> str:
+        with self._engine.connect() as conn:
+            return str(conn.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar_one())
+
+    def written(self) -> int:
+        """Bytes of WAL written since the meter was made."""
+        if self._postgres:
+            with self._engine.connect() as conn:
+                moved = conn.exec_driver_sql(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %(start)s::pg_lsn)",
+                    {"start": self._start},
+                ).scalar_one()
+            return int(moved)
+        return self._wal.stat().st_size - int(self._start)
+
+    def close(self) -> None:
+        """Give SQLite its automatic checkpoints back (on reopened connections)."""
+        if not self._postgres:
+            event.remove(self._engine, "connect", _no_autocheckpoint)
+            self._engine.dispose()
+
+
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
+
+
 class SQLCounter:
     """Counts commits and statements on a SQLAlchemy engine (events, machine-independent).
 

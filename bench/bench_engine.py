@@ -13,9 +13,11 @@ For a SQLite file (WAL) and a throwaway PostgreSQL database, interleaved runs of
 Then the machine-independent counts, per successful delivery and per
 delivery retried once (a temporary failure, then a success, no backoff):
 commits (all, and those that wrote) and statements, from SQLAlchemy's
-engine events. And what the machine charges for the two things the counts
-count: a round trip (``SELECT 1``) and a durable one-row write (an insert
-and its commit), so that the ratios can be read against the counts.
+engine events, and the write-ahead log the database wrote for them (rows,
+index entries and commit records together). And what the machine charges
+for the two things the counts count: a round trip (``SELECT 1``) and a
+durable one-row write (an insert and its commit), so that the ratios can be
+read against the counts.
 
     python bench/bench_engine.py [--smoke]     # this area alone, JSON on stdout
 """
@@ -36,6 +38,7 @@ from _harness import (
     SQLCounter,
     Stat,
     Target,
+    WALMeter,
     interleave,
     log,
     per_second,
@@ -191,29 +194,43 @@ def _counts(url: str, n: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for name, send in (("succeeded", _always_sent), ("retried once", _fail_once)):
         engine = make_engine(url, send)
+        notify_to_terminal(engine, n)  # warm: the first rows of a table allocate pages
+        wal = WALMeter(engine.store.engine)
         counter = SQLCounter(engine.store.engine)
-        notify_to_terminal(engine, n)
+        notify_to_terminal(engine, n, offset=n)
         commits, writes, statements = counter.snapshot()
         counter.close()
-        _check_all_succeeded(engine, n)
+        written = wal.written()
+        wal.close()
+        _check_all_succeeded(engine, 2 * n)
         out[f"chimeway, {name}"] = {
             "commits": commits / n,
             "write_commits": writes / n,
             "statements": statements / n,
+            "wal_kib": written / n / 1024,
         }
         engine.store.engine.dispose()
     sql = create_engine(url)
     anchor_tables(sql)
-    counter = SQLCounter(sql)
     for i in range(n):
         ident = str(uuid.uuid4())
         anchor_a_insert(sql, ident, f"+1555{i:07}")
         anchor_a_work(sql, ident)
+    wal = WALMeter(sql)
+    counter = SQLCounter(sql)
+    for i in range(n, 2 * n):
+        ident = str(uuid.uuid4())
+        anchor_a_insert(sql, ident, f"+1555{i:07}")
+        anchor_a_work(sql, ident)
     commits, writes, statements = counter.snapshot()
+    counter.close()
+    written = wal.written()
+    wal.close()
     out["anchor A"] = {
         "commits": commits / n,
         "write_commits": writes / n,
         "statements": statements / n,
+        "wal_kib": written / n / 1024,
     }
     sql.dispose()
     return out
