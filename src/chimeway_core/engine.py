@@ -254,7 +254,11 @@ class Chimeway:
         the rows are written in the caller's transaction and the job is queued
         only after it commits; a rollback leaves no delivery and no job.
         Invalid input raises a :class:`~chimeway_core.errors.ChimewayError`
-        subclass and writes nothing.
+        subclass (a bad field :class:`~chimeway_core.errors.InvalidDeliveryError`,
+        by name; an unknown channel
+        :class:`~chimeway_core.errors.UnknownChannelError`) and writes nothing;
+        a ``session`` that is no :class:`~sqlalchemy.orm.Session` is a
+        :class:`TypeError`.
         """
         spec = NewDelivery(
             channel=channel,
@@ -264,10 +268,11 @@ class Chimeway:
             idempotency_key=idempotency_key,
             max_attempts=max_attempts
             if max_attempts is not None
-            else self._retry(channel).max_attempts,
+            # A channel that is no str is refused by the store, by name.
+            else self._retry(channel if isinstance(channel, str) else "").max_attempts,
             scheduled_at=scheduled_at,
             expires_at=expires_at,
-            metadata=dict(metadata or {}),
+            metadata={} if metadata is None else metadata,
         )
         return self.notify_many([spec], session=session)[0]
 
@@ -281,16 +286,16 @@ class Chimeway:
         """
         now = self.clock.now()
         specs = list(specs)
-        for spec in specs:
-            self._channel(spec.channel)
         context = self._context(now, PolicyPhase.NOTIFY)
 
         def suppression(delivery: Delivery) -> str | None:
+            self._channel(delivery.channel)
             return _suppression_at_notify(self.policies, delivery, context)
 
-        # The store validates every spec first, then the policies see each
-        # delivery as it is about to be written: bad input is an
-        # InvalidDeliveryError, never a policy failing on it.
+        # The store validates every spec first; then each delivery, as it is
+        # about to be written, must name a channel of this engine and is shown
+        # to the policies. Bad input is an InvalidDeliveryError, never a
+        # policy (or a lookup) failing on it; nothing is written before.
         created = self.store.create_many(specs, now=now, session=session, suppress_if=suppression)
         fresh = [c.delivery for c in created if c.created and not c.delivery.is_terminal]
         for result in created:
@@ -352,7 +357,9 @@ class Chimeway:
 
         Returns the :class:`JobResult` the backend translates; raises
         :class:`UnhandledOutcomeError` (after scheduling the next run) for a
-        shape the dispatch table does not cover.
+        shape the dispatch table does not cover, and :class:`TypeError` for a
+        ``delivery_id`` that is no :class:`uuid.UUID` (backends parse theirs
+        with :func:`~chimeway_core.jobs.parse_delivery_id`).
         """
         quick = self._quick_claim(delivery_id) if self._claims_quickly() else None
         if quick is not None:

@@ -236,6 +236,19 @@ def _aware(value: object, field: str) -> datetime:
     return value
 
 
+def _check_id(value: object) -> UUID:
+    # A str would be matched by no row on SQLite and fail to bind on
+    # PostgreSQL: name the mistake instead.
+    if not isinstance(value, UUID):
+        raise TypeError(f"delivery_id must be a uuid.UUID, not {type(value).__name__}")
+    return value
+
+
+def _check_session(session: object) -> None:
+    if not isinstance(session, Session):
+        raise TypeError(f"session must be a sqlalchemy.orm.Session, not {type(session).__name__}")
+
+
 def _check_text(value: object, field: str, *, max_length: int, optional: bool = False) -> None:
     if value is None and optional:
         return
@@ -1150,6 +1163,8 @@ class SQLStore:
         raises propagates and writes nothing.
         """
         now = _aware(now, "now")
+        if session is not None:
+            _check_session(session)
         if suppress_reasons is not None and suppress_if is not None:
             raise TypeError("give suppress_reasons or suppress_if, not both")
         if suppress_reasons is not None and len(suppress_reasons) != len(specs):
@@ -1260,6 +1275,7 @@ class SQLStore:
 
     def get(self, delivery_id: UUID) -> Delivery | None:
         """The delivery with this id, or ``None``."""
+        _check_id(delivery_id)
         with self._read() as conn:
             row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
         return _delivery(row) if row is not None else None
@@ -1270,6 +1286,7 @@ class SQLStore:
         Read in one transaction, so the three parts are consistent on
         PostgreSQL and SQLite alike.
         """
+        _check_id(delivery_id)
         with self._read() as conn:
             row = conn.execute(select(_DELIVERIES).where(_D.id == delivery_id)).first()
             if row is None:
@@ -1297,6 +1314,7 @@ class SQLStore:
         ``perform()`` uses it so that reading, the policies and the claim cost
         one commit, not two.
         """
+        _check_id(delivery_id)
         with self._write() as conn:
             row = conn.execute(_SELECT_FOR_UPDATE, {"b_id": delivery_id}).first()
             found = _delivery(row) if row is not None else None
@@ -1330,6 +1348,7 @@ class SQLStore:
         where a transaction costs no round trip) it returns ``None`` without
         touching the database.
         """
+        _check_id(delivery_id)
         if not self.claims_in_one_statement:
             return None
         now = _aware(now, "now")
@@ -1501,6 +1520,7 @@ class SQLStore:
         expected_version: int | None,
         now: datetime,
     ) -> Delivery:
+        _check_id(delivery_id)
         now = _aware(now, "now")
         with self._write() as conn:
             current = _read_for_write(conn, delivery_id, expected_version)
@@ -1568,6 +1588,7 @@ class SQLStore:
         or ``attempt_count``. Compare-and-set like :meth:`suppress`; a terminal
         delivery raises :class:`DeliveryTerminalError`.
         """
+        _check_id(delivery_id)
         now = _aware(now, "now")
         until = _aware(until, "until")
         _check_text(reason, "reason", max_length=REASON_LENGTH)

@@ -315,3 +315,46 @@ def test_a_policy_failing_at_notify_writes_nothing(
         engine.notify_many(specs)
     assert {} == store.counts()
     assert [] == backend.pending()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"channel": ["sms"]}, "channel"),
+        ({"channel": None}, "channel"),
+        ({"metadata": [("tz", "UTC")]}, "metadata"),
+    ],
+)
+def test_notify_names_a_bad_channel_or_metadata(
+    make_engine: MakeEngine,
+    backend: MemoryBackend,
+    store: SQLStore,
+    arguments: dict[str, object],
+    field: str,
+) -> None:
+    """A channel that is no str, metadata that is no mapping: InvalidDeliveryError, by field."""
+    from chimeway_core.errors import InvalidDeliveryError
+
+    engine = make_engine({"sms": FakeChannel()})
+    call: dict[str, object] = {"channel": "sms", "recipient": "+15550100", **arguments}
+    with pytest.raises(InvalidDeliveryError) as raised:
+        engine.notify(**call)  # type: ignore[arg-type]
+    assert field == raised.value.field
+    assert ({}, []) == (store.counts(), backend.pending())
+
+
+def test_notify_many_names_what_is_no_spec_and_an_unknown_channel(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
+) -> None:
+    """notify_many: a non-NewDelivery is bad input by index; an unknown channel writes nothing."""
+    from chimeway_core import NewDelivery
+    from chimeway_core.errors import InvalidDeliveryError, UnknownChannelError
+
+    engine = make_engine({"sms": FakeChannel()})
+    good = NewDelivery(channel="sms", recipient="+15550100")
+    with pytest.raises(InvalidDeliveryError) as raised:
+        engine.notify_many([good, {"channel": "sms"}])  # type: ignore[list-item]
+    assert "specs[1]" == raised.value.field
+    with pytest.raises(UnknownChannelError):
+        engine.notify_many([good, NewDelivery(channel="fax", recipient="+15550100")])
+    assert ({}, []) == (store.counts(), backend.pending())

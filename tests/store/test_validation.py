@@ -145,3 +145,36 @@ def test_an_sqlite_without_returning_is_refused_with_its_version(
     assert ("sqlite", "3.31.1") == (raised.value.dialect, raised.value.version)
     assert "SQLite 3.35 or newer" in str(raised.value)
     assert not event.contains(engine, "connect", _sqlite_on_connect)
+
+
+def _calls_by_id(store: SQLStore, now: datetime) -> list[Any]:
+    return [
+        store.get,
+        store.history,
+        lambda bad: store.lock(bad).__enter__(),
+        lambda bad: store.quick_claim(bad, owner="w", lease_seconds={"email": 30.0}, now=now),
+        lambda bad: store.cancel(bad, now=now),
+        lambda bad: store.suppress(bad, "opted_out", expected_version=None, now=now),
+        lambda bad: store.defer(bad, now, "quiet_hours", expected_version=None, now=now),
+        lambda bad: store.exhaust(bad, expected_version=1, now=now),
+    ]
+
+
+@pytest.mark.parametrize("bad", [None, "0b7c6a57-6f0e-4a3e-9d1d-3f3b1c2a9e01", 7])
+def test_a_delivery_id_that_is_no_uuid_is_named(store: SQLStore, now: datetime, bad: Any) -> None:
+    """Every operation by id refuses a str (even a valid one), None or int with a TypeError."""
+    created = store.create(_spec(), now=now).delivery
+    for call in _calls_by_id(store, now):
+        with pytest.raises(TypeError, match=r"delivery_id must be a uuid\.UUID"):
+            call(bad)
+    assert created == store.get(created.id)  # nothing was changed
+
+
+def test_a_session_that_is_no_session_is_named(store: SQLStore, now: datetime) -> None:
+    """create(session=<not a Session>) raises TypeError and writes nothing."""
+    with (
+        store.engine.connect() as connection,
+        pytest.raises(TypeError, match=r"session must be a sqlalchemy\.orm\.Session"),
+    ):
+        store.create(_spec(), now=now, session=connection)  # type: ignore[arg-type]
+    assert (0, 0, 0) == _written(store)
