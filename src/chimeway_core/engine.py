@@ -178,7 +178,10 @@ class Chimeway:
       requeues live, due deliveries untouched this long.
     - ``rand``: the jitter's random source (seed it for determinism).
 
-    A setting out of range raises :class:`ValueError` naming it.
+    A setting out of range raises :class:`ValueError` naming it, and a part
+    of the wrong kind (a channel without ``send``, a ``channel_retry`` for a
+    channel the engine does not have) raises at construction, not in a
+    worker later.
     """
 
     def __init__(
@@ -207,6 +210,14 @@ class Chimeway:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         if type(max_deferrals) is not int or max_deferrals < 0:
             raise ValueError(f"max_deferrals must be an int >= 0, got {max_deferrals!r}")
+        _check_parts(store, backend, clock, telemetry, rand)
+        _check_channels(channels)
+        for policy in policies:
+            if not isinstance(policy, Policy):
+                raise TypeError(
+                    f"a policy must have a name and evaluate(), not {type(policy).__name__}"
+                )
+        _check_retries(retry, channel_retry, channels)
         self.store = store
         self.backend = backend
         self.channels = dict(channels)
@@ -718,6 +729,71 @@ class Chimeway:
             )
         )
         return PolicyContext(now=now, phase=phase, recent_attempts=recent)
+
+
+def _check_parts(
+    store: object, backend: object, clock: object, telemetry: object, rand: object
+) -> None:
+    """Raise TypeError for an engine part that is not of the kind it must be."""
+    if not isinstance(store, SQLStore):
+        raise TypeError(f"store must be a SQLStore, not {type(store).__name__}")
+    if not isinstance(backend, Backend):
+        raise TypeError(
+            f"backend must have enqueue() and enqueue_many() (chimeway_core.jobs.Backend), "
+            f"not {type(backend).__name__}"
+        )
+    if clock is not None and not isinstance(clock, Clock):
+        raise TypeError(f"clock must have now() (chimeway_core.Clock), not {type(clock).__name__}")
+    if telemetry is not None and not isinstance(telemetry, Telemetry):
+        raise TypeError(f"telemetry must be a Telemetry, not {type(telemetry).__name__}")
+    if not callable(rand):
+        raise TypeError(f"rand must be callable, not {type(rand).__name__}")
+
+
+def _check_channels(channels: object) -> None:
+    """Raise for channels that are no mapping of names to channels with a usable timeout."""
+    if not isinstance(channels, Mapping):
+        raise TypeError(
+            f"channels must be a mapping of names to channels, not {type(channels).__name__}"
+        )
+    for name, channel in channels.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a channel name must be a non-empty str, not {name!r}")
+        if not isinstance(channel, Channel):
+            raise TypeError(
+                f"channel {name!r} must have guarantee, exception_class, timeout and send() "
+                f"(chimeway_core.channels.Channel), not {type(channel).__name__}"
+            )
+        timeout = channel.timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(
+                f"channel {name!r}: timeout must be a number of seconds, not {timeout!r}"
+            )
+        if not math.isfinite(timeout) or timeout <= 0:
+            # The lease is the timeout plus the margin: it must be a real, positive time.
+            raise ValueError(f"channel {name!r}: timeout must be finite and > 0, got {timeout!r}")
+
+
+def _check_retries(
+    retry: object, channel_retry: Mapping[str, object] | None, channels: Mapping[str, object]
+) -> None:
+    """Raise for a retry policy that is none, or one given for a channel that does not exist."""
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
+    if channel_retry is None:
+        return
+    unknown = sorted(str(name) for name in channel_retry if name not in channels)
+    if unknown:
+        # Most likely a typo: the channel would silently keep the default.
+        raise ValueError(
+            f"channel_retry names channels this engine does not have: {unknown}; "
+            f"it has {sorted(channels)}"
+        )
+    for name, policy in channel_retry.items():
+        if not isinstance(policy, RetryPolicy):
+            raise TypeError(
+                f"channel_retry[{name!r}] must be a RetryPolicy, not {type(policy).__name__}"
+            )
 
 
 def _meta(delivery: Delivery) -> dict[str, object]:

@@ -13,10 +13,10 @@ A :class:`Policy` looks at a :class:`~chimeway_core.records.Delivery` and a
 
 The engine evaluates policies twice: at ``notify()`` time (phase
 :attr:`PolicyPhase.NOTIFY`, on the delivery as it is about to be written: its
-input validated, its id and defaults filled in) and in the worker right before the channel is called
-(phase :attr:`PolicyPhase.PERFORM`). Policies are pure with respect to
-chimeway: they read the delivery, the context and the application's
-callbacks, and write nothing.
+input validated, its id and defaults filled in) and in the worker right
+before the channel is called (phase :attr:`PolicyPhase.PERFORM`). Policies
+are pure with respect to chimeway: they read the delivery, the context and
+the application's callbacks, and write nothing.
 
 :func:`evaluate_policies` combines a sequence of policies: the first
 :class:`Suppress` wins at once (later policies are not consulted); otherwise

@@ -981,7 +981,8 @@ class SQLStore:
     write transactions use ``BEGIN IMMEDIATE`` (listeners are added to a
     given engine too). ``max_payload_bytes`` bounds the serialized JSON of a
     payload (and of metadata); ``max_response_bytes`` and ``max_error_chars``
-    cap what an attempt records (capped, never rejected).
+    cap what an attempt records (capped, never rejected); each must be an
+    int >= 1 (:class:`ValueError` otherwise).
     """
 
     engine: Engine
@@ -994,12 +995,24 @@ class SQLStore:
         max_response_bytes: int = 16 * 1024,
         max_error_chars: int = 2000,
     ) -> None:
+        for name, limit in (
+            ("max_payload_bytes", max_payload_bytes),
+            ("max_response_bytes", max_response_bytes),
+            ("max_error_chars", max_error_chars),
+        ):
+            if type(limit) is not int or limit < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {limit!r}")
         if isinstance(url_or_engine, str):
             # Before create_engine: it would first fail on the missing driver.
             _check_backend(make_url(url_or_engine).get_backend_name())
             url_or_engine = create_engine(url_or_engine)
-        else:
+        elif isinstance(url_or_engine, Engine):
             _check_backend(url_or_engine.dialect.name)
+        else:
+            raise TypeError(
+                "url_or_engine must be a database URL (str) or a sqlalchemy.Engine, "
+                f"not {type(url_or_engine).__name__}"
+            )
         self.engine = url_or_engine
         if self.engine.dialect.name == "sqlite":
             _check_sqlite_version(self.engine.dialect)

@@ -1,0 +1,91 @@
+"""An engine built from a wrong part refuses at construction, naming the part."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from chimeway_backends.memory import MemoryBackend
+from chimeway_core import Chimeway, RetryPolicy, SQLStore
+from chimeway_core.testing import FakeChannel
+
+
+@pytest.fixture
+def parts() -> dict[str, Any]:
+    """A valid set of the engine's required parts (a SQLite ledger in memory)."""
+    return {
+        "store": SQLStore("sqlite://"),
+        "backend": MemoryBackend(),
+        "channels": {"sms": FakeChannel()},
+    }
+
+
+class _NoSend:
+    guarantee = FakeChannel().guarantee
+    exception_class = FakeChannel().exception_class
+    timeout = 10.0
+
+
+def _slow(timeout: object) -> FakeChannel:
+    channel = FakeChannel()
+    channel.timeout = timeout  # type: ignore[assignment]
+    return channel
+
+
+WRONG = [
+    pytest.param({"store": "sqlite://"}, TypeError, "store must be a SQLStore", id="store-url"),
+    pytest.param({"backend": object()}, TypeError, "backend must have enqueue", id="backend"),
+    pytest.param({"channels": [FakeChannel()]}, TypeError, "channels must be a mapping", id="list"),
+    pytest.param({"channels": {"": FakeChannel()}}, TypeError, "channel name", id="empty-name"),
+    pytest.param({"channels": {1: FakeChannel()}}, TypeError, "channel name", id="int-name"),
+    pytest.param({"channels": {"sms": _NoSend()}}, TypeError, "'sms' must have", id="no-send"),
+    pytest.param({"channels": {"sms": _slow("10")}}, TypeError, "timeout must be a", id="str-t"),
+    pytest.param({"channels": {"sms": _slow(0)}}, ValueError, "finite and > 0", id="zero-t"),
+    pytest.param({"channels": {"sms": _slow(math.inf)}}, ValueError, "finite", id="inf-t"),
+    pytest.param({"policies": [object()]}, TypeError, "a policy must have", id="policy"),
+    pytest.param({"retry": 3}, TypeError, "retry must be a RetryPolicy", id="retry"),
+    pytest.param({"channel_retry": {"smss": RetryPolicy()}}, ValueError, "'smss'", id="retry-typo"),
+    pytest.param({"channel_retry": {"sms": 3}}, TypeError, r"channel_retry\['sms'\]", id="r-3"),
+    pytest.param({"clock": 5}, TypeError, "clock must have now", id="clock"),
+    pytest.param({"telemetry": print}, TypeError, "telemetry must be a Telemetry", id="tel"),
+    pytest.param({"rand": 0.5}, TypeError, "rand must be callable", id="rand"),
+    pytest.param({"lease_margin": 0}, ValueError, "lease_margin", id="margin"),
+    pytest.param({"relay_grace": -1}, ValueError, "relay_grace", id="grace"),
+    pytest.param({"requeue_after": math.nan}, ValueError, "requeue_after", id="requeue"),
+    pytest.param({"max_deferrals": -1}, ValueError, "max_deferrals", id="deferrals"),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "message"), WRONG)
+def test_a_wrong_part_is_refused_by_name(
+    parts: dict[str, Any], change: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Each wrong part raises its own error, at construction, with the part in the message."""
+    with pytest.raises(error, match=message):
+        Chimeway(**{**parts, **change})
+
+
+def test_the_parts_it_accepts(parts: dict[str, Any]) -> None:
+    """Valid parts build an engine; no channels at all is allowed (a rescuer's engine)."""
+    engine = Chimeway(**parts, channel_retry={"sms": RetryPolicy(max_attempts=2)})
+    assert 2 == engine.channel_retry["sms"].max_attempts
+    assert {} == Chimeway(parts["store"], parts["backend"], {}).channels
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"url_or_engine": None}, TypeError, "database URL"),
+        ({"url_or_engine": "sqlite://", "max_payload_bytes": 0}, ValueError, "max_payload"),
+        ({"url_or_engine": "sqlite://", "max_response_bytes": 1.5}, ValueError, "max_response"),
+        ({"url_or_engine": "sqlite://", "max_error_chars": -1}, ValueError, "max_error_chars"),
+    ],
+)
+def test_a_store_refuses_a_wrong_url_or_limit(
+    arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """SQLStore names a URL that is neither a str nor an Engine, and a limit below 1."""
+    with pytest.raises(error, match=message):
+        SQLStore(**arguments)
