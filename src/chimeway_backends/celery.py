@@ -49,6 +49,7 @@ resolves the engine and warns about risky settings
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import warnings
@@ -68,7 +69,7 @@ from chimeway_core.jobs import JobKind, job_id_for, parse_delivery_id
 from chimeway_core.loading import APP_VARIABLE, load_engine
 
 try:
-    from celery import bootsteps, signals
+    from celery import Celery, bootsteps, signals
     from celery.exceptions import SoftTimeLimitExceeded
 except ImportError as _error:  # pragma: no cover - exercised by monkeypatching sys.modules
     raise MissingExtraError("celery", feature="the Celery backend") from _error
@@ -129,10 +130,26 @@ class CeleryBackend:
         rescue_interval: float | None = 30.0,
         error_retry_delay: float = 10.0,
     ) -> None:
+        if not isinstance(app, Celery):
+            raise TypeError(f"app must be a celery.Celery, not {type(app).__name__}")
+        if not isinstance(queue, str) or not queue:
+            raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+        if engine is not None and not isinstance(engine, Chimeway | str):
+            raise TypeError(
+                f"engine must be a Chimeway, a 'module:attribute' str or None, "
+                f"not {type(engine).__name__}"
+            )
         if getattr(app, _APP_ATTRIBUTE, None) is not None:
             raise ValueError(f"{app!r} already has a CeleryBackend; make one per app")
-        if rescue_interval is not None and not rescue_interval > 0:
+        if rescue_interval is not None and not (
+            _finite_seconds(rescue_interval) and rescue_interval > 0
+        ):
             raise ValueError(f"rescue_interval must be positive or None, got {rescue_interval!r}")
+        if not (_finite_seconds(error_retry_delay) and error_retry_delay >= 0):
+            raise ValueError(
+                f"error_retry_delay must be a finite number of seconds >= 0, "
+                f"got {error_retry_delay!r}"
+            )
         self.app = app
         self.queue = queue
         self.rescue_interval = rescue_interval
@@ -308,6 +325,10 @@ class ChimewayStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is 
             self.tref = None
 
     shutdown = stop
+
+
+def _finite_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _longest_delay(engine: Chimeway) -> float:

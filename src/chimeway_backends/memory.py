@@ -147,6 +147,14 @@ class MemoryBackend:
         *,
         error_retry_delay: timedelta = DEFAULT_ERROR_RETRY_DELAY,
     ) -> None:
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(
+                f"clock must have now() (chimeway_core.Clock), not {type(clock).__name__}"
+            )
+        if not isinstance(error_retry_delay, timedelta) or error_retry_delay < timedelta(0):
+            raise ValueError(
+                f"error_retry_delay must be a timedelta >= 0, got {error_retry_delay!r}"
+            )
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.error_retry_delay = error_retry_delay
         self._changed = threading.Condition(threading.Lock())

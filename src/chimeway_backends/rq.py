@@ -167,8 +167,19 @@ class RQBackend:
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
     ) -> None:
+        if not isinstance(connection, redis.Redis):
+            raise TypeError(
+                f"connection must be a redis.Redis (redis.Redis.from_url(url)), "
+                f"not {type(connection).__name__}"
+            )
+        if not isinstance(queue_name, str) or not queue_name:
+            raise ValueError(f"queue_name must be a non-empty str, got {queue_name!r}")
         if type(job_timeout) is not int or job_timeout < 1:
             raise ValueError(f"job_timeout must be an int >= 1 (seconds), got {job_timeout!r}")
+        for name, ttl in (("result_ttl", result_ttl), ("failure_ttl", failure_ttl)):
+            # RQ's own meaning: -1 keeps the hash forever, 0 not at all.
+            if ttl is not None and (type(ttl) is not int or ttl < -1):
+                raise ValueError(f"{name} must be None or an int >= -1 (seconds), got {ttl!r}")
         self.connection = connection
         self.queue_name = queue_name
         self.job_timeout = job_timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,29 @@ def test_satisfies_the_backend_protocol_and_one_backend_per_app() -> None:
     assert isinstance(backend, Backend)
     with pytest.raises(ValueError, match="already has a CeleryBackend"):
         CeleryBackend(app)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"app": "tasks:app"}, TypeError, "app must be a celery.Celery"),
+        ({"queue": ""}, ValueError, "queue must be a non-empty str"),
+        ({"queue": None}, ValueError, "queue must be a non-empty str"),
+        ({"engine": 3}, TypeError, "engine must be a Chimeway"),
+        ({"rescue_interval": 0}, ValueError, "rescue_interval"),
+        ({"rescue_interval": float("nan")}, ValueError, "rescue_interval"),
+        ({"error_retry_delay": -1}, ValueError, "error_retry_delay"),
+        ({"error_retry_delay": "10"}, ValueError, "error_retry_delay"),
+    ],
+)
+def test_a_wrong_argument_is_refused_by_name(
+    arguments: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """CeleryBackend names a wrong app, queue, engine or interval, and registers nothing."""
+    app = Celery("arguments", broker="memory://", set_as_current=False)
+    with pytest.raises(error, match=re.escape(message)):
+        CeleryBackend(**{"app": app, **arguments})  # type: ignore[arg-type]
+    CeleryBackend(app)  # the refused one did not claim the app
 
 
 def test_enqueue_refuses_a_naive_time_and_a_non_uuid() -> None:

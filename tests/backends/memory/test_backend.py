@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -270,3 +271,19 @@ def test_stats_accumulate_across_runs() -> None:
     backend.enqueue(B)
     assert RunStats(jobs_run=1, acks=1) == backend.run_until_idle(performer)
     assert RunStats(jobs_run=2, acks=2) == backend.stats
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"clock": 5}, TypeError, "clock must have now()"),
+        ({"error_retry_delay": 10}, ValueError, "error_retry_delay must be a timedelta"),
+        ({"error_retry_delay": timedelta(seconds=-1)}, ValueError, "error_retry_delay"),
+    ],
+)
+def test_a_wrong_argument_is_refused_by_name(
+    arguments: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """MemoryBackend names a clock without now() and a retry delay that is no timedelta >= 0."""
+    with pytest.raises(error, match=re.escape(message)):
+        MemoryBackend(**arguments)  # type: ignore[arg-type]

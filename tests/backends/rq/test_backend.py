@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 import zlib
@@ -43,6 +44,30 @@ def finish(backend: RQBackend, delivery_id: uuid.UUID, status: JobStatus) -> Non
 def test_satisfies_the_backend_protocol(redis_conn: redis.Redis, queue_name: str) -> None:
     """RQBackend is a Backend."""
     assert isinstance(RQBackend(redis_conn, queue_name), Backend)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"connection": redis_url(REDIS_TEST_DB)}, TypeError, "connection must be a redis.Redis"),
+        ({"queue_name": ""}, ValueError, "queue_name must be a non-empty str"),
+        ({"job_timeout": 0}, ValueError, "job_timeout must be an int >= 1"),
+        ({"result_ttl": -2}, ValueError, "result_ttl must be None or an int >= -1"),
+        ({"failure_ttl": 1.5}, ValueError, "failure_ttl must be None or an int >= -1"),
+    ],
+)
+def test_a_wrong_argument_is_refused_by_name(
+    redis_conn: redis.Redis,
+    queue_name: str,
+    arguments: dict[str, object],
+    error: type[Exception],
+    message: str,
+) -> None:
+    """RQBackend names a wrong connection, queue name, timeout or ttl at construction."""
+    given: dict[str, object] = {"connection": redis_conn, "queue_name": queue_name, **arguments}
+    with pytest.raises(error, match=re.escape(message)):
+        RQBackend(**given)  # type: ignore[arg-type]
+    RQBackend(redis_conn, queue_name, result_ttl=-1, failure_ttl=0)  # RQ's own meanings
 
 
 def test_a_job_runs_deliver_with_the_id_as_json(redis_conn: redis.Redis, queue_name: str) -> None:
