@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -89,3 +90,20 @@ def test_builtins_satisfy_the_channel_protocol() -> None:
         SMTPChannel("localhost", sender="a@b.test", subject_for=str, body_for=str),
     ]
     assert [True] * 4 == [isinstance(c, Channel) for c in channels]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: CallableChannel(lambda _d, _k: Sent(), timeout="5"), TypeError, "timeout"),
+        (lambda: CallableChannel(lambda _d, _k: Sent(), timeout=True), TypeError, "timeout"),
+        (lambda: LogChannel(logger="chimeway"), TypeError, "logger must be a logging.Logger"),
+        (lambda: LogChannel(level="INFO"), TypeError, "level must be an int"),
+    ],
+)
+def test_simple_channels_name_a_wrong_argument(
+    make: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    """A timeout that is no number, a logger that is no Logger, a level that is no int."""
+    with pytest.raises(error, match=message):
+        make()

@@ -153,3 +153,31 @@ def test_defaults() -> None:
     """SMTP is at-most-once by default and its timeout bounds every round trip."""
     smtp = channel(25, timeout=2.0)
     assert (DeliveryGuarantee.AT_MOST_ONCE, 20.0) == (smtp.guarantee, smtp.timeout)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"host": ""}, ValueError, "host must be a non-empty str"),
+        ({"port": 0}, ValueError, "port must be an int from 1 to 65535"),
+        ({"port": "25"}, ValueError, "port must be an int"),
+        ({"sender": ""}, ValueError, "sender must be a non-empty str"),
+        ({"subject_for": "Welcome"}, TypeError, "subject_for must be callable"),
+        ({"body_for": None}, TypeError, "body_for must be callable"),
+        ({"timeout": "30"}, TypeError, "timeout must be a number"),
+    ],
+)
+def test_a_wrong_argument_is_named(
+    arguments: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """SMTPChannel refuses a wrong host, port, sender, template or timeout at construction."""
+    given: dict[str, object] = {
+        "host": "smtp.example.com",
+        "port": 587,
+        "sender": "noreply@example.com",
+        "subject_for": lambda _d: "Hi",
+        "body_for": lambda _d: "Hello",
+        **arguments,
+    }
+    with pytest.raises(error, match=message):
+        SMTPChannel(**given)  # type: ignore[arg-type]

@@ -246,3 +246,27 @@ def test_https_goes_to_checked_ip_with_sni_of_the_host(address: str, expected_ur
         request.headers["Host"],
         request.extensions["sni_hostname"],
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"url": 5}, TypeError, "url must be a str or a callable"),
+        ({"url": "ftp://files.example.com/hook"}, ValueError, "http:// or https://"),
+        ({"url": "https://"}, ValueError, "url"),
+        ({"url": "hooks.example.com/x"}, ValueError, "http:// or https://"),
+        ({"read_timeout": "10"}, TypeError, "read_timeout must be a number"),
+        ({"max_redirects": 1.5}, TypeError, "max_redirects must be an int"),
+        ({"headers": [("X-Token", "t")]}, TypeError, "headers must be a mapping"),
+        ({"headers": {"X-Retry": 3}}, TypeError, "headers must be a mapping"),
+    ],
+)
+def test_a_wrong_argument_is_named_without_echoing_the_url(
+    arguments: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """A static URL is checked at construction; the message never repeats it (tokens)."""
+    given: dict[str, object] = {"url": "https://hooks.example.com/x?token=s3cret", **arguments}
+    with pytest.raises(error, match=message) as raised:
+        WebhookChannel(**given)  # type: ignore[arg-type]
+    assert "s3cret" not in str(raised.value)
+    assert "files.example.com" not in str(raised.value)

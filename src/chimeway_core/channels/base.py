@@ -27,12 +27,13 @@ ledger and in operators' logs.
 from __future__ import annotations
 
 import enum
+import math
 from typing import Protocol, runtime_checkable
 
 from chimeway_core.outcomes import ChannelResult, ErrorClass
 from chimeway_core.records import Delivery
 
-__all__ = ["Channel", "DeliveryGuarantee"]
+__all__ = ["Channel", "DeliveryGuarantee", "positive_seconds"]
 
 
 class DeliveryGuarantee(enum.StrEnum):
@@ -42,6 +43,19 @@ class DeliveryGuarantee(enum.StrEnum):
     """The provider honours idempotency keys: an unknown outcome is retried with the same key."""
     AT_MOST_ONCE = "at_most_once"
     """An unknown outcome is cancelled (reason ``outcome_unknown``), never sent again."""
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """``value`` as a float number of seconds; it must be finite and > 0.
+
+    A channel's constructor checks its timeouts with it, so that a wrong one
+    is named there and not met as a lease of no length in a worker.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 @runtime_checkable

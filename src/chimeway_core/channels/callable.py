@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-from chimeway_core.channels.base import DeliveryGuarantee
+from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
 from chimeway_core.outcomes import ChannelResult, ErrorClass
 from chimeway_core.records import Delivery
 
@@ -37,12 +36,10 @@ class CallableChannel:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout = positive_seconds("timeout", timeout)
         self.fn = fn
         self.guarantee = DeliveryGuarantee(guarantee)
         self.exception_class = ErrorClass(exception_class)
-        self.timeout = float(timeout)
 
     def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
         """Call the wrapped function once."""

@@ -26,6 +26,10 @@ class LogChannel:
     timeout = 5.0
 
     def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise TypeError(f"logger must be a logging.Logger, not {type(logger).__name__}")
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise TypeError(f"level must be an int (logging.INFO), not {level!r}")
         self.logger = logger if logger is not None else logging.getLogger("chimeway.channels.log")
         self.level = level
 

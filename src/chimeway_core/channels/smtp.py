@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import re
 import smtplib
 import ssl
@@ -39,7 +38,7 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
 from typing import Final
 
-from chimeway_core.channels.base import DeliveryGuarantee
+from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
 from chimeway_core.errors import OutcomeUnknownError
 from chimeway_core.outcomes import (
     Bounced,
@@ -122,8 +121,15 @@ class SMTPChannel:
         message_id_domain: str | None = None,
         guarantee: DeliveryGuarantee = DeliveryGuarantee.AT_MOST_ONCE,
     ) -> None:
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.socket_timeout = positive_seconds("timeout", timeout)
+        for name, text in (("host", host), ("sender", sender)):
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"{name} must be a non-empty str, got {text!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
+        for name, function in (("subject_for", subject_for), ("body_for", body_for)):
+            if not callable(function):
+                raise TypeError(f"{name} must be callable, not {type(function).__name__}")
         if (username is None) != (password is None):
             raise ValueError("username and password must be given together")
         self.host = host
@@ -131,7 +137,6 @@ class SMTPChannel:
         self.sender = sender
         self.subject_for = subject_for
         self.body_for = body_for
-        self.socket_timeout = float(timeout)
         self.timeout = self.socket_timeout * _ROUND_TRIPS
         self.starttls = starttls
         self.ssl_context = ssl_context

@@ -44,7 +44,7 @@ from chimeway_core.channels._destinations import (
     Resolver,
     system_resolver,
 )
-from chimeway_core.channels.base import DeliveryGuarantee
+from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
 from chimeway_core.errors import MissingExtraError, OutcomeUnknownError, UnsafeDestinationError
 from chimeway_core.outcomes import (
     ChannelResult,
@@ -72,6 +72,19 @@ def _httpx() -> object:
         return importlib.import_module("httpx")
     except ImportError:
         raise MissingExtraError("webhook", feature="WebhookChannel (httpx)") from None
+
+
+def _check_static_url(raw: str) -> None:
+    """Raise ValueError unless ``raw`` is an http(s) URL with a host (never echoing it)."""
+    import httpx  # noqa: PLC0415 - the webhook extra is optional; _httpx() checked it
+
+    # The URL is not repeated in the message: it may hold a token.
+    try:
+        url = httpx.URL(raw)
+    except httpx.InvalidURL:
+        raise ValueError("url is not a valid URL") from None
+    if url.scheme not in _DEFAULT_PORTS or not url.host:
+        raise ValueError("url must be an http:// or https:// URL with a host")
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -141,19 +154,23 @@ class WebhookChannel:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         _httpx()  # fail at construction, not at the first delivery
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("read_timeout", read_timeout),
-            ("write_timeout", write_timeout),
-        ):
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        self.connect_timeout = positive_seconds("connect_timeout", connect_timeout)
+        self.read_timeout = positive_seconds("read_timeout", read_timeout)
+        self.write_timeout = positive_seconds("write_timeout", write_timeout)
+        if isinstance(max_redirects, bool) or not isinstance(max_redirects, int):
+            raise TypeError(f"max_redirects must be an int, not {type(max_redirects).__name__}")
         if max_redirects < 0:
             raise ValueError(f"max_redirects must be >= 0, got {max_redirects!r}")
+        if isinstance(url, str):
+            _check_static_url(url)
+        elif not callable(url):
+            raise TypeError(f"url must be a str or a callable, not {type(url).__name__}")
         self._url = url
-        self.connect_timeout = float(connect_timeout)
-        self.read_timeout = float(read_timeout)
-        self.write_timeout = float(write_timeout)
+        if headers is not None and not (
+            isinstance(headers, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise TypeError("headers must be a mapping of str names to str values")
         self.headers = dict(headers or {})
         self.policy = DestinationPolicy(allow_private, tuple(allow_networks))
         self.resolver: Resolver = resolver if resolver is not None else system_resolver
