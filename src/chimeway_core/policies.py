@@ -139,6 +139,11 @@ class PolicyContext:
     recent_attempts: RecentAttempts
 
 
+def _policy_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{attribute.name} must be a non-empty str, got {value!r}")
+
+
 @runtime_checkable
 class Policy(Protocol):
     """Anything with a ``name`` and an ``evaluate`` returning a decision."""
@@ -157,8 +162,8 @@ class Policy(Protocol):
 class PreferencePolicy:
     """Suppress with ``opted_out`` when the application's ``is_allowed`` says no."""
 
-    is_allowed: Callable[[Delivery], bool]
-    name: str = attrs.field(default="preference", kw_only=True)
+    is_allowed: Callable[[Delivery], bool] = attrs.field(validator=attrs.validators.is_callable())
+    name: str = attrs.field(default="preference", kw_only=True, validator=_policy_name)
 
     def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:  # noqa: ARG002 -- the protocol's shape
         """Proceed when the recipient allows it, otherwise ``Suppress("opted_out")``."""
@@ -171,8 +176,8 @@ class PreferencePolicy:
 class ReadStatePolicy:
     """Suppress with ``already_read`` when the application says it was read in-app."""
 
-    is_read: Callable[[Delivery], bool]
-    name: str = attrs.field(default="read_state", kw_only=True)
+    is_read: Callable[[Delivery], bool] = attrs.field(validator=attrs.validators.is_callable())
+    name: str = attrs.field(default="read_state", kw_only=True, validator=_policy_name)
 
     def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:  # noqa: ARG002 -- the protocol's shape
         """``Suppress("already_read")`` when ``is_read`` is true, otherwise Proceed."""
@@ -185,7 +190,7 @@ class ReadStatePolicy:
 class ExpiryPolicy:
     """Suppress with ``expired`` once ``now >= delivery.expires_at``."""
 
-    name: str = attrs.field(default="expiry", kw_only=True)
+    name: str = attrs.field(default="expiry", kw_only=True, validator=_policy_name)
 
     def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:
         """``Suppress("expired")`` at or after ``expires_at``; Proceed without one."""
@@ -261,9 +266,11 @@ class QuietHoursPolicy:
 
     start: time = attrs.field(validator=_naive_time)
     end: time = attrs.field(validator=_naive_time)
-    timezone_for: Callable[[Delivery], str | None]
+    timezone_for: Callable[[Delivery], str | None] = attrs.field(
+        validator=attrs.validators.is_callable()
+    )
     default_timezone: str = attrs.field(default="UTC", validator=_valid_zone)
-    name: str = attrs.field(default="quiet_hours", kw_only=True)
+    name: str = attrs.field(default="quiet_hours", kw_only=True, validator=_policy_name)
 
     def __attrs_post_init__(self) -> None:
         if self.start == self.end:
@@ -319,7 +326,7 @@ class RateLimitPolicy:
     limit: int = attrs.field(validator=_positive_int)
     per: timedelta = attrs.field(validator=_positive_duration)
     probes: int = attrs.field(default=8, kw_only=True, validator=_positive_int)
-    name: str = attrs.field(default="rate_limit", kw_only=True)
+    name: str = attrs.field(default="rate_limit", kw_only=True, validator=_policy_name)
 
     def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:
         """Proceed below the limit (or at NOTIFY); otherwise defer until the window frees."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pickle
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, time, timedelta
 
 import attrs
 import pytest
@@ -275,3 +276,26 @@ def test_deferral_bound_refuses_negative() -> None:
     """A negative bound is a configuration error."""
     with pytest.raises(ValueError, match="max_deferrals"):
         apply_deferral_bound(Proceed(), make_delivery(), -1)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: PreferencePolicy("yes"), TypeError, "'is_allowed' must be callable"),
+        (lambda: ReadStatePolicy(None), TypeError, "'is_read' must be callable"),
+        (
+            lambda: QuietHoursPolicy(time(22), time(7), timezone_for="Europe/Paris"),
+            TypeError,
+            "'timezone_for' must be callable",
+        ),
+        (lambda: ExpiryPolicy(name=""), ValueError, "name must be a non-empty str"),
+        (lambda: PreferencePolicy(bool, name=5), ValueError, "name must be a non-empty str"),
+        (lambda: RateLimitPolicy(5, timedelta(hours=1), name=None), ValueError, "name"),
+    ],
+)
+def test_a_wrong_callback_or_name_is_refused_at_construction(
+    make: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    """A callback that is not callable, a name that is no non-empty str: named when built."""
+    with pytest.raises(error, match=message):
+        make()
