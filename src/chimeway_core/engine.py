@@ -782,6 +782,11 @@ def _check_retries(
         raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
     if channel_retry is None:
         return
+    if not isinstance(channel_retry, Mapping):
+        raise TypeError(
+            "channel_retry must be a mapping of channel names to RetryPolicy, "
+            f"not {type(channel_retry).__name__}"
+        )
     unknown = sorted(str(name) for name in channel_retry if name not in channels)
     if unknown:
         # Most likely a typo: the channel would silently keep the default.

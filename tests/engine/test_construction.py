@@ -48,6 +48,9 @@ WRONG = [
     pytest.param({"retry": 3}, TypeError, "retry must be a RetryPolicy", id="retry"),
     pytest.param({"channel_retry": {"smss": RetryPolicy()}}, ValueError, "'smss'", id="retry-typo"),
     pytest.param({"channel_retry": {"sms": 3}}, TypeError, r"channel_retry\['sms'\]", id="r-3"),
+    pytest.param(
+        {"channel_retry": ["sms"]}, TypeError, "channel_retry must be a mapping", id="r-l"
+    ),
     pytest.param({"clock": 5}, TypeError, "clock must have now", id="clock"),
     pytest.param({"telemetry": print}, TypeError, "telemetry must be a Telemetry", id="tel"),
     pytest.param({"rand": 0.5}, TypeError, "rand must be callable", id="rand"),
