@@ -48,7 +48,7 @@ REMEDIES: dict[str, str] = {
         "does not apply (the lock costs no round trip in process). Most of a SQLite commit "
         "is writing the pages the transaction dirtied to the WAL (and checkpointing them "
         "back): a delivery through chimeway makes SQLite write about five times the WAL "
-        "anchor A does (*WAL KiB* in the counts; stop 17: 119 KiB against 23, on "
+        "anchor A does (*WAL KiB* in the counts; stop 17: 117 KiB against 23, on "
         "PostgreSQL 4.0 KiB against 0.9), because it writes its row with seven indexes, a "
         "journal entry per step, an outbox row and an attempt row where anchor A writes "
         "two rows with a primary key each, and measured by `time.process_time()` the "
