@@ -640,7 +640,19 @@ class Chimeway:
         """Hand committed outbox rows older than ``grace`` seconds to the backend.
 
         Returns the number relayed. Safe with several relays at once.
+        ``batch_size`` must be an int >= 1 and ``grace`` a finite number of
+        seconds >= 0 (:class:`ValueError` otherwise, before anything is sent).
         """
+        if grace is not None and (
+            isinstance(grace, bool)
+            or not isinstance(grace, int | float)
+            or not math.isfinite(grace)
+            or grace < 0
+        ):
+            raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            # 0 would loop for ever: every batch is "short" only below batch_size.
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.flush_outbox()
         now = self.clock.now()
         window = self.relay_grace if grace is None else timedelta(seconds=grace)

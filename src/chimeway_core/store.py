@@ -244,6 +244,14 @@ def _check_id(value: object) -> UUID:
     return value
 
 
+def _check_limit(name: str, value: object) -> int:
+    # LIMIT 0 would make a relay loop forever and a negative one means "no
+    # limit" on SQLite but an error on PostgreSQL: refuse both everywhere.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
 def _check_session(session: object) -> None:
     if not isinstance(session, Session):
         raise TypeError(f"session must be a sqlalchemy.orm.Session, not {type(session).__name__}")
@@ -1619,6 +1627,7 @@ class SQLStore:
         :meth:`record_attempt` with an ``unknown`` outcome, fenced on the same
         version. Oldest expiry first.
         """
+        _check_limit("limit", limit)
         now = _aware(now, "now")
         query = (
             select(_DELIVERIES, _ATTEMPTS)
@@ -1641,6 +1650,7 @@ class SQLStore:
         ``not_touched_since``, only those not written since then: the rescuer
         re-enqueues deliveries that may have lost their job.
         """
+        _check_limit("limit", limit)
         now = _aware(now, "now")
         query = select(_DELIVERIES).where(
             _D.status.in_(_LIVE),
@@ -1699,6 +1709,7 @@ class SQLStore:
         same row twice. ``send`` is not called when there is nothing to relay.
         Returns how many rows were sent.
         """
+        _check_limit("batch_size", batch_size)
         query = select(_O.delivery_id, _O.run_at).order_by(_O.created_at).limit(batch_size)
         if created_before is not None:
             query = query.where(_O.created_at < _aware(created_before, "created_before"))
@@ -1717,7 +1728,7 @@ class SQLStore:
 
     def delete_outbox(self, delivery_ids: Sequence[UUID]) -> None:
         """Remove outbox rows, after the caller enqueued those deliveries itself."""
-        ids = list(delivery_ids)
+        ids = [_check_id(delivery_id) for delivery_id in delivery_ids]
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(_PG_DELETE_OUTBOX, {"ids": ids})

@@ -358,3 +358,24 @@ def test_notify_many_names_what_is_no_spec_and_an_unknown_channel(
     with pytest.raises(UnknownChannelError):
         engine.notify_many([good, NewDelivery(channel="fax", recipient="+15550100")])
     assert ({}, []) == (store.counts(), backend.pending())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be an int >= 1"),
+        ({"batch_size": -1}, "batch_size must be an int >= 1"),
+        ({"grace": -1.0}, "grace must be a finite number"),
+        ({"grace": float("inf")}, "grace must be a finite number"),
+    ],
+)
+def test_relay_refuses_a_batch_size_or_grace_out_of_range(
+    make_engine: MakeEngine, store: SQLStore, arguments: dict[str, float], message: str
+) -> None:
+    """relay(batch_size=0) used to loop for ever; it and a negative grace are ValueErrors."""
+    engine = make_engine({"sms": FakeChannel()})
+    engine.notify("sms", "+15550100")
+    with pytest.raises(ValueError, match=message):
+        engine.relay(**arguments)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="limit must be an int >= 1"):
+        engine.rescue(limit=0)

@@ -178,3 +178,27 @@ def test_a_session_that_is_no_session_is_named(store: SQLStore, now: datetime) -
     ):
         store.create(_spec(), now=now, session=connection)  # type: ignore[arg-type]
     assert (0, 0, 0) == _written(store)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "5", 2.0])
+def test_a_limit_that_is_no_positive_int_is_refused(
+    store: SQLStore, now: datetime, bad: object
+) -> None:
+    """due, expired_claims, relay_outbox: LIMIT 0 or -1 means different things per database."""
+    with pytest.raises(ValueError, match="must be an int >= 1"):
+        store.due(now=now, limit=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be an int >= 1"):
+        store.expired_claims(now=now, limit=bad)  # type: ignore[arg-type]
+    store.create(_spec(), now=now)
+    sent: list[object] = []
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        store.relay_outbox(sent.extend, batch_size=bad)  # type: ignore[arg-type]
+    assert ([], 1) == (sent, store.outbox_size())
+
+
+def test_delete_outbox_refuses_an_id_that_is_no_uuid(store: SQLStore, now: datetime) -> None:
+    """delete_outbox names a str id and deletes nothing, not even the valid ones before it."""
+    created = store.create(_spec(), now=now).delivery
+    with pytest.raises(TypeError, match=r"delivery_id must be a uuid\.UUID"):
+        store.delete_outbox([created.id, str(created.id)])  # type: ignore[list-item]
+    assert 1 == store.outbox_size()
