@@ -26,8 +26,12 @@ import attrs
 __all__ = ["RetryPolicy"]
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _non_negative_finite(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not math.isfinite(value) or value < 0:
+    if not _number(value) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
@@ -37,7 +41,7 @@ def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> Non
 
 
 def _factor(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not math.isfinite(value) or value < 1:
+    if not _number(value) or not math.isfinite(value) or value < 1:
         raise ValueError(f"{attribute.name} must be a finite number >= 1, got {value!r}")
 
 

@@ -73,6 +73,9 @@ def test_base_delay_never_shrinks(attempt: int) -> None:
         ("backoff_factor", 0.5),
         ("max_delay", float("inf")),
         ("jitter", float("nan")),
+        ("initial_delay", "1"),
+        ("backoff_factor", True),
+        ("max_delay", None),
     ],
 )
 def test_bad_settings_are_refused(field: str, value: float) -> None:
