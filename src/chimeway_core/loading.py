@@ -66,6 +66,11 @@ def load_engine(target: Chimeway | str | None = None) -> Chimeway:
     """
     if isinstance(target, Chimeway):
         return target
+    if target is not None and not isinstance(target, str):
+        raise TypeError(
+            f"target must be a Chimeway, a 'module:attribute' str or None, "
+            f"not {type(target).__name__}"
+        )
     path = target if target is not None else os.environ.get(APP_VARIABLE) or None
     if path is None:
         raise EngineNotFoundError(None, f"pass module:attribute or set {APP_VARIABLE}")

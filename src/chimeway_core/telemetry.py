@@ -158,6 +158,10 @@ class Telemetry:
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        if not callable(clock):
+            raise TypeError(
+                f"clock must be callable (time.perf_counter), not {type(clock).__name__}"
+            )
         self._clock = clock
         self._lock = threading.Lock()
         # Replaced, never mutated, so emit() iterates a snapshot without locking.
@@ -172,8 +176,11 @@ class Telemetry:
         """Call ``handler(event, meta)`` for every event; return a function that unsubscribes.
 
         Unsubscribing twice is harmless. Subscribing the same handler twice
-        delivers each event to it twice.
+        delivers each event to it twice. A ``handler`` that is not callable
+        raises :class:`TypeError` here, not at every event.
         """
+        if not callable(handler):
+            raise TypeError(f"a telemetry handler must be callable, not {type(handler).__name__}")
         token = object()  # identifies this subscription, not the handler
         with self._lock:
             self._subscriptions = (*self._subscriptions, (token, handler))

@@ -143,3 +143,14 @@ def test_machine_on_runs_the_real_time_machine_on_the_factorys_harness() -> None
     )
     assert opened
     assert ["open", "close"] * (len(opened) // 2) == opened
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"), [(0, ValueError), (-1.0, ValueError), ("5", TypeError)]
+)
+def test_fake_channel_refuses_a_timeout_no_channel_could_have(
+    timeout: object, error: type[Exception]
+) -> None:
+    """A FakeChannel's timeout is checked like a real channel's (the lease is built on it)."""
+    with pytest.raises(error, match="timeout"):
+        FakeChannel(timeout=timeout)  # type: ignore[arg-type]

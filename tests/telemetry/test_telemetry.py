@@ -313,3 +313,13 @@ def test_otel_subscriber_records_spans() -> None:
         deferred.name,
     )
     provider.shutdown()
+
+
+def test_a_handler_or_clock_that_is_not_callable_is_refused_up_front() -> None:
+    """subscribe(5) and Telemetry(clock=5) are TypeErrors, not a failure at every event."""
+    telemetry = Telemetry()
+    with pytest.raises(TypeError, match="handler must be callable"):
+        telemetry.subscribe(5)  # type: ignore[arg-type]
+    assert () == telemetry.handlers
+    with pytest.raises(TypeError, match="clock must be callable"):
+        Telemetry(clock=5)  # type: ignore[arg-type]

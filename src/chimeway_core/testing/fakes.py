@@ -18,7 +18,7 @@ from uuid import UUID
 
 import attrs
 
-from chimeway_core.channels.base import DeliveryGuarantee
+from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
 from chimeway_core.clock import Clock, SystemClock, VirtualClock
 from chimeway_core.errors import OutcomeUnknownError
 from chimeway_core.outcomes import (
@@ -144,7 +144,7 @@ class FakeChannel:
         self.script = script
         self.guarantee = guarantee
         self.exception_class = exception_class
-        self.timeout = timeout
+        self.timeout = positive_seconds("timeout", timeout)
         self.clock: Clock = clock or SystemClock()
         self.on_call = on_call
         self._lock = threading.Lock()

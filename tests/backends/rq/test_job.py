@@ -107,6 +107,12 @@ def test_without_an_engine_the_job_says_how_to_set_one(monkeypatch: pytest.Monke
         deliver(str(uuid.uuid4()))
 
 
+def test_load_engine_names_a_target_that_is_neither_engine_nor_path() -> None:
+    """load_engine(5) is a TypeError naming what it takes, not an AttributeError."""
+    with pytest.raises(TypeError, match="'module:attribute' str or None"):
+        load_engine(5)  # type: ignore[arg-type]
+
+
 def test_the_app_path_names_an_engine_or_a_factory(
     make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
