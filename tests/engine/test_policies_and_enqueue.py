@@ -379,3 +379,4 @@ def test_relay_refuses_a_batch_size_or_grace_out_of_range(
         engine.relay(**arguments)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit must be an int >= 1"):
         engine.rescue(limit=0)
+    assert 1 == store.outbox_size()  # refused before anything was relayed or cleared
