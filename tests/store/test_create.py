@@ -144,7 +144,25 @@ def test_create_many_suppress_if_sees_each_validated_delivery(
         (DeliveryStatus.SUPPRESSED, "opted_out"),
         (DeliveryStatus.READY, None),
     ] == [(r.delivery.status, r.delivery.reason) for r in results]
+    assert [store.get(r.delivery.id) for r in results] == [r.delivery for r in results]
     assert 2 == store.outbox_size()
+
+
+def test_create_many_suppress_if_repeats_return_the_written_delivery(
+    store: SQLStore, now: datetime
+) -> None:
+    """A repeated key is asked about, but what comes back is the delivery written first."""
+    first = store.create(NewDelivery(channel="c", recipient="old", idempotency_key="k"), now=now)
+    specs = [
+        NewDelivery(channel="c", recipient="new", idempotency_key="k"),
+        NewDelivery(channel="c", recipient="x", idempotency_key="twice"),
+        NewDelivery(channel="c", recipient="y", idempotency_key="twice"),
+    ]
+    results = store.create_many(specs, now=now, suppress_if=lambda _d: None)
+    assert [False, True, False] == [r.created for r in results]
+    assert first.delivery == results[0].delivery
+    assert "x" == results[2].delivery.recipient
+    assert results[1].delivery == results[2].delivery == store.get(results[1].delivery.id)
 
 
 def test_create_many_suppress_if_runs_after_validation_and_can_veto(
