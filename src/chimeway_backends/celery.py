@@ -49,7 +49,6 @@ resolves the engine and warns about risky settings
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import warnings
@@ -58,6 +57,7 @@ from datetime import datetime
 from typing import Any, assert_never
 from uuid import UUID
 
+from chimeway_core._checks import seconds
 from chimeway_core.clock import ensure_aware
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import (
@@ -141,15 +141,9 @@ class CeleryBackend:
             )
         if getattr(app, _APP_ATTRIBUTE, None) is not None:
             raise ValueError(f"{app!r} already has a CeleryBackend; make one per app")
-        if rescue_interval is not None and not (
-            _finite_seconds(rescue_interval) and rescue_interval > 0
-        ):
-            raise ValueError(f"rescue_interval must be positive or None, got {rescue_interval!r}")
-        if not (_finite_seconds(error_retry_delay) and error_retry_delay >= 0):
-            raise ValueError(
-                f"error_retry_delay must be a finite number of seconds >= 0, "
-                f"got {error_retry_delay!r}"
-            )
+        if rescue_interval is not None:
+            seconds("rescue_interval", rescue_interval, positive=True)
+        seconds("error_retry_delay", error_retry_delay)
         self.app = app
         self.queue = queue
         self.rescue_interval = rescue_interval
@@ -325,10 +319,6 @@ class ChimewayStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is 
             self.tref = None
 
     shutdown = stop
-
-
-def _finite_seconds(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _longest_delay(engine: Chimeway) -> float:

@@ -47,6 +47,7 @@ from uuid import UUID
 
 import attrs
 
+from chimeway_core._checks import seconds, whole
 from chimeway_core.clock import Clock, SystemClock, VirtualClock, ensure_aware
 from chimeway_core.errors import ChimewayError, UnhandledOutcomeError
 from chimeway_core.jobs import JobKind, JobResult, Performer, job_id_for
@@ -151,10 +152,12 @@ class MemoryBackend:
             raise TypeError(
                 f"clock must have now() (chimeway_core.Clock), not {type(clock).__name__}"
             )
-        if not isinstance(error_retry_delay, timedelta) or error_retry_delay < timedelta(0):
-            raise ValueError(
-                f"error_retry_delay must be a timedelta >= 0, got {error_retry_delay!r}"
+        if not isinstance(error_retry_delay, timedelta):
+            raise TypeError(
+                f"error_retry_delay must be a timedelta, not {type(error_retry_delay).__name__}"
             )
+        if error_retry_delay < timedelta(0):
+            raise ValueError(f"error_retry_delay must be >= 0, got {error_retry_delay!r}")
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.error_retry_delay = error_retry_delay
         self._changed = threading.Condition(threading.Lock())
@@ -442,10 +445,9 @@ class MemoryWorker:
         tick: Callable[[], object] | None = None,
         tick_interval: float = 30.0,
     ) -> None:
-        if type(concurrency) is not int or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        if not poll_interval > 0 or not tick_interval > 0:
-            raise ValueError("poll_interval and tick_interval must be positive")
+        whole("concurrency", concurrency, minimum=1)
+        seconds("poll_interval", poll_interval, positive=True)
+        seconds("tick_interval", tick_interval, positive=True)
         self.backend = backend
         self.performer = performer
         self.concurrency = concurrency

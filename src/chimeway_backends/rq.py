@@ -69,6 +69,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import UUID
 
+from chimeway_core._checks import seconds, whole
 from chimeway_core.clock import ensure_aware
 from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
@@ -174,12 +175,11 @@ class RQBackend:
             )
         if not isinstance(queue_name, str) or not queue_name:
             raise ValueError(f"queue_name must be a non-empty str, got {queue_name!r}")
-        if type(job_timeout) is not int or job_timeout < 1:
-            raise ValueError(f"job_timeout must be an int >= 1 (seconds), got {job_timeout!r}")
+        whole("job_timeout", job_timeout, minimum=1)
         for name, ttl in (("result_ttl", result_ttl), ("failure_ttl", failure_ttl)):
             # RQ's own meaning: -1 keeps the hash forever, 0 not at all.
-            if ttl is not None and (type(ttl) is not int or ttl < -1):
-                raise ValueError(f"{name} must be None or an int >= -1 (seconds), got {ttl!r}")
+            if ttl is not None:
+                whole(name, ttl, minimum=-1)
         self.connection = connection
         self.queue_name = queue_name
         self.job_timeout = job_timeout
@@ -463,6 +463,18 @@ class ChimewayDeathPenalty(UnixSignalDeathPenalty):
         super().__init__(timeout, exception, **kwargs)  # type: ignore[no-untyped-call]  # rq untyped
 
 
+def _rescue_interval_from_env() -> float:
+    text = os.environ.get(RESCUE_INTERVAL_ENV)
+    if text is None:
+        return DEFAULT_RESCUE_INTERVAL
+    try:
+        return seconds(RESCUE_INTERVAL_ENV, float(text), positive=True)
+    except ValueError:
+        raise ValueError(
+            f"{RESCUE_INTERVAL_ENV}={text!r} must be a finite number of seconds > 0"
+        ) from None
+
+
 class ChimewayWorkerMixin(BaseWorker):
     """What makes an RQ worker a chimeway worker; mix it in before an RQ worker class.
 
@@ -486,11 +498,9 @@ class ChimewayWorkerMixin(BaseWorker):
         **kwargs: Any,
     ) -> None:
         if rescue_interval is None:
-            rescue_interval = float(os.environ.get(RESCUE_INTERVAL_ENV, DEFAULT_RESCUE_INTERVAL))
-        if not rescue_interval > 0:
-            raise ValueError(f"rescue_interval must be positive, got {rescue_interval!r}")
+            rescue_interval = _rescue_interval_from_env()
         # Set before RQ's __init__, which reads dequeue_timeout.
-        self.rescue_interval = rescue_interval
+        self.rescue_interval = seconds("rescue_interval", rescue_interval, positive=True)
         self._next_rescue = time.monotonic()
         requested = kwargs.get("serializer")
         if requested is not None and resolve_serializer(requested) is not JSONSerializer:

@@ -40,7 +40,6 @@ write-ahead attempt, and the record.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import socket
@@ -55,6 +54,7 @@ import attrs
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from chimeway_core._checks import seconds, whole
 from chimeway_core.channels.base import Channel, DeliveryGuarantee
 from chimeway_core.clock import Clock, SystemClock, ensure_aware
 from chimeway_core.dispatch import Action, attempt_event, match_row
@@ -201,15 +201,10 @@ class Chimeway:
         requeue_after: float = 300.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        if not math.isfinite(lease_margin) or lease_margin <= 0:
-            raise ValueError(
-                f"lease_margin must be a finite number of seconds > 0, got {lease_margin!r}"
-            )
-        for name, value in (("relay_grace", relay_grace), ("requeue_after", requeue_after)):
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-        if type(max_deferrals) is not int or max_deferrals < 0:
-            raise ValueError(f"max_deferrals must be an int >= 0, got {max_deferrals!r}")
+        seconds("lease_margin", lease_margin, positive=True)
+        seconds("relay_grace", relay_grace)
+        seconds("requeue_after", requeue_after)
+        whole("max_deferrals", max_deferrals, minimum=0)
         _check_parts(store, backend, clock, telemetry, rand)
         _check_channels(channels)
         for policy in policies:
@@ -640,19 +635,14 @@ class Chimeway:
         """Hand committed outbox rows older than ``grace`` seconds to the backend.
 
         Returns the number relayed. Safe with several relays at once.
-        ``batch_size`` must be an int >= 1 and ``grace`` a finite number of
-        seconds >= 0 (:class:`ValueError` otherwise, before anything is sent).
+        ``batch_size`` must be an int >= 1 (0 would loop for ever: a batch
+        ends the relay only when it is short) and ``grace`` a finite number of
+        seconds >= 0; otherwise :class:`TypeError` (not a number) or
+        :class:`ValueError` (out of range), before anything is sent.
         """
-        if grace is not None and (
-            isinstance(grace, bool)
-            or not isinstance(grace, int | float)
-            or not math.isfinite(grace)
-            or grace < 0
-        ):
-            raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            # 0 would loop for ever: every batch is "short" only below batch_size.
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if grace is not None:
+            seconds("grace", grace)
+        whole("batch_size", batch_size, minimum=1)
         self.flush_outbox()
         now = self.clock.now()
         window = self.relay_grace if grace is None else timedelta(seconds=grace)
@@ -776,14 +766,8 @@ def _check_channels(channels: object) -> None:
                 f"channel {name!r} must have guarantee, exception_class, timeout and send() "
                 f"(chimeway_core.channels.Channel), not {type(channel).__name__}"
             )
-        timeout = channel.timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise TypeError(
-                f"channel {name!r}: timeout must be a number of seconds, not {timeout!r}"
-            )
-        if not math.isfinite(timeout) or timeout <= 0:
-            # The lease is the timeout plus the margin: it must be a real, positive time.
-            raise ValueError(f"channel {name!r}: timeout must be finite and > 0, got {timeout!r}")
+        # The lease is the timeout plus the margin: it must be a real, positive time.
+        seconds(f"channel {name!r}: timeout", channel.timeout, positive=True)
 
 
 def _check_retries(

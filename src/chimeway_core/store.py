@@ -93,6 +93,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnCollection
 
+from chimeway_core._checks import whole
 from chimeway_core.errors import (
     DeliveryNotFoundError,
     DeliveryTerminalError,
@@ -247,9 +248,7 @@ def _check_id(value: object) -> UUID:
 def _check_limit(name: str, value: object) -> int:
     # LIMIT 0 would make a relay loop forever and a negative one means "no
     # limit" on SQLite but an error on PostgreSQL: refuse both everywhere.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    return whole(name, value, minimum=1)
 
 
 def _check_session(session: object) -> None:

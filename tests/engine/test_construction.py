@@ -42,7 +42,12 @@ WRONG = [
     pytest.param({"channels": {1: FakeChannel()}}, TypeError, "channel name", id="int-name"),
     pytest.param({"channels": {"sms": _NoSend()}}, TypeError, "'sms' must have", id="no-send"),
     pytest.param({"channels": {"sms": _slow("10")}}, TypeError, "timeout must be a", id="str-t"),
-    pytest.param({"channels": {"sms": _slow(0)}}, ValueError, "finite and > 0", id="zero-t"),
+    pytest.param(
+        {"channels": {"sms": _slow(0)}},
+        ValueError,
+        "timeout must be a finite number of seconds > 0",
+        id="zero-t",
+    ),
     pytest.param({"channels": {"sms": _slow(math.inf)}}, ValueError, "finite", id="inf-t"),
     pytest.param({"policies": [object()]}, TypeError, "a policy must have", id="policy"),
     pytest.param({"retry": 3}, TypeError, "retry must be a RetryPolicy", id="retry"),
@@ -58,6 +63,9 @@ WRONG = [
     pytest.param({"relay_grace": -1}, ValueError, "relay_grace", id="grace"),
     pytest.param({"requeue_after": math.nan}, ValueError, "requeue_after", id="requeue"),
     pytest.param({"max_deferrals": -1}, ValueError, "max_deferrals", id="deferrals"),
+    pytest.param({"lease_margin": "30"}, TypeError, "lease_margin must be a number", id="m-s"),
+    pytest.param({"relay_grace": math.inf}, ValueError, "relay_grace must be a finite", id="g-i"),
+    pytest.param({"max_deferrals": 2.0}, TypeError, "max_deferrals must be an int", id="d-f"),
 ]
 
 

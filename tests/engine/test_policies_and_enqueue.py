@@ -361,21 +361,27 @@ def test_notify_many_names_what_is_no_spec_and_an_unknown_channel(
 
 
 @pytest.mark.parametrize(
-    ("arguments", "message"),
+    ("arguments", "error", "message"),
     [
-        ({"batch_size": 0}, "batch_size must be an int >= 1"),
-        ({"batch_size": -1}, "batch_size must be an int >= 1"),
-        ({"grace": -1.0}, "grace must be a finite number"),
-        ({"grace": float("inf")}, "grace must be a finite number"),
+        ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+        ({"batch_size": -1}, ValueError, "batch_size must be an int >= 1"),
+        ({"batch_size": "5"}, TypeError, "batch_size must be an int, not str"),
+        ({"grace": -1.0}, ValueError, "grace must be a finite number"),
+        ({"grace": float("inf")}, ValueError, "grace must be a finite number"),
+        ({"grace": "10"}, TypeError, "grace must be a number of seconds"),
     ],
 )
 def test_relay_refuses_a_batch_size_or_grace_out_of_range(
-    make_engine: MakeEngine, store: SQLStore, arguments: dict[str, float], message: str
+    make_engine: MakeEngine,
+    store: SQLStore,
+    arguments: dict[str, float],
+    error: type[Exception],
+    message: str,
 ) -> None:
-    """relay(batch_size=0) used to loop for ever; it and a negative grace are ValueErrors."""
+    """relay(batch_size=0) used to loop for ever; it and a bad grace are refused up front."""
     engine = make_engine({"sms": FakeChannel()})
     engine.notify("sms", "+15550100")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         engine.relay(**arguments)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit must be an int >= 1"):
         engine.rescue(limit=0)

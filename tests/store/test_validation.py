@@ -180,18 +180,27 @@ def test_a_session_that_is_no_session_is_named(store: SQLStore, now: datetime) -
     assert (0, 0, 0) == _written(store)
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, "5", 2.0])
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (0, ValueError, "must be an int >= 1"),
+        (-1, ValueError, "must be an int >= 1"),
+        (True, TypeError, "must be an int, not bool"),
+        ("5", TypeError, "must be an int, not str"),
+        (2.0, TypeError, "must be an int, not float"),
+    ],
+)
 def test_a_limit_that_is_no_positive_int_is_refused(
-    store: SQLStore, now: datetime, bad: object
+    store: SQLStore, now: datetime, bad: object, error: type[Exception], message: str
 ) -> None:
     """due, expired_claims, relay_outbox: LIMIT 0 or -1 means different things per database."""
-    with pytest.raises(ValueError, match="must be an int >= 1"):
+    with pytest.raises(error, match=f"limit {message}"):
         store.due(now=now, limit=bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="must be an int >= 1"):
+    with pytest.raises(error, match=f"limit {message}"):
         store.expired_claims(now=now, limit=bad)  # type: ignore[arg-type]
     store.create(_spec(), now=now)
     sent: list[object] = []
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+    with pytest.raises(error, match=f"batch_size {message}"):
         store.relay_outbox(sent.extend, batch_size=bad)  # type: ignore[arg-type]
     assert ([], 1) == (sent, store.outbox_size())
 

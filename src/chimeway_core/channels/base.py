@@ -27,9 +27,9 @@ ledger and in operators' logs.
 from __future__ import annotations
 
 import enum
-import math
 from typing import Protocol, runtime_checkable
 
+from chimeway_core._checks import seconds
 from chimeway_core.outcomes import ChannelResult, ErrorClass
 from chimeway_core.records import Delivery
 
@@ -51,11 +51,7 @@ def positive_seconds(name: str, value: object) -> float:
     A channel's constructor checks its timeouts with it, so that a wrong one
     is named there and not met as a lease of no length in a worker.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    return seconds(name, value, positive=True)
 
 
 @runtime_checkable

@@ -73,7 +73,9 @@ def test_satisfies_the_backend_protocol_and_one_backend_per_app() -> None:
         ({"rescue_interval": 0}, ValueError, "rescue_interval"),
         ({"rescue_interval": float("nan")}, ValueError, "rescue_interval"),
         ({"error_retry_delay": -1}, ValueError, "error_retry_delay"),
-        ({"error_retry_delay": "10"}, ValueError, "error_retry_delay"),
+        ({"rescue_interval": float("inf")}, ValueError, "rescue_interval"),
+        ({"rescue_interval": "30"}, TypeError, "rescue_interval must be a number of seconds"),
+        ({"error_retry_delay": "10"}, TypeError, "error_retry_delay must be a number of seconds"),
     ],
 )
 def test_a_wrong_argument_is_refused_by_name(

@@ -277,7 +277,7 @@ def test_stats_accumulate_across_runs() -> None:
     ("arguments", "error", "message"),
     [
         ({"clock": 5}, TypeError, "clock must have now()"),
-        ({"error_retry_delay": 10}, ValueError, "error_retry_delay must be a timedelta"),
+        ({"error_retry_delay": 10}, TypeError, "error_retry_delay must be a timedelta"),
         ({"error_retry_delay": timedelta(seconds=-1)}, ValueError, "error_retry_delay"),
     ],
 )

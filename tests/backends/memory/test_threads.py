@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
 from datetime import timedelta
+
+import pytest
 
 from chimeway_backends.memory import MemoryBackend, MemoryWorker
 from chimeway_core.clock import SystemClock
@@ -138,3 +141,23 @@ def test_run_until_idle_waits_for_real_time() -> None:
     performer = ScriptedPerformer(clock)
     backend.run_until_idle(performer)
     assert performer.calls[0][1] >= begin + timedelta(milliseconds=50)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"poll_interval": math.inf}, ValueError, "poll_interval must be a finite number"),
+        ({"poll_interval": 0}, ValueError, "poll_interval must be a finite number of seconds > 0"),
+        ({"tick_interval": math.nan}, ValueError, "tick_interval must be a finite number"),
+        ({"tick_interval": "30"}, TypeError, "tick_interval must be a number of seconds"),
+        ({"concurrency": 2.0}, TypeError, "concurrency must be an int"),
+        ({"concurrency": 0}, ValueError, "concurrency must be an int >= 1"),
+    ],
+)
+def test_a_worker_with_an_unusable_interval_is_refused_when_built(
+    arguments: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """An infinite poll interval used to pass and crash the worker thread's first wait."""
+    backend = MemoryBackend()
+    with pytest.raises(error, match=message):
+        MemoryWorker(backend, ScriptedPerformer(backend.clock), **arguments)  # type: ignore[arg-type]

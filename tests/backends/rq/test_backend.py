@@ -52,8 +52,9 @@ def test_satisfies_the_backend_protocol(redis_conn: redis.Redis, queue_name: str
         ({"connection": redis_url(REDIS_TEST_DB)}, TypeError, "connection must be a redis.Redis"),
         ({"queue_name": ""}, ValueError, "queue_name must be a non-empty str"),
         ({"job_timeout": 0}, ValueError, "job_timeout must be an int >= 1"),
-        ({"result_ttl": -2}, ValueError, "result_ttl must be None or an int >= -1"),
-        ({"failure_ttl": 1.5}, ValueError, "failure_ttl must be None or an int >= -1"),
+        ({"job_timeout": 1.5}, TypeError, "job_timeout must be an int, not float"),
+        ({"result_ttl": -2}, ValueError, "result_ttl must be an int >= -1"),
+        ({"failure_ttl": 1.5}, TypeError, "failure_ttl must be an int, not float"),
     ],
 )
 def test_a_wrong_argument_is_refused_by_name(

@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 from chimeway_backends.memory import MemoryBackend
 from chimeway_backends.rq import (
     APP_ENV,
+    RESCUE_INTERVAL_ENV,
     ChimewaySimpleWorker,
     RQBackend,
     current_engine,
@@ -270,6 +271,39 @@ def test_a_worker_needs_an_rq_engine_and_a_chimeway_class(
         run_worker(engine, burst=True, worker_class=rq.worker.HerokuWorker)
     with pytest.raises(ValueError, match="rescue_interval"):
         run_worker(engine, burst=True, rescue_interval=0)
+
+
+@pytest.mark.parametrize(
+    ("given", "environment", "error", "message"),
+    [
+        (float("inf"), None, ValueError, "rescue_interval must be a finite number"),
+        ("30", None, TypeError, "rescue_interval must be a number of seconds"),
+        (None, "soon", ValueError, "CHIMEWAY_RESCUE_INTERVAL='soon' must be a finite number"),
+        (None, "inf", ValueError, "CHIMEWAY_RESCUE_INTERVAL='inf' must be a finite number"),
+        (None, "-5", ValueError, "CHIMEWAY_RESCUE_INTERVAL='-5' must be a finite number"),
+    ],
+)
+def test_a_rescue_interval_that_is_no_finite_positive_time_is_refused(
+    sqlite_store: SQLStore,
+    redis_conn: redis.Redis,
+    queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    given: object,
+    environment: str | None,
+    error: type[Exception],
+    message: str,
+) -> None:
+    """An infinite interval used to pass and crash in RQ's dequeue; a bad variable is named."""
+    engine = Chimeway(sqlite_store, RQBackend(redis_conn, queue_name), {"sms": FakeChannel()})
+    if environment is not None:
+        monkeypatch.setenv(RESCUE_INTERVAL_ENV, environment)
+    with pytest.raises(error, match=message):
+        ChimewaySimpleWorker(
+            [queue_name],
+            connection=redis_conn,
+            engine=engine,
+            rescue_interval=given,  # type: ignore[arg-type]
+        )
 
 
 def test_a_deferral_waits_without_an_attempt(make_engine: MakeEngine) -> None:
