@@ -18,13 +18,13 @@ into the ledger.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final, TypeAlias
 
 import attrs
 
+from chimeway_core._checks import seconds
 from chimeway_core.errors import OutcomeUnknownError
 
 __all__ = [
@@ -73,8 +73,15 @@ def _frozen_mapping(value: Mapping[str, object] | None) -> Mapping[str, object]:
 
 
 def _check_retry_after(_: object, __: attrs.Attribute[float | None], value: float | None) -> None:
-    if value is not None and (not math.isfinite(value) or value < 0):
-        raise ValueError(f"retry_after must be a finite number of seconds >= 0, got {value!r}")
+    if value is not None:
+        seconds("retry_after", value)
+
+
+def _check_message(_: object, __: attrs.Attribute[str], value: str) -> None:
+    # Checked when the channel builds the value, inside send(): a wrong one is
+    # then that call's own failure, never a crash while recording the attempt.
+    if not isinstance(value, str):
+        raise TypeError(f"message must be a str, not {type(value).__name__}")
 
 
 @attrs.frozen
@@ -90,7 +97,7 @@ class Sent:
 class TemporaryFailure:
     """A failure worth retrying; ``retry_after`` is the provider's hint in seconds."""
 
-    message: str = ""
+    message: str = attrs.field(default="", validator=_check_message)
     retry_after: float | None = attrs.field(default=None, validator=_check_retry_after)
     provider_response: Mapping[str, object] = attrs.field(
         default=None, converter=_frozen_mapping, kw_only=True
@@ -101,7 +108,7 @@ class TemporaryFailure:
 class PermanentFailure:
     """The provider refused the notification for good; retrying cannot help."""
 
-    message: str = ""
+    message: str = attrs.field(default="", validator=_check_message)
     provider_response: Mapping[str, object] = attrs.field(
         default=None, converter=_frozen_mapping, kw_only=True
     )
@@ -111,7 +118,7 @@ class PermanentFailure:
 class Bounced:
     """The recipient address does not exist or rejects everything."""
 
-    message: str = ""
+    message: str = attrs.field(default="", validator=_check_message)
     provider_response: Mapping[str, object] = attrs.field(
         default=None, converter=_frozen_mapping, kw_only=True
     )

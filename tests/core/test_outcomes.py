@@ -78,6 +78,24 @@ def test_retry_after_is_validated(bad: float) -> None:
         TemporaryFailure(retry_after=bad)
 
 
+@pytest.mark.parametrize("bad", ["5", True, None])
+def test_retry_after_of_the_wrong_kind_is_a_type_error(bad: object) -> None:
+    """retry_after is a number of seconds or None; a str or a bool is named."""
+    if bad is None:
+        assert TemporaryFailure(retry_after=None).retry_after is None
+        return
+    with pytest.raises(TypeError, match="retry_after must be a number of seconds"):
+        TemporaryFailure(retry_after=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", [TemporaryFailure, PermanentFailure, Bounced])
+@pytest.mark.parametrize("bad", [123, b"busy", None])
+def test_a_failure_message_must_be_a_str(kind: type[object], bad: object) -> None:
+    """A message of another kind is refused when the value is built (inside send())."""
+    with pytest.raises(TypeError, match="message must be a str"):
+        kind(bad)  # type: ignore[call-arg]
+
+
 def test_provider_response_must_be_a_mapping() -> None:
     """A provider_response that is not a mapping is a TypeError."""
     with pytest.raises(TypeError, match="provider_response must be a mapping"):

@@ -10,6 +10,7 @@ import pytest
 from chimeway_backends.memory import MemoryBackend
 from chimeway_core import (
     Bounced,
+    CallableChannel,
     DeliveryStatus,
     JobKind,
     Outcome,
@@ -73,6 +74,32 @@ def test_permanent_and_bounce_cancel_after_one_attempt(
     assert (DeliveryStatus.CANCELLED, reason) == (after.delivery.status, after.delivery.reason)
     assert 1 == len(after.attempts)
     assert 1 == len(channel.calls)
+
+
+def test_a_failure_built_with_a_wrong_message_is_that_attempts_own_failure(
+    make_engine: MakeEngine, backend: MemoryBackend
+) -> None:
+    """TemporaryFailure(123) used to crash the record and leave the attempt in flight.
+
+    Now building it raises inside send(): the attempt is recorded as a
+    temporary failure naming the mistake, and the delivery goes on retrying.
+    """
+
+    def send(_delivery: object, _key: str) -> object:
+        return TemporaryFailure(123)  # type: ignore[arg-type]
+
+    engine = make_engine({"sms": CallableChannel(send)})
+    delivery = engine.notify("sms", "+15550100")
+    backend.run_until_idle(engine, fail_fast=True)
+    history = engine.get(delivery.id)
+    assert (DeliveryStatus.CANCELLED, "retries_exhausted") == (
+        history.delivery.status,
+        history.delivery.reason,
+    )
+    first = history.attempts[0]
+    assert (Outcome.FAILED, "temporary") == (first.outcome, first.error_class)
+    assert "TypeError: message must be a str, not int" == first.error
+    assert all(attempt.finished_at is not None for attempt in history.attempts)
 
 
 def test_always_temporary_exhausts_at_max_attempts_and_acks(
