@@ -120,15 +120,20 @@ class Mix:
     def __attrs_post_init__(self) -> None:
         if set(self.weights) != set(Profile):
             raise ValueError("a mix has one weight per profile")
-        if not sum(self.weights.values()) > 0:
+        total = sum(self.weights.values())
+        if not total > 0:
             raise ValueError("a mix needs at least one positive weight")
+        if not math.isfinite(total):
+            # Each weight is finite but their sum overflowed: every share would be 0.
+            raise ValueError("the mix's weights must add up to a finite number; use smaller ones")
 
     @classmethod
     def parse(cls, text: str) -> Mix:
         """Parse ``"success=70,temporary=10,..."``; profiles not named get weight 0.
 
         Raises :class:`ValueError` with a one-line message for an unknown
-        profile, a repeated one, a malformed pair or a negative weight.
+        profile, a repeated one, a malformed pair, a negative weight, or
+        weights whose sum is not a finite number > 0.
         """
         weights = dict.fromkeys(Profile, 0.0)
         seen: set[Profile] = set()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,39 @@ def test_upgrade_is_idempotent_and_reads_the_environment(tmp_path: Path, invoke:
     assert second.stdout.startswith(f"{url} is at chimeway revision 0001; tables: ")
     assert TABLES == _tables(url)
     assert 0 == invoke("inspect", "--db", url).code
+
+
+def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path: Path, invoke: Invoke) -> None:
+    """A migration that fails on SQLite rolls back whole: no table, no version row is left."""
+    path = tmp_path / "ledger.sqlite3"
+    url = f"sqlite:///{path}"
+    _execute(path, "CREATE TABLE chimeway_outbox (x INTEGER)")
+    failed = invoke("db", "upgrade", "--db", url)
+    assert 1 == failed.code, failed.stderr
+    assert "table chimeway_outbox already exists" in failed.stderr
+    assert ["chimeway_outbox"] == _all_tables(url)
+    _execute(path, "DROP TABLE chimeway_outbox")
+    again = invoke("db", "upgrade", "--db", url)
+    assert (0, "") == (again.code, again.stderr)
+    assert TABLES == _tables(url)
+
+
+def test_a_refused_revision_touches_no_database(tmp_path: Path, invoke: Invoke) -> None:
+    """--revision is checked before connecting: no SQLite file is created for a bad one."""
+    path = tmp_path / "ledger.sqlite3"
+    result = invoke("db", "upgrade", "--db", f"sqlite:///{path}", "--revision", "head-1")
+    assert 2 == result.code
+    assert not path.exists()
+
+
+def _execute(path: Path, statement: str) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(statement)
+
+
+def _all_tables(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        return sorted(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

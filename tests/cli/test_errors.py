@@ -10,15 +10,27 @@ fail the test.
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from chimeway_core.cli import main
-from tests.cli.conftest import APP_MODULE, Result, run, sqlite_ledger
+from chimeway_core.cli import ExitCode, main
+from chimeway_core.cli.config import database_failure
+from tests.cli.conftest import (
+    APP_MODULE,
+    COMMAND,
+    Invoke,
+    Result,
+    command_env,
+    run,
+    sqlite_ledger,
+)
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/chimeway"
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
@@ -37,6 +49,8 @@ class Case:
     env: tuple[tuple[str, str], ...] = ()
     hide: tuple[str, ...] = ()
     """Modules made unimportable (in-process cases only)."""
+    files: tuple[tuple[str, str], ...] = ()
+    """Files (name, text) written in the working directory first (in-process cases only)."""
 
     def argv(self, ledger: str) -> list[str]:
         """The arguments, with the ledger's URL in place."""
@@ -212,8 +226,22 @@ IN_PROCESS = [
         "malformed broker URL from the environment",
         _worker("memory", f"{APP_MODULE}:memory_engine"),
         2,
-        "malformed --broker-url",
+        "malformed CHIMEWAY_BROKER_URL 'nonsense'",
         (("CHIMEWAY_BROKER_URL", "nonsense"),),
+    ),
+    Case(
+        "malformed Redis URL from the environment",
+        ("relay", "--app", "x:y"),
+        2,
+        "malformed CHIMEWAY_REDIS_URL 'bad'",
+        (("CHIMEWAY_REDIS_URL", "bad"),),
+    ),
+    Case(
+        "empty --redis-url is not the environment's",
+        ("relay", "--app", "x:y", "--redis-url", ""),
+        2,
+        "malformed --redis-url ''",
+        (("CHIMEWAY_REDIS_URL", "redis://127.0.0.1:1/0"),),
     ),
     Case("zero worker threads", _worker("memory", "x:y", "--concurrency", "0"), 2, "--concurrency"),
     Case(
@@ -240,6 +268,177 @@ IN_PROCESS = [
     Case("negative mix weight", ("demo", "--mix", "success=-1"), 2, "finite number >= 0"),
     Case("no deliveries", ("demo", "-n", "0"), 2, "between 1 and"),
     Case("reset without --db", ("demo", "--reset"), 2, "--reset needs --db"),
+    Case(
+        "mix whose sum overflows",
+        ("demo", "-n", "200", "--mix", "success=1e308,permanent=1e308"),
+        2,
+        "must add up to a finite number",
+    ),
+    Case(
+        "unknown option of a command",
+        ("demo", "--bogus"),
+        2,
+        "chimeway demo: error: unrecognized arguments: --bogus",
+    ),
+    Case(
+        "unknown option of db upgrade",
+        ("db", "upgrade", "--bogus"),
+        2,
+        "chimeway db upgrade: error: unrecognized arguments: --bogus",
+    ),
+    Case(
+        "password in the query string never echoed",
+        ("inspect", "--db", f"{UNREACHABLE}?password=s3cret&sslpassword=s3cret"),
+        3,
+        "?password=***&sslpassword=***",
+    ),
+    Case(
+        "password in a malformed URL's query string never echoed",
+        ("inspect", "--db", "not a url?token=s3cret"),
+        2,
+        "?token=***",
+    ),
+    Case(
+        "password with an unencoded @",
+        ("inspect", "--db", "postgresql://u:pa@s3cret@127.0.0.1/db"),
+        2,
+        "postgresql://u:***@127.0.0.1/db': an '@' in the password must be written %40",
+    ),
+    Case(
+        "malformed URL whose password holds an @",
+        ("inspect", "--db", "post gresql://u:pa@s3cret@h/db"),
+        2,
+        "'post gresql://u:***@h/db'",
+    ),
+    Case(
+        "port out of range",
+        ("inspect", "--db", "postgresql://postgres@127.0.0.1:99999/test"),
+        2,
+        "invalid port 99999",
+    ),
+    Case(
+        "negative port",
+        ("inspect", "--db", "postgresql://postgres@127.0.0.1:-1/test"),
+        2,
+        "invalid port -1",
+    ),
+    Case(
+        "connection parameter libpq refuses",
+        ("inspect", "--db", "postgresql://postgres@127.0.0.1:1/test?sslmode=bogus"),
+        2,
+        "cannot use the database",
+    ),
+    Case(
+        "unknown connection option",
+        ("inspect", "--db", "postgresql://postgres@127.0.0.1:1/test?bogusparam=1"),
+        2,
+        'invalid connection option "bogusparam"',
+    ),
+    Case(
+        "psycopg2 missing",
+        ("inspect", "--db", "postgresql+psycopg2://u@h/db"),
+        2,
+        "or use postgresql+psycopg://",
+        hide=("psycopg2",),
+    ),
+    Case(
+        "SQLite URL parameter the driver refuses",
+        ("inspect", "--db", "sqlite:///ledger.db?timeout=abc"),
+        2,
+        "invalid URL parameter timeout='abc'",
+        files=(("ledger.db", ""),),
+    ),
+    Case(
+        "SQLite file that is not a database",
+        ("inspect", "--db", "sqlite:///notes.txt"),
+        2,
+        "cannot use the database sqlite:///notes.txt: file is not a database",
+        files=(("notes.txt", "not a database, " * 100),),
+    ),
+    Case(
+        "explicitly empty --db",
+        ("cancel", MISSING_ID, "--db", ""),
+        2,
+        "--db is empty",
+        (("CHIMEWAY_DATABASE_URL", "sqlite:///elsewhere.db"),),
+    ),
+    Case(
+        "explicitly empty --db of a worker",
+        _worker("memory", f"{APP_MODULE}:memory_engine", "--db", ""),
+        2,
+        "--db is empty",
+    ),
+    Case(
+        "upgrade to an empty revision",
+        ("db", "upgrade", "--db", "sqlite:///new.db", "--revision", ""),
+        2,
+        "--revision: revision '' is not an upgrade target",
+    ),
+    Case(
+        "upgrade to a downgrade target",
+        ("db", "upgrade", "--db", "sqlite:///new.db", "--revision", "head-1"),
+        2,
+        "--revision: revision 'head-1' is not an upgrade target",
+    ),
+    Case(
+        "upgrade to an unknown revision",
+        ("db", "upgrade", "--db", "sqlite:///new.db", "--revision", "bogus"),
+        2,
+        "revision 'bogus' is not one of chimeway's",
+    ),
+    Case(
+        "upgrade past the last migration",
+        ("db", "upgrade", "--db", "sqlite:///new.db", "--revision", "+9"),
+        2,
+        "chimeway has only",
+    ),
+    Case("upgrade of in-memory SQLite", ("db", "upgrade", "--db", "sqlite://"), 2, "in-memory"),
+    Case("infinite relay grace", ("relay", "--app", "x:y", "--grace", "inf"), 2, "--grace"),
+    Case("relay grace past datetime", ("relay", "--app", "x:y", "--grace", "1e11"), 2, "at most"),
+    Case("NaN relay grace", ("relay", "--app", "x:y", "--grace", "nan"), 2, "finite"),
+    Case("infinite worker grace", _worker("memory", "x:y", "--grace", "inf"), 2, "--grace"),
+    Case("worker grace past a wait", _worker("memory", "x:y", "--grace", "1e10"), 2, "at most"),
+    Case(
+        "tick interval past a wait",
+        _worker("memory", "x:y", "--tick-interval", "1e10"),
+        2,
+        "--tick-interval must be a finite number of seconds > 0 and at most",
+    ),
+    Case(
+        "engine from CHIMEWAY_APP",
+        ("worker", "--backend", "memory"),
+        2,
+        f"--app {APP_MODULE}:missing: module '{APP_MODULE}' has no attribute 'missing'",
+        (("CHIMEWAY_APP", f"{APP_MODULE}:missing"),),
+    ),
+    Case(
+        "relay on a missing SQLite file",
+        ("relay", "--app", f"{APP_MODULE}:memory_engine", "--db", "sqlite:///nope.db"),
+        2,
+        "no SQLite database at 'nope.db'",
+    ),
+    Case(
+        "worker on a database without chimeway's tables",
+        _worker("rq", f"{APP_MODULE}:rq_engine", "--db", "sqlite:///empty.db"),
+        2,
+        "has no chimeway tables",
+        (("CHIMEWAY_REDIS_URL", "redis://127.0.0.1:1/0"),),
+        files=(("empty.db", ""),),
+    ),
+    Case(
+        "relay with Redis unreachable",
+        ("relay", "--app", f"{APP_MODULE}:rq_engine", "--db", LEDGER),
+        3,
+        "cannot reach Redis",
+        (("CHIMEWAY_REDIS_URL", "redis://127.0.0.1:1/0"),),
+    ),
+    Case(
+        "rescue with the Celery broker unreachable",
+        ("rescue", "--app", f"{APP_MODULE}:celery_engine", "--db", LEDGER),
+        3,
+        "cannot reach the Celery broker",
+        (("CHIMEWAY_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//"),),
+    ),
 ]
 
 
@@ -255,6 +454,9 @@ def test_bad_configuration_in_process(
     """main() returns the documented code after one line on stderr and nothing on stdout."""
     for name in ("CHIMEWAY_DATABASE_URL", "CHIMEWAY_REDIS_URL", "CHIMEWAY_BROKER_URL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CHIMEWAY_APP", raising=False)
+    for name, text in case.files:
+        (tmp_path / name).write_text(text)
     for name, value in case.env:
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
@@ -271,3 +473,55 @@ def test_bad_configuration_in_process(
     assert case.says in err
     assert "" == out
     assert "s3cret" not in err
+
+
+def test_a_ledger_missing_one_table_is_a_configuration_error(
+    tmp_path: Path, invoke: Invoke
+) -> None:
+    """chimeway's tables but not the outbox: exit 2 naming the missing table, not 3."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE chimeway_outbox")
+    store.engine.dispose()
+    result = invoke("inspect", "--db", url)
+    assert 2 == result.code
+    assert [
+        f"chimeway: error: {url} lacks chimeway's table(s) chimeway_outbox; "
+        "create them with: chimeway db upgrade --db URL"
+    ] == result.stderr.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("no such table: chimeway_outbox", ExitCode.USAGE),
+        ("file is not a database", ExitCode.USAGE),
+        ("attempt to write a readonly database", ExitCode.USAGE),
+        ("database is locked", ExitCode.UNREACHABLE),
+    ],
+)
+def test_sqlite_errors_in_the_middle_of_a_command(message: str, code: ExitCode) -> None:
+    """A SQLite file is configuration, not a service: only a lock held too long is exit 3."""
+    error = OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
+    failure = database_failure(error)
+    assert (code, True) == (failure.code, failure.message.endswith(message))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """stdout on a full disk: exit 1 with one line on stderr, no traceback."""
+    with Path("/dev/full").open("w") as full:
+        done = subprocess.run(
+            [*COMMAND, "table"],
+            cwd=tmp_path,
+            env=command_env(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert 1 == done.returncode
+    assert [
+        "chimeway: error: cannot write the output: No space left on device"
+    ] == done.stderr.splitlines()

@@ -180,3 +180,22 @@ def test_a_malformed_option_is_a_usage_error(
     result = invoke("selftest", *args)
     assert 2 == result.code
     assert [message] == result.stderr_lines
+
+
+@pytest.mark.parametrize(
+    ("pytest_args", "says"),
+    [
+        (("--", "--no-such-flag"), "pytest refused the arguments passed to it: --no-such-flag"),
+        (("no_such_file.py",), "pytest refused the arguments passed to it: no_such_file.py"),
+        (("--", "-k", "no_test_is_named_so"), "no test ran"),
+    ],
+    ids=["unknown flag", "missing file", "nothing selected"],
+)
+def test_selftest_arguments_pytest_refuses_are_a_usage_error(
+    pytest_args: tuple[str, ...], says: str, tmp_path: Path
+) -> None:
+    """pytest's usage error (4) and "no tests ran" (5) are exit 2, not "a test failed"."""
+    result = run("selftest", *pytest_args, cwd=tmp_path)
+    assert 2 == result.code, result.stderr
+    assert result.stderr_lines[-1].startswith(f"chimeway selftest: error: {says}")
+    assert "Traceback" not in result.stderr

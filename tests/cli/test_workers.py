@@ -13,6 +13,7 @@ from uuid import UUID
 
 import pytest
 
+from chimeway_core.cli import workers
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
 from tests.cli.conftest import APP_MODULE, Invoke, add_deliveries, sqlite_ledger, start
@@ -230,4 +231,68 @@ def test_rescue_resolves_a_dead_workers_attempt(
         history.attempts[0].outcome and history.attempts[0].outcome.value,
     )
     assert [delivery_id] == record.read_text().split()
+    store.engine.dispose()
+
+
+def test_relay_with_redis_down_reports_it_and_keeps_the_outbox(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """Redis unreachable with rows waiting: exit 3 in one line; the rows stay for the next pass."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 3)
+    args = ("relay", "--app", f"{APP_MODULE}:rq_engine", "--db", url, "--grace", "0")
+    env = {"CHIMEWAY_REDIS_URL": "redis://127.0.0.1:1/0"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        checked = invoke(*args, env=env)
+        # Redis going away after the check, while the rows are handed over.
+        patch.setattr(workers, "check_queue", lambda engine: None)
+        midway = invoke(*args, env=env)
+    for result in (checked, midway):
+        assert (3, "") == (result.code, result.stdout)
+        assert [
+            "chimeway: error: cannot reach Redis: Error 111 connecting to 127.0.0.1:1. "
+            "Connection refused."
+        ] == result.stderr.splitlines()
+    assert 3 == store.outbox_size()
+    store.engine.dispose()
+
+
+def test_one_off_commands_create_no_sqlite_file(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """relay, rescue and worker refuse a SQLite file that does not exist, and do not create it."""
+    path = tmp_path / "nope.sqlite3"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        results = [
+            invoke(
+                *command,
+                "--app",
+                f"{APP_MODULE}:recording_engine",
+                "--db",
+                f"sqlite:///{path}",
+                env={"RECORD_PATH": str(tmp_path / "enqueued.txt")},
+            )
+            for command in (("relay",), ("rescue",), ("worker", "--backend", "memory"))
+        ]
+    for result in results:
+        assert 2 == result.code
+        assert f"no SQLite database at '{path}'" in result.stderr
+    assert not path.exists()
+
+
+def test_relay_finds_the_engine_in_chimeway_app(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """Without --app the engine comes from CHIMEWAY_APP, as docs/operations.md says."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 2)
+    record = tmp_path / "enqueued.txt"
+    env = {"CHIMEWAY_APP": f"{APP_MODULE}:recording_engine", "RECORD_PATH": str(record)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        result = invoke("relay", "--db", url, "--json", env=env)
+    assert (0, "") == (result.code, result.stderr)
+    assert {"relayed": 2} == json.loads(result.stdout)
     store.engine.dispose()

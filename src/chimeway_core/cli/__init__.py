@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from chimeway_core.cli import db, demo, ledger, selftest, table, workers
 from chimeway_core.cli.config import database_failure
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import warn
+from chimeway_core.cli.output import OutputError, warn
 from chimeway_core.cli.parser import Parser
 
 __all__ = ["CliError", "ExitCode", "build_parser", "main"]
@@ -32,6 +32,7 @@ environment:
   CHIMEWAY_DATABASE_URL  the database when --db is not given (not read by the demo)
   CHIMEWAY_REDIS_URL     the Redis URL when --redis-url is not given
   CHIMEWAY_BROKER_URL    the broker URL when --broker-url is not given
+  CHIMEWAY_APP           the engine of worker, relay, rescue when --app is not given
 
 exit status:
   0  ok
@@ -71,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``chimeway`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_command(argv)
         return int(args.handler(args))
+    except OutputError as error:
+        warn(error.line())
+        _silence_stdout()
+        return int(error.code)
     except CliError as error:
         warn(error.line())
         return int(error.code)
@@ -87,8 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn("chimeway: interrupted")
         return 130
     except BrokenPipeError:
-        # The reader went away (``chimeway inspect | head``): stop quietly, and
-        # keep Python from complaining when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        # The reader went away (``chimeway inspect | head``): stop quietly.
+        _silence_stdout()
         return int(ExitCode.PROBLEM)
+
+
+def _silence_stdout() -> None:
+    # What is left in stdout's buffer would fail again when Python flushes it
+    # at exit, with a complaint of its own.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

@@ -10,7 +10,9 @@ first and in one line. A new backend plugs in with one entry.
 Each runner checks that the application's engine really queues on its
 backend and that the queue's service answers (exit 3 otherwise), then runs
 the adapter's own worker until SIGINT or SIGTERM; RQ and Celery handle those
-signals themselves (a warm shutdown: running jobs finish).
+signals themselves (a warm shutdown: running jobs finish). The one-off
+``relay`` and ``rescue`` make the same check with :func:`check_queue`, and
+run inside :func:`queue_failures`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from types import FrameType, MappingProxyType
-from typing import Final
+from types import FrameType, MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -34,11 +36,17 @@ from chimeway_core.engine import Chimeway
 from chimeway_core.errors import MissingExtraError
 from chimeway_core.telemetry import LoggingSubscriber
 
+if TYPE_CHECKING:
+    from chimeway_backends.celery import CeleryBackend
+    from chimeway_backends.rq import RQBackend
+
 __all__ = [
     "BACKENDS",
     "RunWorker",
     "WorkerBackend",
     "WorkerOptions",
+    "check_queue",
+    "queue_failures",
     "require",
     "run_celery",
     "run_memory",
@@ -161,10 +169,72 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     return ExitCode.OK
 
 
-def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
-    """Run :func:`chimeway_backends.rq.run_worker` (forking, with RQ's scheduler)."""
+def _reach_redis(backend: RQBackend) -> None:
     import redis  # noqa: PLC0415 -- optional: the "rq" extra
 
+    try:
+        backend.connection.ping()
+    except redis.RedisError as error:
+        raise CliError(f"cannot reach Redis: {error}", ExitCode.UNREACHABLE) from None
+
+
+def _reach_broker(backend: CeleryBackend) -> None:
+    from kombu.exceptions import OperationalError  # noqa: PLC0415 -- optional: "celery"
+
+    try:
+        with backend.app.connection_for_write() as connection:
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, timeout=_BROKER_CONNECT_TIMEOUT
+            )
+    except (OperationalError, OSError) as error:
+        raise CliError(f"cannot reach the Celery broker: {error}", ExitCode.UNREACHABLE) from None
+
+
+def _adapter(name: str) -> ModuleType | None:
+    # An engine on an RQ or Celery backend has imported its adapter already:
+    # looking in sys.modules imports no optional dependency.
+    return sys.modules.get(f"chimeway_backends.{name}")
+
+
+def check_queue(engine: Chimeway) -> None:
+    """Raise :class:`CliError` (unreachable) unless the service ``engine`` queues on answers.
+
+    Redis for an RQ backend, the broker for a Celery one; other backends
+    are not checked.
+    """
+    rq, celery = _adapter("rq"), _adapter("celery")
+    if rq is not None and isinstance(engine.backend, rq.RQBackend):
+        _reach_redis(engine.backend)
+    elif celery is not None and isinstance(engine.backend, celery.CeleryBackend):
+        _reach_broker(engine.backend)
+
+
+@contextlib.contextmanager
+def queue_failures(engine: Chimeway) -> Iterator[None]:
+    """Report Redis or the Celery broker failing inside the block as unreachable (exit 3).
+
+    :func:`check_queue` found the service up; it can still go away before
+    the last job is handed over.
+    """
+    rq, celery = _adapter("rq"), _adapter("celery")
+    errors: tuple[type[BaseException], ...] = ()
+    service = ""
+    if rq is not None and isinstance(engine.backend, rq.RQBackend):
+        import redis  # noqa: PLC0415 -- optional: the "rq" extra
+
+        errors, service = (redis.RedisError,), "Redis"
+    elif celery is not None and isinstance(engine.backend, celery.CeleryBackend):
+        from kombu.exceptions import OperationalError  # noqa: PLC0415 -- optional: "celery"
+
+        errors, service = (OperationalError,), "the Celery broker"
+    try:
+        yield
+    except errors as error:
+        raise CliError(f"cannot reach {service}: {error}", ExitCode.UNREACHABLE) from None
+
+
+def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
+    """Run :func:`chimeway_backends.rq.run_worker` (forking, with RQ's scheduler)."""
     from chimeway_backends import rq as adapter  # noqa: PLC0415 -- optional: the "rq" extra
 
     backend = engine.backend
@@ -175,10 +245,7 @@ def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
             "--backend rq: an RQ worker runs one job at a time; start more workers "
             "instead of --concurrency"
         )
-    try:
-        backend.connection.ping()
-    except redis.RedisError as error:
-        raise CliError(f"cannot reach Redis: {error}", ExitCode.UNREACHABLE) from None
+    _reach_redis(backend)
     _start_logging(engine, options)
     echo(
         f"chimeway worker: rq backend, queue {backend.queue_name!r}, app {options.app}; "
@@ -193,20 +260,12 @@ def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
 
 def run_celery(engine: Chimeway, options: WorkerOptions) -> int:
     """Run :func:`chimeway_backends.celery.run_worker` on the backend's queue."""
-    from kombu.exceptions import OperationalError  # noqa: PLC0415 -- optional: "celery"
-
     from chimeway_backends import celery as adapter  # noqa: PLC0415 -- optional: "celery"
 
     backend = engine.backend
     if not isinstance(backend, adapter.CeleryBackend):
         raise _wrong_backend("celery", options, engine, "chimeway_backends.celery.CeleryBackend")
-    try:
-        with backend.app.connection_for_write() as connection:
-            connection.ensure_connection(
-                max_retries=1, interval_start=0, timeout=_BROKER_CONNECT_TIMEOUT
-            )
-    except (OperationalError, OSError) as error:
-        raise CliError(f"cannot reach the Celery broker: {error}", ExitCode.UNREACHABLE) from None
+    _reach_broker(backend)
     _start_logging(engine, options)
     code = adapter.run_worker(
         engine,

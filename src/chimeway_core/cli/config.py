@@ -5,14 +5,17 @@ checked before anything connects: it must parse, name PostgreSQL or SQLite,
 and have its driver installed; ``postgresql://`` and ``postgres://`` mean
 ``postgresql+psycopg://`` (the ``postgres`` extra). Connecting then tells a
 database that is down (:attr:`ExitCode.UNREACHABLE`) from one that answered
-with a refusal — wrong database name, password, a SQLite file that cannot be
-opened (:attr:`ExitCode.USAGE`). No message repeats a password.
+with a refusal — wrong database name, password, a bad connection parameter,
+a SQLite file that cannot be opened or is not a database
+(:attr:`ExitCode.USAGE`). No message repeats a password, whether it is in the
+URL's user part or in its query string (``?password=``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -21,7 +24,7 @@ from sqlalchemy import URL, Engine, create_engine, inspect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.schema import DeliveryRow
+from chimeway_core.schema import DeliveryRow, metadata
 from chimeway_core.store import SUPPORTED_BACKENDS, SQLStore
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "ENV_REDIS_URL",
     "check_connection",
     "check_service_url",
+    "check_tables",
     "connection_error",
     "database_failure",
     "database_url",
@@ -50,35 +54,57 @@ ENV_BROKER_URL: Final = "CHIMEWAY_BROKER_URL"
 _DRIVERLESS: Final = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 _CONNECT_TIMEOUT_SECONDS: Final = 5
 _EXAMPLES: Final = "sqlite:///path/to/ledger.sqlite3 or postgresql+psycopg://user@host/dbname"
-_PASSWORD: Final = re.compile(r"(://[^:/@]*:)[^@]*@")
+# Up to the last '@': a password may hold an unencoded '@' (or '/', '?').
+_PASSWORD: Final = re.compile(r"(://[^:/@?]*:).*@")
+_SECRET_PARAMETER: Final = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+_SECRET_QUERY: Final = re.compile(r"([?&][^=&]*(?:pass|pwd|secret|token)[^=&]*=)[^&]*", re.I)
 _SERVER_SEVERITY: Final = re.compile(r"\b(FATAL|ERROR|PANIC):")
+# libpq's complaints about the connection string itself: nothing was reached,
+# but nothing will be until the URL is fixed.
+_BAD_PARAMETER: Final = re.compile(
+    r"\binvalid (?:connection option|port number|[\w ]* value)|missing \"=\" after"
+    r"|unterminated quoted string|could not parse network address"
+)
+_SQLITE_BUSY: Final = re.compile(r"\b(locked|busy)\b")
+_MAX_PORT: Final = 65535
 
 
 def from_env(option: str | None, variable: str, env: Mapping[str, str] | None = None) -> str | None:
-    """The option's value, else the environment variable's (empty counts as unset)."""
-    if option:
+    """The option's value if it was given (even empty), else the variable's (empty: unset)."""
+    if option is not None:
         return option
     value = (os.environ if env is None else env).get(variable, "")
     return value or None
 
 
 def _redact(text: str) -> str:
-    return _PASSWORD.sub(r"\1***@", text)
+    return _SECRET_QUERY.sub(r"\1***", _PASSWORD.sub(r"\1***@", text))
 
 
 def shown(url: URL) -> str:
-    """The URL as messages show it: the password hidden."""
-    return url.render_as_string(hide_password=True)
+    """The URL as messages show it: passwords hidden, in the user part and the query string."""
+    if url.password is not None and url.host is not None and "@" in url.host:
+        # An unencoded '@' in the password: SQLAlchemy took the rest of it for the host.
+        url = url.set(host=url.host.rpartition("@")[2])
+    return _SECRET_QUERY.sub(r"\1***", url.render_as_string(hide_password=True))
 
 
 def database_url(text: str | None) -> URL:
     """Parse and check a database URL, or raise :class:`CliError` (usage)."""
     if text is None:
         raise CliError(f"no database: pass --db URL or set {ENV_DATABASE_URL}")
+    if not text.strip():
+        raise CliError(f"--db is empty: expected a database URL ({_EXAMPLES})")
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):
         raise CliError(f"malformed database URL {_redact(text)!r}: expected {_EXAMPLES}") from None
+    if url.password is not None and url.host is not None and "@" in url.host:
+        raise CliError(
+            f"malformed database URL {shown(url)!r}: an '@' in the password must be written %40"
+        )
+    if url.port is not None and not 1 <= url.port <= _MAX_PORT:
+        raise CliError(f"invalid port {url.port} in {shown(url)!r}: expected 1 to {_MAX_PORT}")
     if url.drivername in _DRIVERLESS:
         url = url.set(drivername=_DRIVERLESS[url.drivername])
     backend = url.get_backend_name()
@@ -125,12 +151,39 @@ def open_engine(url: URL, *, must_exist: bool = True) -> Engine:
     try:
         engine = create_engine(url, connect_args=connect_args)
     except ImportError as error:
-        extra = ' (pip install "chimeway[postgres]")' if "psycopg" in str(error) else ""
         raise CliError(
-            f"the driver for {url.drivername!r} is not installed: {error}{extra}"
+            f"the driver for {url.drivername!r} is not installed: {error}{_install_hint(url)}"
         ) from None
+    except (ValueError, TypeError) as error:
+        # The dialect converts the URL's query parameters (?timeout=abc).
+        raise CliError(f"{_bad_parameter(url, connect_args)} in {shown(url)!r}: {error}") from None
     check_connection(engine, url)
     return engine
+
+
+def _install_hint(url: URL) -> str:
+    if url.get_driver_name() == "psycopg2":
+        return (
+            " (pip install psycopg2-binary, or use postgresql+psycopg://: the driver "
+            '"chimeway[postgres]" installs is psycopg 3)'
+        )
+    if url.get_driver_name() == "psycopg":
+        return ' (pip install "chimeway[postgres]")'
+    return ""
+
+
+def _bad_parameter(url: URL, connect_args: dict[str, Any]) -> str:
+    """The query parameter of ``url`` the dialect refused, found by leaving each one out."""
+    for key in url.query:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # about parameters the driver ignores
+                create_engine(url.difference_update_query([key]), connect_args=connect_args)
+        except (ValueError, TypeError):
+            continue
+        value = "***" if _SECRET_PARAMETER.search(key) else url.query[key]
+        return f"invalid URL parameter {key}={value!r}"
+    return "invalid URL parameters"
 
 
 def _detail(error: DBAPIError) -> str:
@@ -148,14 +201,23 @@ def _answered(error: DBAPIError) -> bool:
     return _SERVER_SEVERITY.search(str(error.orig)) is not None
 
 
+def _refused_parameter(error: DBAPIError) -> bool:
+    return _BAD_PARAMETER.search(str(error.orig)) is not None
+
+
+def _sqlite(error: DBAPIError) -> bool:
+    return type(error.orig).__module__.partition(".")[0] == "sqlite3"
+
+
 def connection_error(url: URL, error: DBAPIError) -> CliError:
     """The :class:`CliError` for a failure to connect to the database at ``url``.
 
     A PostgreSQL server that answered (an SQLSTATE: no such database, bad
-    password) and a SQLite file that cannot be opened are configuration
-    errors; no answer at all is an unreachable service.
+    password), a connection parameter libpq refuses (``?sslmode=bogus``) and
+    a SQLite file that cannot be opened or is not a database are
+    configuration errors; no answer at all is an unreachable service.
     """
-    if url.get_backend_name() == "sqlite" or _answered(error):
+    if url.get_backend_name() == "sqlite" or _answered(error) or _refused_parameter(error):
         return CliError(f"cannot use the database {shown(url)}: {_detail(error)}")
     return CliError(
         f"cannot reach the database {shown(url)}: {_detail(error)}", ExitCode.UNREACHABLE
@@ -166,30 +228,57 @@ def database_failure(error: DBAPIError) -> CliError:
     """The :class:`CliError` for a database error in the middle of a command.
 
     An error the server answered with is a problem the command found; no
-    answer (the connection dropped) is an unreachable service.
+    answer (the connection dropped) is an unreachable service. On SQLite,
+    a file that is not a database, lacks a table or cannot be written is a
+    configuration error; a database locked by others past the busy timeout
+    is unreachable, like a server that does not answer in time.
     """
+    if _sqlite(error):
+        detail = _detail(error)
+        if _SQLITE_BUSY.search(detail):
+            return CliError(f"the SQLite database is busy: {detail}", ExitCode.UNREACHABLE)
+        return CliError(f"cannot use the SQLite database: {detail}")
     if _answered(error):
         return CliError(f"the database refused: {_detail(error)}", ExitCode.PROBLEM)
     return CliError(f"the database failed: {_detail(error)}", ExitCode.UNREACHABLE)
 
 
 def check_connection(engine: Engine, url: URL | None = None) -> None:
-    """Connect once, or raise the :class:`CliError` of :func:`connection_error`."""
+    """Connect once, or raise the :class:`CliError` of :func:`connection_error`.
+
+    On SQLite the file is read too: connecting alone does not notice a file
+    that is not a database.
+    """
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("PRAGMA schema_version")
     except DBAPIError as error:
         raise connection_error(url or engine.url, error) from None
+
+
+def check_tables(engine: Engine, url: URL | None = None) -> None:
+    """Raise :class:`CliError` (usage) unless the database holds every chimeway table."""
+    url = url or engine.url
+    present = set(inspect(engine).get_table_names())
+    if DeliveryRow.__tablename__ not in present:
+        raise CliError(
+            f"{shown(url)} has no chimeway tables; create them with: chimeway db upgrade --db URL"
+        )
+    missing = sorted(table.name for table in metadata.sorted_tables if table.name not in present)
+    if missing:
+        raise CliError(
+            f"{shown(url)} lacks chimeway's table(s) {', '.join(missing)}; "
+            "create them with: chimeway db upgrade --db URL"
+        )
 
 
 def open_store(text: str | None, *, require_tables: bool = True) -> SQLStore:
     """The ledger at the URL ``text`` (checked, connected, with chimeway's tables)."""
     url = database_url(text)
     engine = open_engine(url)
-    if require_tables and not inspect(engine).has_table(DeliveryRow.__tablename__):
-        raise CliError(
-            f"{shown(url)} has no chimeway tables; create them with: chimeway db upgrade --db URL"
-        )
+    if require_tables:
+        check_tables(engine, url)
     return SQLStore(engine)
 
 

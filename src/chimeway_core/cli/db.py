@@ -15,24 +15,28 @@ from chimeway_core.cli.config import (
     from_env,
     open_engine,
     shown,
+    sqlite_path,
 )
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, print_json
 from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.errors import MissingExtraError
-from chimeway_core.migrations import VERSION_TABLE, upgrade
+from chimeway_core.migrations import VERSION_TABLE, check_revision, upgrade
 
 __all__ = ["register", "run_upgrade"]
 
 _DESCRIPTION: Final = f"""\
 Apply chimeway's migrations (chimeway_core.migrations) to the database, up to
---revision (default: head). Creates the tables on an empty database; does
-nothing on an up-to-date one. The revision is recorded in {VERSION_TABLE},
-apart from your application's own Alembic history. Needs the "migrations"
-extra (pip install "chimeway[migrations]").
+--revision (default: head; or a revision id, base, +N). Creates the tables on
+an empty database; does nothing on an up-to-date one. It runs in one
+transaction: a migration that fails leaves the database as it was. The
+revision is recorded in {VERSION_TABLE}, apart from your application's own
+Alembic history. Needs the "migrations" extra (pip install
+"chimeway[migrations]").
 
-exit status: 0 upgraded, 1 the migration failed, 2 bad options or missing
-extra, 3 database unreachable."""
+exit status: 0 upgraded, 1 the migration failed, 2 bad options (an unknown
+--revision, an in-memory SQLite database) or missing extra, 3 database
+unreachable."""
 
 
 def register(subparsers: Subparsers) -> None:
@@ -60,6 +64,17 @@ def _revision(engine: Engine) -> str | None:
 def run_upgrade(args: argparse.Namespace) -> int:
     """Upgrade the database and print the revision it is at."""
     url = database_url(from_env(args.db, ENV_DATABASE_URL))
+    try:
+        check_revision(args.revision)
+    except MissingExtraError as error:
+        raise CliError(str(error)) from None
+    except ValueError as error:
+        raise CliError(f"--revision: {error}") from None
+    if url.get_backend_name() == "sqlite" and sqlite_path(url) is None:
+        raise CliError(
+            f"{shown(url)!r} is an in-memory SQLite database, gone when this command ends; "
+            "point --db at a file"
+        )
     engine = open_engine(url, must_exist=False)
     try:
         upgrade(engine, args.revision)

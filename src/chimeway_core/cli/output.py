@@ -1,4 +1,10 @@
-"""Plain-text tables and JSON for the command line's output."""
+"""Plain-text tables and JSON for the command line's output.
+
+Failing to write stdout (a full disk, ``> /dev/full``) is an
+:class:`OutputError`, one line on stderr like every other failure; a reader
+that went away (``| head``) stays a :class:`BrokenPipeError`, which
+:func:`chimeway_core.cli.main` ends quietly.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,13 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-__all__ = ["echo", "format_table", "iso", "print_json", "warn"]
+from chimeway_core.cli.errors import CliError, ExitCode
+
+__all__ = ["OutputError", "echo", "format_table", "iso", "print_json", "warn"]
+
+
+class OutputError(CliError):
+    """Writing the command's output to stdout failed."""
 
 
 def format_table(
@@ -38,11 +50,21 @@ def iso(value: datetime | None) -> str | None:
 
 
 def echo(*lines: str | Iterable[str]) -> None:
-    """Write lines (strings or iterables of strings) to stdout, and flush."""
-    for item in lines:
-        for line in [item] if isinstance(item, str) else item:
-            sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    """Write lines (strings or iterables of strings) to stdout, and flush.
+
+    Raises :class:`OutputError` when stdout cannot be written.
+    """
+    try:
+        for item in lines:
+            for line in [item] if isinstance(item, str) else item:
+                sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputError(
+            f"cannot write the output: {error.strerror or error}", ExitCode.PROBLEM
+        ) from None
 
 
 def warn(line: str) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import NoReturn, TypeAlias
+from collections.abc import Callable, Sequence
+from typing import Final, NoReturn, TypeAlias
 
 from chimeway_core.cli.errors import CliError, ExitCode
 
@@ -12,6 +12,8 @@ __all__ = ["Handler", "Parser", "Subparsers", "command"]
 
 #: What a command runs: the parsed options in, the exit code out.
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
+
+_PROG: Final = "command_prog"
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,6 +26,22 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Raise the usage error as a :class:`CliError`."""
         raise CliError(f"{message} (see '{self.prog} --help')", ExitCode.USAGE, prog=self.prog)
+
+    def parse_command(self, args: Sequence[str] | None = None) -> argparse.Namespace:
+        """Parse ``args`` like ``parse_args``, but report unknown arguments as the command's.
+
+        argparse leaves them to the top-level parser, whose error would start
+        with ``chimeway:`` rather than ``chimeway demo:``.
+        """
+        namespace, extras = self.parse_known_args(args)
+        if extras:
+            prog = getattr(namespace, _PROG, self.prog)
+            raise CliError(
+                f"unrecognized arguments: {' '.join(extras)} (see '{prog} --help')",
+                ExitCode.USAGE,
+                prog=prog,
+            )
+        return namespace
 
 
 #: The object ``add_subparsers`` returns.
@@ -38,5 +56,5 @@ def command(subparsers: Subparsers, name: str, handler: Handler, summary: str) -
         description=summary,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, **{_PROG: parser.prog})
     return parser

@@ -22,7 +22,14 @@ names a module:factory returning a harness), and the stateful model test of
 the whole engine on the in-memory backend (and on your backend when
 CHIMEWAY_SELFTEST_MACHINE_HARNESS names a module:factory opening a machine
 harness). Needs the testing extra: pip install "chimeway[testing]".
-Arguments after -- go to pytest."""
+Arguments after -- go to pytest.
+
+exit status: 0 every test passed, 1 a test failed, 2 a bad option, missing
+extra, or arguments pytest refused or that selected no test."""
+
+# pytest's own exit codes (pytest.ExitCode, not imported: pytest may be missing).
+_PYTEST_USAGE: Final = 4
+_PYTEST_NO_TESTS: Final = 5
 
 
 def register(subparsers: Subparsers) -> None:
@@ -100,6 +107,16 @@ def run(args: argparse.Namespace) -> int:
         *extra,
     ]
     code = subprocess.run(command, env=env, check=False).returncode  # noqa: S603 - our own argv
+    if code == _PYTEST_USAGE:
+        raise CliError(
+            f"pytest refused the arguments passed to it: {' '.join(extra)} (its message is above)",
+            prog="chimeway selftest",
+        )
+    if code == _PYTEST_NO_TESTS:
+        raise CliError(
+            f"no test ran: the arguments passed to pytest selected none ({' '.join(extra)})",
+            prog="chimeway selftest",
+        )
     return ExitCode.OK if code == 0 else ExitCode.PROBLEM
 
 

@@ -1,7 +1,10 @@
 """``chimeway worker``, ``relay`` and ``rescue``: running the application's own engine.
 
-The engine comes from ``--app module:attribute`` (:mod:`chimeway_core.cli.app`);
-the backends ``--backend`` names are the table of :mod:`chimeway_core.cli.backends`.
+The engine comes from ``--app module:attribute`` (or ``CHIMEWAY_APP``;
+:mod:`chimeway_core.cli.app`); the backends ``--backend`` names are the table
+of :mod:`chimeway_core.cli.backends`. Before anything runs, the engine's
+database must hold chimeway's tables (a SQLite file is never created) and the
+queue's service must answer.
 ``--db``, ``--redis-url`` and ``--broker-url`` (or their environment
 variables) are exported as ``CHIMEWAY_DATABASE_URL``, ``CHIMEWAY_REDIS_URL``
 and ``CHIMEWAY_BROKER_URL`` before the application is imported, so an
@@ -12,42 +15,57 @@ command line was given.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import threading
 from typing import Final
 
 import attrs
 
 from chimeway_backends.memory import MemoryBackend
 from chimeway_core.cli.app import load_engine
-from chimeway_core.cli.backends import BACKENDS, WorkerOptions, require
+from chimeway_core.cli.backends import (
+    BACKENDS,
+    WorkerOptions,
+    check_queue,
+    queue_failures,
+    require,
+)
 from chimeway_core.cli.config import (
     ENV_BROKER_URL,
     ENV_DATABASE_URL,
     ENV_REDIS_URL,
     check_connection,
     check_service_url,
+    check_tables,
     database_url,
     from_env,
+    shown,
+    sqlite_path,
 )
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, print_json
 from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.engine import Chimeway
+from chimeway_core.loading import APP_VARIABLE
 
 __all__ = ["register", "run_relay", "run_rescue", "run_worker"]
 
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _BROKER_SCHEMES: Final = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sqs", "memory")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: The longest --tick-interval or --grace: a year, or less where threads
+#: cannot wait that long (threading.TIMEOUT_MAX); larger values overflow a
+#: wait or a timedelta far from the option that gave them.
+MAX_SECONDS: Final = min(365 * 24 * 3600.0, threading.TIMEOUT_MAX)
 
 
 def _add_app_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--app",
-        required=True,
         metavar="MODULE:ATTRIBUTE",
         help="the application's engine: a Chimeway instance, or a zero-argument callable "
-        "returning one (like myapp.notify:engine)",
+        f"returning one (like myapp.notify:engine; default: ${APP_VARIABLE})",
     )
     parser.add_argument(
         "--db", metavar="URL", help=f"exported to the application as ${ENV_DATABASE_URL}"
@@ -70,8 +88,8 @@ def register(subparsers: Subparsers) -> None:
         "chimeway_backends.rq.run_worker (forking, with RQ's scheduler); celery runs "
         "chimeway_backends.celery.run_worker on the backend's queue.\n\n"
         "exit status: 0 stopped cleanly, 1 jobs were still running after --grace (or "
-        "the Celery worker failed), 2 bad options, --app, backend or missing extra, "
-        "3 database, Redis or broker unreachable."
+        "the Celery worker failed), 2 bad options, --app, backend or missing extra, a "
+        "database without chimeway's tables, 3 database, Redis or broker unreachable."
     )
     worker.add_argument(
         "--backend",
@@ -111,8 +129,8 @@ def register(subparsers: Subparsers) -> None:
     relay = command(subparsers, "relay", run_relay, "Hand committed outbox rows to the queue.")
     relay.description = (
         "Run one relay pass of the engine --app names: outbox rows older than the grace "
-        "period go to its backend.\n\nexit status: 0 done, 2 bad options or --app, "
-        "3 database unreachable."
+        "period go to its backend.\n\nexit status: 0 done, 2 bad options or --app, a "
+        "database without chimeway's tables, 3 database, Redis or broker unreachable."
     )
     _add_app_options(relay)
     relay.add_argument(
@@ -127,28 +145,64 @@ def register(subparsers: Subparsers) -> None:
     rescue.description = (
         "Run one rescue pass of the engine --app names: resolve attempts left in flight by "
         "dead workers, queue stranded deliveries again, relay the outbox.\n\n"
-        "exit status: 0 done, 2 bad options or --app, 3 database unreachable."
+        "exit status: 0 done, 2 bad options or --app, a database without chimeway's "
+        "tables, 3 database, Redis or broker unreachable."
     )
     _add_app_options(rescue)
     rescue.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _seconds(option: str, value: float, *, positive: bool = False) -> float:
+    """``value`` if finite, >= 0 (> 0 if ``positive``) and at most :data:`MAX_SECONDS`."""
+    above = value > 0 if positive else value >= 0
+    if not (math.isfinite(value) and above and value <= MAX_SECONDS):
+        low = "> 0" if positive else ">= 0"
+        raise CliError(
+            f"{option} must be a finite number of seconds {low} and at most {MAX_SECONDS:.0f}, "
+            f"got {value:g}"
+        )
+    return value
+
+
+def _app(args: argparse.Namespace) -> str:
+    """``--app``, else ``$CHIMEWAY_APP``; a :class:`CliError` when neither is given."""
+    app = from_env(args.app, APP_VARIABLE)
+    if app is None:
+        raise CliError(f"no engine: pass --app MODULE:ATTRIBUTE or set {APP_VARIABLE}")
+    return app
+
+
+def _service_url(option: str, variable: str, value: str | None, schemes: tuple[str, ...]) -> None:
+    text = from_env(value, variable)
+    check_service_url(text, option if value is not None else variable, schemes)
+
+
 def _export(args: argparse.Namespace) -> None:
     """Check the URLs (options or environment); export the options to the environment."""
-    if args.db:
+    if args.db is not None:
         database_url(args.db)  # fail on a malformed URL before importing anything
         os.environ[ENV_DATABASE_URL] = args.db
-    check_service_url(from_env(args.redis_url, ENV_REDIS_URL), "--redis-url", _REDIS_SCHEMES)
-    check_service_url(from_env(args.broker_url, ENV_BROKER_URL), "--broker-url", _BROKER_SCHEMES)
-    if args.redis_url:
+    _service_url("--redis-url", ENV_REDIS_URL, args.redis_url, _REDIS_SCHEMES)
+    _service_url("--broker-url", ENV_BROKER_URL, args.broker_url, _BROKER_SCHEMES)
+    if args.redis_url is not None:
         os.environ[ENV_REDIS_URL] = args.redis_url
-    if args.broker_url:
+    if args.broker_url is not None:
         os.environ[ENV_BROKER_URL] = args.broker_url
 
 
-def _engine(args: argparse.Namespace) -> Chimeway:
-    engine = load_engine(args.app)
-    check_connection(engine.store.engine)
+def _engine(app: str) -> Chimeway:
+    """The engine ``app`` names, its database checked: reachable, with chimeway's tables."""
+    engine = load_engine(app)
+    database = engine.store.engine
+    path = sqlite_path(database.url)
+    if path is not None and not path.is_file():
+        # Connecting would create an empty file in its place.
+        raise CliError(
+            f"no SQLite database at {str(path)!r} ({shown(database.url)}); create it with: "
+            "chimeway db upgrade --db URL"
+        )
+    check_connection(database)
+    check_tables(database)
     return engine
 
 
@@ -157,12 +211,13 @@ def run_worker(args: argparse.Namespace) -> int:
     backend = require(args.backend)
     if args.concurrency is not None and args.concurrency < 1:
         raise CliError(f"--concurrency must be at least 1, got {args.concurrency}")
-    if not args.tick_interval > 0 or not args.grace >= 0:
-        raise CliError("--tick-interval must be positive and --grace not negative")
+    _seconds("--tick-interval", args.tick_interval, positive=True)
+    _seconds("--grace", args.grace)
+    app = _app(args)
     _export(args)
-    engine = _engine(args)
+    engine = _engine(app)
     options = WorkerOptions(
-        app=args.app,
+        app=app,
         concurrency=args.concurrency,
         tick_interval=args.tick_interval,
         grace=args.grace,
@@ -172,23 +227,26 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _one_pass_engine(args: argparse.Namespace, what: str) -> Chimeway:
+    app = _app(args)
     _export(args)
-    engine = _engine(args)
+    engine = _engine(app)
     if isinstance(engine.backend, MemoryBackend):
         raise CliError(
-            f"the engine of {args.app} queues in memory: the jobs a one-off {what} hands over "
+            f"the engine of {app} queues in memory: the jobs a one-off {what} hands over "
             "would end with this process; `chimeway worker --backend memory` relays and "
             "rescues as it works"
         )
+    check_queue(engine)
     return engine
 
 
 def run_relay(args: argparse.Namespace) -> int:
     """Run one relay pass and print how many rows it handed over."""
-    if args.grace is not None and not args.grace >= 0:
-        raise CliError(f"--grace must not be negative, got {args.grace}")
+    if args.grace is not None:
+        _seconds("--grace", args.grace)
     engine = _one_pass_engine(args, "relay")
-    relayed = engine.relay(grace=args.grace)
+    with queue_failures(engine):
+        relayed = engine.relay(grace=args.grace)
     if args.json:
         print_json({"relayed": relayed})
     else:
@@ -199,7 +257,8 @@ def run_relay(args: argparse.Namespace) -> int:
 def run_rescue(args: argparse.Namespace) -> int:
     """Run one rescue pass and print what it did."""
     engine = _one_pass_engine(args, "rescue")
-    report = engine.rescue()
+    with queue_failures(engine):
+        report = engine.rescue()
     if args.json:
         print_json(attrs.asdict(report))
     else:

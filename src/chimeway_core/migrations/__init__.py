@@ -10,24 +10,74 @@ Two ways to own the schema in production:
   autogenerate write them into your migrations.
 
 Alembic is the optional extra ``migrations``; it is imported only when
-:func:`upgrade` runs.
+:func:`upgrade` or :func:`check_revision` runs.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import Engine, create_engine
 
 from chimeway_core.errors import MissingExtraError
+from chimeway_core.store import _configure_sqlite
 
-__all__ = ["SCRIPT_LOCATION", "VERSION_TABLE", "upgrade"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = ["SCRIPT_LOCATION", "VERSION_TABLE", "check_revision", "upgrade"]
 
 #: Where the migration scripts live (this package's directory).
 SCRIPT_LOCATION: Final = str(Path(__file__).parent)
 #: The table in which chimeway records the revision its tables are at.
 VERSION_TABLE: Final = "chimeway_alembic_version"
+
+_STEPS: Final = re.compile(r"\+[1-9][0-9]*")
+_RELATIVE: Final = re.compile(r".*[+-][0-9]+")
+
+
+def _config() -> Config:
+    try:
+        # Lazy on purpose: alembic is the optional extra "migrations".
+        from alembic.config import Config  # noqa: PLC0415
+    except ImportError as error:
+        raise MissingExtraError("migrations", feature="chimeway_core.migrations.upgrade") from error
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    return config
+
+
+def check_revision(revision: str) -> None:
+    """Raise :class:`ValueError` unless :func:`upgrade` can aim at ``revision``.
+
+    Accepted: a revision id of chimeway's migrations or a unique prefix of
+    one, ``head``, ``heads``, ``base``, and ``+N`` (N migrations past the
+    database's current revision, at most as many as there are). Anything
+    else is refused before a database is touched: a downgrade target such
+    as ``-1``, and branch syntax (``x@head``; chimeway's history has no
+    branches). Raises
+    :class:`~chimeway_core.errors.MissingExtraError` when Alembic is not
+    installed.
+    """
+    config = _config()
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 -- optional: "migrations"
+    from alembic.util import CommandError  # noqa: PLC0415 -- optional: "migrations"
+
+    script = ScriptDirectory.from_config(config)
+    known = [rev.revision for rev in script.walk_revisions()]
+    expected = f"expected one of {', '.join(reversed(known))}, head, base or +N"
+    if _STEPS.fullmatch(revision):
+        if len(revision) > len(str(len(known))) + 1 or int(revision[1:]) > len(known):
+            raise ValueError(f"revision {revision!r}: chimeway has only {len(known)} migration(s)")
+        return
+    if not revision.strip() or "@" in revision or _RELATIVE.fullmatch(revision):
+        raise ValueError(f"revision {revision!r} is not an upgrade target: {expected}")
+    try:
+        script.get_revisions(revision)
+    except (CommandError, AssertionError):  # alembic asserts on some malformed ids
+        raise ValueError(f"revision {revision!r} is not one of chimeway's: {expected}") from None
 
 
 def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
@@ -35,20 +85,26 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
 
     ``url_or_engine`` is a database URL or an :class:`~sqlalchemy.Engine`
     (left open; an engine made from a URL is disposed afterwards). Runs in one
-    transaction; applying it to an up-to-date database does nothing. Raises
+    transaction, on SQLite too: a migration that fails leaves the database as
+    it was (a SQLite engine gets the connection hooks
+    :class:`~chimeway_core.store.SQLStore` gives its own, which send ``BEGIN``
+    themselves). Applying it to an up-to-date database does nothing. A
+    ``revision`` :func:`check_revision` refuses raises :class:`ValueError`
+    before the database is touched. Raises
     :class:`~chimeway_core.errors.MissingExtraError` naming
     ``pip install "chimeway[migrations]"`` when Alembic is not installed.
     """
-    try:
-        # Lazy on purpose: alembic is the optional extra "migrations".
-        from alembic import command  # noqa: PLC0415
-        from alembic.config import Config  # noqa: PLC0415
-    except ImportError as error:
-        raise MissingExtraError("migrations", feature="chimeway_core.migrations.upgrade") from error
-    config = Config()
-    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config = _config()
+    from alembic import command  # noqa: PLC0415 -- optional: "migrations"
+
+    check_revision(revision)
     owned = isinstance(url_or_engine, str)
     engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    if engine.dialect.name == "sqlite":
+        # pysqlite runs DDL outside any transaction unless BEGIN is sent by
+        # hand: a failing migration would leave half of its tables behind.
+        # The store's hooks (SQLAlchemy's documented pysqlite recipe) do that.
+        _configure_sqlite(engine)
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
