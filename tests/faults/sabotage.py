@@ -275,8 +275,8 @@ def _forget_deaths(patch: Patch) -> None:
 def _outbox_off(patch: Patch) -> None:
     original = SQLStore._insert_deliveries
 
-    def insert(self: SQLStore, conn: Any, rows: list[dict[str, Any]], now: datetime) -> Any:
-        created = original(self, conn, rows, now)
+    def insert(self: SQLStore, conn: Any, rows: list[dict[str, Any]], *rest: Any) -> Any:
+        created = original(self, conn, rows, *rest)
         ids = [result.delivery.id for result in created if result.created]
         if ids:
             conn.execute(delete(_OUTBOX).where(_O.delivery_id.in_(ids)))
