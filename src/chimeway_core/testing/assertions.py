@@ -1,7 +1,13 @@
 """Assertion helpers, in the spirit of ``Oban.Testing``.
 
 Each raises :class:`AssertionError` with a message that says what was
-expected and what the ledger or the queue holds instead.
+expected and what the ledger or the queue holds instead. Their arguments are
+checked first, so a mistake in the test is never a passing or confusing
+assertion: a ``delivery_id`` that is not a :class:`uuid.UUID`, a ``status``
+that is not a :class:`~chimeway_core.states.DeliveryStatus` or a count that
+is not an ``int`` is a :class:`TypeError`, a negative count a
+:class:`ValueError`, and an id the ledger does not hold
+:class:`~chimeway_core.errors.DeliveryNotFoundError`.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 from uuid import UUID
 
+from chimeway_core._checks import whole
 from chimeway_core.engine import Chimeway
 from chimeway_core.records import DeliveryHistory
 from chimeway_core.states import DeliveryStatus
@@ -30,14 +37,24 @@ def _queue(engine: Chimeway) -> _Inspectable:
 
 
 def assert_enqueued(engine: Chimeway, delivery_id: UUID) -> None:
-    """Assert the delivery has a pending job (queued or scheduled) on the engine's backend."""
-    if not _queue(engine).is_enqueued(delivery_id):
+    """Assert the delivery has a pending job (queued or scheduled) on the engine's backend.
+
+    The delivery must exist in the engine's ledger.
+    """
+    queue = _queue(engine)
+    engine.get(delivery_id)  # a wrong or unknown id is the test's mistake, not "no job"
+    if not queue.is_enqueued(delivery_id):
         raise AssertionError(f"expected a pending job for delivery {delivery_id}, found none")
 
 
 def assert_not_enqueued(engine: Chimeway, delivery_id: UUID) -> None:
-    """Assert the delivery has no pending job on the engine's backend."""
-    if _queue(engine).is_enqueued(delivery_id):
+    """Assert the delivery has no pending job on the engine's backend.
+
+    The delivery must exist in the engine's ledger.
+    """
+    queue = _queue(engine)
+    engine.get(delivery_id)  # a wrong or unknown id would otherwise pass
+    if queue.is_enqueued(delivery_id):
         raise AssertionError(f"expected no pending job for delivery {delivery_id}, found one")
 
 
@@ -51,8 +68,13 @@ def assert_delivery(
 ) -> DeliveryHistory:
     """Assert the delivery's final status (and reason and attempt count, when given).
 
-    Returns the history for further checks.
+    ``attempts=None`` (the default) does not check the count. Returns the
+    history for further checks.
     """
+    if not isinstance(status, DeliveryStatus):
+        raise TypeError(f"status must be a DeliveryStatus, not {type(status).__name__}")
+    if attempts is not None:
+        whole("attempts", attempts, minimum=0)
     history = engine.get(delivery_id)
     delivery = history.delivery
     problems = []
@@ -69,6 +91,7 @@ def assert_delivery(
 
 def assert_attempts(engine: Chimeway, delivery_id: UUID, expected: int) -> None:
     """Assert how many attempts the ledger holds for the delivery."""
+    whole("expected", expected, minimum=0)
     actual = len(engine.get(delivery_id).attempts)
     if actual != expected:
         raise AssertionError(f"delivery {delivery_id}: {actual} attempts (expected {expected})")

@@ -8,18 +8,20 @@ process configured with it needs no shared state with the test.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import attrs
 
+from chimeway_core import _checks
 from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
-from chimeway_core.clock import Clock, SystemClock, VirtualClock
+from chimeway_core.clock import Clock, SystemClock, VirtualClock, ensure_aware
 from chimeway_core.errors import OutcomeUnknownError
 from chimeway_core.outcomes import (
     Bounced,
@@ -44,6 +46,12 @@ __all__ = [
 
 _EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 
+# make_delivery's checked fields: counts with their minimum, and times (the
+# required ones may not be None).
+_COUNTS = {"attempt_count": 0, "max_attempts": 1, "deferral_count": 0}
+_REQUIRED_TIMES = ("scheduled_at", "created_at", "updated_at")
+_TIMES = (*_REQUIRED_TIMES, "expires_at", "lease_expires_at")
+
 
 def make_delivery(**changes: Any) -> Delivery:
     """A live :class:`~chimeway_core.records.Delivery` snapshot with plausible defaults.
@@ -52,7 +60,23 @@ def make_delivery(**changes: Any) -> Delivery:
     no ledger: ``make_delivery(recipient="+15550100", payload={...})``. Every
     field can be overridden; unspecified ones are a ``ready`` delivery created
     at 2030-01-01 UTC, never attempted.
+
+    The fields a test could get wrong without noticing are checked here:
+    ``status`` must be a :class:`~chimeway_core.states.DeliveryStatus`, the
+    times tz-aware datetimes (returned in UTC), ``attempt_count`` and
+    ``deferral_count`` ints >= 0 and ``max_attempts`` an int >= 1. A wrong
+    kind is a :class:`TypeError`, a value out of range a :class:`ValueError`,
+    both naming the field; an unknown field is a :class:`TypeError`.
     """
+    status = changes.get("status", DeliveryStatus.READY)
+    if not isinstance(status, DeliveryStatus):
+        raise TypeError(f"status must be a DeliveryStatus, not {type(status).__name__}")
+    for name, minimum in _COUNTS.items():
+        if name in changes:
+            _checks.whole(name, changes[name], minimum=minimum)
+    for name in _TIMES:
+        if name in changes and (changes[name] is not None or name in _REQUIRED_TIMES):
+            changes[name] = ensure_aware(changes[name], name)
     base = Delivery(
         id=uuid.UUID(int=1),
         channel="fake",
@@ -80,7 +104,14 @@ def make_delivery(**changes: Any) -> Delivery:
 #: What a script step may be: a result to return, or an exception to raise.
 Step = ChannelResult | BaseException | object
 
+#: What :class:`FakeChannel` takes as its script.
+Script = Sequence[Step] | Callable[[Delivery], Step]
+
 _ALWAYS_SENT: tuple[Step, ...] = (Sent(),)
+
+
+def _check_hang_seconds(_: object, __: attrs.Attribute[float], value: float) -> None:
+    _checks.seconds("seconds", value)
 
 
 @attrs.frozen
@@ -91,9 +122,13 @@ class Hang:
     otherwise the call really sleeps. Then
     :class:`~chimeway_core.errors.OutcomeUnknownError` is raised, as a real
     channel does when its read timeout fires after the request went out.
+
+    ``seconds`` is a finite number >= 0 (0: the answer is lost at once),
+    checked here: a wrong kind is a :class:`TypeError`, a value out of range
+    a :class:`ValueError`.
     """
 
-    seconds: float
+    seconds: float = attrs.field(validator=_check_hang_seconds)
 
 
 @attrs.frozen
@@ -120,18 +155,25 @@ class ChannelCall:
 class FakeChannel:
     """A channel whose results are scripted; it records every call.
 
-    ``script`` is either a sequence (attempt *n* of each delivery gets item
-    *n*; the last item repeats once the script runs out) or a function of the
+    ``script`` is either a non-empty sequence such as a list or a tuple
+    (attempt *n* of each delivery gets item *n*; the last item repeats once
+    the script runs out) or a function of the
     :class:`~chimeway_core.records.Delivery` being sent (its
     ``attempt_count`` is the attempt number). An item that is an exception is
     raised; anything else is returned, even values of undocumented shapes, so
     tests can exercise the dispatch table's catch-all. The default script
     always sends.
+
+    The options are checked when the channel is built, and the script also
+    whenever :attr:`script` is assigned: a value of the wrong kind is a
+    :class:`TypeError` naming the argument (a single step, a string, a
+    generator, a mapping or a class is not a script), an empty script a
+    :class:`ValueError`.
     """
 
     def __init__(
         self,
-        script: Sequence[Step] | Callable[[Delivery], Step] = _ALWAYS_SENT,
+        script: Script = _ALWAYS_SENT,
         *,
         guarantee: DeliveryGuarantee = DeliveryGuarantee.AT_LEAST_ONCE,
         exception_class: ErrorClass = ErrorClass.TEMPORARY,
@@ -139,17 +181,42 @@ class FakeChannel:
         clock: Clock | None = None,
         on_call: Callable[[Delivery], None] | None = None,
     ) -> None:
-        if not callable(script) and not script:
-            raise ValueError("a FakeChannel script needs at least one step")
         self.script = script
+        if not isinstance(guarantee, DeliveryGuarantee):
+            raise TypeError(
+                f"guarantee must be a DeliveryGuarantee, not {type(guarantee).__name__}"
+            )
+        if not isinstance(exception_class, ErrorClass):
+            raise TypeError(
+                f"exception_class must be an ErrorClass, not {type(exception_class).__name__}"
+            )
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(
+                f"clock must have now() (chimeway_core.Clock), not {type(clock).__name__}"
+            )
+        if on_call is not None and not callable(on_call):
+            raise TypeError(f"on_call must be callable or None, not {type(on_call).__name__}")
         self.guarantee = guarantee
         self.exception_class = exception_class
         self.timeout = positive_seconds("timeout", timeout)
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = SystemClock() if clock is None else clock
         self.on_call = on_call
         self._lock = threading.Lock()
         self._calls: list[ChannelCall] = []
         self._accepted: list[ChannelCall] = []
+
+    @property
+    def script(self) -> Script:
+        """The script: a tuple of steps (a copy of the sequence given), or a function.
+
+        Assigning it checks the new script as the constructor does; a
+        refused one leaves the old script in place.
+        """
+        return self._script
+
+    @script.setter
+    def script(self, script: Script) -> None:
+        self._script = _checked_script(script)
 
     @property
     def calls(self) -> list[ChannelCall]:
@@ -169,7 +236,10 @@ class FakeChannel:
 
         Inside a ``@given(data=st.data())`` test:
         ``FakeChannel.drawing(lambda: data.draw(strategies.channel_results))``.
+        A ``draw`` that is not callable is a :class:`TypeError`.
         """
+        if not callable(draw):
+            raise TypeError(f"draw must be callable, not {type(draw).__name__}")
         return cls(lambda _delivery: draw(), **options)
 
     def calls_for(self, delivery_id: UUID) -> list[ChannelCall]:
@@ -188,11 +258,12 @@ class FakeChannel:
             self._calls.append(call)
         if self.on_call is not None:
             self.on_call(delivery)
-        if callable(self.script):
-            step = self.script(delivery)
+        script = self._script
+        if callable(script):
+            step = script(delivery)
         else:
             index = max(delivery.attempt_count, 1) - 1
-            step = self.script[min(index, len(self.script) - 1)]
+            step = script[min(index, len(script) - 1)]
         match step:
             case Hang(seconds=seconds):
                 if isinstance(self.clock, VirtualClock):
@@ -214,6 +285,32 @@ class FakeChannel:
                 return step  # type: ignore[return-value]  # undocumented shapes are the point
 
 
+def _checked_script(script: object) -> Script:
+    """``script`` as FakeChannel keeps it: a function, or a tuple of at least one step."""
+    if isinstance(script, type):
+        # A class is callable, and would be called with the delivery.
+        raise TypeError(
+            f"script must be a sequence of steps or a function of the delivery, not the class "
+            f"{script.__qualname__} (a single step goes in a list: [{script.__qualname__}(...)])"
+        )
+    if callable(script):
+        return script
+    if not isinstance(script, Sequence) or isinstance(script, str | bytes | bytearray):
+        if isinstance(script, str | bytes | bytearray):
+            hint = "steps are values such as Sent(), not names"
+        elif isinstance(script, Iterable):
+            hint = "make it a list or a tuple"
+        else:
+            hint = "a single step goes in a list: [step]"
+        raise TypeError(
+            f"script must be a sequence of steps (a list or a tuple) or a function of the "
+            f"delivery, not {type(script).__name__} ({hint})"
+        )
+    if not script:
+        raise ValueError("a FakeChannel script needs at least one step")
+    return tuple(script)
+
+
 #: The steps a :class:`ScriptedChannel` understands, by name.
 SCRIPT_STEPS: tuple[str, ...] = (
     "sent",
@@ -226,34 +323,79 @@ SCRIPT_STEPS: tuple[str, ...] = (
 )
 
 
+# The steps that may carry a retry-after hint ("temporary@2.5").
+_HINTED_STEPS: tuple[str, ...] = ("temporary",)
+
+
 def script_for(*steps: str, tag: str = "") -> str:
     """A recipient address that scripts a :class:`ScriptedChannel`'s results.
 
     ``script_for("temporary", "temporary", "sent")`` fails twice, then sends.
-    A step may carry a retry-after hint: ``"temporary@2.5"``. ``tag`` makes
-    otherwise identical scripts distinct recipients.
+    Each argument is one step, a name from :data:`SCRIPT_STEPS`; a
+    ``"temporary"`` step may carry a retry-after hint, a finite number of
+    seconds >= 0: ``"temporary@2.5"``. ``tag`` makes otherwise identical
+    scripts distinct recipients.
+
+    The whole script is checked here: a step or tag that is not a ``str`` is
+    a :class:`TypeError`; an unknown step, a hint that is not such a number
+    or on a step that takes none, a step holding the separators ``/`` or
+    ``#``, or no step at all a :class:`ValueError` naming the step.
     """
-    for step in steps:
-        name = step.split("@", 1)[0]
-        if name not in SCRIPT_STEPS:
-            raise ValueError(f"unknown script step {step!r}; known: {list(SCRIPT_STEPS)}")
+    if not isinstance(tag, str):
+        raise TypeError(f"tag must be a str, not {type(tag).__name__}")
     if not steps:
         raise ValueError("a script needs at least one step")
+    for step in steps:
+        _parse_step(step)
     return f"script:{'/'.join(steps)}#{tag}"
+
+
+def _parse_step(step: object) -> tuple[str, float | None]:
+    """The name and retry-after hint of one step; raise naming the step if it is malformed."""
+    if not isinstance(step, str):
+        raise TypeError(f"a script step must be a str, not {type(step).__name__}")
+    for separator in "/#":
+        if separator in step:
+            raise ValueError(
+                f"script step {step!r} holds {separator!r}, which a script address reserves; "
+                f"give each step as its own argument"
+            )
+    name, at, hint = step.partition("@")
+    if name not in SCRIPT_STEPS:
+        raise ValueError(f"unknown script step {step!r}; known: {list(SCRIPT_STEPS)}")
+    if not at:
+        return name, None
+    if name not in _HINTED_STEPS:
+        raise ValueError(
+            f"script step {step!r}: only {list(_HINTED_STEPS)} take a retry-after hint"
+        )
+    try:
+        seconds = float(hint)
+    except ValueError:
+        seconds = math.nan  # not a number: refused below, in the same words
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            f"script step {step!r}: the retry-after hint must be a finite number of seconds >= 0"
+        )
+    return name, seconds
 
 
 def _step(delivery: Delivery) -> ChannelResult | BaseException | object:
     recipient = delivery.recipient
     if not recipient.startswith("script:"):
         return PermanentFailure("recipient is not a script")
-    steps = recipient[len("script:") :].split("#", 1)[0].split("/")
-    step = steps[min(max(delivery.attempt_count, 1), len(steps)) - 1]
-    name, _, hint = step.partition("@")
+    try:
+        steps = [
+            _parse_step(step) for step in recipient[len("script:") :].split("#", 1)[0].split("/")
+        ]
+    except ValueError as error:  # a hand-written address: this call's failure, not a crash
+        return PermanentFailure(f"recipient is not a valid script: {error}")
+    name, hint = steps[min(max(delivery.attempt_count, 1), len(steps)) - 1]
     match name:
         case "sent":
             return Sent(provider_response={"script_step": delivery.attempt_count})
         case "temporary":
-            return TemporaryFailure("scripted", float(hint) if hint else None)
+            return TemporaryFailure("scripted", hint)
         case "permanent":
             return PermanentFailure("scripted")
         case "bounced":

@@ -20,17 +20,21 @@ extra). It covers:
   costs real seconds per example).
 
 A variable that does not name a callable (not ``module:attribute``, a module
-that does not import, a missing attribute, not callable) fails the tests that
-need it with one line naming the variable and the problem.
+that does not import, a missing attribute, not callable), or a number of
+examples that is not a whole number >= 1, fails the tests that need it with
+one line naming the variable and the problem; the module itself always
+collects.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import unittest
 from collections.abc import Callable, Iterator
-from typing import Final, NoReturn
+from typing import ClassVar, Final, NoReturn
 
+import hypothesis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import run_state_machine_as_test
@@ -55,6 +59,8 @@ __all__ = [
 HARNESS_VARIABLE: Final = "CHIMEWAY_SELFTEST_HARNESS"
 #: Examples of the stateful machine on the memory backend.
 EXAMPLES_VARIABLE: Final = "CHIMEWAY_SELFTEST_EXAMPLES"
+#: Their default.
+EXAMPLES_DEFAULT: Final = 200
 #: Names your backend's MachineHarnessFactory.
 MACHINE_HARNESS_VARIABLE: Final = "CHIMEWAY_SELFTEST_MACHINE_HARNESS"
 #: Examples of the stateful machine on your backend.
@@ -98,6 +104,28 @@ def _configured_factory(variable: str, missing: str) -> Callable[..., object]:
     if not callable(found):
         fail(f"{attribute} is not callable (its type is {type(found).__qualname__})")
     return found
+
+
+def _configured_examples(variable: str, default: int) -> int:
+    """The whole number >= 1 that ``variable`` holds, or ``default`` if it is unset.
+
+    Anything else fails the test with one line naming the variable.
+    """
+    raw = os.environ.get(variable)
+    if raw is None:
+        return default
+    text = raw.strip()
+    # isdecimal, not isdigit: "²" is a digit int() refuses; ASCII only, as a shell user types.
+    if not (text.isascii() and text.isdecimal()) or int(text) < 1:
+        pytest.fail(f"{variable}={raw!r}: expected a whole number >= 1", pytrace=False)
+    return int(text)
+
+
+_MACHINE_SETTINGS: Final = settings(
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 class TestDispatchTable:
@@ -151,13 +179,21 @@ class TestConfiguredBackendConformance(BackendConformance):
         return harness
 
 
-TestEngineMachine = EngineMachine.TestCase
-TestEngineMachine.settings = settings(
-    max_examples=int(os.environ.get(EXAMPLES_VARIABLE, "200")),
-    stateful_step_count=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+class TestEngineMachine(unittest.TestCase):
+    """The stateful machine on the memory backend, CHIMEWAY_SELFTEST_EXAMPLES examples.
+
+    The variable is read when the test runs, so a bad value fails this test
+    in one line instead of the whole module at import.
+    """
+
+    settings: ClassVar[hypothesis.settings] = _MACHINE_SETTINGS
+
+    def runTest(self) -> None:  # noqa: N802 - unittest's name for a case's only test
+        """The engine's invariants hold over every example."""
+        examples = _configured_examples(EXAMPLES_VARIABLE, EXAMPLES_DEFAULT)
+        run_state_machine_as_test(
+            EngineMachine, settings=settings(self.settings, max_examples=examples)
+        )
 
 
 class TestConfiguredEngineMachine:
@@ -171,17 +207,8 @@ class TestConfiguredEngineMachine:
         factory: MachineHarnessFactory = _configured_factory(  # type: ignore[assignment]
             MACHINE_HARNESS_VARIABLE, "no backend of yours to run the stateful machine on"
         )
-        raw = os.environ.get(MACHINE_EXAMPLES_VARIABLE, str(MACHINE_EXAMPLES_DEFAULT))
-        if not raw.strip().isdigit() or int(raw) < 1:
-            pytest.fail(
-                f"{MACHINE_EXAMPLES_VARIABLE}={raw!r}: expected a whole number >= 1", pytrace=False
-            )
+        examples = _configured_examples(MACHINE_EXAMPLES_VARIABLE, MACHINE_EXAMPLES_DEFAULT)
         run_state_machine_as_test(
             machine_on(factory),
-            settings=settings(
-                max_examples=int(raw),
-                stateful_step_count=15,
-                deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            ),
+            settings=settings(_MACHINE_SETTINGS, max_examples=examples, stateful_step_count=15),
         )

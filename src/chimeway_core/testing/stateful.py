@@ -466,8 +466,11 @@ def machine_on(factory: MachineHarnessFactory) -> type[RealTimeEngineMachine]:
     """A :class:`RealTimeEngineMachine` whose :meth:`~EngineMachine.open_harness` calls ``factory``.
 
     The same as subclassing and overriding ``open_harness`` by hand; run the
-    result with ``run_state_machine_as_test``.
+    result with ``run_state_machine_as_test``. A ``factory`` that is not
+    callable is a :class:`TypeError`.
     """
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, not {type(factory).__name__}")
 
     class ConfiguredEngineMachine(RealTimeEngineMachine):
         """The real-time machine on the harness ``factory`` opens."""

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import strategies as st
 
+from chimeway_core.clock import ensure_aware
 from chimeway_core.errors import OutcomeUnknownError
 from chimeway_core.outcomes import (
     Bounced,
@@ -125,7 +126,8 @@ _json = st.recursive(
     max_leaves=12,
 )
 
-#: Valid :class:`NewDelivery` values on channel ``channel`` (default ``"fake"``).
+#: Valid :class:`NewDelivery` values, all on channel ``"fake"`` (the plugin's
+#: channel name); ``.map(lambda spec: attrs.evolve(spec, channel=...))`` for another.
 notification_specs = st.builds(
     NewDelivery,
     channel=st.just("fake"),
@@ -138,8 +140,12 @@ notification_specs = st.builds(
 
 
 def policy_decisions(now: datetime | None = None) -> st.SearchStrategy[PolicyDecision]:
-    """Proceed, Suppress with a reason, or Defer up to a day after ``now``."""
-    start = now or datetime(2030, 1, 1, tzinfo=UTC)
+    """Proceed, Suppress with a reason, or Defer up to a day after ``now``.
+
+    ``now`` defaults to 2030-01-01 UTC; one that is not a tz-aware datetime
+    is refused at the call, as :func:`~chimeway_core.clock.ensure_aware` does.
+    """
+    start = datetime(2030, 1, 1, tzinfo=UTC) if now is None else ensure_aware(now, "now")
     return st.one_of(
         st.builds(Proceed),
         st.builds(Suppress, reason=st.sampled_from(["opted_out", "already_read", "expired"])),
