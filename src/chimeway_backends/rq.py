@@ -66,7 +66,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from chimeway_core._checks import seconds, whole
@@ -487,6 +487,11 @@ class ChimewayWorkerMixin(BaseWorker):
     """
 
     death_penalty_class = ChimewayDeathPenalty
+    #: How long the listener on RQ's command channel blocks in one read.
+    #: RQ's own 60 s makes a shutdown (or a burst's end) hang up to that long
+    #: now and then: unsubscribe() gives the listener 1 s to stop, then closes
+    #: the connection it may still be reading, which waits for the read.
+    command_listen_seconds: ClassVar[float] = 0.5
     job_class = ChimewayJob
 
     def __init__(
@@ -532,6 +537,17 @@ class ChimewayWorkerMixin(BaseWorker):
                 "this worker does not listen on %r, where its engine queues deliveries",
                 self.engine.backend.queue_name,
             )
+
+    def subscribe(self) -> None:
+        """Listen on RQ's command channel (stop, kill) as RQ does, with short reads."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # rq types it None
+            sleep_time=self.command_listen_seconds,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,
+        )
 
     @property
     def dequeue_timeout(self) -> int:

@@ -306,6 +306,27 @@ def test_a_rescue_interval_that_is_no_finite_positive_time_is_refused(
         )
 
 
+def test_the_command_listener_reads_briefly_so_a_worker_stops_at_once(
+    make_engine: MakeEngine, queue_name: str, redis_conn: redis.Redis
+) -> None:
+    """RQ's listener blocked 60 s per read; unsubscribe() then waited for it now and then.
+
+    That made a burst (or a warm shutdown) hang up to a minute: this test's
+    neighbours timed out on it. The chimeway worker reads for at most 0.5 s.
+    """
+    worker = ChimewaySimpleWorker([queue_name], connection=redis_conn, engine=make_engine())
+    worker.subscribe()
+    try:
+        thread = worker.pubsub_thread
+        assert thread is not None
+        assert thread.is_alive()
+        assert ChimewaySimpleWorker.command_listen_seconds == thread.sleep_time <= 1.0
+    finally:
+        worker.unsubscribe()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
 def test_a_deferral_waits_without_an_attempt(make_engine: MakeEngine) -> None:
     """A delivery not yet due defers: the job is rescheduled, no attempt is consumed."""
     engine = make_engine()
