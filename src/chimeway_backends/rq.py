@@ -546,7 +546,8 @@ class ChimewayWorkerMixin(BaseWorker):
         self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # rq types it None
             sleep_time=self.command_listen_seconds,
             daemon=True,
-            exception_handler=self._pubsub_exception_handler,
+            # RQ 3's reconnecting handler; older RQ versions have none.
+            exception_handler=getattr(self, "_pubsub_exception_handler", None),
         )
 
     @property
