@@ -56,8 +56,10 @@ _CONNECT_TIMEOUT_SECONDS: Final = 5
 _EXAMPLES: Final = "sqlite:///path/to/ledger.sqlite3 or postgresql+psycopg://user@host/dbname"
 # Up to the last '@': a password may hold an unencoded '@' (or '/', '?').
 _PASSWORD: Final = re.compile(r"(://[^:/@?]*:).*@")
-_SECRET_PARAMETER: Final = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
-_SECRET_QUERY: Final = re.compile(r"([?&][^=&]*(?:pass|pwd|secret|token)[^=&]*=)[^&]*", re.I)
+# A query parameter whose name holds one of these carries a secret.
+_SECRET_WORDS: Final = "pass|pwd|secret|token"  # noqa: S105 - names, not a password
+_SECRET_PARAMETER: Final = re.compile(_SECRET_WORDS, re.IGNORECASE)
+_SECRET_QUERY: Final = re.compile(rf"([?&][^=&]*(?:{_SECRET_WORDS})[^=&]*=)[^&]*", re.IGNORECASE)
 _SERVER_SEVERITY: Final = re.compile(r"\b(FATAL|ERROR|PANIC):")
 # libpq's complaints about the connection string itself: nothing was reached,
 # but nothing will be until the URL is fixed.
