@@ -153,6 +153,10 @@ def per_second(count: int, action: Callable[[], object]) -> float:
 
 # ------------------------------------------------------------------ results
 
+#: Redis commands per job a broker-count target lets through for the idle
+#: worker's own polling, which both sides' whole-run counts carry.
+BROKER_POLLING_SLACK: Final = 0.1
+
 
 @dataclass(frozen=True)
 class Target:
@@ -220,6 +224,25 @@ class Results:
             }
         self.comparisons.append(entry)
         return entry
+
+    def broker_target(self, job: str, chimeway: Mapping[str, Any], raw: Mapping[str, Any]) -> None:
+        """The issue's broker target: a delivery's Redis commands against a raw ``job``'s.
+
+        Both counts are per job, from ``INFO commandstats`` over a whole run, so
+        each carries the worker's own polling while it waits: a tenth of a
+        command per job is let through as that, and nothing more.
+        """
+        ours, theirs = float(chimeway["redis_commands"]), float(raw["redis_commands"])
+        self.extra_targets.append(
+            {
+                "target": f"Redis commands per {job} no more than a raw {job}'s",
+                "comparison": f"Redis commands per successful delivery less those per raw "
+                f"{job} ({ours:.2f} - {theirs:.2f})",
+                "ratio": ours - theirs,
+                "goal": f"<= {BROKER_POLLING_SLACK:g} (the worker's polling)",
+                "met": ours - theirs <= BROKER_POLLING_SLACK,
+            }
+        )
 
     def note(self, area: str, text_: str) -> None:
         """Attach a sentence to an area (a skipped part, a caveat); shown in the docs."""

@@ -277,8 +277,10 @@ def measure(
                     f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
                 )
             if broker == "redis" and pool == "solo":
-                results.counts["Celery solo, Redis broker, PostgreSQL"] = _redis_counts(
-                    bench, url, config.size(200, 10)
+                counts = _redis_counts(bench, url, config.size(200, 10))
+                results.counts["Celery solo, Redis broker, PostgreSQL"] = counts
+                results.broker_target(
+                    "Celery task", counts["chimeway, succeeded"], counts["raw no-op task"]
                 )
     finally:
         bench.close()

@@ -10,6 +10,12 @@ For a SQLite file (WAL) and a throwaway PostgreSQL database, interleaved runs of
   inserts an attempt and updates its status (2 commits);
 - floor: one insert+update transaction per row (one durable write per delivery).
 
+On SQLite, chimeway and anchor A also run with ``PRAGMA synchronous=OFF`` on
+both sides: a diagnostic, never a setting to use (a commit then returns
+before the disk has it). It tells the time a delivery spends waiting for its
+commits' fsyncs apart from everything else it does, which is what the SQLite
+target's remedy weighs.
+
 Then the machine-independent counts, per successful delivery and per
 delivery retried once (a temporary failure, then a success, no backoff):
 commits (all, and those that wrote) and statements, from SQLAlchemy's
@@ -30,7 +36,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from _harness import (
     Config,
@@ -59,6 +65,7 @@ from chimeway_core import (
 from chimeway_core.engine import _OUTBOX_FLUSH_AT as OUTBOX_BATCH
 
 AREA = "engine"
+NO_FSYNC_LABEL = "notify -> terminal, memory backend, SQLite, synchronous=OFF (diagnostic)"
 ANCHOR_DDL = (
     "CREATE TABLE anchor_deliveries (id VARCHAR(36) PRIMARY KEY, channel VARCHAR(200),"
     " recipient VARCHAR(1000), payload TEXT, status VARCHAR(20), attempt_count INTEGER,"
@@ -87,7 +94,7 @@ def _fail_once(delivery: Delivery, _key: str) -> Sent | TemporaryFailure:
     return TemporaryFailure("try again") if delivery.attempt_count == 1 else Sent()
 
 
-def make_engine(url: str, send: Callable[[Delivery, str], Any] = _always_sent) -> Chimeway:
+def make_engine(url: str | Engine, send: Callable[[Delivery, str], Any] = _always_sent) -> Chimeway:
     """A fresh ledger on ``url`` (tables dropped and created) with the memory backend."""
     store = SQLStore(url)
     store.drop_all()
@@ -115,8 +122,22 @@ def _check_all_succeeded(engine: Chimeway, n: int) -> None:
     assert {("succeeded", None): n} == counts, counts
 
 
-def _chimeway(url: str, n: int) -> float:
-    engine = make_engine(url)
+def _no_fsync(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=OFF")
+    cursor.close()
+
+
+def sql_engine(url: str, *, fsync: bool = True) -> Engine:
+    """An engine on ``url``; with ``fsync=False`` (SQLite, a diagnostic) commits skip the fsync."""
+    engine = create_engine(url)
+    if not fsync:
+        event.listen(engine, "connect", _no_fsync)
+    return engine
+
+
+def _chimeway(url: str, n: int, *, fsync: bool = True) -> float:
+    engine = make_engine(sql_engine(url, fsync=fsync))
     rate = per_second(n, lambda: notify_to_terminal(engine, n))
     _check_all_succeeded(engine, n)
     engine.store.engine.dispose()
@@ -167,8 +188,8 @@ def anchor_a_work(engine: Engine, ident: str) -> None:
         conn.execute(UPDATE, {"id": row.id, "now": now})
 
 
-def _anchor(url: str, n: int, *, floor: bool) -> float:
-    engine = create_engine(url)
+def _anchor(url: str, n: int, *, floor: bool, fsync: bool = True) -> float:
+    engine = sql_engine(url, fsync=fsync)
     anchor_tables(engine)
 
     def work() -> None:
@@ -285,16 +306,29 @@ def machine_costs(url: str, n: int, runs: int) -> dict[str, Any]:
 def bench_database(config: Config, results: Results, name: str, url: str) -> None:
     """Interleaved chimeway / anchor A / floor runs on one database, then the counts."""
     n = config.size(1000, 20)
-    samples = interleave(
-        {
-            "chimeway": lambda: _chimeway(url, n),
-            "anchor A": lambda: _anchor(url, n, floor=False),
-            "floor": lambda: _anchor(url, n, floor=True),
-        },
-        config.runs,
-    )
+    cases = {
+        "chimeway": lambda: _chimeway(url, n),
+        "anchor A": lambda: _anchor(url, n, floor=False),
+        "floor": lambda: _anchor(url, n, floor=True),
+    }
+    if name == "SQLite":
+        cases["chimeway, no fsync"] = lambda: _chimeway(url, n, fsync=False)
+        cases["anchor A, no fsync"] = lambda: _anchor(url, n, floor=False, fsync=False)
+    samples = interleave(cases, config.runs)
     label = f"notify -> terminal, memory backend, {name}"
     detail = f"N={n} deliveries per run, notify() one by one, channel always sends"
+    if name == "SQLite":
+        entry = results.compare(
+            AREA,
+            NO_FSYNC_LABEL,
+            ("chimeway, no fsync", samples["chimeway, no fsync"]),
+            ("anchor A, no fsync", samples["anchor A, no fsync"]),
+            unit="deliveries/s",
+            detail=f"{detail}; both sides with PRAGMA synchronous=OFF, so no commit waits "
+            "for its fsync (a diagnostic, not durable): what a delivery costs besides its "
+            "fsyncs",
+        )
+        log(AREA, f"SQLite without fsync: x{entry['ratio']['median']:.2f}")
     for anchor, target in (
         ("anchor A", Target(">=", 0.6, f"notify->terminal >= 0.6x anchor A on {name}")),
         ("floor", None),

@@ -267,6 +267,7 @@ def run(config: Config, results: Results) -> None:
                 )
         counts = bench.counts(config.size(100, 10))
         results.counts["RQ SimpleWorker, PostgreSQL"] = counts
+        results.broker_target("RQ job", counts["chimeway, succeeded"], counts["raw RQ no-op job"])
         log(AREA, f"counts: { {k: v['redis_commands'] for k, v in counts.items()} }")
         bench.connection.close()
         bench.sql.dispose()
