@@ -153,6 +153,9 @@ _WRITE_OPTION: Final = "chimeway_write"
 _CHUNK: Final = 500
 # How often cancel() re-reads and retries when a concurrent write moved version.
 _CANCEL_TRIES: Final = 10
+# How often a create writes again the rows whose existing key was pruned as it
+# was read back: one retry settles it (a key written since is a live delivery).
+_CREATE_TRIES: Final = 3
 # How deep JSON may nest (payloads, metadata, provider responses): far below
 # Python's recursion limit, so validating, storing and reading never overflow.
 _MAX_JSON_DEPTH: Final = 128
@@ -486,6 +489,95 @@ def _is_live() -> ColumnElement[bool]:
     # expanding parameter, which SQLAlchemy rewrites into the SQL text again
     # at every execution.
     return _D.status.in_([bindparam(f"b_live_{status}", status) for status in _LIVE])
+
+
+def _key_of(row: Mapping[str, Any]) -> tuple[str, str]:
+    return row["channel"], row["idempotency_key"]
+
+
+def _insert_new(conn: Connection, rows: Sequence[dict[str, Any]], now: datetime) -> set[UUID]:
+    """Write the rows whose key is free, with their journal and outbox rows; their ids."""
+    if conn.dialect.name == "postgresql" and all(row["reason"] is None for row in rows):
+        # Born ready: delivery, journal and outbox rows in one statement per
+        # chunk, the rows sent as one JSON document.
+        inserted: set[UUID] = set()
+        for chunk in _in_chunks(rows, _PG_BULK_CHUNK):
+            inserted.update(_pg_create_ready(conn, chunk, now))
+        return inserted
+    statement = _insert_ignoring_conflicts(conn)
+    inserted = set()
+    for chunk in _in_chunks(rows, 1000):
+        inserted.update(conn.execute(statement, list(chunk)).scalars())
+    journal: list[dict[str, Any]] = []
+    outbox: list[dict[str, Any]] = []
+    for row in rows:
+        if row["id"] not in inserted:
+            continue
+        journal.append(
+            _journal_values(row["id"], now, JournalKind.CREATED, to_status=DeliveryStatus.READY)
+        )
+        if row["reason"] is None:
+            outbox.append({"delivery_id": row["id"], "run_at": row["scheduled_at"]})
+            outbox[-1]["created_at"] = now
+        else:
+            journal.append(
+                _journal_values(
+                    row["id"],
+                    now,
+                    JournalKind.TRANSITION,
+                    event=Event.SUPPRESS,
+                    from_status=DeliveryStatus.READY,
+                    to_status=DeliveryStatus.SUPPRESSED,
+                    reason=row["reason"],
+                )
+            )
+    if journal:
+        conn.execute(_JOURNAL.insert(), journal)
+    if outbox:
+        conn.execute(_OUTBOX.insert(), outbox)
+    return inserted
+
+
+def _existing(
+    conn: Connection, rows: Sequence[Mapping[str, Any]], inserted: set[UUID]
+) -> dict[tuple[str, str], Delivery]:
+    """The deliveries already holding the keys of the rows not inserted, by key."""
+    existing: dict[tuple[str, str], Delivery] = {}
+    missing = sorted({_key_of(row) for row in rows if row["id"] not in inserted})
+    for chunk in _in_chunks(missing):
+        query = select(_DELIVERIES).where(tuple_(_D.channel, _D.idempotency_key).in_(list(chunk)))
+        for found in conn.execute(query):
+            delivery = _delivery(found)
+            existing[delivery.channel, delivery.idempotency_key] = delivery
+    return existing
+
+
+def _results(
+    rows: Sequence[Mapping[str, Any]],
+    inserted: set[UUID],
+    existing: Mapping[tuple[str, str], Delivery],
+    drafts: Mapping[UUID, Delivery],
+) -> list[Created]:
+    """One result per row, in ``rows`` order; a written row's delivery is its draft if any."""
+    results: list[Created] = []
+    for row in rows:
+        if row["id"] in inserted:
+            draft = drafts.get(row["id"])
+            delivery = _delivery_from_values(row) if draft is None else draft
+            results.append(Created(delivery, created=True))
+        else:
+            results.append(Created(existing[_key_of(row)], created=False))
+    return results
+
+
+def _prunable(before: datetime) -> Select[tuple[UUID]]:
+    # created_at < before follows from updated_at < before on one clock; it is
+    # there for the created_at index, which finds the oldest rows first.
+    return select(_D.id).where(
+        _D.status.in_(sorted(status.value for status in TERMINAL_STATUSES)),
+        _D.created_at < before,
+        _D.updated_at < before,
+    )
 
 
 def _no_attempt_in_flight() -> ColumnElement[bool]:
@@ -1235,79 +1327,24 @@ class SQLStore:
         # Insert in key order so concurrent batches lock keys in one order
         # (no deadlock on PostgreSQL); conflicts are skipped, not raised, so a
         # caller's transaction is never aborted by a duplicate.
-        ordered = sorted(rows, key=lambda row: (row["channel"], row["idempotency_key"]))
+        ordered = sorted(rows, key=_key_of)
         inserted: set[UUID] = set()
-        if conn.dialect.name == "postgresql" and all(row["reason"] is None for row in rows):
-            # Born ready: delivery, journal and outbox rows in one statement
-            # per chunk, the rows sent as one JSON document.
-            for chunk in _in_chunks(ordered, _PG_BULK_CHUNK):
-                inserted.update(_pg_create_ready(conn, chunk, now))
-            return self._created(conn, rows, inserted, drafts)
-        statement = _insert_ignoring_conflicts(conn)
-        for chunk in _in_chunks(ordered, 1000):
-            inserted.update(conn.execute(statement, list(chunk)).scalars())
-        journal: list[dict[str, Any]] = []
-        outbox: list[dict[str, Any]] = []
-        for row in ordered:
-            if row["id"] not in inserted:
-                continue
-            journal.append(
-                _journal_values(row["id"], now, JournalKind.CREATED, to_status=DeliveryStatus.READY)
-            )
-            if row["reason"] is None:
-                outbox.append({"delivery_id": row["id"], "run_at": row["scheduled_at"]})
-                outbox[-1]["created_at"] = now
-            else:
-                journal.append(
-                    _journal_values(
-                        row["id"],
-                        now,
-                        JournalKind.TRANSITION,
-                        event=Event.SUPPRESS,
-                        from_status=DeliveryStatus.READY,
-                        to_status=DeliveryStatus.SUPPRESSED,
-                        reason=row["reason"],
-                    )
-                )
-        if journal:
-            conn.execute(_JOURNAL.insert(), journal)
-        if outbox:
-            conn.execute(_OUTBOX.insert(), outbox)
-        return self._created(conn, rows, inserted, drafts)
-
-    def _created(
-        self,
-        conn: Connection,
-        rows: list[dict[str, Any]],
-        inserted: set[UUID],
-        drafts: Mapping[UUID, Delivery],
-    ) -> list[Created]:
-        """One result per row, in ``rows`` order; existing deliveries read back by key.
-
-        A written row's delivery is its draft when ``drafts`` has one.
-        """
-        existing: dict[tuple[str, str], Delivery] = {}
-        missing = sorted(
-            {(row["channel"], row["idempotency_key"]) for row in rows if row["id"] not in inserted}
+        pending = ordered
+        for _ in range(_CREATE_TRIES):
+            inserted |= _insert_new(conn, pending, now)
+            existing = _existing(conn, rows, inserted)
+            # A key taken when its row was inserted but gone when read back was
+            # pruned in between (PostgreSQL, another transaction): it is free
+            # now, so the row is written again.
+            pending = [
+                row for row in ordered if row["id"] not in inserted and _key_of(row) not in existing
+            ]
+            if not pending:
+                return _results(rows, inserted, existing, drafts)
+        keys = sorted({_key_of(row) for row in pending})
+        raise RuntimeError(
+            f"deliveries vanished {_CREATE_TRIES} times as they were read back: {keys}"
         )
-        for chunk in _in_chunks(missing):
-            query = select(_DELIVERIES).where(
-                tuple_(_D.channel, _D.idempotency_key).in_(list(chunk))
-            )
-            for found in conn.execute(query):
-                delivery = _delivery(found)
-                existing[delivery.channel, delivery.idempotency_key] = delivery
-        results: list[Created] = []
-        for row in rows:
-            if row["id"] in inserted:
-                draft = drafts.get(row["id"])
-                delivery = _delivery_from_values(row) if draft is None else draft
-                results.append(Created(delivery, created=True))
-            else:
-                results.append(
-                    Created(existing[row["channel"], row["idempotency_key"]], created=False)
-                )
-        return results
 
     # ------------------------------------------------------------------ reading
 
@@ -1706,6 +1743,43 @@ class SQLStore:
         """
         with self._read() as conn:
             return _count_recent_attempts(conn, channel, recipient, since)
+
+    # ---------------------------------------------------------------- retention
+
+    def prune(self, *, before: datetime, batch_size: int = 1000) -> int:
+        """Delete terminal deliveries created and last written before ``before``; return how many.
+
+        Each goes with its attempts, its journal and any outbox row left (the
+        foreign keys cascade). Live deliveries (``ready``, ``failed``) are
+        never deleted, however old. The oldest go first, ``batch_size`` per
+        transaction, until a batch comes back short: a long prune never holds
+        its locks for long, and one interrupted keeps what it deleted. On
+        PostgreSQL rows another transaction holds are skipped (``SKIP
+        LOCKED``), so prunes can run side by side.
+
+        What is deleted is forgotten: :meth:`get` finds nothing, a job still
+        queued for it acknowledges "delivery not found", and its
+        ``(channel, idempotency_key)`` can be used again.
+        """
+        _check_limit("batch_size", batch_size)
+        chosen = _prunable(_aware(before, "before")).order_by(_D.created_at).limit(batch_size)
+        if self.engine.dialect.name == "postgresql":
+            chosen = chosen.with_for_update(skip_locked=True)
+        total = 0
+        while True:
+            with self._write() as conn:
+                ids = list(conn.execute(chosen).scalars())
+                for chunk in _in_chunks(ids):
+                    conn.execute(delete(_DELIVERIES).where(_D.id.in_(list(chunk))))
+            total += len(ids)
+            if len(ids) < batch_size:
+                return total
+
+    def count_prunable(self, *, before: datetime) -> int:
+        """How many deliveries :meth:`prune` with this ``before`` would delete now."""
+        query = select(func.count()).select_from(_prunable(_aware(before, "before")).subquery())
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     # ------------------------------------------------------------------- outbox
 
