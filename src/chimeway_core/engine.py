@@ -76,6 +76,7 @@ from chimeway_core.policies import (
     PolicyContext,
     PolicyPhase,
     Proceed,
+    RateLimitPolicy,
     RecentAttempts,
     Suppress,
     apply_deferral_bound,
@@ -656,6 +657,58 @@ class Chimeway:
             total += sent
             if sent < batch_size:
                 return total
+
+    @property
+    def min_retention(self) -> float:
+        """The shortest ``older_than`` :meth:`prune` accepts, in seconds.
+
+        The longest lease a worker can hold (a channel's ``timeout`` plus
+        ``lease_margin``), so that no worker is still calling a channel for a
+        delivery as it is deleted, and the longest window of a
+        :class:`~chimeway_core.policies.RateLimitPolicy` among the engine's
+        policies, whose counts take in the attempts of terminal deliveries.
+        """
+        leases = [channel.timeout + self.lease_margin for channel in self.channels.values()]
+        windows = [
+            policy.per.total_seconds()
+            for policy in self.policies
+            if isinstance(policy, RateLimitPolicy)
+        ]
+        return max([self.lease_margin, *leases, *windows])
+
+    def prune(self, older_than: float, *, batch_size: int = 1000) -> int:
+        """Delete deliveries terminal for ``older_than`` seconds or more; return how many.
+
+        Succeeded, cancelled and suppressed deliveries created and last
+        written more than ``older_than`` seconds ago go, with their attempts,
+        journal and outbox rows, ``batch_size`` per transaction, oldest first
+        (:meth:`SQLStore.prune <chimeway_core.store.SQLStore.prune>`). Live
+        deliveries stay, however old. A deleted delivery's idempotency key
+        can be used again. ``older_than`` below :attr:`min_retention` is a
+        :class:`ValueError`; a policy of your own that looks back at the
+        ledger (``context.recent_attempts``) needs ``older_than`` at least as
+        long as it looks back. Safe to run from several processes at once.
+        """
+        return self.store.prune(before=self._prune_cutoff(older_than), batch_size=batch_size)
+
+    def count_prunable(self, older_than: float) -> int:
+        """How many deliveries :meth:`prune` with this ``older_than`` would delete now."""
+        return self.store.count_prunable(before=self._prune_cutoff(older_than))
+
+    def _prune_cutoff(self, older_than: float) -> datetime:
+        seconds("older_than", older_than, positive=True)
+        shortest = self.min_retention
+        if older_than < shortest:
+            raise ValueError(
+                f"older_than must be at least the engine's min_retention ({shortest:g} s: "
+                f"its longest lease or rate-limit window), got {older_than!r}"
+            )
+        try:
+            return self.clock.now() - timedelta(seconds=older_than)
+        except OverflowError:
+            raise ValueError(
+                f"older_than reaches back before the year 1, got {older_than!r}"
+            ) from None
 
     def _send_outbox(self, items: Sequence[OutboxItem], now: datetime) -> None:
         due = [item.delivery_id for item in items if item.run_at <= now]

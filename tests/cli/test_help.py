@@ -19,6 +19,7 @@ COMMANDS = [
     ("worker",),
     ("relay",),
     ("rescue",),
+    ("prune",),
     ("db",),
     ("db", "upgrade"),
     ("selftest",),

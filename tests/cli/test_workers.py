@@ -1,4 +1,4 @@
-"""``chimeway worker``, ``relay`` and ``rescue`` with ``--app`` engines from a fixture module."""
+"""``chimeway worker``, ``relay``, ``rescue`` and ``prune`` with ``--app`` engines."""
 
 from __future__ import annotations
 
@@ -295,4 +295,66 @@ def test_relay_finds_the_engine_in_chimeway_app(
         result = invoke("relay", "--db", url, "--json", env=env)
     assert (0, "") == (result.code, result.stderr)
     assert {"relayed": 2} == json.loads(result.stdout)
+    store.engine.dispose()
+
+
+def _terminal(store: SQLStore, count: int, at: datetime) -> list[str]:
+    """``count`` deliveries created and cancelled at ``at``; their ids."""
+    ids = add_deliveries(store, count, now=at)
+    for delivery_id in ids:
+        store.cancel(UUID(delivery_id), now=at)
+    return ids
+
+
+def test_prune_deletes_old_terminal_deliveries_and_dry_run_only_counts(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """--dry-run counts and deletes nothing; then prune deletes the old terminal ones only."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    now = datetime.now(UTC)
+    old = _terminal(store, 3, now - timedelta(days=40))
+    recent = _terminal(store, 2, now - timedelta(days=5))
+    live = add_deliveries(store, 1, now=now - timedelta(days=90))
+    args = ("prune", "--app", f"{APP_MODULE}:memory_engine", "--db", url, "--older-than", "30d")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        counted = invoke(*args, "--dry-run", "--json")
+        assert 6 == sum(store.counts().values())
+        pruned = invoke(*args, "--batch-size", "2")
+        again = invoke(*args, "--json")
+    assert (0, "") == (counted.code, counted.stderr)
+    assert {"dry_run": True, "deliveries": 3} == json.loads(counted.stdout)
+    assert (0, "pruned 3 deliveries\n") == (pruned.code, pruned.stdout)
+    assert {"dry_run": False, "deliveries": 0} == json.loads(again.stdout)
+    assert [None, None, None] == [store.get(UUID(i)) for i in old]
+    assert all(store.get(UUID(i)) is not None for i in [*recent, *live])
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--older-than", "10s"), "min_retention (35 s"),
+        (("--older-than", "abc"), "'abc' is not an age"),
+        (("--older-than=-1d",), "an age must be finite and > 0"),
+        (("--older-than", "0"), "an age must be finite and > 0"),
+        (("--older-than", "nanh"), "an age must be finite and > 0"),
+        (("--older-than", "1e12d"), "year 1"),
+        (("--older-than", "30d", "--batch-size", "0"), "--batch-size must be at least 1"),
+        ((), "the following arguments are required: --older-than"),
+    ],
+)
+def test_prune_refuses_a_bad_age_or_batch_in_one_line(
+    tmp_path: Path, app_dir: Path, invoke: Invoke, options: tuple[str, ...], message: str
+) -> None:
+    """A bad --older-than or --batch-size: exit 2, one line saying why, nothing deleted."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    _terminal(store, 1, datetime.now(UTC) - timedelta(days=400))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        result = invoke("prune", "--app", f"{APP_MODULE}:memory_engine", "--db", url, *options)
+    assert (2, "") == (result.code, result.stdout)
+    assert 1 == len(result.stderr_lines), result.stderr
+    assert message in result.stderr
+    assert 1 == sum(store.counts().values())
     store.engine.dispose()

@@ -1,4 +1,4 @@
-"""``chimeway worker``, ``relay`` and ``rescue``: running the application's own engine.
+"""``chimeway worker``, ``relay``, ``rescue`` and ``prune``: running the application's own engine.
 
 The engine comes from ``--app module:attribute`` (or ``CHIMEWAY_APP``;
 :mod:`chimeway_core.cli.app`); the backends ``--backend`` names are the table
@@ -49,7 +49,7 @@ from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.engine import Chimeway
 from chimeway_core.loading import APP_VARIABLE
 
-__all__ = ["register", "run_relay", "run_rescue", "run_worker"]
+__all__ = ["register", "run_prune", "run_relay", "run_rescue", "run_worker"]
 
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _BROKER_SCHEMES: Final = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sqs", "memory")
@@ -58,6 +58,7 @@ _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: cannot wait that long (threading.TIMEOUT_MAX); larger values overflow a
 #: wait or a timedelta far from the option that gave them.
 MAX_SECONDS: Final = min(365 * 24 * 3600.0, threading.TIMEOUT_MAX)
+_AGE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def _add_app_options(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +80,7 @@ def _add_app_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Subparsers) -> None:
-    """Add ``chimeway worker``, ``relay`` and ``rescue``."""
+    """Add ``chimeway worker``, ``relay``, ``rescue`` and ``prune``."""
     worker = command(subparsers, "worker", run_worker, "Run a worker for the application's engine.")
     worker.description = (
         "Run the worker of a backend for the engine --app names, until SIGINT or SIGTERM "
@@ -150,6 +151,54 @@ def register(subparsers: Subparsers) -> None:
     )
     _add_app_options(rescue)
     rescue.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    prune = command(
+        subparsers, "prune", run_prune, "Delete deliveries that have been terminal long enough."
+    )
+    prune.description = (
+        "Delete the succeeded, cancelled and suppressed deliveries of the engine --app names "
+        "that were created and last written more than --older-than ago, with their "
+        "attempts and journal, --batch-size per transaction. Live deliveries are never "
+        "deleted. A deleted delivery's idempotency key can be used again. --older-than may "
+        "not be shorter than the engine's min_retention (its longest lease or rate-limit "
+        "window).\n\n"
+        "exit status: 0 done, 2 bad options or --app, an age below min_retention, a "
+        "database without chimeway's tables, 3 database unreachable."
+    )
+    _add_app_options(prune)
+    prune.add_argument(
+        "--older-than",
+        type=_age,
+        required=True,
+        metavar="AGE",
+        help="how long a delivery must have been terminal: seconds, or a number with "
+        "s, m, h or d (like 30d)",
+    )
+    prune.add_argument(
+        "--batch-size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="deliveries deleted per transaction (default: 1000)",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+    )
+    prune.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _age(text: str) -> float:
+    """``30d``, ``12h``, ``15m``, ``90s`` or a bare number of seconds, as seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _AGE_UNITS else (text, "s")
+    try:
+        value = float(number) * _AGE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age (seconds, or a number with s, m, h or d)"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"an age must be finite and > 0, got {text!r}")
+    return value
 
 
 def _seconds(option: str, value: float, *, positive: bool = False) -> float:
@@ -251,6 +300,28 @@ def run_relay(args: argparse.Namespace) -> int:
         print_json({"relayed": relayed})
     else:
         echo(f"relayed {relayed} outbox rows to {type(engine.backend).__qualname__}")
+    return ExitCode.OK
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """Delete (or, with --dry-run, count) the deliveries terminal for longer than --older-than."""
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _export(args)
+    engine = _engine(_app(args))
+    try:
+        if args.dry_run:
+            count = engine.count_prunable(args.older_than)
+        else:
+            count = engine.prune(args.older_than, batch_size=args.batch_size)
+    except ValueError as error:  # an age below min_retention, or before the year 1
+        raise CliError(f"--older-than: {error}") from None
+    if args.json:
+        print_json({"dry_run": args.dry_run, "deliveries": count})
+    elif args.dry_run:
+        echo(f"prune would delete {count} deliveries (dry run: nothing deleted)")
+    else:
+        echo(f"pruned {count} deliveries")
     return ExitCode.OK
 
 
