@@ -261,7 +261,7 @@ def test_relay_with_redis_down_reports_it_and_keeps_the_outbox(
 def test_one_off_commands_create_no_sqlite_file(
     tmp_path: Path, app_dir: Path, invoke: Invoke
 ) -> None:
-    """relay, rescue and worker refuse a SQLite file that does not exist, and do not create it."""
+    """relay, rescue, prune and worker refuse a missing SQLite file, and do not create it."""
     path = tmp_path / "nope.sqlite3"
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(app_dir))
@@ -274,7 +274,12 @@ def test_one_off_commands_create_no_sqlite_file(
                 f"sqlite:///{path}",
                 env={"RECORD_PATH": str(tmp_path / "enqueued.txt")},
             )
-            for command in (("relay",), ("rescue",), ("worker", "--backend", "memory"))
+            for command in (
+                ("relay",),
+                ("rescue",),
+                ("prune", "--older-than", "30d"),
+                ("worker", "--backend", "memory"),
+            )
         ]
     for result in results:
         assert 2 == result.code
