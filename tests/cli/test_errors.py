@@ -142,6 +142,30 @@ IN_PROCESS = [
         "missing SQLite file", ("inspect", "--db", "sqlite:///nowhere.db"), 2, "no SQLite database"
     ),
     Case(
+        "missing SQLite file named by a SQLite URI",
+        ("inspect", "--db", "sqlite:///file:nowhere.db?mode=ro&uri=true"),
+        2,
+        "no SQLite database at 'nowhere.db'",
+    ),
+    Case(
+        "in-memory SQLite URI",
+        ("inspect", "--db", "sqlite:///file::memory:?uri=true"),
+        2,
+        "in-memory SQLite",
+    ),
+    Case(
+        "in-memory SQLite URI by its mode",
+        ("inspect", "--db", "sqlite:///file:ledger?mode=memory&cache=shared&uri=true"),
+        2,
+        "in-memory SQLite",
+    ),
+    Case(
+        "file: without uri=true is a file of that name",
+        ("inspect", "--db", "sqlite:///file:ledger.db"),
+        2,
+        "no SQLite database at 'file:ledger.db'",
+    ),
+    Case(
         "unreachable database on upgrade", ("db", "upgrade", "--db", UNREACHABLE), 3, "cannot reach"
     ),
     Case("upgrade without a database", ("db", "upgrade"), 2, "no database"),

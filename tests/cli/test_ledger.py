@@ -175,3 +175,18 @@ def test_unknown_delivery_exits_1(
     assert [
         "chimeway: error: no delivery with id 0b0e7a3c-1f5e-4c36-9d4e-2f1e0e9f1d11"
     ] == result.stderr_lines
+
+
+@pytest.mark.parametrize("query", ["uri=true", "mode=ro&uri=true"])
+def test_inspect_reads_a_ledger_named_by_a_sqlite_uri(
+    tmp_path: Path, invoke: Invoke, query: str
+) -> None:
+    """With uri=true the database is a SQLite URI naming its file, read-only with mode=ro."""
+    path = tmp_path / "led ger.sqlite3"
+    store, _ = sqlite_ledger(path)
+    add_deliveries(store, 3)
+    store.engine.dispose()
+    uri = f"sqlite:///file:{str(path).replace(' ', '%20')}?{query}"
+    result = invoke("inspect", "--db", uri, "--json")
+    assert (0, "") == (result.code, result.stderr)
+    assert 3 == json.loads(result.stdout)["total"]

@@ -19,9 +19,11 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import URL, Engine, create_engine, inspect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.util import asbool
 
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.schema import DeliveryRow, metadata
@@ -123,13 +125,32 @@ def database_url(text: str | None) -> URL:
 
 
 def sqlite_path(url: URL) -> Path | None:
-    """The file of a SQLite URL; ``None`` for in-memory SQLite or another database."""
+    """The file of a SQLite URL; ``None`` for in-memory SQLite or another database.
+
+    With ``uri=true`` the database is a SQLite URI (``file:path?mode=ro``), as
+    the pysqlite driver reads it: its path is the file, and ``mode=memory`` or
+    a ``:memory:`` path is in memory. Without it, ``file:x.db`` is a file of
+    that very name, as SQLite itself would open it.
+    """
     if url.get_backend_name() != "sqlite":
         return None
     database = url.database or ""
-    if database in {"", ":memory:"} or database.startswith("file:"):
+    if database in {"", ":memory:"}:
         return None
+    if _sqlite_uri(url) and database.startswith("file:"):
+        path = unquote(urlsplit(database).path)
+        in_memory = url.query.get("mode") == "memory" or path in {"", ":memory:"}
+        return None if in_memory else Path(path)
     return Path(database)
+
+
+def _sqlite_uri(url: URL) -> bool:
+    """Whether the driver reads the database as a SQLite URI (``uri=true``)."""
+    uri = url.query.get("uri")
+    try:
+        return isinstance(uri, str) and asbool(uri)
+    except ValueError:  # connecting says what is wrong with it
+        return False
 
 
 def open_engine(url: URL, *, must_exist: bool = True) -> Engine:
