@@ -305,6 +305,12 @@ IN_PROCESS = [
         "chimeway demo: error: unrecognized arguments: --bogus",
     ),
     Case(
+        "unknown option before the command",
+        ("--bogus", "demo"),
+        2,
+        "chimeway: error: unrecognized arguments: --bogus (see 'chimeway --help')",
+    ),
+    Case(
         "unknown option of db upgrade",
         ("db", "upgrade", "--bogus"),
         2,

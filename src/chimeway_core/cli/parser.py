@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn, TypeAlias
 
@@ -33,15 +34,30 @@ class Parser(argparse.ArgumentParser):
         argparse leaves them to the top-level parser, whose error would start
         with ``chimeway:`` rather than ``chimeway demo:``.
         """
-        namespace, extras = self.parse_known_args(args)
+        argv = sys.argv[1:] if args is None else list(args)
+        namespace, extras = self.parse_known_args(argv)
         if extras:
             prog = getattr(namespace, _PROG, self.prog)
+            if _before_the_command(extras[0], argv, prog):
+                prog = self.prog
             raise CliError(
                 f"unrecognized arguments: {' '.join(extras)} (see '{prog} --help')",
                 ExitCode.USAGE,
                 prog=prog,
             )
         return namespace
+
+
+def _before_the_command(extra: str, argv: list[str], prog: str) -> bool:
+    """Whether ``extra`` came before the command's name (``chimeway --bogus demo``).
+
+    The program's own options come first, so such an argument is the
+    program's, not the command's.
+    """
+    command = prog.split()[1:2]
+    if not command or command[0] not in argv or extra not in argv:
+        return False
+    return argv.index(extra) < argv.index(command[0])
 
 
 #: The object ``add_subparsers`` returns.
