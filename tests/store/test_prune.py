@@ -216,3 +216,64 @@ def test_a_key_pruned_as_it_is_read_back_is_written_again(
     assert first.id != created.delivery.id
     assert pg_store.get(first.id) is None
     assert created.delivery == pg_store.get(created.delivery.id)
+
+
+@pytest.mark.postgres
+def test_creates_racing_a_prune_loop_each_get_a_delivery_with_their_key(
+    pg_store: SQLStore, now: datetime
+) -> None:
+    """Creates reusing the keys of old terminal deliveries while prunes run: none fails.
+
+    Each create gets a delivery with its key: the old one while it is still
+    there (``created=False``), else a new live one. A key ends with at most
+    one delivery, and nothing but the old terminal ones is ever deleted.
+    """
+    old = now - 10 * DAY
+    keys = [f"k{i}" for i in range(60)]
+    for key in keys:
+        pg_store.cancel(_new(pg_store, old, idempotency_key=key).id, now=old)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    results: list[tuple[str, bool, Delivery]] = []
+    lock = threading.Lock()
+
+    def prune() -> None:
+        try:
+            while not stop.is_set():
+                pg_store.prune(before=now - DAY, batch_size=3)
+        except BaseException as error:  # reported below, with the test's own assertion
+            errors.append(error)
+
+    def create(worker: int) -> None:
+        try:
+            for round_ in range(40):
+                key = keys[(worker * 7 + round_ * 13) % len(keys)]
+                spec = NewDelivery(channel="email", recipient=f"w{worker}", idempotency_key=key)
+                created = pg_store.create(spec, now=now)
+                with lock:
+                    results.append((key, created.created, created.delivery))
+        except BaseException as error:  # reported below, with the test's own assertion
+            errors.append(error)
+
+    pruners = [threading.Thread(target=prune) for _ in range(2)]
+    creators = [threading.Thread(target=create, args=(worker,)) for worker in range(4)]
+    for thread in [*pruners, *creators]:
+        thread.start()
+    for thread in creators:
+        thread.join(timeout=120)
+    stop.set()
+    for thread in pruners:
+        thread.join(timeout=60)
+    assert [] == errors
+    assert 160 == len(results)
+    for key, created, delivery in results:
+        assert key == delivery.idempotency_key
+        if created:
+            assert DeliveryStatus.READY == delivery.status
+    with pg_store.engine.connect() as conn:
+        per_key = conn.execute(
+            select(DeliveryRow.idempotency_key, func.count()).group_by(DeliveryRow.idempotency_key)
+        ).all()
+    assert all(count == 1 for _, count in per_key)
+    new = {delivery.id for _, created, delivery in results if created}
+    assert all(pg_store.get(delivery_id) is not None for delivery_id in new)
