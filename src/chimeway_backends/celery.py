@@ -273,12 +273,13 @@ class CeleryBackend:
         except Exception:
             _log.exception("chimeway rescue pass failed; trying again in %ss", self.rescue_interval)
             return
-        if report.resolved or report.requeued or report.relayed:
+        if report.resolved or report.requeued or report.relayed or report.pruned:
             _log.info(
-                "chimeway rescue: resolved=%d requeued=%d relayed=%d",
+                "chimeway rescue: resolved=%d requeued=%d relayed=%d pruned=%d",
                 report.resolved,
                 report.requeued,
                 report.relayed,
+                report.pruned,
             )
 
 

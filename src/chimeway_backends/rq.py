@@ -589,12 +589,16 @@ class ChimewayWorkerMixin(BaseWorker):
             self.set_state(state)
         if self._stop_requested:
             raise StopRequested
-        if report is not None and (report.resolved or report.requeued or report.relayed):
+        if report is not None and (
+            report.resolved or report.requeued or report.relayed or report.pruned
+        ):
             _log.info(
-                "chimeway rescue: %d lost attempts resolved, %d deliveries requeued, %d relayed",
+                "chimeway rescue: %d lost attempts resolved, %d deliveries requeued, "
+                "%d relayed, %d pruned",
                 report.resolved,
                 report.requeued,
                 report.relayed,
+                report.pruned,
             )
         return report
 

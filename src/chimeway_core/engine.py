@@ -106,6 +106,8 @@ class RescueReport:
     """Due live deliveries handed to the backend again."""
     relayed: int
     """Outbox rows handed to the backend."""
+    pruned: int = 0
+    """Deliveries deleted for the engine's ``retention`` (none without one)."""
 
 
 @attrs.frozen
@@ -177,6 +179,9 @@ class Chimeway:
     - ``relay_grace`` (seconds): a relay leaves younger outbox rows to the
       process that wrote them. ``requeue_after`` (seconds): the rescuer
       requeues live, due deliveries untouched this long.
+    - ``retention`` (seconds, or ``None``): with it, every :meth:`rescue`
+      pass also prunes up to its ``limit`` deliveries terminal for longer
+      (:meth:`prune`); at least :attr:`min_retention`.
     - ``rand``: the jitter's random source (seed it for determinism).
 
     A setting out of range raises :class:`ValueError` naming it, and a part
@@ -200,6 +205,7 @@ class Chimeway:
         max_deferrals: int = MAX_DEFERRALS,
         relay_grace: float = 10.0,
         requeue_after: float = 300.0,
+        retention: float | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         seconds("lease_margin", lease_margin, positive=True)
@@ -226,6 +232,9 @@ class Chimeway:
         self.max_deferrals = max_deferrals
         self.relay_grace = timedelta(seconds=relay_grace)
         self.requeue_after = timedelta(seconds=requeue_after)
+        if retention is not None:  # checked now, as every rescue() will use it
+            self._prune_cutoff("retention", retention, self.clock.now())
+        self.retention = retention
         self._rand = rand
         self._interrupts: tuple[type[BaseException], ...] = tuple(
             getattr(backend, "interrupts", ())
@@ -689,26 +698,27 @@ class Chimeway:
         ledger (``context.recent_attempts``) needs ``older_than`` at least as
         long as it looks back. Safe to run from several processes at once.
         """
-        return self.store.prune(before=self._prune_cutoff(older_than), batch_size=batch_size)
+        before = self._prune_cutoff("older_than", older_than, self.clock.now())
+        return self.store.prune(before=before, batch_size=batch_size)
 
     def count_prunable(self, older_than: float) -> int:
         """How many deliveries :meth:`prune` with this ``older_than`` would delete now."""
-        return self.store.count_prunable(before=self._prune_cutoff(older_than))
+        before = self._prune_cutoff("older_than", older_than, self.clock.now())
+        return self.store.count_prunable(before=before)
 
-    def _prune_cutoff(self, older_than: float) -> datetime:
-        seconds("older_than", older_than, positive=True)
+    def _prune_cutoff(self, name: str, age: object, now: datetime) -> datetime:
+        """``now`` less ``age`` seconds, which must be at least :attr:`min_retention`."""
+        checked = seconds(name, age, positive=True)
         shortest = self.min_retention
-        if older_than < shortest:
+        if checked < shortest:
             raise ValueError(
-                f"older_than must be at least the engine's min_retention ({shortest:g} s: "
-                f"its longest lease or rate-limit window), got {older_than!r}"
+                f"{name} must be at least the engine's min_retention ({shortest:g} s: "
+                f"its longest lease or rate-limit window), got {age!r}"
             )
         try:
-            return self.clock.now() - timedelta(seconds=older_than)
+            return now - timedelta(seconds=checked)
         except OverflowError:
-            raise ValueError(
-                f"older_than reaches back before the year 1, got {older_than!r}"
-            ) from None
+            raise ValueError(f"{name} reaches back before the year 1, got {age!r}") from None
 
     def _send_outbox(self, items: Sequence[OutboxItem], now: datetime) -> None:
         due = [item.delivery_id for item in items if item.run_at <= now]
@@ -726,7 +736,8 @@ class Chimeway:
         cancelled ``outcome_unknown`` on an at-most-once one (the table
         decides). Live, due deliveries untouched for ``requeue_after``
         seconds are queued again (a lost or flushed queue); the backend's job
-        ids dedupe. Safe with several rescuers at once.
+        ids dedupe. With a ``retention``, up to ``limit`` deliveries terminal
+        for longer are pruned. Safe with several rescuers at once.
         """
         now = ensure_aware(now, "now") if now is not None else self.clock.now()
         resolved = 0
@@ -737,7 +748,13 @@ class Chimeway:
         if stranded:
             self.backend.enqueue_many([d.id for d in stranded])
         relayed = self.relay()
-        return RescueReport(resolved=resolved, requeued=len(stranded), relayed=relayed)
+        pruned = 0
+        if self.retention is not None:
+            before = self._prune_cutoff("retention", self.retention, now)
+            pruned = self.store.prune(before=before, batch_size=limit, limit=limit)
+        return RescueReport(
+            resolved=resolved, requeued=len(stranded), relayed=relayed, pruned=pruned
+        )
 
     def _resolve_lost(self, claim: Claim, now: datetime) -> bool:
         channel = self.channels.get(claim.delivery.channel)

@@ -1746,34 +1746,39 @@ class SQLStore:
 
     # ---------------------------------------------------------------- retention
 
-    def prune(self, *, before: datetime, batch_size: int = 1000) -> int:
+    def prune(self, *, before: datetime, batch_size: int = 1000, limit: int | None = None) -> int:
         """Delete terminal deliveries created and last written before ``before``; return how many.
 
         Each goes with its attempts, its journal and any outbox row left (the
         foreign keys cascade). Live deliveries (``ready``, ``failed``) are
         never deleted, however old. The oldest go first, ``batch_size`` per
-        transaction, until a batch comes back short: a long prune never holds
-        its locks for long, and one interrupted keeps what it deleted. On
-        PostgreSQL rows another transaction holds are skipped (``SKIP
-        LOCKED``), so prunes can run side by side.
+        transaction, until a batch comes back short or ``limit`` deliveries
+        are deleted: a long prune never holds its locks for long, and one
+        interrupted keeps what it deleted. On PostgreSQL rows another
+        transaction holds are skipped (``SKIP LOCKED``), so prunes can run
+        side by side.
 
         What is deleted is forgotten: :meth:`get` finds nothing, a job still
         queued for it acknowledges "delivery not found", and its
         ``(channel, idempotency_key)`` can be used again.
         """
         _check_limit("batch_size", batch_size)
-        chosen = _prunable(_aware(before, "before")).order_by(_D.created_at).limit(batch_size)
+        remaining = math.inf if limit is None else _check_limit("limit", limit)
+        chosen = _prunable(_aware(before, "before")).order_by(_D.created_at)
         if self.engine.dialect.name == "postgresql":
             chosen = chosen.with_for_update(skip_locked=True)
         total = 0
-        while True:
+        while remaining:
+            batch = int(min(batch_size, remaining))
             with self._write() as conn:
-                ids = list(conn.execute(chosen).scalars())
+                ids = list(conn.execute(chosen.limit(batch)).scalars())
                 for chunk in _in_chunks(ids):
                     conn.execute(delete(_DELIVERIES).where(_D.id.in_(list(chunk))))
             total += len(ids)
-            if len(ids) < batch_size:
-                return total
+            remaining -= len(ids)
+            if len(ids) < batch:
+                break
+        return total
 
     def count_prunable(self, *, before: datetime) -> int:
         """How many deliveries :meth:`prune` with this ``before`` would delete now."""

@@ -75,7 +75,8 @@ def test_memory_worker_delivers_and_stops_gracefully(
     assert lines[0].startswith("chimeway worker: memory backend, 2 thread(s)")
     assert (
         lines[1]
-        == "chimeway worker: first rescue pass: 20 relayed, 0 requeued, 0 lost attempts resolved"
+        == "chimeway worker: first rescue pass: 20 relayed, 0 requeued, 0 lost attempts resolved, "
+        "0 pruned"
     )
     assert lines[-1].startswith("chimeway worker: stopped after 25 jobs (25 acked")
     assert {(DeliveryStatus.SUCCEEDED, None): 25} == store.counts()
@@ -223,7 +224,7 @@ def test_rescue_resolves_a_dead_workers_attempt(
             env={"RECORD_PATH": str(record)},
         )
     assert (0, "") == (result.code, result.stderr)
-    assert {"resolved": 1, "requeued": 0, "relayed": 0} == json.loads(result.stdout)
+    assert {"resolved": 1, "requeued": 0, "relayed": 0, "pruned": 0} == json.loads(result.stdout)
     history = store.history(UUID(delivery_id))
     assert history is not None
     assert (DeliveryStatus.FAILED, "unknown") == (

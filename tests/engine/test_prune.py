@@ -89,3 +89,40 @@ def test_prune_refuses_a_wrong_older_than(
         with pytest.raises(error, match=match):
             call(older_than)  # type: ignore[arg-type]
     assert 1 == engine.count_prunable(DAY)
+
+
+def test_rescue_prunes_for_the_engines_retention_up_to_its_limit(
+    make_engine: MakeEngine, backend: MemoryBackend, clock: VirtualClock
+) -> None:
+    """With retention, each rescue pass prunes at most ``limit``; without, it prunes nothing."""
+    keeper = make_engine({"sms": FakeChannel()})
+    pruner = make_engine({"sms": FakeChannel()}, retention=DAY)
+    for i in range(5):
+        keeper.cancel(keeper.notify("sms", f"+1555010{i}").id)
+    clock.advance(2 * DAY)
+    assert 0 == keeper.rescue().pruned
+    assert 5 == keeper.count_prunable(DAY)
+    assert [3, 2, 0] == [pruner.rescue(limit=3).pruned for _ in range(3)]
+    assert 0 == keeper.count_prunable(DAY)
+
+
+@pytest.mark.parametrize(
+    ("retention", "error", "match"),
+    [
+        (60.0, ValueError, r"retention must be at least the engine's min_retention \(3600 s"),
+        (0, ValueError, "retention"),
+        (float("nan"), ValueError, "retention"),
+        (1e13, ValueError, "retention reaches back before the year 1"),
+        ("30d", TypeError, "retention"),
+    ],
+)
+def test_a_wrong_retention_is_refused_when_the_engine_is_built(
+    make_engine: MakeEngine, retention: object, error: type[Exception], match: str
+) -> None:
+    """The retention every rescue pass will use is checked once, at construction."""
+    with pytest.raises(error, match=match):
+        make_engine(
+            {"sms": FakeChannel()},
+            policies=(RateLimitPolicy(5, timedelta(hours=1)),),
+            retention=retention,
+        )

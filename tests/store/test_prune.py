@@ -277,3 +277,16 @@ def test_creates_racing_a_prune_loop_each_get_a_delivery_with_their_key(
     assert all(count == 1 for _, count in per_key)
     new = {delivery.id for _, created, delivery in results if created}
     assert all(pg_store.get(delivery_id) is not None for delivery_id in new)
+
+
+def test_prune_stops_at_its_limit(store: SQLStore, now: datetime) -> None:
+    """``limit`` caps what one call deletes, in batches of at most batch_size; >= 1 or refused."""
+    for i in range(10):
+        store.cancel(_new(store, now - 10 * DAY, recipient=f"r{i}").id, now=now - 10 * DAY)
+    with pytest.raises(ValueError, match="limit"):
+        store.prune(before=now, limit=0)
+    assert (7, 3) == (
+        store.prune(before=now, batch_size=3, limit=7),
+        store.count_prunable(before=now),
+    )
+    assert (3, 0) == (store.prune(before=now, limit=5), store.count_prunable(before=now))

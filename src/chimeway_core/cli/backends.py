@@ -148,7 +148,8 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
             f"chimeway worker: memory backend, {threads} thread(s), app {options.app}; "
             f"rescue every {options.tick_interval:g} s; Ctrl-C or SIGTERM stops",
             f"chimeway worker: first rescue pass: {first.relayed} relayed, "
-            f"{first.requeued} requeued, {first.resolved} lost attempts resolved",
+            f"{first.requeued} requeued, {first.resolved} lost attempts resolved, "
+            f"{first.pruned} pruned",
         )
         try:
             while not stop.wait(0.2):

@@ -335,6 +335,7 @@ def run_rescue(args: argparse.Namespace) -> int:
     else:
         echo(
             f"rescue: {report.resolved} lost attempts resolved, {report.requeued} stranded "
-            f"deliveries queued again, {report.relayed} outbox rows relayed"
+            f"deliveries queued again, {report.relayed} outbox rows relayed, "
+            f"{report.pruned} terminal deliveries pruned"
         )
     return ExitCode.OK
