@@ -273,7 +273,7 @@ class CeleryBackend:
         except Exception:
             _log.exception("chimeway rescue pass failed; trying again in %ss", self.rescue_interval)
             return
-        if report.resolved or report.requeued or report.relayed or report.pruned:
+        if not report.idle:
             _log.info(
                 "chimeway rescue: resolved=%d requeued=%d relayed=%d pruned=%d",
                 report.resolved,

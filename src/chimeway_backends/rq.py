@@ -589,9 +589,7 @@ class ChimewayWorkerMixin(BaseWorker):
             self.set_state(state)
         if self._stop_requested:
             raise StopRequested
-        if report is not None and (
-            report.resolved or report.requeued or report.relayed or report.pruned
-        ):
+        if report is not None and not report.idle:
             _log.info(
                 "chimeway rescue: %d lost attempts resolved, %d deliveries requeued, "
                 "%d relayed, %d pruned",

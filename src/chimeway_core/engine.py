@@ -109,6 +109,11 @@ class RescueReport:
     pruned: int = 0
     """Deliveries deleted for the engine's ``retention`` (none without one)."""
 
+    @property
+    def idle(self) -> bool:
+        """Whether the pass found nothing to do (workers log only the passes that did)."""
+        return not (self.resolved or self.requeued or self.relayed or self.pruned)
+
 
 @attrs.frozen
 class _Claimed:

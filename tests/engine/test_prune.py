@@ -102,7 +102,8 @@ def test_rescue_prunes_for_the_engines_retention_up_to_its_limit(
     clock.advance(2 * DAY)
     assert 0 == keeper.rescue().pruned
     assert 5 == keeper.count_prunable(DAY)
-    assert [3, 2, 0] == [pruner.rescue(limit=3).pruned for _ in range(3)]
+    reports = [pruner.rescue(limit=3) for _ in range(3)]
+    assert [(3, False), (2, False), (0, True)] == [(r.pruned, r.idle) for r in reports]
     assert 0 == keeper.count_prunable(DAY)
 
 
