@@ -47,6 +47,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any, assert_never
 from uuid import UUID
 
@@ -189,6 +190,10 @@ class Chimeway:
       (:meth:`prune`); at least :attr:`min_retention`.
     - ``rand``: the jitter's random source (seed it for determinism).
 
+    ``channels`` and ``channel_retry`` are kept as read-only mappings: the
+    checks made here (and :attr:`min_retention`) hold for the engine's life,
+    so a channel is added by constructing a new engine.
+
     A setting out of range raises :class:`ValueError` naming it, and a part
     of the wrong kind (a channel without ``send``, a ``channel_retry`` for a
     channel the engine does not have) raises at construction, not in a
@@ -227,10 +232,11 @@ class Chimeway:
         _check_retries(retry, channel_retry, channels)
         self.store = store
         self.backend = backend
-        self.channels = dict(channels)
+        # Read-only views: the checks above (and min_retention) hold for the engine's life.
+        self.channels: Mapping[str, Channel] = MappingProxyType(dict(channels))
         self.policies: tuple[Policy, ...] = (ExpiryPolicy(), *policies)
         self.retry = retry or RetryPolicy()
-        self.channel_retry = dict(channel_retry or {})
+        self.channel_retry: Mapping[str, RetryPolicy] = MappingProxyType(dict(channel_retry or {}))
         self.clock = clock or SystemClock()
         self.telemetry = telemetry or Telemetry()
         self.lease_margin = lease_margin

@@ -85,6 +85,18 @@ def test_the_parts_it_accepts(parts: dict[str, Any]) -> None:
     assert {} == Chimeway(parts["store"], parts["backend"], {}).channels
 
 
+def test_its_channels_are_fixed_at_construction(parts: dict[str, Any]) -> None:
+    """channels and channel_retry are read-only, and the caller's dicts are copied."""
+    channels = dict(parts["channels"])
+    engine = Chimeway(**{**parts, "channels": channels}, channel_retry={"sms": RetryPolicy()})
+    channels["late"] = channels["sms"]  # the caller's dict changes, the engine's does not
+    assert "late" not in engine.channels
+    with pytest.raises(TypeError):
+        engine.channels["late"] = channels["sms"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        engine.channel_retry["sms"] = RetryPolicy()  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("arguments", "error", "message"),
     [
