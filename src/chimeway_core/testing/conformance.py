@@ -26,12 +26,11 @@ from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
-import pytest
-
 from chimeway_backends.memory import MemoryBackend
 from chimeway_core.channels.base import DeliveryGuarantee
 from chimeway_core.clock import Clock, VirtualClock
 from chimeway_core.engine import Chimeway
+from chimeway_core.errors import MissingExtraError
 from chimeway_core.jobs import Backend
 from chimeway_core.outcomes import Outcome
 from chimeway_core.policies import (
@@ -47,6 +46,13 @@ from chimeway_core.retry import RetryPolicy
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.fakes import ScriptedChannel, script_for
+
+try:
+    import pytest
+except ImportError as error:  # pragma: no cover - the optional extra "testing"
+    raise MissingExtraError(
+        "testing", feature="chimeway_core.testing.conformance (the backend conformance suite)"
+    ) from error
 
 __all__ = [
     "CONFORMANCE_RETRY",

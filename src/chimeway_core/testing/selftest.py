@@ -34,18 +34,24 @@ import unittest
 from collections.abc import Callable, Iterator
 from typing import ClassVar, Final, NoReturn
 
-import hypothesis
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis.stateful import run_state_machine_as_test
-
 from chimeway_core.dispatch import Action, decide, match_row
+from chimeway_core.errors import MissingExtraError
 from chimeway_core.outcomes import Outcome
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import strategies
 from chimeway_core.testing.conformance import BackendConformance, Harness, MemoryHarness
 from chimeway_core.testing.stateful import EngineMachine, MachineHarnessFactory, machine_on
+
+try:
+    import hypothesis
+    import pytest
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.stateful import run_state_machine_as_test
+except ImportError as error:  # pragma: no cover - the optional extra "testing"
+    raise MissingExtraError(
+        "testing", feature="chimeway_core.testing.selftest (the property suite)"
+    ) from error
 
 __all__ = [
     "TestConfiguredBackendConformance",

@@ -41,15 +41,13 @@ from datetime import datetime
 from typing import ClassVar, NamedTuple, Protocol
 from uuid import UUID
 
-from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy import create_engine, select
 from sqlalchemy.pool import StaticPool
 
 from chimeway_core.channels.base import DeliveryGuarantee
 from chimeway_core.clock import Clock
 from chimeway_core.engine import Chimeway
-from chimeway_core.errors import IllegalTransitionError
+from chimeway_core.errors import IllegalTransitionError, MissingExtraError
 from chimeway_core.jobs import Backend
 from chimeway_core.outcomes import Outcome
 from chimeway_core.policies import PreferencePolicy
@@ -60,6 +58,14 @@ from chimeway_core.states import TERMINAL_STATUSES, TRANSITION_TABLE, DeliverySt
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.conformance import EngineFactory, Harness, MemoryHarness
 from chimeway_core.testing.fakes import ScriptedChannel, script_for
+
+try:
+    from hypothesis import strategies as st
+    from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
+except ImportError as error:  # pragma: no cover - the optional extra "testing"
+    raise MissingExtraError(
+        "testing", feature="chimeway_core.testing.stateful (the stateful machines)"
+    ) from error
 
 __all__ = [
     "EngineMachine",

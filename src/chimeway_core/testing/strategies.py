@@ -20,10 +20,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import strategies as st
-
 from chimeway_core.clock import ensure_aware
-from chimeway_core.errors import OutcomeUnknownError
+from chimeway_core.errors import MissingExtraError, OutcomeUnknownError
 from chimeway_core.outcomes import (
     Bounced,
     ErrorClass,
@@ -35,6 +33,13 @@ from chimeway_core.outcomes import (
 from chimeway_core.policies import Defer, PolicyDecision, Proceed, Suppress
 from chimeway_core.records import NewDelivery
 from chimeway_core.states import DeliveryStatus, Event
+
+try:
+    from hypothesis import strategies as st
+except ImportError as error:  # pragma: no cover - the optional extra "testing"
+    raise MissingExtraError(
+        "testing", feature="chimeway_core.testing.strategies (hypothesis strategies)"
+    ) from error
 
 __all__ = [
     "attempt_shapes",
