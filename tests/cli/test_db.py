@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from chimeway_core.schema import metadata
+from chimeway_core.store import SQLStore
 from tests.cli.conftest import Invoke, run
 
 TABLES = sorted(table.name for table in metadata.sorted_tables)
@@ -58,15 +59,38 @@ def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path: Path, invoke: 
     """A migration that fails on SQLite rolls back whole: no table, no version row is left."""
     path = tmp_path / "ledger.sqlite3"
     url = f"sqlite:///{path}"
-    _execute(path, "CREATE TABLE chimeway_outbox (x INTEGER)")
+    # An index of the application's that takes a name the migration gives to one of its own:
+    # the migration fails after it has created tables.
+    _execute(path, "CREATE TABLE app_orders (x INTEGER)")
+    _execute(path, "CREATE INDEX ix_chimeway_outbox_created_at ON app_orders (x)")
     failed = invoke("db", "upgrade", "--db", url)
     assert 1 == failed.code, failed.stderr
-    assert "table chimeway_outbox already exists" in failed.stderr
-    assert ["chimeway_outbox"] == _all_tables(url)
-    _execute(path, "DROP TABLE chimeway_outbox")
+    assert "index ix_chimeway_outbox_created_at already exists" in failed.stderr
+    assert ["app_orders"] == _all_tables(url)
+    _execute(path, "DROP INDEX ix_chimeway_outbox_created_at")
     again = invoke("db", "upgrade", "--db", url)
     assert (0, "") == (again.code, again.stderr)
-    assert TABLES == _tables(url)
+    assert ["app_orders", *TABLES] == _tables(url)
+
+
+def test_tables_made_by_create_all_are_brought_under_migrations(
+    tmp_path: Path, invoke: Invoke
+) -> None:
+    """The quickstart's order, create_all() then db upgrade, records head; changed tables exit 1."""
+    made = f"sqlite:///{tmp_path / 'made.sqlite3'}"
+    SQLStore(made).create_all()
+    adopted = invoke("db", "upgrade", "--db", made)
+    assert (0, "") == (adopted.code, adopted.stderr)
+    assert adopted.stdout.startswith(f"{made} is at chimeway revision 0001; tables: ")
+
+    changed = tmp_path / "changed.sqlite3"
+    SQLStore(f"sqlite:///{changed}").create_all()
+    _execute(changed, "ALTER TABLE chimeway_outbox ADD COLUMN extra INTEGER")
+    refused = invoke("db", "upgrade", "--db", f"sqlite:///{changed}")
+    assert (1, "") == (refused.code, refused.stdout)
+    assert 1 == len(refused.stderr_lines)
+    assert "exist with no revision recorded in chimeway_alembic_version" in refused.stderr
+    assert "chimeway_alembic_version" not in _all_tables(f"sqlite:///{changed}")
 
 
 def test_a_refused_revision_touches_no_database(tmp_path: Path, invoke: Invoke) -> None:

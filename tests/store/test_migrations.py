@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from chimeway_core.migrations import VERSION_TABLE, upgrade
+from chimeway_core.migrations import VERSION_TABLE, UnrecordedSchemaError, upgrade
+from chimeway_core.records import NewDelivery
 from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
 from tests.services import fresh_postgres_database
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def _diffs(url: str) -> list[object]:
@@ -65,4 +69,46 @@ def test_upgrade_accepts_a_store_engine(tmp_path: Path) -> None:
     upgrade(store.engine)
     expected = {table.name for table in metadata.sorted_tables} | {VERSION_TABLE}
     assert expected == set(inspect(store.engine).get_table_names())
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_tables_made_by_create_all_are_adopted_with_their_rows(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """upgrade() after create_all() records head, keeps every row and ignores the app's tables."""
+    url = (
+        f"sqlite:///{tmp_path / 'made.db'}"
+        if database == "sqlite"
+        else request.getfixturevalue("empty_postgres")
+    )
+    store = SQLStore(url)
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE app_orders (id INTEGER PRIMARY KEY)"))
+    store.create_all()
+    created = store.create(NewDelivery(channel="sms", recipient="+15550100"), now=NOW)
+
+    upgrade(url)
+    upgrade(url)
+
+    with store.engine.connect() as conn:
+        assert [("0001",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    assert created.delivery == store.get(created.delivery.id)
+    assert all("app_orders" in repr(difference) for difference in _diffs(url))
+    store.engine.dispose()
+
+
+def test_unrecorded_tables_that_differ_are_refused_and_left_alone(tmp_path: Path) -> None:
+    """Tables with no revision that are not head's schema: UnrecordedSchemaError, no revision."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = SQLStore(url)
+    store.create_all()
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_chimeway_deliveries_created_at"))
+
+    with pytest.raises(UnrecordedSchemaError, match="differ from this version's schema in 1") as e:
+        upgrade(url)
+
+    assert "ix_chimeway_deliveries_created_at" in str(e.value)
+    assert VERSION_TABLE not in inspect(store.engine).get_table_names()
     store.engine.dispose()

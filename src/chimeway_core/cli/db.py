@@ -21,15 +21,21 @@ from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, print_json
 from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.errors import MissingExtraError
-from chimeway_core.migrations import VERSION_TABLE, check_revision, upgrade
+from chimeway_core.migrations import (
+    VERSION_TABLE,
+    UnrecordedSchemaError,
+    check_revision,
+    upgrade,
+)
 
 __all__ = ["register", "run_upgrade"]
 
 _DESCRIPTION: Final = f"""\
 Apply chimeway's migrations (chimeway_core.migrations) to the database, up to
 --revision (default: head; or a revision id, base, +N). Creates the tables on
-an empty database; does nothing on an up-to-date one. It runs in one
-transaction: a migration that fails leaves the database as it was. The
+an empty database; does nothing on an up-to-date one; records the head
+revision for tables SQLStore.create_all() made, if they match it. It runs in
+one transaction: a migration that fails leaves the database as it was. The
 revision is recorded in {VERSION_TABLE}, apart from your application's own
 Alembic history. Needs the "migrations" extra (pip install
 "chimeway[migrations]").
@@ -80,6 +86,8 @@ def run_upgrade(args: argparse.Namespace) -> int:
         upgrade(engine, args.revision)
     except MissingExtraError as error:
         raise CliError(str(error)) from None
+    except UnrecordedSchemaError as error:
+        raise CliError(f"migrating {shown(url)} failed: {error}", ExitCode.PROBLEM) from None
     except OperationalError as error:
         if getattr(error.orig, "sqlstate", None) is None and url.get_backend_name() != "sqlite":
             raise connection_error(url, error) from None

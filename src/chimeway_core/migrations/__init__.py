@@ -19,20 +19,41 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, inspect
 
-from chimeway_core.errors import MissingExtraError
+from chimeway_core.errors import ChimewayError, MissingExtraError
+from chimeway_core.schema import metadata
 from chimeway_core.store import _configure_sqlite
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["SCRIPT_LOCATION", "VERSION_TABLE", "check_revision", "upgrade"]
+__all__ = ["SCRIPT_LOCATION", "VERSION_TABLE", "UnrecordedSchemaError", "check_revision", "upgrade"]
 
 #: Where the migration scripts live (this package's directory).
 SCRIPT_LOCATION: Final = str(Path(__file__).parent)
 #: The table in which chimeway records the revision its tables are at.
 VERSION_TABLE: Final = "chimeway_alembic_version"
+
+
+class UnrecordedSchemaError(ChimewayError):
+    """chimeway's tables exist with no revision recorded, and differ from this version's schema.
+
+    Tables made by :meth:`~chimeway_core.store.SQLStore.create_all` of this
+    version match its schema and are adopted instead. ``differences`` are
+    Alembic's, as its autogenerate compares them. Nothing was written.
+    """
+
+    def __init__(self, differences: list[object]) -> None:
+        self.differences = differences
+        shown = "; ".join(repr(difference) for difference in differences[:3])
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        super().__init__(
+            f"chimeway's tables exist with no revision recorded in {VERSION_TABLE}, and differ "
+            f"from this version's schema in {len(differences)} place(s): {shown}{more}; "
+            "they were not made by this version's create_all() or migrations"
+        )
+
 
 _STEPS: Final = re.compile(r"\+[1-9][0-9]*")
 _RELATIVE: Final = re.compile(r".*[+-][0-9]+")
@@ -90,7 +111,11 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
     :class:`~chimeway_core.store.SQLStore` gives its own, which send ``BEGIN``
     themselves). Applying it to an up-to-date database does nothing. A
     ``revision`` :func:`check_revision` refuses raises :class:`ValueError`
-    before the database is touched. Raises
+    before the database is touched. Tables made by
+    :meth:`~chimeway_core.store.SQLStore.create_all` (no revision recorded,
+    the schema of this version's head) are adopted: the head revision is
+    recorded and nothing else written; tables with no revision that differ
+    raise :class:`UnrecordedSchemaError`. Raises
     :class:`~chimeway_core.errors.MissingExtraError` naming
     ``pip install "chimeway[migrations]"`` when Alembic is not installed.
     """
@@ -108,7 +133,37 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
+            if _made_by_create_all(connection):
+                command.stamp(config, "head")
             command.upgrade(config, revision)
     finally:
         if owned:
             engine.dispose()
+
+
+def _made_by_create_all(connection: Connection) -> bool:
+    """Whether chimeway's tables exist with no revision recorded, and match head's schema.
+
+    Raises :class:`UnrecordedSchemaError` for such tables that do not match.
+    """
+    from alembic.autogenerate import compare_metadata  # noqa: PLC0415 -- optional
+    from alembic.migration import MigrationContext  # noqa: PLC0415 -- optional
+
+    names = set(inspect(connection).get_table_names())
+    if not names & set(metadata.tables):
+        return False  # an empty database: the migrations create the tables
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "version_table": VERSION_TABLE,
+            "compare_type": True,
+            # Only chimeway's own tables: the application's may share the database.
+            "include_name": lambda name, kind, _parents: kind != "table" or name in metadata.tables,
+        },
+    )
+    if context.get_current_revision() is not None:
+        return False
+    differences = list(compare_metadata(context, metadata))
+    if differences:
+        raise UnrecordedSchemaError(differences)
+    return True
