@@ -27,6 +27,7 @@ from chimeway_core.errors import (
     InvalidJobError,
     LeaseLostError,
     MissingExtraError,
+    NotResendableError,
     OutcomeUnknownError,
     PayloadNotSerializableError,
     PayloadTooLargeError,
@@ -71,6 +72,9 @@ from chimeway_core.records import (
     JournalEntry,
     JournalKind,
     NewDelivery,
+    Resent,
+    resend_key,
+    resent_from,
 )
 from chimeway_core.retry import RetryPolicy
 from chimeway_core.states import (
@@ -146,6 +150,9 @@ __all__ = [
     "DeliveryHistory",
     "JournalEntry",
     "JournalKind",
+    "Resent",
+    "resend_key",
+    "resent_from",
     # jobs
     "Backend",
     "JobKind",
@@ -165,6 +172,7 @@ __all__ = [
     "PayloadNotSerializableError",
     "DeliveryNotFoundError",
     "DeliveryTerminalError",
+    "NotResendableError",
     "LeaseLostError",
     "StaleDeliveryError",
     "PolicyError",

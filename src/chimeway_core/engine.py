@@ -83,7 +83,7 @@ from chimeway_core.policies import (
     apply_deferral_bound,
     evaluate_policies,
 )
-from chimeway_core.records import Claim, Delivery, DeliveryHistory, NewDelivery
+from chimeway_core.records import Claim, Delivery, DeliveryHistory, NewDelivery, Resent
 from chimeway_core.retry import RetryPolicy
 from chimeway_core.states import DeliveryStatus, apply_event
 from chimeway_core.store import LockedDelivery, OutboxItem, SQLStore
@@ -313,31 +313,66 @@ class Chimeway:
         """
         now = self.clock.now()
         specs = list(specs)
+        # The store validates every spec first; then each delivery, as it is
+        # about to be written, must name a channel of this engine and is shown
+        # to the policies. Bad input is an InvalidDeliveryError, never a
+        # policy (or a lookup) failing on it; nothing is written before.
+        created = self.store.create_many(
+            specs, now=now, session=session, suppress_if=self._suppression(now)
+        )
+        self._created([(c.delivery, c.created) for c in created], now, session)
+        return [c.delivery for c in created]
+
+    def resend(self, delivery_id: UUID, *, session: Session | None = None) -> Resent:
+        """Send a delivery that ended unsent (cancelled or suppressed) again, as a copy.
+
+        Nothing leaves a terminal state: the original stays as it is, with a
+        ``resent`` journal entry naming the copy. The copy is a new delivery
+        with the original's channel, recipient, payload, notification key,
+        ``max_attempts``, ``expires_at`` and metadata, due now, with attempts
+        (and a provider idempotency key) of its own; it is notified like any
+        other, so the policies see it. Idempotent: a delivery has at most one
+        copy, and resending it again returns that copy (``created=False``) and
+        queues nothing; a copy that ends unsent is resent by its own id.
+        ``session`` works as in :meth:`notify`. An unknown id raises
+        :class:`~chimeway_core.errors.DeliveryNotFoundError`; a live or
+        succeeded delivery :class:`~chimeway_core.errors.NotResendableError`; a
+        channel this engine no longer has
+        :class:`~chimeway_core.errors.UnknownChannelError`. Each writes nothing.
+        """
+        now = self.clock.now()
+        resent = self.store.resend(
+            delivery_id, now=now, session=session, suppress_if=self._suppression(now)
+        )
+        self._created([(resent.copy, resent.created)], now, session)
+        return resent
+
+    def _suppression(self, now: datetime) -> Callable[[Delivery], str | None]:
+        """What the store asks of each delivery about to be written: a suppression reason."""
         context = self._context(now, PolicyPhase.NOTIFY)
 
         def suppression(delivery: Delivery) -> str | None:
             self._channel(delivery.channel)
             return _suppression_at_notify(self.policies, delivery, context)
 
-        # The store validates every spec first; then each delivery, as it is
-        # about to be written, must name a channel of this engine and is shown
-        # to the policies. Bad input is an InvalidDeliveryError, never a
-        # policy (or a lookup) failing on it; nothing is written before.
-        created = self.store.create_many(specs, now=now, session=session, suppress_if=suppression)
-        fresh = [c.delivery for c in created if c.created and not c.delivery.is_terminal]
-        for result in created:
-            if not result.created:
-                self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, _meta(result.delivery))
-            elif result.delivery.status is DeliveryStatus.SUPPRESSED:
+        return suppression
+
+    def _created(
+        self, results: Sequence[tuple[Delivery, bool]], now: datetime, session: Session | None
+    ) -> None:
+        """Report what a create wrote, and hand the new live deliveries to the backend."""
+        for delivery, created in results:
+            if not created:
+                self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, _meta(delivery))
+            elif delivery.status is DeliveryStatus.SUPPRESSED:
                 self.telemetry.emit(
-                    TelemetryEvent.SUPPRESSED,
-                    {**_meta(result.delivery), "reason": result.delivery.reason},
+                    TelemetryEvent.SUPPRESSED, {**_meta(delivery), "reason": delivery.reason}
                 )
+        fresh = [delivery for delivery, created in results if created and not delivery.is_terminal]
         if session is None:
             self._hand_over(fresh, now)
         else:
             self._after_commit(session, fresh)
-        return [c.delivery for c in created]
 
     def _hand_over(self, deliveries: Sequence[Delivery], now: datetime) -> None:
         if not deliveries:

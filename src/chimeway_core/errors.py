@@ -260,6 +260,30 @@ class DeliveryTerminalError(ChimewayError):
         )
 
 
+class NotResendableError(ChimewayError):
+    """A resend was asked of a delivery that has not ended unsent.
+
+    Only a ``cancelled`` or ``suppressed`` delivery can be resent. A live one
+    (``ready``, ``failed``) is still being delivered; a ``succeeded`` one was
+    sent, and sending it again is a new ``notify()``. ``status`` and
+    ``reason`` are the delivery's as read. Nothing was written.
+    """
+
+    def __init__(self, delivery_id: UUID, status: DeliveryStatus, reason: str | None) -> None:
+        self.delivery_id = delivery_id
+        self.status = status
+        self.reason = reason
+        why = "it was sent" if status.value == "succeeded" else "it is still live"
+        super().__init__(
+            f"cannot resend delivery {delivery_id!s}: {why} (status {status.value!r}); "
+            "only a cancelled or suppressed delivery can be resent"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.delivery_id, self.status, self.reason))
+
+
 class PolicyError(ChimewayError):
     """A policy raised instead of returning a decision.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from chimeway_core.records import DeliveryHistory, JournalKind
+from chimeway_core.records import DeliveryHistory, JournalKind, resent_from
 
 __all__ = ["explain"]
 
@@ -17,13 +17,17 @@ def explain(history: DeliveryHistory) -> list[str]:
     start, its end, and the transition it caused.
     """
     lines: list[tuple[datetime, int, int, str]] = []
+    original = resent_from(history.delivery)
+    of = f" (a resend of {original})" if original is not None else ""
     for seq, entry in enumerate(history.journal):
         before = entry.from_status.value if entry.from_status else "-"
         after = entry.to_status.value if entry.to_status else "-"
         reason = f" ({entry.reason})" if entry.reason else ""
         match entry.kind:
             case JournalKind.CREATED:
-                rank, text = 0, f"created: {after}"
+                rank, text = 0, f"created: {after}{of}"
+            case JournalKind.RESENT:
+                rank, text = 3, f"resent as {entry.detail.get('as', '?')}"
             case JournalKind.DEFERRED:
                 until = entry.detail.get("until", "?")
                 rank, text = 3, f"deferred until {until}{reason}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 import attrs
@@ -26,7 +26,13 @@ __all__ = [
     "JournalEntry",
     "JournalKind",
     "NewDelivery",
+    "Resent",
+    "resend_key",
+    "resent_from",
 ]
+
+#: The prefix of a resend's idempotency key; the original's id follows it.
+RESEND_KEY_PREFIX: Final = "chimeway.resend:"
 
 
 @attrs.frozen(kw_only=True)
@@ -94,6 +100,8 @@ class JournalKind(enum.StrEnum):
     TRANSITION = "transition"
     DEFERRED = "deferred"
     RESCUED = "rescued"
+    RESENT = "resent"
+    """The delivery was resent; ``detail["as"]`` is the id of its copy."""
 
 
 @attrs.frozen(kw_only=True)
@@ -154,3 +162,32 @@ class Claim:
         """The worker identity holding the lease."""
         assert self.delivery.lease_owner is not None
         return self.delivery.lease_owner
+
+
+@attrs.frozen(kw_only=True)
+class Resent:
+    """What a resend did: the ``original`` as read, its ``copy``, and whether it made it.
+
+    ``created`` is ``False`` when the original had already been resent:
+    ``copy`` is that earlier copy, and nothing was written.
+    """
+
+    original: Delivery
+    copy: Delivery
+    created: bool
+
+
+def resend_key(delivery_id: UUID) -> str:
+    """The idempotency key of the copy a resend makes of ``delivery_id``: one copy per delivery."""
+    return f"{RESEND_KEY_PREFIX}{delivery_id}"
+
+
+def resent_from(delivery: Delivery) -> UUID | None:
+    """The id of the delivery ``delivery`` is a resend of, or ``None`` if it is no resend."""
+    key = delivery.idempotency_key
+    if not key.startswith(RESEND_KEY_PREFIX):
+        return None
+    try:
+        return UUID(key.removeprefix(RESEND_KEY_PREFIX))
+    except ValueError:
+        return None  # an application's own key that happens to share the prefix

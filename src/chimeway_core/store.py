@@ -99,6 +99,7 @@ from chimeway_core.errors import (
     DeliveryTerminalError,
     InvalidDeliveryError,
     LeaseLostError,
+    NotResendableError,
     PayloadNotSerializableError,
     PayloadTooLargeError,
     StaleDeliveryError,
@@ -107,6 +108,7 @@ from chimeway_core.errors import (
 from chimeway_core.outcomes import Classification, Outcome
 from chimeway_core.precompiled import Precompiled
 from chimeway_core.records import (
+    RESEND_KEY_PREFIX,
     Attempt,
     Claim,
     Delivery,
@@ -114,6 +116,8 @@ from chimeway_core.records import (
     JournalEntry,
     JournalKind,
     NewDelivery,
+    Resent,
+    resend_key,
 )
 from chimeway_core.schema import (
     CHANNEL_LENGTH,
@@ -145,6 +149,8 @@ _J: Final = _JOURNAL.c
 _O: Final = _OUTBOX.c
 
 _LIVE: Final = (DeliveryStatus.READY.value, DeliveryStatus.FAILED.value)
+# What ended unsent: what a resend may copy.
+_RESENDABLE: Final = frozenset({DeliveryStatus.CANCELLED, DeliveryStatus.SUPPRESSED})
 _DELIVERY_COLUMNS: Final = len(_DELIVERIES.c)
 _SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 _SQLITE_MINIMUM: Final = (3, 35, 0)
@@ -489,6 +495,30 @@ def _is_live() -> ColumnElement[bool]:
     # expanding parameter, which SQLAlchemy rewrites into the SQL text again
     # at every execution.
     return _D.status.in_([bindparam(f"b_live_{status}", status) for status in _LIVE])
+
+
+def _suppress(
+    rows: Sequence[dict[str, Any]],
+    reasons: Sequence[str | None] | None,
+    suppress_if: Callable[[Delivery], str | None] | None,
+) -> dict[UUID, Delivery]:
+    """Make the rows given a reason born suppressed; the deliveries shown, by id, of the rest.
+
+    The deliveries shown to ``suppress_if`` are returned for the rows written
+    as they were shown (building them again costs ~3 µs each).
+    """
+    drafts: dict[UUID, Delivery] = {}
+    if suppress_if is not None:
+        drafts = {row["id"]: _delivery_from_values(row) for row in rows}
+        reasons = [suppress_if(draft) for draft in drafts.values()]
+    if reasons is not None:
+        for row, reason in zip(rows, reasons, strict=True):
+            _check_text(reason, "suppress_reason", max_length=REASON_LENGTH, optional=True)
+            if reason is not None:
+                row["status"] = apply_event(DeliveryStatus.READY, Event.SUPPRESS).dest.value
+                row["reason"] = reason
+                drafts.pop(row["id"], None)
+    return drafts
 
 
 def _key_of(row: Mapping[str, Any]) -> tuple[str, str]:
@@ -1288,19 +1318,7 @@ class SQLStore:
         rows = [
             self._row_for(spec, now, -1 if single else index) for index, spec in enumerate(specs)
         ]
-        # The deliveries shown to suppress_if are the ones returned for rows
-        # written as they were shown (building them again costs ~3 µs each).
-        drafts: dict[UUID, Delivery] = {}
-        if suppress_if is not None:
-            drafts = {row["id"]: _delivery_from_values(row) for row in rows}
-            suppress_reasons = [suppress_if(draft) for draft in drafts.values()]
-        if suppress_reasons is not None:
-            for row, reason in zip(rows, suppress_reasons, strict=True):
-                _check_text(reason, "suppress_reason", max_length=REASON_LENGTH, optional=True)
-                if reason is not None:
-                    row["status"] = apply_event(DeliveryStatus.READY, Event.SUPPRESS).dest.value
-                    row["reason"] = reason
-                    drafts.pop(row["id"], None)
+        drafts = _suppress(rows, suppress_reasons, suppress_if)
         if not rows:
             return []
         if session is not None:
@@ -1345,6 +1363,107 @@ class SQLStore:
         raise RuntimeError(
             f"deliveries vanished {_CREATE_TRIES} times as they were read back: {keys}"
         )
+
+    # ------------------------------------------------------------------ resending
+
+    def resend(
+        self,
+        delivery_id: UUID,
+        *,
+        now: datetime,
+        session: Session | None = None,
+        suppress_if: Callable[[Delivery], str | None] | None = None,
+    ) -> Resent:
+        """Create the copy of a delivery that ended unsent; journal it on the original.
+
+        One transaction (the caller's, with ``session``): the original is read
+        for update; the copy has its channel, recipient, payload, notification
+        key, ``max_attempts``, ``expires_at`` and metadata, is due at ``now``,
+        and has the idempotency key :func:`~chimeway_core.records.resend_key`
+        of the original's id, so a delivery has at most one copy: a repeat
+        returns that copy with ``created=False`` and writes nothing. A new copy
+        is written like :meth:`create_many` writes (its journal's ``created``
+        entry, its outbox row unless ``suppress_if`` suppresses it) and the
+        original gets a ``resent`` journal entry naming it; the original's row
+        is not changed. An unknown id raises :class:`DeliveryNotFoundError`; a
+        live or succeeded delivery :class:`NotResendableError`.
+        """
+        _check_id(delivery_id)
+        now = _aware(now, "now")
+        if session is not None:
+            _check_session(session)
+            return self._resend_on(session.connection(), delivery_id, now, suppress_if)
+        with self._write() as conn:
+            return self._resend_on(conn, delivery_id, now, suppress_if)
+
+    def _resend_on(
+        self,
+        conn: Connection,
+        delivery_id: UUID,
+        now: datetime,
+        suppress_if: Callable[[Delivery], str | None] | None,
+    ) -> Resent:
+        row = conn.execute(_SELECT_FOR_UPDATE, {"b_id": delivery_id}).first()
+        if row is None:
+            raise DeliveryNotFoundError(delivery_id)
+        original = _delivery(row)
+        if original.status not in _RESENDABLE:
+            raise NotResendableError(delivery_id, original.status, original.reason)
+        spec = NewDelivery(
+            channel=original.channel,
+            recipient=original.recipient,
+            payload=original.payload,
+            notification_key=original.notification_key,
+            idempotency_key=resend_key(original.id),
+            max_attempts=original.max_attempts,
+            expires_at=original.expires_at,
+            metadata=original.metadata,
+        )
+        rows = [self._row_for(spec, now, -1)]
+        drafts = _suppress(rows, None, suppress_if)
+        [result] = self._insert_deliveries(conn, rows, now, drafts)
+        if result.created:
+            conn.execute(
+                _JOURNAL.insert(),
+                _journal_values(
+                    original.id, now, JournalKind.RESENT, detail={"as": str(result.delivery.id)}
+                ),
+            )
+        return Resent(original=original, copy=result.delivery, created=result.created)
+
+    def resendable(
+        self,
+        *,
+        since: datetime,
+        channel: str | None = None,
+        reason: str | None = None,
+        limit: int | None = None,
+    ) -> list[UUID]:
+        """Ids of the cancelled and suppressed deliveries last written at or after ``since``.
+
+        Oldest first; only ``channel`` and only ``reason`` when given. Copies
+        made by :meth:`resend` are left out, so running a bulk resend again
+        resends nothing new: a copy is resent by its id.
+        """
+        since = _aware(since, "since")
+        if limit is not None:
+            whole("limit", limit, minimum=1)
+        query = (
+            select(_D.id)
+            .where(
+                _D.status.in_([status.value for status in sorted(_RESENDABLE)]),
+                _D.updated_at >= since,
+                ~_D.idempotency_key.startswith(RESEND_KEY_PREFIX, autoescape=True),
+            )
+            .order_by(_D.updated_at, _D.id)
+            .limit(limit)
+        )
+        if channel is not None:
+            query = query.where(_D.channel == channel)
+        if reason is not None:
+            query = query.where(_D.reason == reason)
+        with self._read() as conn:
+            return list(conn.scalars(query))
 
     # ------------------------------------------------------------------ reading
 
