@@ -20,6 +20,7 @@ COMMANDS = [
     ("relay",),
     ("rescue",),
     ("prune",),
+    ("resend",),
     ("db",),
     ("db", "upgrade"),
     ("selftest",),
@@ -60,7 +61,7 @@ def test_help_documents_the_exit_codes_and_environment(invoke: Invoke) -> None:
         "0  ok",
         "1  the command ran and found a problem",
         "2  usage or configuration error",
-        "3  a service (the database) is unreachable",
+        "3  a service (the database, Redis, the broker) is unreachable",
     ):
         assert text in result.stdout
 

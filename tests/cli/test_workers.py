@@ -1,4 +1,4 @@
-"""``chimeway worker``, ``relay``, ``rescue`` and ``prune`` with ``--app`` engines."""
+"""``chimeway worker``, ``relay``, ``rescue``, ``prune`` and ``resend`` with ``--app`` engines."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from uuid import UUID
 import pytest
 
 from chimeway_core.cli import workers
+from chimeway_core.jobs import job_id_for
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
 from tests.cli.conftest import APP_MODULE, Invoke, add_deliveries, sqlite_ledger, start
@@ -262,7 +263,7 @@ def test_relay_with_redis_down_reports_it_and_keeps_the_outbox(
 def test_one_off_commands_create_no_sqlite_file(
     tmp_path: Path, app_dir: Path, invoke: Invoke
 ) -> None:
-    """relay, rescue, prune and worker refuse a missing SQLite file, and do not create it."""
+    """relay, rescue, prune, resend and worker refuse a missing SQLite file, not creating it."""
     path = tmp_path / "nope.sqlite3"
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(app_dir))
@@ -279,6 +280,7 @@ def test_one_off_commands_create_no_sqlite_file(
                 ("relay",),
                 ("rescue",),
                 ("prune", "--older-than", "30d"),
+                ("resend", "--since", "1h"),
                 ("worker", "--backend", "memory"),
             )
         ]
@@ -364,3 +366,187 @@ def test_prune_refuses_a_bad_age_or_batch_in_one_line(
     assert message in result.stderr
     assert 1 == sum(store.counts().values())
     store.engine.dispose()
+
+
+def test_resend_by_id_makes_one_copy_each_and_names_what_it_refused(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """IDs are resent once each; an unknown or live one is refused (exit 1), the rest done."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    now = datetime.now(UTC)
+    cancelled = _terminal(store, 2, now - timedelta(hours=1))
+    (live,) = add_deliveries(store, 1)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    record = tmp_path / "enqueued.txt"
+    args = ("resend", "--app", f"{APP_MODULE}:recording_engine", "--db", url)
+    env = {"RECORD_PATH": str(record)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        first = invoke(*args, *cancelled, live, unknown, env=env)
+        again = invoke(*args, cancelled[0], "--json", env=env)
+    assert 1 == first.code
+    copies = {}
+    for line in first.stdout.splitlines()[:2]:
+        words = line.split()
+        assert ("resent", "as", "ready") == (words[0], words[2], words[4])
+        copies[words[1]] = words[3].rstrip(":")
+    assert sorted(cancelled) == sorted(copies)
+    assert "resend: 2 copies made, 0 already resent, 2 refused" == first.stdout.splitlines()[-1]
+    assert [
+        f"chimeway resend: cannot resend delivery {live}: it is still live (status 'ready'); "
+        "only a cancelled or suppressed delivery can be resent",
+        f"chimeway resend: no delivery with id {unknown}",
+    ] == first.stderr_lines
+    assert sorted(copies.values()) == sorted(record.read_text().split())
+    assert (0, "") == (again.code, again.stderr)
+    assert {
+        "dry_run": False,
+        "resent": [
+            {
+                "id": cancelled[0],
+                "copy": copies[cancelled[0]],
+                "created": False,
+                "status": "ready",
+                "reason": None,
+            }
+        ],
+        "refused": [],
+    } == json.loads(again.stdout)
+    assert 2 == len(record.read_text().split())  # the repeat queued nothing
+    store.engine.dispose()
+
+
+def test_resend_since_selects_by_window_and_dry_run_lists_only(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """--since picks what ended in the window (no copies); --dry-run lists and resends nothing."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    now = datetime.now(UTC)
+    _terminal(store, 1, now - timedelta(days=3))
+    recent = _terminal(store, 3, now - timedelta(minutes=30))
+    record = tmp_path / "enqueued.txt"
+    args = ("resend", "--app", f"{APP_MODULE}:recording_engine", "--db", url, "--since", "2h")
+    env = {"RECORD_PATH": str(record)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        listed = invoke(*args, "--dry-run", env=env)
+        limited = invoke(
+            *args, "--limit", "1", "--channel", "log", "--reason", "cancelled", env=env
+        )
+        rest = invoke(*args, "--json", env=env)
+        nothing_new = invoke(*args, env=env)
+    assert (0, "") == (listed.code, listed.stderr)
+    oldest_first = sorted(recent)  # one updated_at: then by id
+    assert [*oldest_first, "resend would make 3 copies (dry run: nothing resent)"] == (
+        listed.stdout.splitlines()
+    )
+    assert 0 == limited.code
+    assert limited.stdout.startswith(f"resent {oldest_first[0]} as ")
+    outcome = json.loads(rest.stdout)
+    assert [False, True, True] == [r["created"] for r in outcome["resent"]]
+    assert 3 == len(record.read_text().split())
+    assert (0, "resend: 0 copies made, 3 already resent, 0 refused") == (
+        nothing_new.code,
+        nothing_new.stdout.splitlines()[-1],
+    )
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ((), "give the deliveries' IDs, or select them with --since AGE"),
+        (("--channel", "log"), "give the deliveries' IDs, or select them with --since AGE"),
+        (
+            ("00000000-0000-4000-8000-000000000000", "--since", "1h", "--dry-run"),
+            "not both (--since, --dry-run)",
+        ),
+        (("--since", "1h", "--limit", "0"), "--limit must be at least 1"),
+        (("--since", "1e12d"), "year 1"),
+        (("not-a-uuid",), "'not-a-uuid' is not a delivery id"),
+    ],
+)
+def test_resend_refuses_bad_options_in_one_line(
+    tmp_path: Path, app_dir: Path, invoke: Invoke, options: tuple[str, ...], message: str
+) -> None:
+    """A missing selection, a mix of IDs and --since, a bad limit or age: exit 2, one line."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    _terminal(store, 1, datetime.now(UTC))
+    env = {"RECORD_PATH": str(tmp_path / "enqueued.txt")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        result = invoke(
+            "resend", "--app", f"{APP_MODULE}:recording_engine", "--db", url, *options, env=env
+        )
+    assert (2, "") == (result.code, result.stdout)
+    assert 1 == len(result.stderr_lines), result.stderr
+    assert message in result.stderr
+    assert 1 == sum(store.counts().values())
+    store.engine.dispose()
+
+
+def test_resend_refuses_an_engine_on_the_memory_backend(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """Copies queued in this process's memory would end with it: exit 2, nothing resent."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    (cancelled,) = _terminal(store, 1, datetime.now(UTC))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        result = invoke("resend", "--app", f"{APP_MODULE}:memory_engine", "--db", url, cancelled)
+    assert 2 == result.code
+    assert "queues in memory" in result.stderr
+    assert 1 == sum(store.counts().values())
+    store.engine.dispose()
+
+
+@pytest.mark.redis
+def test_resent_copies_are_delivered_by_a_real_rq_worker(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """resend queues the copies on RQ (real Redis); chimeway's RQ worker delivers them."""
+    require("redis")
+    import redis
+
+    queue = f"chimeway-cli-{secrets.token_hex(4)}"
+    redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    originals = _terminal(store, 3, datetime.now(UTC) - timedelta(minutes=5))
+    app = ("--app", f"{APP_MODULE}:rq_engine", "--db", url, "--redis-url", redis_url)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.syspath_prepend(str(app_dir))
+            resent = invoke("resend", *app, "--since", "1h", "--json", env={"QUEUE": queue})
+        assert (0, "") == (resent.code, resent.stderr)
+        copies = {r["copy"] for r in json.loads(resent.stdout)["resent"]}
+        client = redis.Redis.from_url(redis_url)
+        jobs = client.lrange(f"rq:queue:{queue}", 0, -1)
+        assert {job_id_for(UUID(c)) for c in copies} == {job.decode() for job in jobs}
+        process = start(
+            "worker",
+            "--backend",
+            "rq",
+            *app,
+            "--tick-interval",
+            "0.5",
+            cwd=tmp_path,
+            env={"QUEUE": queue},
+            path=[app_dir],
+        )
+        _wait_for(store, 3, process)
+        out, err = _stop(process)
+        assert "Traceback" not in out + err
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"*{queue}*"))
+        if keys:
+            client.delete(*keys)
+    assert 0 == process.returncode, err
+    assert {(DeliveryStatus.SUCCEEDED, None): 3, (DeliveryStatus.CANCELLED, "cancelled"): 3} == (
+        store.counts()
+    )
+    assert {DeliveryStatus.CANCELLED} == {
+        history.delivery.status for i in originals if (history := store.history(UUID(i)))
+    }
+    store.engine.dispose()
+

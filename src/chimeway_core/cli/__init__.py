@@ -32,13 +32,14 @@ environment:
   CHIMEWAY_DATABASE_URL  the database when --db is not given (not read by the demo)
   CHIMEWAY_REDIS_URL     the Redis URL when --redis-url is not given
   CHIMEWAY_BROKER_URL    the broker URL when --broker-url is not given
-  CHIMEWAY_APP           the engine of worker, relay, rescue when --app is not given
+  CHIMEWAY_APP           the engine of worker, relay, rescue, prune, resend when --app
+                         is not given
 
 exit status:
   0  ok
   1  the command ran and found a problem
   2  usage or configuration error
-  3  a service (the database) is unreachable"""
+  3  a service (the database, Redis, the broker) is unreachable"""
 
 
 def _version() -> str:

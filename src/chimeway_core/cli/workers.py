@@ -1,4 +1,4 @@
-"""``chimeway worker``, ``relay``, ``rescue`` and ``prune``: running the application's own engine.
+"""``chimeway worker``, ``relay``, ``rescue``, ``prune``, ``resend``: the application's engine.
 
 The engine comes from ``--app module:attribute`` (or ``CHIMEWAY_APP``;
 :mod:`chimeway_core.cli.app`); the backends ``--backend`` names are the table
@@ -18,7 +18,9 @@ import argparse
 import math
 import os
 import threading
+from datetime import timedelta
 from typing import Final
+from uuid import UUID
 
 import attrs
 
@@ -44,12 +46,14 @@ from chimeway_core.cli.config import (
     sqlite_path,
 )
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import echo, print_json
+from chimeway_core.cli.output import echo, print_json, warn
 from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.engine import Chimeway
+from chimeway_core.errors import DeliveryNotFoundError, NotResendableError, UnknownChannelError
 from chimeway_core.loading import APP_VARIABLE
+from chimeway_core.records import Resent
 
-__all__ = ["register", "run_prune", "run_relay", "run_rescue", "run_worker"]
+__all__ = ["register", "run_prune", "run_relay", "run_rescue", "run_resend", "run_worker"]
 
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _BROKER_SCHEMES: Final = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sqs", "memory")
@@ -80,7 +84,7 @@ def _add_app_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Subparsers) -> None:
-    """Add ``chimeway worker``, ``relay``, ``rescue`` and ``prune``."""
+    """Add ``chimeway worker``, ``relay``, ``rescue``, ``prune`` and ``resend``."""
     worker = command(subparsers, "worker", run_worker, "Run a worker for the application's engine.")
     worker.description = (
         "Run the worker of a backend for the engine --app names, until SIGINT or SIGTERM "
@@ -185,6 +189,48 @@ def register(subparsers: Subparsers) -> None:
         "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
     )
     prune.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    resend = command(
+        subparsers, "resend", run_resend, "Send deliveries that ended unsent again, as copies."
+    )
+    resend.description = (
+        "Resend cancelled or suppressed deliveries of the engine --app names: each gets one "
+        "copy (the same channel, recipient, payload and settings, due now), queued on the "
+        "engine's backend; the original stays as it is, with a journal entry naming its "
+        "copy. Name the deliveries by ID, or select them with --since (what ended in the "
+        "last AGE), narrowed by --channel and --reason; a selection leaves copies out, so "
+        "running it again resends nothing twice. A delivery already resent keeps its copy.\n\n"
+        "exit status: 0 done, 1 an ID unknown, live or succeeded (the others are resent), 2 "
+        "bad options or --app, an engine on the in-memory backend, 3 database, Redis or "
+        "broker unreachable."
+    )
+    resend.add_argument(
+        "ids", nargs="*", type=_delivery_id, metavar="ID", help="the deliveries' ids"
+    )
+    _add_app_options(resend)
+    resend.add_argument(
+        "--since",
+        type=_age,
+        metavar="AGE",
+        help="select what was cancelled or suppressed in the last AGE: seconds, or a number "
+        "with s, m, h or d (like 2h)",
+    )
+    resend.add_argument("--channel", metavar="NAME", help="select only this channel's")
+    resend.add_argument(
+        "--reason", metavar="REASON", help="select only this reason's (like permanent_failure)"
+    )
+    resend.add_argument("--limit", type=int, metavar="N", help="select at most N, the oldest first")
+    resend.add_argument(
+        "--dry-run", action="store_true", help="list what --since selects, resend nothing"
+    )
+    resend.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _delivery_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a delivery id (a UUID)") from None
 
 
 def _age(text: str) -> float:
@@ -339,3 +385,96 @@ def run_rescue(args: argparse.Namespace) -> int:
             f"{report.pruned} terminal deliveries pruned"
         )
     return ExitCode.OK
+
+
+def _selection(args: argparse.Namespace) -> bool:
+    """Whether the deliveries are selected (--since), not named; refuse a mix of both."""
+    filters = [
+        option
+        for option, value in (
+            ("--channel", args.channel),
+            ("--reason", args.reason),
+            ("--limit", args.limit),
+        )
+        if value is not None
+    ] + (["--dry-run"] if args.dry_run else [])
+    if args.ids:
+        if args.since is not None or filters:
+            given = ", ".join(["--since"] * (args.since is not None) + filters)
+            raise CliError(f"name deliveries by ID or select them with --since, not both ({given})")
+        return False
+    if args.since is None:
+        raise CliError("give the deliveries' IDs, or select them with --since AGE")
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be at least 1, got {args.limit}")
+    return True
+
+
+def run_resend(args: argparse.Namespace) -> int:
+    """Resend the named or selected deliveries; print each copy, and what was refused."""
+    selecting = _selection(args)
+    engine = _one_pass_engine(args, "resend")
+    if not selecting:
+        ids = list(dict.fromkeys(args.ids))
+    else:
+        ids = _selected(engine, args)
+        if args.dry_run:
+            if args.json:
+                print_json({"dry_run": True, "deliveries": [str(i) for i in ids]})
+            else:
+                for delivery_id in ids:
+                    echo(str(delivery_id))
+                echo(f"resend would make {len(ids)} copies (dry run: nothing resent)")
+            return ExitCode.OK
+    done: list[Resent] = []
+    refused: list[tuple[UUID, str]] = []
+    with queue_failures(engine):
+        for delivery_id in ids:
+            try:
+                done.append(engine.resend(delivery_id))
+            except (DeliveryNotFoundError, NotResendableError, UnknownChannelError) as error:
+                refused.append((delivery_id, str(error)))
+    _print_resends(args, done, refused)
+    return ExitCode.PROBLEM if refused else ExitCode.OK
+
+
+def _selected(engine: Chimeway, args: argparse.Namespace) -> list[UUID]:
+    """The ids --since, --channel, --reason and --limit select, on the engine's clock."""
+    try:
+        since = engine.clock.now() - timedelta(seconds=args.since)
+    except OverflowError:
+        raise CliError(f"--since reaches before the year 1: {args.since:g} s") from None
+    return engine.store.resendable(
+        since=since, channel=args.channel, reason=args.reason, limit=args.limit
+    )
+
+
+def _print_resends(
+    args: argparse.Namespace, done: list[Resent], refused: list[tuple[UUID, str]]
+) -> None:
+    if args.json:
+        print_json(
+            {
+                "dry_run": False,
+                "resent": [
+                    {
+                        "id": str(r.original.id),
+                        "copy": str(r.copy.id),
+                        "created": r.created,
+                        "status": r.copy.status.value,
+                        "reason": r.copy.reason,
+                    }
+                    for r in done
+                ],
+                "refused": [{"id": str(i), "error": error} for i, error in refused],
+            }
+        )
+        return
+    for resent in done:
+        how = "resent" if resent.created else "already resent"
+        reason = f" ({resent.copy.reason})" if resent.copy.reason else ""
+        echo(f"{how} {resent.original.id} as {resent.copy.id}: {resent.copy.status.value}{reason}")
+    for _, error in refused:
+        warn(f"chimeway resend: {error}")
+    made = sum(resent.created for resent in done)
+    echo(f"resend: {made} copies made, {len(done) - made} already resent, {len(refused)} refused")
