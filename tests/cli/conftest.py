@@ -75,6 +75,12 @@ def memory_engine():
     return Chimeway(store, MemoryBackend(), _channels(), relay_grace=0.0)
 
 
+def fixed_engine():
+    """An engine whose database is fixed by the application, not $CHIMEWAY_DATABASE_URL."""
+    store = SQLStore(os.environ["FIXED_DATABASE_URL"])
+    return Chimeway(store, MemoryBackend(), _channels(), relay_grace=0.0)
+
+
 def recording_engine():
     store = SQLStore(os.environ["CHIMEWAY_DATABASE_URL"])
     return Chimeway(store, FileBackend(os.environ["RECORD_PATH"]), _channels(), relay_grace=0.0)

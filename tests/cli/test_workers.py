@@ -550,3 +550,31 @@ def test_resent_copies_are_delivered_by_a_real_rq_worker(
     }
     store.engine.dispose()
 
+
+def test_db_that_the_engine_does_not_read_is_refused(
+    tmp_path: Path, app_dir: Path, invoke: Invoke
+) -> None:
+    """--db naming another database than the engine's own: exit 2, nothing done to either."""
+    used, used_url = sqlite_ledger(tmp_path / "used.sqlite3")
+    named, named_url = sqlite_ledger(tmp_path / "named.sqlite3")
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    _terminal(used, 1, long_ago)
+    _terminal(named, 1, long_ago)
+    env = {"FIXED_DATABASE_URL": used_url}
+    args = ("prune", "--app", f"{APP_MODULE}:fixed_engine", "--older-than", "30d")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        patch.chdir(tmp_path)
+        refused = invoke(*args, "--db", named_url, env=env)
+        same_file = invoke(*args, "--db", "sqlite:///used.sqlite3", env=env)
+    assert (2, "") == (refused.code, refused.stdout)
+    assert [
+        f"chimeway: error: --db names {named_url} but the engine of "
+        f"{APP_MODULE}:fixed_engine uses {used_url}: the application does not read "
+        "$CHIMEWAY_DATABASE_URL; drop --db, or build the store from that variable"
+    ] == refused.stderr_lines
+    assert 1 == sum(named.counts().values())
+    assert (0, "pruned 1 deliveries\n") == (same_file.code, same_file.stdout)  # spelled otherwise
+    assert 0 == sum(used.counts().values())
+    used.engine.dispose()
+    named.engine.dispose()

@@ -23,6 +23,7 @@ from typing import Final
 from uuid import UUID
 
 import attrs
+from sqlalchemy import URL
 
 from chimeway_backends.memory import MemoryBackend
 from chimeway_core.cli.app import load_engine
@@ -285,10 +286,18 @@ def _export(args: argparse.Namespace) -> None:
         os.environ[ENV_BROKER_URL] = args.broker_url
 
 
-def _engine(app: str) -> Chimeway:
-    """The engine ``app`` names, its database checked: reachable, with chimeway's tables."""
+def _engine(app: str, db: str | None) -> Chimeway:
+    """The engine ``app`` names, its database checked: ``--db``'s, reachable, with the tables."""
     engine = load_engine(app)
     database = engine.store.engine
+    if db is not None and not _same_database(database_url(db), database.url):
+        # An application that builds its store from a fixed URL never reads the
+        # exported variable: going on would act on a database nobody named.
+        raise CliError(
+            f"--db names {shown(database_url(db))} but the engine of {app} uses "
+            f"{shown(database.url)}: the application does not read ${ENV_DATABASE_URL}; "
+            "drop --db, or build the store from that variable"
+        )
     path = sqlite_path(database.url)
     if path is not None and not path.is_file():
         # Connecting would create an empty file in its place.
@@ -301,6 +310,25 @@ def _engine(app: str) -> Chimeway:
     return engine
 
 
+def _same_database(given: URL, used: URL) -> bool:
+    """Whether two URLs name one database, whatever driver each picks."""
+    if given.get_backend_name() != used.get_backend_name():
+        return False
+    if given.get_backend_name() == "sqlite":
+        given_file, used_file = sqlite_path(given), sqlite_path(used)
+        return (
+            given_file is not None
+            and used_file is not None
+            and given_file.resolve() == used_file.resolve()
+        )
+    return (given.username, given.host, given.port, given.database) == (
+        used.username,
+        used.host,
+        used.port,
+        used.database,
+    )
+
+
 def run_worker(args: argparse.Namespace) -> int:
     """Check the backend, load the engine, run the backend's worker."""
     backend = require(args.backend)
@@ -310,7 +338,7 @@ def run_worker(args: argparse.Namespace) -> int:
     _seconds("--grace", args.grace)
     app = _app(args)
     _export(args)
-    engine = _engine(app)
+    engine = _engine(app, args.db)
     options = WorkerOptions(
         app=app,
         concurrency=args.concurrency,
@@ -324,7 +352,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def _one_pass_engine(args: argparse.Namespace, what: str) -> Chimeway:
     app = _app(args)
     _export(args)
-    engine = _engine(app)
+    engine = _engine(app, args.db)
     if isinstance(engine.backend, MemoryBackend):
         raise CliError(
             f"the engine of {app} queues in memory: the jobs a one-off {what} hands over "
@@ -354,7 +382,7 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
     _export(args)
-    engine = _engine(_app(args))
+    engine = _engine(_app(args), args.db)
     try:
         if args.dry_run:
             count = engine.count_prunable(args.older_than)
