@@ -771,9 +771,30 @@ def _in_flight_attempt_of(claimed: CTE, started_at: str) -> Insert:
     )
 
 
+def _cleared_outbox(claimed: CTE) -> CTE:
+    """Delete the outbox row of what the claiming CTE ``claimed`` returned.
+
+    A delivery a worker claimed is in the queue's hands: a relay that hands
+    its row over again only makes a job that acknowledges and does nothing.
+    The process that notified deletes its rows in batches (``flush_outbox``),
+    so a process that notifies less than a batch per ``relay_grace`` would
+    otherwise leave every row to the relay.
+    """
+    return (
+        delete(_OUTBOX)
+        .where(_O.delivery_id.in_(select(claimed.c.id)))
+        .returning(_O.delivery_id)
+        .cte("cleared")
+    )
+
+
 def _pg_claim_statement() -> Insert:
     claimed = _CLAIM.returning(_D.id, _D.attempt_count).cte("claimed")
-    return _in_flight_attempt_of(claimed, "b_updated_at").returning(_A.number)
+    return (
+        _in_flight_attempt_of(claimed, "b_updated_at")
+        .add_cte(_cleared_outbox(claimed))
+        .returning(_A.number)
+    )
 
 
 def _pg_record_statement(*, reschedule: bool) -> Insert:
@@ -846,7 +867,7 @@ def _pg_quick_claim_statement() -> Select[Any]:
         .cte("claimed")
     )
     attempt = _in_flight_attempt_of(claimed, "b_now").cte("attempt")
-    return select(*claimed.c).add_cte(attempt)
+    return select(*claimed.c).add_cte(attempt, _cleared_outbox(claimed))
 
 
 _PG_QUICK_CLAIM: Final = _pg_quick_claim_statement()
@@ -857,6 +878,9 @@ _PG_QUICK_CLAIM: Final = _pg_quick_claim_statement()
 # 19 columns on every call, which costs more than it saves.
 _RUN_CLAIM: Final = Precompiled(_CLAIM)
 _RUN_INSERT_IN_FLIGHT_ATTEMPT: Final = Precompiled(_INSERT_IN_FLIGHT_ATTEMPT)
+_RUN_DELETE_OUTBOX_ROW: Final = Precompiled(
+    delete(_OUTBOX).where(_O.delivery_id == bindparam("b_id"))
+)
 _RUN_INSERT_JOURNAL_ENTRY: Final = Precompiled(
     insert(_JOURNAL).values({"delivery_id": bindparam("j_delivery_id"), **_journal_binds()})
 )
@@ -932,6 +956,7 @@ def _claim_on(
                 "b_owner": owner,
             },
         )
+        _RUN_DELETE_OUTBOX_ROW.execute(conn, {"b_id": delivery.id})  # see _cleared_outbox
     return Claim(delivery=delivery, attempt=_in_flight_attempt(delivery, at, owner))
 
 

@@ -386,3 +386,32 @@ def test_relay_refuses_a_batch_size_or_grace_out_of_range(
     with pytest.raises(ValueError, match="limit must be an int >= 1"):
         engine.rescue(limit=0)
     assert 1 == store.outbox_size()  # refused before anything was relayed or cleared
+
+
+@pytest.mark.parametrize("policies", ["expiry only", "with a policy"])
+def test_a_claimed_delivery_leaves_nothing_for_the_relay(
+    store: SQLStore, clock: VirtualClock, policies: str
+) -> None:
+    """A producer below its flush batch: the worker's claim clears the row, the relay finds none.
+
+    The producer's own clean-up waits for a batch of 200, so without the claim
+    clearing the row the relay would hand every claimed delivery over again.
+    """
+    from chimeway_core.engine import Chimeway
+
+    extra = (PreferencePolicy(lambda delivery: True),) if policies == "with a policy" else ()
+    producer = Chimeway(store, MemoryBackend(clock), {"sms": FakeChannel()}, clock=clock)
+    worker_backend = MemoryBackend(clock)
+    channel = FakeChannel()
+    worker = Chimeway(store, worker_backend, {"sms": channel}, policies=extra, clock=clock)
+    deliveries = [producer.notify("sms", f"+1555010{i}") for i in range(3)]
+    assert 3 == store.outbox_size()  # handed to the producer's queue, not yet cleared
+
+    for delivery in deliveries:
+        worker.perform(delivery.id)
+
+    assert 0 == store.outbox_size()
+    clock.advance(60)
+    assert 0 == worker.relay()
+    assert [] == worker_backend.pending()
+    assert 3 == len(channel.calls)
