@@ -83,6 +83,7 @@ def test_json_report_parses_with_every_section(invoke: Invoke) -> None:
     assert (40, 2, True) == (report["deliveries"], report["seed"], report["all_terminal"])
     assert 40 == sum(s["count"] for s in report["statuses"])
     assert 40 == sum(report["attempts"].values())
+    assert 0.55 == report["mix"]["success"]  # the default mix's share, as written
 
 
 def test_mix_decides_the_outcomes(invoke: Invoke) -> None:

@@ -238,7 +238,8 @@ def report_json(report: simulation.DemoReport, database: str) -> dict[str, objec
         "deliveries": report.deliveries,
         "seed": report.seed,
         "database": database,
-        "mix": {p.value: w / total for p, w in report.mix.weights.items()},
+        # Rounded: the shares of weights summing to 1 in floating point read 0.5499999...
+        "mix": {p.value: round(w / total, 6) for p, w in report.mix.weights.items()},
         "statuses": [
             {"status": s.status.value, "reason": s.reason, "count": s.count}
             for s in report.statuses
