@@ -1873,6 +1873,47 @@ class SQLStore:
                 for status, reason, count in conn.execute(query)
             }
 
+    def find(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        reason: str | None = None,
+        channel: str | None = None,
+        recipient: str | None = None,
+        idempotency_key: str | None = None,
+        created_since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """The deliveries matching every filter given, newest first, at most ``limit``.
+
+        Newest by ``created_at`` (its index orders them), then by id. A filter
+        of the wrong kind raises :class:`TypeError` (``status`` must be a
+        :class:`~chimeway_core.states.DeliveryStatus`), ``limit`` below 1
+        :class:`ValueError`.
+        """
+        if status is not None and not isinstance(status, DeliveryStatus):
+            raise TypeError(f"status must be a DeliveryStatus, not {type(status).__name__}")
+        whole("limit", limit, minimum=1)
+        query = select(_DELIVERIES).order_by(_D.created_at.desc(), _D.id.desc()).limit(limit)
+        texts = (
+            ("reason", reason, _D.reason),
+            ("channel", channel, _D.channel),
+            ("recipient", recipient, _D.recipient),
+            ("idempotency_key", idempotency_key, _D.idempotency_key),
+        )
+        for name, value, column in texts:
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+            query = query.where(column == value)
+        if status is not None:
+            query = query.where(_D.status == status.value)
+        if created_since is not None:
+            query = query.where(_D.created_at >= _aware(created_since, "created_since"))
+        with self._read() as conn:
+            return [_delivery(row) for row in conn.execute(query)]
+
     def oldest_non_terminal(self) -> Delivery | None:
         """The live delivery created first, or ``None`` (a health signal)."""
         query = select(_DELIVERIES).where(_D.status.in_(_LIVE)).order_by(_D.created_at).limit(1)

@@ -14,6 +14,7 @@ COMMANDS = [
     ("demo",),
     ("table",),
     ("inspect",),
+    ("list",),
     ("show",),
     ("cancel",),
     ("worker",),

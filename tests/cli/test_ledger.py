@@ -1,4 +1,4 @@
-"""``chimeway inspect``, ``show`` and ``cancel`` against real ledgers."""
+"""``chimeway inspect``, ``list``, ``show`` and ``cancel`` against real ledgers."""
 
 from __future__ import annotations
 
@@ -190,3 +190,58 @@ def test_inspect_reads_a_ledger_named_by_a_sqlite_uri(
     result = invoke("inspect", "--db", uri, "--json")
     assert (0, "") == (result.code, result.stderr)
     assert 3 == json.loads(result.stdout)["total"]
+
+
+def test_list_selects_newest_first_and_says_when_more_match(tmp_path: Path, invoke: Invoke) -> None:
+    """Each filter narrows the list; --limit cuts it and says more match; --json agrees."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    now = datetime.now(UTC)
+    old = add_deliveries(store, 2, now=now - timedelta(days=3))
+    new = add_deliveries(store, 3, now=now - timedelta(minutes=5))
+    store.cancel(UUID(new[0]), now=now)
+    newest_first = sorted(new, reverse=True) + sorted(old, reverse=True)  # one time each: by id
+
+    everything = invoke("list", "--db", url)
+    limited = invoke("list", "--db", url, "--limit", "2", "--json")
+    recent = invoke("list", "--db", url, "--since", "1h", "--json")
+    cancelled = invoke("list", "--db", url, "--status", "cancelled", "--reason", "cancelled")
+    nobody = invoke("list", "--db", url, "--recipient", "nobody@example.test")
+    by_recipient_and_key = invoke(
+        "list", "--db", url, "--recipient", "r1@example.test", "--key", old[1], "--json"
+    )
+
+    assert (0, "") == (everything.code, everything.stderr)
+    lines = everything.stdout.splitlines()
+    assert lines[0].split() == ["id", "status", "reason", "channel", "attempts", "created_at"]
+    assert newest_first == [line.split()[0] for line in lines[1:-1]]
+    assert "5 shown, newest first" == lines[-1]
+    assert {"deliveries", "more"} == set(json.loads(limited.stdout))
+    assert (newest_first[:2], True) == (
+        [d["id"] for d in json.loads(limited.stdout)["deliveries"]],
+        json.loads(limited.stdout)["more"],
+    )
+    assert sorted(new) == sorted(d["id"] for d in json.loads(recent.stdout)["deliveries"])
+    assert [new[0], "cancelled"] == cancelled.stdout.splitlines()[1].split()[:2]
+    assert (0, "no deliveries match\n") == (nobody.code, nobody.stdout)
+    assert [old[1]] == [d["id"] for d in json.loads(by_recipient_and_key.stdout)["deliveries"]]
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--limit", "0"), "--limit must be at least 1"),
+        (("--status", "lost"), "argument --status: invalid choice: 'lost'"),
+        (("--since", "soon"), "'soon' is not an age"),
+        (("--since", "1e12d"), "year 1"),
+    ],
+)
+def test_list_refuses_bad_options_in_one_line(
+    tmp_path: Path, invoke: Invoke, options: tuple[str, ...], message: str
+) -> None:
+    """A bad --limit, --status or --since: exit 2, one line saying why."""
+    _, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    result = invoke("list", "--db", url, *options)
+    assert (2, "") == (result.code, result.stdout)
+    assert 1 == len(result.stderr_lines), result.stderr
+    assert message in result.stderr

@@ -1,4 +1,4 @@
-"""``chimeway inspect``, ``show`` and ``cancel``: the ledger, read and acted on directly.
+"""``chimeway inspect``, ``list``, ``show`` and ``cancel``: the ledger, read and acted on directly.
 
 These commands need no engine and no channel: they read and write the
 delivery ledger through :class:`~chimeway_core.store.SQLStore` at ``--db``
@@ -10,14 +10,14 @@ it on a machine where the application's channels are not configured.
 from __future__ import annotations
 
 import argparse
-import uuid
+from datetime import timedelta
 from typing import Any, Final
 from uuid import UUID
 
 from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, format_table, iso, print_json
-from chimeway_core.cli.parser import Subparsers, command
+from chimeway_core.cli.parser import Subparsers, age, command, delivery_id
 from chimeway_core.clock import SystemClock
 from chimeway_core.errors import DeliveryNotFoundError, IllegalTransitionError
 from chimeway_core.explain import explain
@@ -31,6 +31,7 @@ __all__ = [
     "register",
     "run_cancel",
     "run_inspect",
+    "run_list",
     "run_show",
 ]
 
@@ -38,15 +39,8 @@ _STUCK_LIMIT: Final = 100
 _DB_HELP: Final = f"database URL (default: ${ENV_DATABASE_URL})"
 
 
-def _delivery_id(text: str) -> UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a delivery id (a UUID)") from None
-
-
 def register(subparsers: Subparsers) -> None:
-    """Add ``chimeway inspect``, ``show`` and ``cancel``."""
+    """Add ``chimeway inspect``, ``list``, ``show`` and ``cancel``."""
     inspect = command(subparsers, "inspect", run_inspect, "Summarize the delivery ledger.")
     inspect.description = (
         "Counts of deliveries by status and reason, the oldest delivery not yet terminal, "
@@ -58,13 +52,39 @@ def register(subparsers: Subparsers) -> None:
     inspect.add_argument("--db", metavar="URL", help=_DB_HELP)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    listing = command(subparsers, "list", run_list, "List deliveries, newest first.")
+    listing.description = (
+        "The deliveries matching every option given, newest first (by creation), at most "
+        "--limit: each one's id, status, reason, channel, attempts and creation time, for "
+        "chimeway show, cancel or resend. Recipients are not printed.\n\n"
+        "exit status: 0 listed (none matching too), 2 bad options, 3 database unreachable."
+    )
+    listing.add_argument(
+        "--status", choices=[status.value for status in DeliveryStatus], help="only this status"
+    )
+    listing.add_argument("--reason", help="only this reason (like permanent_failure)")
+    listing.add_argument("--channel", metavar="NAME", help="only this channel")
+    listing.add_argument("--recipient", help="only this recipient, exactly as notified")
+    listing.add_argument("--key", metavar="IDEMPOTENCY_KEY", help="only this idempotency key")
+    listing.add_argument(
+        "--since",
+        type=age,
+        metavar="AGE",
+        help="only those created in the last AGE: seconds, or a number with s, m, h or d",
+    )
+    listing.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="at most N (default: 20)"
+    )
+    listing.add_argument("--db", metavar="URL", help=_DB_HELP)
+    listing.add_argument("--json", action="store_true", help="print the deliveries as JSON")
+
     show = command(subparsers, "show", run_show, "Show one delivery and why it is where it is.")
     show.description = (
         "The delivery, every attempt and every journal entry, and the explanation: its "
         "history in time order. The payload is left out unless --payload is given.\n\n"
         "exit status: 0 shown, 1 no such delivery, 2 bad options, 3 database unreachable."
     )
-    show.add_argument("id", type=_delivery_id, metavar="ID", help="the delivery's id")
+    show.add_argument("id", type=delivery_id, metavar="ID", help="the delivery's id")
     show.add_argument("--db", metavar="URL", help=_DB_HELP)
     show.add_argument("--payload", action="store_true", help="include the payload")
     show.add_argument("--json", action="store_true", help="print the delivery as JSON")
@@ -76,7 +96,7 @@ def register(subparsers: Subparsers) -> None:
         "exit status: 0 cancelled, 1 no such delivery or already terminal, 2 bad options, "
         "3 database unreachable."
     )
-    cancel.add_argument("id", type=_delivery_id, metavar="ID", help="the delivery's id")
+    cancel.add_argument("id", type=delivery_id, metavar="ID", help="the delivery's id")
     cancel.add_argument("--db", metavar="URL", help=_DB_HELP)
     cancel.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -138,6 +158,54 @@ def run_inspect(args: argparse.Namespace) -> int:
     else:
         _print_inspect(summary, len(stuck))
     return ExitCode.PROBLEM if stuck else ExitCode.OK
+
+
+# --------------------------------------------------------------------------- list
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the deliveries the options select, newest first."""
+    if args.limit < 1:
+        raise CliError(f"--limit must be at least 1, got {args.limit}")
+    store = _store(args)
+    since = None
+    if args.since is not None:
+        try:
+            since = SystemClock().now() - timedelta(seconds=args.since)
+        except OverflowError:
+            raise CliError(f"--since reaches before the year 1: {args.since:g} s") from None
+    found = store.find(
+        status=None if args.status is None else DeliveryStatus(args.status),
+        reason=args.reason,
+        channel=args.channel,
+        recipient=args.recipient,
+        idempotency_key=args.key,
+        created_since=since,
+        limit=args.limit + 1,  # one more tells whether there are more
+    )
+    shown_now, more = found[: args.limit], len(found) > args.limit
+    if args.json:
+        print_json({"deliveries": [_brief(delivery) for delivery in shown_now], "more": more})
+        return ExitCode.OK
+    if not shown_now:
+        echo("no deliveries match")
+        return ExitCode.OK
+    rows = [["id", "status", "reason", "channel", "attempts", "created_at"]]
+    rows += [
+        [
+            str(delivery.id),
+            delivery.status.value,
+            delivery.reason or "-",
+            delivery.channel,
+            f"{delivery.attempt_count}/{delivery.max_attempts}",
+            iso(delivery.created_at) or "",
+        ]
+        for delivery in shown_now
+    ]
+    echo(format_table(rows, right={4}))
+    tail = f"; more match (--limit {args.limit})" if more else ""
+    echo(f"{len(shown_now)} shown, newest first{tail}")
+    return ExitCode.OK
 
 
 def _print_inspect(summary: dict[str, Any], stuck: int) -> None:

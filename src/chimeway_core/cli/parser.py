@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn, TypeAlias
 
 from chimeway_core.cli.errors import CliError, ExitCode
 
-__all__ = ["Handler", "Parser", "Subparsers", "command"]
+__all__ = ["Handler", "Parser", "Subparsers", "age", "command", "delivery_id"]
 
 #: What a command runs: the parsed options in, the exit code out.
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 
 _PROG: Final = "command_prog"
+_AGE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,3 +77,25 @@ def command(subparsers: Subparsers, name: str, handler: Handler, summary: str) -
     )
     parser.set_defaults(handler=handler, **{_PROG: parser.prog})
     return parser
+
+
+def delivery_id(text: str) -> uuid.UUID:
+    """An argument type: a delivery id (a UUID)."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a delivery id (a UUID)") from None
+
+
+def age(text: str) -> float:
+    """An argument type: ``30d``, ``12h``, ``15m``, ``90s`` or a number of seconds, as seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _AGE_UNITS else (text, "s")
+    try:
+        value = float(number) * _AGE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age (seconds, or a number with s, m, h or d)"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"an age must be finite and > 0, got {text!r}")
+    return value

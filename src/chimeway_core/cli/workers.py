@@ -48,7 +48,7 @@ from chimeway_core.cli.config import (
 )
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, print_json, warn
-from chimeway_core.cli.parser import Subparsers, command
+from chimeway_core.cli.parser import Subparsers, age, command, delivery_id
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import DeliveryNotFoundError, NotResendableError, UnknownChannelError
 from chimeway_core.loading import APP_VARIABLE
@@ -63,7 +63,6 @@ _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: cannot wait that long (threading.TIMEOUT_MAX); larger values overflow a
 #: wait or a timedelta far from the option that gave them.
 MAX_SECONDS: Final = min(365 * 24 * 3600.0, threading.TIMEOUT_MAX)
-_AGE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def _add_app_options(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +172,7 @@ def register(subparsers: Subparsers) -> None:
     _add_app_options(prune)
     prune.add_argument(
         "--older-than",
-        type=_age,
+        type=age,
         required=True,
         metavar="AGE",
         help="how long a delivery must have been terminal: seconds, or a number with "
@@ -206,12 +205,12 @@ def register(subparsers: Subparsers) -> None:
         "broker unreachable."
     )
     resend.add_argument(
-        "ids", nargs="*", type=_delivery_id, metavar="ID", help="the deliveries' ids"
+        "ids", nargs="*", type=delivery_id, metavar="ID", help="the deliveries' ids"
     )
     _add_app_options(resend)
     resend.add_argument(
         "--since",
-        type=_age,
+        type=age,
         metavar="AGE",
         help="select what was cancelled or suppressed in the last AGE: seconds, or a number "
         "with s, m, h or d (like 2h)",
@@ -225,27 +224,6 @@ def register(subparsers: Subparsers) -> None:
         "--dry-run", action="store_true", help="list what --since selects, resend nothing"
     )
     resend.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def _delivery_id(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a delivery id (a UUID)") from None
-
-
-def _age(text: str) -> float:
-    """``30d``, ``12h``, ``15m``, ``90s`` or a bare number of seconds, as seconds."""
-    number, unit = (text[:-1], text[-1]) if text[-1:] in _AGE_UNITS else (text, "s")
-    try:
-        value = float(number) * _AGE_UNITS[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an age (seconds, or a number with s, m, h or d)"
-        ) from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"an age must be finite and > 0, got {text!r}")
-    return value
 
 
 def _seconds(option: str, value: float, *, positive: bool = False) -> float:
