@@ -250,13 +250,14 @@ def markdown(data: Mapping[str, Any], image: str) -> str:
     missed = [t for t in data["targets"] if not t["met"]]
     if missed:
         lines += ["", "### Missed targets: why, and what would close them", ""]
-        seen: set[str] = set()
+        # Targets missed for one reason share its text, under all their names.
+        names_by_text: dict[str, list[str]] = {}
         for target in missed:
             text = _remedy(target["target"], data)
-            if text is None or text in seen:
-                continue
-            seen.add(text)
-            lines += [f"**{target['target']}.** {text}", ""]
+            if text is not None:
+                names_by_text.setdefault(text, []).append(target["target"])
+        for text, names in names_by_text.items():
+            lines += [f"**{'; '.join(names)}.** {text}", ""]
     notes = [f"{area}: {note}" for area, items in data["notes"].items() for note in items]
     if notes:
         lines += ["", "### Notes from this run", ""]
