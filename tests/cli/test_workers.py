@@ -17,7 +17,14 @@ from chimeway_core.cli import workers
 from chimeway_core.jobs import job_id_for
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
-from tests.cli.conftest import APP_MODULE, Invoke, add_deliveries, sqlite_ledger, start
+from tests.cli.conftest import (
+    APP_MODULE,
+    Invoke,
+    Result,
+    add_deliveries,
+    sqlite_ledger,
+    start,
+)
 from tests.services import RABBITMQ_URL, REDIS_URL, require
 
 DEADLINE = 20.0
@@ -314,6 +321,15 @@ def _terminal(store: SQLStore, count: int, at: datetime) -> list[str]:
     return ids
 
 
+def _assert_refused(result: Result, message: str, store: SQLStore) -> None:
+    """Exit 2 with one line on stderr saying ``message``; the ledger's one delivery untouched."""
+    assert (2, "") == (result.code, result.stdout)
+    assert 1 == len(result.stderr_lines), result.stderr
+    assert message in result.stderr
+    assert 1 == sum(store.counts().values())
+    store.engine.dispose()
+
+
 def test_prune_deletes_old_terminal_deliveries_and_dry_run_only_counts(
     tmp_path: Path, app_dir: Path, invoke: Invoke
 ) -> None:
@@ -361,11 +377,7 @@ def test_prune_refuses_a_bad_age_or_batch_in_one_line(
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(app_dir))
         result = invoke("prune", "--app", f"{APP_MODULE}:memory_engine", "--db", url, *options)
-    assert (2, "") == (result.code, result.stdout)
-    assert 1 == len(result.stderr_lines), result.stderr
-    assert message in result.stderr
-    assert 1 == sum(store.counts().values())
-    store.engine.dispose()
+    _assert_refused(result, message, store)
 
 
 def test_resend_by_id_makes_one_copy_each_and_names_what_it_refused(
@@ -478,11 +490,7 @@ def test_resend_refuses_bad_options_in_one_line(
         result = invoke(
             "resend", "--app", f"{APP_MODULE}:recording_engine", "--db", url, *options, env=env
         )
-    assert (2, "") == (result.code, result.stdout)
-    assert 1 == len(result.stderr_lines), result.stderr
-    assert message in result.stderr
-    assert 1 == sum(store.counts().values())
-    store.engine.dispose()
+    _assert_refused(result, message, store)
 
 
 def test_resend_refuses_an_engine_on_the_memory_backend(
