@@ -222,7 +222,7 @@ IN_PROCESS = [
         "Celery broker unreachable",
         _worker("celery", f"{APP_MODULE}:celery_engine", "--db", LEDGER),
         3,
-        "cannot reach the Celery broker",
+        "cannot reach the Celery broker at amqp://guest:**@127.0.0.1:1//: ",
         (("CHIMEWAY_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//"),),
     ),
     Case(

@@ -176,6 +176,9 @@ def test_celery_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Pa
         _delete_queue(queue)
     assert 0 == process.returncode, err
     assert "Traceback" not in out + err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"chimeway worker: celery backend, queue '{queue}' on amqp://")
+    assert "chimeway worker: stopped (Celery's exit status 0)" in lines  # Celery prints too
     assert {(DeliveryStatus.SUCCEEDED, None): 5} == store.counts()
     store.engine.dispose()
 

@@ -188,7 +188,16 @@ def _reach_broker(backend: CeleryBackend) -> None:
                 max_retries=1, interval_start=0, timeout=_BROKER_CONNECT_TIMEOUT
             )
     except (OperationalError, OSError) as error:
-        raise CliError(f"cannot reach the Celery broker: {error}", ExitCode.UNREACHABLE) from None
+        raise CliError(
+            f"cannot reach the Celery broker at {_broker_uri(backend)}: {error}",
+            ExitCode.UNREACHABLE,
+        ) from None
+
+
+def _broker_uri(backend: CeleryBackend) -> str:
+    """The broker's URL as kombu shows it, the password masked (``**``)."""
+    with backend.app.connection_for_write() as connection:
+        return str(connection.as_uri())
 
 
 def _adapter(name: str) -> ModuleType | None:
@@ -227,7 +236,7 @@ def queue_failures(engine: Chimeway) -> Iterator[None]:
     elif celery is not None and isinstance(engine.backend, celery.CeleryBackend):
         from kombu.exceptions import OperationalError  # noqa: PLC0415 -- optional: "celery"
 
-        errors, service = (OperationalError,), "the Celery broker"
+        errors, service = (OperationalError,), f"the Celery broker at {_broker_uri(engine.backend)}"
     try:
         yield
     except errors as error:
@@ -268,12 +277,21 @@ def run_celery(engine: Chimeway, options: WorkerOptions) -> int:
         raise _wrong_backend("celery", options, engine, "chimeway_backends.celery.CeleryBackend")
     _reach_broker(backend)
     _start_logging(engine, options)
+    echo(
+        f"chimeway worker: celery backend, queue {backend.queue!r} on "
+        f"{_broker_uri(backend)}, app {options.app}; rescue every "
+        f"{options.tick_interval:g} s; Ctrl-C or SIGTERM stops"
+    )
+    stdout, stderr = sys.stdout, sys.stderr
     code = adapter.run_worker(
         engine,
         concurrency=options.concurrency,
         loglevel=options.log_level.upper(),
         rescue_interval=options.tick_interval,
     )
+    # Celery's worker redirects both to its logger and leaves them so.
+    sys.stdout, sys.stderr = stdout, stderr
+    echo(f"chimeway worker: stopped (Celery's exit status {code})")
     return ExitCode.OK if code == 0 else ExitCode.PROBLEM
 
 
