@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any, assert_never
+from typing import Any, Final, assert_never
 from uuid import UUID
 
 import attrs
@@ -161,6 +161,25 @@ class _Deferred:
     reason: str
 
 
+#: The engine's parts and settings, which :class:`Chimeway` refuses to rebind once built.
+_FIXED: Final = frozenset(
+    {
+        "store",
+        "backend",
+        "channels",
+        "policies",
+        "retry",
+        "channel_retry",
+        "clock",
+        "telemetry",
+        "lease_margin",
+        "max_deferrals",
+        "relay_grace",
+        "requeue_after",
+        "retention",
+    }
+)
+
 _Admission = _Claimed | _Ignored | _NotDue | _Exhausted | _Suppressed | _Deferred
 """What perform() decided inside the lock, acted on after it committed."""
 
@@ -190,9 +209,10 @@ class Chimeway:
       (:meth:`prune`); at least :attr:`min_retention`.
     - ``rand``: the jitter's random source (seed it for determinism).
 
-    ``channels`` and ``channel_retry`` are kept as read-only mappings: the
-    checks made here (and :attr:`min_retention`) hold for the engine's life,
-    so a channel is added by constructing a new engine.
+    The parts and settings are fixed once built: assigning one raises
+    :class:`AttributeError`, and ``channels`` and ``channel_retry`` are
+    read-only mappings, so the checks made here (and :attr:`min_retention`)
+    hold for the engine's life; a channel is added by building a new engine.
 
     A setting out of range raises :class:`ValueError` naming it, and a part
     of the wrong kind (a channel without ``send``, a ``channel_retry`` for a
@@ -253,6 +273,16 @@ class Chimeway:
         self._identity = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         self._enqueued_lock = threading.Lock()
         self._enqueued: list[UUID] = []
+        self._built = True
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The checks above hold for the engine's life: a part or setting is not
+        # rebound afterwards, past them (a retention below min_retention, say).
+        if name in _FIXED and getattr(self, "_built", False):
+            raise AttributeError(
+                f"Chimeway.{name} is fixed when the engine is built; build another engine"
+            )
+        object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         return f"Chimeway(store={self.store!r}, channels={sorted(self.channels)})"

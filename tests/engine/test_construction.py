@@ -98,6 +98,27 @@ def test_its_channels_are_fixed_at_construction(parts: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("retention", 1.0),  # below min_retention: every rescue would raise
+        ("lease_margin", -5.0),
+        ("channels", {}),
+        ("store", SQLStore("sqlite://")),
+    ],
+)
+def test_its_parts_and_settings_cannot_be_rebound(
+    parts: dict[str, Any], name: str, value: object
+) -> None:
+    """Assigning a part or setting after construction raises, past no check; the old one stays."""
+    engine = Chimeway(**parts)
+    before = getattr(engine, name)
+    with pytest.raises(AttributeError, match=f"Chimeway.{name} is fixed when the engine is built"):
+        setattr(engine, name, value)
+    assert before is getattr(engine, name)
+    engine.note = "an attribute of the application's own"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
     ("arguments", "error", "message"),
     [
         ({"url_or_engine": None}, TypeError, "database URL"),
