@@ -374,6 +374,10 @@ class Chimeway:
         resent = self.store.resend(
             delivery_id, now=now, session=session, suppress_if=self._suppression(now)
         )
+        if resent.created:
+            self.telemetry.emit(
+                TelemetryEvent.RESENT, _meta(resent.original) | {"copy_id": resent.copy.id}
+            )
         self._created([(resent.copy, resent.created)], now, session)
         return resent
 

@@ -74,6 +74,8 @@ class TelemetryEvent(enum.StrEnum):
     """A job found its delivery already terminal or claimed, and did nothing."""
     RESCUED = "chimeway.delivery.rescued"
     """The rescuer resolved an attempt left in flight by a dead worker."""
+    RESENT = "chimeway.delivery.resent"
+    """A delivery that ended unsent was resent (``copy_id``: the new delivery's id)."""
     UNHANDLED_OUTCOME = "chimeway.delivery.unhandled_outcome"
     """The dispatch table met an undocumented shape and raised."""
 
@@ -105,6 +107,7 @@ SAFE_KEYS: Final = frozenset(
         "worker",
         "event",
         "exception_type",
+        "copy_id",
     }
 )
 

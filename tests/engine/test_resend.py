@@ -108,7 +108,14 @@ def test_resending_again_returns_the_same_copy_and_writes_nothing(
     telemetry = Telemetry()
     telemetry.subscribe(lambda event, _meta: events.append(event))
     engine, _, original = _failed_for_good(make_engine, backend, telemetry=telemetry)
+    seen: list[tuple[TelemetryEvent, dict[str, Any]]] = []
+    telemetry.subscribe(lambda event, meta: seen.append((event, dict(meta))))
     first = engine.resend(original.id)
+    assert (TelemetryEvent.RESENT, str(original.id), str(first.copy.id)) == (
+        seen[0][0],
+        seen[0][1]["delivery_id"],
+        seen[0][1]["copy_id"],
+    )
     rows = _rows(store)
     enqueued = backend.enqueued
 
@@ -119,6 +126,7 @@ def test_resending_again_returns_the_same_copy_and_writes_nothing(
     assert rows == _rows(store)
     assert enqueued == backend.enqueued
     assert TelemetryEvent.DUPLICATE_IGNORED == events[-1]
+    assert TelemetryEvent.RESENT not in events[events.index(TelemetryEvent.RESENT) + 1 :]
 
 
 def test_the_copy_of_a_copy_is_made_by_the_copy_id(
