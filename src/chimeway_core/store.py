@@ -771,6 +771,19 @@ def _in_flight_attempt_of(claimed: CTE, started_at: str) -> Insert:
     )
 
 
+def _matching(
+    query: Select[Any], filters: Sequence[tuple[str, str | None, ColumnElement[Any]]]
+) -> Select[Any]:
+    """``query`` narrowed to rows whose column equals each filter given (``None``: not given)."""
+    for name, value, column in filters:
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        query = query.where(column == value)
+    return query
+
+
 def _cleared_outbox(claimed: CTE) -> CTE:
     """Delete the outbox row of what the claiming CTE ``claimed`` returned.
 
@@ -1483,10 +1496,7 @@ class SQLStore:
             .order_by(_D.updated_at, _D.id)
             .limit(limit)
         )
-        if channel is not None:
-            query = query.where(_D.channel == channel)
-        if reason is not None:
-            query = query.where(_D.reason == reason)
+        query = _matching(query, (("channel", channel, _D.channel), ("reason", reason, _D.reason)))
         with self._read() as conn:
             return list(conn.scalars(query))
 
@@ -1895,18 +1905,15 @@ class SQLStore:
             raise TypeError(f"status must be a DeliveryStatus, not {type(status).__name__}")
         whole("limit", limit, minimum=1)
         query = select(_DELIVERIES).order_by(_D.created_at.desc(), _D.id.desc()).limit(limit)
-        texts = (
-            ("reason", reason, _D.reason),
-            ("channel", channel, _D.channel),
-            ("recipient", recipient, _D.recipient),
-            ("idempotency_key", idempotency_key, _D.idempotency_key),
+        query = _matching(
+            query,
+            (
+                ("reason", reason, _D.reason),
+                ("channel", channel, _D.channel),
+                ("recipient", recipient, _D.recipient),
+                ("idempotency_key", idempotency_key, _D.idempotency_key),
+            ),
         )
-        for name, value, column in texts:
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-            query = query.where(column == value)
         if status is not None:
             query = query.where(_D.status == status.value)
         if created_since is not None:

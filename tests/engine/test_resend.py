@@ -307,3 +307,23 @@ def test_two_resends_at_once_make_one_copy(
         journal = [e for e in engine.get(delivery.id).journal if e.kind is JournalKind.RESENT]
         assert 1 == len(copies) == len(journal)
         assert {"as": str(copies.pop())} == dict(journal[0].detail)
+
+
+@pytest.mark.parametrize(
+    ("filters", "error", "message"),
+    [
+        ({"channel": 3}, TypeError, "channel must be a str"),
+        ({"reason": b"cancelled"}, TypeError, "reason must be a str"),
+        ({"limit": 0}, ValueError, "limit"),
+    ],
+)
+def test_bulk_selection_refuses_a_wrong_filter_by_name(
+    store: SQLStore,
+    clock: VirtualClock,
+    filters: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    """resendable() names a filter of the wrong kind or out of range before reading anything."""
+    with pytest.raises(error, match=message):
+        store.resendable(since=clock.now(), **filters)
