@@ -161,17 +161,15 @@ class _Deferred:
     reason: str
 
 
-#: The engine's parts and settings, which :class:`Chimeway` refuses to rebind once built.
+#: The settings :class:`Chimeway` checks against each other when built, and so
+#: refuses to rebind afterwards. Its collaborators (store, backend, clock,
+#: telemetry) stay assignable: a test swaps in a double.
 _FIXED: Final = frozenset(
     {
-        "store",
-        "backend",
         "channels",
         "policies",
         "retry",
         "channel_retry",
-        "clock",
-        "telemetry",
         "lease_margin",
         "max_deferrals",
         "relay_grace",
@@ -209,10 +207,14 @@ class Chimeway:
       (:meth:`prune`); at least :attr:`min_retention`.
     - ``rand``: the jitter's random source (seed it for determinism).
 
-    The parts and settings are fixed once built: assigning one raises
+    The settings are fixed once built: assigning ``channels``, ``policies``,
+    ``retry``, ``channel_retry``, ``lease_margin``, ``max_deferrals``,
+    ``relay_grace``, ``requeue_after`` or ``retention`` raises
     :class:`AttributeError`, and ``channels`` and ``channel_retry`` are
     read-only mappings, so the checks made here (and :attr:`min_retention`)
     hold for the engine's life; a channel is added by building a new engine.
+    The collaborators (``store``, ``backend``, ``clock``, ``telemetry``) may
+    be replaced, as a test does with a double.
 
     A setting out of range raises :class:`ValueError` naming it, and a part
     of the wrong kind (a channel without ``send``, a ``channel_retry`` for a
@@ -276,8 +278,8 @@ class Chimeway:
         self._built = True
 
     def __setattr__(self, name: str, value: object) -> None:
-        # The checks above hold for the engine's life: a part or setting is not
-        # rebound afterwards, past them (a retention below min_retention, say).
+        # The checks above hold for the engine's life: a setting is not rebound
+        # afterwards, past them (a retention below min_retention, say).
         if name in _FIXED and getattr(self, "_built", False):
             raise AttributeError(
                 f"Chimeway.{name} is fixed when the engine is built; build another engine"

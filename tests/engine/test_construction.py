@@ -103,19 +103,25 @@ def test_its_channels_are_fixed_at_construction(parts: dict[str, Any]) -> None:
         ("retention", 1.0),  # below min_retention: every rescue would raise
         ("lease_margin", -5.0),
         ("channels", {}),
-        ("store", SQLStore("sqlite://")),
+        ("policies", ()),
     ],
 )
-def test_its_parts_and_settings_cannot_be_rebound(
-    parts: dict[str, Any], name: str, value: object
-) -> None:
-    """Assigning a part or setting after construction raises, past no check; the old one stays."""
+def test_its_settings_cannot_be_rebound(parts: dict[str, Any], name: str, value: object) -> None:
+    """Assigning a setting after construction raises, past no check; the old one stays."""
     engine = Chimeway(**parts)
     before = getattr(engine, name)
     with pytest.raises(AttributeError, match=f"Chimeway.{name} is fixed when the engine is built"):
         setattr(engine, name, value)
     assert before is getattr(engine, name)
     engine.note = "an attribute of the application's own"  # type: ignore[attr-defined]
+
+
+def test_its_collaborators_can_be_replaced_by_doubles(parts: dict[str, Any]) -> None:
+    """store, backend, clock and telemetry stay assignable: a test swaps in a double."""
+    engine = Chimeway(**parts)
+    backend = MemoryBackend()
+    engine.backend = backend
+    assert backend is engine.backend
 
 
 @pytest.mark.parametrize(
