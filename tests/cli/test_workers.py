@@ -103,11 +103,21 @@ def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
             process.communicate()
 
 
+def _forget_queue(redis_url: str, queue: str) -> None:
+    """Delete what RQ kept for ``queue`` on Redis, its entry in RQ's set of queues too."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"*{queue}*"))
+    if keys:
+        client.delete(*keys)
+    client.srem("rq:queues", f"rq:queue:{queue}")
+
+
 @pytest.mark.redis
 def test_rq_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Path) -> None:
     """--backend rq runs chimeway's RQ worker on the app's queue until SIGTERM (exit 0)."""
     require("redis")
-    import redis
 
     queue = f"chimeway-cli-{secrets.token_hex(4)}"
     redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
@@ -133,10 +143,7 @@ def test_rq_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Path) 
         _wait_for(store, 5, process)
         out, err = _stop(process)
     finally:
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"*{queue}*"))
-        if keys:
-            client.delete(*keys)
+        _forget_queue(redis_url, queue)
     assert 0 == process.returncode, err
     assert "Traceback" not in out + err
     assert out.splitlines()[0].startswith(f"chimeway worker: rq backend, queue '{queue}'")
@@ -548,10 +555,7 @@ def test_resent_copies_are_delivered_by_a_real_rq_worker(
         out, err = _stop(process)
         assert "Traceback" not in out + err
     finally:
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"*{queue}*"))
-        if keys:
-            client.delete(*keys)
+        _forget_queue(redis_url, queue)
     assert 0 == process.returncode, err
     assert {(DeliveryStatus.SUCCEEDED, None): 3, (DeliveryStatus.CANCELLED, "cancelled"): 3} == (
         store.counts()
