@@ -229,6 +229,7 @@ def queue_failures(engine: Chimeway) -> Iterator[None]:
     rq, celery = _adapter("rq"), _adapter("celery")
     errors: tuple[type[BaseException], ...] = ()
     service = ""
+    broker: CeleryBackend | None = None
     if rq is not None and isinstance(engine.backend, rq.RQBackend):
         import redis  # noqa: PLC0415 -- optional: the "rq" extra
 
@@ -236,11 +237,13 @@ def queue_failures(engine: Chimeway) -> Iterator[None]:
     elif celery is not None and isinstance(engine.backend, celery.CeleryBackend):
         from kombu.exceptions import OperationalError  # noqa: PLC0415 -- optional: "celery"
 
-        errors, service = (OperationalError,), f"the Celery broker at {_broker_uri(engine.backend)}"
+        errors, service, broker = (OperationalError,), "the Celery broker", engine.backend
     try:
         yield
     except errors as error:
-        raise CliError(f"cannot reach {service}: {error}", ExitCode.UNREACHABLE) from None
+        # The broker's URL is only worth building for the error that names it.
+        where = "" if broker is None else f" at {_broker_uri(broker)}"
+        raise CliError(f"cannot reach {service}{where}: {error}", ExitCode.UNREACHABLE) from None
 
 
 def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
