@@ -10,14 +10,13 @@ it on a machine where the application's channels are not configured.
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
 from typing import Any, Final
 from uuid import UUID
 
 from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, format_table, iso, print_json
-from chimeway_core.cli.parser import Subparsers, age, command, delivery_id
+from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.clock import SystemClock
 from chimeway_core.errors import DeliveryNotFoundError, IllegalTransitionError
 from chimeway_core.explain import explain
@@ -168,12 +167,7 @@ def run_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
     store = _store(args)
-    since = None
-    if args.since is not None:
-        try:
-            since = SystemClock().now() - timedelta(seconds=args.since)
-        except OverflowError:
-            raise CliError(f"--since reaches before the year 1: {args.since:g} s") from None
+    since = None if args.since is None else ago(SystemClock().now(), args.since, "--since")
     found = store.find(
         status=None if args.status is None else DeliveryStatus(args.status),
         reason=args.reason,

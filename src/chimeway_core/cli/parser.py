@@ -7,11 +7,12 @@ import math
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Final, NoReturn, TypeAlias
 
 from chimeway_core.cli.errors import CliError, ExitCode
 
-__all__ = ["Handler", "Parser", "Subparsers", "age", "command", "delivery_id"]
+__all__ = ["Handler", "Parser", "Subparsers", "age", "ago", "command", "delivery_id"]
 
 #: What a command runs: the parsed options in, the exit code out.
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -99,3 +100,11 @@ def age(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"an age must be finite and > 0, got {text!r}")
     return value
+
+
+def ago(now: datetime, seconds: float, option: str) -> datetime:
+    """``now`` less an :func:`age` given as ``option``; a :class:`CliError` before the year 1."""
+    try:
+        return now - timedelta(seconds=seconds)
+    except OverflowError:
+        raise CliError(f"{option} reaches before the year 1: {seconds:g} s") from None

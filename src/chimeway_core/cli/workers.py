@@ -18,7 +18,6 @@ import argparse
 import math
 import os
 import threading
-from datetime import timedelta
 from typing import Final
 from uuid import UUID
 
@@ -48,7 +47,7 @@ from chimeway_core.cli.config import (
 )
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, print_json, warn
-from chimeway_core.cli.parser import Subparsers, age, command, delivery_id
+from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import DeliveryNotFoundError, NotResendableError, UnknownChannelError
 from chimeway_core.loading import APP_VARIABLE
@@ -446,10 +445,7 @@ def run_resend(args: argparse.Namespace) -> int:
 
 def _selected(engine: Chimeway, args: argparse.Namespace) -> list[UUID]:
     """The ids --since, --channel, --reason and --limit select, on the engine's clock."""
-    try:
-        since = engine.clock.now() - timedelta(seconds=args.since)
-    except OverflowError:
-        raise CliError(f"--since reaches before the year 1: {args.since:g} s") from None
+    since = ago(engine.clock.now(), args.since, "--since")
     return engine.store.resendable(
         since=since, channel=args.channel, reason=args.reason, limit=args.limit
     )
