@@ -230,6 +230,17 @@ class MemoryBackend:
         with self._changed:
             return delivery_id in self._jobs
 
+    def idle(self, now: datetime | None = None) -> bool:
+        """Whether no job is running and none is due at ``now`` (default: the clock's now).
+
+        Jobs scheduled for later may still be pending: :meth:`pending` lists them.
+        """
+        now = self.clock.now() if now is None else ensure_aware(now, "now")
+        with self._changed:
+            if self._running:
+                return False
+            return all(job.run_at > now for job in self._jobs.values())
+
     @property
     def failures(self) -> list[JobFailure]:
         """A copy of the failures recorded so far, oldest first."""

@@ -43,7 +43,7 @@ import secrets
 from pathlib import Path
 
 from chimeway_backends.memory import MemoryBackend
-from chimeway_core import Sent
+from chimeway_core import RetryPolicy, Sent, TemporaryFailure
 from chimeway_core.channels import CallableChannel
 from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
@@ -73,6 +73,14 @@ def _channels():
 def memory_engine():
     store = SQLStore(os.environ["CHIMEWAY_DATABASE_URL"])
     return Chimeway(store, MemoryBackend(), _channels(), relay_grace=0.0)
+
+
+def unlucky_memory_engine():
+    """Every delivery to "log" fails for now and is retried a minute later."""
+    store = SQLStore(os.environ["CHIMEWAY_DATABASE_URL"])
+    channels = {"log": CallableChannel(lambda delivery, key: TemporaryFailure("busy"))}
+    retry = RetryPolicy(initial_delay=60.0, jitter=0.0)
+    return Chimeway(store, MemoryBackend(), channels, retry=retry, relay_grace=0.0)
 
 
 def fixed_engine():

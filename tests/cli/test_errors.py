@@ -269,6 +269,12 @@ IN_PROCESS = [
     ),
     Case("zero worker threads", _worker("memory", "x:y", "--concurrency", "0"), 2, "--concurrency"),
     Case(
+        "celery in burst mode",
+        _worker("celery", f"{APP_MODULE}:celery_engine", "--burst"),
+        2,
+        "--burst: a celery worker has no burst mode",
+    ),
+    Case(
         "rq with concurrency",
         _worker("rq", f"{APP_MODULE}:rq_engine", "--db", LEDGER, "--concurrency", "4"),
         2,

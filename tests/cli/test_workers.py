@@ -22,6 +22,7 @@ from tests.cli.conftest import (
     Invoke,
     Result,
     add_deliveries,
+    run,
     sqlite_ledger,
     start,
 )
@@ -89,6 +90,67 @@ def test_memory_worker_delivers_and_stops_gracefully(
     assert lines[-1].startswith("chimeway worker: stopped after 25 jobs (25 acked")
     assert {(DeliveryStatus.SUCCEEDED, None): 25} == store.counts()
     assert 0 == store.outbox_size()
+    store.engine.dispose()
+
+
+def test_memory_worker_in_burst_mode_runs_what_is_due_then_exits(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    """--burst relays the outbox, runs every due job on its threads, and exits 0 by itself."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 20)
+    result = run(
+        "worker",
+        "--backend",
+        "memory",
+        "--burst",
+        "--concurrency",
+        "2",
+        "--app",
+        f"{APP_MODULE}:memory_engine",
+        "--db",
+        url,
+        cwd=tmp_path,
+        path=[app_dir],
+        timeout=DEADLINE,
+    )
+    assert 0 == result.code, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("runs what is due, then exits; Ctrl-C or SIGTERM stops")
+    assert lines[-1] == (
+        "chimeway worker: burst done after 20 jobs (20 acked, 0 retried, 0 deferred, 0 raised)"
+    )
+    assert {(DeliveryStatus.SUCCEEDED, None): 20} == store.counts()
+    assert 0 == store.outbox_size()
+    store.engine.dispose()
+
+
+def test_memory_burst_leaves_retries_to_a_later_worker(tmp_path: Path, app_dir: Path) -> None:
+    """A burst does not wait for a retry's backoff: the job is left, the ledger says failed."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 3)
+    started = time.monotonic()
+    result = run(
+        "worker",
+        "--backend",
+        "memory",
+        "--burst",
+        "--app",
+        f"{APP_MODULE}:unlucky_memory_engine",
+        "--db",
+        url,
+        cwd=tmp_path,
+        path=[app_dir],
+        timeout=DEADLINE,
+    )
+    assert 0 == result.code, result.stderr
+    assert time.monotonic() - started < 50  # the backoff is 60 s
+    assert result.stdout.splitlines()[-2:] == [
+        "chimeway worker: burst done after 3 jobs (0 acked, 3 retried, 0 deferred, 0 raised)",
+        "chimeway worker: 3 jobs scheduled for later were not run; their deliveries stay in "
+        "the ledger, and a later worker's rescuer queues them again",
+    ]
+    assert {(DeliveryStatus.FAILED, None): 3} == store.counts()
     store.engine.dispose()
 
 
@@ -187,6 +249,45 @@ def test_celery_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Pa
     assert lines[0].startswith(f"chimeway worker: celery backend, queue '{queue}' on amqp://")
     assert "chimeway worker: stopped (Celery's exit status 0)" in lines  # Celery prints too
     assert {(DeliveryStatus.SUCCEEDED, None): 5} == store.counts()
+    store.engine.dispose()
+
+
+@pytest.mark.redis
+def test_rq_worker_in_burst_mode_drains_the_queue_then_exits(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    """--backend rq --burst: the first rescue relays the outbox, RQ's burst runs it, exit 0."""
+    require("redis")
+    queue = f"chimeway-cli-{secrets.token_hex(4)}"
+    redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 5)
+    try:
+        result = run(
+            "worker",
+            "--backend",
+            "rq",
+            "--burst",
+            "--app",
+            f"{APP_MODULE}:rq_engine",
+            "--db",
+            url,
+            "--redis-url",
+            redis_url,
+            cwd=tmp_path,
+            env={"QUEUE": queue},
+            path=[app_dir],
+            timeout=DEADLINE,
+        )
+    finally:
+        _forget_queue(redis_url, queue)
+    assert 0 == result.code, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("runs what is queued, then exits; Ctrl-C or SIGTERM stops")
+    assert lines[-1] == "chimeway worker: burst done (jobs run)"
+    assert {(DeliveryStatus.SUCCEEDED, None): 5} == store.counts()
+    assert 0 == store.outbox_size()
     store.engine.dispose()
 
 

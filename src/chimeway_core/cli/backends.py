@@ -68,6 +68,8 @@ class WorkerOptions:
     grace: float
     """Seconds running jobs get to finish on stop (memory backend)."""
     log_level: str
+    burst: bool = False
+    """Run what is due, then exit, instead of waiting for more."""
 
 
 #: How a backend's worker runs: the engine and the options in, the exit code out.
@@ -84,6 +86,8 @@ class WorkerBackend:
     """The chimeway extra that installs its dependencies (``None``: none needed)."""
     run: RunWorker
     """Runs the worker until it is stopped; returns the exit code."""
+    burst: bool
+    """Whether its worker can run in burst mode (``--burst``)."""
 
 
 def _start_logging(engine: Chimeway, options: WorkerOptions) -> None:
@@ -126,7 +130,10 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
 
     A rescue pass runs first (outbox rows and lost attempts left by a
     previous process), then every ``tick_interval`` seconds. On a signal no
-    new job is taken and running ones get ``grace`` seconds to finish.
+    new job is taken and running ones get ``grace`` seconds to finish. With
+    ``burst`` the worker stops as soon as no job is running and none is due;
+    jobs scheduled for later (retries, deferrals) die with the process, and
+    their deliveries wait in the ledger for a later worker's rescuer.
     """
     backend = engine.backend
     if not isinstance(backend, MemoryBackend):
@@ -138,29 +145,41 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
         backend,
         engine,
         concurrency=threads,
-        tick=engine.rescue,
+        tick=None if options.burst else engine.rescue,
         tick_interval=options.tick_interval,
     )
     stop = threading.Event()
     with _stop_on_signals(stop):
         worker.start()
+        until = (
+            "runs what is due, then exits"
+            if options.burst
+            else f"rescue every {options.tick_interval:g} s"
+        )
         echo(
             f"chimeway worker: memory backend, {threads} thread(s), app {options.app}; "
-            f"rescue every {options.tick_interval:g} s; Ctrl-C or SIGTERM stops",
+            f"{until}; Ctrl-C or SIGTERM stops",
             f"chimeway worker: first rescue pass: {first.relayed} relayed, "
             f"{first.requeued} requeued, {first.resolved} lost attempts resolved, "
             f"{first.pruned} pruned",
         )
         try:
-            while not stop.wait(0.2):
-                pass
+            while not stop.wait(0.05 if options.burst else 0.2):
+                if options.burst and backend.idle():
+                    break
         finally:
             ended = worker.stop(timeout=options.grace)
     stats = backend.stats
+    how = "stopped" if stop.is_set() or not options.burst else "burst done"
     echo(
-        f"chimeway worker: stopped after {stats.jobs_run} jobs ({stats.acks} acked, "
+        f"chimeway worker: {how} after {stats.jobs_run} jobs ({stats.acks} acked, "
         f"{stats.retries} retried, {stats.defers} deferred, {stats.failures} raised)"
     )
+    if options.burst and (later := len(backend.pending())):
+        echo(
+            f"chimeway worker: {later} jobs scheduled for later were not run; their "
+            "deliveries stay in the ledger, and a later worker's rescuer queues them again"
+        )
     if not ended:
         warn(
             f"chimeway worker: jobs still running after {options.grace:g} s were abandoned; "
@@ -260,14 +279,25 @@ def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
         )
     _reach_redis(backend)
     _start_logging(engine, options)
+    until = (
+        "runs what is queued, then exits"
+        if options.burst
+        else f"rescue every {options.tick_interval:g} s"
+    )
     echo(
         f"chimeway worker: rq backend, queue {backend.queue_name!r}, app {options.app}; "
-        f"rescue every {options.tick_interval:g} s; Ctrl-C or SIGTERM stops"
+        f"{until}; Ctrl-C or SIGTERM stops"
     )
-    adapter.run_worker(
-        engine, rescue_interval=options.tick_interval, logging_level=options.log_level.upper()
+    ran = adapter.run_worker(
+        engine,
+        burst=options.burst,
+        rescue_interval=options.tick_interval,
+        logging_level=options.log_level.upper(),
     )
-    echo("chimeway worker: stopped")
+    if options.burst:
+        echo(f"chimeway worker: burst done ({'jobs run' if ran else 'no job to run'})")
+    else:
+        echo("chimeway worker: stopped")
     return ExitCode.OK
 
 
@@ -301,9 +331,10 @@ def run_celery(engine: Chimeway, options: WorkerOptions) -> int:
 #: The worker backends by name; ``--backend`` accepts exactly these.
 BACKENDS: Final[Mapping[str, WorkerBackend]] = MappingProxyType(
     {
-        "memory": WorkerBackend("chimeway_backends.memory", None, run_memory),
-        "rq": WorkerBackend("chimeway_backends.rq", "rq", run_rq),
-        "celery": WorkerBackend("chimeway_backends.celery", "celery", run_celery),
+        "memory": WorkerBackend("chimeway_backends.memory", None, run_memory, burst=True),
+        "rq": WorkerBackend("chimeway_backends.rq", "rq", run_rq, burst=True),
+        # A Celery worker has no way to tell an empty queue from a slow broker.
+        "celery": WorkerBackend("chimeway_backends.celery", "celery", run_celery, burst=False),
     }
 )
 

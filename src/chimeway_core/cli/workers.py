@@ -90,10 +90,12 @@ def register(subparsers: Subparsers) -> None:
         "(running jobs finish first), with the engine's rescuer every --tick-interval "
         "seconds. memory runs jobs on threads in this process; rq runs "
         "chimeway_backends.rq.run_worker (forking, with RQ's scheduler); celery runs "
-        "chimeway_backends.celery.run_worker on the backend's queue.\n\n"
-        "exit status: 0 stopped cleanly, 1 jobs were still running after --grace (or "
-        "the Celery worker failed), 2 bad options, --app, backend or missing extra, a "
-        "database without chimeway's tables, 3 database, Redis or broker unreachable."
+        "chimeway_backends.celery.run_worker on the backend's queue. With --burst (memory "
+        "and rq) the worker runs the first rescue pass and what is due, then exits.\n\n"
+        "exit status: 0 stopped cleanly or a burst done, 1 jobs were still running after "
+        "--grace (or the Celery worker failed), 2 bad options (--burst on celery), --app, "
+        "backend or missing extra, a database without chimeway's tables, 3 database, Redis "
+        "or broker unreachable."
     )
     worker.add_argument(
         "--backend",
@@ -122,6 +124,12 @@ def register(subparsers: Subparsers) -> None:
         default=30.0,
         metavar="SECONDS",
         help="memory: how long running jobs may take to finish on stop (default: 30)",
+    )
+    worker.add_argument(
+        "--burst",
+        action="store_true",
+        help="memory, rq: run what is due, then exit (jobs scheduled for later wait for "
+        "a later worker)",
     )
     worker.add_argument(
         "--log-level",
@@ -309,6 +317,11 @@ def _same_database(given: URL, used: URL) -> bool:
 def run_worker(args: argparse.Namespace) -> int:
     """Check the backend, load the engine, run the backend's worker."""
     backend = require(args.backend)
+    if args.burst and not backend.burst:
+        raise CliError(
+            f"--burst: a {args.backend} worker has no burst mode; run it without --burst "
+            "and stop it with SIGTERM (running jobs finish first)"
+        )
     if args.concurrency is not None and args.concurrency < 1:
         raise CliError(f"--concurrency must be at least 1, got {args.concurrency}")
     _seconds("--tick-interval", args.tick_interval, positive=True)
@@ -322,6 +335,7 @@ def run_worker(args: argparse.Namespace) -> int:
         tick_interval=args.tick_interval,
         grace=args.grace,
         log_level=args.log_level,
+        burst=args.burst,
     )
     return backend.run(engine, options)
 

@@ -262,6 +262,27 @@ def test_enqueue_during_perform_waits_for_the_running_job() -> None:
     assert ([False], [A, A]) == (seen, performer.called_ids)
 
 
+def test_idle_means_nothing_running_and_nothing_due() -> None:
+    """idle() is false while a job is due or running, true with only later jobs pending."""
+    clock, backend = setup()
+    assert backend.idle()
+    backend.enqueue(A, at=T0 + timedelta(minutes=5))
+    assert backend.idle()
+    assert not backend.idle(T0 + timedelta(minutes=5))
+    backend.enqueue(B)
+    assert not backend.idle()
+    performer = ScriptedPerformer(clock)
+    seen: list[bool] = []
+    performer.before_return = lambda _delivery_id: seen.append(backend.idle())
+    backend.run_due(performer)
+    assert ([False], [B], [A]) == (
+        seen,
+        performer.called_ids,
+        [job.delivery_id for job in backend.pending()],
+    )
+    assert backend.idle()
+
+
 def test_stats_accumulate_across_runs() -> None:
     """backend.stats counts every run; each run returns only its own counts."""
     clock, backend = setup()
