@@ -253,9 +253,7 @@ def test_celery_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Pa
 
 
 @pytest.mark.redis
-def test_rq_worker_in_burst_mode_drains_the_queue_then_exits(
-    tmp_path: Path, app_dir: Path
-) -> None:
+def test_rq_worker_in_burst_mode_drains_the_queue_then_exits(tmp_path: Path, app_dir: Path) -> None:
     """--backend rq --burst: the first rescue relays the outbox, RQ's burst runs it, exit 0."""
     require("redis")
     queue = f"chimeway-cli-{secrets.token_hex(4)}"
