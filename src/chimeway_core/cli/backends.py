@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from types import FrameType, MappingProxyType, ModuleType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -32,6 +31,7 @@ import attrs
 from chimeway_backends.memory import MemoryBackend, MemoryWorker
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, warn
+from chimeway_core.cli.signals import stop_on_signals
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import MissingExtraError
 from chimeway_core.telemetry import LoggingSubscriber
@@ -107,24 +107,6 @@ def _wrong_backend(name: str, options: WorkerOptions, engine: Chimeway, expected
     )
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGINT or SIGTERM inside the block (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     """Run :class:`~chimeway_backends.memory.MemoryWorker` until SIGINT or SIGTERM.
 
@@ -149,7 +131,7 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
         tick_interval=options.tick_interval,
     )
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         worker.start()
         until = (
             "runs what is due, then exits"
