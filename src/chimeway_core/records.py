@@ -25,6 +25,7 @@ __all__ = [
     "DeliveryHistory",
     "JournalEntry",
     "JournalKind",
+    "LedgerGauges",
     "NewDelivery",
     "Resent",
     "resend_key",
@@ -175,6 +176,46 @@ class Resent:
     original: Delivery
     copy: Delivery
     created: bool
+
+
+@attrs.frozen(kw_only=True)
+class LedgerGauges:
+    """The ledger's health at one moment, for monitoring (:meth:`SQLStore.gauges`).
+
+    Read in one transaction. ``due`` counts the live deliveries due at ``at``
+    that no worker holds: the queue's backlog, however the queue itself
+    counts. ``oldest_due_at`` is the earliest ``scheduled_at`` among them
+    (``None`` when there are none): ``at`` minus it is how far delivery lags.
+    ``stuck`` counts leases that expired with an attempt in flight (a worker
+    died mid-call and no rescuer has resolved it yet).
+    """
+
+    at: datetime
+    counts: Mapping[tuple[DeliveryStatus, str | None], int]
+    """Every delivery, per ``(status, reason)``."""
+    live_by_channel: Mapping[tuple[str, DeliveryStatus], int]
+    """Live deliveries (``ready``, ``failed``) per ``(channel, status)``."""
+    due: int
+    oldest_due_at: datetime | None
+    stuck: int
+    outbox: int
+    """Committed deliveries waiting for the relay."""
+    oldest_outbox_at: datetime | None
+    """When the oldest of them was written (``None``: the outbox is empty)."""
+
+    @property
+    def due_lag_seconds(self) -> float:
+        """How long the oldest due delivery has waited past its time; 0 when none is due."""
+        if self.oldest_due_at is None:
+            return 0.0
+        return max(0.0, (self.at - self.oldest_due_at).total_seconds())
+
+    @property
+    def outbox_age_seconds(self) -> float:
+        """How long the oldest outbox row has waited; 0 when the outbox is empty."""
+        if self.oldest_outbox_at is None:
+            return 0.0
+        return max(0.0, (self.at - self.oldest_outbox_at).total_seconds())
 
 
 def resend_key(delivery_id: UUID) -> str:

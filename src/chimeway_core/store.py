@@ -115,6 +115,7 @@ from chimeway_core.records import (
     DeliveryHistory,
     JournalEntry,
     JournalKind,
+    LedgerGauges,
     NewDelivery,
     Resent,
     resend_key,
@@ -612,6 +613,33 @@ def _prunable(before: datetime) -> Select[tuple[UUID]]:
 
 def _no_attempt_in_flight() -> ColumnElement[bool]:
     return ~exists().where(_A.delivery_id == _D.id, _A.outcome.is_(None))
+
+
+def _counts(conn: Connection) -> dict[tuple[DeliveryStatus, str | None], int]:
+    query = select(_D.status, _D.reason, func.count()).group_by(_D.status, _D.reason)
+    rows = conn.execute(query)
+    return {(DeliveryStatus(status), reason): count for status, reason, count in rows}
+
+
+def _due_unheld(now: datetime) -> ColumnElement[bool]:
+    """Live, due at ``now``, and nobody holds it: no lease, or an expired one with no attempt."""
+    return and_(
+        _D.status.in_(_LIVE),
+        _D.scheduled_at <= now,
+        or_(
+            _D.lease_owner.is_(None),
+            and_(_D.lease_expires_at <= now, _no_attempt_in_flight()),
+        ),
+    )
+
+
+def _expired_in_flight(now: datetime) -> Select[Any]:
+    """Live deliveries joined to their in-flight attempt, whose lease expired by ``now``."""
+    return (
+        select(_DELIVERIES, _ATTEMPTS)
+        .join(_ATTEMPTS, and_(_A.delivery_id == _D.id, _A.outcome.is_(None)))
+        .where(_D.status.in_(_LIVE), _D.lease_expires_at <= now)
+    )
 
 
 def _read_for_write(conn: Connection, delivery_id: UUID, expected_version: int | None) -> Delivery:
@@ -1837,13 +1865,7 @@ class SQLStore:
         """
         _check_limit("limit", limit)
         now = _aware(now, "now")
-        query = (
-            select(_DELIVERIES, _ATTEMPTS)
-            .join(_ATTEMPTS, and_(_A.delivery_id == _D.id, _A.outcome.is_(None)))
-            .where(_D.status.in_(_LIVE), _D.lease_expires_at <= now)
-            .order_by(_D.lease_expires_at)
-            .limit(limit)
-        )
+        query = _expired_in_flight(now).order_by(_D.lease_expires_at).limit(limit)
         with self._read() as conn:
             rows = conn.execute(query).all()
         return [Claim(delivery=_delivery(row), attempt=_attempt(row)) for row in rows]
@@ -1860,14 +1882,7 @@ class SQLStore:
         """
         _check_limit("limit", limit)
         now = _aware(now, "now")
-        query = select(_DELIVERIES).where(
-            _D.status.in_(_LIVE),
-            _D.scheduled_at <= now,
-            or_(
-                _D.lease_owner.is_(None),
-                and_(_D.lease_expires_at <= now, _no_attempt_in_flight()),
-            ),
-        )
+        query = select(_DELIVERIES).where(_due_unheld(now))
         if not_touched_since is not None:
             query = query.where(_D.updated_at <= _aware(not_touched_since, "not_touched_since"))
         with self._read() as conn:
@@ -1876,12 +1891,46 @@ class SQLStore:
 
     def counts(self) -> dict[tuple[DeliveryStatus, str | None], int]:
         """How many deliveries there are per ``(status, reason)``."""
-        query = select(_D.status, _D.reason, func.count()).group_by(_D.status, _D.reason)
         with self._read() as conn:
-            return {
-                (DeliveryStatus(status), reason): count
-                for status, reason, count in conn.execute(query)
+            return _counts(conn)
+
+    def gauges(self, *, now: datetime) -> LedgerGauges:
+        """The ledger's health at ``now``, read in one transaction (for monitoring).
+
+        Counts per status and reason, live deliveries per channel, the due
+        backlog and its oldest, stuck attempts and the outbox: five
+        aggregate queries, the counts one over every delivery (by the
+        ``(status, reason)`` index), the others over live deliveries and the
+        outbox only.
+        """
+        now = _aware(now, "now")
+        live = (
+            select(_D.channel, _D.status, func.count())
+            .where(_D.status.in_(_LIVE))
+            .group_by(_D.channel, _D.status)
+        )
+        due = select(func.count(), func.min(_D.scheduled_at)).where(_due_unheld(now))
+        stuck = select(func.count()).select_from(_expired_in_flight(now).subquery())
+        outbox = select(func.count(), func.min(_O.created_at))
+        with self._read() as conn:
+            counts = _counts(conn)
+            by_channel = {
+                (channel, DeliveryStatus(status)): count
+                for channel, status, count in conn.execute(live)
             }
+            due_count, oldest_due = conn.execute(due).one()
+            stuck_count = conn.execute(stuck).scalar_one()
+            outbox_count, oldest_outbox = conn.execute(outbox).one()
+        return LedgerGauges(
+            at=now,
+            counts=counts,
+            live_by_channel=by_channel,
+            due=int(due_count),
+            oldest_due_at=oldest_due,
+            stuck=int(stuck_count),
+            outbox=int(outbox_count),
+            oldest_outbox_at=oldest_outbox,
+        )
 
     def find(
         self,
