@@ -14,6 +14,7 @@ COMMANDS = [
     ("demo",),
     ("table",),
     ("inspect",),
+    ("metrics",),
     ("list",),
     ("show",),
     ("cancel",),

@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from sqlalchemy.exc import DBAPIError
 
-from chimeway_core.cli import db, demo, ledger, selftest, table, workers
+from chimeway_core.cli import db, demo, ledger, metrics, selftest, table, workers
 from chimeway_core.cli.config import database_failure
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import OutputError, warn
@@ -63,6 +63,7 @@ def build_parser() -> Parser:
     demo.register(commands)
     table.register(commands)
     ledger.register(commands)
+    metrics.register(commands)
     workers.register(commands)
     db.register(commands)
     selftest.register(commands)

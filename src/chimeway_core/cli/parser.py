@@ -12,7 +12,16 @@ from typing import Final, NoReturn, TypeAlias
 
 from chimeway_core.cli.errors import CliError, ExitCode
 
-__all__ = ["Handler", "Parser", "Subparsers", "age", "ago", "command", "delivery_id"]
+__all__ = [
+    "Handler",
+    "Parser",
+    "Subparsers",
+    "age",
+    "ago",
+    "command",
+    "delivery_id",
+    "listen_address",
+]
 
 #: What a command runs: the parsed options in, the exit code out.
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -108,3 +117,23 @@ def ago(now: datetime, seconds: float, option: str) -> datetime:
         return now - timedelta(seconds=seconds)
     except OverflowError:
         raise CliError(f"{option} reaches before the year 1: {seconds:g} s") from None
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """An argument type: ``PORT`` (on 127.0.0.1), ``HOST:PORT`` or ``[IPv6]:PORT``.
+
+    Port 0 asks the system for a free one. ``:PORT`` is refused: other tools
+    read it as every interface, so it is spelled ``0.0.0.0:PORT`` here.
+    """
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if sep and not host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no host: write 0.0.0.0{text} for every interface"
+        )
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an address to listen on: PORT, HOST:PORT or [IPv6]:PORT"
+        )
+    return (host if sep else "127.0.0.1"), int(port)

@@ -1,0 +1,131 @@
+"""``chimeway metrics``: the ledger's gauges printed once, and served to a scraper over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chimeway_core.cli.metrics import scrape
+from chimeway_core.cli.parser import listen_address
+from chimeway_core.store import SQLStore
+from tests.cli.conftest import Invoke, add_deliveries, sqlite_ledger, start
+
+
+def test_printed_once_for_a_textfile_collector(tmp_path: Path, invoke: Invoke) -> None:
+    """Without --serve the gauges are printed once, exit 0."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 3)
+    result = invoke("metrics", "--db", url)
+    assert 0 == result.code, result.stderr
+    lines = result.stdout.splitlines()
+    assert "chimeway_up 1" in lines
+    assert 'chimeway_deliveries{status="ready",reason=""} 3' in lines
+    assert 'chimeway_live_deliveries{channel="log",status="ready"} 3' in lines
+    assert "chimeway_due_deliveries 3" in lines
+    assert "chimeway_outbox_rows 3" in lines
+    store.engine.dispose()
+
+
+def test_an_unreachable_database_is_exit_3_when_printing(invoke: Invoke) -> None:
+    """Printed once, a database that does not answer is the usual exit 3, in one line."""
+    result = invoke("metrics", "--db", "postgresql://chimeway@127.0.0.1:1/nothing")
+    assert (3, 1) == (result.code, len(result.stderr_lines)), result.stderr
+    assert result.stderr.startswith("chimeway: error: cannot reach the database postgresql")
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], ""
+
+
+def test_served_every_scrape_reads_the_ledger_afresh(tmp_path: Path) -> None:
+    """--serve answers GET /metrics in the format's content type, 404 elsewhere; SIGTERM stops."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 2)
+    process = start("metrics", "--serve", "127.0.0.1:0", "--db", url, cwd=tmp_path)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("chimeway metrics: serving http://127.0.0.1:"), first
+        endpoint = first.split()[3]
+        status, content_type, body = _get(endpoint)
+        assert (200, "text/plain; version=0.0.4; charset=utf-8") == (status, content_type)
+        assert "chimeway_due_deliveries 2" in body.splitlines()
+        add_deliveries(store, 3)
+        assert "chimeway_due_deliveries 5" in _get(endpoint)[2].splitlines()
+        assert 404 == _get(endpoint.replace("/metrics", "/other"))[0]
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert 0 == process.returncode, err
+    assert ("chimeway metrics: stopped", "") == (out.strip(), err)
+    store.engine.dispose()
+
+
+def test_a_scrape_the_database_does_not_answer_is_up_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A served scrape is never an HTTP error: chimeway_up 0, and a line on stderr says why."""
+    store = SQLStore("postgresql+psycopg://chimeway@127.0.0.1:1/nothing")
+    text = scrape(store)
+    assert "chimeway_up 0" in text.splitlines()
+    assert "chimeway_deliveries" not in text
+    err = capsys.readouterr().err
+    assert err.startswith("chimeway metrics: the ledger did not answer: "), err
+    store.engine.dispose()
+
+
+def test_an_address_in_use_is_exit_2(tmp_path: Path, invoke: Invoke) -> None:
+    """A port another process holds is a configuration error, named, exit 2."""
+    _, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("metrics", "--serve", f"127.0.0.1:{port}", "--db", url)
+    assert 2 == result.code
+    assert result.stderr_lines == [
+        f"chimeway: error: --serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("9108", ("127.0.0.1", 9108)),
+        ("0.0.0.0:9108", ("0.0.0.0", 9108)),
+        ("[::1]:0", ("::1", 0)),
+        ("metrics.internal:80", ("metrics.internal", 80)),
+    ],
+)
+def test_listen_addresses(text: str, address: tuple[str, int]) -> None:
+    """A bare port listens on 127.0.0.1 only; a host is taken as given."""
+    assert address == listen_address(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (":9108", "names no host: write 0.0.0.0:9108"),
+        ("70000", "is not an address to listen on"),
+        ("host:", "is not an address to listen on"),
+        ("\u0661\u0662", "is not an address to listen on"),
+        ("", "is not an address to listen on"),
+    ],
+)
+def test_bad_listen_addresses_are_refused(text: str, message: str) -> None:
+    """What is no port, or names no host, is refused before anything listens."""
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        listen_address(text)
