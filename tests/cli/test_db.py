@@ -101,6 +101,48 @@ def test_a_refused_revision_touches_no_database(tmp_path: Path, invoke: Invoke) 
     assert not path.exists()
 
 
+def test_check_gates_a_deploy_on_the_schema(tmp_path: Path, invoke: Invoke) -> None:
+    """db check: exit 1 with the migration to apply, 0 once upgraded, 1 for a newer revision."""
+    path = tmp_path / "ledger.sqlite3"
+    url = f"sqlite:///{path}"
+    _execute(path, "CREATE TABLE app_orders (x INTEGER)")
+    behind = invoke("db", "check", "--db", url)
+    assert (1, "") == (behind.code, behind.stderr)
+    assert behind.stdout == (
+        f"{url}: no chimeway tables; head is 0001: 1 migration(s) to apply (0001): "
+        "run chimeway db upgrade\n"
+    )
+    assert 0 == invoke("db", "upgrade", "--db", url).code
+    current = invoke("db", "check", "--db", url, "--json")
+    assert (0, "") == (current.code, current.stderr)
+    assert {
+        "database": url,
+        "state": "current",
+        "usable": True,
+        "revision": "0001",
+        "head": "0001",
+        "pending": [],
+        "differences": [],
+    } == json.loads(current.stdout)
+    _execute(path, "UPDATE chimeway_alembic_version SET version_num = '0009'")
+    newer = invoke("db", "check", "--db", url)
+    assert newer.code == 1
+    assert "at chimeway revision 0009, which this version (head 0001) does not ship" in newer.stdout
+
+
+def test_check_reads_only(tmp_path: Path, invoke: Invoke) -> None:
+    """db check records no revision for create_all()'s tables and creates no SQLite file."""
+    made = f"sqlite:///{tmp_path / 'made.sqlite3'}"
+    SQLStore(made).create_all()
+    adoptable = invoke("db", "check", "--db", made)
+    assert (0, "") == (adoptable.code, adoptable.stderr)
+    assert "no revision recorded: usable (chimeway db upgrade records it)" in adoptable.stdout
+    assert "chimeway_alembic_version" not in _all_tables(made)
+    missing = tmp_path / "missing.sqlite3"
+    assert 2 == invoke("db", "check", "--db", f"sqlite:///{missing}").code
+    assert not missing.exists()
+
+
 def _execute(path: Path, statement: str) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(statement)

@@ -77,7 +77,7 @@ def _sections(page: str) -> dict[str, str]:
     """Each command named in a ``## `chimeway ...` `` heading, mapped to that section's text."""
     sections: dict[str, str] = {}
     for heading, body in re.findall(r"^## (.*?)\n(.*?)(?=^## |\Z)", page, re.S | re.M):
-        for command in re.findall(r"`chimeway ([a-z]+(?: upgrade)?)`", heading):
+        for command in re.findall(r"`chimeway ([a-z]+(?: upgrade| check)?)`", heading):
             sections[command] = body
     return sections
 

@@ -25,6 +25,7 @@ COMMANDS = [
     ("resend",),
     ("db",),
     ("db", "upgrade"),
+    ("db", "check"),
     ("selftest",),
 ]
 

@@ -11,7 +11,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from chimeway_core.migrations import VERSION_TABLE, UnrecordedSchemaError, upgrade
+from chimeway_core.migrations import (
+    VERSION_TABLE,
+    SchemaState,
+    SchemaStatus,
+    UnrecordedSchemaError,
+    status,
+    upgrade,
+)
 from chimeway_core.records import NewDelivery
 from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
@@ -112,3 +119,63 @@ def test_unrecorded_tables_that_differ_are_refused_and_left_alone(tmp_path: Path
     assert "ix_chimeway_deliveries_created_at" in str(e.value)
     assert VERSION_TABLE not in inspect(store.engine).get_table_names()
     store.engine.dispose()
+
+
+def _status_of(url: str) -> SchemaStatus:
+    engine = create_engine(url)
+    try:
+        return status(engine)
+    finally:
+        engine.dispose()
+
+
+def test_status_follows_a_database_from_empty_to_head_on_postgres(empty_postgres: str) -> None:
+    """Empty: every migration pending; after upgrade(): current, nothing pending."""
+    before = _status_of(empty_postgres)
+    upgrade(empty_postgres)
+    after = _status_of(empty_postgres)
+    assert (SchemaState.BEHIND, None, ("0001",), False) == (
+        before.state,
+        before.revision,
+        before.pending,
+        before.usable,
+    )
+    assert SchemaStatus(state=SchemaState.CURRENT, revision="0001", head="0001") == after
+    assert after.usable
+
+
+def test_status_of_tables_with_no_revision_tells_adoptable_from_different(tmp_path: Path) -> None:
+    """create_all()'s tables are usable as they are; the same minus an index are not."""
+    store = SQLStore(f"sqlite:///{tmp_path / 'made.db'}")
+    store.create_all()
+    adoptable = status(store.engine)
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_chimeway_deliveries_created_at"))
+    different = status(store.engine)
+    assert SchemaStatus(state=SchemaState.ADOPTABLE, revision=None, head="0001") == adoptable
+    assert adoptable.usable
+    assert (SchemaState.UNRECORDED, False, 1) == (
+        different.state,
+        different.usable,
+        len(different.differences),
+    )
+    assert "ix_chimeway_deliveries_created_at" in different.differences[0]
+    store.engine.dispose()
+
+
+def test_status_of_a_revision_this_version_does_not_ship_is_unknown(tmp_path: Path) -> None:
+    """A database a newer chimeway migrated is not usable, and status() names its revision."""
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    upgrade(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0002_from_the_future'"))
+    engine.dispose()
+    found = _status_of(url)
+    assert (SchemaState.UNKNOWN, "0002_from_the_future", "0001", (), False) == (
+        found.state,
+        found.revision,
+        found.head,
+        found.pending,
+        found.usable,
+    )

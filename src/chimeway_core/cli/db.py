@@ -1,4 +1,4 @@
-"""``chimeway db upgrade``: apply chimeway's shipped migrations."""
+"""``chimeway db upgrade`` and ``db check``: apply chimeway's shipped migrations, or check them."""
 
 from __future__ import annotations
 
@@ -23,12 +23,15 @@ from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.errors import MissingExtraError
 from chimeway_core.migrations import (
     VERSION_TABLE,
+    SchemaState,
+    SchemaStatus,
     UnrecordedSchemaError,
     check_revision,
+    status,
     upgrade,
 )
 
-__all__ = ["register", "run_upgrade"]
+__all__ = ["register", "run_check", "run_upgrade"]
 
 _DESCRIPTION: Final = f"""\
 Apply chimeway's migrations (chimeway_core.migrations) to the database, up to
@@ -45,8 +48,21 @@ exit status: 0 upgraded, 1 the migration failed, 2 bad options (an unknown
 unreachable."""
 
 
+_CHECK_DESCRIPTION: Final = """\
+Say whether this version of chimeway runs on the database's tables as they
+are: at the head revision, or made by SQLStore.create_all() of this version
+(no revision recorded yet; db upgrade records it). Otherwise it names what is
+wrong: migrations to apply (db upgrade), tables with no revision that differ
+from this version's, or a revision this version does not ship (a newer
+chimeway migrated the database). Reads only: a deploy's gate.
+
+exit status: 0 usable as it is, 1 not (migrations to apply or a schema to
+look at), 2 bad options, a missing SQLite file or the "migrations" extra
+missing, 3 database unreachable."""
+
+
 def register(subparsers: Subparsers) -> None:
-    """Add ``chimeway db`` and its ``upgrade`` subcommand."""
+    """Add ``chimeway db`` and its ``upgrade`` and ``check`` subcommands."""
     db = subparsers.add_parser(
         "db", help="Manage chimeway's tables.", description="Manage chimeway's tables."
     )
@@ -59,6 +75,13 @@ def register(subparsers: Subparsers) -> None:
         "--revision", default="head", help="the revision to upgrade to (default: head)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    check = command(
+        actions, "check", run_check, "Check that the tables are at chimeway's head revision."
+    )
+    check.description = _CHECK_DESCRIPTION
+    check.add_argument("--db", metavar="URL", help=f"database URL (default: ${ENV_DATABASE_URL})")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _revision(engine: Engine) -> str | None:
@@ -113,3 +136,60 @@ def run_upgrade(args: argparse.Namespace) -> int:
 def _failed(url: URL, error: DBAPIError) -> CliError:
     detail = next((line.strip() for line in str(error.orig).splitlines() if line.strip()), "")
     return CliError(f"migrating {shown(url)} failed: {detail}", ExitCode.PROBLEM)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Print where the database's tables stand; exit 1 unless this version runs on them."""
+    url = database_url(from_env(args.db, ENV_DATABASE_URL))
+    engine = open_engine(url)
+    try:
+        found = status(engine)
+    except MissingExtraError as error:
+        raise CliError(str(error)) from None
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json(
+            {
+                "database": shown(url),
+                "state": found.state.value,
+                "usable": found.usable,
+                "revision": found.revision,
+                "head": found.head,
+                "pending": list(found.pending),
+                "differences": list(found.differences),
+            }
+        )
+    else:
+        echo(f"{shown(url)}: {_verdict(found)}")
+    return ExitCode.OK if found.usable else ExitCode.PROBLEM
+
+
+def _verdict(found: SchemaStatus) -> str:
+    head = found.head
+    match found.state:
+        case SchemaState.CURRENT:
+            return f"at chimeway revision {head} (head): up to date"
+        case SchemaState.ADOPTABLE:
+            return (
+                f"chimeway's tables as create_all() makes them at head {head}, no revision "
+                "recorded: usable (chimeway db upgrade records it)"
+            )
+        case SchemaState.BEHIND:
+            at = "no chimeway tables" if found.revision is None else f"at {found.revision}"
+            return (
+                f"{at}; head is {head}: {len(found.pending)} migration(s) to apply "
+                f"({', '.join(found.pending)}): run chimeway db upgrade"
+            )
+        case SchemaState.UNRECORDED:
+            shown_ = "; ".join(found.differences[:3])
+            more = f" and {len(found.differences) - 3} more" if len(found.differences) > 3 else ""
+            return (
+                f"chimeway's tables with no revision recorded, differing from head {head} in "
+                f"{len(found.differences)} place(s): {shown_}{more}; db upgrade refuses them"
+            )
+        case SchemaState.UNKNOWN:
+            return (
+                f"at chimeway revision {found.revision}, which this version (head {head}) does "
+                "not ship: a newer chimeway migrated the database"
+            )

@@ -9,16 +9,19 @@ Two ways to own the schema in production:
   :data:`chimeway_core.schema.metadata` to ``target_metadata`` and let
   autogenerate write them into your migrations.
 
-Alembic is the optional extra ``migrations``; it is imported only when
-:func:`upgrade` or :func:`check_revision` runs.
+:func:`status` says where a database stands (a deploy's gate: ``chimeway db
+check``). Alembic is the optional extra ``migrations``; it is imported only
+when :func:`upgrade`, :func:`status` or :func:`check_revision` runs.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import attrs
 from sqlalchemy import Connection, Engine, create_engine, inspect
 
 from chimeway_core.errors import ChimewayError, MissingExtraError
@@ -27,8 +30,18 @@ from chimeway_core.store import _configure_sqlite
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.migration import MigrationContext
 
-__all__ = ["SCRIPT_LOCATION", "VERSION_TABLE", "UnrecordedSchemaError", "check_revision", "upgrade"]
+__all__ = [
+    "SCRIPT_LOCATION",
+    "VERSION_TABLE",
+    "SchemaState",
+    "SchemaStatus",
+    "UnrecordedSchemaError",
+    "check_revision",
+    "status",
+    "upgrade",
+]
 
 #: Where the migration scripts live (this package's directory).
 SCRIPT_LOCATION: Final = str(Path(__file__).parent)
@@ -53,6 +66,41 @@ class UnrecordedSchemaError(ChimewayError):
             f"from this version's schema in {len(differences)} place(s): {shown}{more}; "
             "they were not made by this version's create_all() or migrations"
         )
+
+
+class SchemaState(enum.Enum):
+    """Where a database's chimeway tables stand against this version's migrations."""
+
+    CURRENT = "current"
+    """At head: nothing to apply."""
+    ADOPTABLE = "adoptable"
+    """``create_all()``'s tables, head's schema, no revision recorded: upgrade() records it."""
+    BEHIND = "behind"
+    """Migrations to apply (an empty database: all of them)."""
+    UNRECORDED = "unrecorded"
+    """Tables with no revision recorded that differ from head's schema: :func:`upgrade` refuses."""
+    UNKNOWN = "unknown"
+    """At a revision this version does not ship: a newer chimeway migrated the database."""
+
+
+@attrs.frozen(kw_only=True)
+class SchemaStatus:
+    """What :func:`status` found: the state, the revisions, and what :func:`upgrade` would do."""
+
+    state: SchemaState
+    revision: str | None
+    """The revision recorded in :data:`VERSION_TABLE` (``None``: none)."""
+    head: str
+    """This version's newest migration."""
+    pending: tuple[str, ...] = ()
+    """The migrations :func:`upgrade` would apply, oldest first."""
+    differences: tuple[str, ...] = ()
+    """For :attr:`SchemaState.UNRECORDED`: how the tables differ from head's, as Alembic says."""
+
+    @property
+    def usable(self) -> bool:
+        """Whether this version of chimeway runs on the tables as they are."""
+        return self.state in {SchemaState.CURRENT, SchemaState.ADOPTABLE}
 
 
 _STEPS: Final = re.compile(r"\+[1-9][0-9]*")
@@ -141,18 +189,55 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
             engine.dispose()
 
 
-def _made_by_create_all(connection: Connection) -> bool:
-    """Whether chimeway's tables exist with no revision recorded, and match head's schema.
+def status(url_or_engine: str | Engine) -> SchemaStatus:
+    """Where the database's chimeway tables stand against this version's migrations.
 
-    Raises :class:`UnrecordedSchemaError` for such tables that do not match.
+    Reads only. ``url_or_engine`` as for :func:`upgrade` (a SQLite URL naming
+    no file creates an empty one when connecting: pass an engine on a file
+    that exists). A database this version can run on is
+    :attr:`SchemaStatus.usable`; any other needs ``chimeway db upgrade``, or
+    (:attr:`SchemaState.UNRECORDED`, :attr:`SchemaState.UNKNOWN`) a person.
+    Raises :class:`~chimeway_core.errors.MissingExtraError` when Alembic is
+    not installed.
     """
-    from alembic.autogenerate import compare_metadata  # noqa: PLC0415 -- optional
+    config = _config()
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 -- optional: "migrations"
+    from alembic.script.revision import RevisionError  # noqa: PLC0415 -- optional
+
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
+    assert head is not None  # chimeway ships at least one migration
+    owned = isinstance(url_or_engine, str)
+    engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    try:
+        with engine.connect() as connection:
+            context = _context(connection)
+            revision = context.get_current_revision()
+            differences = _unrecorded_differences(connection, context)
+    finally:
+        if owned:
+            engine.dispose()
+    if differences is not None:
+        if differences:
+            shown = tuple(repr(difference) for difference in differences)
+            return SchemaStatus(
+                state=SchemaState.UNRECORDED, revision=None, head=head, differences=shown
+            )
+        return SchemaStatus(state=SchemaState.ADOPTABLE, revision=None, head=head)
+    try:
+        # Newest first, down to (not including) the recorded revision.
+        steps = script.iterate_revisions("head", revision or "base")
+        pending = tuple(reversed([step.revision for step in steps]))
+    except RevisionError:
+        return SchemaStatus(state=SchemaState.UNKNOWN, revision=revision, head=head)
+    state = SchemaState.BEHIND if pending else SchemaState.CURRENT
+    return SchemaStatus(state=state, revision=revision, head=head, pending=pending)
+
+
+def _context(connection: Connection) -> MigrationContext:
     from alembic.migration import MigrationContext  # noqa: PLC0415 -- optional
 
-    names = set(inspect(connection).get_table_names())
-    if not names & set(metadata.tables):
-        return False  # an empty database: the migrations create the tables
-    context = MigrationContext.configure(
+    return MigrationContext.configure(
         connection,
         opts={
             "version_table": VERSION_TABLE,
@@ -161,9 +246,31 @@ def _made_by_create_all(connection: Connection) -> bool:
             "include_name": lambda name, kind, _parents: kind != "table" or name in metadata.tables,
         },
     )
+
+
+def _unrecorded_differences(
+    connection: Connection, context: MigrationContext
+) -> list[object] | None:
+    """How tables with no revision recorded differ from head's; ``None``: not such tables.
+
+    ``None`` when a revision is recorded or none of chimeway's tables exists
+    (the migrations create them); ``[]`` when they match head's schema.
+    """
+    from alembic.autogenerate import compare_metadata  # noqa: PLC0415 -- optional
+
     if context.get_current_revision() is not None:
-        return False
-    differences = list(compare_metadata(context, metadata))
+        return None
+    if not set(inspect(connection).get_table_names()) & set(metadata.tables):
+        return None
+    return list(compare_metadata(context, metadata))
+
+
+def _made_by_create_all(connection: Connection) -> bool:
+    """Whether chimeway's tables exist with no revision recorded, and match head's schema.
+
+    Raises :class:`UnrecordedSchemaError` for such tables that do not match.
+    """
+    differences = _unrecorded_differences(connection, _context(connection))
     if differences:
         raise UnrecordedSchemaError(differences)
-    return True
+    return differences is not None
