@@ -22,7 +22,10 @@ the hashes is enough.
 into RQ's idiom:
 
 - ``ACK`` — return a short string; the job finishes.
-- ``RETRY`` / ``DEFER`` — return :class:`rq.Retry`. RQ itself then schedules
+- ``RETRY`` / ``DEFER`` — return a :class:`DeliveryRetry` (an :class:`rq.Retry`
+  whose stored result reads ``retry: <why>, at <run_at>``, through
+  :class:`ChimewayJSONSerializer`, where RQ's JSON would store
+  "Unserializable return value"). RQ itself then schedules
   *this same job id* again, after the job has ended and inside the worker's
   own bookkeeping transaction: that is how a running job re-enqueues itself
   without racing its own hash. The interval is rounded up to whole seconds
@@ -60,6 +63,7 @@ the worker runs it: in a forked work horse or in its own process.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -104,9 +108,11 @@ __all__ = [
     "DEFAULT_RESCUE_INTERVAL",
     "RESCUE_INTERVAL_ENV",
     "DELIVER",
+    "DeliveryRetry",
     "ForeignJobError",
     "JobTimeLimitExceeded",
     "ChimewayDeathPenalty",
+    "ChimewayJSONSerializer",
     "ChimewayJob",
     "ChimewaySimpleWorker",
     "ChimewayWorker",
@@ -314,6 +320,34 @@ def current_engine() -> Chimeway:
     return _Installed.engine
 
 
+class DeliveryRetry(rq.Retry):
+    """RQ's :class:`rq.Retry`, carrying the line the job's stored result shows for it."""
+
+    def __init__(self, max: int, interval: int, *, summary: str) -> None:
+        super().__init__(max=max, interval=interval)
+        self.summary = summary
+
+
+def _summary(value: object) -> str:
+    if isinstance(value, DeliveryRetry):
+        return value.summary
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+class ChimewayJSONSerializer(JSONSerializer):
+    """RQ's JSON serializer, writing a :class:`DeliveryRetry` as its summary.
+
+    Jobs and every other value come out byte for byte as RQ's
+    ``JSONSerializer`` writes them, so either reads what the other wrote.
+    """
+
+    @staticmethod
+    def dumps(*args: Any, **kwargs: Any) -> bytes:
+        """JSON as UTF-8 bytes; a :class:`DeliveryRetry` becomes its summary string."""
+        kwargs.setdefault("default", _summary)
+        return json.dumps(*args, **kwargs).encode("utf-8")
+
+
 def deliver(*args: object, **kwargs: object) -> str | rq.Retry:
     """The RQ job: run one job for the delivery id in ``args``; see the module docstring.
 
@@ -335,14 +369,15 @@ def deliver(*args: object, **kwargs: object) -> str | rq.Retry:
     if result.kind is JobKind.ACK:
         return f"ack: {result.detail}"
     assert result.run_at is not None  # guaranteed by JobResult for RETRY and DEFER
-    return _retry_at(result.run_at)
+    summary = f"{result.kind.value}: {result.detail}, at {result.run_at.isoformat()}"
+    return _retry_at(result.run_at, summary)
 
 
 #: The one function a chimeway worker runs, by the import path jobs name it with.
 DELIVER: Final = f"{deliver.__module__}.{deliver.__qualname__}"
 
 
-def _retry_at(run_at: datetime) -> rq.Retry:
+def _retry_at(run_at: datetime, summary: str) -> DeliveryRetry:
     now = time.time()
     target = run_at.timestamp()
     # RQ schedules at (its now + interval) truncated to the second: aim for the
@@ -350,7 +385,7 @@ def _retry_at(run_at: datetime) -> rq.Retry:
     interval = 0 if target <= now else math.ceil(math.ceil(target) - now)
     job = rq.get_current_job()
     retried = (job.number_of_retries or 0) if job is not None else 0
-    return rq.Retry(max=retried + 1, interval=interval)
+    return DeliveryRetry(max=retried + 1, interval=interval, summary=summary)
 
 
 # ---------------------------------------------------------------------- workers
@@ -475,6 +510,9 @@ def _rescue_interval_from_env() -> float:
         ) from None
 
 
+_JSON_SERIALIZERS: Final = (JSONSerializer, ChimewayJSONSerializer)
+
+
 class ChimewayWorkerMixin(BaseWorker):
     """What makes an RQ worker a chimeway worker; mix it in before an RQ worker class.
 
@@ -508,11 +546,11 @@ class ChimewayWorkerMixin(BaseWorker):
         self.rescue_interval = seconds("rescue_interval", rescue_interval, positive=True)
         self._next_rescue = time.monotonic()
         requested = kwargs.get("serializer")
-        if requested is not None and resolve_serializer(requested) is not JSONSerializer:
+        if requested is not None and resolve_serializer(requested) not in _JSON_SERIALIZERS:
             _log.warning(
                 "chimeway workers read jobs as JSON only; ignoring serializer %s", requested
             )
-        kwargs["serializer"] = JSONSerializer
+        kwargs["serializer"] = ChimewayJSONSerializer
         job_class = kwargs.get("job_class")
         if not (isinstance(job_class, type) and issubclass(job_class, ChimewayJob)):
             if job_class not in {None, Job, "rq.job.Job"}:  # RQ's default says nothing

@@ -346,7 +346,8 @@ def _pickle_on(patch: Patch) -> None:
 
     from chimeway_backends import rq as rq_backend
 
-    patch(rq_backend, "JSONSerializer", DefaultSerializer)
+    # The serializer a chimeway worker forces on every job it reads.
+    patch(rq_backend, "ChimewayJSONSerializer", DefaultSerializer)
 
 
 def _validation_off(patch: Patch) -> None:

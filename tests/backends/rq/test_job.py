@@ -14,12 +14,14 @@ import pytest
 import redis
 import rq
 from rq.job import JobStatus
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from chimeway_backends.memory import MemoryBackend
 from chimeway_backends.rq import (
     APP_ENV,
     RESCUE_INTERVAL_ENV,
+    ChimewayJSONSerializer,
     ChimewaySimpleWorker,
     RQBackend,
     current_engine,
@@ -177,6 +179,28 @@ def test_a_retry_reschedules_the_same_job_not_before_run_at(make_engine: MakeEng
     assert (DeliveryStatus.SUCCEEDED, 2) == (engine.get(delivery.id).delivery.status, calls(engine))
 
 
+def test_a_retried_job_stores_a_readable_result(make_engine: MakeEngine) -> None:
+    """RQ's result of a retried run says why and when, not "Unserializable return value"."""
+    engine = make_engine([TemporaryFailure("busy"), Sent()])
+    delivery = engine.notify("sms", "+15550100")
+    burst(engine)
+    after = engine.get(delivery.id).delivery
+    backend = engine.backend
+    assert isinstance(backend, RQBackend)
+    job = backend.queue.fetch_job(job_id_for(delivery.id))
+    assert job is not None
+    result = job.latest_result()
+    assert result is not None
+    assert (Result.Type.RETRIED, f"at {after.scheduled_at.isoformat()}") == (
+        result.type,
+        str(result.return_value).rpartition(", ")[2],
+    )
+    assert str(result.return_value).startswith("retry: ")
+    # The job itself is written as RQ's own JSON serializer writes it.
+    assert JSONSerializer.loads(ChimewayJSONSerializer.dumps({"a": [1, "b"]})) == {"a": [1, "b"]}
+    assert JSONSerializer.dumps({"a": 1}) == ChimewayJSONSerializer.dumps({"a": 1})
+
+
 def test_an_unhandled_outcome_fails_the_job_and_schedules_the_next_run(
     make_engine: MakeEngine,
 ) -> None:
@@ -231,7 +255,7 @@ def test_the_worker_reads_json_only_and_wakes_up_to_rescue(
             rescue_interval=2.5,
             serializer="pickle",
         )
-    assert (JSONSerializer, 3) == (worker.serializer, worker.dequeue_timeout)
+    assert (ChimewayJSONSerializer, 3) == (worker.serializer, worker.dequeue_timeout)
     assert any("JSON only" in record.message for record in caplog.records)
 
 
