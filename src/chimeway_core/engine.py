@@ -86,7 +86,7 @@ from chimeway_core.policies import (
 from chimeway_core.records import Claim, Delivery, DeliveryHistory, NewDelivery, Resent
 from chimeway_core.retry import RetryPolicy
 from chimeway_core.states import DeliveryStatus, apply_event
-from chimeway_core.store import LockedDelivery, OutboxItem, SQLStore
+from chimeway_core.store import LockedDelivery, SQLStore
 from chimeway_core.telemetry import Telemetry, TelemetryEvent
 
 __all__ = ["Chimeway", "RescueReport"]
@@ -726,7 +726,11 @@ class Chimeway:
     def relay(self, *, batch_size: int = 500, grace: float | None = None) -> int:
         """Hand committed outbox rows older than ``grace`` seconds to the backend.
 
-        Returns the number relayed. Safe with several relays at once.
+        The row of a delivery scheduled for later waits until it has been
+        due for ``grace`` seconds too: its job was handed over when it was
+        written, and the worker that claims it deletes the row, so a relay
+        before then would only send a second job. Returns the number
+        relayed. Safe with several relays at once.
         ``batch_size`` must be an int >= 1 (0 would loop for ever: a batch
         ends the relay only when it is short) and ``grace`` a finite number of
         seconds >= 0; otherwise :class:`TypeError` (not a number) or
@@ -738,12 +742,14 @@ class Chimeway:
         self.flush_outbox()
         now = self.clock.now()
         window = self.relay_grace if grace is None else timedelta(seconds=grace)
+        before = now - window + timedelta(microseconds=1)
         total = 0
         while True:
             sent = self.store.relay_outbox(
-                lambda items: self._send_outbox(items, now),
+                lambda items: self.backend.enqueue_many([item.delivery_id for item in items]),
                 batch_size=batch_size,
-                created_before=now - window + timedelta(microseconds=1),
+                created_before=before,
+                due_before=before,
             )
             total += sent
             if sent < batch_size:
@@ -801,14 +807,6 @@ class Chimeway:
             return now - timedelta(seconds=checked)
         except OverflowError:
             raise ValueError(f"{name} reaches back before the year 1, got {age!r}") from None
-
-    def _send_outbox(self, items: Sequence[OutboxItem], now: datetime) -> None:
-        due = [item.delivery_id for item in items if item.run_at <= now]
-        if due:
-            self.backend.enqueue_many(due)
-        for item in items:
-            if item.run_at > now:
-                self.backend.enqueue(item.delivery_id, at=item.run_at)
 
     def rescue(self, now: datetime | None = None, *, limit: int = 500) -> RescueReport:
         """Resolve dead workers' attempts, requeue stranded deliveries, relay the outbox.

@@ -19,8 +19,9 @@ The families, all gauges:
   due now that no worker holds, and how long the oldest of them has waited
   past its time (0 when none is due): the figure to alert on;
 - ``chimeway_stuck_deliveries``: leases that expired with an attempt in flight;
-- ``chimeway_outbox_rows`` and ``chimeway_outbox_age_seconds``: what waits for
-  the relay, and for how long the oldest has;
+- ``chimeway_outbox_rows`` and ``chimeway_outbox_age_seconds``: outbox rows of
+  deliveries due now (not yet claimed, or waiting for the relay), and how long
+  the longest-waiting has waited since it was written or fell due;
 - ``chimeway_scrape_duration_seconds``: how long reading the ledger took.
 """
 
@@ -125,12 +126,12 @@ def _ledger(gauges: LedgerGauges) -> list[str]:
         ),
         *_family(
             "chimeway_outbox_rows",
-            "Committed deliveries waiting for the relay.",
+            "Outbox rows of deliveries due now: not yet claimed, or waiting for the relay.",
             [_sample("chimeway_outbox_rows", gauges.outbox)],
         ),
         *_family(
             "chimeway_outbox_age_seconds",
-            "How long the oldest outbox row has waited (0 when the outbox is empty).",
+            "How long the longest-waiting of those rows has waited (0 when there is none).",
             [_sample("chimeway_outbox_age_seconds", gauges.outbox_age_seconds)],
         ),
     ]

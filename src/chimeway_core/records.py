@@ -199,9 +199,14 @@ class LedgerGauges:
     oldest_due_at: datetime | None
     stuck: int
     outbox: int
-    """Committed deliveries waiting for the relay."""
+    """Outbox rows of deliveries due at ``at``: what a relay would send once old enough.
+
+    The row of a delivery scheduled for later is not counted: it waits for
+    its time, not for the relay.
+    """
     oldest_outbox_at: datetime | None
-    """When the oldest of them was written (``None``: the outbox is empty)."""
+    """Since when the longest-waiting of them has waited: the later of its writing and
+    its run time (``None``: no such row)."""
 
     @property
     def due_lag_seconds(self) -> float:
@@ -212,7 +217,7 @@ class LedgerGauges:
 
     @property
     def outbox_age_seconds(self) -> float:
-        """How long the oldest outbox row has waited; 0 when the outbox is empty."""
+        """How long the longest-waiting outbox row has waited; 0 when none is due."""
         if self.oldest_outbox_at is None:
             return 0.0
         return max(0.0, (self.at - self.oldest_outbox_at).total_seconds())

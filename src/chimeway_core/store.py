@@ -76,6 +76,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     cast,
     create_engine,
     delete,
@@ -1911,7 +1912,9 @@ class SQLStore:
         )
         due = select(func.count(), func.min(_D.scheduled_at)).where(_due_unheld(now))
         stuck = select(func.count()).select_from(_expired_in_flight(now).subquery())
-        outbox = select(func.count(), func.min(_O.created_at))
+        # A row waits for the relay from the later of its writing and its run time.
+        waiting_since = case((_O.run_at > _O.created_at, _O.run_at), else_=_O.created_at)
+        outbox = select(func.count(), func.min(waiting_since)).where(_O.run_at <= now)
         with self._read() as conn:
             counts = _counts(conn)
             by_channel = {
@@ -2035,21 +2038,25 @@ class SQLStore:
         *,
         batch_size: int = 500,
         created_before: datetime | None = None,
+        due_before: datetime | None = None,
     ) -> int:
         """Hand up to ``batch_size`` committed outbox rows to ``send``, then delete them.
 
-        One transaction: rows are selected (``FOR UPDATE SKIP LOCKED`` on
-        PostgreSQL; on SQLite the ``BEGIN IMMEDIATE`` write lock serializes
-        relays), ``send(items)`` is called, the rows are deleted, and the
-        transaction commits. If ``send`` raises, everything rolls back and the
-        rows stay for the next relay. Concurrent relays never hand out the
-        same row twice. ``send`` is not called when there is nothing to relay.
-        Returns how many rows were sent.
+        Only rows written before ``created_before`` and due (``run_at``)
+        before ``due_before``, when given. One transaction: rows are selected
+        (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the ``BEGIN
+        IMMEDIATE`` write lock serializes relays), ``send(items)`` is called,
+        the rows are deleted, and the transaction commits. If ``send`` raises,
+        everything rolls back and the rows stay for the next relay. Concurrent
+        relays never hand out the same row twice. ``send`` is not called when
+        there is nothing to relay. Returns how many rows were sent.
         """
         _check_limit("batch_size", batch_size)
         query = select(_O.delivery_id, _O.run_at).order_by(_O.created_at).limit(batch_size)
         if created_before is not None:
             query = query.where(_O.created_at < _aware(created_before, "created_before"))
+        if due_before is not None:
+            query = query.where(_O.run_at < _aware(due_before, "due_before"))
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)

@@ -64,11 +64,12 @@ def test_every_family_in_a_fixed_order() -> None:
             "not yet resolved by a rescuer.",
             "# TYPE chimeway_stuck_deliveries gauge",
             "chimeway_stuck_deliveries 1",
-            "# HELP chimeway_outbox_rows Committed deliveries waiting for the relay.",
+            "# HELP chimeway_outbox_rows Outbox rows of deliveries due now: not yet claimed, "
+            "or waiting for the relay.",
             "# TYPE chimeway_outbox_rows gauge",
             "chimeway_outbox_rows 4",
-            "# HELP chimeway_outbox_age_seconds How long the oldest outbox row has waited "
-            "(0 when the outbox is empty).",
+            "# HELP chimeway_outbox_age_seconds How long the longest-waiting of those rows "
+            "has waited (0 when there is none).",
             "# TYPE chimeway_outbox_age_seconds gauge",
             "chimeway_outbox_age_seconds 2.5",
             "# HELP chimeway_scrape_duration_seconds How long reading the ledger took.",

@@ -20,7 +20,7 @@ from chimeway_core.policies import (
     RateLimitPolicy,
     ReadStatePolicy,
 )
-from chimeway_core.records import Delivery
+from chimeway_core.records import Delivery, NewDelivery
 from chimeway_core.store import SQLStore
 from chimeway_core.telemetry import LoggingSubscriber, Telemetry, TelemetryEvent
 from chimeway_core.testing import FakeChannel
@@ -415,3 +415,48 @@ def test_a_claimed_delivery_leaves_nothing_for_the_relay(
     assert 0 == worker.relay()
     assert [] == worker_backend.pending()
     assert 3 == len(channel.calls)
+
+
+def test_a_scheduled_delivery_is_relayed_only_once_due_and_unclaimed(
+    store: SQLStore, clock: VirtualClock
+) -> None:
+    """Its job was handed over when it was written: no relay sends a second before it is due.
+
+    A producer below its flush batch leaves the row in place; once the
+    delivery has been due for the grace period with its row still there (the
+    job was lost), the relay sends it.
+    """
+    from chimeway_core.engine import Chimeway
+
+    producer_backend = MemoryBackend(clock)
+    producer = Chimeway(store, producer_backend, {"sms": FakeChannel()}, clock=clock)
+    worker_backend = MemoryBackend(clock)
+    worker = Chimeway(store, worker_backend, {"sms": FakeChannel()}, clock=clock, relay_grace=10.0)
+    delivery = producer.notify("sms", "+15550100", scheduled_at=START + timedelta(hours=1))
+    assert 1 == producer_backend.enqueued
+
+    clock.advance(30 * 60)
+    assert (0, 1) == (worker.relay(grace=0), store.outbox_size())
+    clock.advance(30 * 60 + 5)  # due, but not for the grace period yet
+    assert 0 == worker.relay()
+    clock.advance(10)
+    assert 1 == worker.relay()
+    assert [delivery.id] == [job.delivery_id for job in worker_backend.pending()]
+    assert 0 == store.outbox_size()
+
+
+def test_a_due_outbox_row_waits_for_the_relay_from_its_run_time(store: SQLStore) -> None:
+    """The gauges count only rows due now, and age them from the later of write and run time."""
+    hour = timedelta(hours=1)
+    scheduled = NewDelivery(channel="sms", recipient="+1", scheduled_at=START + hour)
+    store.create(scheduled, now=START)
+    store.create(NewDelivery(channel="sms", recipient="+2"), now=START + 1.5 * hour)
+    early = store.gauges(now=START + 0.5 * hour)
+    late = store.gauges(now=START + 2 * hour)
+    assert (0, None, 0.0) == (early.outbox, early.oldest_outbox_at, early.outbox_age_seconds)
+    # Written first, but waiting only since it fell due, an hour after.
+    assert (2, START + hour, 3600.0) == (
+        late.outbox,
+        late.oldest_outbox_at,
+        late.outbox_age_seconds,
+    )

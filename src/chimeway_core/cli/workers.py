@@ -141,8 +141,9 @@ def register(subparsers: Subparsers) -> None:
     relay = command(subparsers, "relay", run_relay, "Hand committed outbox rows to the queue.")
     relay.description = (
         "Run one relay pass of the engine --app names: outbox rows older than the grace "
-        "period go to its backend.\n\nexit status: 0 done, 2 bad options or --app, a "
-        "database without chimeway's tables, 3 database, Redis or broker unreachable."
+        "period, of deliveries due for that long, go to its backend.\n\nexit status: 0 "
+        "done, 2 bad options or --app, a database without chimeway's tables, 3 database, "
+        "Redis or broker unreachable."
     )
     _add_app_options(relay)
     relay.add_argument(
