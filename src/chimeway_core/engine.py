@@ -808,26 +808,35 @@ class Chimeway:
         except OverflowError:
             raise ValueError(f"{name} reaches back before the year 1, got {age!r}") from None
 
-    def rescue(self, now: datetime | None = None, *, limit: int = 500) -> RescueReport:
+    def rescue(
+        self, now: datetime | None = None, *, limit: int = 500, catch_up: bool = False
+    ) -> RescueReport:
         """Resolve dead workers' attempts, requeue stranded deliveries, relay the outbox.
 
         An attempt left in flight past its lease becomes outcome ``unknown``:
         retried with the same idempotency key on an at-least-once channel,
         cancelled ``outcome_unknown`` on an at-most-once one (the table
-        decides). Live, due deliveries untouched for ``requeue_after``
-        seconds are queued again (a lost or flushed queue); the backend's job
-        ids dedupe. With a ``retention``, up to ``limit`` deliveries terminal
-        for longer are pruned. Safe with several rescuers at once.
+        decides). Up to ``limit`` live, due deliveries untouched for
+        ``requeue_after`` seconds are queued again (a lost or flushed queue);
+        the backend's job ids dedupe. With a ``retention``, up to ``limit``
+        deliveries terminal for longer are pruned. Safe with several
+        rescuers at once.
+
+        ``catch_up`` is for a queue known to hold none of the ledger's jobs
+        (a new in-memory queue, as in ``chimeway worker --backend memory
+        --burst``): due deliveries are queued again however recently they
+        were written, and the outbox is relayed without ``relay_grace``.
         """
         now = ensure_aware(now, "now") if now is not None else self.clock.now()
         resolved = 0
         for claim in self.store.expired_claims(now=now, limit=limit):
             if self._resolve_lost(claim, now):
                 resolved += 1
-        stranded = self.store.due(now=now, limit=limit, not_touched_since=now - self.requeue_after)
+        untouched = None if catch_up else now - self.requeue_after
+        stranded = self.store.due(now=now, limit=limit, not_touched_since=untouched)
         if stranded:
             self.backend.enqueue_many([d.id for d in stranded])
-        relayed = self.relay()
+        relayed = self.relay(grace=0.0 if catch_up else None)
         pruned = 0
         if self.retention is not None:
             before = self._prune_cutoff("retention", self.retention, now)

@@ -83,6 +83,21 @@ def unlucky_memory_engine():
     return Chimeway(store, MemoryBackend(), channels, retry=retry, relay_grace=0.0)
 
 
+def second_try_memory_engine():
+    """The first attempt at each delivery fails; the retry, 0.2 s later, is sent.
+
+    The engine's relay_grace and requeue_after are the defaults (10 s, 300 s).
+    """
+    store = SQLStore(os.environ["CHIMEWAY_DATABASE_URL"])
+
+    def send(delivery, key):
+        return TemporaryFailure("busy") if delivery.attempt_count == 1 else Sent()
+
+    channels = {"log": CallableChannel(send)}
+    retry = RetryPolicy(initial_delay=0.2, jitter=0.0)
+    return Chimeway(store, MemoryBackend(), channels, retry=retry)
+
+
 def fixed_engine():
     """An engine whose database is fixed by the application, not $CHIMEWAY_DATABASE_URL."""
     store = SQLStore(os.environ["FIXED_DATABASE_URL"])

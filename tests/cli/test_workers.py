@@ -148,9 +148,45 @@ def test_memory_burst_leaves_retries_to_a_later_worker(tmp_path: Path, app_dir: 
     assert result.stdout.splitlines()[-2:] == [
         "chimeway worker: burst done after 3 jobs (0 acked, 3 retried, 0 deferred, 0 raised)",
         "chimeway worker: 3 jobs scheduled for later were not run; their deliveries stay in "
-        "the ledger, and a later worker's rescuer queues them again",
+        "the ledger, and a later worker queues them again",
     ]
     assert {(DeliveryStatus.FAILED, None): 3} == store.counts()
+    store.engine.dispose()
+
+
+def test_memory_bursts_catch_up_without_waiting_for_the_relay_or_rescue_delays(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    """A burst's queue starts empty: rows younger than relay_grace and fresh retries are run.
+
+    The first burst relays outbox rows written a moment ago (relay_grace is
+    10 s) and leaves each delivery's retry, due 0.2 s later; the next burst
+    queues those retries at once (requeue_after is 300 s), and they succeed.
+    """
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 3)
+    command = (
+        "worker",
+        "--backend",
+        "memory",
+        "--burst",
+        "--app",
+        f"{APP_MODULE}:second_try_memory_engine",
+        "--db",
+        url,
+    )
+    first = run(*command, cwd=tmp_path, path=[app_dir], timeout=DEADLINE)
+    time.sleep(0.3)
+    second = run(*command, cwd=tmp_path, path=[app_dir], timeout=DEADLINE)
+    assert (0, 0) == (first.code, second.code), first.stderr + second.stderr
+    assert first.stdout.splitlines()[1].startswith("chimeway worker: first rescue pass: 3 relayed")
+    assert second.stdout.splitlines()[1].startswith(
+        "chimeway worker: first rescue pass: 0 relayed, 3 requeued"
+    )
+    assert second.stdout.splitlines()[-1] == (
+        "chimeway worker: burst done after 3 jobs (3 acked, 0 retried, 0 deferred, 0 raised)"
+    )
+    assert {(DeliveryStatus.SUCCEEDED, None): 3} == store.counts()
     store.engine.dispose()
 
 

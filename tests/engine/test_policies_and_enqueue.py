@@ -460,3 +460,28 @@ def test_a_due_outbox_row_waits_for_the_relay_from_its_run_time(store: SQLStore)
         late.oldest_outbox_at,
         late.outbox_age_seconds,
     )
+
+
+def test_a_catch_up_rescue_queues_what_is_due_without_the_usual_waits(
+    store: SQLStore, clock: VirtualClock
+) -> None:
+    """For a queue that starts empty: fresh outbox rows and a just-due retry are queued at once."""
+    from chimeway_core.engine import Chimeway
+
+    producer = Chimeway(store, MemoryBackend(clock), {"sms": FakeChannel()}, clock=clock)
+    retried = producer.notify("sms", "+15550100")
+    channel = FakeChannel([TemporaryFailure("busy"), Sent()])
+    first = Chimeway(store, MemoryBackend(clock), {"sms": channel}, clock=clock)
+    first.perform(retried.id)  # fails: retried a second or so later, in a queue now gone
+    fresh = producer.notify("sms", "+15550101")
+    clock.advance(5)
+
+    worker_backend = MemoryBackend(clock)
+    worker = Chimeway(store, worker_backend, {"sms": channel}, clock=clock)
+    usual = worker.rescue()
+    catch_up = worker.rescue(catch_up=True)
+
+    assert (0, 0) == (usual.requeued, usual.relayed)
+    # Both are due and unheld; the fresh one's outbox row is relayed too (one job each).
+    assert (2, 1) == (catch_up.requeued, catch_up.relayed)
+    assert {retried.id, fresh.id} == {job.delivery_id for job in worker_backend.pending()}

@@ -113,16 +113,18 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     A rescue pass runs first (outbox rows and lost attempts left by a
     previous process), then every ``tick_interval`` seconds. On a signal no
     new job is taken and running ones get ``grace`` seconds to finish. With
-    ``burst`` the worker stops as soon as no job is running and none is due;
-    jobs scheduled for later (retries, deferrals) die with the process, and
-    their deliveries wait in the ledger for a later worker's rescuer.
+    ``burst`` the first pass catches up (this process's queue starts empty:
+    every due delivery is queued, the outbox relayed without its grace), and
+    the worker stops as soon as no job is running and none is due; jobs
+    scheduled for later (retries, deferrals) die with the process, and their
+    deliveries wait in the ledger for a later worker.
     """
     backend = engine.backend
     if not isinstance(backend, MemoryBackend):
         raise _wrong_backend("memory", options, engine, "chimeway_backends.memory.MemoryBackend")
     threads = options.concurrency or 1
     _start_logging(engine, options)
-    first = engine.rescue()
+    first = engine.rescue(catch_up=options.burst)
     worker = MemoryWorker(
         backend,
         engine,
@@ -157,11 +159,8 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
         f"chimeway worker: {how} after {stats.jobs_run} jobs ({stats.acks} acked, "
         f"{stats.retries} retried, {stats.defers} deferred, {stats.failures} raised)"
     )
-    if options.burst and (later := len(backend.pending())):
-        echo(
-            f"chimeway worker: {later} jobs scheduled for later were not run; their "
-            "deliveries stay in the ledger, and a later worker's rescuer queues them again"
-        )
+    if options.burst:
+        _report_left(backend)
     if not ended:
         warn(
             f"chimeway worker: jobs still running after {options.grace:g} s were abandoned; "
@@ -169,6 +168,21 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
         )
         return ExitCode.PROBLEM
     return ExitCode.OK
+
+
+def _report_left(backend: MemoryBackend) -> None:
+    """Say what a burst leaves: jobs due (it was stopped) and jobs scheduled for later."""
+    now = backend.clock.now()
+    pending = backend.pending()
+    due = sum(job.run_at <= now for job in pending)
+    later = len(pending) - due
+    if due:
+        echo(f"chimeway worker: {due} due jobs were not run (stopped before their turn)")
+    if later:
+        echo(
+            f"chimeway worker: {later} jobs scheduled for later were not run; their "
+            "deliveries stay in the ledger, and a later worker queues them again"
+        )
 
 
 def _reach_redis(backend: RQBackend) -> None:
