@@ -89,7 +89,7 @@ def _ledger(gauges: LedgerGauges) -> list[str]:
     return [
         *_family(
             "chimeway_deliveries",
-            "Deliveries in the ledger, by status and reason (empty when none).",
+            "Deliveries in the ledger, by status and reason (reason empty when there is none).",
             [
                 _sample(
                     "chimeway_deliveries",

@@ -94,7 +94,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnCollection
 
-from chimeway_core._checks import whole
+from chimeway_core._checks import seconds, whole
 from chimeway_core.errors import (
     DeliveryNotFoundError,
     DeliveryTerminalError,
@@ -1255,6 +1255,23 @@ class SQLStore:
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def _snapshot(self, timeout: float | None) -> Iterator[Connection]:
+        if self.engine.dialect.name != "postgresql":
+            with self._read() as conn:
+                yield conn
+            return
+        with (
+            self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn,
+            conn.begin(),
+        ):
+            if timeout is not None:
+                # SET LOCAL takes no bind parameter; the value is a checked number.
+                conn.exec_driver_sql(
+                    f"SET LOCAL statement_timeout = {max(1, math.ceil(timeout * 1000))}"
+                )
+            yield conn
+
     def create_all(self) -> None:
         """Create chimeway's tables if missing (tests, demo); production uses migrations."""
         metadata.create_all(self.engine)
@@ -1895,16 +1912,23 @@ class SQLStore:
         with self._read() as conn:
             return _counts(conn)
 
-    def gauges(self, *, now: datetime) -> LedgerGauges:
-        """The ledger's health at ``now``, read in one transaction (for monitoring).
+    def gauges(self, *, now: datetime, timeout: float | None = None) -> LedgerGauges:
+        """The ledger's health at ``now``, read as one snapshot (for monitoring).
 
         Counts per status and reason, live deliveries per channel, the due
         backlog and its oldest, stuck attempts and the outbox: five
         aggregate queries, the counts one over every delivery (by the
         ``(status, reason)`` index), the others over live deliveries and the
-        outbox only.
+        outbox only. On PostgreSQL they run in one ``REPEATABLE READ``
+        transaction (one snapshot for all five) and, with ``timeout``
+        (seconds), are cancelled past it (``statement_timeout``): a database
+        that hangs raises instead of holding the caller. On SQLite a read
+        transaction is one snapshot already, and readers do not wait for
+        writers; ``timeout`` is not needed there.
         """
         now = _aware(now, "now")
+        if timeout is not None:
+            timeout = seconds("timeout", timeout, positive=True)
         live = (
             select(_D.channel, _D.status, func.count())
             .where(_D.status.in_(_LIVE))
@@ -1915,7 +1939,7 @@ class SQLStore:
         # A row waits for the relay from the later of its writing and its run time.
         waiting_since = case((_O.run_at > _O.created_at, _O.run_at), else_=_O.created_at)
         outbox = select(func.count(), func.min(waiting_since)).where(_O.run_at <= now)
-        with self._read() as conn:
+        with self._snapshot(timeout) as conn:
             counts = _counts(conn)
             by_channel = {
                 (channel, DeliveryStatus(status)): count

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
+import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,38 +41,92 @@ def test_an_unreachable_database_is_exit_3_when_printing(invoke: Invoke) -> None
     assert result.stderr.startswith("chimeway: error: cannot reach the database postgresql")
 
 
-def _get(url: str) -> tuple[int, str, str]:
+def _serve(tmp_path: Path, address: str, url: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``chimeway metrics --serve address``; the process and its /metrics URL."""
+    process = start("metrics", "--serve", address, "--db", url, cwd=tmp_path)
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    assert first.startswith("chimeway metrics: serving http://"), first + process.stderr.read()
+    return process, first.split()[3]
+
+
+def _request(method: str, url: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.headers["Content-Type"], response.read().decode()
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], ""
+        return error.code, dict(error.headers), error.read()
+
+
+def _sigterm(process: subprocess.Popen[str]) -> tuple[str, str]:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_served_on_ipv6_with_head_and_no_other_method(tmp_path: Path) -> None:
+    """[::1]:0 listens on IPv6; HEAD answers like GET without a body; POST is 405."""
+    if not socket.has_ipv6:
+        pytest.skip("this Python has no IPv6")
+    _, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    process, endpoint = _serve(tmp_path, "[::1]:0", url)
+    try:
+        assert endpoint.startswith("http://[::1]:")
+        got, head, post = (_request(method, endpoint) for method in ("GET", "HEAD", "POST"))
+    finally:
+        _, err = _sigterm(process)
+    assert (200, 200, b"") == (got[0], head[0], head[2])
+    assert got[1]["Content-Length"] == str(len(got[2]))
+    # HEAD reads the ledger too: the same headers, the scrape's own length.
+    assert (got[1]["Content-Type"], True) == (head[1]["Content-Type"], "Content-Length" in head[1])
+    assert (405, "GET, HEAD", b"405 chimeway serves GET /metrics\n") == (
+        post[0],
+        post[1]["Allow"],
+        post[2],
+    )
+    assert (0, "") == (process.returncode, err)
+
+
+@pytest.mark.postgres
+def test_a_ledger_that_hangs_is_up_zero_within_the_timeout(fresh_postgres: str) -> None:
+    """A table locked by another session cancels the scrape's queries at the timeout."""
+    store = SQLStore(fresh_postgres)
+    store.create_all()
+    with store.engine.connect() as locker:
+        locker.exec_driver_sql("LOCK TABLE chimeway_deliveries IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        text = scrape(store, timeout=0.5)
+        took = time.monotonic() - started
+        locker.rollback()
+    assert "chimeway_up 0" in text.splitlines()
+    assert took < 5
+    assert "chimeway_up 1" in scrape(store, timeout=0.5).splitlines()
+    store.engine.dispose()
 
 
 def test_served_every_scrape_reads_the_ledger_afresh(tmp_path: Path) -> None:
     """--serve answers GET /metrics in the format's content type, 404 elsewhere; SIGTERM stops."""
     store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
     add_deliveries(store, 2)
-    process = start("metrics", "--serve", "127.0.0.1:0", "--db", url, cwd=tmp_path)
+    process, endpoint = _serve(tmp_path, "127.0.0.1:0", url)
     try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
-        assert first.startswith("chimeway metrics: serving http://127.0.0.1:"), first
-        endpoint = first.split()[3]
-        status, content_type, body = _get(endpoint)
-        assert (200, "text/plain; version=0.0.4; charset=utf-8") == (status, content_type)
-        assert "chimeway_due_deliveries 2" in body.splitlines()
+        assert endpoint.startswith("http://127.0.0.1:")
+        status, headers, body = _request("GET", endpoint)
         add_deliveries(store, 3)
-        assert "chimeway_due_deliveries 5" in _get(endpoint)[2].splitlines()
-        assert 404 == _get(endpoint.replace("/metrics", "/other"))[0]
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=10)
+        again = _request("GET", endpoint)[2]
+        elsewhere = _request("GET", endpoint.replace("/metrics", "/other"))
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert 0 == process.returncode, err
-    assert ("chimeway metrics: stopped", "") == (out.strip(), err)
+        out, err = _sigterm(process)
+    assert (200, "text/plain; version=0.0.4; charset=utf-8") == (status, headers["Content-Type"])
+    assert "chimeway_due_deliveries 2" in body.decode().splitlines()
+    assert "chimeway_due_deliveries 5" in again.decode().splitlines()
+    assert (404, b"404 chimeway serves /metrics\n") == (elsewhere[0], elsewhere[2])
+    assert (0, "chimeway metrics: stopped", "") == (process.returncode, out.strip(), err)
     store.engine.dispose()
 
 
@@ -119,6 +175,9 @@ def test_listen_addresses(text: str, address: tuple[str, int]) -> None:
     ("text", "message"),
     [
         (":9108", "names no host: write 0.0.0.0:9108"),
+        ("[]:9108", "names no host"),
+        ("::1", "an IPv6 host goes in brackets"),
+        ("::1:9108", r"like \[::1\]:9108"),
         ("70000", "is not an address to listen on"),
         ("host:", "is not an address to listen on"),
         ("\u0661\u0662", "is not an address to listen on"),

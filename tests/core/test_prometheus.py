@@ -44,7 +44,7 @@ def test_every_family_in_a_fixed_order() -> None:
             "# TYPE chimeway_up gauge",
             "chimeway_up 1",
             "# HELP chimeway_deliveries Deliveries in the ledger, by status and reason "
-            "(empty when none).",
+            "(reason empty when there is none).",
             "# TYPE chimeway_deliveries gauge",
             'chimeway_deliveries{status="ready",reason=""} 3',
             'chimeway_deliveries{status="succeeded",reason=""} 40',

@@ -153,11 +153,13 @@ def _sqlite_uri(url: URL) -> bool:
         return False
 
 
-def open_engine(url: URL, *, must_exist: bool = True) -> Engine:
+def open_engine(url: URL, *, must_exist: bool = True, pool_pre_ping: bool = False) -> Engine:
     """A SQLAlchemy engine for ``url``, connected once to prove it works.
 
     With ``must_exist`` a SQLite URL must name an existing file (SQLite would
-    otherwise create an empty one) and not be in-memory.
+    otherwise create an empty one) and not be in-memory. ``pool_pre_ping``
+    (for a long-running command) tests a pooled connection before each use,
+    so one the server dropped is replaced rather than failing a request.
     """
     if must_exist and url.get_backend_name() == "sqlite":
         path = sqlite_path(url)
@@ -172,7 +174,7 @@ def open_engine(url: URL, *, must_exist: bool = True) -> Engine:
     if url.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = _CONNECT_TIMEOUT_SECONDS
     try:
-        engine = create_engine(url, connect_args=connect_args)
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=pool_pre_ping)
     except ImportError as error:
         raise CliError(
             f"the driver for {url.drivername!r} is not installed: {error}{_install_hint(url)}"
@@ -296,10 +298,12 @@ def check_tables(engine: Engine, url: URL | None = None) -> None:
         )
 
 
-def open_store(text: str | None, *, require_tables: bool = True) -> SQLStore:
+def open_store(
+    text: str | None, *, require_tables: bool = True, pool_pre_ping: bool = False
+) -> SQLStore:
     """The ledger at the URL ``text`` (checked, connected, with chimeway's tables)."""
     url = database_url(text)
-    engine = open_engine(url)
+    engine = open_engine(url, pool_pre_ping=pool_pre_ping)
     if require_tables:
         check_tables(engine, url)
     return SQLStore(engine)

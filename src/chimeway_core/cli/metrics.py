@@ -4,12 +4,16 @@ What is measured and how it is written is :mod:`chimeway_core.prometheus`;
 this module reads the ledger (:meth:`~chimeway_core.store.SQLStore.gauges`)
 and hands the text over. Served, every scrape reads the ledger afresh, and a
 ledger that does not answer is ``chimeway_up 0`` (a line on stderr says why)
-rather than a failed scrape, as Prometheus' own exporters do.
+rather than a failed scrape, as Prometheus' own exporters do; a database
+that does not answer within the scrape's timeout counts as not answering.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -31,6 +35,10 @@ __all__ = ["register", "run_metrics", "scrape"]
 
 #: The paths a served exporter answers; anything else is 404.
 PATHS: Final = frozenset({"/metrics", "/"})
+#: Prometheus says how long it waits for a scrape in this request header.
+TIMEOUT_HEADER: Final = "X-Prometheus-Scrape-Timeout-Seconds"
+#: The share of Prometheus' timeout the ledger may take, leaving the rest for the reply.
+_TIMEOUT_SHARE: Final = 0.9
 
 
 def register(subparsers: Subparsers) -> None:
@@ -43,7 +51,7 @@ def register(subparsers: Subparsers) -> None:
         "live deliveries by channel, the due backlog and how long its oldest has waited, "
         "stuck attempts and the outbox. Printed once (for node_exporter's textfile "
         "collector), or with --serve answered on GET /metrics until SIGINT or SIGTERM; a "
-        "scrape the database does not answer says chimeway_up 0.\n\n"
+        "scrape the database does not answer within its timeout says chimeway_up 0.\n\n"
         "exit status: 0 printed or stopped, 2 bad options or an address that cannot be "
         "listened on, 3 database unreachable."
     )
@@ -52,15 +60,27 @@ def register(subparsers: Subparsers) -> None:
         "--serve",
         type=listen_address,
         metavar="[HOST:]PORT",
-        help="serve GET /metrics here (HOST defaults to 127.0.0.1; port 0 picks a free one)",
+        help="serve GET /metrics here: PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT; "
+        "port 0 picks a free one",
+    )
+    metrics.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the ledger may take to answer (PostgreSQL; default: 10, or less "
+        f"when a scrape's {TIMEOUT_HEADER} says so)",
     )
 
 
-def scrape(store: SQLStore) -> str:
-    """The exposition text of ``store``'s gauges now; ``chimeway_up 0`` if it fails to answer."""
+def scrape(store: SQLStore, *, timeout: float | None = None) -> str:
+    """The exposition text of ``store``'s gauges now; ``chimeway_up 0`` if it fails to answer.
+
+    ``timeout`` (seconds) bounds how long the ledger may take (PostgreSQL).
+    """
     started = time.perf_counter()
     try:
-        gauges = store.gauges(now=SystemClock().now())
+        gauges = store.gauges(now=SystemClock().now(), timeout=timeout)
     except SQLAlchemyError as error:
         first = next(iter(str(error).splitlines()), type(error).__qualname__)
         warn(f"chimeway metrics: the ledger did not answer: {first}")
@@ -71,24 +91,71 @@ def scrape(store: SQLStore) -> str:
 class _Exporter(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], store: SQLStore) -> None:
+    def __init__(self, address: tuple[str, int], store: SQLStore, timeout: float) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         self.store = store
+        self.scrape_timeout = timeout
         super().__init__(address, _Handler)
+
+    def handle_error(self, _request: object, client_address: object) -> None:
+        """One line, not socketserver's traceback, for a request that failed."""
+        warn(f"chimeway metrics: a request from {client_address} failed: {_last_error()}")
+
+
+def _last_error() -> str:
+    error = sys.exc_info()[1]
+    return f"{type(error).__qualname__}: {error}" if error is not None else "unknown error"
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Exporter
+    server_version = "chimeway-metrics"
+    sys_version = ""
+    error_content_type = "text/plain; charset=utf-8"
+    error_message_format = "%(code)d %(message)s\n"
 
     def do_GET(self) -> None:
+        self._answer(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def _answer(self, *, with_body: bool) -> None:
         if self.path.partition("?")[0] not in PATHS:
             self.send_error(HTTPStatus.NOT_FOUND, "chimeway serves /metrics")
             return
-        body = scrape(self.server.store).encode()
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", CONTENT_TYPE)
+        body = scrape(self.server.store, timeout=self._timeout()).encode()
+        try:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if with_body:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The scraper gave up waiting: nobody is left to answer.
+            self.close_connection = True
+
+    def _timeout(self) -> float:
+        ours = self.server.scrape_timeout
+        try:
+            theirs = float(self.headers.get(TIMEOUT_HEADER, "inf")) * _TIMEOUT_SHARE
+        except ValueError:
+            return ours
+        return min(ours, theirs) if math.isfinite(theirs) and theirs > 0 else ours
+
+    def _not_allowed(self) -> None:
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        body = b"405 chimeway serves GET /metrics\n"
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    # http.server dispatches a request to the method named do_<METHOD>.
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
 
     def log_message(self, format: str, *args: object) -> None:
         """Nothing: one access line per scrape would bury the lines that matter."""
@@ -96,24 +163,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 def run_metrics(args: argparse.Namespace) -> int:
     """Print the gauges once, or serve them until SIGINT or SIGTERM."""
-    store = open_store(from_env(args.db, ENV_DATABASE_URL))
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise CliError(f"--timeout must be a finite number of seconds > 0, got {args.timeout:g}")
+    store = open_store(from_env(args.db, ENV_DATABASE_URL), pool_pre_ping=args.serve is not None)
     if args.serve is None:
         # Printed once, a database failing midway is exit 3, as in every command.
         started = time.perf_counter()
-        gauges = store.gauges(now=SystemClock().now())
+        gauges = store.gauges(now=SystemClock().now(), timeout=args.timeout)
         echo(render(gauges, scrape_seconds=time.perf_counter() - started).rstrip("\n"))
         store.engine.dispose()
         return ExitCode.OK
-    try:
-        server = _Exporter(args.serve, store)
-    except OSError as error:
-        host, port = args.serve
-        raise CliError(
-            f"--serve: cannot listen on {host}:{port}: {error.strerror or error}"
-        ) from None
-    bound_host, port = server.server_address[:2]
-    host = bound_host.decode() if isinstance(bound_host, bytes) else bound_host
+    host, port = args.serve
     where = f"[{host}]" if ":" in host else host
+    try:
+        server = _Exporter(args.serve, store, args.timeout)
+    except OSError as error:
+        raise CliError(
+            f"--serve: cannot listen on {where}:{port}: {error.strerror or error}"
+        ) from None
+    port = server.server_address[1]
     stop = threading.Event()
     thread = threading.Thread(target=server.serve_forever, name="chimeway-metrics", daemon=True)
     with stop_on_signals(stop):

@@ -123,17 +123,22 @@ def listen_address(text: str) -> tuple[str, int]:
     """An argument type: ``PORT`` (on 127.0.0.1), ``HOST:PORT`` or ``[IPv6]:PORT``.
 
     Port 0 asks the system for a free one. ``:PORT`` is refused: other tools
-    read it as every interface, so it is spelled ``0.0.0.0:PORT`` here.
+    read it as every interface, so it is spelled ``0.0.0.0:PORT`` here. An
+    IPv6 host goes in brackets, as in a URL.
     """
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if sep and not host:
+    elif ":" in host:
         raise argparse.ArgumentTypeError(
-            f"{text!r} names no host: write 0.0.0.0{text} for every interface"
+            f"{text!r}: an IPv6 host goes in brackets, like [::1]:{port or 'PORT'}"
         )
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an address to listen on: PORT, HOST:PORT or [IPv6]:PORT"
+        )
+    if sep and not host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no host: write 0.0.0.0:{port} (or [::]:{port}) for every interface"
         )
     return (host if sep else "127.0.0.1"), int(port)
