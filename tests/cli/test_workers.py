@@ -93,27 +93,31 @@ def test_memory_worker_delivers_and_stops_gracefully(
     store.engine.dispose()
 
 
-def test_memory_worker_in_burst_mode_runs_what_is_due_then_exits(
-    tmp_path: Path, app_dir: Path
-) -> None:
-    """--burst relays the outbox, runs every due job on its threads, and exits 0 by itself."""
-    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
-    add_deliveries(store, 20)
-    result = run(
+def _memory_burst(tmp_path: Path, app_dir: Path, url: str, engine: str, *options: str) -> Result:
+    """Run ``chimeway worker --backend memory --burst`` for ``engine`` of the test app."""
+    return run(
         "worker",
         "--backend",
         "memory",
         "--burst",
-        "--concurrency",
-        "2",
+        *options,
         "--app",
-        f"{APP_MODULE}:memory_engine",
+        f"{APP_MODULE}:{engine}",
         "--db",
         url,
         cwd=tmp_path,
         path=[app_dir],
         timeout=DEADLINE,
     )
+
+
+def test_memory_worker_in_burst_mode_runs_what_is_due_then_exits(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    """--burst relays the outbox, runs every due job on its threads, and exits 0 by itself."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 20)
+    result = _memory_burst(tmp_path, app_dir, url, "memory_engine", "--concurrency", "2")
     assert 0 == result.code, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].endswith("runs what is due, then exits; Ctrl-C or SIGTERM stops")
@@ -130,19 +134,7 @@ def test_memory_burst_leaves_retries_to_a_later_worker(tmp_path: Path, app_dir: 
     store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
     add_deliveries(store, 3)
     started = time.monotonic()
-    result = run(
-        "worker",
-        "--backend",
-        "memory",
-        "--burst",
-        "--app",
-        f"{APP_MODULE}:unlucky_memory_engine",
-        "--db",
-        url,
-        cwd=tmp_path,
-        path=[app_dir],
-        timeout=DEADLINE,
-    )
+    result = _memory_burst(tmp_path, app_dir, url, "unlucky_memory_engine")
     assert 0 == result.code, result.stderr
     assert time.monotonic() - started < 50  # the backoff is 60 s
     assert result.stdout.splitlines()[-2:] == [
@@ -165,19 +157,9 @@ def test_memory_bursts_catch_up_without_waiting_for_the_relay_or_rescue_delays(
     """
     store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
     add_deliveries(store, 3)
-    command = (
-        "worker",
-        "--backend",
-        "memory",
-        "--burst",
-        "--app",
-        f"{APP_MODULE}:second_try_memory_engine",
-        "--db",
-        url,
-    )
-    first = run(*command, cwd=tmp_path, path=[app_dir], timeout=DEADLINE)
+    first = _memory_burst(tmp_path, app_dir, url, "second_try_memory_engine")
     time.sleep(0.3)
-    second = run(*command, cwd=tmp_path, path=[app_dir], timeout=DEADLINE)
+    second = _memory_burst(tmp_path, app_dir, url, "second_try_memory_engine")
     assert (0, 0) == (first.code, second.code), first.stderr + second.stderr
     assert first.stdout.splitlines()[1].startswith("chimeway worker: first rescue pass: 3 relayed")
     assert second.stdout.splitlines()[1].startswith(
