@@ -3,7 +3,7 @@
 ``python _worker_process.py rq-chimeway|rq-anchor DB_URL REDIS_URL QUEUE``:
 an RQ SimpleWorker (chimeway's or RQ's own) that builds everything, prints
 ``ready``, waits for a line on stdin, drains the queue in burst mode, then
-prints the wall-clock time it finished.
+prints the wall-clock time its last job ended (:mod:`_rq_timing`).
 
 ``python _worker_process.py memory DB_URL N1 N2 BATCH``: a chimeway engine
 on the memory backend that runs deliveries through notify_many and
@@ -16,10 +16,10 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-import time
 import uuid
 
 from _harness import rss_bytes
+from _rq_timing import burst_seconds, drained
 
 
 def _rq(kind: str, db: str, redis_url: str, queue: str) -> None:
@@ -39,7 +39,7 @@ def _rq(kind: str, db: str, redis_url: str, queue: str) -> None:
             RQBackend(connection, queue, result_ttl=60),
             {"sms": CallableChannel(lambda _d, _k: Sent())},
         )
-        worker = ChimewaySimpleWorker([queue], connection=connection, engine=engine)
+        worker = drained(ChimewaySimpleWorker)([queue], connection=connection, engine=engine)
         engine.store.get(uuid.uuid4())  # open the pool's connection now
     else:
         import os
@@ -49,11 +49,11 @@ def _rq(kind: str, db: str, redis_url: str, queue: str) -> None:
         os.environ[ANCHOR_DB_ENV] = db
         with anchor_engine().connect():  # open the pool's connection now
             pass
-        worker = rq.SimpleWorker([queue], connection=connection, serializer=JSONSerializer)
+        worker = drained(rq.SimpleWorker)([queue], connection=connection, serializer=JSONSerializer)
     print("ready", flush=True)
     sys.stdin.readline()
-    worker.work(burst=True, logging_level="WARNING")
-    print(time.time(), flush=True)
+    burst_seconds(worker)
+    print(worker.drained_at, flush=True)
 
 
 def _memory(db: str, first: int, last: int, batch: int) -> None:
