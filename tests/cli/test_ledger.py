@@ -14,7 +14,18 @@ from chimeway_core.schema import DeliveryRow
 from chimeway_core.store import SQLStore
 from tests.cli.conftest import Invoke, add_deliveries, run_all, sqlite_ledger
 
-INSPECT_KEYS = {"database", "now", "total", "counts", "outbox", "oldest_non_terminal", "stuck"}
+INSPECT_KEYS = {
+    "database",
+    "now",
+    "total",
+    "counts",
+    "due",
+    "due_lag_seconds",
+    "outbox",
+    "outbox_due",
+    "oldest_non_terminal",
+    "stuck",
+}
 
 
 def _ids_with(store: SQLStore, **where: object) -> list[str]:
@@ -64,7 +75,8 @@ def test_inspect_prints_counts_and_health(
     _, url = demo_ledger
     result = invoke("inspect", "--db", url)
     assert (0, "") == (result.code, result.stderr)
-    assert "deliveries: 120; outbox: 0 waiting for the relay" in result.stdout
+    assert "deliveries: 120; due now, no worker on it: 0" in result.stdout
+    assert "outbox: 0 rows, 0 of them due (the rest scheduled for later)" in result.stdout
     assert "oldest non-terminal: none, every delivery is terminal" in result.stdout
     assert "stuck (lease expired, attempt in flight): none" in result.stdout
 
@@ -158,9 +170,13 @@ def test_inspect_reports_stuck_deliveries_and_exits_1(tmp_path: Path, invoke: In
     ]
     assert summary["oldest_non_terminal"]["id"] in {stuck_id, waiting_id}
     assert 1 == summary["outbox"]  # the waiting one's: the claim cleared the stuck one's
+    # The stuck one is not due: its attempt is in flight until a rescuer resolves it.
+    assert (1, 1) == (summary["due"], summary["outbox_due"])
+    assert 3590 < summary["due_lag_seconds"] < 3700
     text = invoke("inspect", "--db", url)
     assert 1 == text.code
     assert "stuck (lease expired, attempt in flight): 1" in text.stdout
+    assert "due now, no worker on it: 1, the oldest due 36" in text.stdout
     store.engine.dispose()
 
 

@@ -42,9 +42,10 @@ def register(subparsers: Subparsers) -> None:
     """Add ``chimeway inspect``, ``list``, ``show`` and ``cancel``."""
     inspect = command(subparsers, "inspect", run_inspect, "Summarize the delivery ledger.")
     inspect.description = (
-        "Counts of deliveries by status and reason, the oldest delivery not yet terminal, "
-        "the outbox, and stuck deliveries: leases that expired with an attempt in flight "
-        "(a worker died mid-call and no rescuer has resolved it yet).\n\n"
+        "Counts of deliveries by status and reason, the due backlog (live deliveries due now "
+        "that no worker holds) and how long its oldest has waited, the outbox, the oldest "
+        "delivery not yet terminal, and stuck deliveries: leases that expired with an "
+        "attempt in flight (a worker died mid-call and no rescuer has resolved it yet).\n\n"
         "exit status: 0 nothing stuck, 1 stuck deliveries found, 2 bad options, "
         "3 database unreachable."
     )
@@ -124,9 +125,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Print counts, the oldest live delivery and stuck deliveries."""
     store = _store(args)
     now = SystemClock().now()
+    gauges = store.gauges(now=now)
     order = list(DeliveryStatus)
     counts = sorted(
-        store.counts().items(), key=lambda item: (order.index(item[0][0]), item[0][1] or "")
+        gauges.counts.items(), key=lambda item: (order.index(item[0][0]), item[0][1] or "")
     )
     oldest = store.oldest_non_terminal()
     stuck = store.expired_claims(now=now, limit=_STUCK_LIMIT)
@@ -139,7 +141,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         "counts": [
             {"status": status.value, "reason": reason, "count": n} for (status, reason), n in counts
         ],
+        "due": gauges.due,
+        "due_lag_seconds": gauges.due_lag_seconds,
         "outbox": outbox,
+        "outbox_due": gauges.outbox,
         "oldest_non_terminal": None if oldest is None else _brief(oldest),
         "stuck": [
             {
@@ -203,9 +208,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _print_inspect(summary: dict[str, Any], stuck: int) -> None:
+    due = summary["due"]
+    lag = f", the oldest due {summary['due_lag_seconds']:.0f} s ago" if due else ""
     lines = [
         f"database: {summary['database']}",
-        f"deliveries: {summary['total']}; outbox: {summary['outbox']} waiting for the relay",
+        f"deliveries: {summary['total']}; due now, no worker on it: {due}{lag}",
+        f"outbox: {summary['outbox']} rows, {summary['outbox_due']} of them due (the rest "
+        "scheduled for later)",
         "",
     ]
     rows = [("status", "reason", "count")]
