@@ -8,9 +8,10 @@ the target's name, and shown only while the target is missed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
@@ -129,6 +130,25 @@ def _fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
+_GOAL: Final = re.compile(r"([<>]=) ([0-9.]+)")
+
+
+def _measured(target: Mapping[str, Any]) -> str:
+    """A target's ratio with 2 decimals, more when rounding would cross the goal's line.
+
+    0.7496 against ">= 0.75" is missed; shown as 0.75 it would read as met.
+    """
+    ratio, goal = float(target["ratio"]), _GOAL.fullmatch(str(target["goal"]))
+    for places in range(2, 7):
+        shown = round(ratio, places)
+        if goal is None:
+            break
+        op, line = goal.group(1), float(goal.group(2))
+        if (shown >= line if op == ">=" else shown <= line) == bool(target["met"]):
+            break
+    return f"{shown:.{places}f}"
+
+
 def _figure(stat: Mapping[str, Any]) -> str:
     return f"{_fmt(stat['median'])} {stat['unit']} (±{stat['spread_pct'] / 2:.0f}%)"
 
@@ -220,7 +240,7 @@ def markdown(data: Mapping[str, Any], image: str) -> str:
     for target in data["targets"]:
         verdict = "met" if target["met"] else "**missed**"
         lines.append(
-            f"| {target['target']} | {target['comparison']}: {target['ratio']:.2f} "
+            f"| {target['target']} | {target['comparison']}: {_measured(target)} "
             f"| {target['goal']} | {verdict} |"
         )
     lines += [
