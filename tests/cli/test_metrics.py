@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from chimeway_core.cli.config import open_store
 from chimeway_core.cli.metrics import scrape
 from chimeway_core.cli.parser import listen_address
 from chimeway_core.store import SQLStore
@@ -106,6 +107,28 @@ def test_a_ledger_that_hangs_is_up_zero_within_the_timeout(fresh_postgres: str) 
     assert "chimeway_up 0" in text.splitlines()
     assert took < 5
     assert "chimeway_up 1" in scrape(store, timeout=0.5).splitlines()
+    store.engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("pre_ping", [True, False], ids=["pre-ping", "no pre-ping"])
+def test_a_connection_the_server_dropped_is_replaced_before_a_scrape(
+    fresh_postgres: str, pre_ping: bool
+) -> None:
+    """The exporter's engine pre-pings: a PostgreSQL restart costs it no false chimeway_up 0."""
+    maker = SQLStore(fresh_postgres)
+    maker.create_all()
+    maker.engine.dispose()
+    store = open_store(fresh_postgres, pool_pre_ping=pre_ping)
+    assert "chimeway_up 1" in scrape(store).splitlines()
+    with store.engine.connect() as conn:  # the pooled connection the next scrape gets
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    killer = SQLStore(fresh_postgres)
+    with killer.engine.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})").scalar_one()
+    killer.engine.dispose()
+    expected = "chimeway_up 1" if pre_ping else "chimeway_up 0"
+    assert expected in scrape(store).splitlines()
     store.engine.dispose()
 
 
