@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chimeway_core.cli.config import open_store
-from chimeway_core.cli.metrics import scrape
+from chimeway_core.cli.metrics import TIMEOUT_HEADER, scrape
 from chimeway_core.cli.parser import listen_address
 from chimeway_core.store import SQLStore
 from tests.cli.conftest import Invoke, add_deliveries, sqlite_ledger, start
@@ -107,6 +107,31 @@ def test_a_ledger_that_hangs_is_up_zero_within_the_timeout(fresh_postgres: str) 
     assert "chimeway_up 0" in text.splitlines()
     assert took < 5
     assert "chimeway_up 1" in scrape(store, timeout=0.5).splitlines()
+    store.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_served_scrape_keeps_within_prometheus_timeout(
+    fresh_postgres: str, tmp_path: Path
+) -> None:
+    """With the deliveries locked, a scrape that says it waits 1 s gets chimeway_up 0 in time."""
+    store = SQLStore(fresh_postgres)
+    store.create_all()
+    process, endpoint = _serve(tmp_path, "127.0.0.1:0", fresh_postgres)
+    try:
+        with store.engine.connect() as locker:
+            locker.exec_driver_sql("LOCK TABLE chimeway_deliveries IN ACCESS EXCLUSIVE MODE")
+            request = urllib.request.Request(endpoint, headers={TIMEOUT_HEADER: "1"})
+            started = time.monotonic()
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = response.read().decode()
+            took = time.monotonic() - started
+            locker.rollback()
+    finally:
+        _, err = _sigterm(process)
+    assert "chimeway_up 0" in body.splitlines()
+    assert took < 5  # --timeout is 10 s: the header's 1 s decided
+    assert "canceling statement due to statement timeout" in err
     store.engine.dispose()
 
 
