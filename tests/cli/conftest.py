@@ -98,6 +98,19 @@ def second_try_memory_engine():
     return Chimeway(store, MemoryBackend(), channels, retry=retry)
 
 
+def slow_memory_engine():
+    """Every send to "log" takes half a second."""
+    import time
+
+    store = SQLStore(os.environ["CHIMEWAY_DATABASE_URL"])
+
+    def send(delivery, key):
+        time.sleep(0.5)
+        return Sent()
+
+    return Chimeway(store, MemoryBackend(), {"log": CallableChannel(send)}, relay_grace=0.0)
+
+
 def fixed_engine():
     """An engine whose database is fixed by the application, not $CHIMEWAY_DATABASE_URL."""
     store = SQLStore(os.environ["FIXED_DATABASE_URL"])

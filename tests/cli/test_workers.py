@@ -146,6 +146,48 @@ def test_memory_burst_leaves_retries_to_a_later_worker(tmp_path: Path, app_dir: 
     store.engine.dispose()
 
 
+def test_a_burst_stopped_by_a_signal_says_which_due_jobs_it_left(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    """SIGTERM mid-burst: the running job finishes, the due ones left are counted as such."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 6)
+    process = start(
+        "worker",
+        "--backend",
+        "memory",
+        "--burst",
+        "--app",
+        f"{APP_MODULE}:slow_memory_engine",
+        "--db",
+        url,
+        cwd=tmp_path,
+        path=[app_dir],
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # the start line
+        process.stdout.readline()  # the first rescue pass: every job is queued now
+        deadline = time.monotonic() + DEADLINE
+        while not any(delivery.attempt_count for delivery in store.find(limit=6)):
+            assert time.monotonic() < deadline, "no job started"
+            time.sleep(0.02)
+        out, err = _stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert 0 == process.returncode, err
+    done = store.counts().get((DeliveryStatus.SUCCEEDED, None), 0)
+    assert 1 <= done < 6
+    assert out.splitlines()[-2:] == [
+        f"chimeway worker: stopped after {done} jobs ({done} acked, 0 retried, 0 deferred, "
+        "0 raised)",
+        f"chimeway worker: {6 - done} due jobs were not run (stopped before their turn)",
+    ]
+    store.engine.dispose()
+
+
 def test_memory_bursts_catch_up_without_waiting_for_the_relay_or_rescue_delays(
     tmp_path: Path, app_dir: Path
 ) -> None:
