@@ -58,23 +58,26 @@ def _family(name: str, help_text: str, samples: Iterable[str]) -> list[str]:
     return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
 
 
+def _single(name: str, help_text: str, value: float) -> list[str]:
+    """A family of one unlabelled sample."""
+    return _family(name, help_text, [_sample(name, value)])
+
+
 def render(gauges: LedgerGauges | None, *, scrape_seconds: float) -> str:
     """The exposition text of ``gauges``; ``None`` means the ledger did not answer.
 
     Samples come in a fixed order (statuses in their declared order, then
     reasons, channels by name), so two renders of equal gauges are equal.
     """
-    lines = _family(
+    lines = _single(
         "chimeway_up",
         "1 when the ledger answered this scrape, 0 when it did not.",
-        [_sample("chimeway_up", int(gauges is not None))],
+        int(gauges is not None),
     )
     if gauges is not None:
         lines += _ledger(gauges)
-    lines += _family(
-        "chimeway_scrape_duration_seconds",
-        "How long reading the ledger took.",
-        [_sample("chimeway_scrape_duration_seconds", scrape_seconds)],
+    lines += _single(
+        "chimeway_scrape_duration_seconds", "How long reading the ledger took.", scrape_seconds
     )
     return "\n".join(lines) + "\n"
 
@@ -109,29 +112,27 @@ def _ledger(gauges: LedgerGauges) -> list[str]:
                 for (channel, status), count in live
             ],
         ),
-        *_family(
-            "chimeway_due_deliveries",
-            "Live deliveries due now that no worker holds.",
-            [_sample("chimeway_due_deliveries", gauges.due)],
+        *_single(
+            "chimeway_due_deliveries", "Live deliveries due now that no worker holds.", gauges.due
         ),
-        *_family(
+        *_single(
             "chimeway_due_lag_seconds",
             "How long the oldest due delivery has waited past its time (0 when none is due).",
-            [_sample("chimeway_due_lag_seconds", gauges.due_lag_seconds)],
+            gauges.due_lag_seconds,
         ),
-        *_family(
+        *_single(
             "chimeway_stuck_deliveries",
             "Leases that expired with an attempt in flight, not yet resolved by a rescuer.",
-            [_sample("chimeway_stuck_deliveries", gauges.stuck)],
+            gauges.stuck,
         ),
-        *_family(
+        *_single(
             "chimeway_outbox_rows",
             "Outbox rows of deliveries due now: not yet claimed, or waiting for the relay.",
-            [_sample("chimeway_outbox_rows", gauges.outbox)],
+            gauges.outbox,
         ),
-        *_family(
+        *_single(
             "chimeway_outbox_age_seconds",
             "How long the longest-waiting of those rows has waited (0 when there is none).",
-            [_sample("chimeway_outbox_age_seconds", gauges.outbox_age_seconds)],
+            gauges.outbox_age_seconds,
         ),
     ]

@@ -211,16 +211,16 @@ class LedgerGauges:
     @property
     def due_lag_seconds(self) -> float:
         """How long the oldest due delivery has waited past its time; 0 when none is due."""
-        if self.oldest_due_at is None:
-            return 0.0
-        return max(0.0, (self.at - self.oldest_due_at).total_seconds())
+        return self._waited_since(self.oldest_due_at)
 
     @property
     def outbox_age_seconds(self) -> float:
         """How long the longest-waiting outbox row has waited; 0 when none is due."""
-        if self.oldest_outbox_at is None:
-            return 0.0
-        return max(0.0, (self.at - self.oldest_outbox_at).total_seconds())
+        return self._waited_since(self.oldest_outbox_at)
+
+    def _waited_since(self, since: datetime | None) -> float:
+        # A clock behind the rows' own is no negative wait.
+        return 0.0 if since is None else max(0.0, (self.at - since).total_seconds())
 
 
 def resend_key(delivery_id: UUID) -> str:
