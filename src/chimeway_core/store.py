@@ -155,6 +155,8 @@ _LIVE: Final = (DeliveryStatus.READY.value, DeliveryStatus.FAILED.value)
 _RESENDABLE: Final = frozenset({DeliveryStatus.CANCELLED, DeliveryStatus.SUPPRESSED})
 _DELIVERY_COLUMNS: Final = len(_DELIVERIES.c)
 _SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+#: The largest statement_timeout PostgreSQL accepts, in milliseconds (a 32-bit int).
+_PG_MAX_TIMEOUT_MS: Final = 2**31 - 1
 _SQLITE_MINIMUM: Final = (3, 35, 0)
 _WRITE_OPTION: Final = "chimeway_write"
 # Rows per statement for lookups by key: well under SQLite's variable limit.
@@ -1266,10 +1268,10 @@ class SQLStore:
             conn.begin(),
         ):
             if timeout is not None:
-                # SET LOCAL takes no bind parameter; the value is a checked number.
-                conn.exec_driver_sql(
-                    f"SET LOCAL statement_timeout = {max(1, math.ceil(timeout * 1000))}"
-                )
+                # SET LOCAL takes no bind parameter; the value is a checked number,
+                # held to what the setting can hold (about 24.8 days: no limit, in effect).
+                ms = min(_PG_MAX_TIMEOUT_MS, max(1, math.ceil(timeout * 1000)))
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
             yield conn
 
     def create_all(self) -> None:
@@ -1922,7 +1924,8 @@ class SQLStore:
         outbox only. On PostgreSQL they run in one ``REPEATABLE READ``
         transaction (one snapshot for all five) and, with ``timeout``
         (seconds), are cancelled past it (``statement_timeout``): a database
-        that hangs raises instead of holding the caller. On SQLite a read
+        that hangs raises instead of holding the caller (a timeout past
+        PostgreSQL's largest, about 24.8 days, waits that long). On SQLite a read
         transaction is one snapshot already, and readers do not wait for
         writers; ``timeout`` is not needed there.
         """

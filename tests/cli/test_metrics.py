@@ -93,6 +93,30 @@ def test_served_on_ipv6_with_head_and_no_other_method(tmp_path: Path) -> None:
     assert (0, "") == (process.returncode, err)
 
 
+def test_a_served_sqlite_ledger_deleted_is_down_and_one_put_back_is_read(tmp_path: Path) -> None:
+    """The pool holds the file open: the exporter looks the path up before each scrape."""
+    path = tmp_path / "ledger.sqlite3"
+    store, url = sqlite_ledger(path)
+    add_deliveries(store, 3)
+    store.engine.dispose()
+    process, endpoint = _serve(tmp_path, "127.0.0.1:0", url)
+    try:
+        before = _request("GET", endpoint)[2].decode().splitlines()
+        for leftover in tmp_path.glob("ledger.sqlite3*"):
+            leftover.unlink()
+        deleted = _request("GET", endpoint)[2].decode().splitlines()
+        restored, _ = sqlite_ledger(path)
+        add_deliveries(restored, 2)
+        restored.engine.dispose()
+        after = _request("GET", endpoint)[2].decode().splitlines()
+    finally:
+        _, err = _sigterm(process)
+    assert {"chimeway_up 1", "chimeway_due_deliveries 3"} <= set(before)
+    assert "chimeway_up 0" in deleted
+    assert {"chimeway_up 1", "chimeway_due_deliveries 2"} <= set(after)
+    assert f"the ledger did not answer: the ledger file {path} is gone" in err
+
+
 @pytest.mark.postgres
 def test_a_ledger_that_hangs_is_up_zero_within_the_timeout(fresh_postgres: str) -> None:
     """A table locked by another session cancels the scrape's queries at the timeout."""

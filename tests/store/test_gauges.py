@@ -67,3 +67,13 @@ def test_a_naive_now_is_refused(store: SQLStore, now: datetime) -> None:
     """gauges() reads nothing with a timestamp that names no timezone."""
     with pytest.raises(ValueError, match="timezone-aware"):
         store.gauges(now=now.replace(tzinfo=None))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("timeout", [2_147_484.0, 1e300], ids=["past 24.8 days", "1e300 s"])
+def test_a_timeout_past_postgres_largest_waits_that_long(
+    pg_store: SQLStore, now: datetime, timeout: float
+) -> None:
+    """statement_timeout holds at most 2**31-1 ms: a longer timeout is held to that, not refused."""
+    gauges = pg_store.gauges(now=now, timeout=timeout)
+    assert gauges.due == 0

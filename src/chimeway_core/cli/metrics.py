@@ -6,6 +6,10 @@ and hands the text over. Served, every scrape reads the ledger afresh, and a
 ledger that does not answer is ``chimeway_up 0`` (a line on stderr says why)
 rather than a failed scrape, as Prometheus' own exporters do; a database
 that does not answer within the scrape's timeout counts as not answering.
+A SQLite ledger is a file the pool holds open: served, the file is looked up
+before every scrape, so a deleted file is ``chimeway_up 0`` rather than the
+last figures of an unlinked file, and a file put in its place (a restored
+copy) is read instead of the one it replaced.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Final
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown
+from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown, sqlite_path
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, warn
 from chimeway_core.cli.parser import Subparsers, command, listen_address
@@ -31,7 +36,7 @@ from chimeway_core.clock import SystemClock
 from chimeway_core.prometheus import CONTENT_TYPE, render
 from chimeway_core.store import SQLStore
 
-__all__ = ["register", "run_metrics", "scrape"]
+__all__ = ["LedgerFile", "register", "run_metrics", "scrape"]
 
 #: The paths a served exporter answers; anything else is 404.
 PATHS: Final = frozenset({"/metrics", "/"})
@@ -73,19 +78,56 @@ def register(subparsers: Subparsers) -> None:
     )
 
 
-def scrape(store: SQLStore, *, timeout: float | None = None) -> str:
+def scrape(store: SQLStore, *, timeout: float | None = None, file: LedgerFile | None = None) -> str:
     """The exposition text of ``store``'s gauges now; ``chimeway_up 0`` if it fails to answer.
 
     ``timeout`` (seconds) bounds how long the ledger may take (PostgreSQL).
+    ``file``, a SQLite ledger's, is checked first: gone, the ledger does not answer.
     """
     started = time.perf_counter()
-    try:
-        gauges = store.gauges(now=SystemClock().now(), timeout=timeout)
-    except SQLAlchemyError as error:
-        first = next(iter(str(error).splitlines()), type(error).__qualname__)
-        warn(f"chimeway metrics: the ledger did not answer: {first}")
-        gauges = None
+    gauges = None
+    problem = None if file is None else file.gone()
+    if problem is None:
+        try:
+            gauges = store.gauges(now=SystemClock().now(), timeout=timeout)
+        except SQLAlchemyError as error:
+            problem = next(iter(str(error).splitlines()), type(error).__qualname__)
+    if problem is not None:
+        warn(f"chimeway metrics: the ledger did not answer: {problem}")
     return render(gauges, scrape_seconds=time.perf_counter() - started)
+
+
+class LedgerFile:
+    """The file of a served SQLite ledger, looked up before each scrape.
+
+    The pool's connections keep the file they opened, even deleted or
+    replaced; the exporter must read the file the path names now.
+    """
+
+    def __init__(self, store: SQLStore, path: Path) -> None:
+        self.store = store
+        self.path = path
+        self._lock = threading.Lock()
+        self._identity = self._stat()
+
+    def _stat(self) -> tuple[int, int] | OSError:
+        try:
+            found = self.path.stat()
+        except OSError as error:
+            return error
+        return found.st_dev, found.st_ino
+
+    def gone(self) -> str | None:
+        """Why the file cannot be read now, or ``None``; a new file at the path drops the pool."""
+        now = self._stat()
+        if isinstance(now, OSError):
+            return f"the ledger file {self.path} is gone: {now.strerror or now}"
+        with self._lock:
+            if now != self._identity:
+                # Another file under the same name: connections to the old one must go.
+                self.store.engine.dispose()
+                self._identity = now
+        return None
 
 
 class _Exporter(ThreadingHTTPServer):
@@ -96,6 +138,8 @@ class _Exporter(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.store = store
         self.scrape_timeout = timeout
+        path = sqlite_path(store.engine.url)
+        self.file = None if path is None else LedgerFile(store, path)
         super().__init__(address, _Handler)
 
     def handle_error(self, _request: object, client_address: object) -> None:
@@ -125,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.partition("?")[0] not in PATHS:
             self.send_error(HTTPStatus.NOT_FOUND, "chimeway serves /metrics")
             return
-        body = scrape(self.server.store, timeout=self._timeout()).encode()
+        body = scrape(self.server.store, timeout=self._timeout(), file=self.server.file).encode()
         try:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", CONTENT_TYPE)
