@@ -109,7 +109,7 @@ def test_check_gates_a_deploy_on_the_schema(tmp_path: Path, invoke: Invoke) -> N
     behind = invoke("db", "check", "--db", url)
     assert (1, "") == (behind.code, behind.stderr)
     assert behind.stdout == (
-        f"{url}: no chimeway tables; head is 0001: 1 migration(s) to apply (0001): "
+        f"{url}: no chimeway tables; head is 0001: 1 migration to apply (0001): "
         "run chimeway db upgrade\n"
     )
     assert 0 == invoke("db", "upgrade", "--db", url).code

@@ -24,6 +24,7 @@ INSPECT_KEYS = {
     "outbox",
     "outbox_due",
     "oldest_non_terminal",
+    "stuck_total",
     "stuck",
 }
 
@@ -177,6 +178,22 @@ def test_inspect_reports_stuck_deliveries_and_exits_1(tmp_path: Path, invoke: In
     assert 1 == text.code
     assert "stuck (lease expired, attempt in flight): 1" in text.stdout
     assert "due now, no worker on it: 1, the oldest due 36" in text.stdout
+    store.engine.dispose()
+
+
+def test_inspect_counts_every_stuck_delivery_and_lists_the_first_100(
+    tmp_path: Path, invoke: Invoke
+) -> None:
+    """Past 100 stuck deliveries the count is still exact; the list stops at 100."""
+    store, url = sqlite_ledger(tmp_path / "many_stuck.sqlite3")
+    past = datetime.now(UTC) - timedelta(hours=1)
+    for delivery_id in add_deliveries(store, 102, now=past):
+        assert store.claim(UUID(delivery_id), owner="dead", lease_seconds=5, now=past)
+    result = invoke("inspect", "--db", url, "--json")
+    summary = json.loads(result.stdout)
+    assert (1, 102, 100) == (result.code, summary["stuck_total"], len(summary["stuck"]))
+    text = invoke("inspect", "--db", url)
+    assert "stuck (lease expired, attempt in flight): 102 (the first 100 listed)" in text.stdout
     store.engine.dispose()
 
 

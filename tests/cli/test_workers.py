@@ -81,7 +81,7 @@ def test_memory_worker_delivers_and_stops_gracefully(
     assert 0 == process.returncode, err
     assert "Traceback" not in out + err
     lines = out.splitlines()
-    assert lines[0].startswith("chimeway worker: memory backend, 2 thread(s)")
+    assert lines[0].startswith("chimeway worker: memory backend, 2 threads")
     assert (
         lines[1]
         == "chimeway worker: first rescue pass: 20 relayed, 0 requeued, 0 lost attempts resolved, "
@@ -180,10 +180,12 @@ def test_a_burst_stopped_by_a_signal_says_which_due_jobs_it_left(
     assert 0 == process.returncode, err
     done = store.counts().get((DeliveryStatus.SUCCEEDED, None), 0)
     assert 1 <= done < 6
+    left = 6 - done
+    ran, were = f"{done} job{'s' * (done != 1)}", "was" if left == 1 else "were"
     assert out.splitlines()[-2:] == [
-        f"chimeway worker: stopped after {done} jobs ({done} acked, 0 retried, 0 deferred, "
-        "0 raised)",
-        f"chimeway worker: {6 - done} due jobs were not run (stopped before their turn)",
+        f"chimeway worker: stopped after {ran} ({done} acked, 0 retried, 0 deferred, 0 raised)",
+        f"chimeway worker: {left} due job{'s' * (left != 1)} {were} not run "
+        "(stopped before their turn)",
     ]
     store.engine.dispose()
 
@@ -748,7 +750,7 @@ def test_db_that_the_engine_does_not_read_is_refused(
         "$CHIMEWAY_DATABASE_URL; drop --db, or build the store from that variable"
     ] == refused.stderr_lines
     assert 1 == sum(named.counts().values())
-    assert (0, "pruned 1 deliveries\n") == (same_file.code, same_file.stdout)  # spelled otherwise
+    assert (0, "pruned 1 delivery\n") == (same_file.code, same_file.stdout)  # spelled otherwise
     assert 0 == sum(used.counts().values())
     used.engine.dispose()
     named.engine.dispose()

@@ -30,7 +30,7 @@ import attrs
 
 from chimeway_backends.memory import MemoryBackend, MemoryWorker
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import echo, warn
+from chimeway_core.cli.output import counted, echo, warn
 from chimeway_core.cli.signals import stop_on_signals
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import MissingExtraError
@@ -141,10 +141,10 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
             else f"rescue every {options.tick_interval:g} s"
         )
         echo(
-            f"chimeway worker: memory backend, {threads} thread(s), app {options.app}; "
+            f"chimeway worker: memory backend, {counted(threads, 'thread')}, app {options.app}; "
             f"{until}; Ctrl-C or SIGTERM stops",
             f"chimeway worker: first rescue pass: {first.relayed} relayed, "
-            f"{first.requeued} requeued, {first.resolved} lost attempts resolved, "
+            f"{first.requeued} requeued, {counted(first.resolved, 'lost attempt')} resolved, "
             f"{first.pruned} pruned",
         )
         try:
@@ -156,7 +156,7 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     stats = backend.stats
     how = "stopped" if stop.is_set() or not options.burst else "burst done"
     echo(
-        f"chimeway worker: {how} after {stats.jobs_run} jobs ({stats.acks} acked, "
+        f"chimeway worker: {how} after {counted(stats.jobs_run, 'job')} ({stats.acks} acked, "
         f"{stats.retries} retried, {stats.defers} deferred, {stats.failures} raised)"
     )
     if options.burst:
@@ -177,10 +177,14 @@ def _report_left(backend: MemoryBackend) -> None:
     due = sum(job.run_at <= now for job in pending)
     later = len(pending) - due
     if due:
-        echo(f"chimeway worker: {due} due jobs were not run (stopped before their turn)")
-    if later:
+        were = "was" if due == 1 else "were"
         echo(
-            f"chimeway worker: {later} jobs scheduled for later were not run; their "
+            f"chimeway worker: {counted(due, 'due job')} {were} not run (stopped before their turn)"
+        )
+    if later:
+        were = "was" if later == 1 else "were"
+        echo(
+            f"chimeway worker: {counted(later, 'job')} scheduled for later {were} not run; their "
             "deliveries stay in the ledger, and a later worker queues them again"
         )
 

@@ -18,7 +18,7 @@ from chimeway_core.cli.config import (
     sqlite_path,
 )
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import echo, print_json
+from chimeway_core.cli.output import counted, echo, print_json
 from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.errors import MissingExtraError
 from chimeway_core.migrations import (
@@ -178,7 +178,7 @@ def _verdict(found: SchemaStatus) -> str:
         case SchemaState.BEHIND:
             at = "no chimeway tables" if found.revision is None else f"at {found.revision}"
             return (
-                f"{at}; head is {head}: {len(found.pending)} migration(s) to apply "
+                f"{at}; head is {head}: {counted(len(found.pending), 'migration')} to apply "
                 f"({', '.join(found.pending)}): run chimeway db upgrade"
             )
         case SchemaState.UNRECORDED:
@@ -186,7 +186,8 @@ def _verdict(found: SchemaStatus) -> str:
             more = f" and {len(found.differences) - 3} more" if len(found.differences) > 3 else ""
             return (
                 f"chimeway's tables with no revision recorded, differing from head {head} in "
-                f"{len(found.differences)} place(s): {shown_}{more}; db upgrade refuses them"
+                f"{counted(len(found.differences), 'place')}: {shown_}{more}; "
+                "db upgrade refuses them"
             )
         case SchemaState.UNKNOWN:
             return (

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import echo, format_table, iso, print_json
+from chimeway_core.cli.output import counted, echo, format_table, iso, print_json
 from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.clock import SystemClock
 from chimeway_core.errors import DeliveryNotFoundError, IllegalTransitionError
@@ -132,6 +132,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     )
     oldest = store.oldest_non_terminal()
     stuck = store.expired_claims(now=now, limit=_STUCK_LIMIT)
+    # The count and the list are two reads: one may see a lease expire the other did not.
+    stuck_total = max(gauges.stuck, len(stuck))
     outbox = store.outbox_size()
     total = sum(n for _, n in counts)
     summary = {
@@ -146,6 +148,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         "outbox": outbox,
         "outbox_due": gauges.outbox,
         "oldest_non_terminal": None if oldest is None else _brief(oldest),
+        "stuck_total": stuck_total,
         "stuck": [
             {
                 **_brief(claim.delivery),
@@ -160,8 +163,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        _print_inspect(summary, len(stuck))
-    return ExitCode.PROBLEM if stuck else ExitCode.OK
+        _print_inspect(summary)
+    return ExitCode.PROBLEM if stuck_total else ExitCode.OK
 
 
 # --------------------------------------------------------------------------- list
@@ -207,14 +210,14 @@ def run_list(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _print_inspect(summary: dict[str, Any], stuck: int) -> None:
+def _print_inspect(summary: dict[str, Any]) -> None:
     due = summary["due"]
     lag = f", the oldest due {summary['due_lag_seconds']:.0f} s ago" if due else ""
     lines = [
         f"database: {summary['database']}",
         f"deliveries: {summary['total']}; due now, no worker on it: {due}{lag}",
-        f"outbox: {summary['outbox']} rows, {summary['outbox_due']} of them due (the rest "
-        "scheduled for later)",
+        f"outbox: {counted(summary['outbox'], 'row')}, {summary['outbox_due']} of them due "
+        "(the rest scheduled for later)",
         "",
     ]
     rows = [("status", "reason", "count")]
@@ -230,10 +233,11 @@ def _print_inspect(summary: dict[str, Any], stuck: int) -> None:
             f"created {oldest['created_at']}, attempt {oldest['attempt_count']} of "
             f"{oldest['max_attempts']}, next run not before {oldest['scheduled_at']}"
         )
+    stuck, listed = summary["stuck_total"], len(summary["stuck"])
     if not stuck:
         lines.append("stuck (lease expired, attempt in flight): none")
     else:
-        more = "" if stuck < _STUCK_LIMIT else f" (the first {_STUCK_LIMIT})"
+        more = "" if stuck == listed else f" (the first {listed} listed)"
         lines.append(f"stuck (lease expired, attempt in flight): {stuck}{more}")
         stuck_rows = [("id", "channel", "attempt", "lease owner", "lease expired at")]
         stuck_rows += [

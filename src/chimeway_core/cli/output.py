@@ -16,7 +16,7 @@ from typing import Any
 
 from chimeway_core.cli.errors import CliError, ExitCode
 
-__all__ = ["OutputError", "echo", "format_table", "iso", "print_json", "warn"]
+__all__ = ["OutputError", "counted", "echo", "format_table", "iso", "print_json", "warn"]
 
 
 class OutputError(CliError):
@@ -42,6 +42,11 @@ def format_table(
         ]
         lines.append((" " * indent + "  ".join(cells)).rstrip())
     return lines
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and ``noun``, in the plural (``plural``, or ``noun`` + "s") unless it is 1."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def iso(value: datetime | None) -> str | None:

@@ -46,7 +46,7 @@ from chimeway_core.cli.config import (
     sqlite_path,
 )
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import echo, print_json, warn
+from chimeway_core.cli.output import counted, echo, print_json, warn
 from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import DeliveryNotFoundError, NotResendableError, UnknownChannelError
@@ -365,7 +365,7 @@ def run_relay(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"relayed": relayed})
     else:
-        echo(f"relayed {relayed} outbox rows to {type(engine.backend).__qualname__}")
+        echo(f"relayed {counted(relayed, 'outbox row')} to {type(engine.backend).__qualname__}")
     return ExitCode.OK
 
 
@@ -385,9 +385,12 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"dry_run": args.dry_run, "deliveries": count})
     elif args.dry_run:
-        echo(f"prune would delete {count} deliveries (dry run: nothing deleted)")
+        echo(
+            f"prune would delete {counted(count, 'delivery', 'deliveries')} "
+            "(dry run: nothing deleted)"
+        )
     else:
-        echo(f"pruned {count} deliveries")
+        echo(f"pruned {counted(count, 'delivery', 'deliveries')}")
     return ExitCode.OK
 
 
@@ -400,9 +403,10 @@ def run_rescue(args: argparse.Namespace) -> int:
         print_json(attrs.asdict(report))
     else:
         echo(
-            f"rescue: {report.resolved} lost attempts resolved, {report.requeued} stranded "
-            f"deliveries queued again, {report.relayed} outbox rows relayed, "
-            f"{report.pruned} terminal deliveries pruned"
+            f"rescue: {counted(report.resolved, 'lost attempt')} resolved, "
+            f"{counted(report.requeued, 'stranded delivery', 'stranded deliveries')} queued "
+            f"again, {counted(report.relayed, 'outbox row')} relayed, "
+            f"{counted(report.pruned, 'terminal delivery', 'terminal deliveries')} pruned"
         )
     return ExitCode.OK
 
@@ -444,7 +448,10 @@ def run_resend(args: argparse.Namespace) -> int:
             else:
                 for delivery_id in ids:
                     echo(str(delivery_id))
-                echo(f"resend would make {len(ids)} copies (dry run: nothing resent)")
+                echo(
+                    f"resend would make {counted(len(ids), 'copy', 'copies')} "
+                    "(dry run: nothing resent)"
+                )
             return ExitCode.OK
     done: list[Resent] = []
     refused: list[tuple[UUID, str]] = []
@@ -494,4 +501,7 @@ def _print_resends(
     for _, error in refused:
         warn(f"chimeway resend: {error}")
     made = sum(resent.created for resent in done)
-    echo(f"resend: {made} copies made, {len(done) - made} already resent, {len(refused)} refused")
+    echo(
+        f"resend: {counted(made, 'copy', 'copies')} made, {len(done) - made} already resent, "
+        f"{len(refused)} refused"
+    )
