@@ -9,7 +9,8 @@ A full run writes ``bench/results/latest.json``, ``bench/results/latest.png``
 (copied to ``docs/performance.png``) and rewrites the generated part of
 ``docs/performance.md`` (between its markers; the rest of the page is left
 alone). A smoke run or an ``--only`` run writes the same three files into a
-temporary folder (or ``--out``), never over the committed ones. ``nox -s
+temporary folder (or ``--out``), never over the committed ones; so does a
+full run given an ``--out`` of its own. ``nox -s
 bench`` runs this script; its arguments follow ``--``.
 
 Every area runs in this process, in turn (never two at once: they would
@@ -68,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(areas) - set(AREAS))
     if unknown:
         parser.error(f"unknown areas {unknown}; choose among {list(AREAS)}")
-    committed = not args.smoke and args.only is None
-    out: Path = args.out or (
-        BENCH_DIR / "results"
-        if committed
-        else Path(tempfile.mkdtemp(prefix="chimeway-bench-results-"))
-    )
+    out, committed = destination(smoke=args.smoke, only=args.only, out=args.out)
     results = Results(smoke=args.smoke)
     failed = []
     started = time.perf_counter()
@@ -98,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "latest.json", data)
     publish(data, out, committed=committed)
     return 1 if failed else 0
+
+
+def destination(*, smoke: bool, only: str | None, out: Path | None) -> tuple[Path, bool]:
+    """Where a run writes, and whether that is the committed results (and docs/).
+
+    Only a full run writes over the committed files, and only when no
+    ``--out`` names another folder.
+    """
+    committed_dir = BENCH_DIR / "results"
+    full = not smoke and only is None
+    if out is None:
+        out = committed_dir if full else Path(tempfile.mkdtemp(prefix="chimeway-bench-results-"))
+    return out, full and out.resolve() == committed_dir.resolve()
 
 
 def publish(data: dict[str, Any], out: Path, *, committed: bool) -> None:
