@@ -5,21 +5,25 @@ Theory of operation
 :class:`MemoryBackend` is a thread-safe, in-process job queue that holds at
 most one pending job per delivery (its job id is
 :func:`~chimeway_core.jobs.job_id_for`). Enqueueing a delivery that already has
-a pending job makes no second job; if the new request is for an earlier time,
-the pending job moves earlier. Pending jobs sit in a heap ordered by run time,
-then by enqueue order.
+a pending job makes no second job, on any queue; if the new request is for an
+earlier time, the pending job moves earlier, on the queue it is on. Jobs go to
+named queues (``queue=``; :data:`DEFAULT_QUEUE` when none is given); each
+queue's pending jobs sit in a heap ordered by run time, then by enqueue order.
 
-A worker takes the earliest due job, calls ``performer.perform(delivery_id)``
-and translates what comes back, as :mod:`chimeway_core.jobs` prescribes:
+A worker takes the earliest due job of the queues it serves (all of them by
+default; given an order, the first of those queues that has a due job, as an
+RQ worker does), calls ``performer.perform(delivery_id)`` and translates what
+comes back, as :mod:`chimeway_core.jobs` prescribes:
 
 - ``ACK`` — the job is done;
-- ``RETRY`` / ``DEFER`` — the delivery is enqueued again for ``run_at``;
+- ``RETRY`` / ``DEFER`` — the delivery is enqueued again for ``run_at``, on
+  the result's ``queue``;
 - :class:`~chimeway_core.errors.UnhandledOutcomeError` — recorded in
-  :attr:`MemoryBackend.failures`, and enqueued again for its ``run_at`` when
-  the engine set one;
-- any other exception — recorded, and enqueued again after
-  ``error_retry_delay``, as a real queue would retry a crashed job, so
-  nothing is lost.
+  :attr:`MemoryBackend.failures`, and enqueued again for its ``run_at`` (on
+  its ``queue``) when the engine set one;
+- any other exception — recorded, and enqueued again on the queue it came
+  from after ``error_retry_delay``, as a real queue would retry a crashed
+  job, so nothing is lost.
 
 A delivery whose job is running is never handed to a second worker: a job
 enqueued for it meanwhile waits until the running one finishes.
@@ -54,6 +58,7 @@ from chimeway_core.jobs import JobKind, JobResult, Performer, job_id_for
 
 __all__ = [
     "DEFAULT_ERROR_RETRY_DELAY",
+    "DEFAULT_QUEUE",
     "JobFailure",
     "MaxJobsExceededError",
     "MemoryBackend",
@@ -66,6 +71,8 @@ _log = logging.getLogger(__name__)
 
 #: How long a job whose ``perform`` crashed waits before it runs again.
 DEFAULT_ERROR_RETRY_DELAY = timedelta(seconds=1)
+#: The queue of a job enqueued without ``queue=``.
+DEFAULT_QUEUE = "default"
 
 
 @attrs.frozen(kw_only=True)
@@ -76,6 +83,7 @@ class QueuedJob:
     job_id: str
     run_at: datetime
     enqueued_at: datetime
+    queue: str = DEFAULT_QUEUE
 
 
 @attrs.frozen(kw_only=True)
@@ -131,6 +139,7 @@ class _Job:
     run_at: datetime
     enqueued_at: datetime
     seq: int
+    queue: str
 
 
 class MemoryBackend:
@@ -162,8 +171,9 @@ class MemoryBackend:
         self.error_retry_delay = error_retry_delay
         self._changed = threading.Condition(threading.Lock())
         self._jobs: dict[UUID, _Job] = {}
-        self._heap: list[tuple[datetime, int, UUID]] = []
-        self._running: set[UUID] = set()
+        self._heaps: dict[str, list[tuple[datetime, int, UUID]]] = {}
+        # Running jobs, by the queue they were taken from.
+        self._running: dict[UUID, str] = {}
         # Pending jobs whose delivery is running: off the heap until it ends.
         self._parked: set[UUID] = set()
         self._seq = itertools.count()
@@ -174,31 +184,35 @@ class MemoryBackend:
 
     # -- enqueueing ---------------------------------------------------------
 
-    def enqueue(self, delivery_id: UUID, *, at: datetime | None = None) -> None:
-        """Queue a job for ``delivery_id``, due now or not before ``at`` (tz-aware).
+    def enqueue(
+        self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
+    ) -> None:
+        """Queue a job for ``delivery_id`` on ``queue``, due now or not before ``at`` (tz-aware).
 
         A delivery with a pending job gets no second one; the pending job moves
-        earlier when ``at`` is earlier than its run time.
+        earlier when ``at`` is earlier than its run time, and stays on its queue.
         """
+        name = _queue_name(queue)
         now = self.clock.now()
         run_at = now if at is None else ensure_aware(at, "at")
         with self._changed:
-            self._put(_check_id(delivery_id), run_at, now)
+            self._put(_check_id(delivery_id), run_at, now, name)
             self._changed.notify_all()
 
-    def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
-        """Queue jobs for several deliveries, all due now, under one lock."""
+    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
+        """Queue jobs for several deliveries on ``queue``, all due now, under one lock."""
+        name = _queue_name(queue)
         checked = [_check_id(delivery_id) for delivery_id in delivery_ids]
         now = self.clock.now()
         with self._changed:
             for delivery_id in checked:
-                self._put(delivery_id, now, now)
+                self._put(delivery_id, now, now, name)
             self._changed.notify_all()
 
-    def _put(self, delivery_id: UUID, run_at: datetime, now: datetime) -> None:
+    def _put(self, delivery_id: UUID, run_at: datetime, now: datetime, queue: str) -> None:
         job = self._jobs.get(delivery_id)
         if job is None:
-            job = _Job(run_at=run_at, enqueued_at=now, seq=next(self._seq))
+            job = _Job(run_at=run_at, enqueued_at=now, seq=next(self._seq), queue=queue)
             self._jobs[delivery_id] = job
             self._enqueued += 1
         else:
@@ -207,7 +221,10 @@ class MemoryBackend:
                 return
             job.run_at, job.seq = run_at, next(self._seq)
         if delivery_id not in self._parked:
-            heapq.heappush(self._heap, (job.run_at, job.seq, delivery_id))
+            self._push(delivery_id, job)
+
+    def _push(self, delivery_id: UUID, job: _Job) -> None:
+        heapq.heappush(self._heaps.setdefault(job.queue, []), (job.run_at, job.seq, delivery_id))
 
     # -- introspection ------------------------------------------------------
 
@@ -221,6 +238,7 @@ class MemoryBackend:
                     job_id=job_id_for(delivery_id),
                     run_at=job.run_at,
                     enqueued_at=job.enqueued_at,
+                    queue=job.queue,
                 )
                 for delivery_id, job in ordered
             ]
@@ -230,16 +248,23 @@ class MemoryBackend:
         with self._changed:
             return delivery_id in self._jobs
 
-    def idle(self, now: datetime | None = None) -> bool:
+    def idle(self, now: datetime | None = None, *, queues: Sequence[str] | None = None) -> bool:
         """Whether no job is running and none is due at ``now`` (default: the clock's now).
 
-        Jobs scheduled for later may still be pending: :meth:`pending` lists them.
+        Only jobs of ``queues`` count, when given (running ones by the queue
+        they were taken from). Jobs scheduled for later may still be
+        pending: :meth:`pending` lists them.
         """
         now = self.clock.now() if now is None else ensure_aware(now, "now")
+        served = _served(queues)
         with self._changed:
-            if self._running:
+            if any(served is None or queue in served for queue in self._running.values()):
                 return False
-            return all(job.run_at > now for job in self._jobs.values())
+            return all(
+                job.run_at > now
+                for job in self._jobs.values()
+                if served is None or job.queue in served
+            )
 
     @property
     def failures(self) -> list[JobFailure]:
@@ -268,33 +293,56 @@ class MemoryBackend:
     # -- running ------------------------------------------------------------
 
     def run_until_idle(
-        self, performer: Performer, *, max_jobs: int = 1_000_000, fail_fast: bool = False
+        self,
+        performer: Performer,
+        *,
+        max_jobs: int = 1_000_000,
+        fail_fast: bool = False,
+        queues: Sequence[str] | None = None,
     ) -> RunStats:
         """Run jobs in this thread until none is pending; return what this call did.
 
+        ``queues``, when given, are the only queues served, in that order.
         When only future jobs remain, a :class:`VirtualClock` is moved to the
         next run time; any other clock is waited for. ``fail_fast`` re-raises
         the first exception from ``perform`` (after recording it and enqueuing
         the job again as usual). Raises :class:`MaxJobsExceededError` rather
         than run job ``max_jobs + 1``.
         """
-        return self._run(performer, max_jobs=max_jobs, fail_fast=fail_fast, advance=True)
+        return self._run(
+            performer, max_jobs=max_jobs, fail_fast=fail_fast, advance=True, queues=queues
+        )
 
     def run_due(
-        self, performer: Performer, *, max_jobs: int = 1_000_000, fail_fast: bool = False
+        self,
+        performer: Performer,
+        *,
+        max_jobs: int = 1_000_000,
+        fail_fast: bool = False,
+        queues: Sequence[str] | None = None,
     ) -> RunStats:
         """Like :meth:`run_until_idle`, but only jobs due now: time is not moved or waited."""
-        return self._run(performer, max_jobs=max_jobs, fail_fast=fail_fast, advance=False)
+        return self._run(
+            performer, max_jobs=max_jobs, fail_fast=fail_fast, advance=False, queues=queues
+        )
 
     def _run(
-        self, performer: Performer, *, max_jobs: int, fail_fast: bool, advance: bool
+        self,
+        performer: Performer,
+        *,
+        max_jobs: int,
+        fail_fast: bool,
+        advance: bool,
+        queues: Sequence[str] | None,
     ) -> RunStats:
+        served = _served(queues)
+        order = None if queues is None else tuple(_queue_name(queue) for queue in queues)
         before = self.stats
         ran = 0
         while True:
-            delivery_id = self._take_due(self.clock.now())
+            delivery_id = self._take_due(self.clock.now(), order)
             if delivery_id is None:
-                if not advance or not self._wait_for_next():
+                if not advance or not self._wait_for_next(served):
                     return self.stats - before
                 continue
             if ran >= max_jobs:
@@ -305,41 +353,53 @@ class MemoryBackend:
             if error is not None and fail_fast:
                 raise error
 
-    def _take_due(self, now: datetime) -> UUID | None:
+    def _take_due(self, now: datetime, queues: Sequence[str] | None = None) -> UUID | None:
+        """Take the job to run now: the earliest due one, or that of the first of ``queues``."""
         with self._changed:
-            while self._heap:
-                run_at, seq, delivery_id = self._heap[0]
-                job = self._jobs.get(delivery_id)
-                if job is None or job.seq != seq:
-                    heapq.heappop(self._heap)  # superseded by a move or a run
-                    continue
-                if delivery_id in self._running:
-                    heapq.heappop(self._heap)
-                    self._parked.add(delivery_id)
-                    continue
-                if run_at > now:
-                    return None
-                heapq.heappop(self._heap)
-                del self._jobs[delivery_id]
-                self._running.add(delivery_id)
-                return delivery_id
-            return None
+            names = list(self._heaps) if queues is None else queues
+            due = [
+                (head, name)
+                for name in names
+                if (head := self._head(name)) is not None and head[0] <= now
+            ]
+            if not due:
+                return None
+            _, name = due[0] if queues is not None else min(due)
+            _, _, delivery_id = heapq.heappop(self._heaps[name])
+            del self._jobs[delivery_id]
+            self._running[delivery_id] = name
+            return delivery_id
 
-    def _next_run_at(self) -> datetime | None:
+    def _head(self, queue: str) -> tuple[datetime, int, UUID] | None:
+        """The live top of a queue's heap, once stale and parked entries are dropped."""
+        heap = self._heaps.get(queue, [])
+        while heap:
+            head = heap[0]
+            job = self._jobs.get(head[2])
+            if job is None or job.seq != head[1]:
+                heapq.heappop(heap)  # superseded by a move or a run
+            elif head[2] in self._running:
+                heapq.heappop(heap)  # parked until its delivery's running job ends
+                self._parked.add(head[2])
+            else:
+                return head
+        return None
+
+    def _next_run_at(self, served: frozenset[str] | None) -> datetime | None:
         with self._changed:
             live = [
                 job.run_at
                 for delivery_id, job in self._jobs.items()
-                if delivery_id not in self._parked
+                if delivery_id not in self._parked and (served is None or job.queue in served)
             ]
             return min(live, default=None)
 
-    def _wait_for_next(self) -> bool:
-        """Bring the next job's time closer; ``False`` when nothing is pending."""
-        next_at = self._next_run_at()
+    def _wait_for_next(self, served: frozenset[str] | None = None) -> bool:
+        """Bring the next job's time closer; ``False`` when nothing ``served`` is pending."""
+        next_at = self._next_run_at(served)
         if next_at is None:
             with self._changed:
-                if not self._jobs:
+                if not any(served is None or job.queue in served for job in self._jobs.values()):
                     return False
                 # Only jobs of deliveries running elsewhere: wait for them.
                 self._changed.wait(0.05)
@@ -359,10 +419,11 @@ class MemoryBackend:
         try:
             result = _job_result(performer.perform(delivery_id))
         except UnhandledOutcomeError as error:
-            self._fail(delivery_id, error, requeue_at=error.run_at)
+            self._fail(delivery_id, error, requeue_at=error.run_at, queue=error.queue)
             return error
         except Exception as error:
-            self._fail(delivery_id, error, requeue_at=self.clock.now() + self.error_retry_delay)
+            retry_at = self.clock.now() + self.error_retry_delay
+            self._fail(delivery_id, error, requeue_at=retry_at, queue=self._taken_from(delivery_id))
             return error
         except BaseException:
             # KeyboardInterrupt and friends: put the job back, then let it go.
@@ -384,9 +445,20 @@ class MemoryBackend:
                 case _:
                     assert_never(result.kind)
             self._stats = stats
-            self._end_locked(delivery_id, result.run_at)
+            self._end_locked(delivery_id, result.run_at, _queue_name(result.queue))
 
-    def _fail(self, delivery_id: UUID, error: Exception, *, requeue_at: datetime | None) -> None:
+    def _taken_from(self, delivery_id: UUID) -> str:
+        with self._changed:
+            return self._running[delivery_id]
+
+    def _fail(
+        self,
+        delivery_id: UUID,
+        error: Exception,
+        *,
+        requeue_at: datetime | None,
+        queue: str | None,
+    ) -> None:
         with self._changed:
             self._failures.append(
                 JobFailure(delivery_id=delivery_id, error=error, at=self.clock.now())
@@ -396,20 +468,20 @@ class MemoryBackend:
                 jobs_run=self._stats.jobs_run + 1,
                 failures=self._stats.failures + 1,
             )
-            self._end_locked(delivery_id, requeue_at)
+            self._end_locked(delivery_id, requeue_at, _queue_name(queue))
 
     def _release(self, delivery_id: UUID, *, requeue_at: datetime) -> None:
         with self._changed:
-            self._end_locked(delivery_id, requeue_at)
+            self._end_locked(delivery_id, requeue_at, self._running[delivery_id])
 
-    def _end_locked(self, delivery_id: UUID, requeue_at: datetime | None) -> None:
-        self._running.discard(delivery_id)
+    def _end_locked(self, delivery_id: UUID, requeue_at: datetime | None, queue: str) -> None:
+        """End a running job; put it back on ``queue`` for ``requeue_at``, if given."""
+        del self._running[delivery_id]
         if delivery_id in self._parked:
             self._parked.discard(delivery_id)
-            job = self._jobs[delivery_id]
-            heapq.heappush(self._heap, (job.run_at, job.seq, delivery_id))
+            self._push(delivery_id, self._jobs[delivery_id])
         if requeue_at is not None:
-            self._put(delivery_id, ensure_aware(requeue_at, "run_at"), self.clock.now())
+            self._put(delivery_id, ensure_aware(requeue_at, "run_at"), self.clock.now(), queue)
         self._changed.notify_all()
 
     def _wait_for_work(self, timeout: float) -> None:
@@ -427,6 +499,24 @@ def _job_result(result: object) -> JobResult:
     return result
 
 
+def _queue_name(queue: object) -> str:
+    """A queue's name: ``queue`` itself, or :data:`DEFAULT_QUEUE` for ``None``."""
+    if queue is None:
+        return DEFAULT_QUEUE
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"queue must be a non-empty str or None, got {queue!r}")
+    return queue
+
+
+def _served(queues: Sequence[str] | None) -> frozenset[str] | None:
+    """The names of ``queues`` as a set to test against; ``None`` serves every queue."""
+    if queues is None:
+        return None
+    if isinstance(queues, str) or not queues:
+        raise ValueError(f"queues must be a non-empty sequence of queue names, got {queues!r}")
+    return frozenset(_queue_name(queue) for queue in queues)
+
+
 def _check_id(delivery_id: object) -> UUID:
     if not isinstance(delivery_id, UUID):
         raise TypeError(f"delivery_id must be a UUID, not {type(delivery_id).__name__}")
@@ -441,8 +531,11 @@ class MemoryWorker:
     ``poll_interval`` seconds. ``clock`` decides what is due (the backend's by
     default). ``tick``, when given, is called every ``tick_interval`` seconds
     on its own thread (the engine's rescuer runs there); an exception from it
-    is logged and the ticks go on. Failures of ``perform`` are recorded on the
-    backend, never raised from a worker thread.
+    is logged and the ticks go on. ``queues``, when given, are the only
+    queues it serves, the first that has a due job first (``None``: every
+    queue, earliest job first); workers of different queues share a backend.
+    Failures of ``perform`` are recorded on the backend, never raised from a
+    worker thread.
     """
 
     def __init__(
@@ -455,8 +548,10 @@ class MemoryWorker:
         clock: Clock | None = None,
         tick: Callable[[], object] | None = None,
         tick_interval: float = 30.0,
+        queues: Sequence[str] | None = None,
     ) -> None:
         whole("concurrency", concurrency, minimum=1)
+        _served(queues)
         seconds("poll_interval", poll_interval, positive=True)
         seconds("tick_interval", tick_interval, positive=True)
         self.backend = backend
@@ -466,6 +561,9 @@ class MemoryWorker:
         self.clock: Clock = clock if clock is not None else backend.clock
         self.tick = tick
         self.tick_interval = tick_interval
+        self.queues: tuple[str, ...] | None = (
+            None if queues is None else tuple(_queue_name(queue) for queue in queues)
+        )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -527,7 +625,7 @@ class MemoryWorker:
     def _work(self) -> None:
         backend = self.backend
         while not self._stopping.is_set():
-            delivery_id = backend._take_due(self.clock.now())
+            delivery_id = backend._take_due(self.clock.now(), self.queues)
             if delivery_id is None:
                 backend._wait_for_work(self.poll_interval)
                 continue

@@ -39,6 +39,7 @@ write-ahead attempt, and the record.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -167,6 +168,7 @@ class _Deferred:
 _FIXED: Final = frozenset(
     {
         "channels",
+        "routes",
         "policies",
         "retry",
         "channel_retry",
@@ -189,6 +191,10 @@ class Chimeway:
 
     - ``store``: the ledger; ``backend``: the job queue it hands ids to.
     - ``channels``: channel name → :class:`~chimeway_core.channels.Channel`.
+    - ``routes``: channel name → the name of the backend's queue its
+      deliveries go to (every job of theirs: notify, relay, rescue, retries);
+      the other channels' go to the backend's default queue. A slow or
+      bulky channel on a queue of its own cannot hold up the others' jobs.
     - ``policies``: run in order at notify time and at perform time;
       :class:`~chimeway_core.policies.ExpiryPolicy` always runs first.
     - ``retry``: the default :class:`RetryPolicy`; ``channel_retry``
@@ -207,11 +213,11 @@ class Chimeway:
       (:meth:`prune`); at least :attr:`min_retention`.
     - ``rand``: the jitter's random source (seed it for determinism).
 
-    The settings are fixed once built: assigning ``channels``, ``policies``,
-    ``retry``, ``channel_retry``, ``lease_margin``, ``max_deferrals``,
-    ``relay_grace``, ``requeue_after`` or ``retention`` raises
-    :class:`AttributeError`, and ``channels`` and ``channel_retry`` are
-    read-only mappings, so the checks made here (and :attr:`min_retention`)
+    The settings are fixed once built: assigning ``channels``, ``routes``,
+    ``policies``, ``retry``, ``channel_retry``, ``lease_margin``,
+    ``max_deferrals``, ``relay_grace``, ``requeue_after`` or ``retention``
+    raises :class:`AttributeError`, and ``channels``, ``routes`` and
+    ``channel_retry`` are read-only mappings, so the checks made here (and :attr:`min_retention`)
     hold for the engine's life; a channel is added by building a new engine.
     The collaborators (``store``, ``backend``, ``clock``, ``telemetry``) may
     be replaced, as a test does with a double.
@@ -228,6 +234,7 @@ class Chimeway:
         backend: Backend,
         channels: Mapping[str, Channel],
         *,
+        routes: Mapping[str, str] | None = None,
         policies: Sequence[Policy] = (),
         retry: RetryPolicy | None = None,
         channel_retry: Mapping[str, RetryPolicy] | None = None,
@@ -252,10 +259,12 @@ class Chimeway:
                     f"a policy must have a name and evaluate(), not {type(policy).__name__}"
                 )
         _check_retries(retry, channel_retry, channels)
+        _check_routes(routes, channels, backend)
         self.store = store
         self.backend = backend
         # Read-only views: the checks above (and min_retention) hold for the engine's life.
         self.channels: Mapping[str, Channel] = MappingProxyType(dict(channels))
+        self.routes: Mapping[str, str] = MappingProxyType(dict(routes or {}))
         self.policies: tuple[Policy, ...] = (ExpiryPolicy(), *policies)
         self.retry = retry or RetryPolicy()
         self.channel_retry: Mapping[str, RetryPolicy] = MappingProxyType(dict(channel_retry or {}))
@@ -413,12 +422,10 @@ class Chimeway:
     def _hand_over(self, deliveries: Sequence[Delivery], now: datetime) -> None:
         if not deliveries:
             return
-        due = [d.id for d in deliveries if d.scheduled_at <= now]
-        if due:
-            self.backend.enqueue_many(due)
+        self._enqueue_many([(d.id, d.channel) for d in deliveries if d.scheduled_at <= now])
         for delivery in deliveries:
             if delivery.scheduled_at > now:
-                self.backend.enqueue(delivery.id, at=delivery.scheduled_at)
+                self._enqueue(delivery.id, delivery.channel, at=delivery.scheduled_at)
         with self._enqueued_lock:
             self._enqueued.extend(d.id for d in deliveries)
             flush = len(self._enqueued) >= _OUTBOX_FLUSH_AT
@@ -440,6 +447,34 @@ class Chimeway:
             event.listen(session, "after_commit", committed, once=True)
             event.listen(session, "after_soft_rollback", rolled_back, once=True)
         pending.extend(deliveries)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues :attr:`routes` names, each once, sorted (the default queue is not one)."""
+        return tuple(sorted(set(self.routes.values())))
+
+    def queue_for(self, channel: str) -> str | None:
+        """The queue a ``channel``'s jobs go to: its route, or ``None`` for the default."""
+        return self.routes.get(channel)
+
+    def _enqueue(self, delivery_id: UUID, channel: str, *, at: datetime | None) -> None:
+        """Queue one job on its channel's queue; ``queue=`` only when routed."""
+        queue = self.queue_for(channel)
+        if queue is None:
+            self.backend.enqueue(delivery_id, at=at)
+        else:
+            self.backend.enqueue(delivery_id, at=at, queue=queue)
+
+    def _enqueue_many(self, jobs: Sequence[tuple[UUID, str]]) -> None:
+        """Queue due jobs of ``(delivery id, channel)``, one call per queue, in their order."""
+        by_queue: dict[str | None, list[UUID]] = {}
+        for delivery_id, channel in jobs:
+            by_queue.setdefault(self.queue_for(channel), []).append(delivery_id)
+        for queue, ids in by_queue.items():
+            if queue is None:
+                self.backend.enqueue_many(ids)
+            else:
+                self.backend.enqueue_many(ids, queue=queue)
 
     def flush_outbox(self) -> None:
         """Delete the outbox rows of deliveries this engine has already queued."""
@@ -560,6 +595,7 @@ class Chimeway:
                     kind=JobKind.DEFER,
                     run_at=delivery.scheduled_at,
                     detail="not yet due",
+                    queue=self.queue_for(delivery.channel),
                 )
             case _Exhausted(before=before, after=after):
                 return self._exhausted(before, after)
@@ -577,6 +613,7 @@ class Chimeway:
                     kind=JobKind.DEFER,
                     run_at=after.scheduled_at,
                     detail=reason,
+                    queue=self.queue_for(after.channel),
                 )
             case _:
                 assert_never(admitted)
@@ -642,7 +679,11 @@ class Chimeway:
             case Action.RETRY:
                 assert next_run_at is not None
                 return JobResult(
-                    delivery_id=after.id, kind=JobKind.RETRY, run_at=next_run_at, detail=row
+                    delivery_id=after.id,
+                    kind=JobKind.RETRY,
+                    run_at=next_run_at,
+                    detail=row,
+                    queue=self.queue_for(after.channel),
                 )
             case Action.EXHAUST:
                 return self._exhaust(after, now)
@@ -666,6 +707,7 @@ class Chimeway:
                     attempt=number,
                     max_attempts=after.max_attempts,
                     run_at=next_run_at,
+                    queue=None if next_run_at is None else self.queue_for(after.channel),
                 )
             case _:
                 assert_never(action)
@@ -746,7 +788,9 @@ class Chimeway:
         total = 0
         while True:
             sent = self.store.relay_outbox(
-                lambda items: self.backend.enqueue_many([item.delivery_id for item in items]),
+                lambda items: self._enqueue_many(
+                    [(item.delivery_id, item.channel) for item in items]
+                ),
                 batch_size=batch_size,
                 created_before=before,
                 due_before=before,
@@ -834,8 +878,7 @@ class Chimeway:
                 resolved += 1
         untouched = None if catch_up else now - self.requeue_after
         stranded = self.store.due(now=now, limit=limit, not_touched_since=untouched)
-        if stranded:
-            self.backend.enqueue_many([d.id for d in stranded])
+        self._enqueue_many([(d.id, d.channel) for d in stranded])
         relayed = self.relay(grace=0.0 if catch_up else None)
         pruned = 0
         if self.retention is not None:
@@ -860,7 +903,7 @@ class Chimeway:
         )
         if result.kind is not JobKind.ACK:
             assert result.run_at is not None
-            self.backend.enqueue(result.delivery_id, at=result.run_at)
+            self._enqueue(result.delivery_id, claim.delivery.channel, at=result.run_at)
         return True
 
     # ------------------------------------------------------------------ helpers
@@ -909,6 +952,53 @@ def _check_parts(
         raise TypeError(f"telemetry must be a Telemetry, not {type(telemetry).__name__}")
     if not callable(rand):
         raise TypeError(f"rand must be callable, not {type(rand).__name__}")
+
+
+def _check_routes(
+    routes: Mapping[str, object] | None, channels: Mapping[str, object], backend: object
+) -> None:
+    """Raise for routes other than this engine's channels to queue names, or unfollowable.
+
+    A backend follows routes when its ``enqueue`` and ``enqueue_many`` take ``queue``.
+    """
+    if routes is None:
+        return
+    if not isinstance(routes, Mapping):
+        raise TypeError(
+            f"routes must be a mapping of channel names to queue names, not {type(routes).__name__}"
+        )
+    unknown = sorted(str(name) for name in routes if name not in channels)
+    if unknown:
+        # Most likely a typo: the channel would silently stay on the default queue.
+        raise ValueError(
+            f"routes names channels this engine does not have: {unknown}; "
+            f"its channels are {sorted(channels)}"
+        )
+    for channel, queue in routes.items():
+        if not isinstance(queue, str):
+            raise TypeError(f"routes[{channel!r}] must be a queue name, not {type(queue).__name__}")
+        if not queue:
+            raise ValueError(f"routes[{channel!r}] must be a non-empty queue name")
+    if routes and not all(_takes_queue(getattr(backend, name)) for name in _ENQUEUES):
+        raise TypeError(
+            f"routes need a backend whose enqueue() and enqueue_many() take queue=; "
+            f"{type(backend).__qualname__}'s do not"
+        )
+
+
+_ENQUEUES: Final = ("enqueue", "enqueue_many")
+
+
+def _takes_queue(method: Callable[..., object]) -> bool:
+    """Whether ``method`` accepts a ``queue`` keyword."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call say
+        return True
+    return any(
+        (p.name == "queue" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
 
 
 def _check_channels(channels: object) -> None:

@@ -43,7 +43,8 @@ class UnhandledOutcomeError(ChimewayError):
     converge: the delivery is not in ``failed`` or retries remain. It is the
     loud-failure branch of the reference worker. ``retry_at`` is set when the
     engine has already scheduled the next attempt, so the delivery is not
-    leaked while the queue records the failure.
+    leaked while the queue records the failure; ``queue`` is the queue that
+    run belongs on (``None``: the backend's default).
     """
 
     def __init__(
@@ -56,10 +57,13 @@ class UnhandledOutcomeError(ChimewayError):
         attempt: int,
         max_attempts: int,
         run_at: datetime | None = None,
+        queue: str | None = None,
     ) -> None:
         self.delivery_id = delivery_id
         #: When the engine scheduled the next run (``None``: nothing scheduled).
         self.run_at = run_at
+        #: The queue the next run belongs on: its channel's route, or ``None``.
+        self.queue = queue
         self.outcome = outcome
         self.error_class = error_class
         self.status = status
@@ -85,6 +89,7 @@ class UnhandledOutcomeError(ChimewayError):
                 self.attempt,
                 self.max_attempts,
                 self.run_at,
+                self.queue,
             ),
         )
 
@@ -97,6 +102,7 @@ def _rebuild_unhandled(
     attempt: int,
     max_attempts: int,
     run_at: datetime | None,
+    queue: str | None = None,
 ) -> UnhandledOutcomeError:
     return UnhandledOutcomeError(
         delivery_id=delivery_id,
@@ -106,6 +112,7 @@ def _rebuild_unhandled(
         attempt=attempt,
         max_attempts=max_attempts,
         run_at=run_at,
+        queue=queue,
     )
 
 

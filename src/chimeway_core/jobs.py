@@ -12,6 +12,13 @@ its own idiom:
 - ``DEFER``: a policy or ``scheduled_at`` pushed the delivery later; run it
   again at ``run_at``. It consumed no attempt.
 
+A backend has a default queue and may have others, by name: the engine
+passes ``queue=`` to :meth:`Backend.enqueue` and :meth:`Backend.enqueue_many`
+for a delivery whose channel it routes (``Chimeway(routes=...)``), and never
+otherwise, so a backend that has only one queue needs no ``queue`` parameter
+until routes are used. A ``RETRY`` or ``DEFER`` result carries the queue its
+next run belongs on in :attr:`JobResult.queue`.
+
 ``UnhandledOutcomeError`` raised by ``perform`` must propagate into the
 queue's failure record; the engine has already scheduled the next run when
 retries remain (``run_at`` on the exception), so the adapter only needs to
@@ -50,6 +57,8 @@ class JobResult:
     kind: JobKind
     run_at: datetime | None = None
     detail: str = ""
+    queue: str | None = None
+    """The queue the next run belongs on (its channel's route); ``None``: the default."""
 
     def __attrs_post_init__(self) -> None:
         if (self.kind is JobKind.ACK) != (self.run_at is None):
@@ -68,18 +77,21 @@ class Backend(Protocol):
     after a worker's death.
     """
 
-    def enqueue(self, delivery_id: UUID, *, at: datetime | None = None) -> None:
-        """Queue a job for ``delivery_id``, now or not before ``at``.
+    def enqueue(
+        self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
+    ) -> None:
+        """Queue a job for ``delivery_id`` on ``queue`` (its default if ``None``), now or at ``at``.
 
         A backend should not double a pending job for the same delivery where
-        its queue allows (memory and RQ do not; Celery cannot tell). Nothing
+        its queue allows (memory and RQ do not; Celery cannot tell), on any of
+        its queues: a pending job stays on the queue it is on. Nothing
         depends on it: a duplicate job finds the delivery terminal, leased or
         not yet due and acknowledges without calling the channel.
         """
         ...
 
-    def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
-        """Queue jobs for several deliveries, due now, in as few round trips as possible."""
+    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
+        """Queue jobs for several deliveries on ``queue``, due now, in few round trips."""
         ...
 
 

@@ -189,6 +189,8 @@ class OutboxItem:
 
     delivery_id: UUID
     run_at: datetime
+    channel: str
+    """The delivery's channel, which decides its queue (``Chimeway(routes=...)``)."""
 
 
 # --------------------------------------------------------------------------- engine
@@ -2079,15 +2081,21 @@ class SQLStore:
         there is nothing to relay. Returns how many rows were sent.
         """
         _check_limit("batch_size", batch_size)
-        query = select(_O.delivery_id, _O.run_at).order_by(_O.created_at).limit(batch_size)
+        query = (
+            select(_O.delivery_id, _O.run_at, _D.channel)
+            .join(_DELIVERIES, _D.id == _O.delivery_id)
+            .order_by(_O.created_at)
+            .limit(batch_size)
+        )
         if created_before is not None:
             query = query.where(_O.created_at < _aware(created_before, "created_before"))
         if due_before is not None:
             query = query.where(_O.run_at < _aware(due_before, "due_before"))
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            items = [OutboxItem(delivery_id, run_at) for delivery_id, run_at in conn.execute(query)]
+                # Only the outbox rows: relays skip each other's, never a delivery row.
+                query = query.with_for_update(skip_locked=True, of=_OUTBOX)
+            items = [OutboxItem(*row) for row in conn.execute(query)]
             if not items:
                 return 0
             send(items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 import pytest
@@ -108,8 +109,9 @@ def test_classify_never_crashes(result: object) -> None:
     assert isinstance(classify(result).outcome, Outcome)
 
 
-def test_unhandled_outcome_error_carries_six_fields_and_pickles() -> None:
-    """UnhandledOutcomeError names all six fields and survives pickling (queues pickle errors)."""
+def test_unhandled_outcome_error_carries_its_fields_and_pickles() -> None:
+    """UnhandledOutcomeError keeps every field, the next run's too, through pickling."""
+    run_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     error = UnhandledOutcomeError(
         delivery_id=None,
         outcome=Outcome.FAILED,
@@ -117,14 +119,18 @@ def test_unhandled_outcome_error_carries_six_fields_and_pickles() -> None:
         status=DeliveryStatus.FAILED,
         attempt=2,
         max_attempts=5,
+        run_at=run_at,
+        queue="sms",
     )
     clone = pickle.loads(pickle.dumps(error))
     assert str(error) == str(clone)
-    assert (None, Outcome.FAILED, "weird", DeliveryStatus.FAILED, 2, 5) == (
+    assert (None, Outcome.FAILED, "weird", DeliveryStatus.FAILED, 2, 5, run_at, "sms") == (
         clone.delivery_id,
         clone.outcome,
         clone.error_class,
         clone.status,
         clone.attempt,
         clone.max_attempts,
+        clone.run_at,
+        clone.queue,
     )

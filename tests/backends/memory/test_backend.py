@@ -6,9 +6,11 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 
 from chimeway_backends.memory import (
+    DEFAULT_QUEUE,
     JobFailure,
     MaxJobsExceededError,
     MemoryBackend,
@@ -17,7 +19,7 @@ from chimeway_backends.memory import (
 )
 from chimeway_core.clock import VirtualClock
 from chimeway_core.errors import UnhandledOutcomeError
-from chimeway_core.jobs import Backend, JobKind, job_id_for
+from chimeway_core.jobs import Backend, JobKind, JobResult, job_id_for
 from chimeway_core.outcomes import Outcome
 from chimeway_core.states import DeliveryStatus
 from tests.backends.memory.fakes import ScriptedPerformer, Step
@@ -308,3 +310,98 @@ def test_a_wrong_argument_is_refused_by_name(
     """MemoryBackend names a clock without now() and a retry delay that is no timedelta >= 0."""
     with pytest.raises(error, match=re.escape(message)):
         MemoryBackend(**arguments)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ queues
+
+
+def _where(backend: MemoryBackend) -> dict[uuid.UUID, str]:
+    return {job.delivery_id: job.queue for job in backend.pending()}
+
+
+def test_jobs_go_to_named_queues_and_a_pending_job_stays_on_its_own() -> None:
+    """queue= picks the queue; a second enqueue, on any queue, only moves the job earlier."""
+    _clock, backend = setup()
+    backend.enqueue(A, at=T0 + timedelta(minutes=5), queue="sms")
+    backend.enqueue_many([B], queue="bulk")
+    backend.enqueue(C)
+    backend.enqueue(A, queue="bulk")  # earlier, elsewhere: moves earlier, stays on "sms"
+    assert {A: "sms", B: "bulk", C: DEFAULT_QUEUE} == _where(backend)
+    assert T0 == next(job.run_at for job in backend.pending() if job.delivery_id == A)
+    assert (3, 1) == (backend.enqueued, backend.deduplicated)
+
+
+def test_a_worker_serves_its_queues_in_the_order_given() -> None:
+    """Given queues, the first that has a due job goes first, as in RQ; unnamed queues wait."""
+    clock, backend = setup()
+    performer = ScriptedPerformer(clock)
+    backend.enqueue(A, queue="low")
+    backend.enqueue(B, queue="high")
+    backend.enqueue(C, queue="other")
+    backend.run_until_idle(performer, queues=["high", "low"])
+    assert [B, A] == performer.called_ids
+    assert {C: "other"} == _where(backend)
+    assert backend.idle(queues=["high", "low"])
+    assert not backend.idle()
+    backend.run_until_idle(performer)
+    assert [B, A, C] == performer.called_ids
+
+
+def test_without_queues_the_earliest_job_of_any_queue_goes_first() -> None:
+    clock, backend = setup()
+    performer = ScriptedPerformer(clock)
+    backend.enqueue(A, at=T0 + timedelta(seconds=2), queue="x")
+    backend.enqueue(B, at=T0 + timedelta(seconds=1), queue="y")
+    backend.enqueue(C, at=T0 + timedelta(seconds=3))
+    backend.run_until_idle(performer)
+    assert [B, A, C] == performer.called_ids
+
+
+def test_a_retry_goes_to_the_results_queue_and_a_crash_back_to_its_own() -> None:
+    """RETRY/DEFER name their queue (the engine's route); a crashed job returns where it was."""
+    clock, backend = setup()
+
+    class Routed(ScriptedPerformer):
+        def perform(self, delivery_id: uuid.UUID) -> JobResult:
+            result = super().perform(delivery_id)
+            return attrs.evolve(result, queue="sms") if result.kind is not JobKind.ACK else result
+
+    performer = Routed(
+        clock, {A: [(JobKind.RETRY, timedelta(seconds=5))], B: [RuntimeError("database down")]}
+    )
+    backend.enqueue(A)
+    backend.enqueue(B, queue="bulk")
+    backend.run_due(performer)
+    assert {A: "sms", B: "bulk"} == _where(backend)
+    backend.enqueue(C, queue="other")
+    backend.run_due(performer, queues=["other"])
+    assert [A, B, C] == performer.called_ids
+    backend.enqueue(C, queue="other")
+    performer.scripts[C].append(unhandled_on(C, T0 + timedelta(seconds=9), "sms"))
+    with pytest.raises(UnhandledOutcomeError):
+        backend.run_due(performer, queues=["other"], fail_fast=True)
+    assert "sms" == _where(backend)[C]
+
+
+def unhandled_on(delivery_id: uuid.UUID, run_at: datetime, queue: str) -> UnhandledOutcomeError:
+    """An UnhandledOutcomeError whose next run belongs on ``queue``."""
+    error = unhandled(delivery_id, run_at)
+    error.queue = queue
+    return error
+
+
+@pytest.mark.parametrize("queue", ["", 3])
+def test_a_queue_name_must_be_a_non_empty_str(queue: object) -> None:
+    _clock, backend = setup()
+    with pytest.raises(ValueError, match="queue must be a non-empty str or None"):
+        backend.enqueue(A, queue=queue)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="queue must be a non-empty str or None"):
+        backend.enqueue_many([A], queue=queue)  # type: ignore[arg-type]
+    assert [] == backend.pending()
+
+
+@pytest.mark.parametrize("queues", ["sms", [], [""]])
+def test_the_queues_a_worker_serves_are_a_non_empty_list_of_names(queues: object) -> None:
+    clock, backend = setup()
+    with pytest.raises(ValueError, match="queue"):
+        backend.run_due(ScriptedPerformer(clock), queues=queues)  # type: ignore[arg-type]

@@ -31,10 +31,10 @@ class TestMemoryBackendConformance(BackendConformance):
 class DropsDelayedJobs(MemoryBackend):
     """A broken backend: every job asked for a later time is silently dropped."""
 
-    def _put(self, delivery_id: UUID, run_at: datetime, now: datetime) -> None:
+    def _put(self, delivery_id: UUID, run_at: datetime, now: datetime, queue: str) -> None:
         if run_at > now:
             return
-        super()._put(delivery_id, run_at, now)
+        super()._put(delivery_id, run_at, now, queue)
 
 
 def test_a_backend_that_drops_delayed_jobs_fails_the_suite(sqlite_ledger: SQLStore) -> None:

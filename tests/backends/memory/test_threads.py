@@ -161,3 +161,24 @@ def test_a_worker_with_an_unusable_interval_is_refused_when_built(
     backend = MemoryBackend()
     with pytest.raises(error, match=message):
         MemoryWorker(backend, ScriptedPerformer(backend.clock), **arguments)  # type: ignore[arg-type]
+
+
+def test_a_worker_stuck_on_its_queue_does_not_hold_up_another_queues_worker() -> None:
+    """Two workers on one backend, one per queue: while every "slow" job hangs, "fast" ones run."""
+    backend = MemoryBackend(SystemClock())
+    performer = ScriptedPerformer(SystemClock())
+    slow, fast = [uuid.uuid4() for _ in range(3)], [uuid.uuid4() for _ in range(50)]
+    release = threading.Event()
+    performer.before_return = lambda delivery_id: delivery_id in slow and release.wait(10)
+    backend.enqueue_many(slow, queue="slow")
+    backend.enqueue_many(fast)
+    with (
+        MemoryWorker(backend, performer, concurrency=2, queues=["slow"]),
+        MemoryWorker(backend, performer, concurrency=2, queues=["default"]),
+    ):
+        wait_for(lambda: 2 == len(set(performer.called_ids) & set(slow)))  # both hang
+        wait_for(lambda: set(fast) <= set(performer.called_ids))
+        assert 2 == len(set(performer.called_ids) & set(slow))
+        release.set()
+        wait_for(backend.idle)
+    assert sorted(slow + fast) == sorted(performer.called_ids)
