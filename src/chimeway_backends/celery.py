@@ -23,6 +23,14 @@ and translates what comes back, as :mod:`chimeway_core.jobs` prescribes:
 - any other exception (the database is down, the worker lacks a channel):
   logged, and retried after ``error_retry_delay`` seconds.
 
+Every send names its queue: the backend's ``queue``, or for a routed
+channel (``Chimeway(routes=...)``) the route's, which the engine passes as
+``queue=`` and carries on a retry's result and on ``UnhandledOutcomeError``.
+A retry never relies on Celery to find the queue again (on Redis it sends
+retries to the default queue: celery/celery#3622); a job whose ``perform()``
+crashed goes back to the queue its message came from when that is one of
+the engine's queues (by its routing key), else to the backend's ``queue``.
+
 Every job of one delivery has the Celery task id
 :func:`~chimeway_core.jobs.job_id_for`, retries included. Celery does not
 deduplicate on task ids: a second enqueue of a pending delivery makes a
@@ -79,6 +87,7 @@ __all__ = [
     "CeleryConfigurationWarning",
     "TASK_NAME",
     "check_configuration",
+    "engine_queues",
     "run_worker",
     "warn_configuration",
 ]
@@ -178,23 +187,34 @@ class CeleryBackend:
 
     # -- enqueueing ---------------------------------------------------------
 
-    def enqueue(self, delivery_id: UUID, *, at: datetime | None = None) -> None:
-        """Send a job for ``delivery_id``, due now or not before ``at`` (tz-aware).
+    def enqueue(
+        self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
+    ) -> None:
+        """Send a job for ``delivery_id`` to ``queue`` (default: the backend's), now or at ``at``.
 
-        The Celery task id is ``job_id_for(delivery_id)``; Celery does not
-        deduplicate on it (see the module docstring).
+        ``at`` must be tz-aware. The Celery task id is
+        ``job_id_for(delivery_id)``; Celery does not deduplicate on it (see
+        the module docstring).
         """
-        self._send(delivery_id, at=at, producer=None)
+        self._send(delivery_id, at=at, producer=None, queue=self._queue(queue))
 
-    def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
-        """Send jobs for several deliveries, due now, over one producer."""
+    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
+        """Send jobs for several deliveries to ``queue``, due now, over one producer."""
+        name = self._queue(queue)
         if not delivery_ids:
             return
         with self.app.producer_or_acquire() as producer:
             for delivery_id in delivery_ids:
-                self._send(delivery_id, at=None, producer=producer)
+                self._send(delivery_id, at=None, producer=producer, queue=name)
 
-    def _send(self, delivery_id: UUID, *, at: datetime | None, producer: Any) -> None:
+    def _queue(self, name: str | None) -> str:
+        if name is None:
+            return self.queue
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"queue must be a non-empty str or None, got {name!r}")
+        return name
+
+    def _send(self, delivery_id: UUID, *, at: datetime | None, producer: Any, queue: str) -> None:
         if not isinstance(delivery_id, UUID):
             raise TypeError(f"delivery_id must be a UUID, not {type(delivery_id).__name__}")
         eta = None if at is None else ensure_aware(at, "at")
@@ -202,7 +222,7 @@ class CeleryBackend:
             (str(delivery_id),),
             task_id=job_id_for(delivery_id),
             eta=eta,
-            queue=self.queue,
+            queue=queue,
             producer=producer,
         )
 
@@ -235,11 +255,14 @@ class CeleryBackend:
         if kwargs or len(args) != 1:
             raise InvalidJobError({"args": args, "kwargs": kwargs})
         delivery_id = parse_delivery_id(args[0])
+        engine: Chimeway | None = None
         try:
-            result = self.engine().perform(delivery_id)
+            engine = self.engine()
+            result = engine.perform(delivery_id)
         except UnhandledOutcomeError as error:
             if error.run_at is not None:
-                task.retry(eta=error.run_at, max_retries=None, queue=self.queue, throw=False)
+                queue = self._queue(error.queue)
+                task.retry(eta=error.run_at, max_retries=None, queue=queue, throw=False)
             raise
         except Exception as error:
             _log.exception(
@@ -247,16 +270,24 @@ class CeleryBackend:
                 delivery_id,
                 self.error_retry_delay,
             )
+            queue = self.queue if engine is None else self._came_from(task, engine)
             raise task.retry(
-                exc=error, countdown=self.error_retry_delay, max_retries=None, queue=self.queue
+                exc=error, countdown=self.error_retry_delay, max_retries=None, queue=queue
             ) from error
         match result.kind:
             case JobKind.ACK:
                 return f"{result.kind.value}: {result.detail}"
             case JobKind.RETRY | JobKind.DEFER:
-                raise task.retry(eta=result.run_at, max_retries=None, queue=self.queue)
+                queue = self._queue(result.queue)
+                raise task.retry(eta=result.run_at, max_retries=None, queue=queue)
             case _:
                 assert_never(result.kind)
+
+    def _came_from(self, task: Any, engine: Chimeway) -> str:
+        """The queue a running job's message came from, if it is one of the engine's."""
+        info = getattr(task.request, "delivery_info", None) or {}
+        key = info.get("routing_key")
+        return key if isinstance(key, str) and key in engine.queues else self.queue
 
     def _after_fork(self, **_: object) -> None:
         # A prefork child inherits the parent's pooled connections: forget
@@ -395,6 +426,17 @@ def warn_configuration(app: Any, *, longest_delay: float) -> None:
         warnings.warn(problem, CeleryConfigurationWarning, stacklevel=2)
 
 
+def engine_queues(engine: Chimeway) -> list[str]:
+    """The queues a worker for ``engine`` consumes unless told: its backend's, then the routed ones.
+
+    Raises :class:`TypeError` when the engine's backend is not a :class:`CeleryBackend`.
+    """
+    backend = engine.backend
+    if not isinstance(backend, CeleryBackend):
+        raise TypeError(f"the engine's backend is {type(backend).__name__}, not a CeleryBackend")
+    return list(dict.fromkeys([backend.queue, *engine.queues]))
+
+
 def run_worker(
     engine: Chimeway | str | None = None,
     *,
@@ -403,11 +445,13 @@ def run_worker(
     loglevel: str = "INFO",
     rescue_interval: float | None = 30.0,
     hostname: str | None = None,
+    queues: Sequence[str] | None = None,
 ) -> int:
     """Run a Celery worker for ``engine``'s deliveries until it is shut down; return its exit code.
 
     ``engine`` is resolved by :func:`chimeway_core.loading.load_engine`; its backend must be a
-    :class:`CeleryBackend`. The worker consumes the backend's queue with the
+    :class:`CeleryBackend`. The worker consumes ``queues`` (default: the
+    backend's queue, then every queue the engine's ``routes`` name) with the
     given ``pool`` (``"prefork"``, ``"solo"``, ``"threads"`` ...) and
     ``concurrency`` (Celery's default: the number of CPUs), a prefetch
     multiplier of 1, and runs the rescuer every ``rescue_interval`` seconds
@@ -424,7 +468,7 @@ def run_worker(
     worker = backend.app.Worker(
         pool_cls=pool,
         concurrency=concurrency,
-        queues=[backend.queue],
+        queues=list(queues) if queues is not None else engine_queues(resolved),
         loglevel=loglevel,
         prefetch_multiplier=1,
         hostname=hostname,

@@ -17,6 +17,12 @@ hash was left there. The check and the write are one optimistic transaction
 job. Every RQ transition of a job rewrites its hash, which is why watching
 the hashes is enough.
 
+**Queues.** Jobs go to the backend's queue (``queue_name``) or, with
+``queue=`` (the engine's ``routes``), to another queue on the same Redis; a
+worker serves the queues it is given, in order. The check above is per job
+id, so a delivery whose job is queued or running on one queue gets no
+second job on another: it runs where it is.
+
 **Running** (:func:`deliver`, in any RQ worker). The job calls
 ``engine.perform(id)`` and translates the :class:`~chimeway_core.jobs.JobResult`
 into RQ's idiom:
@@ -120,6 +126,7 @@ __all__ = [
     "RQBackend",
     "current_engine",
     "deliver",
+    "engine_queues",
     "run_worker",
 ]
 
@@ -197,32 +204,55 @@ class RQBackend:
             serializer=JSONSerializer,
             default_timeout=job_timeout,
         )
+        self._queues: dict[str, rq.Queue] = {}
 
     def __repr__(self) -> str:
         return f"RQBackend(queue={self.queue_name!r})"
 
-    def enqueue(self, delivery_id: UUID, *, at: datetime | None = None) -> None:
-        """Queue a job for ``delivery_id``, due now or not before ``at`` (tz-aware).
+    def enqueue(
+        self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
+    ) -> None:
+        """Queue a job for ``delivery_id`` on ``queue`` (default: ``queue_name``), now or at ``at``.
 
         A delivery with a pending job (queued, started or scheduled) gets no
         second one; a scheduled job moves earlier when ``at`` is earlier.
+        ``at`` must be tz-aware.
         """
-        self._submit([(_check_id(delivery_id), None if at is None else ensure_aware(at, "at"))])
+        target = self._queue(queue)
+        at = None if at is None else ensure_aware(at, "at")
+        self._submit(target, [(_check_id(delivery_id), at)])
 
-    def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
-        """Queue jobs for several deliveries, due now: three round trips per 500 deliveries."""
+    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
+        """Queue jobs for several deliveries on ``queue``, due now: three round trips per 500."""
+        target = self._queue(queue)
         unique = dict.fromkeys(_check_id(delivery_id) for delivery_id in delivery_ids)
         if unique:
-            self._submit([(delivery_id, None) for delivery_id in unique])
+            self._submit(target, [(delivery_id, None) for delivery_id in unique])
 
-    def _submit(self, items: list[tuple[UUID, datetime | None]]) -> None:
+    def _queue(self, name: str | None) -> rq.Queue:
+        """The RQ queue called ``name`` on this backend's Redis (``None``: the default)."""
+        if name is None or name == self.queue_name:
+            return self.queue
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"queue must be a non-empty str or None, got {name!r}")
+        found = self._queues.get(name)
+        if found is None:
+            found = self._queues[name] = rq.Queue(
+                name,
+                connection=self.connection,
+                serializer=JSONSerializer,
+                default_timeout=self.job_timeout,
+            )
+        return found
+
+    def _submit(self, queue: rq.Queue, items: list[tuple[UUID, datetime | None]]) -> None:
         for start in range(0, len(items), _BATCH):
-            self._submit_batch(items[start : start + _BATCH])
+            self._submit_batch(queue, items[start : start + _BATCH])
 
-    def _submit_batch(self, items: list[tuple[UUID, datetime | None]]) -> None:
+    def _submit_batch(self, queue: rq.Queue, items: list[tuple[UUID, datetime | None]]) -> None:
         job_ids = [job_id_for(delivery_id) for delivery_id, _ in items]
-        job_keys = [self.queue.job_class.key_for(job_id) for job_id in job_ids]
-        scheduled = self.queue.scheduled_job_registry.key
+        job_keys = [queue.job_class.key_for(job_id) for job_id in job_ids]
+        scheduled = queue.scheduled_job_registry.key
         with self.connection.pipeline() as pipe:
             while True:
                 try:
@@ -231,7 +261,7 @@ class RQBackend:
                         _STATES_SCRIPT, len(job_keys) + 1, scheduled, *job_keys, *job_ids
                     )
                     pipe.multi()
-                    self._write(pipe, items, job_ids, job_keys, flat)
+                    self._write(pipe, queue, items, job_ids, job_keys, flat)
                     pipe.execute()
                 except redis.WatchError:
                     continue  # a job changed under us: decide again on fresh states
@@ -240,6 +270,7 @@ class RQBackend:
     def _write(
         self,
         pipe: redis.client.Pipeline,
+        queue: rq.Queue,
         items: list[tuple[UUID, datetime | None]],
         job_ids: list[str],
         job_keys: list[str],
@@ -254,7 +285,7 @@ class RQBackend:
             when = None if at is None or at.timestamp() <= now else _not_before(at)
             if score and status:
                 target = math.floor(now) if when is None else int(when.timestamp())
-                pipe.zadd(self.queue.scheduled_job_registry.key, {job_id: target}, xx=True, lt=True)
+                pipe.zadd(queue.scheduled_job_registry.key, {job_id: target}, xx=True, lt=True)
                 continue
             if status in _RUNNING:
                 continue
@@ -262,20 +293,20 @@ class RQBackend:
             # job hash expired) is not the new job's.
             pipe.delete(key)
             if score:
-                pipe.zrem(self.queue.scheduled_job_registry.key, job_id)
+                pipe.zrem(queue.scheduled_job_registry.key, job_id)
             if when is None:
                 due_now.append(
-                    self.queue.prepare_data(
+                    queue.prepare_data(
                         deliver, args=[str(delivery_id)], job_id=job_id, **self._options()
                     )
                 )
             else:
-                job = self.queue.create_job(
+                job = queue.create_job(
                     deliver, args=[str(delivery_id)], job_id=job_id, **self._options()
                 )
-                self.queue.schedule_job(job, when, pipeline=pipe)
+                queue.schedule_job(job, when, pipeline=pipe)
         if due_now:
-            self.queue.enqueue_many(due_now, pipeline=pipe)
+            queue.enqueue_many(due_now, pipeline=pipe)
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -677,6 +708,17 @@ def _check_timeouts(engine: Chimeway, backend: RQBackend) -> None:
             )
 
 
+def engine_queues(engine: Chimeway) -> list[str]:
+    """The queues a worker for ``engine`` serves unless told: its backend's, then the routed ones.
+
+    Raises :class:`TypeError` when the engine's backend is not an :class:`RQBackend`.
+    """
+    backend = engine.backend
+    if not isinstance(backend, RQBackend):
+        raise TypeError(f"the engine's backend is {type(backend).__qualname__}, not an RQBackend")
+    return list(dict.fromkeys([backend.queue_name, *engine.queues]))
+
+
 def run_worker(
     engine: Chimeway | None = None,
     connection: redis.Redis | None = None,
@@ -691,9 +733,11 @@ def run_worker(
 ) -> bool:
     """Run a chimeway RQ worker until it is stopped (or, with ``burst``, the queues are empty).
 
-    ``engine`` defaults to the one ``CHIMEWAY_APP`` names; ``connection`` and
-    ``queues`` to its backend's. ``with_scheduler`` runs RQ's scheduler (in
-    burst mode: once, at start), which retries and deferrals need.
+    ``engine`` defaults to the one ``CHIMEWAY_APP`` names; ``connection`` to
+    its backend's; ``queues`` (served in that order) to the backend's queue
+    then every queue the engine's ``routes`` name (:func:`engine_queues`).
+    ``with_scheduler`` runs RQ's scheduler (in burst mode: once, at start),
+    which retries and deferrals need.
     ``worker_class`` is :class:`ChimewayWorker` (forking) or
     :class:`ChimewaySimpleWorker`; ``rq.Worker`` and ``rq.SimpleWorker`` mean
     those. Returns whether any job was run.
@@ -708,7 +752,7 @@ def run_worker(
     if not issubclass(cls, ChimewayWorkerMixin):
         raise TypeError(f"{worker_class.__qualname__} is not a chimeway worker class")
     worker = cls(
-        list(queues) if queues is not None else [backend.queue_name],
+        list(queues) if queues is not None else engine_queues(engine),
         connection=connection if connection is not None else backend.connection,
         engine=engine,
         rescue_interval=rescue_interval,

@@ -132,6 +132,30 @@ def rq_engine():
     return Chimeway(store, backend, _channels(), relay_grace=0.0)
 
 
+def _routed_channels():
+    return {**_channels(), "sms": CallableChannel(lambda delivery, key: Sent(), timeout=5.0)}
+
+
+def routed_memory_engine():
+    """"log" on the default queue, "sms" on the queue "sms"."""
+    store = SQLStore(os.environ["CHIMEWAY_DATABASE_URL"])
+    routes = {"sms": "sms"}
+    return Chimeway(store, MemoryBackend(), _routed_channels(), routes=routes, relay_grace=0.0)
+
+
+def routed_rq_engine():
+    """rq_engine with "sms" routed to the queue $QUEUE-sms."""
+    import redis
+    from chimeway_backends.rq import RQBackend
+
+    store = SQLStore(os.environ["CHIMEWAY_DATABASE_URL"])
+    connection = redis.Redis.from_url(os.environ["CHIMEWAY_REDIS_URL"])
+    queue = os.environ["QUEUE"]
+    backend = RQBackend(connection, queue, job_timeout=10)
+    routes = {"sms": f"{queue}-sms"}
+    return Chimeway(store, backend, _routed_channels(), routes=routes, relay_grace=0.0)
+
+
 def celery_engine():
     from celery import Celery
     from chimeway_backends.celery import CeleryBackend

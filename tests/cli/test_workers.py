@@ -15,6 +15,7 @@ import pytest
 
 from chimeway_core.cli import workers
 from chimeway_core.jobs import job_id_for
+from chimeway_core.records import NewDelivery
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
 from tests.cli.conftest import (
@@ -81,7 +82,7 @@ def test_memory_worker_delivers_and_stops_gracefully(
     assert 0 == process.returncode, err
     assert "Traceback" not in out + err
     lines = out.splitlines()
-    assert lines[0].startswith("chimeway worker: memory backend, 2 threads")
+    assert lines[0].startswith("chimeway worker: memory backend, queue 'default', 2 threads")
     assert (
         lines[1]
         == "chimeway worker: first rescue pass: 20 relayed, 0 requeued, 0 lost attempts resolved, "
@@ -754,3 +755,91 @@ def test_db_that_the_engine_does_not_read_is_refused(
     assert 0 == sum(used.counts().values())
     used.engine.dispose()
     named.engine.dispose()
+
+
+def _routed_ledger(path: Path) -> tuple[SQLStore, str]:
+    """A SQLite ledger with 3 deliveries on "log" and 2 on "sms", all in the outbox."""
+    store, url = sqlite_ledger(path)
+    specs = [NewDelivery(channel="log", recipient=f"l{i}@example.test") for i in range(3)]
+    specs += [NewDelivery(channel="sms", recipient=f"+1555010{i}") for i in range(2)]
+    store.create_many(specs, now=datetime.now(UTC))
+    return store, url
+
+
+def _by_channel(store: SQLStore) -> dict[str, set[DeliveryStatus]]:
+    found: dict[str, set[DeliveryStatus]] = {}
+    for delivery in store.find(limit=100):
+        found.setdefault(delivery.channel, set()).add(delivery.status)
+    return found
+
+
+def test_memory_bursts_serve_only_the_queues_they_are_given(tmp_path: Path, app_dir: Path) -> None:
+    """--queue default leaves the routed "sms" jobs to a worker of --queue sms; a typo is exit 2."""
+    store, url = _routed_ledger(tmp_path / "ledger.sqlite3")
+
+    def burst(*queues: str) -> Result:
+        options = [arg for queue in queues for arg in ("--queue", queue)]
+        return run(
+            "worker", "--backend", "memory", "--burst", *options,
+            "--app", f"{APP_MODULE}:routed_memory_engine", "--db", url,
+            cwd=tmp_path, path=[app_dir], timeout=DEADLINE,
+        )  # fmt: skip
+
+    default = burst("default")
+    assert (0, "") == (default.code, default.stderr)
+    assert default.stdout.startswith("chimeway worker: memory backend, queue 'default', 1 thread")
+    assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.READY}} == _by_channel(store)
+    typo = burst("smss")
+    assert (2, "") == (typo.code, typo.stdout)
+    assert (
+        f"--queue smss: the engine of {APP_MODULE}:routed_memory_engine sends no job there; "
+        "its queues are default, sms"
+    ) in typo.stderr
+    assert 0 == burst("sms").code
+    assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.SUCCEEDED}} == _by_channel(
+        store
+    )
+    store.engine.dispose()
+
+
+@pytest.mark.redis
+def test_rq_workers_serve_only_the_queues_they_are_given(tmp_path: Path, app_dir: Path) -> None:
+    """Real RQ workers: the first burst relays both channels to their queues and runs its own."""
+    require("redis")
+    import redis
+    import rq
+
+    queue = f"chimeway-cli-{secrets.token_hex(4)}"
+    redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
+    store, url = _routed_ledger(tmp_path / "ledger.sqlite3")
+
+    def burst(*queues: str) -> Result:
+        options = [arg for name in queues for arg in ("--queue", name)]
+        return run(
+            "worker", "--backend", "rq", "--burst", *options,
+            "--app", f"{APP_MODULE}:routed_rq_engine", "--db", url, "--redis-url", redis_url,
+            cwd=tmp_path, env={"QUEUE": queue}, path=[app_dir], timeout=DEADLINE,
+        )  # fmt: skip
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        first = burst(queue)
+        assert (0, "") == (first.code, first.stderr)
+        assert f"chimeway worker: rq backend, queue '{queue}', app" in first.stdout
+        assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.READY}} == (
+            _by_channel(store)
+        )
+        assert (0, 2) == (store.outbox_size(), rq.Queue(f"{queue}-sms", connection=client).count)
+        both = burst()  # no --queue: the backend's queue, then every routed one
+        assert 0 == both.code, both.stderr
+        assert f"queues '{queue}', '{queue}-sms'" in both.stdout
+        assert {"sms": {DeliveryStatus.SUCCEEDED}} == {
+            channel: statuses
+            for channel, statuses in _by_channel(store).items()
+            if channel == "sms"
+        }
+    finally:
+        client.close()
+        _forget_queue(redis_url, queue)
+        _forget_queue(redis_url, f"{queue}-sms")
+    store.engine.dispose()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from chimeway_backends.memory import MemoryBackend, MemoryWorker
+from chimeway_backends.memory import DEFAULT_QUEUE, MemoryBackend, MemoryWorker
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import counted, echo, warn
 from chimeway_core.cli.signals import stop_on_signals
@@ -70,6 +70,8 @@ class WorkerOptions:
     log_level: str
     burst: bool = False
     """Run what is due, then exit, instead of waiting for more."""
+    queues: tuple[str, ...] | None = None
+    """The queues to serve, in order (``None``: the backend's and every routed one)."""
 
 
 #: How a backend's worker runs: the engine and the options in, the exit code out.
@@ -107,6 +109,24 @@ def _wrong_backend(name: str, options: WorkerOptions, engine: Chimeway, expected
     )
 
 
+def _served(engine: Chimeway, options: WorkerOptions, default: str) -> list[str]:
+    """The queues this worker serves: ``--queue``'s, each one the engine uses, or all of them."""
+    used = list(dict.fromkeys([default, *engine.queues]))
+    if options.queues is None:
+        return used
+    unknown = [queue for queue in options.queues if queue not in used]
+    if unknown:
+        raise CliError(
+            f"--queue {', '.join(unknown)}: the engine of {options.app} sends no job there; "
+            f"its queues are {', '.join(used)}"
+        )
+    return list(options.queues)
+
+
+def _named(queues: list[str]) -> str:
+    return ("queue " if len(queues) == 1 else "queues ") + ", ".join(map(repr, queues))
+
+
 def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     """Run :class:`~chimeway_backends.memory.MemoryWorker` until SIGINT or SIGTERM.
 
@@ -122,6 +142,7 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     backend = engine.backend
     if not isinstance(backend, MemoryBackend):
         raise _wrong_backend("memory", options, engine, "chimeway_backends.memory.MemoryBackend")
+    queues = _served(engine, options, DEFAULT_QUEUE)
     threads = options.concurrency or 1
     _start_logging(engine, options)
     first = engine.rescue(catch_up=options.burst)
@@ -131,6 +152,7 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
         concurrency=threads,
         tick=None if options.burst else engine.rescue,
         tick_interval=options.tick_interval,
+        queues=queues,
     )
     stop = threading.Event()
     with stop_on_signals(stop):
@@ -141,15 +163,15 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
             else f"rescue every {options.tick_interval:g} s"
         )
         echo(
-            f"chimeway worker: memory backend, {counted(threads, 'thread')}, app {options.app}; "
-            f"{until}; Ctrl-C or SIGTERM stops",
+            f"chimeway worker: memory backend, {_named(queues)}, {counted(threads, 'thread')}, "
+            f"app {options.app}; {until}; Ctrl-C or SIGTERM stops",
             f"chimeway worker: first rescue pass: {first.relayed} relayed, "
             f"{first.requeued} requeued, {counted(first.resolved, 'lost attempt')} resolved, "
             f"{first.pruned} pruned",
         )
         try:
             while not stop.wait(0.05 if options.burst else 0.2):
-                if options.burst and backend.idle():
+                if options.burst and backend.idle(queues=queues):
                     break
         finally:
             ended = worker.stop(timeout=options.grace)
@@ -160,7 +182,7 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
         f"{stats.retries} retried, {stats.defers} deferred, {stats.failures} raised)"
     )
     if options.burst:
-        _report_left(backend)
+        _report_left(backend, queues)
     if not ended:
         warn(
             f"chimeway worker: jobs still running after {options.grace:g} s were abandoned; "
@@ -170,10 +192,10 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     return ExitCode.OK
 
 
-def _report_left(backend: MemoryBackend) -> None:
-    """Say what a burst leaves: jobs due (it was stopped) and jobs scheduled for later."""
+def _report_left(backend: MemoryBackend, queues: list[str]) -> None:
+    """Say what a burst leaves on its queues: jobs due (it was stopped) and jobs for later."""
     now = backend.clock.now()
-    pending = backend.pending()
+    pending = [job for job in backend.pending() if job.queue in queues]
     due = sum(job.run_at <= now for job in pending)
     later = len(pending) - due
     if due:
@@ -277,6 +299,7 @@ def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
             "--backend rq: an RQ worker runs one job at a time; start more workers "
             "instead of --concurrency"
         )
+    queues = _served(engine, options, backend.queue_name)
     _reach_redis(backend)
     _start_logging(engine, options)
     until = (
@@ -285,11 +308,12 @@ def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
         else f"rescue every {options.tick_interval:g} s"
     )
     echo(
-        f"chimeway worker: rq backend, queue {backend.queue_name!r}, app {options.app}; "
+        f"chimeway worker: rq backend, {_named(queues)}, app {options.app}; "
         f"{until}; Ctrl-C or SIGTERM stops"
     )
     ran = adapter.run_worker(
         engine,
+        queues=queues,
         burst=options.burst,
         rescue_interval=options.tick_interval,
         logging_level=options.log_level.upper(),
@@ -308,16 +332,18 @@ def run_celery(engine: Chimeway, options: WorkerOptions) -> int:
     backend = engine.backend
     if not isinstance(backend, adapter.CeleryBackend):
         raise _wrong_backend("celery", options, engine, "chimeway_backends.celery.CeleryBackend")
+    queues = _served(engine, options, backend.queue)
     _reach_broker(backend)
     _start_logging(engine, options)
     echo(
-        f"chimeway worker: celery backend, queue {backend.queue!r} on "
+        f"chimeway worker: celery backend, {_named(queues)} on "
         f"{_broker_uri(backend)}, app {options.app}; rescue every "
         f"{options.tick_interval:g} s; Ctrl-C or SIGTERM stops"
     )
     stdout, stderr = sys.stdout, sys.stderr
     code = adapter.run_worker(
         engine,
+        queues=queues,
         concurrency=options.concurrency,
         loglevel=options.log_level.upper(),
         rescue_interval=options.tick_interval,

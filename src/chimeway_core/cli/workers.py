@@ -90,10 +90,13 @@ def register(subparsers: Subparsers) -> None:
         "(running jobs finish first), with the engine's rescuer every --tick-interval "
         "seconds. memory runs jobs on threads in this process; rq runs "
         "chimeway_backends.rq.run_worker (forking, with RQ's scheduler); celery runs "
-        "chimeway_backends.celery.run_worker on the backend's queue. With --burst (memory "
-        "and rq) the worker runs the first rescue pass and what is due, then exits.\n\n"
+        "chimeway_backends.celery.run_worker. The worker serves the backend's queue and "
+        "every queue the engine's routes name, or only the --queue ones. With --burst "
+        "(memory and rq) the worker runs the first rescue pass and what is due, then "
+        "exits.\n\n"
         "exit status: 0 stopped cleanly or a burst done, 1 jobs were still running after "
-        "--grace (or the Celery worker failed), 2 bad options (--burst on celery), --app, "
+        "--grace (or the Celery worker failed), 2 bad options (--burst on celery, a --queue "
+        "the engine does not use), --app, "
         "backend or missing extra, a database without chimeway's tables, 3 database, Redis "
         "or broker unreachable."
     )
@@ -124,6 +127,14 @@ def register(subparsers: Subparsers) -> None:
         default=30.0,
         metavar="SECONDS",
         help="memory: how long running jobs may take to finish on stop (default: 30)",
+    )
+    worker.add_argument(
+        "--queue",
+        dest="queues",
+        action="append",
+        metavar="NAME",
+        help="serve this queue (repeat for more; rq and memory take jobs from the first "
+        "that has one); default: the backend's queue and every routed one",
     )
     worker.add_argument(
         "--burst",
@@ -337,6 +348,7 @@ def run_worker(args: argparse.Namespace) -> int:
         grace=args.grace,
         log_level=args.log_level,
         burst=args.burst,
+        queues=None if args.queues is None else tuple(dict.fromkeys(args.queues)),
     )
     return backend.run(engine, options)
 

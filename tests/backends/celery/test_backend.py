@@ -27,6 +27,7 @@ from chimeway_core import (
     TemporaryFailure,
     UnhandledOutcomeError,
 )
+from chimeway_core.engine import Chimeway
 from chimeway_core.errors import EngineNotFoundError, InvalidJobError, MissingExtraError
 from chimeway_core.jobs import Backend, job_id_for
 from chimeway_core.loading import load_engine
@@ -35,10 +36,14 @@ from chimeway_core.records import Delivery
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import FakeChannel
 from tests.backends.celery.conftest import (
+    Broker,
     InProcessCelery,
     JobWatch,
+    cleanup_broker,
     make_broker,
     run_watched_until_idle,
+    wait_until,
+    worker_for,
 )
 
 #: 0.2 s, doubling, no jitter, three attempts.
@@ -375,3 +380,36 @@ def test_a_soft_time_limit_is_an_interrupt() -> None:
     from celery.exceptions import SoftTimeLimitExceeded
 
     assert (SoftTimeLimitExceeded,) == CeleryBackend.interrupts
+
+
+def test_a_routed_channel_runs_and_retries_on_its_own_queue(
+    broker: Broker, pg_store: SQLStore
+) -> None:
+    """A worker of the routed queue alone runs the sms delivery, its retry too; email waits."""
+    routed = Broker(broker.name, broker.url, f"{broker.queue}-sms", broker.transport_options)
+    app = broker.app()
+    backend = CeleryBackend(app, queue=broker.queue, rescue_interval=None)
+    sms_channel, email_channel = FakeChannel([TemporaryFailure("busy"), Sent()]), FakeChannel()
+    channels = {"sms": sms_channel, "email": email_channel}
+    engine = Chimeway(pg_store, backend, channels, routes={"sms": routed.queue}, retry=RETRY)
+    backend.bind(engine)
+
+    def status(delivery_id: uuid.UUID) -> DeliveryStatus:
+        return engine.get(delivery_id).delivery.status
+
+    try:
+        with worker_for(app, routed.queue):
+            sms = engine.notify("sms", "+15550100").id
+            email = engine.notify("email", "someone@example.test").id
+            wait_until(lambda: status(sms) is DeliveryStatus.SUCCEEDED, what="the sms delivery")
+        # Celery on Redis would send a retry to the default queue: chimeway names the route.
+        assert (2, 0, DeliveryStatus.READY) == (
+            len(sms_channel.calls),
+            len(email_channel.calls),
+            status(email),
+        )
+        with worker_for(app, broker.queue):
+            wait_until(lambda: status(email) is DeliveryStatus.SUCCEEDED, what="the email")
+        assert (2, 1) == (len(sms_channel.calls), len(email_channel.calls))
+    finally:
+        cleanup_broker(routed)

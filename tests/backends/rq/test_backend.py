@@ -16,7 +16,7 @@ from rq.job import Job, JobStatus
 
 from chimeway_backends.rq import RQBackend, deliver
 from chimeway_core.jobs import Backend, job_id_for
-from tests.backends.rq.conftest import REDIS_TEST_DB, redis_url
+from tests.backends.rq.conftest import REDIS_TEST_DB, purge, redis_url
 
 # Fresh ids each run: a job id is global to the Redis database, and a run
 # killed before its teardown must not leave jobs the next run would dedupe on.
@@ -238,3 +238,24 @@ def test_concurrent_enqueuers_make_one_job(redis_conn: redis.Redis, queue_name: 
         thread.join()
     job_ids = Queue(queue_name, connection=redis_conn).job_ids
     assert sorted(job_id_for(i) for i in ids) == sorted(job_ids)
+
+
+def test_queue_picks_another_queue_and_a_pending_job_stays_on_its_own(
+    redis_conn: redis.Redis, queue_name: str
+) -> None:
+    """queue= writes to that RQ queue; a delivery queued on one gets no second job on another."""
+    other = f"{queue_name}-sms"
+    backend = RQBackend(redis_conn, queue_name)
+    try:
+        backend.enqueue_many([A, B], queue=other)
+        backend.enqueue(C, at=datetime.now(UTC) + timedelta(hours=1), queue=other)
+        backend.enqueue_many([A])  # the default queue: A is pending on the other one
+        backend.enqueue(B, queue=queue_name)
+        routed = Queue(other, connection=redis_conn)
+        assert ([], [job_id_for(A), job_id_for(B)]) == (backend.queue.job_ids, routed.job_ids)
+        assert [job_id_for(C)] == routed.scheduled_job_registry.get_job_ids()
+        assert other == Job.fetch(job_id_for(A), connection=redis_conn).origin
+        with pytest.raises(ValueError, match="queue must be a non-empty str or None"):
+            backend.enqueue(A, queue="")
+    finally:
+        purge(redis_conn, other)
