@@ -87,7 +87,6 @@ __all__ = [
     "CeleryConfigurationWarning",
     "TASK_NAME",
     "check_configuration",
-    "engine_queues",
     "run_worker",
     "warn_configuration",
 ]
@@ -426,17 +425,6 @@ def warn_configuration(app: Any, *, longest_delay: float) -> None:
         warnings.warn(problem, CeleryConfigurationWarning, stacklevel=2)
 
 
-def engine_queues(engine: Chimeway) -> list[str]:
-    """The queues a worker for ``engine`` consumes unless told: its backend's, then the routed ones.
-
-    Raises :class:`TypeError` when the engine's backend is not a :class:`CeleryBackend`.
-    """
-    backend = engine.backend
-    if not isinstance(backend, CeleryBackend):
-        raise TypeError(f"the engine's backend is {type(backend).__name__}, not a CeleryBackend")
-    return list(dict.fromkeys([backend.queue, *engine.queues]))
-
-
 def run_worker(
     engine: Chimeway | str | None = None,
     *,
@@ -468,7 +456,7 @@ def run_worker(
     worker = backend.app.Worker(
         pool_cls=pool,
         concurrency=concurrency,
-        queues=list(queues) if queues is not None else engine_queues(resolved),
+        queues=list(queues) if queues is not None else resolved.worker_queues(backend.queue),
         loglevel=loglevel,
         prefetch_multiplier=1,
         hostname=hostname,

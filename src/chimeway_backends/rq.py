@@ -126,7 +126,6 @@ __all__ = [
     "RQBackend",
     "current_engine",
     "deliver",
-    "engine_queues",
     "run_worker",
 ]
 
@@ -708,17 +707,6 @@ def _check_timeouts(engine: Chimeway, backend: RQBackend) -> None:
             )
 
 
-def engine_queues(engine: Chimeway) -> list[str]:
-    """The queues a worker for ``engine`` serves unless told: its backend's, then the routed ones.
-
-    Raises :class:`TypeError` when the engine's backend is not an :class:`RQBackend`.
-    """
-    backend = engine.backend
-    if not isinstance(backend, RQBackend):
-        raise TypeError(f"the engine's backend is {type(backend).__qualname__}, not an RQBackend")
-    return list(dict.fromkeys([backend.queue_name, *engine.queues]))
-
-
 def run_worker(
     engine: Chimeway | None = None,
     connection: redis.Redis | None = None,
@@ -735,7 +723,7 @@ def run_worker(
 
     ``engine`` defaults to the one ``CHIMEWAY_APP`` names; ``connection`` to
     its backend's; ``queues`` (served in that order) to the backend's queue
-    then every queue the engine's ``routes`` name (:func:`engine_queues`).
+    then every queue the engine's ``routes`` name (``engine.worker_queues``).
     ``with_scheduler`` runs RQ's scheduler (in burst mode: once, at start),
     which retries and deferrals need.
     ``worker_class`` is :class:`ChimewayWorker` (forking) or
@@ -752,7 +740,7 @@ def run_worker(
     if not issubclass(cls, ChimewayWorkerMixin):
         raise TypeError(f"{worker_class.__qualname__} is not a chimeway worker class")
     worker = cls(
-        list(queues) if queues is not None else engine_queues(engine),
+        list(queues) if queues is not None else engine.worker_queues(backend.queue_name),
         connection=connection if connection is not None else backend.connection,
         engine=engine,
         rescue_interval=rescue_interval,

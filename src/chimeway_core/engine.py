@@ -453,6 +453,10 @@ class Chimeway:
         """The queues :attr:`routes` names, each once, sorted (the default queue is not one)."""
         return tuple(sorted(set(self.routes.values())))
 
+    def worker_queues(self, default: str) -> list[str]:
+        """The queues a worker serves unless told: ``default`` (its backend's), then the routed."""
+        return list(dict.fromkeys([default, *self.queues]))
+
     def queue_for(self, channel: str) -> str | None:
         """The queue a ``channel``'s jobs go to: its route, or ``None`` for the default."""
         return self.routes.get(channel)
@@ -963,17 +967,7 @@ def _check_routes(
     """
     if routes is None:
         return
-    if not isinstance(routes, Mapping):
-        raise TypeError(
-            f"routes must be a mapping of channel names to queue names, not {type(routes).__name__}"
-        )
-    unknown = sorted(str(name) for name in routes if name not in channels)
-    if unknown:
-        # Most likely a typo: the channel would silently stay on the default queue.
-        raise ValueError(
-            f"routes names channels this engine does not have: {unknown}; "
-            f"its channels are {sorted(channels)}"
-        )
+    _check_per_channel("routes", routes, channels, "queue names")
     for channel, queue in routes.items():
         if not isinstance(queue, str):
             raise TypeError(f"routes[{channel!r}] must be a queue name, not {type(queue).__name__}")
@@ -983,6 +977,23 @@ def _check_routes(
         raise TypeError(
             f"routes need a backend whose enqueue() and enqueue_many() take queue=; "
             f"{type(backend).__qualname__}'s do not"
+        )
+
+
+def _check_per_channel(
+    name: str, mapping: object, channels: Mapping[str, object], values: str
+) -> None:
+    """Raise unless ``mapping`` is a mapping whose keys are all channels of this engine."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(
+            f"{name} must be a mapping of channel names to {values}, not {type(mapping).__name__}"
+        )
+    unknown = sorted(str(key) for key in mapping if key not in channels)
+    if unknown:
+        # Most likely a typo: the channel would silently keep the default.
+        raise ValueError(
+            f"{name} names channels this engine does not have: {unknown}; "
+            f"its channels are {sorted(channels)}"
         )
 
 
@@ -1027,18 +1038,7 @@ def _check_retries(
         raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
     if channel_retry is None:
         return
-    if not isinstance(channel_retry, Mapping):
-        raise TypeError(
-            "channel_retry must be a mapping of channel names to RetryPolicy, "
-            f"not {type(channel_retry).__name__}"
-        )
-    unknown = sorted(str(name) for name in channel_retry if name not in channels)
-    if unknown:
-        # Most likely a typo: the channel would silently keep the default.
-        raise ValueError(
-            f"channel_retry names channels this engine does not have: {unknown}; "
-            f"it has {sorted(channels)}"
-        )
+    _check_per_channel("channel_retry", channel_retry, channels, "RetryPolicy")
     for name, policy in channel_retry.items():
         if not isinstance(policy, RetryPolicy):
             raise TypeError(

@@ -55,6 +55,8 @@ def test_every_way_of_queueing_follows_the_channel_route(
         engine.queue_for("sms"),
         engine.queue_for("email"),
     )
+    assert ["default", "bulk", "sms"] == engine.worker_queues("default")
+    assert ["sms", "bulk"] == engine.worker_queues("sms")  # a backend's queue may be routed to
 
 
 def test_a_worker_of_one_queue_leaves_the_others_waiting(

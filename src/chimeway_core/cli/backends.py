@@ -111,7 +111,7 @@ def _wrong_backend(name: str, options: WorkerOptions, engine: Chimeway, expected
 
 def _served(engine: Chimeway, options: WorkerOptions, default: str) -> list[str]:
     """The queues this worker serves: ``--queue``'s, each one the engine uses, or all of them."""
-    used = list(dict.fromkeys([default, *engine.queues]))
+    used = engine.worker_queues(default)
     if options.queues is None:
         return used
     unknown = [queue for queue in options.queues if queue not in used]
