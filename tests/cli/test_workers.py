@@ -773,29 +773,28 @@ def _by_channel(store: SQLStore) -> dict[str, set[DeliveryStatus]]:
     return found
 
 
-def test_memory_bursts_serve_only_the_queues_they_are_given(tmp_path: Path, app_dir: Path) -> None:
-    """--queue default leaves the routed "sms" jobs to a worker of --queue sms; a typo is exit 2."""
+def test_a_memory_worker_serves_every_queue_and_refuses_queue(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    """One process holds every queue of a memory backend: it serves them all; --queue is exit 2."""
     store, url = _routed_ledger(tmp_path / "ledger.sqlite3")
 
-    def burst(*queues: str) -> Result:
-        options = [arg for queue in queues for arg in ("--queue", queue)]
+    def burst(*options: str) -> Result:
         return run(
             "worker", "--backend", "memory", "--burst", *options,
             "--app", f"{APP_MODULE}:routed_memory_engine", "--db", url,
             cwd=tmp_path, path=[app_dir], timeout=DEADLINE,
         )  # fmt: skip
 
-    default = burst("default")
-    assert (0, "") == (default.code, default.stderr)
-    assert default.stdout.startswith("chimeway worker: memory backend, queue 'default', 1 thread")
-    assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.READY}} == _by_channel(store)
-    typo = burst("smss")
-    assert (2, "") == (typo.code, typo.stdout)
-    assert (
-        f"--queue smss: the engine of {APP_MODULE}:routed_memory_engine sends no job there; "
-        "its queues are default, sms"
-    ) in typo.stderr
-    assert 0 == burst("sms").code
+    refused = burst("--queue", "sms")
+    assert (2, "") == (refused.code, refused.stdout)
+    assert "--backend memory: a memory worker serves every queue of its process" in refused.stderr
+    assert {"log": {DeliveryStatus.READY}, "sms": {DeliveryStatus.READY}} == _by_channel(store)
+    served = burst()
+    assert (0, "") == (served.code, served.stderr)
+    assert served.stdout.startswith(
+        "chimeway worker: memory backend, queues 'default', 'sms', 1 thread"
+    )
     assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.SUCCEEDED}} == _by_channel(
         store
     )
@@ -830,6 +829,12 @@ def test_rq_workers_serve_only_the_queues_they_are_given(tmp_path: Path, app_dir
             _by_channel(store)
         )
         assert (0, 2) == (store.outbox_size(), rq.Queue(f"{queue}-sms", connection=client).count)
+        typo = burst(f"{queue}-smss")
+        assert (2, "") == (typo.code, typo.stdout)
+        assert (
+            f"--queue {queue}-smss: the engine of {APP_MODULE}:routed_rq_engine sends no job "
+            f"there; its queues are {queue}, {queue}-sms"
+        ) in typo.stderr
         both = burst()  # no --queue: the backend's queue, then every routed one
         assert 0 == both.code, both.stderr
         assert f"queues '{queue}', '{queue}-sms'" in both.stdout

@@ -142,6 +142,14 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     backend = engine.backend
     if not isinstance(backend, MemoryBackend):
         raise _wrong_backend("memory", options, engine, "chimeway_backends.memory.MemoryBackend")
+    if options.queues is not None:
+        # Its rescuer and relay queue every channel's jobs in this process's memory:
+        # serving some would leave the others' there until the process ends.
+        raise CliError(
+            "--backend memory: a memory worker serves every queue of its process, so "
+            "--queue is for rq and celery; in one process, MemoryWorker(queues=...) gives "
+            "a queue threads of its own"
+        )
     queues = _served(engine, options, DEFAULT_QUEUE)
     threads = options.concurrency or 1
     _start_logging(engine, options)

@@ -95,8 +95,8 @@ def register(subparsers: Subparsers) -> None:
         "(memory and rq) the worker runs the first rescue pass and what is due, then "
         "exits.\n\n"
         "exit status: 0 stopped cleanly or a burst done, 1 jobs were still running after "
-        "--grace (or the Celery worker failed), 2 bad options (--burst on celery, a --queue "
-        "the engine does not use), --app, "
+        "--grace (or the Celery worker failed), 2 bad options (--burst on celery, --queue "
+        "on memory or naming a queue the engine does not use), --app, "
         "backend or missing extra, a database without chimeway's tables, 3 database, Redis "
         "or broker unreachable."
     )
@@ -133,7 +133,7 @@ def register(subparsers: Subparsers) -> None:
         dest="queues",
         action="append",
         metavar="NAME",
-        help="serve this queue (repeat for more; rq and memory take jobs from the first "
+        help="rq, celery: serve this queue (repeat for more; rq takes jobs from the first "
         "that has one); default: the backend's queue and every routed one",
     )
     worker.add_argument(
