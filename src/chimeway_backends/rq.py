@@ -21,7 +21,10 @@ the hashes is enough.
 ``queue=`` (the engine's ``routes``), to another queue on the same Redis; a
 worker serves the queues it is given, in order. The check above is per job
 id, so a delivery whose job is queued or running on one queue gets no
-second job on another: it runs where it is.
+second job on another: it runs where it is. One scheduled on another queue
+(a route changed) is not seen there and gets a job on the queue asked for;
+the old schedule, if a worker of its queue ever fires it, finds the
+delivery handled.
 
 **Running** (:func:`deliver`, in any RQ worker). The job calls
 ``engine.perform(id)`` and translates the :class:`~chimeway_core.jobs.JobResult`

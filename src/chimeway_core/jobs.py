@@ -83,10 +83,10 @@ class Backend(Protocol):
         """Queue a job for ``delivery_id`` on ``queue`` (its default if ``None``), now or at ``at``.
 
         A backend should not double a pending job for the same delivery where
-        its queue allows (memory and RQ do not; Celery cannot tell), on any of
-        its queues: a pending job stays on the queue it is on. Nothing
-        depends on it: a duplicate job finds the delivery terminal, leased or
-        not yet due and acknowledges without calling the channel.
+        its queue allows (memory and RQ do not; Celery cannot tell), whatever
+        queue it is asked for. Nothing depends on it: a duplicate job finds
+        the delivery terminal, leased or not yet due and acknowledges without
+        calling the channel.
         """
         ...
 

@@ -255,6 +255,9 @@ def test_queue_picks_another_queue_and_a_pending_job_stays_on_its_own(
         assert ([], [job_id_for(A), job_id_for(B)]) == (backend.queue.job_ids, routed.job_ids)
         assert [job_id_for(C)] == routed.scheduled_job_registry.get_job_ids()
         assert other == Job.fetch(job_id_for(A), connection=redis_conn).origin
+        # Scheduled elsewhere is not seen from here: a job on the queue asked for.
+        backend.enqueue(C)
+        assert [job_id_for(C)] == backend.queue.job_ids
         with pytest.raises(ValueError, match="queue must be a non-empty str or None"):
             backend.enqueue(A, queue="")
     finally:
