@@ -7,6 +7,7 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
@@ -229,23 +230,37 @@ def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
 
 
 def _forget_queue(redis_url: str, queue: str) -> None:
-    """Delete what RQ kept for ``queue`` on Redis, its entry in RQ's set of queues too."""
+    """Delete what RQ kept for ``queue`` and the queues named after it, its set entries too."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(match=f"*{queue}*"))
     if keys:
         client.delete(*keys)
-    client.srem("rq:queues", f"rq:queue:{queue}")
+    known = [name for name in client.smembers("rq:queues") if queue.encode() in name]
+    if known:
+        client.srem("rq:queues", *known)
+    client.close()
+
+
+@pytest.fixture
+def rq_queue() -> Iterator[tuple[str, str]]:
+    """A queue name of this test's own and the Redis URL (database 13) its workers use.
+
+    Everything RQ kept for it, and for the queues named after it, is deleted at the end.
+    """
+    require("redis")
+    queue, redis_url = f"chimeway-cli-{secrets.token_hex(4)}", f"{REDIS_URL.rsplit('/', 1)[0]}/13"
+    yield queue, redis_url
+    _forget_queue(redis_url, queue)
 
 
 @pytest.mark.redis
-def test_rq_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Path) -> None:
+def test_rq_worker_delivers_and_stops_on_sigterm(
+    tmp_path: Path, app_dir: Path, rq_queue: tuple[str, str]
+) -> None:
     """--backend rq runs chimeway's RQ worker on the app's queue until SIGTERM (exit 0)."""
-    require("redis")
-
-    queue = f"chimeway-cli-{secrets.token_hex(4)}"
-    redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
+    queue, redis_url = rq_queue
     store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
     add_deliveries(store, 5)
     process = start(
@@ -264,11 +279,8 @@ def test_rq_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Path) 
         env={"QUEUE": queue},
         path=[app_dir],
     )
-    try:
-        _wait_for(store, 5, process)
-        out, err = _stop(process)
-    finally:
-        _forget_queue(redis_url, queue)
+    _wait_for(store, 5, process)
+    out, err = _stop(process)
     assert 0 == process.returncode, err
     assert "Traceback" not in out + err
     assert out.splitlines()[0].startswith(f"chimeway worker: rq backend, queue '{queue}'")
@@ -315,33 +327,29 @@ def test_celery_worker_delivers_and_stops_on_sigterm(tmp_path: Path, app_dir: Pa
     store.engine.dispose()
 
 
+def _rq_burst(
+    where: tuple[Path, Path], rq_queue: tuple[str, str], engine: str, url: str, *options: str
+) -> Result:
+    """``chimeway worker --backend rq --burst`` for the app's ``engine`` on the test's queue.
+
+    ``where`` is the directory to run in and the one holding the app module.
+    """
+    (cwd, app_dir), (queue, redis_url) = where, rq_queue
+    return run(
+        "worker", "--backend", "rq", "--burst", *options,
+        "--app", f"{APP_MODULE}:{engine}", "--db", url, "--redis-url", redis_url,
+        cwd=cwd, env={"QUEUE": queue}, path=[app_dir], timeout=DEADLINE,
+    )  # fmt: skip
+
+
 @pytest.mark.redis
-def test_rq_worker_in_burst_mode_drains_the_queue_then_exits(tmp_path: Path, app_dir: Path) -> None:
+def test_rq_worker_in_burst_mode_drains_the_queue_then_exits(
+    tmp_path: Path, app_dir: Path, rq_queue: tuple[str, str]
+) -> None:
     """--backend rq --burst: the first rescue relays the outbox, RQ's burst runs it, exit 0."""
-    require("redis")
-    queue = f"chimeway-cli-{secrets.token_hex(4)}"
-    redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
     store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
     add_deliveries(store, 5)
-    try:
-        result = run(
-            "worker",
-            "--backend",
-            "rq",
-            "--burst",
-            "--app",
-            f"{APP_MODULE}:rq_engine",
-            "--db",
-            url,
-            "--redis-url",
-            redis_url,
-            cwd=tmp_path,
-            env={"QUEUE": queue},
-            path=[app_dir],
-            timeout=DEADLINE,
-        )
-    finally:
-        _forget_queue(redis_url, queue)
+    result = _rq_burst((tmp_path, app_dir), rq_queue, "rq_engine", url)
     assert 0 == result.code, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -682,42 +690,37 @@ def test_resend_refuses_an_engine_on_the_memory_backend(
 
 @pytest.mark.redis
 def test_resent_copies_are_delivered_by_a_real_rq_worker(
-    tmp_path: Path, app_dir: Path, invoke: Invoke
+    tmp_path: Path, app_dir: Path, invoke: Invoke, rq_queue: tuple[str, str]
 ) -> None:
     """resend queues the copies on RQ (real Redis); chimeway's RQ worker delivers them."""
-    require("redis")
     import redis
 
-    queue = f"chimeway-cli-{secrets.token_hex(4)}"
-    redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
+    queue, redis_url = rq_queue
     store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
     originals = _terminal(store, 3, datetime.now(UTC) - timedelta(minutes=5))
     app = ("--app", f"{APP_MODULE}:rq_engine", "--db", url, "--redis-url", redis_url)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.syspath_prepend(str(app_dir))
-            resent = invoke("resend", *app, "--since", "1h", "--json", env={"QUEUE": queue})
-        assert (0, "") == (resent.code, resent.stderr)
-        copies = {r["copy"] for r in json.loads(resent.stdout)["resent"]}
-        client = redis.Redis.from_url(redis_url)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(app_dir))
+        resent = invoke("resend", *app, "--since", "1h", "--json", env={"QUEUE": queue})
+    assert (0, "") == (resent.code, resent.stderr)
+    copies = {r["copy"] for r in json.loads(resent.stdout)["resent"]}
+    with redis.Redis.from_url(redis_url) as client:
         jobs = client.lrange(f"rq:queue:{queue}", 0, -1)
-        assert {job_id_for(UUID(c)) for c in copies} == {job.decode() for job in jobs}
-        process = start(
-            "worker",
-            "--backend",
-            "rq",
-            *app,
-            "--tick-interval",
-            "0.5",
-            cwd=tmp_path,
-            env={"QUEUE": queue},
-            path=[app_dir],
-        )
-        _wait_for(store, 3, process)
-        out, err = _stop(process)
-        assert "Traceback" not in out + err
-    finally:
-        _forget_queue(redis_url, queue)
+    assert {job_id_for(UUID(c)) for c in copies} == {job.decode() for job in jobs}
+    process = start(
+        "worker",
+        "--backend",
+        "rq",
+        *app,
+        "--tick-interval",
+        "0.5",
+        cwd=tmp_path,
+        env={"QUEUE": queue},
+        path=[app_dir],
+    )
+    _wait_for(store, 3, process)
+    out, err = _stop(process)
+    assert "Traceback" not in out + err
     assert 0 == process.returncode, err
     assert {(DeliveryStatus.SUCCEEDED, None): 3, (DeliveryStatus.CANCELLED, "cancelled"): 3} == (
         store.counts()
@@ -802,47 +805,37 @@ def test_a_memory_worker_serves_every_queue_and_refuses_queue(
 
 
 @pytest.mark.redis
-def test_rq_workers_serve_only_the_queues_they_are_given(tmp_path: Path, app_dir: Path) -> None:
+def test_rq_workers_serve_only_the_queues_they_are_given(
+    tmp_path: Path, app_dir: Path, rq_queue: tuple[str, str]
+) -> None:
     """Real RQ workers: the first burst relays both channels to their queues and runs its own."""
-    require("redis")
     import redis
     import rq
 
-    queue = f"chimeway-cli-{secrets.token_hex(4)}"
-    redis_url = f"{REDIS_URL.rsplit('/', 1)[0]}/13"
+    queue, redis_url = rq_queue
     store, url = _routed_ledger(tmp_path / "ledger.sqlite3")
 
     def burst(*queues: str) -> Result:
         options = [arg for name in queues for arg in ("--queue", name)]
-        return run(
-            "worker", "--backend", "rq", "--burst", *options,
-            "--app", f"{APP_MODULE}:routed_rq_engine", "--db", url, "--redis-url", redis_url,
-            cwd=tmp_path, env={"QUEUE": queue}, path=[app_dir], timeout=DEADLINE,
-        )  # fmt: skip
+        return _rq_burst((tmp_path, app_dir), rq_queue, "routed_rq_engine", url, *options)
 
-    client = redis.Redis.from_url(redis_url)
-    try:
-        first = burst(queue)
-        assert (0, "") == (first.code, first.stderr)
-        assert f"chimeway worker: rq backend, queue '{queue}', app" in first.stdout
-        assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.READY}} == (
-            _by_channel(store)
-        )
-        assert (0, 2) == (store.outbox_size(), rq.Queue(f"{queue}-sms", connection=client).count)
-        typo = burst(f"{queue}-smss")
-        assert (2, "") == (typo.code, typo.stdout)
-        assert (
-            f"--queue {queue}-smss: the engine of {APP_MODULE}:routed_rq_engine sends no job "
-            f"there; its queues are {queue}, {queue}-sms"
-        ) in typo.stderr
-        both = burst()  # no --queue: the backend's queue, then every routed one
-        assert 0 == both.code, both.stderr
-        assert f"queues '{queue}', '{queue}-sms'" in both.stdout
-        assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.SUCCEEDED}} == (
-            _by_channel(store)
-        )
-    finally:
-        client.close()
-        _forget_queue(redis_url, queue)
-        _forget_queue(redis_url, f"{queue}-sms")
+    first = burst(queue)
+    assert (0, "") == (first.code, first.stderr)
+    assert f"chimeway worker: rq backend, queue '{queue}', app" in first.stdout
+    assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.READY}} == _by_channel(store)
+    with redis.Redis.from_url(redis_url) as client:
+        waiting = rq.Queue(f"{queue}-sms", connection=client).count
+    assert (0, 2) == (store.outbox_size(), waiting)
+    typo = burst(f"{queue}-smss")
+    assert (2, "") == (typo.code, typo.stdout)
+    assert (
+        f"--queue {queue}-smss: the engine of {APP_MODULE}:routed_rq_engine sends no job "
+        f"there; its queues are {queue}, {queue}-sms"
+    ) in typo.stderr
+    both = burst()  # no --queue: the backend's queue, then every routed one
+    assert 0 == both.code, both.stderr
+    assert f"queues '{queue}', '{queue}-sms'" in both.stdout
+    assert {"log": {DeliveryStatus.SUCCEEDED}, "sms": {DeliveryStatus.SUCCEEDED}} == _by_channel(
+        store
+    )
     store.engine.dispose()
