@@ -65,7 +65,7 @@ from datetime import datetime
 from typing import Any, assert_never
 from uuid import UUID
 
-from chimeway_core._checks import seconds
+from chimeway_core._checks import queue_or, seconds
 from chimeway_core.clock import ensure_aware
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import (
@@ -195,23 +195,16 @@ class CeleryBackend:
         ``job_id_for(delivery_id)``; Celery does not deduplicate on it (see
         the module docstring).
         """
-        self._send(delivery_id, at=at, producer=None, queue=self._queue(queue))
+        self._send(delivery_id, at=at, producer=None, queue=queue_or(queue, self.queue))
 
     def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
         """Send jobs for several deliveries to ``queue``, due now, over one producer."""
-        name = self._queue(queue)
+        name = queue_or(queue, self.queue)
         if not delivery_ids:
             return
         with self.app.producer_or_acquire() as producer:
             for delivery_id in delivery_ids:
                 self._send(delivery_id, at=None, producer=producer, queue=name)
-
-    def _queue(self, name: str | None) -> str:
-        if name is None:
-            return self.queue
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"queue must be a non-empty str or None, got {name!r}")
-        return name
 
     def _send(self, delivery_id: UUID, *, at: datetime | None, producer: Any, queue: str) -> None:
         if not isinstance(delivery_id, UUID):
@@ -260,7 +253,7 @@ class CeleryBackend:
             result = engine.perform(delivery_id)
         except UnhandledOutcomeError as error:
             if error.run_at is not None:
-                queue = self._queue(error.queue)
+                queue = queue_or(error.queue, self.queue)
                 task.retry(eta=error.run_at, max_retries=None, queue=queue, throw=False)
             raise
         except Exception as error:
@@ -277,7 +270,7 @@ class CeleryBackend:
             case JobKind.ACK:
                 return f"{result.kind.value}: {result.detail}"
             case JobKind.RETRY | JobKind.DEFER:
-                queue = self._queue(result.queue)
+                queue = queue_or(result.queue, self.queue)
                 raise task.retry(eta=result.run_at, max_retries=None, queue=queue)
             case _:
                 assert_never(result.kind)

@@ -51,7 +51,7 @@ from uuid import UUID
 
 import attrs
 
-from chimeway_core._checks import seconds, whole
+from chimeway_core._checks import queue_or, seconds, whole
 from chimeway_core.clock import Clock, SystemClock, VirtualClock, ensure_aware
 from chimeway_core.errors import ChimewayError, UnhandledOutcomeError
 from chimeway_core.jobs import JobKind, JobResult, Performer, job_id_for
@@ -501,11 +501,7 @@ def _job_result(result: object) -> JobResult:
 
 def _queue_name(queue: object) -> str:
     """A queue's name: ``queue`` itself, or :data:`DEFAULT_QUEUE` for ``None``."""
-    if queue is None:
-        return DEFAULT_QUEUE
-    if not isinstance(queue, str) or not queue:
-        raise ValueError(f"queue must be a non-empty str or None, got {queue!r}")
-    return queue
+    return queue_or(queue, DEFAULT_QUEUE)
 
 
 def _served(queues: Sequence[str] | None) -> frozenset[str] | None:

@@ -82,7 +82,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 from uuid import UUID
 
-from chimeway_core._checks import seconds, whole
+from chimeway_core._checks import queue_or, seconds, whole
 from chimeway_core.clock import ensure_aware
 from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
@@ -233,10 +233,9 @@ class RQBackend:
 
     def _queue(self, name: str | None) -> rq.Queue:
         """The RQ queue called ``name`` on this backend's Redis (``None``: the default)."""
-        if name is None or name == self.queue_name:
+        name = queue_or(name, self.queue_name)
+        if name == self.queue_name:
             return self.queue
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"queue must be a non-empty str or None, got {name!r}")
         found = self._queues.get(name)
         if found is None:
             found = self._queues[name] = rq.Queue(

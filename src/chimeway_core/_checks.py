@@ -1,4 +1,4 @@
-"""Checks of the numbers given to constructors and entry points, in one wording.
+"""Checks of the numbers and queue names given to constructors and entry points, in one wording.
 
 A value of the wrong kind is a :class:`TypeError`, a number out of range a
 :class:`ValueError`; both name the argument. ``bool`` is never a number here
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["is_number", "seconds", "whole"]
+__all__ = ["is_number", "queue_or", "seconds", "whole"]
 
 
 def is_number(value: object) -> bool:
@@ -27,6 +27,18 @@ def seconds(name: str, value: object, *, positive: bool = False) -> float:
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return float(value)
+
+
+def queue_or(queue: object, default: str) -> str:
+    """The queue named ``queue``, a non-empty ``str``, or ``default`` for ``None``.
+
+    Anything else is a :class:`ValueError`, whatever its kind: the backends' one wording.
+    """
+    if queue is None:
+        return default
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"queue must be a non-empty str or None, got {queue!r}")
+    return queue
 
 
 def whole(name: str, value: object, *, minimum: int) -> int:
