@@ -129,6 +129,21 @@ class Stat:
         }
 
 
+class BenchCheckError(RuntimeError):
+    """A count a benchmark checks after a run was not what the run must leave."""
+
+
+def expect(what: str, expected: object, actual: object) -> None:
+    """Raise :class:`BenchCheckError` naming ``what`` unless ``actual == expected``.
+
+    Not ``assert``: a failed check must say which count was wrong (a bare
+    AssertionError in a smoke run under load said nothing), and ``-O`` must
+    not remove it.
+    """
+    if actual != expected:
+        raise BenchCheckError(f"{what}: expected {expected!r}, got {actual!r}")
+
+
 def interleave(cases: Mapping[str, Callable[[], float]], runs: int) -> dict[str, tuple[float, ...]]:
     """Run every case once per run, rotating which goes first; return the samples per case.
 

@@ -39,6 +39,7 @@ from _harness import (
     Results,
     SQLCounter,
     Target,
+    expect,
     interleave,
     log,
     postgres_database,
@@ -99,8 +100,12 @@ class RQBench:
         cls = drained(rq.Worker if forking else rq.SimpleWorker)
         worker = cls([queue], connection=self.connection, serializer=JSONSerializer)
         rate = n / burst_seconds(worker)
-        assert 0 == queue.count
-        assert n == queue.finished_job_registry.count
+        expect("raw RQ burst: jobs left on the queue", 0, queue.count)
+        expect(
+            "raw RQ burst: jobs in the finished registry",
+            n,
+            queue.finished_job_registry.get_job_count(cleanup=False),
+        )
         drop_rq_queue(queue)
         return rate
 
@@ -123,7 +128,7 @@ class RQBench:
         cls = drained(rq.Worker if forking else rq.SimpleWorker)
         worker = cls([queue], connection=self.connection, serializer=JSONSerializer)
         rate = n / burst_seconds(worker)
-        assert n == count_anchor_done(self.sql)
+        expect("anchor-A RQ burst: rows marked done", n, count_anchor_done(self.sql))
         drop_rq_queue(queue)
         return rate
 
@@ -162,7 +167,7 @@ class RQBench:
     def finish(self, engine: Chimeway, n: int) -> None:
         """Check every delivery succeeded, then drop the ledger and the queue."""
         counts = {(s.value, reason): c for (s, reason), c in engine.store.counts().items()}
-        assert {("succeeded", None): n} == counts, counts
+        expect("chimeway RQ burst: deliveries by status", {("succeeded", None): n}, counts)
         engine.store.drop_all()
         engine.store.engine.dispose()
         drop_rq_queue(engine.backend.queue)  # type: ignore[attr-defined]

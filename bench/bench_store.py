@@ -36,6 +36,7 @@ from _harness import (
     Config,
     Results,
     Target,
+    expect,
     interleave,
     log,
     per_second,
@@ -208,7 +209,7 @@ def bench_rq_enqueue(config: Config, results: Results) -> None:
     def chimeway() -> float:
         ids = [uuid.uuid4() for _ in range(n)]
         rate = per_second(n, lambda: backend.enqueue_many(ids))
-        assert n == backend.queue.count
+        expect("RQBackend.enqueue_many: jobs on the queue", n, backend.queue.count)
         drop_rq_keys(connection, name)
         return rate
 
@@ -222,7 +223,7 @@ def bench_rq_enqueue(config: Config, results: Results) -> None:
             )
 
         rate = per_second(n, enqueue)
-        assert n == raw_queue.count
+        expect("Queue.enqueue_many: jobs on the queue", n, raw_queue.count)
         drop_rq_keys(connection, name)
         return rate
 
