@@ -164,16 +164,22 @@ class UnsafeDestinationError(ChimewayError):
 
     Raised before any connection is made. ``host`` is the name that was
     resolved and ``address`` the refused IP; ``category`` says why (for
-    example ``"private"`` or ``"cloud-metadata"``). The message names the
-    address and the category but not the host, because a host may be derived
-    from a recipient (a webhook URL is often the recipient itself).
+    example ``"private"`` or ``"cloud-metadata"``). A port outside the
+    allowed ones is refused before resolving: ``category`` is ``"port"``,
+    ``port`` the refused port and ``address`` empty. The message names the
+    address (or port) and the category but not the host, because a host may
+    be derived from a recipient (a webhook URL is often the recipient itself).
     """
 
-    def __init__(self, host: str, address: str, category: str) -> None:
+    def __init__(self, host: str, address: str, category: str, *, port: int | None = None) -> None:
         self.host = host
         self.address = address
         self.category = category
-        super().__init__(f"refused destination: address {address} is {category}")
+        self.port = port
+        if port is None:
+            super().__init__(f"refused destination: address {address} is {category}")
+        else:
+            super().__init__(f"refused destination: port {port} is not allowed")
 
 
 class InvalidDeliveryError(ChimewayError, ValueError):

@@ -23,6 +23,9 @@ from chimeway_core.testing import make_delivery as kit_delivery
 
 CANARY = "canary-5ecr3t-0f-the-payl0ad"
 
+#: Every TCP port: the test servers listen on ports the default policy (80, 443) refuses.
+ANY_PORT = range(1, 65536)
+
 
 def make_delivery(
     *, payload: Any = None, recipient: str = "someone@example.com", channel: str = "test"

@@ -19,7 +19,15 @@ from chimeway_core.outcomes import Sent, TemporaryFailure, classify
 from chimeway_core.records import Delivery
 from chimeway_core.telemetry import LoggingSubscriber, MetaValue, Telemetry, TelemetryEvent
 
-from .conftest import CANARY, HTTPTestServer, Reply, SMTPTestServer, free_port, make_delivery
+from .conftest import (
+    ANY_PORT,
+    CANARY,
+    HTTPTestServer,
+    Reply,
+    SMTPTestServer,
+    free_port,
+    make_delivery,
+)
 
 # aiosmtpd (the *test server*) logs envelopes on its own logger; it is not chimeway.
 SERVER_LOGGERS = ("mail.log",)
@@ -96,6 +104,7 @@ def webhook(server: HTTPTestServer, address: str = "127.0.0.1") -> WebhookChanne
     return WebhookChannel(
         lambda d: f"http://{d.recipient.split('@')[0]}.example.test:{server.port}/hook",
         allow_networks=["127.0.0.1/32"],
+        allow_ports=ANY_PORT,
         resolver=lambda host, port: [address],
         read_timeout=0.3,
     )
@@ -141,6 +150,7 @@ def test_webhook_refusals_leak_nothing(
         WebhookChannel(
             lambda d: f"http://{d.recipient.split('@')[0]}.test:{free_port()}/",
             allow_private=True,
+            allow_ports=ANY_PORT,
             resolver=lambda host, port: ["127.0.0.1"],
         ),
         recorded,

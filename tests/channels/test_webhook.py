@@ -16,7 +16,7 @@ from chimeway_core.errors import MissingExtraError, OutcomeUnknownError
 from chimeway_core.outcomes import PermanentFailure, Sent, TemporaryFailure
 from chimeway_core.records import Delivery
 
-from .conftest import HTTPTestServer, Reply, free_port, make_delivery
+from .conftest import ANY_PORT, HTTPTestServer, Reply, free_port, make_delivery
 
 LOOPBACK = ["127.0.0.1/32"]
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -26,6 +26,7 @@ def channel(url: str | Callable[[Delivery], str], **kwargs: object) -> WebhookCh
     """A webhook channel allowed to reach loopback only, with short timeouts."""
     options: dict[object, object] = {
         "allow_networks": LOOPBACK,
+        "allow_ports": ANY_PORT,
         "connect_timeout": 1.0,
         "read_timeout": 0.5,
         "clock": lambda: NOW,

@@ -21,6 +21,7 @@ from chimeway_core.errors import UnsafeDestinationError
 
 __all__ = [
     "CLOUD_METADATA_ADDRESSES",
+    "DEFAULT_PORTS",
     "DestinationPolicy",
     "Resolver",
     "address_category",
@@ -33,14 +34,58 @@ IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: ``resolver(host, port) -> IP address strings``; injectable so tests never touch DNS.
 Resolver: TypeAlias = Callable[[str, int], Sequence[str]]
 
-#: Instance-metadata endpoints of the major clouds. Refused even with
-#: ``allow_private=True``: they hand out credentials, and no webhook lives there.
+#: Instance-metadata endpoints of the major clouds (AWS IMDS and its IPv6
+#: twin, ECS task and EKS Pod Identity credentials, Oracle's IMDS, Alibaba's).
+#: Refused even with ``allow_private=True``: they hand out credentials, and no
+#: webhook lives there. Only an explicit ``allow_networks`` entry opens one.
 CLOUD_METADATA_ADDRESSES: Final = frozenset(
     ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")
+    for a in (
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "169.254.170.2",
+        "169.254.170.23",
+        "fd00:ec2::23",
+        "192.0.0.192",
+        "100.100.100.200",
+    )
 )
 
+#: The ports a destination may have unless the channel is given others.
+DEFAULT_PORTS: Final = frozenset({80, 443})
+
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+#: RFC 8215's local-use NAT64 prefix: an operator picks the length (RFC 6052),
+#: so the IPv4 host it reaches is read at every length the /48 allows.
+_LOCAL_NAT64: Final = ipaddress.IPv6Network("64:ff9b:1::/48")
+_LOCAL_NAT64_LENGTHS: Final = (48, 56, 64, 96)
+
+#: Special-purpose ranges (IANA's registries) that are never a public
+#: destination, written out because CPython's ``is_global``/``is_private``
+#: learnt several of them only after 3.11 (192.0.0.0/24's parts, fec0::/10,
+#: 3fff::/20, 5f00::/16 ...): the verdict must not depend on the Python.
+_NON_PUBLIC_NETWORKS: Final = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "100.64.0.0/10",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "240.0.0.0/4",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "3fff::/20",
+        "5f00::/16",
+        "64:ff9b:1::/48",
+        "fc00::/7",
+        "fec0::/10",
+    )
+)
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -61,6 +106,20 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
+def _local_nat64_hosts(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 hosts a 64:ff9b:1::/48 address may reach, one per RFC 6052 prefix length."""
+    if address not in _LOCAL_NAT64:
+        return []
+    bits = f"{int(address):0128b}"
+    # RFC 6052: the IPv4 bits follow the prefix, skipping bits 64-71 ("u").
+    return [
+        ipaddress.IPv4Address(int((bits[length:64] + bits[72:])[:32], 2))
+        if length < 96
+        else ipaddress.IPv4Address(int(bits[96:], 2))
+        for length in _LOCAL_NAT64_LENGTHS
+    ]
+
+
 def address_category(address: IPAddress) -> str | None:
     """Why ``address`` is not a public destination, or ``None`` when it is one.
 
@@ -75,6 +134,8 @@ def address_category(address: IPAddress) -> str | None:
         embedded = _embedded_ipv4(address)
         if embedded is not None and (category := address_category(embedded)) is not None:
             return category
+        if any(h in CLOUD_METADATA_ADDRESSES for h in _local_nat64_hosts(address)):
+            return "cloud-metadata"
     checks: tuple[tuple[bool, str], ...] = (
         (address in CLOUD_METADATA_ADDRESSES, "cloud-metadata"),
         (address.is_unspecified, "unspecified"),
@@ -84,6 +145,7 @@ def address_category(address: IPAddress) -> str | None:
         (address.is_private, "private"),
         (address.is_reserved, "reserved"),
         (not address.is_global, "non-global"),
+        (any(address in network for network in _NON_PUBLIC_NETWORKS), "non-global"),
     )
     return next((name for refused, name in checks if refused), None)
 
@@ -98,6 +160,14 @@ def _to_networks(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
     return tuple(_to_network(v) for v in values)
 
 
+def _to_ports(values: Iterable[int]) -> frozenset[int]:
+    ports = frozenset(values)
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"allow_ports must hold TCP ports from 1 to 65535, got {port!r}")
+    return ports
+
+
 @attrs.frozen
 class DestinationPolicy:
     """Which resolved addresses may be connected to.
@@ -106,10 +176,20 @@ class DestinationPolicy:
     ``allow_networks`` passes, whatever it is. Otherwise ``allow_private=True``
     lets every non-public address pass *except* the cloud-metadata endpoints,
     which only an explicit ``allow_networks`` entry can open.
+
+    Whatever the address, the port must be one of ``allow_ports`` (by default
+    80 and 443): a webhook is a web server, and an open port list turns a
+    webhook into a probe of a public host's SSH, SMTP or database ports.
     """
 
     allow_private: bool = False
     allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks)
+    allow_ports: frozenset[int] = attrs.field(default=DEFAULT_PORTS, converter=_to_ports)
+
+    def check_port(self, host: str, port: int) -> None:
+        """Raise :class:`UnsafeDestinationError` unless ``port`` is allowed."""
+        if port not in self.allow_ports:
+            raise UnsafeDestinationError(host, "", "port", port=port)
 
     def _allowlisted(self, address: IPAddress) -> bool:
         candidates: list[IPAddress] = [address]

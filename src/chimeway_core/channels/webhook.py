@@ -17,7 +17,7 @@ What the answer means:
 408, 429, 5xx                             ``TemporaryFailure`` (``Retry-After`` kept)
 301, 302, 307, 308                        followed (POST kept), up to ``max_redirects``
 other 3xx and 4xx                         ``PermanentFailure``
-refused destination (SSRF)                ``PermanentFailure``, nothing connected
+refused destination or port (SSRF)        ``PermanentFailure``, nothing connected
 DNS failure, connect error or timeout     ``TemporaryFailure``: nothing was sent
 read/write timeout, dropped connection    raises :class:`~chimeway_core.errors.OutcomeUnknownError`
 ========================================  ==========================================
@@ -39,6 +39,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
 
 from chimeway_core.channels._destinations import (
+    DEFAULT_PORTS,
     DestinationPolicy,
     IPNetwork,
     Resolver,
@@ -123,7 +124,8 @@ class WebhookChannel:
     ``url`` is a fixed URL or ``url_for(delivery) -> str``. Destinations are
     refused unless public, see :class:`DestinationPolicy`: ``allow_private``
     and ``allow_networks`` open private ranges (tests use loopback this way).
-    ``resolver(host, port)`` replaces DNS. ``client`` is an
+    Every hop's port must be one of ``allow_ports`` (80 and 443 unless given
+    others), whatever its address. ``resolver(host, port)`` replaces DNS. ``client`` is an
     :class:`httpx.Client` to reuse (connection pooling, TLS settings); the
     channel never closes it and never lets it follow redirects. Without one, a
     short-lived client is made per ``send``, ignoring proxy environment
@@ -146,6 +148,7 @@ class WebhookChannel:
         headers: Mapping[str, str] | None = None,
         allow_private: bool = False,
         allow_networks: Iterable[str | IPNetwork] = (),
+        allow_ports: Iterable[int] = DEFAULT_PORTS,
         resolver: Resolver | None = None,
         client: httpx.Client | None = None,
         max_redirects: int = 3,
@@ -172,7 +175,7 @@ class WebhookChannel:
         ):
             raise TypeError("headers must be a mapping of str names to str values")
         self.headers = dict(headers or {})
-        self.policy = DestinationPolicy(allow_private, tuple(allow_networks))
+        self.policy = DestinationPolicy(allow_private, tuple(allow_networks), allow_ports)
         self.resolver: Resolver = resolver if resolver is not None else system_resolver
         self.client = client
         self.max_redirects = max_redirects
@@ -260,6 +263,7 @@ class WebhookChannel:
             return PermanentFailure("webhook URL has no host")
         port = url.port if url.port is not None else _DEFAULT_PORTS[url.scheme]
         try:
+            self.policy.check_port(url.host, port)
             address = self.policy.resolve(url.host, port, self.resolver)
         except UnsafeDestinationError as error:
             return PermanentFailure(str(error), provider_response={"refused": error.category})
