@@ -145,7 +145,7 @@ def test_disconnect_after_data_is_outcome_unknown(smtp_server: SMTPTestServer) -
 def test_header_injection_in_recipient_is_refused(smtp_server: SMTPTestServer) -> None:
     """A recipient with a newline fails permanently before connecting."""
     result = channel(smtp_server.port).send(delivery("a@b.test\r\nBcc: x@y.test"), "k")
-    assert PermanentFailure("cannot build the message (ValueError)") == result
+    assert PermanentFailure("recipient is not a single email address") == result
     assert [] == smtp_server.handler.messages
 
 
@@ -181,3 +181,67 @@ def test_a_wrong_argument_is_named(
     }
     with pytest.raises(error, match=message):
         SMTPChannel(**given)  # type: ignore[arg-type]
+
+
+REFUSED_RECIPIENTS = {
+    "jörg@example.com": "recipient is not an ASCII address (SMTPUTF8 is not supported)",
+    "alice@exämple.com": "recipient is not an ASCII address (SMTPUTF8 is not supported)",
+    "alice@example.com, bob@example.com": "recipient is not a single email address",
+    "alice@example.com,bob@example.com": "recipient is not a single email address",
+    "alice@example.com;bob@example.com": "recipient is not a single email address",
+    "Alice <alice@example.com>": "recipient is not a single email address",
+    "<alice@example.com>": "recipient is not a single email address",
+    '"alice smith"@example.com': "recipient is not a single email address",
+    "alice@[127.0.0.1]": "recipient is not a single email address",
+    "alice": "recipient is not a single email address",
+    "@example.com": "recipient is not a single email address",
+    "alice@": "recipient is not a single email address",
+    "alice@@example.com": "recipient is not a single email address",
+    "alice..smith@example.com": "recipient is not a single email address",
+    "alice@example..com": "recipient is not a single email address",
+    "alice@-example.com": "recipient is not a single email address",
+    "alice smith@example.com": "recipient is not a single email address",
+    "alice@example.com\nBcc: eve@example.com": "recipient is not a single email address",
+    f"{'a' * 65}@example.com": "recipient address is too long",
+    f"alice@{'.'.join(c * 60 for c in 'abcde')}.com": "recipient address is too long",
+}
+
+
+@pytest.mark.parametrize(("recipient", "problem"), REFUSED_RECIPIENTS.items())
+def test_a_recipient_no_server_could_take_fails_permanently_before_connecting(
+    recipient: str, problem: str
+) -> None:
+    """Not one plain ASCII address: permanent before any connection (nothing listens here)."""
+    result = channel(free_port()).send(delivery(recipient), "k")
+    assert PermanentFailure(problem) == result
+    assert recipient not in repr(result)
+
+
+def test_a_list_of_recipients_is_never_half_sent(smtp_server: SMTPTestServer) -> None:
+    """A comma-separated recipient reaches no RCPT TO and sends no message."""
+    result = channel(smtp_server.port).send(delivery("alice@example.com, bob@example.com"), "k")
+    assert (PermanentFailure("recipient is not a single email address"), []) == (
+        result,
+        smtp_server.handler.messages,
+    )
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["a.b+tag@sub.example.co.uk", "o'brien@example.ie", "x@localhost", f"{'a' * 64}@example.com"],
+)
+def test_plain_addresses_are_sent(smtp_server: SMTPTestServer, recipient: str) -> None:
+    """Ordinary addresses pass the check and reach the server (the control case)."""
+    result = channel(smtp_server.port).send(delivery(recipient), "k")
+    assert isinstance(result, Sent)
+    assert 1 == len(smtp_server.handler.messages)
+
+
+def test_header_injection_in_the_subject_is_refused(smtp_server: SMTPTestServer) -> None:
+    """A subject with a newline fails permanently before connecting; nothing is sent."""
+    smtp = channel(smtp_server.port, subject_for=lambda d: "Hi\r\nBcc: eve@example.com")
+    result = smtp.send(delivery(), "k")
+    assert (PermanentFailure("cannot build the message (ValueError)"), []) == (
+        result,
+        smtp_server.handler.messages,
+    )

@@ -14,7 +14,10 @@ is judged at the stage it came from:
 - connection refused, timeout or drop before DATA → ``TemporaryFailure``:
   nothing was sent;
 - a drop or timeout once DATA was sent → raises
-  :class:`~chimeway_core.errors.OutcomeUnknownError`.
+  :class:`~chimeway_core.errors.OutcomeUnknownError`;
+- a recipient that is not one plain ASCII address (non-ASCII, a list, a
+  display name, malformed) → ``PermanentFailure`` before connecting: no
+  retry can fix it, and a list must never be half-sent.
 
 SMTP has no idempotency keys, so the default guarantee is at-most-once: an
 unknown outcome is never sent again. The message still carries the key, in
@@ -55,6 +58,13 @@ __all__ = ["SMTPChannel", "message_id_for"]
 _ENHANCED: Final = re.compile(r"\s*([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 _QUEUE_ID: Final = re.compile(r"queued as ([A-Za-z0-9._-]{1,64})")
 _MAILBOX_CODES: Final = frozenset({550, 551, 553})
+#: One plain ASCII addr-spec (RFC 5321's dot-atom local part, a host name):
+#: no display name, no list, no quoting, no address literal.
+_ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_MAILBOX: Final = re.compile(rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@{_LABEL}(?:\.{_LABEL})*")
+_MAX_LOCAL: Final = 64
+_MAX_PATH: Final = 254
 #: Round trips of one send (greeting, EHLO, STARTTLS, EHLO, AUTH x2, MAIL, RCPT,
 #: DATA, end of data): ``timeout`` bounds each, so a send can take this many times it.
 _ROUND_TRIPS: Final = 10
@@ -64,6 +74,22 @@ def message_id_for(idempotency_key: str, domain: str) -> str:
     """A ``Message-ID`` that is the same for every send with the same key."""
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
     return f"<{digest}.chimeway@{domain}>"
+
+
+def _recipient_problem(recipient: str) -> str | None:
+    """Why ``recipient`` is not one mailbox this channel can send to, or ``None``.
+
+    Checked before connecting: a server would refuse it (or, for a list,
+    accept part of it), and retrying cannot make it valid.
+    """
+    if not recipient.isascii():
+        return "recipient is not an ASCII address (SMTPUTF8 is not supported)"
+    match = _MAILBOX.fullmatch(recipient)
+    if match is None:
+        return "recipient is not a single email address"
+    if len(match["local"]) > _MAX_LOCAL or len(recipient) > _MAX_PATH:
+        return "recipient address is too long"
+    return None
 
 
 def _reply_text(reply: bytes | str) -> str:
@@ -165,10 +191,12 @@ class SMTPChannel:
 
     def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
         """Send one email; see the module docstring for how replies are classified."""
+        if (problem := _recipient_problem(delivery.recipient)) is not None:
+            return PermanentFailure(problem)
         try:
             data = self.build_message(delivery, idempotency_key).as_bytes()
         except (ValueError, TypeError) as error:
-            # e.g. a newline in the recipient: a header injection attempt or bad data.
+            # e.g. a subject with a newline: a header injection attempt or bad data.
             return PermanentFailure(f"cannot build the message ({type(error).__name__})")
         try:
             connection = smtplib.SMTP(
