@@ -55,6 +55,7 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = attrs.field(factory=dict)
     action: str = "respond"  # "respond", "hang" (never answer) or "close" (drop, no answer)
+    # "drip": the answer's head one byte every 0.2 s, for 15 s at the most (a slow-drip attack)
 
 
 @attrs.define
@@ -110,6 +111,17 @@ def http_server() -> Iterator[HTTPTestServer]:
                 return
             if reply.action == "close":
                 self.close_connection = True
+                return
+            if reply.action == "drip":
+                self.close_connection = True
+                for byte in b"HTTP/1.1 200 OK\r\nX-Drip: " + b"a" * 73:
+                    if release.wait(0.2):
+                        return
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:
+                        return
                 return
             self.send_response(reply.status)
             for name, value in reply.headers.items():

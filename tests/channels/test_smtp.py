@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from email.policy import default as default_policy
 
 import pytest
@@ -245,3 +250,91 @@ def test_header_injection_in_the_subject_is_refused(smtp_server: SMTPTestServer)
         result,
         smtp_server.handler.messages,
     )
+
+
+#: Slack for a loaded machine: a cut-off send ends well within it, a dripped one
+#: (15 s) never does.
+DEADLINE_SLACK = 5.0
+
+
+@pytest.fixture
+def dripping_smtp() -> Iterator[Callable[[str], int]]:
+    """Start a scripted SMTP server that drips one reply a byte every 0.2 s; returns its port.
+
+    ``"greeting"`` drips the 220 greeting; ``"data"`` answers EHLO, MAIL, RCPT
+    and DATA at once, reads the message, then drips the reply to it (a
+    multi-line 250, so a reply cut short is never read as an acceptance). A drip
+    stops after 15 s, when the client hangs up, or at teardown.
+    """
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    listeners: list[socket.socket] = []
+
+    def drip(conn: socket.socket, text: bytes) -> None:
+        for byte in text:
+            if stop.wait(0.2):
+                return
+            conn.sendall(bytes([byte]))
+
+    def serve(listener: socket.socket, stage: str) -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            reader = conn.makefile("rb")
+            if stage == "greeting":
+                drip(conn, b"220 " + b"a" * 72 + b"\r\n")
+                return
+            conn.sendall(b"220 ready\r\n")
+            while line := reader.readline():
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    while reader.readline() not in {b".\r\n", b""}:
+                        pass
+                    # A continuation line, so a reply cut short is never read as a 250.
+                    conn.sendall(b"250-")
+                    drip(conn, b"a" * 72 + b"\r\n250 ok\r\n")
+                    return
+                conn.sendall(b"221 bye\r\n" if verb == b"QUIT" else b"250 ok\r\n")
+
+    def start(stage: str) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+        thread = threading.Thread(target=serve, args=(listener, stage), daemon=True)
+        thread.start()
+        threads.append(thread)
+        return int(listener.getsockname()[1])
+
+    yield start
+    stop.set()
+    for listener in listeners:
+        listener.close()
+    for thread in threads:
+        thread.join(5)
+
+
+def test_a_dripping_greeting_is_cut_off_at_the_channel_timeout(
+    dripping_smtp: Callable[[str], int],
+) -> None:
+    """A server dripping its greeting cannot hold a send past ``timeout``; nothing was sent."""
+    smtp = channel(dripping_smtp("greeting"), timeout=0.3)  # a whole send: 3 s
+    started = time.monotonic()
+    result = smtp.send(delivery(), "k")
+    elapsed = time.monotonic() - started
+    # Cut mid-greeting, smtplib reads the partial line as a 220 and fails at EHLO.
+    assert isinstance(result, TemporaryFailure)
+    assert result.message.endswith(": not complete within the channel's timeout of 3 s")
+    assert 3.0 <= elapsed < 3.0 + DEADLINE_SLACK
+
+
+def test_a_dripping_answer_to_data_is_cut_off_as_outcome_unknown(
+    dripping_smtp: Callable[[str], int],
+) -> None:
+    """After DATA, a drip cut at ``timeout`` is an unknown outcome: the mail may be queued."""
+    smtp = channel(dripping_smtp("data"), timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(
+        OutcomeUnknownError,
+        match=r"SMTP connection lost after DATA: not complete within the channel's timeout of 3 s$",
+    ):
+        smtp.send(delivery(), "k")
+    assert time.monotonic() - started < 3.0 + DEADLINE_SLACK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -271,3 +272,76 @@ def test_a_wrong_argument_is_named_without_echoing_the_url(
         WebhookChannel(**given)  # type: ignore[arg-type]
     assert "s3cret" not in str(raised.value)
     assert "files.example.com" not in str(raised.value)
+
+
+#: Slack for a loaded machine: a cut-off send ends well within it, a dripped one
+#: (15 s) never does.
+DEADLINE_SLACK = 5.0
+
+
+@pytest.mark.parametrize("own_client", [False, True])
+def test_a_dripping_endpoint_is_cut_off_at_the_channel_timeout(
+    http_server: HTTPTestServer, own_client: bool
+) -> None:
+    """One byte per read timeout cannot hold a send past ``timeout``, pooled client or not."""
+    import httpx
+
+    http_server.replies["/hook"] = Reply(action="drip")
+    with httpx.Client() as client:
+        webhook = channel(
+            http_server.url(),
+            read_timeout=1.0,
+            timeout=1.5,
+            client=client if own_client else None,
+        )
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknownError, match=r"within the channel's timeout of 1\.5 s"):
+            webhook.send(make_delivery(), "key-1")
+        elapsed = time.monotonic() - started
+    assert 1.5 <= elapsed < 1.5 + DEADLINE_SLACK
+    (request,) = http_server.received
+    assert "close" == request.headers["Connection"]
+
+
+def test_the_deadline_spans_redirects(http_server: HTTPTestServer) -> None:
+    """A redirect does not restart the clock: the hop after it is cut at the same deadline."""
+    http_server.replies["/hook"] = Reply(307, {"Location": "/drip"})
+    http_server.replies["/drip"] = Reply(action="drip")
+    webhook = channel(http_server.url(), read_timeout=1.0, timeout=1.5)
+    started = time.monotonic()
+    with pytest.raises(OutcomeUnknownError, match="channel's timeout"):
+        webhook.send(make_delivery(), "key-1")
+    assert time.monotonic() - started < 1.5 + DEADLINE_SLACK
+    assert ["/hook", "/drip"] == [r.path for r in http_server.received]
+
+
+def test_redirects_that_use_up_the_timeout_end_the_send() -> None:
+    """Past the deadline between hops, no next request is made: temporary, nothing sent."""
+    import httpx
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        time.sleep(0.3)
+        return httpx.Response(307, headers={"Location": "/next"})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        webhook = WebhookChannel(
+            "https://hooks.example.test/hook",
+            resolver=lambda host, port: ["93.184.216.34"],
+            client=client,
+            timeout=0.2,
+        )
+        result = webhook.send(make_delivery(), "key-1")
+    assert (TemporaryFailure("redirects used up the channel's timeout of 0.2 s"), ["/hook"]) == (
+        result,
+        seen,
+    )
+
+
+def test_an_explicit_timeout_is_the_deadline() -> None:
+    """``timeout`` given replaces the per-hop sum, and is checked like the others."""
+    assert 7.5 == WebhookChannel("https://example.com/", timeout=7.5).timeout
+    with pytest.raises(ValueError, match="timeout must be"):
+        WebhookChannel("https://example.com/", timeout=0)

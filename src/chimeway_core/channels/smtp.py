@@ -15,6 +15,10 @@ is judged at the stage it came from:
   nothing was sent;
 - a drop or timeout once DATA was sent → raises
   :class:`~chimeway_core.errors.OutcomeUnknownError`;
+- the channel's ``timeout`` passed → the same as a drop at that stage:
+  it is a deadline for the whole send (every round trip, STARTTLS
+  included), enforced by :class:`~chimeway_core.channels._deadline.Deadline`,
+  so a server that drips one byte per socket timeout cannot hold a worker;
 - a recipient that is not one plain ASCII address (non-ASCII, a list, a
   display name, malformed) → ``PermanentFailure`` before connecting: no
   retry can fix it, and a list must never be half-sent.
@@ -34,13 +38,15 @@ import contextlib
 import hashlib
 import re
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
-from typing import Final
+from typing import Any, Final
 
+from chimeway_core.channels._deadline import Deadline
 from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
 from chimeway_core.errors import OutcomeUnknownError
 from chimeway_core.outcomes import (
@@ -74,6 +80,19 @@ def message_id_for(idempotency_key: str, domain: str) -> str:
     """A ``Message-ID`` that is the same for every send with the same key."""
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
     return f"<{digest}.chimeway@{domain}>"
+
+
+class _WatchedSMTP(smtplib.SMTP):
+    """smtplib's client, each socket of which its send's deadline can cut."""
+
+    def __init__(self, deadline: Deadline, host: str, port: int, **options: Any) -> None:
+        self._deadline = deadline  # before connecting, which the constructor does
+        super().__init__(host, port, **options)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self._deadline.watch(sock)
+        return sock
 
 
 def _recipient_problem(recipient: str) -> str | None:
@@ -122,7 +141,8 @@ class SMTPChannel:
     """Sends ``delivery.recipient`` one email built by ``subject_for`` and ``body_for``.
 
     ``timeout`` is the socket timeout of each SMTP round trip; the channel's
-    :attr:`timeout` is the worst case of a whole send. ``starttls=True``
+    :attr:`timeout` (ten of them) is the deadline of a whole send, past which
+    its connection is cut. ``starttls=True``
     upgrades the connection (with ``ssl_context`` or the default context)
     before logging in with ``username``/``password``, if given. Guarantee:
     at-most-once by default, see the module docstring.
@@ -198,25 +218,35 @@ class SMTPChannel:
         except (ValueError, TypeError) as error:
             # e.g. a subject with a newline: a header injection attempt or bad data.
             return PermanentFailure(f"cannot build the message ({type(error).__name__})")
-        try:
-            connection = smtplib.SMTP(
-                self.host,
-                self.port,
-                local_hostname=self.local_hostname,
-                timeout=self.socket_timeout,
-            )
-        except smtplib.SMTPConnectError as error:
-            return _classify_reply(error.smtp_code, error.smtp_error, "connect", mailbox=False)
-        except OSError as error:
-            return TemporaryFailure(f"SMTP connection failed ({type(error).__name__})")
-        try:
-            return self._transact(connection, delivery.recipient, data)
-        finally:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                connection.quit()
-            connection.close()
+        with Deadline(self.timeout) as deadline:
+            try:
+                connection = _WatchedSMTP(
+                    deadline,
+                    self.host,
+                    self.port,
+                    local_hostname=self.local_hostname,
+                    timeout=self.socket_timeout,
+                )
+            except smtplib.SMTPConnectError as error:
+                return _classify_reply(error.smtp_code, error.smtp_error, "connect", mailbox=False)
+            except OSError as error:
+                return TemporaryFailure(self._failed("SMTP connection failed", error, deadline))
+            try:
+                return self._transact(connection, delivery.recipient, data, deadline)
+            finally:
+                if not deadline.expired:
+                    with contextlib.suppress(smtplib.SMTPException, OSError):
+                        connection.quit()
+                connection.close()
 
-    def _transact(self, connection: smtplib.SMTP, recipient: str, data: bytes) -> ChannelResult:
+    def _failed(self, what: str, error: BaseException, deadline: Deadline) -> str:
+        if deadline.expired:
+            return f"{what}: not complete within the channel's timeout of {self.timeout:g} s"
+        return f"{what} ({type(error).__name__})"
+
+    def _transact(
+        self, connection: smtplib.SMTP, recipient: str, data: bytes, deadline: Deadline
+    ) -> ChannelResult:
         try:
             connection.ehlo_or_helo_if_needed()
             if self.starttls:
@@ -235,7 +265,9 @@ class SMTPChannel:
         except smtplib.SMTPResponseException as error:
             return _classify_reply(error.smtp_code, error.smtp_error, "session", mailbox=False)
         except (smtplib.SMTPException, OSError) as error:
-            return TemporaryFailure(f"SMTP session failed before DATA ({type(error).__name__})")
+            return TemporaryFailure(
+                self._failed("SMTP session failed before DATA", error, deadline)
+            )
         try:
             code, reply = connection.data(data)
         except smtplib.SMTPDataError as error:
@@ -243,6 +275,6 @@ class SMTPChannel:
         except (smtplib.SMTPException, OSError) as error:
             # DATA went out: the server may have queued the message before dropping.
             raise OutcomeUnknownError(
-                f"SMTP connection lost after DATA ({type(error).__name__})"
+                self._failed("SMTP connection lost after DATA", error, deadline)
             ) from error
         return _classify_reply(code, reply, "data", mailbox=True)

@@ -20,7 +20,16 @@ other 3xx and 4xx                         ``PermanentFailure``
 refused destination or port (SSRF)        ``PermanentFailure``, nothing connected
 DNS failure, connect error or timeout     ``TemporaryFailure``: nothing was sent
 read/write timeout, dropped connection    raises :class:`~chimeway_core.errors.OutcomeUnknownError`
+``timeout`` passed before an answer       raises ``OutcomeUnknownError`` (``TemporaryFailure``
+                                          if no request had left)
 ========================================  ==========================================
+
+``timeout`` is a deadline for the whole exchange — connecting, TLS, writing,
+every byte of the answer's head, every redirect hop — enforced by
+:class:`~chimeway_core.channels._deadline.Deadline`: per-operation timeouts
+alone let an endpoint that drips one byte per read timeout hold a worker past
+its lease. For that, a send never reuses a pooled connection (each request
+says ``Connection: close``), so every socket it uses is one it opened.
 
 Nothing the provider says is echoed beyond the status code and a short,
 sanitised message id header; the payload, the recipient and the URL (which
@@ -38,6 +47,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
 
+from chimeway_core.channels._deadline import Deadline
 from chimeway_core.channels._destinations import (
     DEFAULT_PORTS,
     DestinationPolicy,
@@ -133,7 +143,9 @@ class WebhookChannel:
     dropped on a cross-origin redirect, since they often carry credentials.
 
     ``connect_timeout``, ``write_timeout`` and ``read_timeout`` are httpx's
-    per-operation timeouts; :attr:`timeout` is the worst case of a whole send.
+    per-operation timeouts. ``timeout`` is the deadline of a whole send,
+    redirects included (by default the per-operation timeouts of every hop
+    added up); past it the send is cut off, see the module docstring.
     """
 
     exception_class = ErrorClass.TEMPORARY
@@ -145,6 +157,7 @@ class WebhookChannel:
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
         write_timeout: float = 10.0,
+        timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
         allow_private: bool = False,
         allow_networks: Iterable[str | IPNetwork] = (),
@@ -183,7 +196,11 @@ class WebhookChannel:
         self.guarantee = DeliveryGuarantee(guarantee)
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
         per_hop = self.connect_timeout + self.write_timeout + self.read_timeout
-        self.timeout = per_hop * (max_redirects + 1)
+        self.timeout = (
+            per_hop * (max_redirects + 1)
+            if timeout is None
+            else positive_seconds("timeout", timeout)
+        )
 
     def __repr__(self) -> str:
         # Never the URL: it may embed a token or be built from the recipient.
@@ -202,16 +219,11 @@ class WebhookChannel:
             url = httpx.URL(raw_url)
         except httpx.InvalidURL:
             return PermanentFailure("invalid webhook URL")
-        timeout = httpx.Timeout(
-            connect=self.connect_timeout,
-            read=self.read_timeout,
-            write=self.write_timeout,
-            pool=self.connect_timeout,
-        )
-        if self.client is not None:
-            return self._post(self.client, url, body, idempotency_key, timeout)
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            return self._post(client, url, body, idempotency_key, timeout)
+        with Deadline(self.timeout) as deadline:
+            if self.client is not None:
+                return self._post(self.client, url, body, idempotency_key, deadline)
+            with httpx.Client(follow_redirects=False, trust_env=False) as client:
+                return self._post(client, url, body, idempotency_key, deadline)
 
     def _post(
         self,
@@ -219,7 +231,7 @@ class WebhookChannel:
         url: httpx.URL,
         body: bytes,
         idempotency_key: str,
-        timeout: httpx.Timeout,
+        deadline: Deadline,
     ) -> ChannelResult:
         import httpx  # noqa: PLC0415 - see send()
 
@@ -227,7 +239,11 @@ class WebhookChannel:
         hops = 0
         while True:
             same_origin = (url.scheme, url.host, url.port) == origin
-            outcome = self._post_once(client, url, body, idempotency_key, timeout, same_origin)
+            if deadline.expired:
+                return TemporaryFailure(
+                    f"redirects used up the channel's timeout of {self.timeout:g} s"
+                )
+            outcome = self._post_once(client, url, body, idempotency_key, deadline, same_origin)
             if not isinstance(outcome, httpx.Response):
                 return outcome
             status, location = outcome.status_code, outcome.headers.get("location")
@@ -252,7 +268,7 @@ class WebhookChannel:
         url: httpx.URL,
         body: bytes,
         idempotency_key: str,
-        timeout: httpx.Timeout,
+        deadline: Deadline,
         same_origin: bool,
     ) -> ChannelResult | httpx.Response:
         import httpx  # noqa: PLC0415 - see send()
@@ -277,15 +293,23 @@ class WebhookChannel:
                 "Content-Type": "application/json",
                 "Idempotency-Key": idempotency_key,
                 "User-Agent": "chimeway",
+                "Connection": "close",
             }
         )
-        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        extensions: dict[str, object] = {"trace": deadline.trace}
+        if url.scheme == "https":
+            extensions["sni_hostname"] = url.host
         request = client.build_request(
             "POST",
             url.copy_with(host=str(address)),
             content=body,
             headers=headers,
-            timeout=timeout,
+            timeout=httpx.Timeout(
+                connect=deadline.clamp(self.connect_timeout),
+                read=deadline.clamp(self.read_timeout),
+                write=deadline.clamp(self.write_timeout),
+                pool=deadline.clamp(self.connect_timeout),
+            ),
             extensions=extensions,
         )
         try:
@@ -296,6 +320,11 @@ class WebhookChannel:
             return PermanentFailure("webhook URL protocol is not supported")
         except httpx.TransportError as error:
             # The request (or part of it) left; whether the provider acted is unknown.
+            if deadline.expired:
+                raise OutcomeUnknownError(
+                    f"webhook answer not complete within the channel's timeout of "
+                    f"{self.timeout:g} s ({type(error).__name__})"
+                ) from error
             raise OutcomeUnknownError(
                 f"webhook request sent but no response received ({type(error).__name__})"
             ) from error
