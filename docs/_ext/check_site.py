@@ -1,0 +1,55 @@
+"""Check a built site: no raw Sphinx role on any page, nothing loaded from another host.
+
+Run by the ``docs`` nox session after the strict build (``python
+docs/_ext/check_site.py site``); exits non-zero and lists each offence. The
+roles would mean docs/_ext/roles.py missed a form; an external script or
+stylesheet would mean the site no longer works offline (Mermaid, fonts).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+#: An inline Sphinx role left as text (``:class:`` followed by code or a backtick).
+RAW_ROLE = re.compile(r":(?:py:)?(?:class|meth|attr|func|data|exc|mod|obj|const|type):(?:`|<code>)")
+#: A script, stylesheet or preconnect hint that points at another host.
+EXTERNAL_ASSET = re.compile(
+    r"<(?:script[^>]*\ssrc|link[^>]*\shref)=[\"']?(?:https?:)?//[^\"'\s>]+", re.IGNORECASE
+)
+
+
+def offences(page: str) -> Iterator[str]:
+    """Yield what is wrong with one page's HTML, one line each."""
+    for match in RAW_ROLE.finditer(page):
+        yield f"raw role {match.group(0)!r}"
+    for match in EXTERNAL_ASSET.finditer(page):
+        yield f"external asset {match.group(0)!r}"
+
+
+def check(site: Path) -> list[str]:
+    """Return every offence of the site's pages, prefixed by the page's path."""
+    return [
+        f"{page.relative_to(site)}: {offence}"
+        for page in sorted(site.rglob("*.html"))
+        for offence in offences(page.read_text(encoding="utf-8"))
+    ]
+
+
+def main(argv: list[str]) -> int:
+    """Check the site folder given as the only argument."""
+    (folder,) = argv or ["site"]
+    site = Path(folder)
+    if not any(site.rglob("*.html")):
+        print(f"check_site: no page under {site}/: build the site first", file=sys.stderr)
+        return 2
+    found = check(site)
+    for line in found:
+        print(line, file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,94 @@
+"""The built site works offline: Mermaid is served locally and the site check catches regressions.
+
+Building the site is slow, so these tests pin the mechanism: mkdocs.yml wires
+the hook and the script it serves, the hook uses its cache before any network
+and says how to fix a machine without npm, and docs/_ext/check_site.py flags a
+raw role or an asset from another host.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        f"docs_ext_{name}", ROOT / "docs/_ext" / f"{name}.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_site = _load("check_site")
+
+
+@pytest.mark.parametrize(
+    ("html", "expected"),
+    [
+        ('<p>Use <a href="#x"><code>Chimeway</code></a>.</p>', []),
+        ('<script src="../assets/vendor/mermaid.min.js"></script>', []),
+        ("<p>See :class:<code>Chimeway</code>.</p>", ["raw role ':class:<code>'"]),
+        ("<p>See :py:meth:`run`.</p>", ["raw role ':py:meth:`'"]),
+        (
+            '<script src="https://unpkg.com/mermaid@11/dist/mermaid.min.js"></script>',
+            ["external asset '<script src=\"https://unpkg.com/mermaid@11/dist/mermaid.min.js'"],
+        ),
+        (
+            '<link rel="stylesheet" href="//fonts.example/css">',
+            ['external asset \'<link rel="stylesheet" href="//fonts.example/css\''],
+        ),
+    ],
+)
+def test_check_site_flags_raw_roles_and_external_assets(html: str, expected: list[str]) -> None:
+    """A page passes when it has neither a raw role nor an asset from another host."""
+    assert expected == list(check_site.offences(html))
+
+
+def test_check_site_reports_each_page(tmp_path: Path) -> None:
+    """The check names the page of each offence and fails only when there is one."""
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "index.html").write_text("<p>fine</p>", encoding="utf-8")
+    (tmp_path / "index.html").write_text("<p>:func:`decide`</p>", encoding="utf-8")
+    assert ["index.html: raw role ':func:`'"] == check_site.check(tmp_path)
+    assert 1 == check_site.main([str(tmp_path)])
+    (tmp_path / "index.html").write_text("<p>fine</p>", encoding="utf-8")
+    assert 0 == check_site.main([str(tmp_path)])
+
+
+def test_mkdocs_yml_serves_the_hooks_script() -> None:
+    """mkdocs.yml runs the hook and loads the very path the hook serves, on every page."""
+    pytest.importorskip("mkdocs")  # the docs dependency group brings it
+    offline = _load("offline_mermaid")
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert "  - docs/_ext/offline_mermaid.py\n" in config
+    assert f"extra_javascript:\n  - {offline.SITE_PATH}\n" in config
+
+
+def test_hook_uses_its_cache_without_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached release is served as is; with no cache and no npm the build says how to fix it."""
+    pytest.importorskip("mkdocs")
+    offline = _load("offline_mermaid")
+    from mkdocs.exceptions import PluginError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(offline.shutil, "which", lambda _: None)
+    with pytest.raises(PluginError, match=r"install Node\.js's npm"):
+        offline.ensure_mermaid()
+    folder = offline.cache_dir()
+    folder.mkdir(parents=True)
+    for name in offline.WANTED.values():
+        (folder / name).write_text(name, encoding="utf-8")
+    assert folder == offline.ensure_mermaid()
+    assert tmp_path in folder.parents
+    assert offline.VERSION in folder.name
