@@ -45,6 +45,11 @@ check_site = _load("check_site")
             ["external asset '<script src=\"https://unpkg.com/mermaid@11/dist/mermaid.min.js'"],
         ),
         (
+            '<span title="chimeway_core.ledger._rows.to_delivery">to_delivery</span>',
+            ["private path 'chimeway_core.ledger._rows'"],
+        ),
+        ("<code>chimeway_core.engine.__init__</code> <code>self._lock</code>", []),
+        (
             '<link rel="stylesheet" href="//fonts.example/css">',
             ['external asset \'<link rel="stylesheet" href="//fonts.example/css\''],
         ),
@@ -64,6 +69,8 @@ def test_check_site_reports_each_page(tmp_path: Path) -> None:
     assert 1 == check_site.main([str(tmp_path)])
     (tmp_path / "index.html").write_text("<p>fine</p>", encoding="utf-8")
     assert 0 == check_site.main([str(tmp_path)])
+    (tmp_path / "index.html").write_text(f"<p>{tmp_path}/src/x.py</p>", encoding="utf-8")
+    assert [f"index.html: absolute path {str(tmp_path)!r}"] == check_site.check(tmp_path, tmp_path)
 
 
 def test_mkdocs_yml_serves_the_hooks_script() -> None:
