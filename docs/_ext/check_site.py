@@ -18,6 +18,8 @@ from pathlib import Path
 
 #: An inline Sphinx role left as text (``:class:`` followed by code or a backtick).
 RAW_ROLE = re.compile(r":(?:py:)?(?:class|meth|attr|func|data|exc|mod|obj|const|type):(?:`|<code>)")
+#: A reST literal-block marker left at the end of a paragraph ("the delay is::").
+LITERAL_MARKER = re.compile(r"[^\s:]::</p>")
 #: A dotted path through one of chimeway's private modules (dunder names are fine).
 PRIVATE_PATH = re.compile(r"\bchimeway_(?:core|backends)(?:\.\w+)*?\._[a-z]\w*")
 #: A script, stylesheet or preconnect hint that points at another host.
@@ -33,6 +35,8 @@ def offences(page: str, checkout: str | None = None) -> Iterator[str]:
     """
     for match in RAW_ROLE.finditer(page):
         yield f"raw role {match.group(0)!r}"
+    for match in LITERAL_MARKER.finditer(page):
+        yield f"literal-block marker {match.group(0)!r}"
     for match in PRIVATE_PATH.finditer(page):
         yield f"private path {match.group(0)!r}"
     if checkout and checkout in page:

@@ -20,6 +20,9 @@ Theory of operation:
 - A path through a private module (``pkg._impl.Name``) is replaced by the public
   path that re-exports it (``pkg.Name``) when that exists, so no private path
   reaches the page, not even in a link's tooltip; otherwise the role is plain code.
+- A line ending in reST's literal-block marker ``::`` shows one colon (or none
+  after a space), as Sphinx shows it; the indented block after it is code in
+  Markdown too.
 - A resolved target becomes an *optional* mkdocs-autorefs reference: a link when
   some page documents that object, plain code when none does. A name that does
   not resolve to one of the documented packages (``ValueError``,
@@ -51,6 +54,9 @@ Resolver = Callable[[str], "str | None"]
 def rewrite(text: str, resolve: Resolver) -> str:
     """Return ``text`` with every inline role replaced by Markdown, fenced code left alone.
 
+    A reST literal-block marker (a line ending in ``::``) loses its extra colon,
+    as reST shows it.
+
     ``resolve`` receives the role's target (no ``~``, ``!`` or ``()``) and returns
     the identifier to link to, or ``None`` to render the role as plain code.
     Running it again on its own output changes nothing.
@@ -61,9 +67,20 @@ def rewrite(text: str, resolve: Resolver) -> str:
         if FENCE.match(line):
             fenced = not fenced
             continue
-        if not fenced and ":`" in line:
-            lines[index] = ROLE.sub(lambda match: _replace(match, resolve), line)
+        if fenced:
+            continue
+        linked = ROLE.sub(lambda match: _replace(match, resolve), line) if ":`" in line else line
+        lines[index] = _literal_marker(linked)
     return "\n".join(lines)
+
+
+def _literal_marker(line: str) -> str:
+    # reST: "text::" shows "text:", "text ::" and a lone "::" show nothing; the
+    # indented block after it is code in Markdown as it is in reST.
+    if not line.endswith("::") or line.endswith(":::"):
+        return line
+    before = line[:-2]
+    return before.rstrip() if not before.strip() or before[-1].isspace() else f"{before}:"
 
 
 def _replace(match: re.Match[str], resolve: Resolver) -> str:
@@ -128,7 +145,9 @@ class SphinxRoles(griffe.Extension):
         """Rewrite the docstrings of ``pkg`` once it is completely loaded."""
         collection = loader.modules_collection
         for obj in _walk(pkg):
-            if obj.docstring is not None and ":`" in obj.docstring.value:
+            if obj.docstring is not None and (
+                ":`" in obj.docstring.value or "::" in obj.docstring.value
+            ):
                 obj.docstring.value = rewrite(
                     obj.docstring.value,
                     lambda target, obj=obj: self._resolve(obj, target, collection),

@@ -40,6 +40,8 @@ check_site = _load("check_site")
         ('<script src="../assets/vendor/mermaid.min.js"></script>', []),
         ("<p>See :class:<code>Chimeway</code>.</p>", ["raw role ':class:<code>'"]),
         ("<p>See :py:meth:`run`.</p>", ["raw role ':py:meth:`'"]),
+        ("<p>the delay is::</p>", ["literal-block marker 's::</p>'"]),
+        ("<pre><code>::: chimeway_core.engine</code></pre><p>a: b</p>", []),
         (
             '<script src="https://unpkg.com/mermaid@11/dist/mermaid.min.js"></script>',
             ["external asset '<script src=\"https://unpkg.com/mermaid@11/dist/mermaid.min.js'"],

@@ -69,6 +69,22 @@ def test_rewrite_leaves_fences_fields_and_its_own_output_alone() -> None:
     assert once == roles.rewrite(once, lambda target: f"pkg.{target}")
 
 
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("the delay is::", "the delay is:"),
+        ("the delay ::", "the delay"),
+        ("    ::", ""),
+        ("::: chimeway_core.engine", "::: chimeway_core.engine"),
+        ("ends in :::", "ends in :::"),
+        ("a: b", "a: b"),
+    ],
+)
+def test_literal_block_marker_shows_as_sphinx_shows_it(written: str, expected: str) -> None:
+    """A line ending in reST's ``::`` keeps one colon, or none after a space."""
+    assert expected == roles.rewrite(written, lambda _: None)
+
+
 def test_public_path_replaces_private_modules() -> None:
     """A private module's path becomes the package path that re-exports it, if one does."""
     exists = {"pkg.sub.Name", "pkg.Other"}.__contains__
