@@ -34,6 +34,7 @@ Registered in ``mkdocs.yml`` under the Python handler's ``extensions``;
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -150,11 +151,11 @@ class SphinxRoles(griffe.Extension):
             ):
                 obj.docstring.value = rewrite(
                     obj.docstring.value,
-                    lambda target, obj=obj: self._resolve(obj, target, collection),
+                    functools.partial(self._resolve, obj, collection=collection),
                 )
 
     def _resolve(
-        self, obj: griffe.Object, target: str, collection: griffe.ModulesCollection
+        self, obj: griffe.Object, target: str, *, collection: griffe.ModulesCollection
     ) -> str | None:
         head, _, rest = target.partition(".")
         try:
