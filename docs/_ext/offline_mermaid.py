@@ -5,9 +5,10 @@ from a CDN unless a global ``mermaid`` is already defined. This MkDocs hook
 defines it: the pinned Mermaid release is fetched once from the npm registry
 with ``npm pack`` (the tarball's integrity checked against :data:`INTEGRITY`),
 cached under the user's cache directory, and added to the site as
-``assets/vendor/mermaid.min.js``, which ``mkdocs.yml`` lists in
-``extra_javascript``; Mermaid's licence is published beside it. Nothing is
-committed and nothing lands in the work tree.
+``assets/vendor/mermaid.min.js``, with Mermaid's licence beside it. Each page
+that draws a diagram loads it (before Material looks for ``mermaid``, which it
+does once the page has loaded); the other pages do not pay for its 3.5 MB.
+Nothing is committed and nothing lands in the work tree.
 
 A fresh machine needs only Node.js's ``npm`` on the path, for the first build.
 To move to a newer Mermaid, change :data:`VERSION` and :data:`INTEGRITY` together
@@ -27,6 +28,8 @@ from typing import Any
 
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
+from mkdocs.utils import get_relative_url
 
 #: The Mermaid release served (mkdocs-material expects the 11.x API).
 VERSION = "11.17.2"
@@ -35,8 +38,10 @@ INTEGRITY = (
     "sha512-"
     "V6K3C8EBdEsPFZXSKMJe6ppQOENxuHARr9GvHX4hh47lAbhMRD9qf4oEK7LoaRQxULMa80/qt5gHO73aCleBBg=="
 )
-#: Where the site serves it (``extra_javascript`` in mkdocs.yml names this path).
+#: Where the site serves it.
 SITE_PATH = "assets/vendor/mermaid.min.js"
+#: What a page that draws a diagram contains (pymdownx.superfences' mermaid fence).
+DIAGRAM = '<pre class="mermaid">'
 #: Files taken out of the package, by their path in the tarball -> name in the cache.
 WANTED = {"package/dist/mermaid.min.js": "mermaid.min.js", "package/LICENSE": "LICENSE"}
 
@@ -92,3 +97,14 @@ def on_files(files: Files, *, config: Any) -> Files:
     for name, uri in (("mermaid.min.js", SITE_PATH), ("LICENSE", f"{SITE_PATH}.LICENSE.txt")):
         files.append(File.generated(config, uri, abs_src_path=str(folder / name)))
     return files
+
+
+def on_post_page(output: str, *, page: Page, **_: Any) -> str:
+    """Load the local Mermaid on a page that draws a diagram, and only there."""
+    if DIAGRAM not in output:
+        return output
+    script = f'<script src="{get_relative_url(SITE_PATH, page.url)}"></script>'
+    head, body_end, tail = output.rpartition("</body>")
+    if not body_end:
+        raise PluginError(f"{page.file.src_uri}: no </body> to load Mermaid before")
+    return f"{head}{script}\n{body_end}{tail}"

@@ -1,9 +1,10 @@
 """The built site works offline: Mermaid is served locally and the site check catches regressions.
 
-Building the site is slow, so these tests pin the mechanism: mkdocs.yml wires
-the hook and the script it serves, the hook uses its cache before any network
-and says how to fix a machine without npm, and docs/_ext/check_site.py flags a
-raw role or an asset from another host.
+Building the site is slow, so these tests pin the mechanism: mkdocs.yml runs
+the hook, which loads the local Mermaid on the pages that draw a diagram, uses
+its cache before any network and says how to fix a machine without npm; and
+docs/_ext/check_site.py flags a raw role, an internal path or an asset from
+another host.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -75,13 +76,19 @@ def test_check_site_reports_each_page(tmp_path: Path) -> None:
     assert [f"index.html: absolute path {str(tmp_path)!r}"] == check_site.check(tmp_path, tmp_path)
 
 
-def test_mkdocs_yml_serves_the_hooks_script() -> None:
-    """mkdocs.yml runs the hook and loads the very path the hook serves, on every page."""
+def test_pages_with_a_diagram_load_the_local_mermaid() -> None:
+    """mkdocs.yml runs the hook; it adds the script, by a relative path, only where a diagram is."""
     pytest.importorskip("mkdocs")  # the docs dependency group brings it
     offline = _load("offline_mermaid")
-    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    assert "  - docs/_ext/offline_mermaid.py\n" in config
-    assert f"extra_javascript:\n  - {offline.SITE_PATH}\n" in config
+    assert "  - docs/_ext/offline_mermaid.py\n" in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    page = SimpleNamespace(url="backends/rq/", file=SimpleNamespace(src_uri="backends/rq.md"))
+    drawn = '<pre class="mermaid"><code>flowchart TD</code></pre></body></html>'
+    assert (
+        '<pre class="mermaid"><code>flowchart TD</code></pre>'
+        '<script src="../../assets/vendor/mermaid.min.js"></script>\n</body></html>'
+    ) == offline.on_post_page(drawn, page=page, config={})
+    plain = "<p>no diagram</p></body></html>"
+    assert plain == offline.on_post_page(plain, page=page, config={})
 
 
 def test_hook_uses_its_cache_without_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
