@@ -135,15 +135,22 @@ def public_path(path: str, exists: Callable[[str], bool]) -> str | None:
 
 
 class SphinxRoles(griffe.Extension):
-    """Rewrite the inline Sphinx roles of every docstring of each loaded package."""
+    """Rewrite the inline Sphinx roles of every docstring of the documented packages."""
 
     def __init__(self, packages: list[str] | None = None) -> None:
-        """``packages``: top-level packages a full path may link into besides the loaded ones."""
+        """``packages``: the top-level packages documented (default: every package loaded).
+
+        Their docstrings are rewritten and their objects linked to, whether or
+        not they are loaded yet; a third-party package Griffe loads on the way
+        (to follow a base class, say) is left alone.
+        """
         super().__init__()
         self.packages = set(packages or ())
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **_: Any) -> None:
         """Rewrite the docstrings of ``pkg`` once it is completely loaded."""
+        if self.packages and pkg.name not in self.packages:
+            return
         collection = loader.modules_collection
         for obj in _walk(pkg):
             if obj.docstring is not None and (
@@ -164,7 +171,7 @@ class SphinxRoles(griffe.Extension):
             path = head  # a full path, or a name of no documented package
         full = f"{path}.{rest}" if rest else path
         top = full.split(".", 1)[0]
-        if top not in self.packages and top not in collection.members:
+        if top not in (self.packages or collection.members):
             return None  # the standard library or a third party: plain code
 
         def exists(candidate: str) -> bool:

@@ -137,3 +137,17 @@ def test_extension_resolves_against_each_docstring_scope() -> None:
         "function": "Help `Unknown`.",
     } == docs
     assert not any(RAW_ROLE.search(text) for text in docs.values())
+
+
+def test_extension_leaves_undocumented_packages_alone() -> None:
+    """Given its packages, the extension rewrites only those and links only into them."""
+    source = '"""See :class:`Thing` and :func:`other.helper`."""\nclass Thing:\n    pass\n'
+    modules = {"__init__.py": source}
+    with griffe.temporary_visited_package(
+        "third", modules, extensions=griffe.load_extensions(roles.SphinxRoles(packages=["pkg"]))
+    ) as third:
+        assert "See :class:`Thing` and :func:`other.helper`." == third.docstring.value
+    with griffe.temporary_visited_package(
+        "pkg", modules, extensions=griffe.load_extensions(roles.SphinxRoles(packages=["pkg"]))
+    ) as package:
+        assert f"See {_link('pkg.Thing', 'Thing')} and `other.helper`." == package.docstring.value
