@@ -64,11 +64,18 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site in strict mode (warnings are errors)."""
+    """Build the documentation site in strict mode (warnings are errors), then check it.
+
+    The build serves Mermaid from the site itself: the first build on a machine
+    fetches the pinned release with ``npm pack`` (docs/_ext/offline_mermaid.py),
+    so npm must be on the path. The check fails on a raw Sphinx role left on a
+    page or an asset loaded from another host (docs/_ext/check_site.py).
+    """
     session.install(".", *nox.project.dependency_groups(PYPROJECT, "docs"))
     session.run(
         "mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"}
     )
+    session.run("python", "docs/_ext/check_site.py", "site")
 
 
 @nox.session
