@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -345,3 +346,77 @@ def test_an_explicit_timeout_is_the_deadline() -> None:
     assert 7.5 == WebhookChannel("https://example.com/", timeout=7.5).timeout
     with pytest.raises(ValueError, match="timeout must be"):
         WebhookChannel("https://example.com/", timeout=0)
+
+
+def test_the_clients_credentials_do_not_cross_origins(http_server: HTTPTestServer) -> None:
+    """A shared client's headers, auth and cookies reach the first origin only."""
+    import httpx
+
+    other = f"http://other.test:{http_server.port}/final"
+    http_server.replies["/hook"] = Reply(307, {"Location": other, "Set-Cookie": "sid=tenant-a"})
+    with httpx.Client(
+        headers={"X-Api-Key": "k3y"}, auth=("user", "pa55"), cookies={"jar": "c00kie"}
+    ) as client:
+        webhook = channel(
+            http_server.url(), client=client, resolver=lambda host, port: ["127.0.0.1"]
+        )
+        assert isinstance(webhook.send(make_delivery(), "key-1"), Sent)
+        assert isinstance(webhook.send(make_delivery(), "key-2"), Sent)
+    lowered = [(r.path, {k.lower(): v for k, v in r.headers.items()}) for r in http_server.received]
+    sent = [(p, h.get("x-api-key"), "authorization" in h, h.get("cookie")) for p, h in lowered]
+    assert [
+        ("/hook", "k3y", True, None),
+        ("/final", None, False, None),
+        ("/hook", "k3y", True, None),
+        ("/final", None, False, None),
+    ] == sent
+
+
+def test_a_redirect_from_https_to_http_is_refused() -> None:
+    """Never downgrade: an https hop redirected to http ends the send, permanently."""
+    import httpx
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(308, headers={"Location": "http://hooks.example.test/plain"})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        webhook = WebhookChannel(
+            "https://hooks.example.test/hook",
+            resolver=lambda host, port: ["93.184.216.34"],
+            client=client,
+        )
+        result = webhook.send(make_delivery(), "key-1")
+    assert (
+        PermanentFailure("HTTP 308 redirect from https to http refused"),
+        ["https://93.184.216.34/hook"],
+    ) == (result, seen)
+
+
+@pytest.mark.parametrize("value", [b"http://user:pa55@127.0.0.1/x", None, 42])
+def test_url_for_must_return_a_str(http_server: HTTPTestServer, value: object) -> None:
+    """A url_for that returns no str is a programming error: permanent, value never echoed."""
+    result = channel(lambda d: value).send(make_delivery(), "key-1")  # type: ignore[arg-type,return-value]
+    assert PermanentFailure(f"url_for returned a {type(value).__name__}, not a str") == result
+    assert [] == http_server.connections
+
+
+def test_httpx_logs_only_the_origin_of_a_webhook_url(
+    http_server: HTTPTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx's INFO line shows the dialled origin, never userinfo, path or query."""
+    import httpx
+
+    caplog.set_level(logging.INFO, logger="httpx")
+    secret_url = f"http://user:pa55@hooks.example.test:{http_server.port}/T0K3N/hook?sig=s1gn"
+    webhook = channel(secret_url, resolver=lambda host, port: ["127.0.0.1"])
+    assert isinstance(webhook.send(make_delivery(), "key-1"), Sent)
+    with httpx.Client() as client:  # the user's own request, outside any send, is left alone
+        client.post(http_server.url("/mine?q=visible"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert [
+        f'HTTP Request: POST http://127.0.0.1:{http_server.port}/[redacted] "HTTP/1.0 200 OK"',
+        f'HTTP Request: POST http://127.0.0.1:{http_server.port}/mine?q=visible "HTTP/1.0 200 OK"',
+    ] == lines

@@ -38,11 +38,14 @@ may be built from the recipient) never appear in a result or an error.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
 import math
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
@@ -76,6 +79,46 @@ _TEMPORARY_STATUSES: Final = frozenset({408, 429})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _MAX_MESSAGE_ID: Final = 128
 _SAFE_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_.:@/+=<>")
+
+
+_sending = threading.local()
+
+
+class _OriginOnly(logging.Filter):
+    """On the ``httpx`` logger, shows a URL logged during a webhook send as its origin only.
+
+    httpx logs every request's URL at INFO; a webhook URL's userinfo, path
+    and query often carry a token, or the recipient.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(_sending, "active", False) and isinstance(record.args, tuple):
+            record.args = tuple(_origin_only(arg) for arg in record.args)
+        return True
+
+
+def _origin_only(value: object) -> object:
+    import httpx  # noqa: PLC0415 - see send()
+
+    if not isinstance(value, httpx.URL):
+        return value
+    port = f":{value.port}" if value.port is not None else ""
+    return f"{value.scheme}://{value.host}{port}/[redacted]"
+
+
+@contextlib.contextmanager
+def _redacted_logs() -> Iterator[None]:
+    _sending.active = True
+    try:
+        yield
+    finally:
+        _sending.active = False
+
+
+def _install_log_filter() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _OriginOnly) for f in logger.filters):
+        logger.addFilter(_OriginOnly())
 
 
 def _httpx() -> object:
@@ -170,6 +213,7 @@ class WebhookChannel:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         _httpx()  # fail at construction, not at the first delivery
+        _install_log_filter()
         self.connect_timeout = positive_seconds("connect_timeout", connect_timeout)
         self.read_timeout = positive_seconds("read_timeout", read_timeout)
         self.write_timeout = positive_seconds("write_timeout", write_timeout)
@@ -214,7 +258,11 @@ class WebhookChannel:
             body = json.dumps(delivery.payload, allow_nan=False, separators=(",", ":")).encode()
         except (TypeError, ValueError) as error:
             return PermanentFailure(f"payload is not JSON-serialisable ({type(error).__name__})")
-        raw_url = self._url(delivery) if callable(self._url) else self._url
+        raw_url: object = self._url(delivery) if callable(self._url) else self._url
+        if not isinstance(raw_url, str):
+            # A programming error: no retry fixes it, and the value (often a URL
+            # with its token) must not reach the attempt's error.
+            return PermanentFailure(f"url_for returned a {type(raw_url).__name__}, not a str")
         try:
             url = httpx.URL(raw_url)
         except httpx.InvalidURL:
@@ -257,9 +305,12 @@ class WebhookChannel:
                     provider_response={"status": status},
                 )
             try:
-                url = url.join(location)
+                target = url.join(location)
             except Exception:  # any malformed Location is the provider's fault
                 return PermanentFailure(f"HTTP {status} redirect to an invalid Location")
+            if url.scheme == "https" and target.scheme == "http":
+                return PermanentFailure(f"HTTP {status} redirect from https to http refused")
+            url = target
             hops += 1
 
     def _post_once(
@@ -286,7 +337,13 @@ class WebhookChannel:
         except OSError as error:
             return TemporaryFailure(f"could not resolve the host ({type(error).__name__})")
 
-        headers = dict(self.headers) if same_origin else {}
+        # Credentials go to the first origin only: ours (``headers``) and the
+        # client's (its headers and auth). The client's cookie jar is never
+        # used: it is keyed by the dialled IP, which many origins may share.
+        headers: dict[str, str] = {}
+        if same_origin:
+            headers.update(client.headers)
+            headers.update(self.headers)
         headers.update(
             {
                 "Host": url.netloc.decode("ascii"),
@@ -296,24 +353,30 @@ class WebhookChannel:
                 "Connection": "close",
             }
         )
-        extensions: dict[str, object] = {"trace": deadline.trace}
+        timeout = httpx.Timeout(
+            connect=deadline.clamp(self.connect_timeout),
+            read=deadline.clamp(self.read_timeout),
+            write=deadline.clamp(self.write_timeout),
+            pool=deadline.clamp(self.connect_timeout),
+        )
+        extensions: dict[str, object] = {"timeout": timeout.as_dict(), "trace": deadline.trace}
         if url.scheme == "https":
             extensions["sni_hostname"] = url.host
-        request = client.build_request(
+        request = httpx.Request(
             "POST",
             url.copy_with(host=str(address)),
             content=body,
             headers=headers,
-            timeout=httpx.Timeout(
-                connect=deadline.clamp(self.connect_timeout),
-                read=deadline.clamp(self.read_timeout),
-                write=deadline.clamp(self.write_timeout),
-                pool=deadline.clamp(self.connect_timeout),
-            ),
             extensions=extensions,
         )
         try:
-            response = client.send(request, follow_redirects=False, stream=True)
+            with _redacted_logs():
+                response = client.send(
+                    request,
+                    follow_redirects=False,
+                    stream=True,
+                    auth=httpx.USE_CLIENT_DEFAULT if same_origin else None,
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             return TemporaryFailure(f"connection failed, nothing was sent ({type(error).__name__})")
         except httpx.UnsupportedProtocol:
