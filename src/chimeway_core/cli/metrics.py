@@ -214,7 +214,7 @@ def run_metrics(args: argparse.Namespace) -> int:
         # Printed once, a database failing midway is exit 3, as in every command.
         started = time.perf_counter()
         gauges = store.gauges(now=SystemClock().now(), timeout=args.timeout)
-        echo(render(gauges, scrape_seconds=time.perf_counter() - started).rstrip("\n"))
+        echo(render(gauges, scrape_seconds=time.perf_counter() - started).splitlines())
         store.engine.dispose()
         return ExitCode.OK
     host, port = args.serve
