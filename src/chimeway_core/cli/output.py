@@ -34,10 +34,11 @@ __all__ = [
     "warn",
 ]
 
-#: C0 controls but tab, DEL, C1 controls (8-bit CSI among them) and the
-#: invisible direction marks and overrides that reorder what a line shows.
+#: C0 controls but tab, DEL, C1 controls (8-bit CSI among them), the
+#: invisible direction marks and overrides that reorder what a line shows, and
+#: lone surrogates (undecodable bytes, which no output stream can encode).
 _UNPRINTABLE = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 
 

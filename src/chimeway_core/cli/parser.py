@@ -27,6 +27,9 @@ __all__ = [
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 
 _PROG: Final = "command_prog"
+#: The largest whole number an option takes (a 32-bit signed int): every count
+#: and size chimeway takes fits, and a larger one overflowed the database's.
+LARGEST_INT: Final = 2**31 - 1
 _AGE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -48,6 +51,13 @@ class Parser(argparse.ArgumentParser):
         with ``chimeway:`` rather than ``chimeway demo:``.
         """
         argv = sys.argv[1:] if args is None else list(args)
+        for position, arg in enumerate(argv, 1):
+            if not _is_utf8(arg):
+                raise CliError(
+                    f"argument {position} is not valid UTF-8 (see '{self.prog} --help')",
+                    ExitCode.USAGE,
+                    prog=self.prog,
+                )
         namespace, extras = self.parse_known_args(argv)
         if extras:
             prog = getattr(namespace, _PROG, self.prog)
@@ -58,7 +68,31 @@ class Parser(argparse.ArgumentParser):
                 ExitCode.USAGE,
                 prog=prog,
             )
+        _check_whole_numbers(namespace, getattr(namespace, _PROG, self.prog))
         return namespace
+
+
+def _is_utf8(arg: str) -> bool:
+    # Python decodes argv with surrogateescape: bytes that are not UTF-8
+    # arrive as lone surrogates, which no output stream can encode.
+    try:
+        arg.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_whole_numbers(namespace: argparse.Namespace, prog: str) -> None:
+    """Refuse any whole-number option beyond :data:`LARGEST_INT` either way."""
+    for dest, value in vars(namespace).items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INT:
+            option = "--" + dest.replace("_", "-")
+            raise CliError(
+                f"argument {option}: too large (at most {LARGEST_INT} either way) "
+                f"(see '{prog} --help')",
+                ExitCode.USAGE,
+                prog=prog,
+            )
 
 
 def _before_the_command(extra: str, argv: list[str], prog: str) -> bool:
