@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from chimeway_core.channels._deadline import Deadline
+from chimeway_core._deadline import Deadline
 
 
 def test_clamp_gives_the_shorter_of_the_timeout_and_the_time_left() -> None:

@@ -17,7 +17,7 @@ is judged at the stage it came from:
   :class:`~chimeway_core.errors.OutcomeUnknownError`;
 - the channel's ``timeout`` passed → the same as a drop at that stage:
   it is a deadline for the whole send (every round trip, STARTTLS
-  included), enforced by :class:`~chimeway_core.channels._deadline.Deadline`,
+  included), enforced by :class:`~chimeway_core._deadline.Deadline`,
   so a server that drips one byte per socket timeout cannot hold a worker;
 - a recipient that is not one plain ASCII address (non-ASCII, a list, a
   display name, malformed) → ``PermanentFailure`` before connecting: no
@@ -46,7 +46,7 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
 from typing import Any, Final
 
-from chimeway_core.channels._deadline import Deadline
+from chimeway_core._deadline import Deadline
 from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
 from chimeway_core.errors import OutcomeUnknownError
 from chimeway_core.outcomes import (

@@ -26,7 +26,7 @@ read/write timeout, dropped connection    raises :class:`~chimeway_core.errors.O
 
 ``timeout`` is a deadline for the whole exchange — connecting, TLS, writing,
 every byte of the answer's head, every redirect hop — enforced by
-:class:`~chimeway_core.channels._deadline.Deadline`: per-operation timeouts
+:class:`~chimeway_core._deadline.Deadline`: per-operation timeouts
 alone let an endpoint that drips one byte per read timeout hold a worker past
 its lease. For that, a send never reuses a pooled connection (each request
 says ``Connection: close``), so every socket it uses is one it opened.
@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
 
-from chimeway_core.channels._deadline import Deadline
+from chimeway_core._deadline import Deadline
 from chimeway_core.channels._destinations import (
     DEFAULT_PORTS,
     DestinationPolicy,

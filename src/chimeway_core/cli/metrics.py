@@ -10,6 +10,13 @@ A SQLite ledger is a file the pool holds open: served, the file is looked up
 before every scrape, so a deleted file is ``chimeway_up 0`` rather than the
 last figures of an unlinked file, and a file put in its place (a restored
 copy) is read instead of the one it replaced.
+
+The listener faces whatever can reach it: a client has
+:data:`HEAD_TIMEOUT` seconds in all to send its request's line and headers
+(a total, so dripping them a byte at a time does not help), and at most
+:data:`MAX_CONNECTIONS` connections are served at once, newer ones closed on
+arrival; half-sent requests can hold neither threads nor, for longer than
+that, a scrape's turn.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from chimeway_core._deadline import Deadline
 from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown, sqlite_path
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, warn
@@ -42,6 +50,14 @@ __all__ = ["LedgerFile", "register", "run_metrics", "scrape"]
 PATHS: Final = frozenset({"/metrics", "/"})
 #: Prometheus says how long it waits for a scrape in this request header.
 TIMEOUT_HEADER: Final = "X-Prometheus-Scrape-Timeout-Seconds"
+#: How long a client may take to send a request's line and headers (and each
+#: read or write may block): a scrape sends them at once.
+HEAD_TIMEOUT: Final = 5.0
+#: Connections served at once; more are closed on arrival.
+MAX_CONNECTIONS: Final = 32
+#: At most one line on stderr this often about connections closed on arrival.
+_WARN_EVERY: Final = 60.0
+
 #: The share of Prometheus' timeout the ledger may take, leaving the rest for the reply.
 _TIMEOUT_SHARE: Final = 0.9
 
@@ -131,7 +147,12 @@ class LedgerFile:
 
 
 class _Exporter(ThreadingHTTPServer):
+    """A thread a connection, at most :data:`MAX_CONNECTIONS` at once."""
+
     daemon_threads = True
+    # socketserver's default backlog of 5 makes a burst of connections wait
+    # out SYN retries (a second and more) before the cap can even see them.
+    request_queue_size = 4 * MAX_CONNECTIONS
 
     def __init__(self, address: tuple[str, int], store: SQLStore, timeout: float) -> None:
         if ":" in address[0]:
@@ -140,7 +161,33 @@ class _Exporter(ThreadingHTTPServer):
         self.scrape_timeout = timeout
         path = sqlite_path(store.engine.url)
         self.file = None if path is None else LedgerFile(store, path)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._warned_at = -math.inf
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own, or close it when every slot is taken."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            if time.monotonic() - self._warned_at >= _WARN_EVERY:
+                self._warned_at = time.monotonic()
+                warn(
+                    f"chimeway metrics: {MAX_CONNECTIONS} connections are open; "
+                    "closing new ones until one ends"
+                )
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one connection, then free its slot."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, _request: object, client_address: object) -> None:
         """One line, not socketserver's traceback, for a request that failed."""
@@ -158,6 +205,28 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     error_content_type = "text/plain; charset=utf-8"
     error_message_format = "%(code)d %(message)s\n"
+    #: Each read and write (socketserver sets it on the connection).
+    timeout = HEAD_TIMEOUT
+
+    def setup(self) -> None:
+        """Arm the request head's deadline: a client dripping it cannot hold the thread."""
+        super().setup()
+        self._head = Deadline(HEAD_TIMEOUT).__enter__()
+        self._head.watch(self.connection)
+
+    def parse_request(self) -> bool:
+        """Parse the request line and headers, which must be whole within the head's deadline."""
+        parsed = super().parse_request()
+        expired = self._head.expired
+        self._head.__exit__()
+        if expired:
+            self.close_connection = True
+        return parsed and not expired
+
+    def finish(self) -> None:
+        """Disarm the deadline (a request that never came), then close."""
+        self._head.__exit__()
+        super().finish()
 
     def do_GET(self) -> None:
         self._answer(with_body=True)

@@ -1,17 +1,17 @@
-"""One send's total deadline: timeouts cut to what is left, sockets cut at the end.
+"""A total deadline over socket work: timeouts cut to what is left, sockets cut at the end.
 
-A channel's ``timeout`` is the longest one ``send`` may take, and the engine
-leases a delivery for it. Per-operation socket timeouts do not bound a send:
-a peer that answers one byte just inside each read timeout keeps a read going
-for as long as it likes, outlives the lease, and the rescuer then starts a
-second, overlapping call. So a send runs inside a :class:`Deadline`:
+Per-operation socket timeouts bound each read, not a whole exchange: a peer
+that sends one byte just inside each read timeout keeps a read going for as
+long as it likes. That peer can hold a channel's send past its lease (and the
+rescuer then starts a second, overlapping call), or a thread of the metrics
+exporter for ever. So such work runs inside a :class:`Deadline`:
 
-- every timeout the send passes to a socket operation is first cut to the
-  time left (:meth:`Deadline.clamp`), so nothing *starts* waiting past it;
-- every socket the send opens is registered (:meth:`Deadline.watch`, or
+- every timeout handed to a socket operation is first cut to the time left
+  (:meth:`Deadline.clamp`), so nothing *starts* waiting past it;
+- every socket involved is registered (:meth:`Deadline.watch`, or
   :meth:`Deadline.trace` as httpcore's trace hook); when the deadline passes,
   a timer thread shuts each of them down, and whatever call is blocked on one
-  returns at once with an error the channel reports as an overrun.
+  returns at once with an error (or end of file) its caller reports.
 
 A registered socket is kept as a duplicate of its descriptor: ``shutdown``
 acts on the connection, not the descriptor, so it also cuts the TLS socket
@@ -34,7 +34,7 @@ _NOTHING_LEFT: Final = 0.001
 
 
 class Deadline:
-    """The end of one send, ``seconds`` from entering the context."""
+    """An end ``seconds`` from entering the context; leaving it disarms the cut."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
