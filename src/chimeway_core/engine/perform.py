@@ -59,7 +59,7 @@ from chimeway_core.policies import (
     evaluate_policies,
 )
 from chimeway_core.records import Claim, Delivery
-from chimeway_core.states import DeliveryStatus, Event, apply_event
+from chimeway_core.states import DeliveryStatus, Transition, apply_event
 from chimeway_core.store import LockedDelivery, SQLStore
 from chimeway_core.telemetry import Telemetry, TelemetryEvent
 
@@ -121,8 +121,8 @@ _Admission = _Claimed | _Ignored | _NotDue | _Exhausted | _Suppressed | _Deferre
 class _Decision:
     """What a classified attempt leads to, decided before it is recorded."""
 
-    event: Event
-    status_after: DeliveryStatus
+    transition: Transition
+    """The move the attempt's event makes from the claimed status."""
     action: Action
     row: str
     next_run_at: datetime | None
@@ -297,7 +297,8 @@ class Performer:
             shape.error_class,
             retry_unknown=guarantee is DeliveryGuarantee.AT_LEAST_ONCE,
         )
-        status_after = apply_event(before.status, event).dest
+        transition = apply_event(before.status, event)
+        status_after = transition.dest
         action, row = match_row(
             shape.outcome, shape.error_class, status_after, number, before.max_attempts
         )
@@ -307,7 +308,7 @@ class Performer:
                 number, shape.retry_after, rand=self.settings.rand
             )
             next_run_at = now + timedelta(seconds=delay)
-        return _Decision(event, status_after, action, row, next_run_at)
+        return _Decision(transition, action, row, next_run_at)
 
     def record(
         self,
@@ -325,8 +326,10 @@ class Performer:
         before = claim.delivery
         number = claim.attempt.number
         next_run_at = decided.next_run_at
+        # The store applies the event to the claimed status again (the same
+        # compiled table): it takes an event, not this transition.
         after = self.store.record_attempt(
-            claim, shape, event=decided.event, now=now, next_run_at=next_run_at
+            claim, shape, event=decided.transition.event, now=now, next_run_at=next_run_at
         )
         meta_ = meta(after) | {
             "attempt": number,
