@@ -33,7 +33,7 @@ AREA = "profile"
 
 # (bucket, test on the file path, test on the function name); first match wins.
 _JSON_FUNCTIONS = {"_json_value", "_json_size", "_sanitize", "_clean_text", "_truncate"}
-_TELEMETRY_FUNCTIONS = {"_meta"}
+_TELEMETRY_FUNCTIONS = {"meta"}
 _SQLA_BUILD = (
     "/sql/dml.py",
     "/sql/selectable.py",
@@ -98,7 +98,7 @@ def _bucket(path: str, function: str) -> str | None:
         if path.endswith(_SQLA_BUILD):
             return BUCKETS[1]
         return BUCKETS[2] if path.endswith(_SQLA_COMPILE) else BUCKETS[3]
-    if path.endswith("chimeway_core/engine.py") and function in _TELEMETRY_FUNCTIONS:
+    if path.endswith("chimeway_core/engine/settings.py") and function in _TELEMETRY_FUNCTIONS:
         return BUCKETS[8]
     for ends, bucket in _CHIMEWAY_LAYERS:
         if path.endswith(ends):
@@ -128,17 +128,17 @@ def summarise(stats: pstats.Stats, performs: int) -> dict[str, Any]:
         for name, seconds in sorted(totals.items(), key=lambda item: -item[1])
     ]
     wanted = {
-        ("engine.py", "perform"): "Chimeway.perform",
+        ("front.py", "perform"): "Chimeway.perform",
         ("store.py", "quick_claim"): "SQLStore.quick_claim (one statement)",
         ("store.py", "lock"): "SQLStore.lock (read for update; commit)",
-        ("engine.py", "_admit"): "Chimeway._admit (checks, policies, claim)",
+        ("perform.py", "admit"): "Performer.admit (checks, policies, claim)",
         ("store.py", "_claim_on"): "claim: lease + attempt row",
         ("store.py", "record_attempt"): "SQLStore.record_attempt",
         ("elements.py", "_compile_w_cache"): "SQLAlchemy compile / cache lookup",
         ("default.py", "do_execute"): "driver execute (round trip)",
         ("default.py", "do_commit"): "driver commit (round trip)",
         ("default.py", "do_begin"): "driver begin",
-        ("engine.py", "_record"): "Chimeway._record (classify -> decide)",
+        ("perform.py", "record"): "Performer.record (decide -> record)",
         ("dispatch.py", "match_row"): "dispatch table match_row",
         ("states.py", "apply_event"): "state machine apply_event",
         ("telemetry.py", "emit"): "Telemetry.emit",

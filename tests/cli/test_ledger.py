@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Final
 from uuid import UUID
 
 import pytest
@@ -153,6 +156,51 @@ def test_cancel_moves_a_live_delivery_to_cancelled(tmp_path: Path, invoke: Invok
     again = invoke("cancel", delivery_id, "--db", url)
     assert 1 == again.code
     assert "already cancelled (cancelled)" in again.stderr
+    store.engine.dispose()
+
+
+_TELEMETRY_APP: Final = "chimeway_cli_telemetry_app"
+
+_TELEMETRY_APP_SOURCE: Final = """
+    import os
+
+    from chimeway_backends.memory import MemoryBackend
+    from chimeway_core import Sent, Telemetry
+    from chimeway_core.channels import CallableChannel
+    from chimeway_core.engine import Chimeway
+    from chimeway_core.store import SQLStore
+
+    EVENTS = []
+
+
+    def engine():
+        telemetry = Telemetry()
+        telemetry.subscribe(lambda event, meta: EVENTS.append((event, dict(meta))))
+        store = SQLStore(os.environ["CHIMEWAY_DATABASE_URL"])
+        channels = {"log": CallableChannel(lambda delivery, key: Sent())}
+        return Chimeway(store, MemoryBackend(), channels, telemetry=telemetry)
+"""
+
+
+def test_cancel_with_app_emits_what_the_engines_cancel_emits(
+    tmp_path: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cancel --app reports through the engine's telemetry the event Chimeway.cancel emits."""
+    (tmp_path / f"{_TELEMETRY_APP}.py").write_text(textwrap.dedent(_TELEMETRY_APP_SOURCE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, _TELEMETRY_APP, raising=False)
+    store, url = sqlite_ledger(tmp_path / "live.sqlite3")
+    by_engine, by_cli = add_deliveries(store, 2)
+    monkeypatch.setenv("CHIMEWAY_DATABASE_URL", url)
+    app = __import__(_TELEMETRY_APP)
+    app.engine().cancel(UUID(by_engine))
+    result = invoke("cancel", by_cli, "--db", url, "--app", f"{_TELEMETRY_APP}:engine", "--json")
+    assert (0, "cancelled") == (result.code, json.loads(result.stdout)["status"])
+    (engine_event, engine_meta), (cli_event, cli_meta) = app.EVENTS
+    assert (engine_event, {**engine_meta, "delivery_id": by_cli}) == (cli_event, cli_meta)
+    assert "chimeway.status.transition" == cli_event
+    assert ("ready", "cancelled") == (cli_meta["from_status"], cli_meta["to_status"])
+    monkeypatch.delitem(sys.modules, _TELEMETRY_APP)
     store.engine.dispose()
 
 

@@ -5,24 +5,38 @@ delivery ledger through :class:`~chimeway_core.store.SQLStore` at ``--db``
 (or ``CHIMEWAY_DATABASE_URL``). ``show`` prints a delivery's explanation,
 rendered from its history alone (:func:`explain`), so an operator can read
 it on a machine where the application's channels are not configured.
+``cancel`` goes through :func:`chimeway_core.engine.operate.cancel`, the
+function :meth:`Chimeway.cancel <chimeway_core.engine.Chimeway.cancel>`
+calls; with ``--app`` it acts through the application's engine, so the
+engine's telemetry reports the cancel.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Final
 from uuid import UUID
 
-from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown
+from chimeway_core.cli.config import (
+    ENV_DATABASE_URL,
+    database_url,
+    from_env,
+    open_store,
+    shown,
+)
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import counted, echo, format_table, iso, print_json
 from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
-from chimeway_core.clock import SystemClock
+from chimeway_core.cli.workers import _engine
+from chimeway_core.clock import Clock, SystemClock
+from chimeway_core.engine import operate
 from chimeway_core.errors import DeliveryNotFoundError, IllegalTransitionError
 from chimeway_core.explain import explain
 from chimeway_core.records import Attempt, Delivery, DeliveryHistory
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
+from chimeway_core.telemetry import Telemetry
 
 __all__ = [
     "delivery_json",
@@ -99,6 +113,13 @@ def register(subparsers: Subparsers) -> None:
     cancel.add_argument("id", type=delivery_id, metavar="ID", help="the delivery's id")
     cancel.add_argument("--db", metavar="URL", help=_DB_HELP)
     cancel.add_argument("--json", action="store_true", help="print the result as JSON")
+    cancel.add_argument(
+        "--app",
+        metavar="MODULE:ATTRIBUTE",
+        help="act through the application's engine, whose telemetry reports the cancel "
+        f"(like myapp.notify:engine); --db is exported to it as ${ENV_DATABASE_URL}. "
+        "Without --app no application is loaded ($CHIMEWAY_APP is not read)",
+    )
 
 
 def _store(args: argparse.Namespace) -> SQLStore:
@@ -397,13 +418,13 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    """Cancel one live delivery."""
-    store = _store(args)
+    """Cancel one live delivery, through the function :meth:`Chimeway.cancel` calls."""
+    store, telemetry, clock = _cancelling(args)
     before = store.get(args.id)
     if before is None:
         raise CliError(f"no delivery with id {args.id}", ExitCode.PROBLEM)
     try:
-        after = store.cancel(args.id, now=SystemClock().now())
+        cancelled = operate.cancel(store, telemetry, args.id, now=clock.now())
     except DeliveryNotFoundError:
         raise CliError(f"no delivery with id {args.id}", ExitCode.PROBLEM) from None
     except IllegalTransitionError as error:
@@ -413,6 +434,7 @@ def run_cancel(args: argparse.Namespace) -> int:
             "nothing to cancel",
             ExitCode.PROBLEM,
         ) from None
+    before, after = cancelled.before or before, cancelled.after
     if args.json:
         print_json(
             {
@@ -425,3 +447,15 @@ def run_cancel(args: argparse.Namespace) -> int:
     else:
         echo(f"cancelled {after.id} (was {before.status.value}; reason: {after.reason})")
     return ExitCode.OK
+
+
+def _cancelling(args: argparse.Namespace) -> tuple[SQLStore, Telemetry, Clock]:
+    """The store, telemetry and clock a cancel uses: ``--app``'s engine's, else ``--db``'s."""
+    if args.app is None:
+        # No application: the ledger alone, and telemetry nobody subscribed to.
+        return _store(args), Telemetry(), SystemClock()
+    if args.db is not None:
+        database_url(args.db)  # fail on a malformed URL before importing anything
+        os.environ[ENV_DATABASE_URL] = args.db
+    engine = _engine(args.app, args.db)
+    return engine.store, engine.telemetry, engine.clock

@@ -1,0 +1,154 @@
+"""Hand-over: delivery ids go to the backend, on their channel's queue.
+
+Theory of operation
+-------------------
+``notify()`` writes a delivery and its outbox row in one transaction. Once
+that transaction has committed, :meth:`HandOver.hand_over` queues the id
+(now, or at its ``scheduled_at``) and remembers it in the engine's
+:class:`Queued` buffer; the outbox rows of remembered ids are deleted in
+batches (:meth:`HandOver.flush_outbox`, every :data:`OUTBOX_FLUSH_AT` ids and
+before each relay). With the caller's ``session``, the hand-over waits for
+that session's commit (:meth:`HandOver.after_commit`); a rollback drops it.
+
+A crash between commit and enqueue loses nothing: :meth:`HandOver.relay`
+hands every outbox row older than a grace period to the backend, whose job
+ids dedupe. Every job of a channel goes to that channel's route, else to
+the backend's default queue: ``queue=`` is passed only when routed, so a
+backend that takes no ``queue`` still serves an engine without routes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Final
+from uuid import UUID
+
+import attrs
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from chimeway_core._checks import seconds, whole
+from chimeway_core.clock import Clock
+from chimeway_core.engine.settings import Settings
+from chimeway_core.jobs import Backend
+from chimeway_core.records import Delivery
+from chimeway_core.store import SQLStore
+
+__all__ = ["OUTBOX_FLUSH_AT", "RELAY_BATCH", "HandOver", "Queued"]
+
+_SESSION_KEY: Final = "chimeway.pending_enqueue"
+
+#: How many queued ids wait before their outbox rows are deleted.
+OUTBOX_FLUSH_AT: Final = 200
+
+#: How many outbox rows a relay hands over per transaction unless told.
+RELAY_BATCH: Final = 500
+
+
+class Queued:
+    """The ids an engine has queued whose outbox rows are not deleted yet.
+
+    One per engine, shared by every thread (hence the lock), and kept when a
+    collaborator is swapped.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ids: list[UUID] = []
+
+
+@attrs.frozen
+class HandOver:
+    """Queues delivery ids on their channels' queues and keeps the outbox short."""
+
+    settings: Settings
+    store: SQLStore
+    backend: Backend
+    clock: Clock
+    queued: Queued
+
+    def enqueue(self, delivery_id: UUID, channel: str, *, at: datetime | None) -> None:
+        """Queue one job on its channel's queue; ``queue=`` only when routed."""
+        queue = self.settings.queue_for(channel)
+        if queue is None:
+            self.backend.enqueue(delivery_id, at=at)
+        else:
+            self.backend.enqueue(delivery_id, at=at, queue=queue)
+
+    def enqueue_many(self, jobs: Sequence[tuple[UUID, str]]) -> None:
+        """Queue due jobs of ``(delivery id, channel)``, one call per queue, in their order."""
+        by_queue: dict[str | None, list[UUID]] = {}
+        for delivery_id, channel in jobs:
+            by_queue.setdefault(self.settings.queue_for(channel), []).append(delivery_id)
+        for queue, ids in by_queue.items():
+            if queue is None:
+                self.backend.enqueue_many(ids)
+            else:
+                self.backend.enqueue_many(ids, queue=queue)
+
+    def hand_over(self, deliveries: Sequence[Delivery], now: datetime) -> None:
+        """Queue committed live deliveries: the due ones at once, the others at their time."""
+        if not deliveries:
+            return
+        self.enqueue_many([(d.id, d.channel) for d in deliveries if d.scheduled_at <= now])
+        for delivery in deliveries:
+            if delivery.scheduled_at > now:
+                self.enqueue(delivery.id, delivery.channel, at=delivery.scheduled_at)
+        with self.queued.lock:
+            self.queued.ids.extend(d.id for d in deliveries)
+            flush = len(self.queued.ids) >= OUTBOX_FLUSH_AT
+        if flush:
+            self.flush_outbox()
+
+    def after_commit(self, session: Session, deliveries: Sequence[Delivery]) -> None:
+        """Hand ``deliveries`` over once ``session`` commits; forget them if it rolls back."""
+        pending: list[Delivery] | None = session.info.get(_SESSION_KEY)
+        if pending is None:
+            pending = session.info[_SESSION_KEY] = []
+
+            def committed(sess: Session) -> None:
+                handed = sess.info.pop(_SESSION_KEY, [])
+                self.hand_over(handed, self.clock.now())
+
+            def rolled_back(sess: Session, _previous: object) -> None:
+                sess.info.pop(_SESSION_KEY, None)
+
+            event.listen(session, "after_commit", committed, once=True)
+            event.listen(session, "after_soft_rollback", rolled_back, once=True)
+        pending.extend(deliveries)
+
+    def flush_outbox(self) -> None:
+        """Delete the outbox rows of deliveries this engine has already queued."""
+        with self.queued.lock:
+            ids, self.queued.ids = self.queued.ids, []
+        if ids:
+            self.store.delete_outbox(ids)
+
+    def relay(self, *, batch_size: int, grace: float | None) -> int:
+        """Hand committed outbox rows older than ``grace`` seconds to the backend.
+
+        See :meth:`Chimeway.relay <chimeway_core.engine.Chimeway.relay>`, which
+        delegates here; ``None`` means the engine's ``relay_grace``.
+        """
+        if grace is not None:
+            seconds("grace", grace)
+        whole("batch_size", batch_size, minimum=1)
+        self.flush_outbox()
+        now = self.clock.now()
+        window = self.settings.relay_grace if grace is None else timedelta(seconds=grace)
+        before = now - window + timedelta(microseconds=1)
+        total = 0
+        while True:
+            sent = self.store.relay_outbox(
+                lambda items: self.enqueue_many(
+                    [(item.delivery_id, item.channel) for item in items]
+                ),
+                batch_size=batch_size,
+                created_before=before,
+                due_before=before,
+            )
+            total += sent
+            if sent < batch_size:
+                return total

@@ -1,0 +1,161 @@
+"""Notify: a delivery is validated, shown to the policies, written, then handed over.
+
+Theory of operation
+-------------------
+:meth:`Notifier.notify_many` lets the store validate every spec first (bad
+input is an :class:`~chimeway_core.errors.InvalidDeliveryError`, never a
+policy failing on it, and nothing is written). Each delivery, as it is about
+to be written (its id included), must then name a channel of the engine and
+is shown to the policies; only a suppression is applied at notify time, and
+the delivery is still recorded, terminal, with the policy's reason. The
+delivery and its outbox row are written in one transaction (the caller's,
+with ``session``); once it commits, the new live deliveries go to
+:class:`~chimeway_core.engine.handover.HandOver`.
+
+:meth:`Notifier.resend` writes a copy of a delivery that ended unsent the
+same way: the policies see the copy, and the original stays as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, assert_never
+from uuid import UUID
+
+import attrs
+from sqlalchemy.orm import Session
+
+from chimeway_core.clock import Clock
+from chimeway_core.engine.handover import HandOver
+from chimeway_core.engine.settings import Settings, meta, policy_context
+from chimeway_core.policies import (
+    Defer,
+    Policy,
+    PolicyContext,
+    PolicyPhase,
+    Proceed,
+    Suppress,
+    evaluate_policies,
+)
+from chimeway_core.records import Delivery, NewDelivery, Resent
+from chimeway_core.states import DeliveryStatus
+from chimeway_core.store import SQLStore
+from chimeway_core.telemetry import Telemetry, TelemetryEvent
+
+__all__ = ["Notifier"]
+
+
+@attrs.frozen
+class Notifier:
+    """Writes new deliveries (and copies of unsent ones) and hands them over."""
+
+    settings: Settings
+    store: SQLStore
+    clock: Clock
+    telemetry: Telemetry
+    handover: HandOver
+
+    def notify(
+        self,
+        channel: str,
+        recipient: str,
+        payload: Any,
+        *,
+        notification_key: str | None,
+        idempotency_key: str | None,
+        max_attempts: int | None,
+        scheduled_at: datetime | None,
+        expires_at: datetime | None,
+        metadata: Mapping[str, Any] | None,
+        session: Session | None,
+    ) -> Delivery:
+        """One delivery: :meth:`notify_many` of one spec (see ``Chimeway.notify``)."""
+        spec = NewDelivery(
+            channel=channel,
+            recipient=recipient,
+            payload=payload,
+            notification_key=notification_key,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts
+            if max_attempts is not None
+            # A channel that is no str is refused by the store, by name.
+            else self.settings.retry_for(channel if isinstance(channel, str) else "").max_attempts,
+            scheduled_at=scheduled_at,
+            expires_at=expires_at,
+            metadata={} if metadata is None else metadata,
+        )
+        return self.notify_many([spec], session=session)[0]
+
+    def notify_many(
+        self, specs: Iterable[NewDelivery], *, session: Session | None = None
+    ) -> list[Delivery]:
+        """Record and queue many deliveries (see ``Chimeway.notify_many``)."""
+        now = self.clock.now()
+        specs = list(specs)
+        # The store validates every spec first; then each delivery, as it is
+        # about to be written, must name a channel of this engine and is shown
+        # to the policies. Bad input is an InvalidDeliveryError, never a
+        # policy (or a lookup) failing on it; nothing is written before.
+        created = self.store.create_many(
+            specs, now=now, session=session, suppress_if=self._suppression(now)
+        )
+        self._created([(c.delivery, c.created) for c in created], now, session)
+        return [c.delivery for c in created]
+
+    def resend(self, delivery_id: UUID, *, session: Session | None = None) -> Resent:
+        """Write a copy of a delivery that ended unsent (see ``Chimeway.resend``)."""
+        now = self.clock.now()
+        resent = self.store.resend(
+            delivery_id, now=now, session=session, suppress_if=self._suppression(now)
+        )
+        if resent.created:
+            self.telemetry.emit(
+                TelemetryEvent.RESENT, meta(resent.original) | {"copy_id": resent.copy.id}
+            )
+        self._created([(resent.copy, resent.created)], now, session)
+        return resent
+
+    def _suppression(self, now: datetime) -> Callable[[Delivery], str | None]:
+        """What the store asks of each delivery about to be written: a suppression reason."""
+        context = policy_context(self.store, now, PolicyPhase.NOTIFY)
+
+        def suppression(delivery: Delivery) -> str | None:
+            self.settings.channel(delivery.channel)
+            return _suppression_at_notify(self.settings.policies, delivery, context)
+
+        return suppression
+
+    def _created(
+        self, results: Sequence[tuple[Delivery, bool]], now: datetime, session: Session | None
+    ) -> None:
+        """Report what a create wrote, and hand the new live deliveries to the backend."""
+        for delivery, created in results:
+            if not created:
+                self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, meta(delivery))
+            elif delivery.status is DeliveryStatus.SUPPRESSED:
+                self.telemetry.emit(
+                    TelemetryEvent.SUPPRESSED, {**meta(delivery), "reason": delivery.reason}
+                )
+        fresh = [delivery for delivery, created in results if created and not delivery.is_terminal]
+        if session is None:
+            self.handover.hand_over(fresh, now)
+        else:
+            self.handover.after_commit(session, fresh)
+
+
+def _suppression_at_notify(
+    policies: Sequence[Policy], delivery: Delivery, context: PolicyContext
+) -> str | None:
+    """The reason the policies suppress ``delivery`` with at notify time, or ``None``."""
+    # Only a suppression is applied at notify time. A deferral is left to
+    # perform(), where it is journaled with its reason and counted against
+    # the deferral bound; the policies run again there anyway.
+    decision, _ = evaluate_policies(policies, delivery, context)
+    match decision:
+        case Suppress(reason=reason):
+            return reason
+        case Defer() | Proceed():
+            return None
+        case _:
+            assert_never(decision)
