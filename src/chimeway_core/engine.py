@@ -69,6 +69,8 @@ from chimeway_core.errors import (
 )
 from chimeway_core.explain import explain
 from chimeway_core.jobs import Backend, JobKind, JobResult
+from chimeway_core.ledger import Draft
+from chimeway_core.ledger.validation import check_session
 from chimeway_core.outcomes import Classification, Outcome, classify
 from chimeway_core.policies import (
     MAX_DEFERRALS,
@@ -353,13 +355,17 @@ class Chimeway:
         writes none.
         """
         now = self.clock.now()
-        specs = list(specs)
-        # The store validates every spec first; then each delivery, as it is
-        # about to be written, must name a channel of this engine and is shown
-        # to the policies. Bad input is an InvalidDeliveryError, never a
-        # policy (or a lookup) failing on it; nothing is written before.
+        if session is not None:
+            check_session(session)  # before the policies are asked, as the store would
+        # The store validates every spec and drafts each delivery as it will
+        # write it (id, defaults); then each must name a channel of this
+        # engine and is shown to the policies; then the store writes the
+        # drafts with the reasons decided here. Bad input is an
+        # InvalidDeliveryError, never a policy (or a lookup) failing on it;
+        # nothing is written before both steps pass.
+        drafts = self.store.draft_many(list(specs), now=now)
         created = self.store.create_many(
-            specs, now=now, session=session, suppress_if=self._suppression(now)
+            drafts, now=now, session=session, suppress_reasons=self._suppressions(drafts, now)
         )
         self._created([(c.delivery, c.created) for c in created], now, session)
         return [c.delivery for c in created]
@@ -382,9 +388,9 @@ class Chimeway:
         :class:`~chimeway_core.errors.UnknownChannelError`. Each writes nothing.
         """
         now = self.clock.now()
-        resent = self.store.resend(
-            delivery_id, now=now, session=session, suppress_if=self._suppression(now)
-        )
+        copy = self.store.draft_resend(delivery_id, now=now, session=session)
+        [reason] = self._suppressions([copy], now)
+        resent = self.store.resend(copy, now=now, session=session, suppress_reason=reason)
         if resent.created:
             self.telemetry.emit(
                 TelemetryEvent.RESENT, _meta(resent.original) | {"copy_id": resent.copy.id}
@@ -392,15 +398,19 @@ class Chimeway:
         self._created([(resent.copy, resent.created)], now, session)
         return resent
 
-    def _suppression(self, now: datetime) -> Callable[[Delivery], str | None]:
-        """What the store asks of each delivery about to be written: a suppression reason."""
+    def _suppressions(self, drafts: Sequence[Draft], now: datetime) -> list[str | None]:
+        """The reason each drafted delivery is born suppressed with, or ``None``, in order.
+
+        Each must name a channel of this engine (else
+        :class:`~chimeway_core.errors.UnknownChannelError`); a policy that
+        raises propagates. Asked before anything is written.
+        """
         context = self._context(now, PolicyPhase.NOTIFY)
-
-        def suppression(delivery: Delivery) -> str | None:
-            self._channel(delivery.channel)
-            return _suppression_at_notify(self.policies, delivery, context)
-
-        return suppression
+        reasons: list[str | None] = []
+        for draft in drafts:
+            self._channel(draft.delivery.channel)
+            reasons.append(_suppression_at_notify(self.policies, draft.delivery, context))
+        return reasons
 
     def _created(
         self, results: Sequence[tuple[Delivery, bool]], now: datetime, session: Session | None
