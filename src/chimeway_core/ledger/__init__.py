@@ -27,7 +27,6 @@ module that does the work. Reading the package top-down follows a delivery:
 
 from __future__ import annotations
 
-from chimeway_core.ledger.claimable import claimable
 from chimeway_core.ledger.create import Created, Draft
 from chimeway_core.ledger.dialects import SUPPORTED_BACKENDS
 from chimeway_core.ledger.locked import LockedDelivery
@@ -44,5 +43,4 @@ __all__ = [
     "LockedRow",
     "OutboxItem",
     "SQLStore",
-    "claimable",
 ]

@@ -13,17 +13,21 @@ over rows fetched into Python.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
-from sqlalchemy import Connection, Select, case, func, select
+from sqlalchemy import Connection, Engine, Select, case, func, select
 
-from chimeway_core._checks import whole
+from chimeway_core._checks import seconds, whole
+from chimeway_core.ledger import retention
 from chimeway_core.ledger import statements as sql
 from chimeway_core.ledger.claimable import LIVE
+from chimeway_core.ledger.dialects import Dialect
+from chimeway_core.ledger.outbox import size as outbox_rows
 from chimeway_core.ledger.rows import attempt_from_row, delivery_from_row, journal_entry_from_row
-from chimeway_core.ledger.validation import aware
+from chimeway_core.ledger.validation import aware, check_id, check_limit
 from chimeway_core.records import (
     RESEND_KEY_PREFIX,
     Claim,
@@ -35,6 +39,7 @@ from chimeway_core.states import DeliveryStatus
 
 __all__ = [
     "RESENDABLE",
+    "Reads",
     "count_by_status",
     "count_recent_attempts",
     "deliveries",
@@ -204,3 +209,159 @@ def gauges(conn: Connection, now: datetime) -> LedgerGauges:
         outbox=int(outbox_count),
         oldest_outbox_at=oldest_outbox,
     )
+
+
+class Reads:
+    """The store's reading methods: each one read transaction (``_read``), or one snapshot.
+
+    Mixed into :class:`~chimeway_core.ledger.store.SQLStore`, which provides
+    the engine, its dialect and its read transactions.
+    """
+
+    engine: Engine
+    _dialect: Dialect
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError  # pragma: no cover - SQLStore provides it
+
+    def resendable(
+        self,
+        *,
+        since: datetime,
+        channel: str | None = None,
+        reason: str | None = None,
+        limit: int | None = None,
+    ) -> list[UUID]:
+        """Ids of the cancelled and suppressed deliveries last written at or after ``since``.
+
+        Oldest first; only ``channel`` and only ``reason`` when given. Copies
+        made by :meth:`resend` are left out, so running a bulk resend again
+        resends nothing new: a copy is resent by its id.
+        """
+        query = resendable_query(since, channel, reason, limit)
+        with self._read() as conn:
+            return list(conn.scalars(query))
+
+    def get(self, delivery_id: UUID) -> Delivery | None:
+        """The delivery with this id, or ``None``."""
+        check_id(delivery_id)
+        with self._read() as conn:
+            return get(conn, delivery_id)
+
+    def history(self, delivery_id: UUID) -> DeliveryHistory | None:
+        """The delivery with all its attempts and journal entries, oldest first; or ``None``.
+
+        Read in one transaction, so the three parts are consistent on
+        PostgreSQL and SQLite alike.
+        """
+        check_id(delivery_id)
+        with self._read() as conn:
+            return history(conn, delivery_id)
+
+    def expired_claims(self, *, now: datetime, limit: int = 100) -> list[Claim]:
+        """Live deliveries whose lease expired with an attempt still in flight.
+
+        The worker died mid-call. Each is returned as the :class:`Claim` it
+        held (delivery snapshot + in-flight attempt), so the rescuer can call
+        :meth:`record_attempt` with an ``unknown`` outcome, fenced on the same
+        version. Oldest expiry first.
+        """
+        check_limit("limit", limit)
+        now = aware(now, "now")
+        with self._read() as conn:
+            return expired_claims(conn, now, limit)
+
+    def due(
+        self, *, now: datetime, limit: int = 500, not_touched_since: datetime | None = None
+    ) -> list[Delivery]:
+        """Live deliveries due at ``now`` that nobody holds, earliest first.
+
+        "Nobody holds": no lease, or an expired lease with no attempt in
+        flight (in-flight ones are :meth:`expired_claims`). With
+        ``not_touched_since``, only those not written since then: the rescuer
+        re-enqueues deliveries that may have lost their job.
+        """
+        check_limit("limit", limit)
+        query = due_query(aware(now, "now"), limit, not_touched_since)
+        with self._read() as conn:
+            return deliveries(conn, query)
+
+    def counts(self) -> dict[tuple[DeliveryStatus, str | None], int]:
+        """How many deliveries there are per ``(status, reason)``."""
+        with self._read() as conn:
+            return count_by_status(conn)
+
+    def gauges(self, *, now: datetime, timeout: float | None = None) -> LedgerGauges:
+        """The ledger's health at ``now``, read as one snapshot (for monitoring).
+
+        Counts per status and reason, live deliveries per channel, the due
+        backlog and its oldest, stuck attempts and the outbox: five
+        aggregate queries, the counts one over every delivery (by the
+        ``(status, reason)`` index), the others over live deliveries and the
+        outbox only. On PostgreSQL they run in one ``REPEATABLE READ``
+        transaction (one snapshot for all five) and, with ``timeout``
+        (seconds), are cancelled past it (``statement_timeout``): a database
+        that hangs raises instead of holding the caller (a timeout past
+        PostgreSQL's largest, about 24.8 days, waits that long). On SQLite a read
+        transaction is one snapshot already, and readers do not wait for
+        writers; ``timeout`` is not needed there.
+        """
+        now = aware(now, "now")
+        if timeout is not None:
+            timeout = seconds("timeout", timeout, positive=True)
+        with self._dialect.snapshot(self.engine, timeout) as conn:
+            return gauges(conn, now)
+
+    def find(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        reason: str | None = None,
+        channel: str | None = None,
+        recipient: str | None = None,
+        idempotency_key: str | None = None,
+        created_since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """The deliveries matching every filter given, newest first, at most ``limit``.
+
+        Newest by ``created_at`` (its index orders them), then by id. A filter
+        of the wrong kind raises :class:`TypeError` (``status`` must be a
+        :class:`~chimeway_core.states.DeliveryStatus`), ``limit`` below 1
+        :class:`ValueError`.
+        """
+        query = find_query(
+            status=status,
+            reason=reason,
+            channel=channel,
+            recipient=recipient,
+            idempotency_key=idempotency_key,
+            created_since=created_since,
+            limit=limit,
+        )
+        with self._read() as conn:
+            return deliveries(conn, query)
+
+    def oldest_non_terminal(self) -> Delivery | None:
+        """The live delivery created first, or ``None`` (a health signal)."""
+        with self._read() as conn:
+            return oldest_non_terminal(conn)
+
+    def count_recent_attempts(self, *, channel: str, recipient: str, since: datetime) -> int:
+        """Attempts started at or after ``since`` to this channel and recipient.
+
+        Counted in the database, so a rate limit holds across workers.
+        """
+        with self._read() as conn:
+            return count_recent_attempts(conn, channel, recipient, since)
+
+    def count_prunable(self, *, before: datetime) -> int:
+        """How many deliveries :meth:`prune` with this ``before`` would delete now."""
+        before = aware(before, "before")
+        with self._read() as conn:
+            return retention.count_prunable(conn, before)
+
+    def outbox_size(self) -> int:
+        """How many committed deliveries wait for the relay."""
+        with self._read() as conn:
+            return outbox_rows(conn)

@@ -12,7 +12,8 @@ module that does the work:
 - :mod:`~chimeway_core.ledger.locked`: the writes on one delivery read for
   update (claim, record, transition, defer), checked by the state machine
   first and fenced on ``version`` second;
-- :mod:`~chimeway_core.ledger.queries`: reads and gauges;
+- :mod:`~chimeway_core.ledger.queries`: reads and gauges (the reading
+  methods are :class:`~chimeway_core.ledger.queries.Reads`, mixed in);
 - :mod:`~chimeway_core.ledger.outbox` and :mod:`~chimeway_core.ledger.retention`;
 - :mod:`~chimeway_core.ledger.dialects`: the one object, picked here once from
   the engine, that knows what PostgreSQL and SQLite do differently (on
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import UUID
@@ -38,10 +39,9 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine, create_engine, make_url
 from sqlalchemy.orm import Session
 
-from chimeway_core._checks import seconds
 from chimeway_core.errors import InvalidDeliveryError, LeaseLostError, StaleDeliveryError
 from chimeway_core.ledger import create as creating
-from chimeway_core.ledger import outbox, queries, retention
+from chimeway_core.ledger import outbox, retention
 from chimeway_core.ledger import statements as sql
 from chimeway_core.ledger.create import Created, Draft
 from chimeway_core.ledger.dialects import WRITE_OPTION, check_backend, dialect_for
@@ -55,6 +55,7 @@ from chimeway_core.ledger.locked import (
 )
 from chimeway_core.ledger.outbox import OutboxItem
 from chimeway_core.ledger.protocol import Ledger
+from chimeway_core.ledger.queries import Reads
 from chimeway_core.ledger.rows import delivery_from_row, delivery_from_values, in_flight_attempt
 from chimeway_core.ledger.schema import OWNER_LENGTH, REASON_LENGTH, metadata
 from chimeway_core.ledger.validation import aware, check_id, check_limit, check_session, check_text
@@ -62,12 +63,10 @@ from chimeway_core.outcomes import Classification
 from chimeway_core.records import (
     Claim,
     Delivery,
-    DeliveryHistory,
-    LedgerGauges,
     NewDelivery,
     Resent,
 )
-from chimeway_core.states import DeliveryStatus, Event
+from chimeway_core.states import Event
 
 __all__ = ["SQLStore"]
 
@@ -75,7 +74,7 @@ __all__ = ["SQLStore"]
 _CANCEL_TRIES: Final = 10
 
 
-class SQLStore:
+class SQLStore(Reads):
     """The delivery ledger on a SQLAlchemy engine (PostgreSQL or SQLite).
 
     ``url_or_engine`` is a database URL or an :class:`~sqlalchemy.Engine`. For
@@ -299,63 +298,16 @@ class SQLStore:
         now = aware(now, "now")
         if session is not None:
             check_session(session)
-            return self._resend_on(session.connection(), delivery_id, now, copy, suppress_reason)
-        with self._write() as conn:
-            return self._resend_on(conn, delivery_id, now, copy, suppress_reason)
-
-    def _resend_on(
-        self,
-        conn: Connection,
-        delivery_id: UUID,
-        now: datetime,
-        copy: Draft | None,
-        suppress_reason: str | None,
-    ) -> Resent:
-        return creating.resend_on(
-            conn,
-            self._dialect,
-            delivery_id,
-            now,
-            copy=copy,
-            suppress_reason=suppress_reason,
-            max_payload_bytes=self.max_payload_bytes,
-        )
-
-    def resendable(
-        self,
-        *,
-        since: datetime,
-        channel: str | None = None,
-        reason: str | None = None,
-        limit: int | None = None,
-    ) -> list[UUID]:
-        """Ids of the cancelled and suppressed deliveries last written at or after ``since``.
-
-        Oldest first; only ``channel`` and only ``reason`` when given. Copies
-        made by :meth:`resend` are left out, so running a bulk resend again
-        resends nothing new: a copy is resent by its id.
-        """
-        query = queries.resendable_query(since, channel, reason, limit)
-        with self._read() as conn:
-            return list(conn.scalars(query))
-
-    # ------------------------------------------------------------------ reading
-
-    def get(self, delivery_id: UUID) -> Delivery | None:
-        """The delivery with this id, or ``None``."""
-        check_id(delivery_id)
-        with self._read() as conn:
-            return queries.get(conn, delivery_id)
-
-    def history(self, delivery_id: UUID) -> DeliveryHistory | None:
-        """The delivery with all its attempts and journal entries, oldest first; or ``None``.
-
-        Read in one transaction, so the three parts are consistent on
-        PostgreSQL and SQLite alike.
-        """
-        check_id(delivery_id)
-        with self._read() as conn:
-            return queries.history(conn, delivery_id)
+        with nullcontext(session.connection()) if session is not None else self._write() as conn:
+            return creating.resend_on(
+                conn,
+                self._dialect,
+                delivery_id,
+                now,
+                copy=copy,
+                suppress_reason=suppress_reason,
+                max_payload_bytes=self.max_payload_bytes,
+            )
 
     @contextmanager
     def lock(self, delivery_id: UUID) -> Iterator[LockedDelivery]:
@@ -575,105 +527,6 @@ class SQLStore:
             current = read_for_write(conn, delivery_id, expected_version)
             return defer_on(conn, current, until, reason, now=now)
 
-    # ------------------------------------------------------- operators, rescuer
-
-    def expired_claims(self, *, now: datetime, limit: int = 100) -> list[Claim]:
-        """Live deliveries whose lease expired with an attempt still in flight.
-
-        The worker died mid-call. Each is returned as the :class:`Claim` it
-        held (delivery snapshot + in-flight attempt), so the rescuer can call
-        :meth:`record_attempt` with an ``unknown`` outcome, fenced on the same
-        version. Oldest expiry first.
-        """
-        check_limit("limit", limit)
-        now = aware(now, "now")
-        with self._read() as conn:
-            return queries.expired_claims(conn, now, limit)
-
-    def due(
-        self, *, now: datetime, limit: int = 500, not_touched_since: datetime | None = None
-    ) -> list[Delivery]:
-        """Live deliveries due at ``now`` that nobody holds, earliest first.
-
-        "Nobody holds": no lease, or an expired lease with no attempt in
-        flight (in-flight ones are :meth:`expired_claims`). With
-        ``not_touched_since``, only those not written since then: the rescuer
-        re-enqueues deliveries that may have lost their job.
-        """
-        check_limit("limit", limit)
-        query = queries.due_query(aware(now, "now"), limit, not_touched_since)
-        with self._read() as conn:
-            return queries.deliveries(conn, query)
-
-    def counts(self) -> dict[tuple[DeliveryStatus, str | None], int]:
-        """How many deliveries there are per ``(status, reason)``."""
-        with self._read() as conn:
-            return queries.count_by_status(conn)
-
-    def gauges(self, *, now: datetime, timeout: float | None = None) -> LedgerGauges:
-        """The ledger's health at ``now``, read as one snapshot (for monitoring).
-
-        Counts per status and reason, live deliveries per channel, the due
-        backlog and its oldest, stuck attempts and the outbox: five
-        aggregate queries, the counts one over every delivery (by the
-        ``(status, reason)`` index), the others over live deliveries and the
-        outbox only. On PostgreSQL they run in one ``REPEATABLE READ``
-        transaction (one snapshot for all five) and, with ``timeout``
-        (seconds), are cancelled past it (``statement_timeout``): a database
-        that hangs raises instead of holding the caller (a timeout past
-        PostgreSQL's largest, about 24.8 days, waits that long). On SQLite a read
-        transaction is one snapshot already, and readers do not wait for
-        writers; ``timeout`` is not needed there.
-        """
-        now = aware(now, "now")
-        if timeout is not None:
-            timeout = seconds("timeout", timeout, positive=True)
-        with self._dialect.snapshot(self.engine, timeout) as conn:
-            return queries.gauges(conn, now)
-
-    def find(
-        self,
-        *,
-        status: DeliveryStatus | None = None,
-        reason: str | None = None,
-        channel: str | None = None,
-        recipient: str | None = None,
-        idempotency_key: str | None = None,
-        created_since: datetime | None = None,
-        limit: int = 100,
-    ) -> list[Delivery]:
-        """The deliveries matching every filter given, newest first, at most ``limit``.
-
-        Newest by ``created_at`` (its index orders them), then by id. A filter
-        of the wrong kind raises :class:`TypeError` (``status`` must be a
-        :class:`~chimeway_core.states.DeliveryStatus`), ``limit`` below 1
-        :class:`ValueError`.
-        """
-        query = queries.find_query(
-            status=status,
-            reason=reason,
-            channel=channel,
-            recipient=recipient,
-            idempotency_key=idempotency_key,
-            created_since=created_since,
-            limit=limit,
-        )
-        with self._read() as conn:
-            return queries.deliveries(conn, query)
-
-    def oldest_non_terminal(self) -> Delivery | None:
-        """The live delivery created first, or ``None`` (a health signal)."""
-        with self._read() as conn:
-            return queries.oldest_non_terminal(conn)
-
-    def count_recent_attempts(self, *, channel: str, recipient: str, since: datetime) -> int:
-        """Attempts started at or after ``since`` to this channel and recipient.
-
-        Counted in the database, so a rate limit holds across workers.
-        """
-        with self._read() as conn:
-            return queries.count_recent_attempts(conn, channel, recipient, since)
-
     # ---------------------------------------------------------------- retention
 
     def prune(self, *, before: datetime, batch_size: int = 1000, limit: int | None = None) -> int:
@@ -702,12 +555,6 @@ class SQLStore:
             batch_size=batch_size,
             limit=limit,
         )
-
-    def count_prunable(self, *, before: datetime) -> int:
-        """How many deliveries :meth:`prune` with this ``before`` would delete now."""
-        before = aware(before, "before")
-        with self._read() as conn:
-            return retention.count_prunable(conn, before)
 
     # ------------------------------------------------------------------- outbox
 
@@ -746,11 +593,6 @@ class SQLStore:
         ids = [check_id(delivery_id) for delivery_id in delivery_ids]
         with self._write() as conn:
             self._dialect.delete_outbox(conn, ids)
-
-    def outbox_size(self) -> int:
-        """How many committed deliveries wait for the relay."""
-        with self._read() as conn:
-            return outbox.size(conn)
 
 
 # SQLStore is a Ledger: mypy checks this assignment against the protocol.
