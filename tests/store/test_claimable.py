@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select
 
 from chimeway_core.ledger import claimable as rules
-from chimeway_core.ledger.statements import DELIVERIES, QUICKLY_CLAIMABLE, D
+from chimeway_core.ledger.statements import DELIVERIES, D
 from chimeway_core.records import NewDelivery
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
@@ -60,7 +60,14 @@ def _rows(draw: st.DrawFn, now: datetime) -> dict[str, Any]:
     }
 
 
-RULES = [rules.CLAIMABLE, rules.UNCONTESTED, QUICKLY_CLAIMABLE, *rules.CLAIMABLE.parts]
+RULES = [
+    rules.CLAIMABLE,
+    rules.UNCONTESTED,
+    rules.QUICKLY_CLAIMABLE,
+    *rules.QUICKLY_CLAIMABLE.parts,
+    rules.LEASE_FREE,
+    rules.LEASE_LAPSED,
+]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[rule.name for rule in RULES])

@@ -19,7 +19,10 @@ same way, so the Python and the SQL of a rule cannot drift apart
 - :data:`UNCONTESTED` is the same with no lease at all, lapsed or not: a
   lapsed lease may hide an attempt still in flight, which is the rescuer's
   to resolve. It is what ``perform()`` admits, and with :data:`NOT_EXPIRED`
-  what the one-statement quick claim takes.
+  what the one-statement quick claim takes (:data:`QUICKLY_CLAIMABLE`).
+- ``due_unheld`` and ``expired_in_flight`` in
+  :mod:`chimeway_core.ledger.statements` (the rescuer's and the gauges'
+  lists) are built from the same conditions.
 
 The database adds one guard the row alone cannot show, next to these rules
 in every claim: no attempt of the delivery is in flight
@@ -53,6 +56,7 @@ __all__ = [
     "LIVE",
     "LIVE_STATUSES",
     "NOT_EXPIRED",
+    "QUICKLY_CLAIMABLE",
     "UNCONTESTED",
     "UNLEASED",
     "Condition",
@@ -141,6 +145,10 @@ NOT_EXPIRED: Final = Condition(
 CLAIMABLE: Final = all_of("claimable", LIVE, DUE, LEASE_FREE, ATTEMPTS_LEFT)
 #: What ``perform()`` admits: :data:`CLAIMABLE` with no lease at all.
 UNCONTESTED: Final = all_of("uncontested", LIVE, DUE, UNLEASED, ATTEMPTS_LEFT)
+#: What the one-statement quick claim takes: :data:`UNCONTESTED`, not expired.
+QUICKLY_CLAIMABLE: Final = all_of(
+    "quickly claimable", LIVE, DUE, UNLEASED, ATTEMPTS_LEFT, NOT_EXPIRED
+)
 
 
 def claimable(delivery: Delivery, now: datetime) -> bool:

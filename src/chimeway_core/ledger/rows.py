@@ -84,6 +84,7 @@ def delivery_from_values(values: Mapping[Any, Any]) -> Delivery:
 
 
 def attempt_from_row(row: Row[Any]) -> Attempt:
+    """The attempt a row of the attempts table (or a join with it) holds."""
     m = row._mapping
     outcome = m[A.outcome]
     return Attempt(
@@ -100,6 +101,7 @@ def attempt_from_row(row: Row[Any]) -> Attempt:
 
 
 def journal_entry_from_row(row: Row[Any]) -> JournalEntry:
+    """The journal entry a row of the journal table holds."""
     m = row._mapping
     from_status, to_status = m[J.from_status], m[J.to_status]
     return JournalEntry(
@@ -125,6 +127,7 @@ def journal_values(
     reason: str | None = None,
     detail: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The row of a journal entry, as the journal insert takes it."""
     return {
         "delivery_id": delivery_id,
         "at": at,

@@ -50,13 +50,11 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.expression import ColumnCollection
 
 from chimeway_core.ledger.claimable import (
-    ATTEMPTS_LEFT,
     DUE,
     LEASE_LAPSED,
     LIVE,
-    NOT_EXPIRED,
+    QUICKLY_CLAIMABLE,
     UNLEASED,
-    all_of,
     claimable_where,
 )
 from chimeway_core.ledger.precompiled import Precompiled
@@ -306,12 +304,6 @@ def pg_record_statement(*, reschedule: bool) -> Insert:
 PG_CLAIM: Final = pg_claim_statement()
 PG_RECORD: Final = pg_record_statement(reschedule=False)
 PG_RECORD_RESCHEDULED: Final = pg_record_statement(reschedule=True)
-
-
-#: What the quick claim takes: uncontested and not expired.
-QUICKLY_CLAIMABLE: Final = all_of(
-    "quickly claimable", LIVE, DUE, UNLEASED, ATTEMPTS_LEFT, NOT_EXPIRED
-)
 
 
 def pg_quick_claim_statement() -> Select[Any]:

@@ -49,6 +49,7 @@ MAX_JSON_DEPTH: Final = 128
 
 
 def aware(value: object, field: str) -> datetime:
+    """``value`` if it is a timezone-aware datetime, else :class:`InvalidDeliveryError`."""
     if not isinstance(value, datetime):
         raise InvalidDeliveryError(field, f"must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
@@ -57,6 +58,7 @@ def aware(value: object, field: str) -> datetime:
 
 
 def check_id(value: object) -> UUID:
+    """``value`` if it is a :class:`uuid.UUID`; else :class:`TypeError`."""
     # A str would be matched by no row on SQLite and fail to bind on
     # PostgreSQL: name the mistake instead.
     if not isinstance(value, UUID):
@@ -65,17 +67,20 @@ def check_id(value: object) -> UUID:
 
 
 def check_limit(name: str, value: object) -> int:
+    """``value`` if it is an int >= 1; else :class:`ValueError` naming ``name``."""
     # LIMIT 0 would make a relay loop forever and a negative one means "no
     # limit" on SQLite but an error on PostgreSQL: refuse both everywhere.
     return whole(name, value, minimum=1)
 
 
 def check_session(session: object) -> None:
+    """Raise :class:`TypeError` unless ``session`` is a SQLAlchemy ORM session."""
     if not isinstance(session, Session):
         raise TypeError(f"session must be a sqlalchemy.orm.Session, not {type(session).__name__}")
 
 
 def check_text(value: object, field: str, *, max_length: int, optional: bool = False) -> None:
+    """Raise unless ``value`` is a non-empty, storable str of at most ``max_length``."""
     if value is None and optional:
         return
     if not isinstance(value, str):
@@ -88,6 +93,7 @@ def check_text(value: object, field: str, *, max_length: int, optional: bool = F
 
 
 def check_encodable(value: str, field: str) -> None:
+    """Raise unless ``value`` is storable on every database (UTF-8, no NUL)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -134,6 +140,7 @@ def json_value(value: object, field: str, depth: int = 0) -> Any:
 
 
 def json_size(value: Any) -> int:
+    """The size in bytes of ``value`` dumped as compact UTF-8 JSON."""
     if not value and isinstance(value, dict | list):
         return 2  # "{}" or "[]": most metadata, dumped here for every delivery
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
@@ -163,6 +170,7 @@ def sanitize(value: object, depth: int = 0) -> Any:
 
 
 def truncate(text: str | None, limit: int) -> str | None:
+    """``text`` made storable and cut to ``limit`` characters, saying how much was cut."""
     if text is None:
         return None
     text = clean_text(text)
