@@ -99,7 +99,7 @@ class Ledger(Protocol):
 
     def resend(
         self,
-        delivery: UUID | Draft,
+        delivery_id: UUID | Draft,
         *,
         now: datetime,
         session: Session | None = None,

@@ -267,7 +267,7 @@ class SQLStore(Reads):
 
     def resend(
         self,
-        delivery: UUID | Draft,
+        delivery_id: UUID | Draft,
         *,
         now: datetime,
         session: Session | None = None,
@@ -275,7 +275,7 @@ class SQLStore(Reads):
     ) -> Resent:
         """Create the copy of a delivery that ended unsent; journal it on the original.
 
-        ``delivery`` is its id, or the copy :meth:`draft_resend` drafted. One
+        ``delivery_id`` is its id, or the copy :meth:`draft_resend` drafted. One
         transaction (the caller's, with ``session``): the original is read
         for update; the copy has its channel, recipient, payload,
         notification key, ``max_attempts``, ``expires_at`` and metadata, is
@@ -289,12 +289,13 @@ class SQLStore(Reads):
         is not changed. An unknown id raises :class:`DeliveryNotFoundError`; a
         live or succeeded delivery :class:`NotResendableError`.
         """
-        if isinstance(delivery, Draft):
-            if delivery.resend_of is None:
-                raise TypeError("a Draft given to resend() must come from draft_resend()")
-            delivery_id, copy = delivery.resend_of, delivery
+        copy = delivery_id if isinstance(delivery_id, Draft) else None
+        if copy is None:
+            original_id = check_id(delivery_id)
+        elif copy.resend_of is None:
+            raise TypeError("a Draft given to resend() must come from draft_resend()")
         else:
-            delivery_id, copy = check_id(delivery), None
+            original_id = copy.resend_of
         now = aware(now, "now")
         if session is not None:
             check_session(session)
@@ -302,7 +303,7 @@ class SQLStore(Reads):
             return creating.resend_on(
                 conn,
                 self._dialect,
-                delivery_id,
+                original_id,
                 now,
                 copy=copy,
                 suppress_reason=suppress_reason,
