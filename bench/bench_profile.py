@@ -100,6 +100,8 @@ def _bucket(path: str, function: str) -> str | None:
         return BUCKETS[2] if path.endswith(_SQLA_COMPILE) else BUCKETS[3]
     if path.endswith("chimeway_core/engine/settings.py") and function in _TELEMETRY_FUNCTIONS:
         return BUCKETS[8]
+    if "chimeway_core/ledger/" in path:
+        return BUCKETS[4]
     for ends, bucket in _CHIMEWAY_LAYERS:
         if path.endswith(ends):
             return bucket
@@ -132,7 +134,7 @@ def summarise(stats: pstats.Stats, performs: int) -> dict[str, Any]:
         ("store.py", "quick_claim"): "SQLStore.quick_claim (one statement)",
         ("store.py", "lock"): "SQLStore.lock (read for update; commit)",
         ("perform.py", "admit"): "Performer.admit (checks, policies, claim)",
-        ("store.py", "_claim_on"): "claim: lease + attempt row",
+        ("locked.py", "claim_on"): "claim: lease + attempt row",
         ("store.py", "record_attempt"): "SQLStore.record_attempt",
         ("elements.py", "_compile_w_cache"): "SQLAlchemy compile / cache lookup",
         ("default.py", "do_execute"): "driver execute (round trip)",
@@ -143,7 +145,7 @@ def summarise(stats: pstats.Stats, performs: int) -> dict[str, Any]:
         ("states.py", "apply_event"): "state machine apply_event",
         ("telemetry.py", "emit"): "Telemetry.emit",
         ("telemetry.py", "span"): "Telemetry.span",
-        ("store.py", "_delivery"): "row -> Delivery",
+        ("rows.py", "delivery_from_row"): "row -> Delivery",
         ("callable.py", "send"): "channel send",
     }
     functions = []

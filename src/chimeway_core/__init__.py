@@ -39,6 +39,7 @@ from chimeway_core.errors import (
     UnsupportedDatabaseError,
 )
 from chimeway_core.jobs import Backend, JobKind, JobResult
+from chimeway_core.ledger import Created, OutboxItem, SQLStore
 from chimeway_core.outcomes import (
     UNKNOWN_CLASSIFICATION,
     Bounced,
@@ -84,7 +85,6 @@ from chimeway_core.states import (
     Reason,
     apply_event,
 )
-from chimeway_core.store import Created, OutboxItem, SQLStore
 from chimeway_core.telemetry import LoggingSubscriber, Telemetry, TelemetryEvent
 
 __all__ = [

@@ -33,9 +33,13 @@ from uuid import UUID
 import attrs
 from sqlalchemy import delete, update
 
-from chimeway_core import store as store_module
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import LeaseLostError
+from chimeway_core.ledger import create as create_module
+from chimeway_core.ledger import rows as rows_module
+from chimeway_core.ledger import statements as sql
+from chimeway_core.ledger import validation as validation_module
+from chimeway_core.ledger.claimable import LIVE_STATUSES
 from chimeway_core.outcomes import Classification, Outcome
 from chimeway_core.records import Claim, Delivery, JournalKind
 from chimeway_core.states import Event, apply_event
@@ -43,13 +47,14 @@ from chimeway_core.store import LockedDelivery, SQLStore
 
 Patch = Callable[[Any, str, Any], None]
 
-_D = store_module._D
-_A = store_module._A
-_DELIVERIES = store_module._DELIVERIES
-_ATTEMPTS = store_module._ATTEMPTS
-_JOURNAL = store_module._JOURNAL
-_OUTBOX = store_module._OUTBOX
-_O = store_module._O
+_D = sql.D
+_A = sql.A
+_DELIVERIES = sql.DELIVERIES
+_ATTEMPTS = sql.ATTEMPTS
+_JOURNAL = sql.JOURNAL
+_OUTBOX = sql.OUTBOX
+_O = sql.OUT
+_LIVE = [status.value for status in LIVE_STATUSES]
 
 
 def _unguarded_claim(
@@ -60,7 +65,7 @@ def _unguarded_claim(
         update(_DELIVERIES)
         .where(
             _D.id == delivery_id,
-            _D.status.in_(store_module._LIVE),
+            _D.status.in_(_LIVE),
             _D.scheduled_at <= now,
             _D.attempt_count < _D.max_attempts,
         )
@@ -76,13 +81,13 @@ def _unguarded_claim(
     row = conn.execute(statement).first()
     if row is None:
         return None
-    delivery = store_module._delivery(row)
+    delivery = rows_module.delivery_from_row(row)
     conn.execute(
         _ATTEMPTS.insert().values(
             delivery_id=delivery.id, number=delivery.attempt_count, started_at=now, worker=owner
         )
     )
-    return Claim(delivery=delivery, attempt=store_module._in_flight_attempt(delivery, now, owner))
+    return Claim(delivery=delivery, attempt=rows_module.in_flight_attempt(delivery, now, owner))
 
 
 def _lease_off(patch: Patch) -> None:
@@ -129,7 +134,7 @@ def _record_values(
         "error_class": None
         if classification.error_class is None
         else str(classification.error_class),
-        "provider_response": store_module._sanitize(classification.provider_response),
+        "provider_response": validation_module.sanitize(classification.provider_response),
         "error": classification.error,
     }
     delivery_values: dict[str, Any] = {
@@ -142,7 +147,7 @@ def _record_values(
     }
     if next_run_at is not None:
         delivery_values["scheduled_at"] = next_run_at
-    journal = store_module._journal_values(
+    journal = rows_module.journal_values(
         claim.delivery.id,
         now,
         JournalKind.TRANSITION,
@@ -187,7 +192,7 @@ def _fence_off(patch: Patch) -> None:
             ).first()
             conn.execute(_JOURNAL.insert().values(journal))
         assert row is not None
-        return store_module._delivery(row)
+        return rows_module.delivery_from_row(row)
 
     patch(SQLStore, "record_attempt", record_attempt)
 
@@ -233,7 +238,7 @@ def _split_record(patch: Patch) -> None:
             if row is None:
                 raise lost
             conn.execute(_JOURNAL.insert().values(journal))
-        return store_module._delivery(row)
+        return rows_module.delivery_from_row(row)
 
     patch(SQLStore, "record_attempt", record_attempt)
 
@@ -273,16 +278,16 @@ def _forget_deaths(patch: Patch) -> None:
 
 
 def _outbox_off(patch: Patch) -> None:
-    original = SQLStore._insert_deliveries
+    original = create_module.insert_deliveries
 
-    def insert(self: SQLStore, conn: Any, rows: list[dict[str, Any]], *rest: Any) -> Any:
-        created = original(self, conn, rows, *rest)
+    def insert(conn: Any, *rest: Any) -> Any:
+        created = original(conn, *rest)
         ids = [result.delivery.id for result in created if result.created]
         if ids:
             conn.execute(delete(_OUTBOX).where(_O.delivery_id.in_(ids)))
         return created
 
-    patch(SQLStore, "_insert_deliveries", insert)
+    patch(create_module, "insert_deliveries", insert)
 
 
 def _requeue_off(patch: Patch) -> None:
@@ -351,15 +356,15 @@ def _pickle_on(patch: Patch) -> None:
 
 
 def _validation_off(patch: Patch) -> None:
-    patch(store_module, "_check_encodable", lambda _value, _field: None)
-    original = store_module._json_value
+    patch(validation_module, "check_encodable", lambda _value, _field: None)
+    original = validation_module.json_value
 
     def json_value(value: object, field: str, depth: int = 0) -> Any:
         if isinstance(value, str):
             return value
         return original(value, field, depth)
 
-    patch(store_module, "_json_value", json_value)
+    patch(validation_module, "json_value", json_value)
 
 
 SABOTAGES: Final[dict[str, Callable[[Patch], None]]] = {

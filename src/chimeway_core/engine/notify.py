@@ -2,15 +2,17 @@
 
 Theory of operation
 -------------------
-:meth:`Notifier.notify_many` lets the store validate every spec first (bad
-input is an :class:`~chimeway_core.errors.InvalidDeliveryError`, never a
-policy failing on it, and nothing is written). Each delivery, as it is about
-to be written (its id included), must then name a channel of the engine and
-is shown to the policies; only a suppression is applied at notify time, and
-the delivery is still recorded, terminal, with the policy's reason. The
-delivery and its outbox row are written in one transaction (the caller's,
-with ``session``); once it commits, the new live deliveries go to
-:class:`~chimeway_core.engine.handover.HandOver`.
+:meth:`Notifier.notify_many` has the store validate every spec and draft
+each delivery as it will write it (its id and defaults filled in; bad input
+is an :class:`~chimeway_core.errors.InvalidDeliveryError`, never a policy
+failing on it, and nothing is written). Each draft must then name a channel
+of the engine and is shown to the policies; only a suppression is applied at
+notify time, and the delivery is still recorded, terminal, with the policy's
+reason. The store then writes the drafts with the reasons decided here:
+decisions go up, execution goes down, and the ledger never calls back into
+the engine. The delivery and its outbox row are written in one transaction
+(the caller's, with ``session``); once it commits, the new live deliveries
+go to :class:`~chimeway_core.engine.handover.HandOver`.
 
 :meth:`Notifier.resend` writes a copy of a delivery that ended unsent the
 same way: the policies see the copy, and the original stays as it is.
@@ -18,7 +20,7 @@ same way: the policies see the copy, and the original stays as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, assert_never
 from uuid import UUID
@@ -29,6 +31,8 @@ from sqlalchemy.orm import Session
 from chimeway_core.clock import Clock
 from chimeway_core.engine.handover import HandOver
 from chimeway_core.engine.settings import Settings, meta, policy_context
+from chimeway_core.ledger import Draft
+from chimeway_core.ledger.validation import check_session
 from chimeway_core.policies import (
     Defer,
     Policy,
@@ -92,13 +96,17 @@ class Notifier:
     ) -> list[Delivery]:
         """Record and queue many deliveries (see ``Chimeway.notify_many``)."""
         now = self.clock.now()
-        specs = list(specs)
-        # The store validates every spec first; then each delivery, as it is
-        # about to be written, must name a channel of this engine and is shown
-        # to the policies. Bad input is an InvalidDeliveryError, never a
-        # policy (or a lookup) failing on it; nothing is written before.
+        if session is not None:
+            check_session(session)  # before the policies are asked, as the store would
+        # The store validates every spec and drafts each delivery as it will
+        # write it (id, defaults); then each must name a channel of this
+        # engine and is shown to the policies; then the store writes the
+        # drafts with the reasons decided here. Bad input is an
+        # InvalidDeliveryError, never a policy (or a lookup) failing on it;
+        # nothing is written before both steps pass.
+        drafts = self.store.draft_many(list(specs), now=now)
         created = self.store.create_many(
-            specs, now=now, session=session, suppress_if=self._suppression(now)
+            drafts, now=now, session=session, suppress_reasons=self._suppressions(drafts, now)
         )
         self._created([(c.delivery, c.created) for c in created], now, session)
         return [c.delivery for c in created]
@@ -106,9 +114,9 @@ class Notifier:
     def resend(self, delivery_id: UUID, *, session: Session | None = None) -> Resent:
         """Write a copy of a delivery that ended unsent (see ``Chimeway.resend``)."""
         now = self.clock.now()
-        resent = self.store.resend(
-            delivery_id, now=now, session=session, suppress_if=self._suppression(now)
-        )
+        copy = self.store.draft_resend(delivery_id, now=now, session=session)
+        [reason] = self._suppressions([copy], now)
+        resent = self.store.resend(copy, now=now, session=session, suppress_reason=reason)
         if resent.created:
             self.telemetry.emit(
                 TelemetryEvent.RESENT, meta(resent.original) | {"copy_id": resent.copy.id}
@@ -116,15 +124,19 @@ class Notifier:
         self._created([(resent.copy, resent.created)], now, session)
         return resent
 
-    def _suppression(self, now: datetime) -> Callable[[Delivery], str | None]:
-        """What the store asks of each delivery about to be written: a suppression reason."""
+    def _suppressions(self, drafts: Sequence[Draft], now: datetime) -> list[str | None]:
+        """The reason each drafted delivery is born suppressed with, or ``None``, in order.
+
+        Each must name a channel of this engine (else
+        :class:`~chimeway_core.errors.UnknownChannelError`); a policy that
+        raises propagates. Asked before anything is written.
+        """
         context = policy_context(self.store, now, PolicyPhase.NOTIFY)
-
-        def suppression(delivery: Delivery) -> str | None:
-            self.settings.channel(delivery.channel)
-            return _suppression_at_notify(self.settings.policies, delivery, context)
-
-        return suppression
+        reasons: list[str | None] = []
+        for draft in drafts:
+            self.settings.channel(draft.delivery.channel)
+            reasons.append(_suppression_at_notify(self.settings.policies, draft.delivery, context))
+        return reasons
 
     def _created(
         self, results: Sequence[tuple[Delivery, bool]], now: datetime, session: Session | None

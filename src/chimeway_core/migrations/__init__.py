@@ -25,8 +25,8 @@ import attrs
 from sqlalchemy import Connection, Engine, create_engine, inspect
 
 from chimeway_core.errors import ChimewayError, MissingExtraError
-from chimeway_core.schema import metadata
-from chimeway_core.store import _configure_sqlite
+from chimeway_core.ledger.dialects import configure_sqlite
+from chimeway_core.ledger.schema import metadata
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -177,7 +177,7 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
         # pysqlite runs DDL outside any transaction unless BEGIN is sent by
         # hand: a failing migration would leave half of its tables behind.
         # The store's hooks (SQLAlchemy's documented pysqlite recipe) do that.
-        _configure_sqlite(engine)
+        configure_sqlite(engine)
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection

@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
+from chimeway_core.ledger.schema import metadata
 from chimeway_core.migrations import VERSION_TABLE
-from chimeway_core.schema import metadata
 
 config = context.config
 

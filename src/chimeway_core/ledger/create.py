@@ -1,0 +1,311 @@
+"""Creating deliveries and resending them: drafts first, then one batch of writes.
+
+Theory of operation
+-------------------
+A create happens in two steps, so that whoever decides about a delivery
+(the engine's notify-time policies) sees it exactly as it will be written,
+and the ledger never calls back into its caller:
+
+1. **Draft.** :func:`draft_many` validates every spec (one invalid spec raises
+   :class:`~chimeway_core.errors.InvalidDeliveryError` and nothing is
+   drafted) and fills in what the row will hold: its id, ``idempotency_key``
+   (``str(id)`` unless given), ``scheduled_at`` (``now`` unless given), status
+   ``ready``, version 1. Nothing is read or written.
+2. **Write.** :func:`insert_deliveries` writes the rows, each with its
+   ``created`` journal entry and, unless a suppression reason was given for
+   it (then it is born ``suppressed`` and the journal records the
+   ``suppress`` transition), its outbox row. Rows go in key order, so
+   concurrent batches lock keys in one order (no deadlock on PostgreSQL);
+   conflicts on ``(channel, idempotency_key)`` are skipped, never raised, so
+   a caller's transaction is never aborted by a duplicate, and the rows not
+   written get the delivery that holds their key.
+
+A resend is the same write of one draft, the copy of a delivery that ended
+unsent, with the key :func:`~chimeway_core.records.resend_key` of the
+original, so a delivery has at most one copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+import attrs
+from sqlalchemy import Connection, select, tuple_
+
+from chimeway_core.errors import DeliveryNotFoundError, InvalidDeliveryError, NotResendableError
+from chimeway_core.ledger import statements as sql
+from chimeway_core.ledger.dialects import Dialect
+from chimeway_core.ledger.queries import RESENDABLE
+from chimeway_core.ledger.rows import (
+    delivery_from_row,
+    delivery_from_values,
+    journal_values,
+    new_row,
+)
+from chimeway_core.ledger.schema import REASON_LENGTH
+from chimeway_core.ledger.validation import check_text
+from chimeway_core.records import Delivery, JournalKind, NewDelivery, Resent, resend_key
+from chimeway_core.states import DeliveryStatus, Event, apply_event
+
+__all__ = [
+    "Created",
+    "Draft",
+    "apply_suppressions",
+    "copy_spec",
+    "draft",
+    "draft_many",
+    "insert_deliveries",
+    "resend_on",
+    "resend_original",
+    "rows_of",
+]
+
+# How often a create writes again the rows whose existing key was pruned as it
+# was read back: one retry settles it (a key written since is a live delivery).
+_CREATE_TRIES: Final = 3
+
+
+@attrs.frozen
+class Created:
+    """What :meth:`SQLStore.create` returns.
+
+    ``created`` is ``False`` when a delivery with the same
+    ``(channel, idempotency_key)`` already existed: ``delivery`` is that one.
+    """
+
+    delivery: Delivery
+    created: bool
+
+
+@attrs.frozen
+class Draft:
+    """A delivery as a create will write it: validated, its id and defaults filled in.
+
+    Made by :meth:`SQLStore.draft_many` (or :meth:`SQLStore.draft_resend`, for
+    the copy a resend writes) and written by :meth:`SQLStore.create_many` (or
+    :meth:`SQLStore.resend`) with the same ``now``; ``delivery`` is what the
+    row will hold, born ``ready``. Write a draft once.
+    """
+
+    delivery: Delivery
+    resend_of: UUID | None = None
+    """The original's id, for the copy a resend writes."""
+    _row: Mapping[str, Any] = attrs.field(default=attrs.Factory(dict), repr=False, eq=False)
+
+
+def draft(
+    spec: NewDelivery, now: datetime, index: int, max_payload_bytes: int, *, resend_of: UUID | None
+) -> Draft:
+    """The draft of one spec (``index`` names it in errors; -1 for a lone spec)."""
+    row = new_row(spec, now, index, max_payload_bytes)
+    return Draft(delivery_from_values(row), resend_of, row)
+
+
+def draft_many(specs: Sequence[NewDelivery], now: datetime, max_payload_bytes: int) -> list[Draft]:
+    """The drafts of ``specs``, in order; every spec validated before the first is returned."""
+    single = len(specs) == 1
+    return [
+        draft(spec, now, -1 if single else index, max_payload_bytes, resend_of=None)
+        for index, spec in enumerate(specs)
+    ]
+
+
+def rows_of(
+    items: Sequence[NewDelivery | Draft], now: datetime, max_payload_bytes: int
+) -> tuple[list[dict[str, Any]], dict[UUID, Delivery]]:
+    """The rows to write for specs and drafts, and the drafts' deliveries by id.
+
+    A spec is validated here; a draft was validated when it was made, and must
+    have been made at ``now``.
+    """
+    single = len(items) == 1
+    rows: list[dict[str, Any]] = []
+    drafted: dict[UUID, Delivery] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, Draft):
+            if item.delivery.created_at != now:
+                raise InvalidDeliveryError("now", "differs from the now its drafts were made at")
+            rows.append(dict(item._row))
+            drafted[item.delivery.id] = item.delivery
+        else:
+            rows.append(new_row(item, now, -1 if single else index, max_payload_bytes))
+    return rows, drafted
+
+
+def apply_suppressions(
+    rows: Sequence[dict[str, Any]],
+    reasons: Sequence[str | None] | None,
+    drafted: dict[UUID, Delivery],
+) -> None:
+    """Make the rows given a reason born suppressed (their drafts no longer say what is written)."""
+    if reasons is None:
+        return
+    for row, reason in zip(rows, reasons, strict=True):
+        check_text(reason, "suppress_reason", max_length=REASON_LENGTH, optional=True)
+        if reason is not None:
+            row["status"] = apply_event(DeliveryStatus.READY, Event.SUPPRESS).dest.value
+            row["reason"] = reason
+            drafted.pop(row["id"], None)
+
+
+def _key_of(row: Mapping[str, Any]) -> tuple[str, str]:
+    return row["channel"], row["idempotency_key"]
+
+
+def _insert_new(
+    conn: Connection, dialect: Dialect, rows: Sequence[dict[str, Any]], now: datetime
+) -> set[UUID]:
+    """Write the rows whose key is free, with their journal and outbox rows; their ids."""
+    if all(row["reason"] is None for row in rows):
+        # Born ready: where the database can, delivery, journal and outbox
+        # rows in one statement per chunk.
+        inserted = dialect.create_ready(conn, rows, now)
+        if inserted is not None:
+            return inserted
+    inserted = set()
+    for chunk in sql.in_chunks(rows, 1000):
+        inserted.update(conn.execute(dialect.insert_ignoring_conflicts, list(chunk)).scalars())
+    journal: list[dict[str, Any]] = []
+    outbox: list[dict[str, Any]] = []
+    for row in rows:
+        if row["id"] not in inserted:
+            continue
+        journal.append(
+            journal_values(row["id"], now, JournalKind.CREATED, to_status=DeliveryStatus.READY)
+        )
+        if row["reason"] is None:
+            outbox.append({"delivery_id": row["id"], "run_at": row["scheduled_at"]})
+            outbox[-1]["created_at"] = now
+        else:
+            journal.append(
+                journal_values(
+                    row["id"],
+                    now,
+                    JournalKind.TRANSITION,
+                    event=Event.SUPPRESS,
+                    from_status=DeliveryStatus.READY,
+                    to_status=DeliveryStatus.SUPPRESSED,
+                    reason=row["reason"],
+                )
+            )
+    if journal:
+        conn.execute(sql.JOURNAL.insert(), journal)
+    if outbox:
+        conn.execute(sql.OUTBOX.insert(), outbox)
+    return inserted
+
+
+def _existing(
+    conn: Connection, rows: Sequence[Mapping[str, Any]], inserted: set[UUID]
+) -> dict[tuple[str, str], Delivery]:
+    """The deliveries already holding the keys of the rows not inserted, by key."""
+    existing: dict[tuple[str, str], Delivery] = {}
+    missing = sorted({_key_of(row) for row in rows if row["id"] not in inserted})
+    for chunk in sql.in_chunks(missing):
+        query = select(sql.DELIVERIES).where(
+            tuple_(sql.D.channel, sql.D.idempotency_key).in_(list(chunk))
+        )
+        for found in conn.execute(query):
+            delivery = delivery_from_row(found)
+            existing[delivery.channel, delivery.idempotency_key] = delivery
+    return existing
+
+
+def _results(
+    rows: Sequence[Mapping[str, Any]],
+    inserted: set[UUID],
+    existing: Mapping[tuple[str, str], Delivery],
+    drafted: Mapping[UUID, Delivery],
+) -> list[Created]:
+    """One result per row, in ``rows`` order; a written row's delivery is its draft's if any."""
+    results: list[Created] = []
+    for row in rows:
+        if row["id"] in inserted:
+            shown = drafted.get(row["id"])
+            delivery = delivery_from_values(row) if shown is None else shown
+            results.append(Created(delivery, created=True))
+        else:
+            results.append(Created(existing[_key_of(row)], created=False))
+    return results
+
+
+def insert_deliveries(
+    conn: Connection,
+    dialect: Dialect,
+    rows: list[dict[str, Any]],
+    now: datetime,
+    drafted: Mapping[UUID, Delivery],
+) -> list[Created]:
+    """Write ``rows`` on ``conn`` (see the module docstring); one result per row, in order."""
+    ordered = sorted(rows, key=_key_of)
+    inserted: set[UUID] = set()
+    pending = ordered
+    for _ in range(_CREATE_TRIES):
+        inserted |= _insert_new(conn, dialect, pending, now)
+        existing = _existing(conn, rows, inserted)
+        # A key taken when its row was inserted but gone when read back was
+        # pruned in between (PostgreSQL, another transaction): it is free
+        # now, so the row is written again.
+        pending = [
+            row for row in ordered if row["id"] not in inserted and _key_of(row) not in existing
+        ]
+        if not pending:
+            return _results(rows, inserted, existing, drafted)
+    keys = sorted({_key_of(row) for row in pending})
+    raise RuntimeError(f"deliveries vanished {_CREATE_TRIES} times as they were read back: {keys}")
+
+
+def resend_original(conn: Connection, delivery_id: UUID, *, for_update: bool) -> Delivery:
+    """The delivery to resend, read on ``conn``; raises unless it ended unsent."""
+    query = sql.SELECT_FOR_UPDATE if for_update else sql.SELECT_BY_ID
+    row = conn.execute(query, {"b_id": delivery_id}).first()
+    if row is None:
+        raise DeliveryNotFoundError(delivery_id)
+    original = delivery_from_row(row)
+    if original.status not in RESENDABLE:
+        raise NotResendableError(delivery_id, original.status, original.reason)
+    return original
+
+
+def copy_spec(original: Delivery) -> NewDelivery:
+    """What the copy of ``original`` is made of (it is due when written)."""
+    return NewDelivery(
+        channel=original.channel,
+        recipient=original.recipient,
+        payload=original.payload,
+        notification_key=original.notification_key,
+        idempotency_key=resend_key(original.id),
+        max_attempts=original.max_attempts,
+        expires_at=original.expires_at,
+        metadata=original.metadata,
+    )
+
+
+def resend_on(
+    conn: Connection,
+    dialect: Dialect,
+    delivery_id: UUID,
+    now: datetime,
+    *,
+    copy: Draft | None,
+    suppress_reason: str | None,
+    max_payload_bytes: int,
+) -> Resent:
+    """Write the copy of ``delivery_id`` (``copy``, else drafted here) and journal it."""
+    original = resend_original(conn, delivery_id, for_update=True)
+    if copy is None:
+        copy = draft(copy_spec(original), now, -1, max_payload_bytes, resend_of=original.id)
+    rows, drafted = rows_of([copy], now, max_payload_bytes)
+    apply_suppressions(rows, None if suppress_reason is None else [suppress_reason], drafted)
+    [result] = insert_deliveries(conn, dialect, rows, now, drafted)
+    if result.created:
+        conn.execute(
+            sql.JOURNAL.insert(),
+            journal_values(
+                original.id, now, JournalKind.RESENT, detail={"as": str(result.delivery.id)}
+            ),
+        )
+    return Resent(original=original, copy=result.delivery, created=result.created)

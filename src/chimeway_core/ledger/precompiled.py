@@ -1,0 +1,114 @@
+"""Core statements compiled once per dialect and run as driver SQL.
+
+``Connection.execute`` of a Core statement looks up its compiled form, runs
+every parameter through its type and sets up typed result processing, on
+every call. For the few statements every delivery runs (the lock's read, the
+claim, the record) that is most of the Python cost of a write, and the
+machine this project is measured on spends more time there than waiting for
+the database (docs/performance.md).
+
+A :class:`Precompiled` does that work once per dialect: it compiles the
+statement, keeps the statement's own constant parameters and the bind and
+result processors of its column types, and runs the SQL text with
+``exec_driver_sql``. The conversions stay those of the schema's types (the
+UTC timestamps, JSON), the SQL stays the one SQLAlchemy writes, and engine
+events (``before_cursor_execute``, the statement counters) still see every
+statement.
+
+Only statements whose every parameter is an explicit ``bindparam`` qualify:
+a bare ``table.insert()`` compiles its columns from the keys it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+from sqlalchemy import Connection, CursorResult, Dialect
+from sqlalchemy.sql.selectable import ExecutableReturnsRows
+
+__all__ = ["Precompiled"]
+
+_Processor = Callable[[Any], Any]
+
+
+@attrs.frozen
+class _Compiled:
+    sql: str
+    defaults: Mapping[str, Any]
+    # The parameters the statement has no value of its own for.
+    required: frozenset[str]
+    # The positional order of the parameters, for qmark/numeric dialects.
+    positions: tuple[str, ...] | None
+    binds: tuple[tuple[str, _Processor], ...]
+    results: tuple[_Processor | None, ...]
+
+
+class Precompiled:
+    """One Core statement, compiled once per dialect, executed as driver SQL.
+
+    ``execute`` takes the statement's named parameters (those it does not get
+    keep the values the statement was built with; one with no value of its own
+    missing raises :class:`ValueError`) and converts each through its type
+    exactly as ``Connection.execute`` would. ``first`` also converts
+    the returned row through the result columns' types.
+    """
+
+    def __init__(self, statement: ExecutableReturnsRows) -> None:
+        self.statement: Final = statement
+        self._by_dialect: dict[Dialect, _Compiled] = {}
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        compiled = self.statement.compile(dialect=dialect)
+        # By name: a parameter used twice in the SQL is still converted once.
+        processors = {
+            name: process
+            for bind, name in compiled.bind_names.items()
+            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        # A SELECT's columns, or an INSERT/UPDATE's RETURNING columns.
+        results = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in self.statement.exported_columns
+        )
+        positions = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+        result = _Compiled(
+            sql=str(compiled),
+            defaults=dict(compiled.params),
+            required=frozenset(name for bind, name in compiled.bind_names.items() if bind.required),
+            positions=positions,
+            binds=tuple(processors.items()),
+            results=results if any(results) else (),
+        )
+        # A race compiles twice and keeps either: both are the same.
+        self._by_dialect[dialect] = result
+        return result
+
+    def execute(self, conn: Connection, parameters: Mapping[str, Any]) -> CursorResult[Any]:
+        """Run the statement on ``conn`` with ``parameters``; the raw driver result."""
+        compiled = self._by_dialect.get(conn.dialect) or self._compile(conn.dialect)
+        if missing := compiled.required - parameters.keys():
+            # Core raises here too; binding NULL instead would fail a fence silently.
+            raise ValueError(f"no value for the parameters {sorted(missing)}")
+        values = {**compiled.defaults, **parameters}
+        for name, process in compiled.binds:
+            values[name] = process(values[name])
+        if compiled.positions is not None:
+            return conn.exec_driver_sql(
+                compiled.sql, tuple(values[name] for name in compiled.positions)
+            )
+        return conn.exec_driver_sql(compiled.sql, values)
+
+    def first(self, conn: Connection, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run the statement; its first row with each value converted by its type, or None."""
+        row = self.execute(conn, parameters).first()
+        if row is None:
+            return None
+        compiled = self._by_dialect[conn.dialect]
+        if not compiled.results:
+            return tuple(row)
+        return tuple(
+            value if process is None else process(value)
+            for process, value in zip(compiled.results, row, strict=True)
+        )
