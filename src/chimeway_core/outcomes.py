@@ -6,6 +6,11 @@ raises. :func:`classify` turns *anything* a channel returned or raised into a
 :class:`Classification`: an :class:`Outcome`, an error class, the provider's
 response and an optional ``retry_after``.
 
+Building one of the four values checks it, inside the channel's own call: a
+``message`` that is not a ``str``, a ``provider_response`` that is not a
+mapping or a ``retry_after`` that is not a number raises :class:`TypeError`; a
+negative or non-finite ``retry_after`` raises :class:`ValueError`.
+
 Classification never crashes. A return value of a shape nobody documented gets
 the error class :data:`UNKNOWN_CLASSIFICATION`, which lies outside
 :class:`ErrorClass` on purpose: the dispatch table's catch-all handles it
