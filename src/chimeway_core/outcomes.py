@@ -337,14 +337,13 @@ def _outcome_row(outcome: Outcome, key: ErrorClassKey, retry_unknown: bool) -> O
 
 
 # Every shape, precompiled; building it fails at import if a shape has no row.
-_EVENTS: Final[Mapping[tuple[Outcome, ErrorClassKey, bool], Event]] = MappingProxyType(
-    {
-        (outcome, key, retry_unknown): _outcome_row(outcome, key, retry_unknown).event
-        for outcome in Outcome
-        for key in _ERROR_CLASS_KEYS
-        for retry_unknown in (True, False)
-    }
-)
+# A plain dict, not a mapping proxy: the proxy costs a second lookup per call.
+_EVENTS: Final[dict[tuple[Outcome, ErrorClassKey, bool], Event]] = {
+    (outcome, key, retry_unknown): _outcome_row(outcome, key, retry_unknown).event
+    for outcome in Outcome
+    for key in _ERROR_CLASS_KEYS
+    for retry_unknown in (True, False)
+}
 
 
 def attempt_event(outcome: Outcome, error_class: object, *, retry_unknown: bool) -> Event:
