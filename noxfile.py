@@ -1,8 +1,11 @@
 """The project's sessions, named by purpose. ``nox`` alone runs the CI set.
 
 - ``tests``: the whole test suite with every extra, against the real services.
-- ``core``: the core's tests with no extra installed — proof the core never
-  needs a backend, a driver or a broker client.
+- ``core``: the core, engine, kit, command-line, ledger (SQLite) and memory
+  backend tests with no extra installed — proof the core never needs a
+  backend, a driver or a broker client. Tests that need a service or an extra
+  carry a marker (``postgres``, ``redis``, ``rabbitmq``, ``extras``: see
+  ``tests/selection.py``) and are deselected here by it, never skipped.
 - ``lint``, ``typecheck``, ``docs``: ruff, mypy --strict, a strict docs build.
 - ``bench``: the benchmarks (not in the default set; ``nox -s bench``).
 """
@@ -20,6 +23,21 @@ nox.needs_version = ">=2024.10.9"
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery]"
 
+#: What the ``core`` session runs: every test folder whose conftest imports no extra.
+CORE_TESTS = (
+    "tests/core",
+    "tests/engine",
+    "tests/kit",
+    "tests/cli",
+    "tests/policies",
+    "tests/store",
+    "tests/telemetry",
+    "tests/docs",
+    "tests/backends/memory",
+)
+#: Deselects every test that needs a service or an extra (markers of tests/selection.py).
+CORE_ONLY = "not postgres and not redis and not rabbitmq and not extras"
+
 
 @nox.session
 def tests(session: nox.Session) -> None:
@@ -34,7 +52,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def core(session: nox.Session) -> None:
-    """Run the core's own tests with no extra installed."""
+    """Run the core's tests with no extra installed, on SQLite and the memory backend."""
     session.install(".", "pytest>=8", "hypothesis>=6.100")
     session.run(
         "python",
@@ -44,7 +62,7 @@ def core(session: nox.Session) -> None:
         "if u.find_spec(m)]; "
         "sys.exit(f'extras leaked into the core session: {extras}' if extras else 0)",
     )
-    session.run("pytest", *(session.posargs or ["tests/core"]))
+    session.run("pytest", "-m", CORE_ONLY, *(session.posargs or CORE_TESTS))
 
 
 @nox.session

@@ -22,6 +22,8 @@ from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
 from tests.services import fresh_postgres_database, truncate_tables
 
+pytest_plugins = ["tests.selection"]
+
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
     "ci",
@@ -67,7 +69,7 @@ def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLStore]
     store.engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest) -> SQLStore:
     """The store under test, once per database."""
     fixture = "sqlite_store" if request.param == "sqlite" else "pg_store"

@@ -4,28 +4,23 @@ Theory of operation
 -------------------
 After an attempt is recorded (and the delivery's status moved accordingly),
 the worker must tell its queue what to do. :func:`decide` answers with one
-:class:`Action`:
+:class:`Action` (:data:`ACTION_MEANINGS` says what each one does).
 
-``ACK``
-    The job is finished; return normally.
-``RETRY``
-    Schedule the next attempt after the retry policy's delay.
-``EXHAUST``
-    Write ``cancelled`` / ``retries_exhausted``, then acknowledge, so the queue
-    job completes cleanly while the ledger keeps the durable explanation.
-``RAISE``
-    The shape is not covered by any documented row and cannot converge:
-    raise :class:`~chimeway_core.errors.UnhandledOutcomeError`.
-
-The documented rows are the data literal :data:`DISPATCH_ROWS`; the first row
-that matches wins. Every shape no row matches falls to the catch-all of the
-reference worker: on the final attempt (``attempt >= max_attempts``) with the
-delivery in ``failed`` it converges (``EXHAUST``), otherwise ``RAISE``.
+The rows are data: the documented rows :data:`DISPATCH_ROWS`, then the
+catch-all of the reference worker, :data:`CATCH_ALL_ROWS`: on the final
+attempt (``attempt >= max_attempts``) with the delivery in ``failed`` it
+converges (``EXHAUST``), on any other shape it raises
+(``RAISE``, :class:`~chimeway_core.errors.UnhandledOutcomeError`). Together
+they are :data:`TABLE_ROWS`; the first row that matches wins, and the last row
+matches everything, so the table is total. The generated page
+``docs/dispatch-table.md`` renders exactly these rows.
 
 The rows are compiled at import time into a dict over the whole finite space
 (outcome x error-class key x status x "final attempt?"), so :func:`decide`
 costs argument checks plus one dict lookup. Error classes that are not
-documented — any string, ``None``, any object — share one key, ``<other>``.
+documented — any string, ``None``, any object — share one key,
+:data:`~chimeway_core.outcomes.OTHER_CLASSES`. :func:`match_row` is the same
+lookup, returning the row's name beside the action (the engine reports it).
 """
 
 from __future__ import annotations
@@ -37,13 +32,25 @@ from typing import Final
 
 import attrs
 
-from chimeway_core.outcomes import ErrorClass, Outcome
-from chimeway_core.states import DeliveryStatus, Event
+from chimeway_core.outcomes import (
+    ANY,
+    OTHER_CLASSES,
+    ErrorClass,
+    ErrorClassKey,
+    Outcome,
+    _Any,
+    attempt_event,
+    error_class_key,
+)
+from chimeway_core.states import DeliveryStatus
 
 __all__ = [
+    "ACTION_MEANINGS",
     "ANY",
     "CATCH_ALL",
+    "CATCH_ALL_ROWS",
     "DISPATCH_ROWS",
+    "TABLE_ROWS",
     "Action",
     "AttemptRelation",
     "DispatchRow",
@@ -62,6 +69,17 @@ class Action(enum.StrEnum):
     RAISE = "raise"
 
 
+#: What the engine does for each action; the generated docs show it.
+ACTION_MEANINGS: Final[Mapping[Action, str]] = MappingProxyType(
+    {
+        Action.ACK: "the job returns normally.",
+        Action.RETRY: "the next attempt is scheduled after the retry policy's delay.",
+        Action.EXHAUST: "the engine writes `cancelled`/`retries_exhausted`, then acknowledges.",
+        Action.RAISE: "`UnhandledOutcomeError` propagates into the queue's failure record.",
+    }
+)
+
+
 class AttemptRelation(enum.StrEnum):
     """Where the attempt number stands relative to ``max_attempts``."""
 
@@ -70,23 +88,12 @@ class AttemptRelation(enum.StrEnum):
     FINAL = "attempt >= max_attempts"
 
 
-class _Any(enum.Enum):
-    ANY = "any"
-
-    def __repr__(self) -> str:
-        return "ANY"
-
-
-#: Wildcard for a row's error classes.
-ANY: Final = _Any.ANY
-
-
 @attrs.frozen
 class DispatchRow:
-    """One documented row of the dispatch table."""
+    """One row of the dispatch table: a shape (``ANY`` matches every value) and its action."""
 
     name: str
-    outcome: Outcome
+    outcome: Outcome | _Any
     error_classes: frozenset[ErrorClass | None] | _Any
     status: DeliveryStatus | _Any
     attempt: AttemptRelation
@@ -162,24 +169,51 @@ DISPATCH_ROWS: Final[tuple[DispatchRow, ...]] = (
     ),
 )
 
-#: The name under which the catch-all shows in the generated docs and telemetry.
+#: The name the catch-all rows share, in the generated docs and telemetry.
 CATCH_ALL: Final = "catch_all"
 
-_OTHER: Final = "<other>"
-_ERROR_CLASS_KEYS: Final[tuple[ErrorClass | str | None, ...]] = (*ErrorClass, None, _OTHER)
-_CLASS_BY_VALUE: Final[Mapping[str, ErrorClass]] = {c.value: c for c in ErrorClass}
+#: The reference worker's catch-all, after the documented rows: it ends the table.
+CATCH_ALL_ROWS: Final[tuple[DispatchRow, ...]] = (
+    DispatchRow(
+        CATCH_ALL,
+        ANY,
+        ANY,
+        DeliveryStatus.FAILED,
+        AttemptRelation.FINAL,
+        Action.EXHAUST,
+        "A shape no documented row covers (an undocumented error class, or a status the"
+        " recording could not have produced), on the final attempt with the delivery in"
+        " `failed`: it converges to `cancelled`/`retries_exhausted`.",
+    ),
+    DispatchRow(
+        CATCH_ALL,
+        ANY,
+        ANY,
+        ANY,
+        AttemptRelation.ANY,
+        Action.RAISE,
+        "Every other shape raises `UnhandledOutcomeError` carrying all six fields — after"
+        " the engine has scheduled the next attempt, so the delivery is never leaked.",
+    ),
+)
 
-_Key = tuple[Outcome, ErrorClass | str | None, DeliveryStatus, bool]
+#: The whole table in priority order: the documented rows, then the catch-all.
+TABLE_ROWS: Final[tuple[DispatchRow, ...]] = (*DISPATCH_ROWS, *CATCH_ALL_ROWS)
+
+
+_ERROR_CLASS_KEYS: Final[tuple[ErrorClassKey, ...]] = (*ErrorClass, None, OTHER_CLASSES)
+
+_Key = tuple[Outcome, ErrorClassKey, DeliveryStatus, bool]
 
 
 def _row_matches(
     row: DispatchRow,
     outcome: Outcome,
-    error_class_key: ErrorClass | str | None,
+    error_class_key: ErrorClassKey,
     status: DeliveryStatus,
     final: bool,
 ) -> bool:
-    if row.outcome is not outcome:
+    if row.outcome is not ANY and row.outcome is not outcome:
         return False
     if row.error_classes is not ANY and error_class_key not in row.error_classes:
         return False
@@ -192,32 +226,20 @@ def _row_matches(
     return True
 
 
-def _error_class_key(error_class: object) -> ErrorClass | str | None:
-    if error_class is None or type(error_class) is ErrorClass:
-        return error_class
-    if isinstance(error_class, str):
-        # A str equal to a member (as read back from the database) counts.
-        return _CLASS_BY_VALUE.get(str.__str__(error_class), _OTHER)
-    return _OTHER
-
-
 def _compile() -> dict[_Key, tuple[Action, str]]:
-    table: dict[_Key, tuple[Action, str]] = {}
-    for outcome in Outcome:
-        for key in _ERROR_CLASS_KEYS:
-            for status in DeliveryStatus:
-                for final in (False, True):
-                    row = next(
-                        (r for r in DISPATCH_ROWS if _row_matches(r, outcome, key, status, final)),
-                        None,
-                    )
-                    if row is not None:
-                        table[outcome, key, status, final] = (row.action, row.name)
-                    elif final and status is DeliveryStatus.FAILED:
-                        table[outcome, key, status, final] = (Action.EXHAUST, CATCH_ALL)
-                    else:
-                        table[outcome, key, status, final] = (Action.RAISE, CATCH_ALL)
-    return table
+    # next() without a default: a shape no row matches fails the import.
+    # Plain tuples: indexing a tuple subclass (a NamedTuple) is not specialized.
+    return {
+        (outcome, key, status, final): next(
+            (row.action, row.name)
+            for row in TABLE_ROWS
+            if _row_matches(row, outcome, key, status, final)
+        )
+        for outcome in Outcome
+        for key in _ERROR_CLASS_KEYS
+        for status in DeliveryStatus
+        for final in (False, True)
+    }
 
 
 # Keyed by the enum members themselves: StrEnum members hash as their (cached)
@@ -226,7 +248,10 @@ def _compile() -> dict[_Key, tuple[Action, str]]:
 _TABLE: Final = _compile()
 
 
-def _check(outcome: object, status: object, attempt: object, max_attempts: object) -> None:
+def _key(
+    outcome: object, error_class: object, status: object, attempt: object, max_attempts: object
+) -> _Key:
+    # The one statement of what a shape is: checked arguments, normalized key.
     # Enums with members cannot be subclassed, so exact type checks are
     # isinstance checks, only cheaper.
     if type(outcome) is not Outcome:
@@ -241,6 +266,7 @@ def _check(outcome: object, status: object, attempt: object, max_attempts: objec
         raise ValueError(f"attempt must be >= 1, got {attempt}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    return outcome, error_class_key(error_class), status, attempt >= max_attempts
 
 
 def match_row(
@@ -250,9 +276,13 @@ def match_row(
     attempt: int,
     max_attempts: int,
 ) -> tuple[Action, str]:
-    """Like :func:`decide`, and also name the row that fired (or ``catch_all``)."""
-    _check(outcome, status, attempt, max_attempts)
-    return _TABLE[outcome, _error_class_key(error_class), status, attempt >= max_attempts]
+    """:func:`decide`, with the name of the row that chose the action.
+
+    The same lookup in the same table; both catch-all rows are named
+    ``catch_all``. Raises as :func:`decide` does. The engine calls it: the
+    row's name goes into its telemetry.
+    """
+    return _TABLE[_key(outcome, error_class, status, attempt, max_attempts)]
 
 
 def decide(
@@ -271,8 +301,8 @@ def decide(
     when ``attempt`` or ``max_attempts`` is below 1. It never raises for an
     unknown shape: it returns :attr:`Action.RAISE` and the caller raises.
     """
-    # One condition, then one lookup keyed by the arguments: this is the hot
-    # path of every attempt. Everything else takes the checked way below.
+    # The hot path: arguments that already are a key of the table are looked
+    # up as they came, with no call; every other shape takes _key().
     if (
         type(outcome) is Outcome
         and type(status) is DeliveryStatus
@@ -287,36 +317,6 @@ def decide(
             # A documented class read back from the database equals its member;
             # any other string is undocumented.
             final = attempt >= max_attempts
-            row = _TABLE.get((outcome, error_class, status, final))
-            return (row or _TABLE[outcome, _OTHER, status, final])[0]
-    return match_row(outcome, error_class, status, attempt, max_attempts)[0]
-
-
-_FAILURE_EVENTS: Final[Mapping[ErrorClass, Event]] = MappingProxyType(
-    {
-        ErrorClass.TEMPORARY: Event.FAIL_TEMPORARY,
-        ErrorClass.PERMANENT: Event.FAIL_PERMANENT,
-        ErrorClass.BOUNCED: Event.BOUNCE,
-    }
-)
-
-
-def attempt_event(outcome: Outcome, error_class: object, *, retry_unknown: bool) -> Event:
-    """The state-machine event that recording an attempt of this shape fires.
-
-    A failure of an undocumented error class fires ``fail_temporary``: the
-    delivery stays live in ``failed`` and the dispatch table's catch-all then
-    decides (converge on the final attempt, raise otherwise). An unknown
-    outcome is retryable when the channel honours idempotency keys
-    (``retry_unknown``), final otherwise.
-    """
-    if not isinstance(outcome, Outcome):
-        raise TypeError(f"outcome must be an Outcome, not {type(outcome).__name__}")
-    if outcome is Outcome.SUCCEEDED:
-        return Event.SUCCEED
-    if outcome is Outcome.UNKNOWN:
-        return Event.LOSE_OUTCOME_RETRYABLE if retry_unknown else Event.LOSE_OUTCOME_FINAL
-    key = _error_class_key(error_class)
-    if isinstance(key, ErrorClass):
-        return _FAILURE_EVENTS[key]
-    return Event.FAIL_TEMPORARY
+            row = _TABLE.get((outcome, error_class, status, final))  # type: ignore[arg-type]
+            return (row or _TABLE[outcome, OTHER_CLASSES, status, final])[0]
+    return _TABLE[_key(outcome, error_class, status, attempt, max_attempts)][0]

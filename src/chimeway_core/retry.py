@@ -49,7 +49,9 @@ def _factor(_: object, attribute: attrs.Attribute[float], value: float) -> None:
 class RetryPolicy:
     """When to give up and how long to wait before the next attempt.
 
-    All durations are in seconds.
+    All durations are in seconds. A field out of range (``max_attempts`` not
+    an int >= 1, a delay or ``jitter`` negative or not finite,
+    ``backoff_factor`` below 1) raises :class:`ValueError` naming it.
     """
 
     max_attempts: int = attrs.field(default=5, validator=_at_least_one)

@@ -6,11 +6,19 @@ A delivery has one of five statuses. ``ready`` is where it starts, ``failed``
 is where it waits after a temporary failure, and ``succeeded``, ``cancelled``
 and ``suppressed`` are terminal: no event leaves a terminal status, ever.
 
-The legal moves are declared exactly once, in :data:`TRANSITION_DECLARATION`,
-in the format of the ``transitions`` package. :data:`MACHINE` is built from that
-declaration and is what the documentation diagram is drawn from.
-:data:`TRANSITION_TABLE` is compiled from the very same machine at import time
-and is what the hot path uses: a single dict lookup per transition.
+The legal moves are declared exactly once, in :data:`TRANSITION_DECLARATION`:
+a tuple of typed rows (source statuses, event, destination status, reason
+written). Everything else is derived from it at import time:
+
+- :data:`MACHINE`, the ``transitions`` machine, which draws the docs diagram
+  and drives :class:`DeliveryLifecycle`;
+- :data:`TRANSITION_TABLE`, ``(status, event) -> Transition``, and behind
+  :func:`apply_event` a dict of the same moves keyed by plain strings: one
+  lookup per transition on the hot path;
+- the sets: :data:`LIVE_STATUSES` (a source of some move),
+  :data:`TERMINAL_STATUSES` (a source of none) and
+  :data:`RESENDABLE_STATUSES` (terminal, entered by a move that did not
+  deliver: what ``resend`` may copy).
 
 Firing an event that the declaration does not allow from the current status
 raises :class:`~chimeway_core.errors.IllegalTransitionError` and changes
@@ -22,7 +30,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 from transitions import Machine, MachineError
@@ -30,7 +38,10 @@ from transitions import Machine, MachineError
 from chimeway_core.errors import IllegalTransitionError
 
 __all__ = [
+    "LIVE_STATUSES",
     "MACHINE",
+    "POLICY_REASON",
+    "RESENDABLE_STATUSES",
     "TERMINAL_STATUSES",
     "TRANSITION_DECLARATION",
     "TRANSITION_TABLE",
@@ -39,6 +50,7 @@ __all__ = [
     "Event",
     "Reason",
     "Transition",
+    "TransitionRow",
     "apply_event",
 ]
 
@@ -51,12 +63,6 @@ class DeliveryStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     CANCELLED = "cancelled"
     SUPPRESSED = "suppressed"
-
-
-#: Statuses no event can leave.
-TERMINAL_STATUSES: Final = frozenset(
-    {DeliveryStatus.SUCCEEDED, DeliveryStatus.CANCELLED, DeliveryStatus.SUPPRESSED}
-)
 
 
 class Event(enum.StrEnum):
@@ -98,36 +104,58 @@ class Reason(enum.StrEnum):
     TOO_MANY_DEFERRALS = "too_many_deferrals"
 
 
-_LIVE = [DeliveryStatus.READY.value, DeliveryStatus.FAILED.value]
+class _PolicyReason(enum.Enum):
+    POLICY_REASON = "policy's reason"
 
-#: The one declaration of the state machine, in ``transitions`` format. The
-#: ``reason`` key is chimeway's own: the reason written on entering ``dest``
-#: (``None`` where the caller supplies it, as a policy does for ``suppress``).
-TRANSITION_DECLARATION: Final[tuple[Mapping[str, object], ...]] = (
-    {"trigger": Event.SUCCEED, "source": _LIVE, "dest": "succeeded", "reason": None},
-    {"trigger": Event.FAIL_TEMPORARY, "source": _LIVE, "dest": "failed", "reason": None},
-    {
-        "trigger": Event.FAIL_PERMANENT,
-        "source": _LIVE,
-        "dest": "cancelled",
-        "reason": Reason.PERMANENT_FAILURE,
-    },
-    {"trigger": Event.BOUNCE, "source": _LIVE, "dest": "cancelled", "reason": Reason.BOUNCED},
-    {"trigger": Event.LOSE_OUTCOME_RETRYABLE, "source": _LIVE, "dest": "failed", "reason": None},
-    {
-        "trigger": Event.LOSE_OUTCOME_FINAL,
-        "source": _LIVE,
-        "dest": "cancelled",
-        "reason": Reason.OUTCOME_UNKNOWN,
-    },
-    {
-        "trigger": Event.EXHAUST,
-        "source": [DeliveryStatus.FAILED.value],
-        "dest": "cancelled",
-        "reason": Reason.RETRIES_EXHAUSTED,
-    },
-    {"trigger": Event.SUPPRESS, "source": _LIVE, "dest": "suppressed", "reason": None},
-    {"trigger": Event.CANCEL, "source": _LIVE, "dest": "cancelled", "reason": Reason.CANCELLED},
+    def __repr__(self) -> str:
+        return "POLICY_REASON"
+
+
+#: A row's reason when the policy that fired the event gives it (``suppress``).
+POLICY_REASON: Final = _PolicyReason.POLICY_REASON
+
+
+@attrs.frozen
+class TransitionRow:
+    """One row of the declaration: ``event`` moves each of ``sources`` to ``dest``.
+
+    ``reason`` is what entering ``dest`` writes: a fixed :class:`Reason`,
+    :data:`POLICY_REASON` when the policy gives it, or ``None`` for none.
+    """
+
+    sources: tuple[DeliveryStatus, ...]
+    event: Event
+    dest: DeliveryStatus
+    reason: Reason | Literal[_PolicyReason.POLICY_REASON] | None
+
+
+_R, _F = DeliveryStatus.READY, DeliveryStatus.FAILED
+_S, _C, _X = DeliveryStatus.SUCCEEDED, DeliveryStatus.CANCELLED, DeliveryStatus.SUPPRESSED
+
+#: The one declaration of the state machine, in DESIGN.md's order.
+TRANSITION_DECLARATION: Final[tuple[TransitionRow, ...]] = (
+    TransitionRow((_R, _F), Event.SUCCEED, _S, None),
+    TransitionRow((_R, _F), Event.FAIL_TEMPORARY, _F, None),
+    TransitionRow((_R, _F), Event.FAIL_PERMANENT, _C, Reason.PERMANENT_FAILURE),
+    TransitionRow((_R, _F), Event.BOUNCE, _C, Reason.BOUNCED),
+    TransitionRow((_R, _F), Event.LOSE_OUTCOME_RETRYABLE, _F, None),
+    TransitionRow((_R, _F), Event.LOSE_OUTCOME_FINAL, _C, Reason.OUTCOME_UNKNOWN),
+    TransitionRow((_F,), Event.EXHAUST, _C, Reason.RETRIES_EXHAUSTED),
+    TransitionRow((_R, _F), Event.SUPPRESS, _X, POLICY_REASON),
+    TransitionRow((_R, _F), Event.CANCEL, _C, Reason.CANCELLED),
+)
+
+#: Statuses some event leaves: where a delivery is still on its way.
+LIVE_STATUSES: Final = frozenset(s for row in TRANSITION_DECLARATION for s in row.sources)
+
+#: Statuses no event can leave.
+TERMINAL_STATUSES: Final = frozenset(DeliveryStatus) - LIVE_STATUSES
+
+#: Terminal statuses entered without delivering: what ``resend`` may copy.
+RESENDABLE_STATUSES: Final = frozenset(
+    row.dest
+    for row in TRANSITION_DECLARATION
+    if row.dest in TERMINAL_STATUSES and row.event is not Event.SUCCEED
 )
 
 #: The ``transitions`` machine built from :data:`TRANSITION_DECLARATION`.
@@ -135,7 +163,11 @@ MACHINE: Final = Machine(
     model=None,
     states=[status.value for status in DeliveryStatus],
     transitions=[
-        {"trigger": str(row["trigger"]), "source": row["source"], "dest": row["dest"]}
+        {
+            "trigger": row.event.value,
+            "source": [source.value for source in row.sources],
+            "dest": row.dest.value,
+        }
         for row in TRANSITION_DECLARATION
     ],
     initial=None,
@@ -155,23 +187,15 @@ class Transition:
 
 
 def _compile() -> Mapping[tuple[DeliveryStatus, Event], Transition]:
-    reasons = {Event(str(row["trigger"])): row["reason"] for row in TRANSITION_DECLARATION}
     table: dict[tuple[DeliveryStatus, Event], Transition] = {}
-    for name, machine_event in MACHINE.events.items():
-        event = Event(name)
-        for source, moves in machine_event.transitions.items():
-            (move,) = moves  # the declaration is deterministic: one move per source
-            reason = reasons[event]
-            table[DeliveryStatus(source), event] = Transition(
-                source=DeliveryStatus(source),
-                event=event,
-                dest=DeliveryStatus(str(move.dest)),
-                reason=Reason(str(reason)) if reason is not None else None,
-            )
+    for row in TRANSITION_DECLARATION:
+        reason = None if row.reason is POLICY_REASON else row.reason
+        for source in row.sources:
+            table[source, row.event] = Transition(source, row.event, row.dest, reason)
     return MappingProxyType(table)
 
 
-#: ``(status, event) -> Transition`` for every legal move, compiled from :data:`MACHINE`.
+#: ``(status, event) -> Transition`` for every legal move, in declaration order.
 TRANSITION_TABLE: Final = _compile()
 
 # The hot path keys on the plain string values: Enum.__hash__ is a Python-level

@@ -43,6 +43,7 @@ def test_upgrade_creates_the_tables_on_an_empty_postgres_database(
     )
 
 
+@pytest.mark.extras
 def test_upgrade_is_idempotent_and_reads_the_environment(tmp_path: Path, invoke: Invoke) -> None:
     """Upgrading twice is harmless; CHIMEWAY_DATABASE_URL names the database."""
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
@@ -55,6 +56,7 @@ def test_upgrade_is_idempotent_and_reads_the_environment(tmp_path: Path, invoke:
     assert 0 == invoke("inspect", "--db", url).code
 
 
+@pytest.mark.extras
 def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path: Path, invoke: Invoke) -> None:
     """A migration that fails on SQLite rolls back whole: no table, no version row is left."""
     path = tmp_path / "ledger.sqlite3"
@@ -73,6 +75,7 @@ def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path: Path, invoke: 
     assert ["app_orders", *TABLES] == _tables(url)
 
 
+@pytest.mark.extras
 def test_tables_made_by_create_all_are_brought_under_migrations(
     tmp_path: Path, invoke: Invoke
 ) -> None:
@@ -101,6 +104,7 @@ def test_a_refused_revision_touches_no_database(tmp_path: Path, invoke: Invoke) 
     assert not path.exists()
 
 
+@pytest.mark.extras
 def test_check_gates_a_deploy_on_the_schema(tmp_path: Path, invoke: Invoke) -> None:
     """db check: exit 1 with the migration to apply, 0 once upgraded, 1 for a newer revision."""
     path = tmp_path / "ledger.sqlite3"
@@ -130,6 +134,7 @@ def test_check_gates_a_deploy_on_the_schema(tmp_path: Path, invoke: Invoke) -> N
     assert "at chimeway revision 0009, which this version (head 0001) does not ship" in newer.stdout
 
 
+@pytest.mark.extras
 def test_check_reads_only(tmp_path: Path, invoke: Invoke) -> None:
     """db check records no revision for create_all()'s tables and creates no SQLite file."""
     made = f"sqlite:///{tmp_path / 'made.sqlite3'}"

@@ -32,6 +32,9 @@ from tests.cli.conftest import (
     sqlite_ledger,
 )
 
+#: Most cases reach for psycopg, alembic, rq or celery (to show their errors).
+pytestmark = pytest.mark.extras
+
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/chimeway"
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
 LEDGER = "<ledger>"

@@ -35,6 +35,7 @@ def test_printed_once_for_a_textfile_collector(tmp_path: Path, invoke: Invoke) -
     store.engine.dispose()
 
 
+@pytest.mark.extras
 def test_an_unreachable_database_is_exit_3_when_printing(invoke: Invoke) -> None:
     """Printed once, a database that does not answer is the usual exit 3, in one line."""
     result = invoke("metrics", "--db", "postgresql://chimeway@127.0.0.1:1/nothing")
@@ -202,6 +203,7 @@ def test_served_every_scrape_reads_the_ledger_afresh(tmp_path: Path) -> None:
     store.engine.dispose()
 
 
+@pytest.mark.extras
 def test_a_scrape_the_database_does_not_answer_is_up_zero(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -20,6 +20,9 @@ ROOT: Final = SRC.parent
 MACHINE_FACTORY: Final = "tests.cli.selftest_machine_rq:machine_harness"
 MACHINE_VARIABLE: Final = "CHIMEWAY_SELFTEST_MACHINE_HARNESS"
 
+#: selftest_machine_rq imports redis and rq.
+pytestmark = pytest.mark.extras
+
 
 def test_selftest_passes_against_this_installation() -> None:
     """The suite passes, says how many tests ran, and why the machine on your backend skipped."""

@@ -423,6 +423,7 @@ def test_rescue_resolves_a_dead_workers_attempt(
     store.engine.dispose()
 
 
+@pytest.mark.extras
 def test_relay_with_redis_down_reports_it_and_keeps_the_outbox(
     tmp_path: Path, app_dir: Path, invoke: Invoke
 ) -> None:

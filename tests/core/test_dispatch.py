@@ -14,7 +14,17 @@ from chimeway_core import (
     Outcome,
     decide,
 )
-from chimeway_core.dispatch import attempt_event, match_row
+from chimeway_core.dispatch import (
+    ANY,
+    CATCH_ALL,
+    CATCH_ALL_ROWS,
+    TABLE_ROWS,
+    AttemptRelation,
+    attempt_event,
+    match_row,
+)
+from chimeway_core.outcomes import OUTCOME_EVENTS, error_class_key
+from chimeway_core.render import dispatch_table_rows, outcome_event_rows
 from chimeway_core.states import Event
 from chimeway_core.testing import strategies
 
@@ -160,3 +170,71 @@ def test_counts_must_be_ints(bad: object) -> None:
     """Non-int attempt counts (bool and float included) raise TypeError."""
     with pytest.raises(TypeError, match="attempt must be an int"):
         decide(Outcome.FAILED, ErrorClass.TEMPORARY, F, bad, 5)  # type: ignore[arg-type]
+
+
+def test_the_catch_all_rows_end_the_table() -> None:
+    """The catch-all is two real rows after the documented ones; the last matches everything."""
+    assert (*DISPATCH_ROWS, *CATCH_ALL_ROWS) == TABLE_ROWS
+    assert [CATCH_ALL, CATCH_ALL] == [row.name for row in CATCH_ALL_ROWS]
+    last = TABLE_ROWS[-1]
+    assert (ANY, ANY, ANY, Action.RAISE) == (
+        last.outcome,
+        last.error_classes,
+        last.status,
+        last.action,
+    )
+
+
+@given(
+    outcome=strategies.outcomes,
+    error_class=strategies.error_classes,
+    status=strategies.statuses,
+    attempts=strategies.attempt_shapes(),
+)
+def test_the_first_matching_row_decides(
+    outcome: Outcome, error_class: object, status: DeliveryStatus, attempts: tuple[int, int]
+) -> None:
+    """decide() and match_row() answer with the first row of TABLE_ROWS that matches."""
+    attempt, maximum = attempts
+    key = error_class_key(error_class)
+    relation = AttemptRelation.FINAL if attempt >= maximum else AttemptRelation.BELOW_MAX
+    first = next(
+        row
+        for row in TABLE_ROWS
+        if row.outcome in {ANY, outcome}
+        and (row.error_classes is ANY or key in row.error_classes)
+        and row.status in {ANY, status}
+        and row.attempt in {AttemptRelation.ANY, relation}
+    )
+    assert (first.action, first.name) == match_row(outcome, error_class, status, attempt, maximum)
+    assert first.action == decide(outcome, error_class, status, attempt, maximum)
+
+
+@given(outcome=strategies.outcomes, error_class=strategies.error_classes)
+def test_outcome_to_event_is_the_data_literal(outcome: Outcome, error_class: object) -> None:
+    """attempt_event() fires what DESIGN.md says, read from OUTCOME_EVENTS."""
+    for retry_unknown in (True, False):
+        event = attempt_event(outcome, error_class, retry_unknown=retry_unknown)
+        if outcome is Outcome.SUCCEEDED:
+            assert Event.SUCCEED == event
+        elif outcome is Outcome.UNKNOWN:
+            expected = Event.LOSE_OUTCOME_RETRYABLE if retry_unknown else Event.LOSE_OUTCOME_FINAL
+            assert expected == event
+        elif error_class is ErrorClass.PERMANENT or error_class == "permanent":
+            assert Event.FAIL_PERMANENT == event
+        elif error_class is ErrorClass.BOUNCED or error_class == "bounced":
+            assert Event.BOUNCE == event
+        else:
+            assert Event.FAIL_TEMPORARY == event
+
+
+def test_attempt_event_refuses_a_string_outcome() -> None:
+    """An outcome that is not an Outcome raises TypeError."""
+    with pytest.raises(TypeError, match="outcome must be an Outcome"):
+        attempt_event("failed", None, retry_unknown=True)  # type: ignore[arg-type]
+
+
+def test_the_renderer_writes_every_row_and_nothing_else() -> None:
+    """The rendered tables have one line per data row, in order, and no row of their own."""
+    assert [row.name for row in TABLE_ROWS] == [cells[0] for cells in dispatch_table_rows()[1:]]
+    assert [row.name for row in OUTCOME_EVENTS] == [cells[0] for cells in outcome_event_rows()[1:]]

@@ -13,7 +13,15 @@ from chimeway_core import (
     Reason,
     apply_event,
 )
-from chimeway_core.states import MACHINE, TRANSITION_TABLE, DeliveryLifecycle
+from chimeway_core.states import (
+    LIVE_STATUSES,
+    MACHINE,
+    POLICY_REASON,
+    RESENDABLE_STATUSES,
+    TRANSITION_DECLARATION,
+    TRANSITION_TABLE,
+    DeliveryLifecycle,
+)
 from chimeway_core.testing import strategies
 
 R, F, S, C, X = (
@@ -130,3 +138,29 @@ def test_lifecycle_keeps_the_policy_reason_for_suppress() -> None:
         assert "opted_out" == lifecycle.reason
     finally:
         lifecycle.close()
+
+
+def test_the_sets_are_derived_from_the_declaration() -> None:
+    """Live is ready and failed, terminal the rest, resendable the terminal ones never sent."""
+    assert frozenset({R, F}) == LIVE_STATUSES
+    assert frozenset(DeliveryStatus) - LIVE_STATUSES == TERMINAL_STATUSES
+    assert frozenset({C, X}) == RESENDABLE_STATUSES
+
+
+def test_the_declaration_is_typed_rows() -> None:
+    """Every row holds the enums themselves, and the machine has exactly the declared moves."""
+    declared: dict[tuple[DeliveryStatus, Event], DeliveryStatus] = {}
+    for row in TRANSITION_DECLARATION:
+        assert all(type(source) is DeliveryStatus for source in row.sources)
+        assert type(row.event) is Event
+        assert type(row.dest) is DeliveryStatus
+        assert row.reason is None or row.reason is POLICY_REASON or type(row.reason) is Reason
+        declared.update({(source, row.event): row.dest for source in row.sources})
+    drawn = {
+        (DeliveryStatus(source), Event(name)): DeliveryStatus(str(move.dest))
+        for name, event in MACHINE.events.items()
+        for source, moves in event.transitions.items()
+        for move in moves
+    }
+    assert declared == drawn
+    assert set(DESIGN_TABLE) == set(declared)

@@ -24,6 +24,9 @@ from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
 from tests.services import fresh_postgres_database
 
+#: The migrations need alembic (the ``migrations`` extra).
+pytestmark = pytest.mark.extras
+
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 

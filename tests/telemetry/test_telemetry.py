@@ -275,6 +275,7 @@ def test_otel_subscriber_names_the_extra_when_missing(monkeypatch: pytest.Monkey
         OpenTelemetrySubscriber()
 
 
+@pytest.mark.extras
 def test_otel_subscriber_records_spans() -> None:
     """A perform span becomes one back-dated span; other events become their own spans."""
     sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
