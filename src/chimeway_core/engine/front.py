@@ -36,10 +36,11 @@ from chimeway_core.engine.settings import Settings, build_settings
 from chimeway_core.engine.upkeep import RescueReport, Upkeep
 from chimeway_core.explain import explain
 from chimeway_core.jobs import Backend, JobResult
+from chimeway_core.ledger.protocol import LockedRow
 from chimeway_core.policies import MAX_DEFERRALS, Policy
 from chimeway_core.records import Claim, Delivery, DeliveryHistory, NewDelivery, Resent
 from chimeway_core.retry import RetryPolicy
-from chimeway_core.store import LockedDelivery, SQLStore
+from chimeway_core.store import SQLStore
 from chimeway_core.telemetry import Telemetry
 
 __all__ = ["Chimeway"]
@@ -433,7 +434,7 @@ class Chimeway:
     def _resolve_lost(self, claim: Claim, now: datetime) -> bool:
         return self._upkeep.resolve_lost(claim, now)
 
-    def _admit(self, locked: LockedDelivery, delivery: Delivery, now: datetime) -> _Admission:
+    def _admit(self, locked: LockedRow, delivery: Delivery, now: datetime) -> _Admission:
         return self._performer.admit(locked, delivery, now)
 
     def _quick_claim(self, delivery_id: UUID) -> Claim | None:

@@ -33,8 +33,8 @@ from chimeway_core._checks import seconds, whole
 from chimeway_core.clock import Clock
 from chimeway_core.engine.settings import Settings
 from chimeway_core.jobs import Backend
+from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.records import Delivery
-from chimeway_core.store import SQLStore
 
 __all__ = ["OUTBOX_FLUSH_AT", "RELAY_BATCH", "HandOver", "Queued"]
 
@@ -64,7 +64,7 @@ class HandOver:
     """Queues delivery ids on their channels' queues and keeps the outbox short."""
 
     settings: Settings
-    store: SQLStore
+    store: Ledger
     backend: Backend
     clock: Clock
     queued: Queued

@@ -32,6 +32,7 @@ from chimeway_core.clock import Clock
 from chimeway_core.engine.handover import HandOver
 from chimeway_core.engine.settings import Settings, meta, policy_context
 from chimeway_core.ledger import Draft
+from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.ledger.validation import check_session
 from chimeway_core.policies import (
     Defer,
@@ -44,7 +45,6 @@ from chimeway_core.policies import (
 )
 from chimeway_core.records import Delivery, NewDelivery, Resent
 from chimeway_core.states import DeliveryStatus
-from chimeway_core.store import SQLStore
 from chimeway_core.telemetry import Telemetry, TelemetryEvent
 
 __all__ = ["Notifier"]
@@ -55,7 +55,7 @@ class Notifier:
     """Writes new deliveries (and copies of unsent ones) and hands them over."""
 
     settings: Settings
-    store: SQLStore
+    store: Ledger
     clock: Clock
     telemetry: Telemetry
     handover: HandOver

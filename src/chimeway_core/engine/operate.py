@@ -18,8 +18,8 @@ import attrs
 
 from chimeway_core.engine.settings import meta
 from chimeway_core.errors import DeliveryNotFoundError
+from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.records import Delivery, DeliveryHistory
-from chimeway_core.store import SQLStore
 from chimeway_core.telemetry import Telemetry, TelemetryEvent
 
 __all__ = ["Cancelled", "cancel", "history"]
@@ -34,7 +34,7 @@ class Cancelled:
     after: Delivery
 
 
-def history(store: SQLStore, delivery_id: UUID) -> DeliveryHistory:
+def history(store: Ledger, delivery_id: UUID) -> DeliveryHistory:
     """The delivery with its attempts and journal; :class:`DeliveryNotFoundError` if none."""
     found = store.history(delivery_id)
     if found is None:
@@ -42,7 +42,7 @@ def history(store: SQLStore, delivery_id: UUID) -> DeliveryHistory:
     return found
 
 
-def cancel(store: SQLStore, telemetry: Telemetry, delivery_id: UUID, *, now: datetime) -> Cancelled:
+def cancel(store: Ledger, telemetry: Telemetry, delivery_id: UUID, *, now: datetime) -> Cancelled:
     """Cancel a live delivery (reason ``cancelled``) and report the transition.
 
     A leased worker is fenced off. A terminal delivery raises

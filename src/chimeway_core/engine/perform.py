@@ -48,6 +48,8 @@ from chimeway_core.dispatch import Action, attempt_event, match_row
 from chimeway_core.engine.settings import Settings, meta, policy_context
 from chimeway_core.errors import IllegalTransitionError, LeaseLostError, UnhandledOutcomeError
 from chimeway_core.jobs import JobKind, JobResult
+from chimeway_core.ledger import claimable as rules
+from chimeway_core.ledger.protocol import Ledger, LockedRow
 from chimeway_core.outcomes import Classification, classify
 from chimeway_core.policies import (
     Defer,
@@ -60,7 +62,6 @@ from chimeway_core.policies import (
 )
 from chimeway_core.records import Claim, Delivery
 from chimeway_core.states import DeliveryStatus, Transition, apply_event
-from chimeway_core.store import LockedDelivery, SQLStore
 from chimeway_core.telemetry import Telemetry, TelemetryEvent
 
 __all__ = ["Performer"]
@@ -133,7 +134,7 @@ class Performer:
     """Runs the jobs: admits, claims, calls, classifies, records and decides."""
 
     settings: Settings
-    store: SQLStore
+    store: Ledger
     clock: Clock
     telemetry: Telemetry
 
@@ -192,21 +193,29 @@ class Performer:
             and type(policies[0]) is ExpiryPolicy
         )
 
-    def admit(self, locked: LockedDelivery, delivery: Delivery, now: datetime) -> _Admission:
-        """Decide, inside the lock, what this job does; write it through ``locked``."""
-        if delivery.is_terminal:
+    def admit(self, locked: LockedRow, delivery: Delivery, now: datetime) -> _Admission:
+        """Decide, inside the lock, what this job does; write it through ``locked``.
+
+        What may be claimed is :data:`~chimeway_core.ledger.claimable.UNCONTESTED`,
+        the rule the ledger's claims are built from; the first part of it the
+        delivery fails says what this job does instead.
+        """
+        unmet = rules.unmet(delivery, now, rules.UNCONTESTED)
+        if unmet is rules.LIVE:
             return _Ignored("delivery is terminal")
-        if delivery.scheduled_at > now:
+        if unmet is rules.DUE:
             return _NotDue()
-        if delivery.lease_owner is not None:
-            # A live lease: another worker is calling. An expired one: a worker
+        if unmet is rules.UNLEASED:
+            # A live lease: another worker is calling. A lapsed one: a worker
             # died mid-call and its in-flight attempt is the rescuer's to
             # resolve (it queues the delivery again when it retries).
-            live = delivery.lease_expires_at is not None and delivery.lease_expires_at > now
+            live = delivery.lease_expires_at is not None and not rules.LEASE_LAPSED.holds(
+                delivery, now
+            )
             why = "claimed by another worker" if live else "awaiting rescue of a lost attempt"
             return _Ignored(why)
         channel = self.settings.channel(delivery.channel)
-        if delivery.attempt_count >= delivery.max_attempts:
+        if unmet is rules.ATTEMPTS_LEFT:
             # Crashed between recording the final failure and exhausting.
             return _Exhausted(delivery, locked.exhaust(now=now))
         decision, policy_name = evaluate_policies(
@@ -326,10 +335,8 @@ class Performer:
         before = claim.delivery
         number = claim.attempt.number
         next_run_at = decided.next_run_at
-        # The store applies the event to the claimed status again (the same
-        # compiled table): it takes an event, not this transition.
         after = self.store.record_attempt(
-            claim, shape, event=decided.transition.event, now=now, next_run_at=next_run_at
+            claim, shape, transition=decided.transition, now=now, next_run_at=next_run_at
         )
         meta_ = meta(after) | {
             "attempt": number,

@@ -35,6 +35,7 @@ from chimeway_core.channels.base import Channel
 from chimeway_core.clock import Clock, SystemClock
 from chimeway_core.errors import UnknownChannelError
 from chimeway_core.jobs import Backend
+from chimeway_core.ledger.protocol import Ledger, LockedRow
 from chimeway_core.policies import (
     ExpiryPolicy,
     Policy,
@@ -45,7 +46,7 @@ from chimeway_core.policies import (
 )
 from chimeway_core.records import Delivery
 from chimeway_core.retry import RetryPolicy
-from chimeway_core.store import LockedDelivery, SQLStore
+from chimeway_core.store import SQLStore
 from chimeway_core.telemetry import Telemetry
 
 __all__ = ["Settings", "build_settings", "meta", "policy_context"]
@@ -298,7 +299,7 @@ def meta(delivery: Delivery) -> dict[str, object]:
 
 
 def policy_context(
-    store: SQLStore, now: datetime, phase: PolicyPhase, locked: LockedDelivery | None = None
+    store: Ledger, now: datetime, phase: PolicyPhase, locked: LockedRow | None = None
 ) -> PolicyContext:
     """What a policy may read: the time, the phase, and counts of recent attempts."""
     # At perform time, counts run inside the lock's transaction (one

@@ -34,9 +34,9 @@ from chimeway_core.engine.perform import Performer
 from chimeway_core.engine.settings import Settings, meta
 from chimeway_core.errors import LeaseLostError
 from chimeway_core.jobs import JobKind
+from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.outcomes import Classification, Outcome
 from chimeway_core.records import Claim
-from chimeway_core.store import SQLStore
 from chimeway_core.telemetry import Telemetry, TelemetryEvent
 
 __all__ = ["RescueReport", "Upkeep"]
@@ -70,7 +70,7 @@ class Upkeep:
     """Rescues lost attempts and stranded deliveries, relays the outbox, prunes."""
 
     settings: Settings
-    store: SQLStore
+    store: Ledger
     clock: Clock
     telemetry: Telemetry
     performer: Performer

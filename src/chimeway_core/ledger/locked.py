@@ -39,6 +39,7 @@ from sqlalchemy import Connection, Row, delete, select, update
 from chimeway_core.errors import (
     DeliveryNotFoundError,
     DeliveryTerminalError,
+    IllegalTransitionError,
     InvalidDeliveryError,
     StaleDeliveryError,
 )
@@ -50,7 +51,13 @@ from chimeway_core.ledger.schema import ERROR_CLASS_LENGTH, OWNER_LENGTH, REASON
 from chimeway_core.ledger.validation import aware, check_text, json_size, sanitize, truncate
 from chimeway_core.outcomes import Classification, Outcome
 from chimeway_core.records import Claim, Delivery, JournalKind
-from chimeway_core.states import TERMINAL_STATUSES, Event, apply_event
+from chimeway_core.states import (
+    TERMINAL_STATUSES,
+    DeliveryStatus,
+    Event,
+    Transition,
+    apply_event,
+)
 
 __all__ = [
     "LockedDelivery",
@@ -294,11 +301,32 @@ class LockedDelivery:
         )
 
 
+def resolve_transition(
+    status: DeliveryStatus, event: Event | None, transition: Transition | None
+) -> Transition:
+    """The move a record makes from ``status``: ``event`` applied, or ``transition`` checked.
+
+    The engine, which decides the transition before it records, passes it
+    (so the table is not consulted twice); a direct caller passes the event.
+    Exactly one is given (else :class:`TypeError`), and a transition must
+    start at ``status`` (else :class:`IllegalTransitionError`, as an event
+    that is not allowed from it): nothing is written before.
+    """
+    if (event is None) == (transition is None):
+        raise TypeError("record_attempt takes event or transition, exactly one")
+    if transition is None:
+        assert event is not None  # for mypy: exactly one was given
+        return apply_event(status, event)
+    if transition.source is not status:
+        raise IllegalTransitionError(status, transition.event)
+    return transition
+
+
 def record_parameters(
     claim: Claim,
     classification: Classification,
     *,
-    event: Event,
+    transition: Transition,
     now: datetime,
     reason: str | None,
     next_run_at: datetime | None,
@@ -307,8 +335,9 @@ def record_parameters(
 ) -> tuple[dict[str, Any], Delivery]:
     """The parameters of the record of ``claim``, and the delivery as it leaves it.
 
-    Checks everything first: a naive time, a bad ``reason`` or an illegal
-    ``event`` raises before anything is written. The provider response is
+    ``transition`` is the move the attempt makes from the claimed status
+    (:func:`resolve_transition` checked it). Checks everything first: a naive
+    time or a bad ``reason`` raises before anything is written. The provider response is
     replaced by ``{"truncated": True, "original_bytes": n}`` over
     ``max_response_bytes``; the error is truncated to ``max_error_chars``.
     """
@@ -317,7 +346,6 @@ def record_parameters(
         aware(next_run_at, "next_run_at")
     check_text(reason, "reason", max_length=REASON_LENGTH, optional=True)
     before = claim.delivery
-    transition = apply_event(before.status, event)
     new_reason = transition.reason.value if transition.reason is not None else reason
     response = sanitize(classification.provider_response)
     size = json_size(response)
@@ -351,7 +379,7 @@ def record_parameters(
         before.id,
         now,
         JournalKind.TRANSITION,
-        event=event,
+        event=transition.event,
         from_status=before.status,
         to_status=transition.dest,
         reason=new_reason,

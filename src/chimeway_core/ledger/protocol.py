@@ -34,7 +34,7 @@ from chimeway_core.records import (
     NewDelivery,
     Resent,
 )
-from chimeway_core.states import DeliveryStatus, Event
+from chimeway_core.states import DeliveryStatus, Event, Transition
 
 __all__ = ["Ledger", "LockedRow"]
 
@@ -139,12 +139,13 @@ class Ledger(Protocol):
         claim: Claim,
         classification: Classification,
         *,
-        event: Event,
+        event: Event | None = None,
+        transition: Transition | None = None,
         now: datetime,
         reason: str | None = None,
         next_run_at: datetime | None = None,
     ) -> Delivery:
-        """Complete the claim's attempt and apply ``event``, fenced on the claim."""
+        """Complete the claim's attempt and apply ``event`` (or ``transition``), fenced."""
         ...
 
     def exhaust(self, delivery_id: UUID, *, expected_version: int, now: datetime) -> Delivery:

@@ -51,6 +51,7 @@ from chimeway_core.ledger.locked import (
     lease_end,
     read_for_write,
     record_parameters,
+    resolve_transition,
     transition_on,
 )
 from chimeway_core.ledger.outbox import OutboxItem
@@ -66,7 +67,7 @@ from chimeway_core.records import (
     NewDelivery,
     Resent,
 )
-from chimeway_core.states import Event
+from chimeway_core.states import Event, Transition
 
 __all__ = ["SQLStore"]
 
@@ -403,7 +404,8 @@ class SQLStore(Reads):
         claim: Claim,
         classification: Classification,
         *,
-        event: Event,
+        event: Event | None = None,
+        transition: Transition | None = None,
         now: datetime,
         reason: str | None = None,
         next_run_at: datetime | None = None,
@@ -423,11 +425,15 @@ class SQLStore(Reads):
         the attempt resolved by a rescuer, nothing is written and
         :class:`LeaseLostError` is raised. An illegal ``event`` raises
         :class:`IllegalTransitionError` before anything is written.
+
+        Instead of ``event``, the engine passes the ``transition`` it decided
+        before recording (one ``apply_event`` per attempt, not two); it must
+        start at the claimed status, or :class:`IllegalTransitionError`.
         """
         parameters, after = record_parameters(
             claim,
             classification,
-            event=event,
+            transition=resolve_transition(claim.delivery.status, event, transition),
             now=now,
             reason=reason,
             next_run_at=next_run_at,
