@@ -35,7 +35,7 @@ from chimeway_core.records import (
     DeliveryHistory,
     LedgerGauges,
 )
-from chimeway_core.states import DeliveryStatus
+from chimeway_core.states import RESENDABLE_STATUSES, DeliveryStatus
 
 __all__ = [
     "RESENDABLE",
@@ -53,8 +53,8 @@ __all__ = [
     "resendable_query",
 ]
 
-# What ended unsent: what a resend may copy.
-RESENDABLE: Final = frozenset({DeliveryStatus.CANCELLED, DeliveryStatus.SUPPRESSED})
+#: What ended unsent: what a resend may copy (derived from the state machine).
+RESENDABLE: Final = RESENDABLE_STATUSES
 
 # No "now" in it: LIVE's SQL binds its statuses, not the time.
 _LIVE_ROWS: Final = LIVE.where(None)
