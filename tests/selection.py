@@ -30,7 +30,19 @@ import pytest
 
 #: Top-level modules an optional extra or a test-only dependency provides.
 EXTRA_MODULES: Final = frozenset(
-    {"aiosmtpd", "alembic", "celery", "httpx", "kombu", "opentelemetry", "psycopg", "redis", "rq"}
+    {
+        "aiosmtpd",
+        "alembic",
+        "celery",
+        "griffe",
+        "httpx",
+        "kombu",
+        "mkdocs",
+        "opentelemetry",
+        "psycopg",
+        "redis",
+        "rq",
+    }
 )
 
 

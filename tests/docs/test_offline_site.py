@@ -76,9 +76,9 @@ def test_check_site_reports_each_page(tmp_path: Path) -> None:
     assert [f"index.html: absolute path {str(tmp_path)!r}"] == check_site.check(tmp_path, tmp_path)
 
 
+@pytest.mark.extras  # mkdocs: the test dependency group brings it
 def test_pages_with_a_diagram_load_the_local_mermaid() -> None:
     """mkdocs.yml runs the hook; it adds the script, by a relative path, only where a diagram is."""
-    pytest.importorskip("mkdocs")  # the docs dependency group brings it
     offline = _load("offline_mermaid")
     assert "  - docs/_ext/offline_mermaid.py\n" in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     page = SimpleNamespace(url="backends/rq/", file=SimpleNamespace(src_uri="backends/rq.md"))
@@ -91,9 +91,9 @@ def test_pages_with_a_diagram_load_the_local_mermaid() -> None:
     assert plain == offline.on_post_page(plain, page=page, config={})
 
 
+@pytest.mark.extras  # mkdocs: the test dependency group brings it
 def test_hook_uses_its_cache_without_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cached release is served as is; with no cache and no npm the build says how to fix it."""
-    pytest.importorskip("mkdocs")
     offline = _load("offline_mermaid")
     from mkdocs.exceptions import PluginError
 

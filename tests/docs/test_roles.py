@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import griffe  # the test dependency group brings it (tests/selection.py: an extra)
 import pytest
-
-griffe = pytest.importorskip("griffe")  # the docs dependency group brings it
 
 EXTENSION = Path(__file__).resolve().parents[2] / "docs" / "_ext" / "roles.py"
 RAW_ROLE = re.compile(r":(?:py:)?(?:class|meth|attr|func|data|exc|mod|obj|const|type):`")
