@@ -18,6 +18,7 @@ from chimeway_core.clock import Clock, SystemClock, VirtualClock
 from chimeway_core.dispatch import DISPATCH_ROWS, Action, DispatchRow, decide
 from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
+    BackendUnavailableError,
     ChimewayError,
     DeliveryNotFoundError,
     DeliveryTerminalError,
@@ -167,6 +168,7 @@ __all__ = [
     "UnhandledOutcomeError",
     "OutcomeUnknownError",
     "InvalidJobError",
+    "BackendUnavailableError",
     "InvalidDeliveryError",
     "PayloadTooLargeError",
     "PayloadNotSerializableError",

@@ -39,7 +39,6 @@ write-ahead attempt, and the record.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import random
@@ -57,6 +56,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from chimeway_core._checks import seconds, whole
+from chimeway_core.backend import SupportsEnqueue, as_backend
 from chimeway_core.channels.base import Channel, DeliveryGuarantee
 from chimeway_core.clock import Clock, SystemClock, ensure_aware
 from chimeway_core.dispatch import Action, attempt_event, match_row
@@ -228,10 +228,12 @@ class Chimeway:
     worker later.
     """
 
+    _queue: Backend  # what the engine calls: self.backend, adopted by as_backend()
+
     def __init__(
         self,
         store: SQLStore,
-        backend: Backend,
+        backend: Backend | SupportsEnqueue,
         channels: Mapping[str, Channel],
         *,
         routes: Mapping[str, str] | None = None,
@@ -259,7 +261,7 @@ class Chimeway:
                     f"a policy must have a name and evaluate(), not {type(policy).__name__}"
                 )
         _check_retries(retry, channel_retry, channels)
-        _check_routes(routes, channels, backend)
+        _check_routes(routes, channels, as_backend(backend), type(backend).__qualname__)
         self.store = store
         self.backend = backend
         # Read-only views: the checks above (and min_retention) hold for the engine's life.
@@ -278,9 +280,6 @@ class Chimeway:
             self._prune_cutoff("retention", retention, self.clock.now())
         self.retention = retention
         self._rand = rand
-        self._interrupts: tuple[type[BaseException], ...] = tuple(
-            getattr(backend, "interrupts", ())
-        )
         self._identity = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         self._enqueued_lock = threading.Lock()
         self._enqueued: list[UUID] = []
@@ -294,6 +293,8 @@ class Chimeway:
                 f"Chimeway.{name} is fixed when the engine is built; build another engine"
             )
         object.__setattr__(self, name, value)
+        if name == "backend":  # what the engine calls: the backend, or a non-subclass wrapped
+            object.__setattr__(self, "_queue", as_backend(value))  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"Chimeway(store={self.store!r}, channels={sorted(self.channels)})"
@@ -465,9 +466,9 @@ class Chimeway:
         """Queue one job on its channel's queue; ``queue=`` only when routed."""
         queue = self.queue_for(channel)
         if queue is None:
-            self.backend.enqueue(delivery_id, at=at)
+            self._queue.enqueue(delivery_id, at=at)
         else:
-            self.backend.enqueue(delivery_id, at=at, queue=queue)
+            self._queue.enqueue(delivery_id, at=at, queue=queue)
 
     def _enqueue_many(self, jobs: Sequence[tuple[UUID, str]]) -> None:
         """Queue due jobs of ``(delivery id, channel)``, one call per queue, in their order."""
@@ -476,9 +477,9 @@ class Chimeway:
             by_queue.setdefault(self.queue_for(channel), []).append(delivery_id)
         for queue, ids in by_queue.items():
             if queue is None:
-                self.backend.enqueue_many(ids)
+                self._queue.enqueue_many(ids)
             else:
-                self.backend.enqueue_many(ids, queue=queue)
+                self._queue.enqueue_many(ids, queue=queue)
 
     def flush_outbox(self) -> None:
         """Delete the outbox rows of deliveries this engine has already queued."""
@@ -626,7 +627,7 @@ class Chimeway:
         delivery = claim.delivery
         try:
             result: object = channel.send(delivery, delivery.idempotency_key)
-        except self._interrupts:
+        except self._queue.interrupts:
             raise  # the queue stopped the job mid-call: left in flight for the rescuer
         except Exception as error:  # every other exception is classified, none escapes
             result = error
@@ -959,11 +960,14 @@ def _check_parts(
 
 
 def _check_routes(
-    routes: Mapping[str, object] | None, channels: Mapping[str, object], backend: object
+    routes: Mapping[str, object] | None,
+    channels: Mapping[str, object],
+    backend: Backend,
+    kind: str,
 ) -> None:
     """Raise for routes other than this engine's channels to queue names, or unfollowable.
 
-    A backend follows routes when its ``enqueue`` and ``enqueue_many`` take ``queue``.
+    ``backend`` says whether it follows routes; ``kind`` names the class the user gave.
     """
     if routes is None:
         return
@@ -973,10 +977,9 @@ def _check_routes(
             raise TypeError(f"routes[{channel!r}] must be a queue name, not {type(queue).__name__}")
         if not queue:
             raise ValueError(f"routes[{channel!r}] must be a non-empty queue name")
-    if routes and not all(_takes_queue(getattr(backend, name)) for name in _ENQUEUES):
+    if routes and not backend.follows_routes:
         raise TypeError(
-            f"routes need a backend whose enqueue() and enqueue_many() take queue=; "
-            f"{type(backend).__qualname__}'s do not"
+            f"routes need a backend whose enqueue() and enqueue_many() take queue=; {kind}'s do not"
         )
 
 
@@ -995,21 +998,6 @@ def _check_per_channel(
             f"{name} names channels this engine does not have: {unknown}; "
             f"its channels are {sorted(channels)}"
         )
-
-
-_ENQUEUES: Final = ("enqueue", "enqueue_many")
-
-
-def _takes_queue(method: Callable[..., object]) -> bool:
-    """Whether ``method`` accepts a ``queue`` keyword."""
-    try:
-        parameters = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):  # no signature to read: let the call say
-        return True
-    return any(
-        (p.name == "queue" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
-        for p in parameters
-    )
 
 
 def _check_channels(channels: object) -> None:

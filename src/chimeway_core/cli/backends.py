@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from chimeway_backends.memory import DEFAULT_QUEUE, MemoryBackend, MemoryWorker
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import counted, echo, warn
 from chimeway_core.cli.signals import stop_on_signals
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import MissingExtraError
+from chimeway_core.memory import DEFAULT_QUEUE, MemoryBackend, MemoryWorker
 from chimeway_core.telemetry import LoggingSubscriber
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def _named(queues: list[str]) -> str:
 
 
 def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
-    """Run :class:`~chimeway_backends.memory.MemoryWorker` until SIGINT or SIGTERM.
+    """Run :class:`~chimeway_core.memory.MemoryWorker` until SIGINT or SIGTERM.
 
     A rescue pass runs first (outbox rows and lost attempts left by a
     previous process), then every ``tick_interval`` seconds. On a signal no

@@ -24,7 +24,6 @@ from uuid import UUID
 import attrs
 from sqlalchemy import URL
 
-from chimeway_backends.memory import MemoryBackend
 from chimeway_core.cli.app import load_engine
 from chimeway_core.cli.backends import (
     BACKENDS,
@@ -51,6 +50,7 @@ from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import DeliveryNotFoundError, NotResendableError, UnknownChannelError
 from chimeway_core.loading import APP_VARIABLE
+from chimeway_core.memory import MemoryBackend
 from chimeway_core.records import Resent
 
 __all__ = ["register", "run_prune", "run_relay", "run_rescue", "run_resend", "run_worker"]
