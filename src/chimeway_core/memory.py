@@ -51,7 +51,7 @@ from uuid import UUID
 
 import attrs
 
-from chimeway_core._checks import is_number, queue_or, seconds, whole
+from chimeway_core._checks import queue_or, seconds, whole
 from chimeway_core.backend import Backend
 from chimeway_core.clock import Clock, SystemClock, VirtualClock, ensure_aware
 from chimeway_core.errors import ChimewayError, UnhandledOutcomeError
@@ -147,9 +147,9 @@ class MemoryBackend(Backend):
     """A thread-safe in-process queue of delivery ids: a :class:`~chimeway_core.backend.Backend`.
 
     ``clock`` is what enqueue times and due-ness are read from (the wall clock
-    by default). ``error_retry_delay`` (seconds, or a :class:`~datetime.timedelta`)
-    is how long a job whose ``perform`` raised something other than
-    ``UnhandledOutcomeError`` waits before it runs again.
+    by default). ``error_retry_delay`` is how long a job whose ``perform``
+    raised something other than ``UnhandledOutcomeError`` waits before it runs
+    again.
     """
 
     name = "memory"
@@ -159,14 +159,12 @@ class MemoryBackend(Backend):
         self,
         clock: Clock | None = None,
         *,
-        error_retry_delay: timedelta | float = DEFAULT_ERROR_RETRY_DELAY,
+        error_retry_delay: timedelta = DEFAULT_ERROR_RETRY_DELAY,
     ) -> None:
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(
                 f"clock must have now() (chimeway_core.Clock), not {type(clock).__name__}"
             )
-        if is_number(error_retry_delay):  # seconds, as every backend takes its delays
-            error_retry_delay = timedelta(seconds=seconds("error_retry_delay", error_retry_delay))
         if not isinstance(error_retry_delay, timedelta):
             raise TypeError(
                 f"error_retry_delay must be a timedelta, not {type(error_retry_delay).__name__}"
