@@ -1,7 +1,8 @@
 """chimeway: reliable notification delivery on your own job queue.
 
-The public names of the queue-agnostic core. Backends live in
-``chimeway_backends``; the testing kit in ``chimeway_core.testing``.
+The public names of the queue-agnostic core. The queue adapters live in
+``chimeway_backends`` (the in-memory queue is ``chimeway_core.memory``); the
+testing kit in ``chimeway_core.testing``.
 """
 
 from __future__ import annotations
