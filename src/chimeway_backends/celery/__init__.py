@@ -96,12 +96,3 @@ __all__ = [
 
 #: The environment variable naming the engine when none is given.
 ENGINE_ENV: Final = APP_VARIABLE
-
-
-def __getattr__(name: str) -> object:
-    """``WORKER``, the command line's entry, imported on first use only."""
-    if name == "WORKER":
-        from chimeway_backends.celery.cli import WORKER  # noqa: PLC0415 - imports the CLI
-
-        return WORKER
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

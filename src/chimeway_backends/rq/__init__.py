@@ -140,12 +140,3 @@ __all__ = [
 
 #: The environment variable naming the engine: ``module:attribute``.
 APP_ENV: Final = APP_VARIABLE
-
-
-def __getattr__(name: str) -> object:
-    """``WORKER``, the command line's entry, imported on first use only."""
-    if name == "WORKER":
-        from chimeway_backends.rq.cli import WORKER  # noqa: PLC0415 - imports the CLI
-
-        return WORKER
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

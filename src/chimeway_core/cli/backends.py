@@ -3,7 +3,7 @@
 A backend plugs into the command line by naming a :class:`WorkerBackend` in
 the ``chimeway.backends`` entry-point group (in its ``pyproject.toml``:
 ``[project.entry-points."chimeway.backends"]``, ``rq =
-"chimeway_backends.rq:WORKER"``): the class an engine's backend must be for
+"chimeway_backends.rq.cli:WORKER"``): the class an engine's backend must be for
 it, the function that runs its worker, and whether that worker has a burst
 mode. A new backend needs no edit here. The names are listed without
 importing anything (:func:`backend_names`); :func:`require` imports the one
@@ -279,6 +279,9 @@ def require(name: str) -> WorkerBackend:
             return MEMORY
         raise CliError(f"--backend {name}: no such backend; known: {', '.join(backend_names())}")
     try:
+        # Its package first, which checks the extra, even where only the package
+        # was dropped from sys.modules and the entry's own module was not.
+        importlib.import_module(point.module.rpartition(".")[0] or point.module)
         found = point.load()
     except MissingExtraError as error:
         raise CliError(
@@ -290,7 +293,7 @@ def require(name: str) -> WorkerBackend:
         if not (point.module == missing or point.module.startswith(f"{missing}.")):
             raise
         raise CliError(
-            f"--backend {name}: its adapter {point.module} is not installed{_install(point)}"
+            f"--backend {name}: its adapter {missing} is not installed{_install(point)}"
         ) from None
     if not isinstance(found, WorkerBackend):
         raise CliError(
