@@ -82,7 +82,7 @@ _CHIMEWAY_LAYERS = (
         ),
         BUCKETS[6],
     ),
-    (("chimeway_backends/memory.py",), BUCKETS[10]),
+    (("chimeway_core/memory.py", "chimeway_core/backend.py"), BUCKETS[10]),
 )
 
 

@@ -1,7 +1,8 @@
 """chimeway: reliable notification delivery on your own job queue.
 
-The public names of the queue-agnostic core. Backends live in
-``chimeway_backends``; the testing kit in ``chimeway_core.testing``.
+The public names of the queue-agnostic core. The queue adapters live in
+``chimeway_backends`` (the in-memory queue is ``chimeway_core.memory``); the
+testing kit in ``chimeway_core.testing``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from chimeway_core.clock import Clock, SystemClock, VirtualClock
 from chimeway_core.dispatch import DISPATCH_ROWS, Action, DispatchRow, decide
 from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
+    BackendUnavailableError,
     ChimewayError,
     DeliveryNotFoundError,
     DeliveryTerminalError,
@@ -167,6 +169,7 @@ __all__ = [
     "UnhandledOutcomeError",
     "OutcomeUnknownError",
     "InvalidJobError",
+    "BackendUnavailableError",
     "InvalidDeliveryError",
     "PayloadTooLargeError",
     "PayloadNotSerializableError",

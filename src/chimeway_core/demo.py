@@ -38,11 +38,11 @@ from typing import Final, assert_never
 import attrs
 from sqlalchemy import func, select
 
-from chimeway_backends.memory import MemoryBackend
 from chimeway_core.channels.base import DeliveryGuarantee
 from chimeway_core.clock import VirtualClock
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import OutcomeUnknownError
+from chimeway_core.memory import MemoryBackend
 from chimeway_core.outcomes import (
     Bounced,
     ChannelResult,

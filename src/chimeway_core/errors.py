@@ -359,3 +359,20 @@ class UnsupportedDatabaseError(ChimewayError, ValueError):
         self.requirement = requirement
         found = dialect if version is None else f"{dialect} {version}"
         super().__init__(f"unsupported database {found}: the ledger needs {requirement}")
+
+
+class BackendUnavailableError(ChimewayError):
+    """A backend's queue service did not answer: Redis, a Celery broker.
+
+    Raised by a :class:`~chimeway_core.backend.Backend`'s ``enqueue``,
+    ``enqueue_many`` and ``ping`` in place of the broker client's own error,
+    which stays the ``__cause__``. ``backend`` is the backend's name
+    (``"rq"``, ``"celery"``), ``service`` what was unreachable (a broker URL
+    has its password masked) and ``detail`` the client's message.
+    """
+
+    def __init__(self, backend: str, service: str, detail: str) -> None:
+        self.backend = backend
+        self.service = service
+        self.detail = detail
+        super().__init__(f"cannot reach {service}: {detail}")

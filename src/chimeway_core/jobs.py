@@ -12,12 +12,13 @@ its own idiom:
 - ``DEFER``: a policy or ``scheduled_at`` pushed the delivery later; run it
   again at ``run_at``. It consumed no attempt.
 
-A backend has a default queue and may have others, by name: the engine
-passes ``queue=`` to :meth:`Backend.enqueue` and :meth:`Backend.enqueue_many`
-for a delivery whose channel it routes (``Chimeway(routes=...)``), and never
-otherwise, so a backend that has only one queue needs no ``queue`` parameter
-until routes are used. A ``RETRY`` or ``DEFER`` result carries the queue its
-next run belongs on in :attr:`JobResult.queue`.
+:class:`Backend` (the base class every adapter extends, re-exported here
+from :mod:`chimeway_core.backend`) has a default queue and may have others,
+by name: the engine asks for ``queue=`` for a delivery whose channel it
+routes (``Chimeway(routes=...)``); an object that is no subclass and whose
+methods take no ``queue`` works until routes are used. A ``RETRY`` or
+``DEFER`` result carries the queue its next run belongs on in
+:attr:`JobResult.queue`.
 
 ``UnhandledOutcomeError`` raised by ``perform`` must propagate into the
 queue's failure record; the engine has already scheduled the next run when
@@ -29,13 +30,13 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 import attrs
 
+from chimeway_core.backend import Backend
 from chimeway_core.errors import InvalidJobError
 
 __all__ = ["Backend", "JobKind", "JobResult", "Performer", "job_id_for", "parse_delivery_id"]
@@ -63,36 +64,6 @@ class JobResult:
     def __attrs_post_init__(self) -> None:
         if (self.kind is JobKind.ACK) != (self.run_at is None):
             raise ValueError(f"{self.kind.value} result needs run_at exactly when it is not ack")
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """Where the engine hands delivery ids to a job queue.
-
-    A backend may also define ``interrupts``: a tuple of the exception types
-    its queue raises *inside* a running job to stop it (Celery's soft time
-    limit). The engine lets those propagate out of the channel call without
-    recording an outcome — the request may have reached the provider — so the
-    attempt stays in flight and the rescuer resolves it as ``unknown``, as
-    after a worker's death.
-    """
-
-    def enqueue(
-        self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
-    ) -> None:
-        """Queue a job for ``delivery_id`` on ``queue`` (its default if ``None``), now or at ``at``.
-
-        A backend should not double a pending job for the same delivery where
-        its queue allows (memory and RQ do not; Celery cannot tell), whatever
-        queue it is asked for. Nothing depends on it: a duplicate job finds
-        the delivery terminal, leased or not yet due and acknowledges without
-        calling the channel.
-        """
-        ...
-
-    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
-        """Queue jobs for several deliveries on ``queue``, due now, in few round trips."""
-        ...
 
 
 @runtime_checkable

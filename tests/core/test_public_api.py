@@ -85,6 +85,7 @@ DOCUMENTED = {
     "UnhandledOutcomeError",
     "OutcomeUnknownError",
     "InvalidJobError",
+    "BackendUnavailableError",
 }
 
 

@@ -321,10 +321,10 @@ def _ack_on_error(patch: Patch) -> None:
 
     patch(memory.MemoryBackend, "_run_one", run_one)
     try:
-        from chimeway_backends import rq as rq_backend
+        from chimeway_backends.rq import job as rq_job
     except ImportError:  # pragma: no cover - rq is installed in the dev venv
         return
-    original_deliver = rq_backend.deliver
+    original_deliver = rq_job.deliver
 
     def deliver(*args: object, **kwargs: object) -> Any:
         try:
@@ -332,7 +332,7 @@ def _ack_on_error(patch: Patch) -> None:
         except Exception:
             return "ack: swallowed"
 
-    patch(rq_backend, "deliver", deliver)
+    patch(rq_job, "deliver", deliver)  # what ChimewayJob resolves jobs to
     from chimeway_backends.celery import CeleryBackend
 
     original_celery = CeleryBackend._deliver
@@ -349,10 +349,10 @@ def _ack_on_error(patch: Patch) -> None:
 def _pickle_on(patch: Patch) -> None:
     from rq.serializers import DefaultSerializer
 
-    from chimeway_backends import rq as rq_backend
+    from chimeway_backends.rq import worker as rq_worker
 
     # The serializer a chimeway worker forces on every job it reads.
-    patch(rq_backend, "ChimewayJSONSerializer", DefaultSerializer)
+    patch(rq_worker, "ChimewayJSONSerializer", DefaultSerializer)
 
 
 def _validation_off(patch: Patch) -> None:

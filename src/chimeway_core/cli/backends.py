@@ -1,59 +1,67 @@
-"""The worker backends ``chimeway worker --backend`` knows: one table, one runner each.
+"""The worker backends ``chimeway worker --backend`` knows, found through entry points.
 
-:data:`BACKENDS` maps a name to a :class:`WorkerBackend`: the adapter module
-that must import (it raises :class:`~chimeway_core.errors.MissingExtraError`
-naming its extra when the queue's client library is missing), the extra
-itself, and the function that runs the worker. :func:`require` checks the
-adapter before the application is imported, so a missing extra is reported
-first and in one line. A new backend plugs in with one entry.
+A backend plugs into the command line by naming a :class:`WorkerBackend` in
+the ``chimeway.backends`` entry-point group (in its ``pyproject.toml``:
+``[project.entry-points."chimeway.backends"]``, ``rq =
+"chimeway_backends.rq.cli:WORKER"``): the class an engine's backend must be for
+it, the function that runs its worker, and whether that worker has a burst
+mode. A new backend needs no edit here. The names are listed without
+importing anything (:func:`backend_names`); :func:`require` imports the one
+asked for, before the application is, so a missing extra
+(:class:`~chimeway_core.errors.MissingExtraError` from the adapter) is
+reported first and in one line. The memory backend is the core's own:
+always there, whatever is installed.
 
 Each runner checks that the application's engine really queues on its
 backend and that the queue's service answers (exit 3 otherwise), then runs
-the adapter's own worker until SIGINT or SIGTERM; RQ and Celery handle those
-signals themselves (a warm shutdown: running jobs finish). The one-off
-``relay`` and ``rescue`` make the same check with :func:`check_queue`, and
-run inside :func:`queue_failures`.
+the adapter's own worker until SIGINT or SIGTERM. The one-off ``relay`` and
+``rescue`` make the same check with :func:`check_queue`, and run inside
+:func:`queue_failures`. A service that does not answer is always a
+:class:`~chimeway_core.errors.BackendUnavailableError` from the backend
+itself: the command line imports no broker client.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.metadata
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from types import MappingProxyType, ModuleType
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterator
+from typing import Final
 
 import attrs
 
-from chimeway_backends.memory import DEFAULT_QUEUE, MemoryBackend, MemoryWorker
+from chimeway_core.backend import Backend, as_backend
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import counted, echo, warn
 from chimeway_core.cli.signals import stop_on_signals
 from chimeway_core.engine import Chimeway
-from chimeway_core.errors import MissingExtraError
+from chimeway_core.errors import BackendUnavailableError, MissingExtraError
+from chimeway_core.memory import MemoryBackend, MemoryWorker
 from chimeway_core.telemetry import LoggingSubscriber
 
-if TYPE_CHECKING:
-    from chimeway_backends.celery import CeleryBackend
-    from chimeway_backends.rq import RQBackend
-
 __all__ = [
-    "BACKENDS",
+    "GROUP",
+    "MEMORY",
     "RunWorker",
     "WorkerBackend",
     "WorkerOptions",
+    "backend_names",
     "check_queue",
+    "named",
+    "prepare",
     "queue_failures",
+    "reach",
     "require",
-    "run_celery",
     "run_memory",
-    "run_rq",
+    "served_queues",
+    "start_logging",
 ]
 
-_BROKER_CONNECT_TIMEOUT: Final = 5.0
+#: The entry-point group backends register their :class:`WorkerBackend` in.
+GROUP: Final = "chimeway.backends"
 
 
 @attrs.frozen(kw_only=True)
@@ -80,19 +88,28 @@ RunWorker = Callable[[Chimeway, WorkerOptions], int]
 
 @attrs.frozen
 class WorkerBackend:
-    """One entry of :data:`BACKENDS`."""
+    """What a backend registers in the ``chimeway.backends`` entry-point group."""
 
-    adapter: str
-    """The module that must import for this backend."""
-    extra: str | None
-    """The chimeway extra that installs its dependencies (``None``: none needed)."""
+    backend: type[Backend]
+    """The class an engine's backend must be an instance of."""
+    shown: str
+    """That class as an error message names it (its public import path)."""
     run: RunWorker
     """Runs the worker until it is stopped; returns the exit code."""
     burst: bool
     """Whether its worker can run in burst mode (``--burst``)."""
 
+    def start(self, name: str, engine: Chimeway, options: WorkerOptions) -> int:
+        """Check the engine queues on this backend, then :attr:`run` its worker."""
+        if not isinstance(engine.backend, self.backend):
+            raise CliError(
+                f"--backend {name}: the engine of {options.app} queues on a "
+                f"{type(engine.backend).__qualname__}, not a {self.shown}"
+            )
+        return self.run(engine, options)
 
-def _start_logging(engine: Chimeway, options: WorkerOptions) -> None:
+
+def start_logging(engine: Chimeway, options: WorkerOptions) -> None:
     """Log to stderr at ``--log-level``, delivery events included; once the checks passed."""
     logging.basicConfig(
         level=options.log_level.upper(),
@@ -102,14 +119,7 @@ def _start_logging(engine: Chimeway, options: WorkerOptions) -> None:
     engine.telemetry.subscribe(LoggingSubscriber())
 
 
-def _wrong_backend(name: str, options: WorkerOptions, engine: Chimeway, expected: str) -> CliError:
-    return CliError(
-        f"--backend {name}: the engine of {options.app} queues on a "
-        f"{type(engine.backend).__qualname__}, not a {expected}"
-    )
-
-
-def _served(engine: Chimeway, options: WorkerOptions, default: str) -> list[str]:
+def served_queues(engine: Chimeway, options: WorkerOptions, default: str) -> list[str]:
     """The queues this worker serves: ``--queue``'s, each one the engine uses, or all of them."""
     used = engine.worker_queues(default)
     if options.queues is None:
@@ -123,12 +133,35 @@ def _served(engine: Chimeway, options: WorkerOptions, default: str) -> list[str]
     return list(options.queues)
 
 
-def _named(queues: list[str]) -> str:
+def named(queues: list[str]) -> str:
+    """``queue 'a'`` or ``queues 'a', 'b'``."""
     return ("queue " if len(queues) == 1 else "queues ") + ", ".join(map(repr, queues))
 
 
+def reach(backend: Backend) -> None:
+    """Raise :class:`CliError` (unreachable) unless ``backend``'s service answers."""
+    try:
+        backend.ping()
+    except BackendUnavailableError as error:
+        raise CliError(str(error), ExitCode.UNREACHABLE) from None
+
+
+def prepare(engine: Chimeway, options: WorkerOptions) -> list[str]:
+    """Before a worker runs: the queues it serves, its service reached, logging started.
+
+    The queues are ``--queue``'s, checked, or the backend's default queue and
+    every routed one; a service that does not answer is a :class:`CliError`
+    (exit 3). Logging starts only once both checks passed.
+    """
+    backend = as_backend(engine.backend)
+    queues = served_queues(engine, options, backend.default_queue)
+    reach(backend)
+    start_logging(engine, options)
+    return queues
+
+
 def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
-    """Run :class:`~chimeway_backends.memory.MemoryWorker` until SIGINT or SIGTERM.
+    """Run :class:`~chimeway_core.memory.MemoryWorker` until SIGINT or SIGTERM.
 
     A rescue pass runs first (outbox rows and lost attempts left by a
     previous process), then every ``tick_interval`` seconds. On a signal no
@@ -140,8 +173,7 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
     deliveries wait in the ledger for a later worker.
     """
     backend = engine.backend
-    if not isinstance(backend, MemoryBackend):
-        raise _wrong_backend("memory", options, engine, "chimeway_backends.memory.MemoryBackend")
+    assert isinstance(backend, MemoryBackend)  # checked by WorkerBackend.start
     if options.queues is not None:
         # Its rescuer and relay queue every channel's jobs in this process's memory:
         # serving some would leave the others' there until the process ends.
@@ -150,9 +182,8 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
             "--queue is for rq and celery; in one process, MemoryWorker(queues=...) gives "
             "a queue threads of its own"
         )
-    queues = _served(engine, options, DEFAULT_QUEUE)
+    queues = prepare(engine, options)
     threads = options.concurrency or 1
-    _start_logging(engine, options)
     first = engine.rescue(catch_up=options.burst)
     worker = MemoryWorker(
         backend,
@@ -171,7 +202,7 @@ def run_memory(engine: Chimeway, options: WorkerOptions) -> int:
             else f"rescue every {options.tick_interval:g} s"
         )
         echo(
-            f"chimeway worker: memory backend, {_named(queues)}, {counted(threads, 'thread')}, "
+            f"chimeway worker: memory backend, {named(queues)}, {counted(threads, 'thread')}, "
             f"app {options.app}; {until}; Ctrl-C or SIGTERM stops",
             f"chimeway worker: first rescue pass: {first.relayed} relayed, "
             f"{first.requeued} requeued, {counted(first.resolved, 'lost attempt')} resolved, "
@@ -219,175 +250,86 @@ def _report_left(backend: MemoryBackend, queues: list[str]) -> None:
         )
 
 
-def _reach_redis(backend: RQBackend) -> None:
-    import redis  # noqa: PLC0415 -- optional: the "rq" extra
+#: The core's own backend: jobs on threads of the worker's process.
+MEMORY: Final = WorkerBackend(
+    MemoryBackend, "chimeway_backends.memory.MemoryBackend", run_memory, burst=True
+)
 
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {point.name: point for point in importlib.metadata.entry_points(group=GROUP)}
+
+
+#: The order ``--help`` has always listed the bundled backends in; any other
+#: registered backend follows them, by name. Listing is not registering.
+_SHOWN_FIRST: Final = ("memory", "rq", "celery")
+
+
+def backend_names() -> list[str]:
+    """The names ``--backend`` accepts: ``memory`` and every registered one."""
+    names = {"memory", *_entry_points()}
+    return [name for name in _SHOWN_FIRST if name in names] + sorted(names - {*_SHOWN_FIRST})
+
+
+def require(name: str) -> WorkerBackend:
+    """The backend ``name``, its adapter imported; :class:`CliError` when it cannot be."""
+    point = _entry_points().get(name)
+    if point is None:
+        if name == "memory":
+            return MEMORY
+        raise CliError(f"--backend {name}: no such backend; known: {', '.join(backend_names())}")
     try:
-        backend.connection.ping()
-    except redis.RedisError as error:
-        raise CliError(f"cannot reach Redis: {error}", ExitCode.UNREACHABLE) from None
-
-
-def _reach_broker(backend: CeleryBackend) -> None:
-    from kombu.exceptions import OperationalError  # noqa: PLC0415 -- optional: "celery"
-
-    try:
-        with backend.app.connection_for_write() as connection:
-            connection.ensure_connection(
-                max_retries=1, interval_start=0, timeout=_BROKER_CONNECT_TIMEOUT
-            )
-    except (OperationalError, OSError) as error:
+        # Its package first, which checks the extra, even where only the package
+        # was dropped from sys.modules and the entry's own module was not.
+        importlib.import_module(point.module.rpartition(".")[0] or point.module)
+        found = point.load()
+    except MissingExtraError as error:
         raise CliError(
-            f"cannot reach the Celery broker at {_broker_uri(backend)}: {error}",
-            ExitCode.UNREACHABLE,
+            f"--backend {name} needs the {error.extra!r} extra: "
+            f'pip install "chimeway[{error.extra}]"'
         ) from None
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if not (point.module == missing or point.module.startswith(f"{missing}.")):
+            raise
+        raise CliError(
+            f"--backend {name}: its adapter {missing} is not installed{_install(point)}"
+        ) from None
+    if not isinstance(found, WorkerBackend):
+        raise CliError(
+            f"--backend {name}: {point.value} is a {type(found).__qualname__}, "
+            "not a chimeway_core.cli.backends.WorkerBackend"
+        )
+    return found
 
 
-def _broker_uri(backend: CeleryBackend) -> str:
-    """The broker's URL as kombu shows it, the password masked (``**``)."""
-    with backend.app.connection_for_write() as connection:
-        return str(connection.as_uri())
-
-
-def _adapter(name: str) -> ModuleType | None:
-    # An engine on an RQ or Celery backend has imported its adapter already:
-    # looking in sys.modules imports no optional dependency.
-    return sys.modules.get(f"chimeway_backends.{name}")
+def _install(point: importlib.metadata.EntryPoint) -> str:
+    """`` (pip install "chimeway[rq]")`` when the backend's name is an extra of its package."""
+    dist = point.dist
+    extras = (dist.metadata.get_all("Provides-Extra") or []) if dist is not None else []
+    if dist is None or point.name not in extras:
+        return ""
+    return f' (pip install "{dist.metadata["Name"]}[{point.name}]")'
 
 
 def check_queue(engine: Chimeway) -> None:
     """Raise :class:`CliError` (unreachable) unless the service ``engine`` queues on answers.
 
-    Redis for an RQ backend, the broker for a Celery one; other backends
-    are not checked.
+    Redis for an RQ backend, the broker for a Celery one: whatever the
+    backend's :meth:`~chimeway_core.backend.Backend.ping` asks; an
+    in-process queue always answers.
     """
-    rq, celery = _adapter("rq"), _adapter("celery")
-    if rq is not None and isinstance(engine.backend, rq.RQBackend):
-        _reach_redis(engine.backend)
-    elif celery is not None and isinstance(engine.backend, celery.CeleryBackend):
-        _reach_broker(engine.backend)
+    reach(as_backend(engine.backend))
 
 
 @contextlib.contextmanager
-def queue_failures(engine: Chimeway) -> Iterator[None]:
-    """Report Redis or the Celery broker failing inside the block as unreachable (exit 3).
+def queue_failures(engine: Chimeway) -> Iterator[None]:  # noqa: ARG001 - one shape for every backend
+    """Report the queue's service failing inside the block as unreachable (exit 3).
 
     :func:`check_queue` found the service up; it can still go away before
     the last job is handed over.
     """
-    rq, celery = _adapter("rq"), _adapter("celery")
-    errors: tuple[type[BaseException], ...] = ()
-    service = ""
-    broker: CeleryBackend | None = None
-    if rq is not None and isinstance(engine.backend, rq.RQBackend):
-        import redis  # noqa: PLC0415 -- optional: the "rq" extra
-
-        errors, service = (redis.RedisError,), "Redis"
-    elif celery is not None and isinstance(engine.backend, celery.CeleryBackend):
-        from kombu.exceptions import OperationalError  # noqa: PLC0415 -- optional: "celery"
-
-        errors, service, broker = (OperationalError,), "the Celery broker", engine.backend
     try:
         yield
-    except errors as error:
-        # The broker's URL is only worth building for the error that names it.
-        where = "" if broker is None else f" at {_broker_uri(broker)}"
-        raise CliError(f"cannot reach {service}{where}: {error}", ExitCode.UNREACHABLE) from None
-
-
-def run_rq(engine: Chimeway, options: WorkerOptions) -> int:
-    """Run :func:`chimeway_backends.rq.run_worker` (forking, with RQ's scheduler)."""
-    from chimeway_backends import rq as adapter  # noqa: PLC0415 -- optional: the "rq" extra
-
-    backend = engine.backend
-    if not isinstance(backend, adapter.RQBackend):
-        raise _wrong_backend("rq", options, engine, "chimeway_backends.rq.RQBackend")
-    if options.concurrency not in {None, 1}:
-        raise CliError(
-            "--backend rq: an RQ worker runs one job at a time; start more workers "
-            "instead of --concurrency"
-        )
-    queues = _served(engine, options, backend.queue_name)
-    _reach_redis(backend)
-    _start_logging(engine, options)
-    until = (
-        "runs what is queued, then exits"
-        if options.burst
-        else f"rescue every {options.tick_interval:g} s"
-    )
-    echo(
-        f"chimeway worker: rq backend, {_named(queues)}, app {options.app}; "
-        f"{until}; Ctrl-C or SIGTERM stops"
-    )
-    ran = adapter.run_worker(
-        engine,
-        queues=queues,
-        burst=options.burst,
-        rescue_interval=options.tick_interval,
-        logging_level=options.log_level.upper(),
-    )
-    if options.burst:
-        echo(f"chimeway worker: burst done ({'jobs run' if ran else 'no job to run'})")
-    else:
-        echo("chimeway worker: stopped")
-    return ExitCode.OK
-
-
-def run_celery(engine: Chimeway, options: WorkerOptions) -> int:
-    """Run :func:`chimeway_backends.celery.run_worker` on the backend's queue."""
-    from chimeway_backends import celery as adapter  # noqa: PLC0415 -- optional: "celery"
-
-    backend = engine.backend
-    if not isinstance(backend, adapter.CeleryBackend):
-        raise _wrong_backend("celery", options, engine, "chimeway_backends.celery.CeleryBackend")
-    queues = _served(engine, options, backend.queue)
-    _reach_broker(backend)
-    _start_logging(engine, options)
-    echo(
-        f"chimeway worker: celery backend, {_named(queues)} on "
-        f"{_broker_uri(backend)}, app {options.app}; rescue every "
-        f"{options.tick_interval:g} s; Ctrl-C or SIGTERM stops"
-    )
-    stdout, stderr = sys.stdout, sys.stderr
-    code = adapter.run_worker(
-        engine,
-        queues=queues,
-        concurrency=options.concurrency,
-        loglevel=options.log_level.upper(),
-        rescue_interval=options.tick_interval,
-    )
-    # Celery's worker redirects both to its logger and leaves them so.
-    sys.stdout, sys.stderr = stdout, stderr
-    echo(f"chimeway worker: stopped (Celery's exit status {code})")
-    return ExitCode.OK if code == 0 else ExitCode.PROBLEM
-
-
-#: The worker backends by name; ``--backend`` accepts exactly these.
-BACKENDS: Final[Mapping[str, WorkerBackend]] = MappingProxyType(
-    {
-        "memory": WorkerBackend("chimeway_backends.memory", None, run_memory, burst=True),
-        "rq": WorkerBackend("chimeway_backends.rq", "rq", run_rq, burst=True),
-        # A Celery worker has no way to tell an empty queue from a slow broker.
-        "celery": WorkerBackend("chimeway_backends.celery", "celery", run_celery, burst=False),
-    }
-)
-
-
-def require(name: str) -> WorkerBackend:
-    """The backend ``name``, its adapter imported; :class:`CliError` when it cannot be."""
-    backend = BACKENDS[name]
-    try:
-        importlib.import_module(backend.adapter)
-    except MissingExtraError:
-        raise CliError(
-            f"--backend {name} needs the {backend.extra!r} extra: "
-            f'pip install "chimeway[{backend.extra}]"'
-        ) from None
-    except ModuleNotFoundError as error:
-        if error.name != backend.adapter:
-            raise
-        extra = f' (pip install "chimeway[{backend.extra}]")' if backend.extra else ""
-        raise CliError(
-            f"--backend {name}: its adapter {backend.adapter} is not installed{extra}"
-        ) from None
-    return backend
+    except BackendUnavailableError as error:
+        raise CliError(str(error), ExitCode.UNREACHABLE) from None

@@ -24,11 +24,10 @@ from uuid import UUID
 import attrs
 from sqlalchemy import URL
 
-from chimeway_backends.memory import MemoryBackend
 from chimeway_core.cli.app import load_engine
 from chimeway_core.cli.backends import (
-    BACKENDS,
     WorkerOptions,
+    backend_names,
     check_queue,
     queue_failures,
     require,
@@ -51,6 +50,7 @@ from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import DeliveryNotFoundError, NotResendableError, UnknownChannelError
 from chimeway_core.loading import APP_VARIABLE
+from chimeway_core.memory import MemoryBackend
 from chimeway_core.records import Resent
 
 __all__ = ["register", "run_prune", "run_relay", "run_rescue", "run_resend", "run_worker"]
@@ -103,8 +103,8 @@ def register(subparsers: Subparsers) -> None:
     worker.add_argument(
         "--backend",
         required=True,
-        choices=list(BACKENDS),
-        help="the queue backend: " + ", ".join(BACKENDS),
+        choices=backend_names(),
+        help="the queue backend: " + ", ".join(backend_names()),
     )
     _add_app_options(worker)
     worker.add_argument(
@@ -350,7 +350,7 @@ def run_worker(args: argparse.Namespace) -> int:
         burst=args.burst,
         queues=None if args.queues is None else tuple(dict.fromkeys(args.queues)),
     )
-    return backend.run(engine, options)
+    return backend.start(args.backend, engine, options)
 
 
 def _one_pass_engine(args: argparse.Namespace, what: str) -> Chimeway:

@@ -26,6 +26,7 @@ from uuid import UUID
 
 from sqlalchemy.orm import Session
 
+from chimeway_core.backend import SupportsEnqueue, as_backend
 from chimeway_core.channels.base import Channel
 from chimeway_core.clock import Clock, SystemClock
 from chimeway_core.engine import operate
@@ -111,14 +112,14 @@ class Chimeway:
     """
 
     store: SQLStore
-    backend: Backend
+    backend: Backend | SupportsEnqueue
     clock: Clock
     telemetry: Telemetry
 
     def __init__(
         self,
         store: SQLStore,
-        backend: Backend,
+        backend: Backend | SupportsEnqueue,
         channels: Mapping[str, Channel],
         *,
         routes: Mapping[str, str] | None = None,
@@ -162,7 +163,11 @@ class Chimeway:
     def _assemble(self) -> None:
         """Wire the stages with the settings and the current collaborators."""
         settings = self._settings
-        handover = HandOver(settings, self.store, self.backend, self.clock, self._queued)
+        # What the engine calls: the backend, or one that only looks like a
+        # Backend wrapped once (it passes queue= only when a route asks).
+        handover = HandOver(
+            settings, self.store, as_backend(self.backend), self.clock, self._queued
+        )
         performer = Performer(settings, self.store, self.clock, self.telemetry)
         self._handover = handover
         self._notifier = Notifier(settings, self.store, self.clock, self.telemetry, handover)

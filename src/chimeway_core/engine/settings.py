@@ -18,7 +18,6 @@ safe telemetry metadata of a delivery, and what a policy may read.
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import threading
@@ -26,11 +25,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Final
 
 import attrs
 
 from chimeway_core._checks import seconds, whole
+from chimeway_core.backend import as_backend
 from chimeway_core.channels.base import Channel
 from chimeway_core.clock import Clock, SystemClock
 from chimeway_core.errors import UnknownChannelError
@@ -158,7 +157,8 @@ def build_settings(
                 f"a policy must have a name and evaluate(), not {type(policy).__name__}"
             )
     _check_retries(retry, channel_retry, channels)
-    _check_routes(routes, channels, backend)
+    adopted = as_backend(backend)  # type: ignore[arg-type]  # _check_parts checked its kind
+    _check_routes(routes, channels, adopted, type(backend).__qualname__)
     settings = Settings(
         # Read-only views: the checks above (and min_retention) hold for the engine's life.
         channels=MappingProxyType(dict(channels)),
@@ -172,7 +172,7 @@ def build_settings(
         requeue_after=timedelta(seconds=requeue_after),
         retention=retention,
         rand=rand,
-        interrupts=tuple(getattr(backend, "interrupts", ())),
+        interrupts=adopted.interrupts,
         identity=f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}",
     )
     if retention is not None:  # checked now, as every rescue() will use it
@@ -200,11 +200,14 @@ def _check_parts(
 
 
 def _check_routes(
-    routes: Mapping[str, object] | None, channels: Mapping[str, object], backend: object
+    routes: Mapping[str, object] | None,
+    channels: Mapping[str, object],
+    backend: Backend,
+    kind: str,
 ) -> None:
     """Raise for routes other than this engine's channels to queue names, or unfollowable.
 
-    A backend follows routes when its ``enqueue`` and ``enqueue_many`` take ``queue``.
+    ``backend`` says whether it follows routes; ``kind`` names the class the user gave.
     """
     if routes is None:
         return
@@ -214,10 +217,9 @@ def _check_routes(
             raise TypeError(f"routes[{channel!r}] must be a queue name, not {type(queue).__name__}")
         if not queue:
             raise ValueError(f"routes[{channel!r}] must be a non-empty queue name")
-    if routes and not all(_takes_queue(getattr(backend, name)) for name in _ENQUEUES):
+    if routes and not backend.follows_routes:
         raise TypeError(
-            f"routes need a backend whose enqueue() and enqueue_many() take queue=; "
-            f"{type(backend).__qualname__}'s do not"
+            f"routes need a backend whose enqueue() and enqueue_many() take queue=; {kind}'s do not"
         )
 
 
@@ -236,21 +238,6 @@ def _check_per_channel(
             f"{name} names channels this engine does not have: {unknown}; "
             f"its channels are {sorted(channels)}"
         )
-
-
-_ENQUEUES: Final = ("enqueue", "enqueue_many")
-
-
-def _takes_queue(method: Callable[..., object]) -> bool:
-    """Whether ``method`` accepts a ``queue`` keyword."""
-    try:
-        parameters = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):  # no signature to read: let the call say
-        return True
-    return any(
-        (p.name == "queue" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
-        for p in parameters
-    )
 
 
 def _check_channels(channels: object) -> None:

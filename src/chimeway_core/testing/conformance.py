@@ -26,12 +26,12 @@ from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
-from chimeway_backends.memory import MemoryBackend
 from chimeway_core.channels.base import DeliveryGuarantee
 from chimeway_core.clock import Clock, VirtualClock
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import MissingExtraError
 from chimeway_core.jobs import Backend
+from chimeway_core.memory import MemoryBackend
 from chimeway_core.outcomes import Outcome
 from chimeway_core.policies import (
     Defer,

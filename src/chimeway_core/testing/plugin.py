@@ -4,7 +4,7 @@ Installing chimeway makes these fixtures available in every test suite:
 
 - ``chimeway_clock``: a :class:`~chimeway_core.clock.VirtualClock`.
 - ``chimeway_store``: a ledger on a fresh SQLite file, tables created.
-- ``chimeway_backend``: a :class:`~chimeway_backends.memory.MemoryBackend` on
+- ``chimeway_backend``: a :class:`~chimeway_core.memory.MemoryBackend` on
   the virtual clock; ``chimeway_backend.run_until_idle(engine)`` drains it.
 - ``chimeway_channel``: a :class:`~chimeway_core.testing.FakeChannel` that
   always sends (set ``chimeway_channel.script`` to script it).
@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from chimeway_backends.memory import MemoryBackend
 from chimeway_core.clock import VirtualClock
 from chimeway_core.engine import Chimeway
+from chimeway_core.memory import MemoryBackend
 from chimeway_core.retry import RetryPolicy
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.fakes import FakeChannel

@@ -44,6 +44,7 @@ from uuid import UUID
 from sqlalchemy import create_engine, select
 from sqlalchemy.pool import StaticPool
 
+from chimeway_core.backend import SupportsEnqueue
 from chimeway_core.channels.base import DeliveryGuarantee
 from chimeway_core.clock import Clock
 from chimeway_core.engine import Chimeway
@@ -203,7 +204,7 @@ class EngineMachine(RuleBasedStateMachine):
     def _engine(
         self,
         store: SQLStore,
-        backend: Backend,
+        backend: Backend | SupportsEnqueue,
         clock: Clock | None,
         on_call: Callable[[Delivery], None],
     ) -> Chimeway:

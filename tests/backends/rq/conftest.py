@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from chimeway_backends import rq as rq_backend
+from chimeway_backends.rq import job as rq_job
 from tests.services import REDIS_URL, require
 
 #: The Redis database the RQ tests write to.
@@ -76,6 +76,6 @@ def _isolated_process() -> Iterator[None]:
     """Undo what an in-process RQ worker leaves behind: its engine and its signal handlers."""
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     yield
-    rq_backend._Installed.engine = None
+    rq_job.ENGINE.forget()
     for sig, handler in saved.items():
         signal.signal(sig, handler)

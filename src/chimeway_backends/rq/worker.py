@@ -1,0 +1,240 @@
+"""RQ workers that run chimeway jobs: :class:`ChimewayWorker`, :func:`run_worker`.
+
+A chimeway worker is an RQ worker (:class:`ChimewayWorkerMixin` mixed into
+``rq.Worker`` or ``rq.SimpleWorker``) that finds its engine once per process
+(:data:`chimeway_backends.rq.job.ENGINE`), reads jobs as JSON and as
+:class:`~chimeway_backends.rq.job.ChimewayJob` only, runs the engine's rescuer
+every ``rescue_interval`` seconds from its main loop (between jobs and
+while idle; :func:`chimeway_core.worker.rescue`), and in a forking worker
+drops the inherited database pool in each work horse
+(:meth:`~chimeway_core.worker.EngineSource.after_fork`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final
+
+import redis
+import rq
+from rq.exceptions import StopRequested
+from rq.job import Job
+from rq.serializers import JSONSerializer, resolve_serializer
+from rq.worker import BaseWorker, WorkerStatus
+
+from chimeway_backends.rq.backend import RQBackend
+from chimeway_backends.rq.job import (
+    ENGINE,
+    ChimewayDeathPenalty,
+    ChimewayJob,
+    ChimewayJSONSerializer,
+)
+from chimeway_core.engine import Chimeway, RescueReport
+from chimeway_core.worker import rescue
+from chimeway_core.worker import rescue_interval as rescue_interval_or_env
+
+__all__ = ["ChimewaySimpleWorker", "ChimewayWorker", "ChimewayWorkerMixin", "run_worker"]
+
+_log = logging.getLogger(__name__)
+
+_JSON_SERIALIZERS: Final = (JSONSerializer, ChimewayJSONSerializer)
+
+
+class ChimewayWorkerMixin(BaseWorker):
+    """What makes an RQ worker a chimeway worker; mix it in before an RQ worker class.
+
+    Takes two keyword arguments on top of RQ's: ``engine`` (default: the
+    engine ``CHIMEWAY_APP`` names) and ``rescue_interval`` (seconds; default
+    ``CHIMEWAY_RESCUE_INTERVAL`` or 30). Jobs are always deserialized as JSON,
+    whatever serializer was asked for, as :class:`ChimewayJob` whatever job
+    class was asked for, so only :func:`deliver` ever runs. RQ's job timeout
+    raises :class:`JobTimeLimitExceeded`.
+    """
+
+    death_penalty_class = ChimewayDeathPenalty
+    #: How long the listener on RQ's command channel blocks in one read.
+    #: RQ's own 60 s makes a shutdown (or a burst's end) hang up to that long
+    #: now and then: unsubscribe() gives the listener 1 s to stop, then closes
+    #: the connection it may still be reading, which waits for the read.
+    command_listen_seconds: ClassVar[float] = 0.5
+    job_class = ChimewayJob
+
+    def __init__(
+        self,
+        queues: Any,
+        *args: Any,
+        engine: Chimeway | None = None,
+        rescue_interval: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Set before RQ's __init__, which reads dequeue_timeout.
+        self.rescue_interval = rescue_interval_or_env(rescue_interval)
+        self._next_rescue = time.monotonic()
+        requested = kwargs.get("serializer")
+        if requested is not None and resolve_serializer(requested) not in _JSON_SERIALIZERS:
+            _log.warning(
+                "chimeway workers read jobs as JSON only; ignoring serializer %s", requested
+            )
+        kwargs["serializer"] = ChimewayJSONSerializer
+        job_class = kwargs.get("job_class")
+        if not (isinstance(job_class, type) and issubclass(job_class, ChimewayJob)):
+            if job_class not in {None, Job, "rq.job.Job"}:  # RQ's default says nothing
+                _log.warning("chimeway workers run chimeway jobs only; ignoring %s", job_class)
+            kwargs["job_class"] = ChimewayJob
+        names = [
+            queue.name if isinstance(queue, rq.Queue) else queue
+            for queue in ([queues] if isinstance(queues, str | rq.Queue) else queues)
+        ]
+        super().__init__(names, *args, **kwargs)
+        if engine is not None:
+            ENGINE.install(engine)
+        self.engine = ENGINE.get()
+        if not isinstance(self.engine.backend, RQBackend):
+            raise TypeError(
+                f"a chimeway RQ worker needs an engine whose backend is an RQBackend, "
+                f"not {type(self.engine.backend).__qualname__}"
+            )
+        _check_timeouts(self.engine, self.engine.backend)
+        if self.engine.backend.queue_name not in self.queue_names():
+            _log.warning(
+                "this worker does not listen on %r, where its engine queues deliveries",
+                self.engine.backend.queue_name,
+            )
+
+    def subscribe(self) -> None:
+        """Listen on RQ's command channel (stop, kill) as RQ does, with short reads."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # rq types it None
+            sleep_time=self.command_listen_seconds,
+            daemon=True,
+            # RQ 3's reconnecting handler; older RQ versions have none.
+            exception_handler=getattr(self, "_pubsub_exception_handler", None),
+        )
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """RQ's blocking wait for a job, capped so an idle worker still rescues on time."""
+        return max(1, min(super().dequeue_timeout, math.ceil(self.rescue_interval)))
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        """RQ's maintenance is due, or the rescuer is."""
+        return super().should_run_maintenance_tasks or time.monotonic() >= self._next_rescue
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's maintenance when due, then the rescuer when due."""
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq leaves it untyped
+        if time.monotonic() >= self._next_rescue:
+            self.run_rescue()
+
+    def run_rescue(self) -> RescueReport | None:
+        """Fail RQ jobs whose worker died, then run the engine's rescuer; log, never raise.
+
+        Abandoned ``started`` jobs would otherwise count as pending and keep
+        the rescuer's enqueues from creating their next job. The worker counts
+        as busy meanwhile, so a warm shutdown (SIGTERM) waits for the rescue
+        to end instead of interrupting it.
+        """
+        self._next_rescue = time.monotonic() + self.rescue_interval
+        state = self.get_state()
+        self.set_state(WorkerStatus.BUSY)
+        try:
+            for queue in self.queues:
+                queue.started_job_registry.cleanup()
+            report = rescue(self.engine, self.rescue_interval)
+        except Exception:
+            _log.exception("chimeway rescue failed; trying again in %s s", self.rescue_interval)
+            report = None
+        finally:
+            self.set_state(state)
+        if self._stop_requested:
+            raise StopRequested
+        return report
+
+    def main_work_horse(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        """In a forked work horse: drop the inherited database pool, then run the job.
+
+        ``close=False`` leaves the parent's connections open for the parent;
+        the horse opens its own (SQLAlchemy, "Using Connection Pools with
+        Multiprocessing or os.fork()").
+        """
+        ENGINE.after_fork()
+        super().main_work_horse(job, queue)
+
+
+class ChimewayWorker(ChimewayWorkerMixin, rq.Worker):
+    """A forking chimeway worker: each job runs in a fresh work horse (``rq.Worker``)."""
+
+
+class ChimewaySimpleWorker(ChimewayWorkerMixin, rq.SimpleWorker):
+    """A chimeway worker that runs jobs in its own process (``rq.SimpleWorker``)."""
+
+
+_CHIMEWAY_CLASSES: Final[dict[type[BaseWorker], type[ChimewayWorkerMixin]]] = {
+    rq.Worker: ChimewayWorker,
+    rq.SimpleWorker: ChimewaySimpleWorker,
+}
+
+
+def _check_timeouts(engine: Chimeway, backend: RQBackend) -> None:
+    for name, channel in sorted(engine.channels.items()):
+        lease = channel.timeout + engine.lease_margin
+        if not channel.timeout < backend.job_timeout <= lease:
+            _log.warning(
+                "channel %r: RQ job_timeout=%s s should be above the channel timeout (%s s) "
+                "and at most its lease (%s s = timeout + lease_margin)",
+                name,
+                backend.job_timeout,
+                channel.timeout,
+                lease,
+            )
+
+
+def run_worker(
+    engine: Chimeway | None = None,
+    connection: redis.Redis | None = None,
+    queues: Sequence[str] | None = None,
+    *,
+    burst: bool = False,
+    with_scheduler: bool = True,
+    worker_class: type[BaseWorker] = ChimewayWorker,
+    rescue_interval: float | None = None,
+    name: str | None = None,
+    logging_level: str = "INFO",
+) -> bool:
+    """Run a chimeway RQ worker until it is stopped (or, with ``burst``, the queues are empty).
+
+    ``engine`` defaults to the one ``CHIMEWAY_APP`` names; ``connection`` to
+    its backend's; ``queues`` (served in that order) to the backend's queue
+    then every queue the engine's ``routes`` name (``engine.worker_queues``).
+    ``with_scheduler`` runs RQ's scheduler (in burst mode: once, at start),
+    which retries and deferrals need.
+    ``worker_class`` is :class:`ChimewayWorker` (forking) or
+    :class:`ChimewaySimpleWorker`; ``rq.Worker`` and ``rq.SimpleWorker`` mean
+    those. Returns whether any job was run.
+    """
+    if engine is not None:
+        ENGINE.install(engine)
+    engine = ENGINE.get()
+    backend = engine.backend
+    if not isinstance(backend, RQBackend):
+        raise TypeError(f"the engine's backend is {type(backend).__qualname__}, not an RQBackend")
+    cls = _CHIMEWAY_CLASSES.get(worker_class, worker_class)
+    if not issubclass(cls, ChimewayWorkerMixin):
+        raise TypeError(f"{worker_class.__qualname__} is not a chimeway worker class")
+    worker = cls(
+        list(queues) if queues is not None else engine.worker_queues(backend.queue_name),
+        connection=connection if connection is not None else backend.connection,
+        engine=engine,
+        rescue_interval=rescue_interval,
+        name=name,
+    )
+    return bool(
+        worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=logging_level)
+    )

@@ -1,0 +1,248 @@
+"""The one contract between the engine and a job queue: :class:`Backend`.
+
+Theory of operation
+-------------------
+A backend does two things (DESIGN.md, "Backends"): it enqueues a delivery
+id, now or at a time, under a job id that dedupes
+(:func:`~chimeway_core.jobs.job_id_for`); and its worker calls
+``perform()`` and translates the verdict (:mod:`chimeway_core.worker`).
+Everything else is the core's, and lives here or there:
+
+- **Validation, once.** The public :meth:`Backend.enqueue` and
+  :meth:`Backend.enqueue_many` check what they are given (every id a
+  :class:`~uuid.UUID`, ``at`` tz-aware, the queue a non-empty name or
+  ``None`` for :attr:`Backend.default_queue`) and call the adapter's two
+  hooks, ``_enqueue`` and ``_enqueue_many``, with clean values only.
+- **Foreign errors, at the edge.** An adapter lists in
+  :attr:`Backend.unavailable` the exception types of its broker client that
+  mean "the service did not answer"; leaving ``enqueue``, ``enqueue_many``
+  or :meth:`Backend.ping`, they become one
+  :class:`~chimeway_core.errors.BackendUnavailableError` naming the backend
+  and the service, the client's error as its cause. Neither the engine nor
+  the command line imports a broker client.
+- **Asked, not probed.** The engine reads :attr:`Backend.interrupts` (what
+  the queue raises inside a running job to stop it) and
+  :attr:`Backend.follows_routes` (whether ``queue=`` is honoured).
+
+A backend written before this class — any object with ``enqueue`` and
+``enqueue_many`` — still works: ``isinstance(obj, Backend)`` is true for it,
+as it was for the protocol this class replaces, and :func:`as_backend` wraps
+it once in a :class:`Backend` that passes ``queue=`` only when a route asks
+for one, with the object's ``interrupts`` and whether its methods take
+``queue`` read once, when it is wrapped.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, ClassVar, Final, Protocol, cast, runtime_checkable
+from uuid import UUID
+
+from chimeway_core._checks import queue_or
+from chimeway_core.clock import ensure_aware
+from chimeway_core.errors import BackendUnavailableError
+
+__all__ = ["Backend", "SupportsEnqueue", "as_backend", "check_delivery_id"]
+
+_ENQUEUES: Final = ("enqueue", "enqueue_many")
+
+
+def check_delivery_id(delivery_id: object) -> UUID:
+    """``delivery_id`` itself, which must be a :class:`~uuid.UUID` (a :class:`TypeError` if not)."""
+    if not isinstance(delivery_id, UUID):
+        raise TypeError(f"delivery_id must be a UUID, not {type(delivery_id).__name__}")
+    return delivery_id
+
+
+def _takes_queue(method: Callable[..., object]) -> bool:
+    """Whether ``method`` accepts a ``queue`` keyword."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call say
+        return True
+    return any(
+        (p.name == "queue" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
+
+
+class Backend(abc.ABC):
+    """Where the engine hands delivery ids to a job queue; every adapter extends it.
+
+    A subclass sets :attr:`name`, provides :attr:`default_queue` and the two
+    hooks ``_enqueue(delivery_id, at, queue)`` and
+    ``_enqueue_many(delivery_ids, queue)``, and, when it talks to a service,
+    :attr:`unavailable`, ``_service()`` and ``_ping()``.
+
+    The engine passes ``queue=`` only for a routed channel's delivery.
+    A backend should not double a pending job for the same delivery where its
+    queue allows (memory and RQ do not; Celery cannot tell), whatever queue
+    it is asked for. Nothing depends on it: a duplicate job finds the
+    delivery terminal, leased or not yet due and acknowledges without
+    calling the channel.
+    """
+
+    #: The backend's name, as ``chimeway worker --backend`` and errors say it.
+    name: ClassVar[str] = "backend"
+    #: The exception types the queue raises *inside* a running job to stop it
+    #: (Celery's soft time limit). The engine lets those propagate out of the
+    #: channel call without recording an outcome — the request may have
+    #: reached the provider — so the attempt stays in flight and the rescuer
+    #: resolves it as ``unknown``, as after a worker's death.
+    interrupts: tuple[type[BaseException], ...] = ()
+    #: The broker client's exception types that mean the service did not
+    #: answer; they leave as :class:`BackendUnavailableError`.
+    unavailable: tuple[type[BaseException], ...] = ()
+    #: Whether ``queue=`` is honoured, so the engine may route channels: by
+    #: default, whether the class's ``enqueue`` and ``enqueue_many`` take it
+    #: (read once, when the class is made; the engine passes ``queue=`` only
+    #: for a routed channel, so a subclass that overrides them without it
+    #: works until routes are used).
+    follows_routes: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "follows_routes" not in vars(cls):
+            cls.follows_routes = all(_takes_queue(getattr(cls, name)) for name in _ENQUEUES)
+
+    @classmethod
+    def __subclasshook__(cls, other: type) -> Any:
+        """Any class with ``enqueue`` and ``enqueue_many`` counts, as for the old protocol."""
+        if cls is Backend and all(
+            any(method in vars(base) for base in other.__mro__) for method in _ENQUEUES
+        ):
+            return True
+        return NotImplemented
+
+    @property
+    @abc.abstractmethod
+    def default_queue(self) -> str:
+        """The queue a job goes to when no ``queue=`` is given."""
+
+    def enqueue(
+        self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
+    ) -> None:
+        """Queue a job for ``delivery_id`` on ``queue`` (its default if ``None``), now or at ``at``.
+
+        ``at`` must be tz-aware. Raises :class:`BackendUnavailableError`
+        when the queue's service does not answer.
+        """
+        name = queue_or(queue, self.default_queue)
+        when = None if at is None else ensure_aware(at, "at")
+        checked = check_delivery_id(delivery_id)
+        try:
+            self._enqueue(checked, when, name)
+        except self.unavailable as error:
+            raise self._unreachable(error) from error
+
+    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
+        """Queue jobs for several deliveries on ``queue``, due now, in few round trips."""
+        name = queue_or(queue, self.default_queue)
+        checked = [check_delivery_id(delivery_id) for delivery_id in delivery_ids]
+        if not checked:
+            return
+        try:
+            self._enqueue_many(checked, name)
+        except self.unavailable as error:
+            raise self._unreachable(error) from error
+
+    def ping(self) -> None:
+        """Return if the queue's service answers; raise :class:`BackendUnavailableError` if not.
+
+        An in-process queue always answers.
+        """
+        try:
+            self._ping()
+        except self.unavailable as error:
+            raise self._unreachable(error) from error
+
+    @abc.abstractmethod
+    def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> None:
+        """Hook: queue one checked job (``at`` in UTC, ``None``: due now) on ``queue``."""
+
+    @abc.abstractmethod
+    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> None:
+        """Hook: queue checked jobs, due now, on ``queue``; ``delivery_ids`` is not empty."""
+
+    def _ping(self) -> None:  # noqa: B027 - optional: an in-process queue has nothing to ask
+        """Hook: contact the queue's service, raising one of :attr:`unavailable` if it is down."""
+
+    def _service(self) -> str:
+        """Hook: what :class:`BackendUnavailableError` says could not be reached."""
+        return f"the {self.name} backend"
+
+    def _unreachable(self, error: BaseException) -> BackendUnavailableError:
+        return BackendUnavailableError(self.name, self._service(), str(error))
+
+
+@runtime_checkable
+class SupportsEnqueue(Protocol):
+    """The shape of a backend that does not extend :class:`Backend` (see :func:`as_backend`)."""
+
+    def enqueue(self, delivery_id: UUID, *, at: datetime | None = None) -> None:
+        """Queue a job for ``delivery_id``, now or at ``at``."""
+
+    def enqueue_many(self, delivery_ids: Sequence[UUID]) -> None:
+        """Queue jobs for several deliveries, due now."""
+
+
+class _Adopted(Backend):
+    """A duck-typed backend behind the :class:`Backend` interface; see :func:`as_backend`."""
+
+    name = "custom"
+
+    def __init__(self, adopted: Any) -> None:
+        self.adopted = adopted
+        self.interrupts = tuple(getattr(adopted, "interrupts", ()))
+        self.follows_routes = all(_takes_queue(getattr(adopted, name)) for name in _ENQUEUES)
+        self._default = str(getattr(adopted, "default_queue", "default"))
+
+    @property
+    def default_queue(self) -> str:
+        """The object's own ``default_queue``, if it has one, else ``"default"``."""
+        return self._default
+
+    def enqueue(
+        self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
+    ) -> None:
+        """Call the object's ``enqueue``, with ``queue=`` only when one is asked for."""
+        if queue is None:
+            self.adopted.enqueue(delivery_id, at=at)
+        else:
+            self.adopted.enqueue(delivery_id, at=at, queue=queue)
+
+    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
+        """Call the object's ``enqueue_many``, with ``queue=`` only when one is asked for."""
+        if queue is None:
+            self.adopted.enqueue_many(delivery_ids)
+        else:
+            self.adopted.enqueue_many(delivery_ids, queue=queue)
+
+    def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> None:
+        self.enqueue(delivery_id, at=at, queue=queue)
+
+    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> None:
+        self.enqueue_many(delivery_ids, queue=queue)
+
+
+def as_backend(backend: Backend | SupportsEnqueue) -> Backend:
+    """``backend`` itself if it extends :class:`Backend`, else wrapped once to behave as one.
+
+    The wrapper passes calls through unchecked, as the engine made them
+    before this class existed; it passes ``queue=`` only when one is asked
+    for, so an object whose methods take no ``queue`` works until routes are
+    used (:attr:`Backend.follows_routes` is then false and the engine refuses
+    the routes). Raises :class:`TypeError` for an object without
+    ``enqueue`` and ``enqueue_many``.
+    """
+    if Backend in type(backend).__mro__:  # extends it, not only looks like it
+        return cast(Backend, backend)
+    if not isinstance(backend, Backend):
+        raise TypeError(
+            f"backend must have enqueue() and enqueue_many() (chimeway_core.jobs.Backend), "
+            f"not {type(backend).__name__}"
+        )
+    return _Adopted(backend)
