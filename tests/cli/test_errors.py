@@ -272,6 +272,12 @@ IN_PROCESS = [
     ),
     Case("zero worker threads", _worker("memory", "x:y", "--concurrency", "0"), 2, "--concurrency"),
     Case(
+        "a typo's worth of worker threads",
+        _worker("memory", "x:y", "--concurrency", "10000"),
+        2,
+        "--concurrency must be from 1 to 256, got 10000",
+    ),
+    Case(
         "celery in burst mode",
         _worker("celery", f"{APP_MODULE}:celery_engine", "--burst"),
         2,

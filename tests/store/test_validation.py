@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ BAD_SPECS = [
     pytest.param(
         _spec(payload={"when": datetime.now}),
         PayloadNotSerializableError,
-        "payload['when']",
+        "payload[key 0]",
         id="payload-not-json",
     ),
     pytest.param(
@@ -52,17 +53,32 @@ BAD_SPECS = [
     pytest.param(
         _spec(payload={"a": ["ok", "\ud800"]}),
         InvalidDeliveryError,
-        "payload['a'][1]",
+        "payload[key 0][1]",
         id="nested-lone-surrogate",
     ),
     pytest.param(_spec(recipient="a\udfffb"), InvalidDeliveryError, "recipient", id="surrogate"),
     pytest.param(_spec(payload={"\ud800": 1}), InvalidDeliveryError, "payload key", id="key"),
     pytest.param(_spec(recipient="a\x00b"), InvalidDeliveryError, "recipient", id="nul-text"),
-    pytest.param(_spec(payload={"s": "a\x00"}), InvalidDeliveryError, "payload['s']", id="nul"),
+    pytest.param(_spec(payload={"s": "a\x00"}), InvalidDeliveryError, "payload[key 0]", id="nul"),
     pytest.param(
-        _spec(metadata={"m": "\x00"}), InvalidDeliveryError, "metadata['m']", id="nul-metadata"
+        _spec(metadata={"m": "\x00"}), InvalidDeliveryError, "metadata[key 0]", id="nul-metadata"
     ),
     pytest.param(_spec(max_attempts=0), InvalidDeliveryError, "max_attempts", id="attempts-0"),
+    pytest.param(
+        _spec(max_attempts=2**31), InvalidDeliveryError, "max_attempts", id="attempts-2**31"
+    ),
+    pytest.param(
+        _spec(max_attempts=10**5000), InvalidDeliveryError, "max_attempts", id="attempts-huge"
+    ),
+    pytest.param(
+        _spec(max_attempts=-(10**5000)), InvalidDeliveryError, "max_attempts", id="attempts-neg"
+    ),
+    pytest.param(
+        _spec(payload={"n": 2**63}), PayloadNotSerializableError, "payload[key 0]", id="int-64"
+    ),
+    pytest.param(
+        _spec(payload=[10**5000]), PayloadNotSerializableError, "payload[0]", id="int-huge"
+    ),
     pytest.param(_spec(scheduled_at=NAIVE), InvalidDeliveryError, "scheduled_at", id="naive"),
     pytest.param(_spec(expires_at=NAIVE), InvalidDeliveryError, "expires_at", id="naive-exp"),
     pytest.param(_spec(idempotency_key=""), InvalidDeliveryError, "idempotency_key", id="key0"),
@@ -211,3 +227,27 @@ def test_delete_outbox_refuses_an_id_that_is_no_uuid(store: SQLStore, now: datet
     with pytest.raises(TypeError, match=r"delivery_id must be a uuid\.UUID"):
         store.delete_outbox([created.id, str(created.id)])  # type: ignore[list-item]
     assert 1 == store.outbox_size()
+
+
+def test_refusals_never_echo_a_payload_key(store: SQLStore, now: datetime) -> None:
+    """A key is named by its position: keys are often personal data themselves."""
+    secret = "ada.lovelace@example.com"
+    with pytest.raises(PayloadNotSerializableError) as raised:
+        store.create(_spec(payload={"ok": 1, secret: float("nan")}), now=now)
+    assert ("payload[key 1]", False) == (raised.value.field, secret in str(raised.value))
+
+
+def test_a_huge_int_in_a_provider_response_is_stored_as_its_size() -> None:
+    """Provider text is sanitised, never refused: an int past 64 bits becomes its bit length."""
+    from chimeway_core.ledger.validation import sanitize
+
+    assert {"id": "<16610-bit int>", "n": 2**62} == sanitize({"id": 10**5000, "n": 2**62})
+
+
+def test_engines_chimeway_creates_hide_statement_parameters(tmp_path: Path) -> None:
+    """A database error from a ledger chimeway connected must not quote payloads."""
+    store = SQLStore(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        assert True is store.engine.hide_parameters
+    finally:
+        store.engine.dispose()

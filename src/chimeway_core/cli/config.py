@@ -174,7 +174,13 @@ def open_engine(url: URL, *, must_exist: bool = True, pool_pre_ping: bool = Fals
     if url.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = _CONNECT_TIMEOUT_SECONDS
     try:
-        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=pool_pre_ping)
+        engine = create_engine(
+            # hide_parameters: a database error must not quote payloads or recipients.
+            url,
+            connect_args=connect_args,
+            pool_pre_ping=pool_pre_ping,
+            hide_parameters=True,
+        )
     except ImportError as error:
         raise CliError(
             f"the driver for {url.drivername!r} is not installed: {error}{_install_hint(url)}"

@@ -58,6 +58,8 @@ __all__ = ["register", "run_prune", "run_relay", "run_rescue", "run_resend", "ru
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _BROKER_SCHEMES: Final = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sqs", "memory")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: The most jobs a worker runs at once (threads for memory, processes for Celery).
+MAX_CONCURRENCY: Final = 256
 #: The longest --tick-interval or --grace: a year, or less where threads
 #: cannot wait that long (threading.TIMEOUT_MAX); larger values overflow a
 #: wait or a timedelta far from the option that gave them.
@@ -334,8 +336,9 @@ def run_worker(args: argparse.Namespace) -> int:
             f"--burst: a {args.backend} worker has no burst mode; run it without --burst "
             "and stop it with SIGTERM (running jobs finish first)"
         )
-    if args.concurrency is not None and args.concurrency < 1:
-        raise CliError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.concurrency is not None and not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        # Past the bound a typo (10000) would start as many threads or processes.
+        raise CliError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, got {args.concurrency}")
     _seconds("--tick-interval", args.tick_interval, positive=True)
     _seconds("--grace", args.grace)
     app = _app(args)

@@ -30,7 +30,7 @@ from chimeway_core.errors import (
     PayloadTooLargeError,
 )
 from chimeway_core.ledger import validation
-from chimeway_core.ledger.schema import CHANNEL_LENGTH, KEY_LENGTH, RECIPIENT_LENGTH
+from chimeway_core.ledger.schema import CHANNEL_LENGTH, KEY_LENGTH, MAX_ATTEMPTS, RECIPIENT_LENGTH
 from chimeway_core.ledger.statements import A, J
 from chimeway_core.ledger.validation import aware, check_text, json_size
 from chimeway_core.outcomes import Outcome
@@ -175,9 +175,12 @@ def new_row(spec: NewDelivery, now: datetime, index: int, max_payload_bytes: int
     )
     if not isinstance(spec.max_attempts, int) or isinstance(spec.max_attempts, bool):
         raise InvalidDeliveryError(f"{where}max_attempts", "must be an int")
-    if spec.max_attempts < 1:
+    if not 1 <= spec.max_attempts <= MAX_ATTEMPTS:
+        # A number is named only where it is short: a huge one is no use in a
+        # message, and past 4,300 digits Python refuses to format it at all.
+        shown = f", got {spec.max_attempts}" if abs(spec.max_attempts) < 10**12 else ""
         raise InvalidDeliveryError(
-            f"{where}max_attempts", f"must be at least 1, got {spec.max_attempts}"
+            f"{where}max_attempts", f"must be from 1 to {MAX_ATTEMPTS}{shown}"
         )
     scheduled_at = (
         now if spec.scheduled_at is None else aware(spec.scheduled_at, f"{where}scheduled_at")

@@ -77,6 +77,8 @@ NAMING_CONVENTION: Final = {
 CHANNEL_LENGTH: Final = 200
 RECIPIENT_LENGTH: Final = 1000
 KEY_LENGTH: Final = 255
+#: The most attempts a delivery may have: the column's 32-bit integer.
+MAX_ATTEMPTS: Final = 2**31 - 1
 STATUS_LENGTH: Final = 32
 REASON_LENGTH: Final = 255
 OWNER_LENGTH: Final = 255

@@ -107,7 +107,9 @@ class SQLStore(Reads):
         if isinstance(url_or_engine, str):
             # Before create_engine: it would first fail on the missing driver.
             check_backend(make_url(url_or_engine).get_backend_name())
-            url_or_engine = create_engine(url_or_engine)
+            # A database error would otherwise quote the statement's parameters:
+            # payloads and recipients, in exceptions and logs.
+            url_or_engine = create_engine(url_or_engine, hide_parameters=True)
         elif not isinstance(url_or_engine, Engine):
             raise TypeError(
                 "url_or_engine must be a database URL (str) or a sqlalchemy.Engine, "

@@ -46,6 +46,8 @@ __all__ = [
 # How deep JSON may nest (payloads, metadata, provider responses): far below
 # Python's recursion limit, so validating, storing and reading never overflow.
 MAX_JSON_DEPTH: Final = 128
+#: Integers in a payload fit in 64 bits (signed): what JSON readers keep whole.
+JSON_INT_LIMIT: Final = 2**63
 
 
 def aware(value: object, field: str) -> datetime:
@@ -107,8 +109,21 @@ def check_encodable(value: str, field: str) -> None:
 
 
 def json_value(value: object, field: str, depth: int = 0) -> Any:
-    """Return a plain-JSON copy of ``value`` (tuples become lists), or raise."""
-    if value is None or isinstance(value, bool | int):
+    """Return a plain-JSON copy of ``value`` (tuples become lists), or raise.
+
+    ``field`` names where the value is, by position: a mapping's key is
+    shown as its index (``payload[key 0]``), never its text, which may be
+    personal data.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -JSON_INT_LIMIT <= value < JSON_INT_LIMIT:
+            # Past 64 bits most JSON readers lose it, and past 4,300 digits
+            # Python cannot even write it.
+            raise PayloadNotSerializableError(
+                field, "holds an integer beyond 64 bits; send it as a string"
+            )
         return value
     if isinstance(value, str):
         check_encodable(value, field)
@@ -124,13 +139,13 @@ def json_value(value: object, field: str, depth: int = 0) -> Any:
         )
     if isinstance(value, Mapping):
         copy: dict[str, Any] = {}
-        for key, item in value.items():
+        for index, (key, item) in enumerate(value.items()):
             if not isinstance(key, str):
                 raise PayloadNotSerializableError(
                     field, f"has a {type(key).__name__} key; JSON object keys are strings"
                 )
             check_encodable(key, f"{field} key")
-            copy[key] = json_value(item, f"{field}[{key!r}]", depth + 1)
+            copy[key] = json_value(item, f"{field}[key {index}]", depth + 1)
         return copy
     if isinstance(value, list | tuple):
         return [
@@ -154,8 +169,14 @@ def clean_text(text: str) -> str:
 
 def sanitize(value: object, depth: int = 0) -> Any:
     """Best-effort plain-JSON copy for provider responses: never raises."""
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return (
+            value
+            if -JSON_INT_LIMIT <= value < JSON_INT_LIMIT
+            else f"<{value.bit_length()}-bit int>"
+        )
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, str):
