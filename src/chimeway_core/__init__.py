@@ -19,6 +19,7 @@ from chimeway_core.dispatch import DISPATCH_ROWS, Action, DispatchRow, decide
 from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
     ChimewayError,
+    DeliveriesVanishedError,
     DeliveryNotFoundError,
     DeliveryTerminalError,
     EngineNotFoundError,
@@ -26,7 +27,9 @@ from chimeway_core.errors import (
     InvalidDeliveryError,
     InvalidJobError,
     LeaseLostError,
+    LockReusedError,
     MissingExtraError,
+    NoDatabaseConfiguredError,
     NotResendableError,
     OutcomeUnknownError,
     PayloadNotSerializableError,
@@ -181,4 +184,7 @@ __all__ = [
     "UnsafeDestinationError",
     "EngineNotFoundError",
     "UnsupportedDatabaseError",
+    "LockReusedError",
+    "DeliveriesVanishedError",
+    "NoDatabaseConfiguredError",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -295,6 +296,81 @@ class NotResendableError(ChimewayError):
     def __reduce__(self) -> tuple[object, ...]:
         # The message is not the constructor's argument: tell pickle what is.
         return (type(self), (self.delivery_id, self.status, self.reason))
+
+
+class LockReusedError(ChimewayError, RuntimeError):
+    """A second write was asked of one :meth:`~chimeway_core.SQLStore.lock` block: a caller bug.
+
+    A lock allows at most one of ``claim``, ``suppress``, ``defer`` and
+    ``exhaust``, because each decides from the delivery as it was read and a
+    second would decide from a row the first already changed. ``operation``
+    is the refused second write; ``delivery_id`` the locked delivery. Nothing
+    more is written, and unless the block catches this the whole block rolls
+    back, the first write included. Also a :class:`RuntimeError`, which it
+    was before it had a class of its own.
+    """
+
+    def __init__(self, delivery_id: UUID, operation: str) -> None:
+        self.delivery_id = delivery_id
+        self.operation = operation
+        super().__init__(
+            f"LockedDelivery.{operation}: this lock already wrote once (delivery {delivery_id!s})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.delivery_id, self.operation))
+
+
+class DeliveriesVanishedError(ChimewayError, RuntimeError):
+    """Creating deliveries lost a race with their deletion ``tries`` times in a row.
+
+    A key that was taken when its row was inserted but gone when it was read
+    back was deleted in between (a prune, in another transaction, removed the
+    old delivery holding it), so the row is written again; this is raised
+    when that kept happening, which a single prune cannot cause: look for
+    something deleting deliveries in a tight loop. ``keys`` are the
+    ``(channel, idempotency_key)`` pairs still unwritten and ``tries`` the
+    number of rounds. Calling again with the same specs is safe: a delivery
+    that was written comes back with ``created=False``. Also a
+    :class:`RuntimeError`, which it was before it had a class of its own.
+    """
+
+    def __init__(self, keys: Sequence[tuple[str, str]], tries: int) -> None:
+        self.keys = tuple(keys)
+        self.tries = tries
+        super().__init__(
+            f"deliveries vanished {tries} times as they were read back: {list(self.keys)}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.keys, self.tries))
+
+
+class NoDatabaseConfiguredError(ChimewayError, RuntimeError):
+    """chimeway's migrations were run with no database to run them on.
+
+    :func:`chimeway_core.migrations.upgrade` always passes its connection;
+    this comes from running chimeway's Alembic environment some other way
+    (``alembic upgrade`` with its script location) without either a
+    ``connection`` in ``config.attributes`` or ``sqlalchemy.url`` in the
+    config. ``config_file`` is the Alembic config file that lacks the URL
+    (``None``: the config was built in code). Nothing was run. Also a
+    :class:`RuntimeError`, which it was before it had a class of its own.
+    """
+
+    def __init__(self, config_file: str | None) -> None:
+        self.config_file = config_file
+        where = "the Alembic config" if config_file is None else config_file
+        super().__init__(
+            f"no database for chimeway's migrations: set sqlalchemy.url in {where} "
+            "or pass a connection in config.attributes"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.config_file,))
 
 
 class PolicyError(ChimewayError):
