@@ -1,9 +1,34 @@
 """The exceptions chimeway raises.
 
-Every exception the library raises derives from :class:`ChimewayError`, so an
-application can catch chimeway's failures without catching its own. Each class
-carries, as attributes, the fields an operator needs to reproduce the case; the
-message repeats them so a log line alone is enough.
+The rule: a mistake in a call (an argument of the wrong type, or a value it
+cannot take) is a :class:`TypeError` or :class:`ValueError` whose message names
+the argument; everything else chimeway raises on purpose derives from
+:class:`ChimewayError`, so an application can catch chimeway's failures
+without catching its own. A few classes here are also the built-in their case
+has always been (:class:`InvalidDeliveryError` is a :class:`ValueError`,
+:class:`DeliveryNotFoundError` a :class:`LookupError`, :class:`LockReusedError`
+a :class:`RuntimeError` ...), so an ``except`` written either way catches them.
+Each class carries, as attributes, the fields an operator needs to reproduce
+the case; the message repeats them so a log line alone is enough.
+
+The documented built-in exceptions that are not argument checks:
+
+- :class:`OSError` from
+  :meth:`chimeway_core.channels.DestinationPolicy.resolve` when a host resolves
+  to no address, as a failed DNS lookup does (the webhook channel reports
+  either as a temporary failure);
+- :class:`AssertionError` from the assertions of
+  :mod:`chimeway_core.testing`, as any test assertion;
+- :class:`NotImplementedError` from a testing base class whose method a
+  subclass must provide (``EngineMachine.open_harness``);
+- ``chimeway_core.testing.stateful.SimulatedCrash``, a :class:`BaseException`
+  that stands for a worker process dying in the stateful tests.
+
+What chimeway does not raise on purpose passes through as it is: the
+database's errors (SQLAlchemy's) and an exception from code the application
+handed in, except where this module says otherwise (a
+policy's becomes a :class:`PolicyError`; a channel's is classified as an
+outcome, never raised).
 """
 
 from __future__ import annotations
@@ -42,7 +67,7 @@ class UnhandledOutcomeError(ChimewayError):
 
     Raised (never swallowed) when the catch-all of the dispatch table cannot
     converge: the delivery is not in ``failed`` or retries remain. It is the
-    loud-failure branch of the reference worker. ``retry_at`` is set when the
+    loud-failure branch of the reference worker. ``run_at`` is set when the
     engine has already scheduled the next attempt, so the delivery is not
     leaked while the queue records the failure; ``queue`` is the queue that
     run belongs on (``None``: the backend's default).
