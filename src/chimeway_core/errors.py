@@ -17,6 +17,11 @@ The documented built-in exceptions that are not argument checks:
   :meth:`chimeway_core.channels.DestinationPolicy.resolve` when a host resolves
   to no address, as a failed DNS lookup does (the webhook channel reports
   either as a temporary failure);
+- :class:`AttributeError` when a setting that is fixed once a
+  :class:`~chimeway_core.Chimeway` is built (its ``channels``, say) is
+  assigned, as for any read-only attribute;
+- :class:`RuntimeError` from the memory backend's ``MemoryWorker.start()``
+  when it is already running, as from :meth:`threading.Thread.start`;
 - :class:`AssertionError` from the assertions of
   :mod:`chimeway_core.testing`, as any test assertion;
 - :class:`NotImplementedError` from a testing base class whose method a
@@ -26,9 +31,9 @@ The documented built-in exceptions that are not argument checks:
 
 What chimeway does not raise on purpose passes through as it is: the
 database's errors (SQLAlchemy's) and an exception from code the application
-handed in, except where this module says otherwise (a
-policy's becomes a :class:`PolicyError`; a channel's is classified as an
-outcome, never raised).
+handed in, except where the documentation says otherwise (a policy's
+becomes a :class:`PolicyError`; a channel's is classified as an outcome,
+never raised).
 """
 
 from __future__ import annotations
