@@ -21,6 +21,7 @@ from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.errors import (
     BackendUnavailableError,
     ChimewayError,
+    DeliveriesVanishedError,
     DeliveryNotFoundError,
     DeliveryTerminalError,
     EngineNotFoundError,
@@ -28,7 +29,9 @@ from chimeway_core.errors import (
     InvalidDeliveryError,
     InvalidJobError,
     LeaseLostError,
+    LockReusedError,
     MissingExtraError,
+    NoDatabaseConfiguredError,
     NotResendableError,
     OutcomeUnknownError,
     PayloadNotSerializableError,
@@ -184,4 +187,7 @@ __all__ = [
     "UnsafeDestinationError",
     "EngineNotFoundError",
     "UnsupportedDatabaseError",
+    "LockReusedError",
+    "DeliveriesVanishedError",
+    "NoDatabaseConfiguredError",
 ]

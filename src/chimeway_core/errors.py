@@ -1,9 +1,39 @@
 """The exceptions chimeway raises.
 
-Every exception the library raises derives from :class:`ChimewayError`, so an
-application can catch chimeway's failures without catching its own. Each class
-carries, as attributes, the fields an operator needs to reproduce the case; the
-message repeats them so a log line alone is enough.
+The rule: a mistake in a call (an argument of the wrong type, or a value it
+cannot take) is a :class:`TypeError` or :class:`ValueError` whose message names
+the argument; everything else chimeway raises on purpose derives from
+:class:`ChimewayError`, so an application can catch chimeway's failures
+without catching its own. A few classes here are also the built-in their case
+has always been (:class:`InvalidDeliveryError` is a :class:`ValueError`,
+:class:`DeliveryNotFoundError` a :class:`LookupError`, :class:`LockReusedError`
+a :class:`RuntimeError` ...), so an ``except`` written either way catches them.
+Each class carries, as attributes, the fields an operator needs to reproduce
+the case; the message repeats them so a log line alone is enough.
+
+The documented built-in exceptions that are not argument checks:
+
+- :class:`OSError` from
+  :meth:`chimeway_core.channels.DestinationPolicy.resolve` when a host resolves
+  to no address, as a failed DNS lookup does (the webhook channel reports
+  either as a temporary failure);
+- :class:`AttributeError` when a setting that is fixed once a
+  :class:`~chimeway_core.Chimeway` is built (its ``channels``, say) is
+  assigned, as for any read-only attribute;
+- :class:`RuntimeError` from the memory backend's ``MemoryWorker.start()``
+  when it is already running, as from :meth:`threading.Thread.start`;
+- :class:`AssertionError` from the assertions of
+  :mod:`chimeway_core.testing`, as any test assertion;
+- :class:`NotImplementedError` from a testing base class whose method a
+  subclass must provide (``EngineMachine.open_harness``);
+- ``chimeway_core.testing.stateful.SimulatedCrash``, a :class:`BaseException`
+  that stands for a worker process dying in the stateful tests.
+
+What chimeway does not raise on purpose passes through as it is: the
+database's errors (SQLAlchemy's) and an exception from code the application
+handed in, except where the documentation says otherwise (a policy's
+becomes a :class:`PolicyError`; a channel's is classified as an outcome,
+never raised).
 """
 
 from __future__ import annotations
@@ -11,6 +41,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -41,7 +72,7 @@ class UnhandledOutcomeError(ChimewayError):
 
     Raised (never swallowed) when the catch-all of the dispatch table cannot
     converge: the delivery is not in ``failed`` or retries remain. It is the
-    loud-failure branch of the reference worker. ``retry_at`` is set when the
+    loud-failure branch of the reference worker. ``run_at`` is set when the
     engine has already scheduled the next attempt, so the delivery is not
     leaked while the queue records the failure; ``queue`` is the queue that
     run belongs on (``None``: the backend's default).
@@ -295,6 +326,81 @@ class NotResendableError(ChimewayError):
     def __reduce__(self) -> tuple[object, ...]:
         # The message is not the constructor's argument: tell pickle what is.
         return (type(self), (self.delivery_id, self.status, self.reason))
+
+
+class LockReusedError(ChimewayError, RuntimeError):
+    """A second write was asked of one :meth:`~chimeway_core.SQLStore.lock` block: a caller bug.
+
+    A lock allows at most one of ``claim``, ``suppress``, ``defer`` and
+    ``exhaust``, because each decides from the delivery as it was read and a
+    second would decide from a row the first already changed. ``operation``
+    is the refused second write; ``delivery_id`` the locked delivery. Nothing
+    more is written, and unless the block catches this the whole block rolls
+    back, the first write included. Also a :class:`RuntimeError`, which it
+    was before it had a class of its own.
+    """
+
+    def __init__(self, delivery_id: UUID, operation: str) -> None:
+        self.delivery_id = delivery_id
+        self.operation = operation
+        super().__init__(
+            f"LockedDelivery.{operation}: this lock already wrote once (delivery {delivery_id!s})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.delivery_id, self.operation))
+
+
+class DeliveriesVanishedError(ChimewayError, RuntimeError):
+    """Creating deliveries lost a race with their deletion ``tries`` times in a row.
+
+    A key that was taken when its row was inserted but gone when it was read
+    back was deleted in between (a prune, in another transaction, removed the
+    old delivery holding it), so the row is written again; this is raised
+    when that kept happening, which a single prune cannot cause: look for
+    something deleting deliveries in a tight loop. ``keys`` are the
+    ``(channel, idempotency_key)`` pairs still unwritten and ``tries`` the
+    number of rounds. Calling again with the same specs is safe: a delivery
+    that was written comes back with ``created=False``. Also a
+    :class:`RuntimeError`, which it was before it had a class of its own.
+    """
+
+    def __init__(self, keys: Sequence[tuple[str, str]], tries: int) -> None:
+        self.keys = tuple(keys)
+        self.tries = tries
+        super().__init__(
+            f"deliveries vanished {tries} times as they were read back: {list(self.keys)}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.keys, self.tries))
+
+
+class NoDatabaseConfiguredError(ChimewayError, RuntimeError):
+    """chimeway's migrations were run with no database to run them on.
+
+    :func:`chimeway_core.migrations.upgrade` always passes its connection;
+    this comes from running chimeway's Alembic environment some other way
+    (``alembic upgrade`` with its script location) without either a
+    ``connection`` in ``config.attributes`` or ``sqlalchemy.url`` in the
+    config. ``config_file`` is the Alembic config file that lacks the URL
+    (``None``: the config was built in code). Nothing was run. Also a
+    :class:`RuntimeError`, which it was before it had a class of its own.
+    """
+
+    def __init__(self, config_file: str | None) -> None:
+        self.config_file = config_file
+        where = "the Alembic config" if config_file is None else config_file
+        super().__init__(
+            f"no database for chimeway's migrations: set sqlalchemy.url in {where} "
+            "or pass a connection in config.attributes"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.config_file,))
 
 
 class PolicyError(ChimewayError):

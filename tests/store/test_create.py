@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from chimeway_core.errors import InvalidDeliveryError
+from chimeway_core.errors import ChimewayError, DeliveriesVanishedError, InvalidDeliveryError
+from chimeway_core.ledger import create as creating
 from chimeway_core.records import Delivery, JournalKind, NewDelivery
 from chimeway_core.schema import DeliveryRow
 from chimeway_core.states import DeliveryStatus, Event
@@ -387,3 +388,22 @@ def test_a_none_payload_is_stored_as_json_null(store: SQLStore, now: datetime) -
         ).scalar_one()
     assert 0 == nulls
     assert [None] * 4 == [store.get(i).payload for i in ids]  # type: ignore[union-attr]
+
+
+def test_keys_that_keep_vanishing_raise_deliveries_vanished(
+    store: SQLStore, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key taken on insert but never found on read-back, round after round, is reported."""
+    store.create(NewDelivery(channel="email", recipient="r", idempotency_key="k"), now=now)
+    # As if a prune deleted the delivery holding "k" between each insert and its read-back.
+    monkeypatch.setattr(creating, "_existing", lambda *_: {})
+    spec = NewDelivery(channel="email", recipient="r", idempotency_key="k")
+    with pytest.raises(DeliveriesVanishedError) as raised:
+        store.create_many([spec], now=now)
+    assert isinstance(raised.value, ChimewayError)
+    assert isinstance(raised.value, RuntimeError)
+    assert ((("email", "k"),), 3) == (raised.value.keys, raised.value.tries)
+    assert "deliveries vanished 3 times as they were read back: [('email', 'k')]" == str(
+        raised.value
+    )
+    assert 1 == _delivery_rows(store)

@@ -9,7 +9,12 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from chimeway_core.errors import DeliveryNotFoundError, DeliveryTerminalError
+from chimeway_core.errors import (
+    ChimewayError,
+    DeliveryNotFoundError,
+    DeliveryTerminalError,
+    LockReusedError,
+)
 from chimeway_core.outcomes import Sent, classify
 from chimeway_core.records import Delivery, JournalKind, NewDelivery
 from chimeway_core.states import DeliveryStatus, Event
@@ -63,6 +68,23 @@ def test_a_lock_writes_at_most_once(store: SQLStore, now: datetime) -> None:
 
     with pytest.raises(RuntimeError, match="already wrote once"):
         defer_then_claim()
+    assert delivery == store.get(delivery.id)
+
+
+def test_a_second_write_is_a_lock_reused_error(store: SQLStore, now: datetime) -> None:
+    """The second write raises LockReusedError naming the delivery and the refused write."""
+    delivery = _new(store, now)
+
+    def suppress_then_claim() -> None:
+        with store.lock(delivery.id) as locked:
+            locked.suppress("opted_out", now=now)
+            locked.claim(owner="w1", lease_seconds=30, now=now)
+
+    with pytest.raises(LockReusedError) as raised:
+        suppress_then_claim()
+    assert isinstance(raised.value, ChimewayError)
+    assert (delivery.id, "claim") == (raised.value.delivery_id, raised.value.operation)
+    assert str(delivery.id) in str(raised.value)
     assert delivery == store.get(delivery.id)
 
 

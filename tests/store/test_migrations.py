@@ -7,11 +7,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
+from chimeway_core.errors import ChimewayError, NoDatabaseConfiguredError
 from chimeway_core.migrations import (
+    SCRIPT_LOCATION,
     VERSION_TABLE,
     SchemaState,
     SchemaStatus,
@@ -182,3 +186,24 @@ def test_status_of_a_revision_this_version_does_not_ship_is_unknown(tmp_path: Pa
         found.pending,
         found.usable,
     )
+
+
+@pytest.mark.parametrize("from_file", [False, True])
+def test_the_environment_with_no_database_raises_no_database_configured(
+    tmp_path: Path, from_file: bool
+) -> None:
+    """Alembic run on chimeway's scripts with no URL and no connection: nothing runs."""
+    if from_file:
+        ini = tmp_path / "alembic.ini"
+        ini.write_text(f"[alembic]\nscript_location = {SCRIPT_LOCATION}\n")
+        config = Config(str(ini))
+    else:
+        config = Config()
+        config.set_main_option("script_location", SCRIPT_LOCATION)
+    with pytest.raises(NoDatabaseConfiguredError) as raised:
+        command.upgrade(config, "head")
+    assert isinstance(raised.value, ChimewayError)
+    assert isinstance(raised.value, RuntimeError)
+    expected = str(tmp_path / "alembic.ini") if from_file else None
+    assert expected == raised.value.config_file
+    assert "set sqlalchemy.url" in str(raised.value)

@@ -214,8 +214,15 @@ class DestinationPolicy:
         """Resolve ``host`` and check every address; return the first.
 
         Every address is checked, not only the one used: a name that resolves
-        to a public and a private address is refused as a whole. A literal IP
+        to a public and a private address is refused as a whole
+        (:class:`~chimeway_core.errors.UnsafeDestinationError`). A literal IP
         host is checked without resolving.
+
+        A host that resolves to no address raises :class:`OSError`, on
+        purpose: it is a failed lookup like the resolver's own
+        (:class:`socket.gaierror` is an :class:`OSError`), which propagates
+        too, so a caller handles both with one ``except OSError`` (the
+        webhook channel reports a temporary failure).
         """
         try:
             literal = ipaddress.ip_address(host)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 
+from chimeway_core.errors import ChimewayError
+
 __all__ = ["CliError", "ExitCode"]
 
 
@@ -26,11 +28,14 @@ class ExitCode(enum.IntEnum):
     """A service (the database) could not be reached."""
 
 
-class CliError(Exception):
+class CliError(ChimewayError):
     """A failure reported as one line on stderr and an exit code; never a traceback.
 
     ``prog`` is what the line starts with (``chimeway``, or ``chimeway
-    worker`` for an option error of that command).
+    worker`` for an option error of that command). A
+    :class:`~chimeway_core.errors.ChimewayError`, like everything chimeway
+    raises on purpose; :func:`chimeway_core.cli.main` catches it before
+    anything else.
     """
 
     def __init__(

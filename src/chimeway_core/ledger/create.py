@@ -35,7 +35,12 @@ from uuid import UUID
 import attrs
 from sqlalchemy import Connection, select, tuple_
 
-from chimeway_core.errors import DeliveryNotFoundError, InvalidDeliveryError, NotResendableError
+from chimeway_core.errors import (
+    DeliveriesVanishedError,
+    DeliveryNotFoundError,
+    InvalidDeliveryError,
+    NotResendableError,
+)
 from chimeway_core.ledger import statements as sql
 from chimeway_core.ledger.dialects import Dialect
 from chimeway_core.ledger.queries import RESENDABLE
@@ -239,7 +244,11 @@ def insert_deliveries(
     now: datetime,
     drafted: Mapping[UUID, Delivery],
 ) -> list[Created]:
-    """Write ``rows`` on ``conn`` (see the module docstring); one result per row, in order."""
+    """Write ``rows`` on ``conn`` (see the module docstring); one result per row, in order.
+
+    Raises :class:`~chimeway_core.errors.DeliveriesVanishedError` when keys
+    kept vanishing as they were read back, ``_CREATE_TRIES`` rounds in a row.
+    """
     ordered = sorted(rows, key=_key_of)
     inserted: set[UUID] = set()
     pending = ordered
@@ -255,7 +264,7 @@ def insert_deliveries(
         if not pending:
             return _results(rows, inserted, existing, drafted)
     keys = sorted({_key_of(row) for row in pending})
-    raise RuntimeError(f"deliveries vanished {_CREATE_TRIES} times as they were read back: {keys}")
+    raise DeliveriesVanishedError(keys, _CREATE_TRIES)
 
 
 def resend_original(conn: Connection, delivery_id: UUID, *, for_update: bool) -> Delivery:

@@ -41,6 +41,7 @@ from chimeway_core.errors import (
     DeliveryTerminalError,
     IllegalTransitionError,
     InvalidDeliveryError,
+    LockReusedError,
     StaleDeliveryError,
 )
 from chimeway_core.ledger import statements as sql
@@ -233,8 +234,9 @@ class LockedDelivery:
     ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` write lock), so what the
     caller decides from ``delivery`` still holds when it writes. At most one of
     :meth:`claim`, :meth:`suppress`, :meth:`defer` and :meth:`exhaust` may be
-    called; the transaction commits when the block ends and rolls everything
-    back if it raises.
+    called (a second raises :class:`~chimeway_core.errors.LockReusedError`);
+    the transaction commits when the block ends and rolls everything back if
+    it raises.
     """
 
     def __init__(
@@ -254,7 +256,7 @@ class LockedDelivery:
         if self.delivery is None:
             raise DeliveryNotFoundError(self.delivery_id)
         if self._written:
-            raise RuntimeError(f"LockedDelivery.{operation}: this lock already wrote once")
+            raise LockReusedError(self.delivery_id, operation)
         self._written = True
         return self.delivery
 

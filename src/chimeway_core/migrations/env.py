@@ -2,7 +2,9 @@
 
 Uses the connection :func:`chimeway_core.migrations.upgrade` passes in
 ``config.attributes["connection"]``, or else ``sqlalchemy.url`` from the
-Alembic config. Offline mode (``--sql``) renders the SQL instead.
+Alembic config; with neither it raises
+:class:`~chimeway_core.errors.NoDatabaseConfiguredError`. Offline mode
+(``--sql``) renders the SQL instead.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
+from chimeway_core.errors import NoDatabaseConfiguredError
 from chimeway_core.ledger.schema import metadata
 from chimeway_core.migrations import VERSION_TABLE
 
@@ -47,7 +50,7 @@ def run_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if url is None:
-        raise RuntimeError("set sqlalchemy.url or pass a connection in config.attributes")
+        raise NoDatabaseConfiguredError(config.config_file_name)
     engine = create_engine(url)
     try:
         with engine.begin() as new_connection:

@@ -5,7 +5,8 @@ expected and what the ledger or the queue holds instead. Their arguments are
 checked first, so a mistake in the test is never a passing or confusing
 assertion: a ``delivery_id`` that is not a :class:`uuid.UUID`, a ``status``
 that is not a :class:`~chimeway_core.states.DeliveryStatus` or a count that
-is not an ``int`` is a :class:`TypeError`, a negative count a
+is not an ``int``, or an ``engine`` whose backend cannot say what is
+enqueued, is a :class:`TypeError`, a negative count a
 :class:`ValueError`, and an id the ledger does not hold
 :class:`~chimeway_core.errors.DeliveryNotFoundError`.
 """
@@ -32,7 +33,10 @@ class _Inspectable(Protocol):
 def _queue(engine: Chimeway) -> _Inspectable:
     backend = engine.backend
     if not hasattr(backend, "is_enqueued"):
-        raise TypeError(f"{type(backend).__name__} cannot say what is enqueued")
+        raise TypeError(
+            f"engine's backend {type(backend).__name__} cannot say what is enqueued"
+            " (it has no is_enqueued)"
+        )
     return backend  # type: ignore[return-value]
 
 

@@ -85,7 +85,16 @@ _MAX_ATTEMPTS = st.integers(1, 4)
 
 
 class SimulatedCrash(BaseException):
-    """The worker process dies: nothing after this point runs."""
+    """The worker process dies: nothing after this point runs.
+
+    A :class:`BaseException`, not an :class:`Exception`, on purpose: the
+    engine classifies any ``Exception`` a channel raises and records it as an
+    outcome, while a dying process records nothing. Like
+    :class:`KeyboardInterrupt`, this passes the engine's ``except Exception``
+    unrecorded and leaves the delivery claimed with its attempt in flight,
+    for the rescuer to find; the backend's worker, which survives it, stands
+    for the next process.
+    """
 
 
 class MachineHarness(Harness, Protocol):
@@ -463,7 +472,7 @@ class RealTimeEngineMachine(EngineMachine):
     drain_rounds = 3
 
     def open_harness(self, engine_factory: EngineFactory) -> AbstractContextManager[MachineHarness]:
-        """Not provided: a subclass returns its backend's harness."""
+        """Not provided (:class:`NotImplementedError`): a subclass returns its backend's harness."""
         raise NotImplementedError(
             f"{type(self).__qualname__} must override open_harness to return a MachineHarness"
         )
