@@ -1,4 +1,4 @@
-"""record_attempt(transition=...): the engine's decided move, recorded without deciding again."""
+"""The ledger takes what the engine decided: a transition to record, a suppression reason."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from chimeway_core.errors import IllegalTransitionError
 from chimeway_core.outcomes import Sent, TemporaryFailure, classify
-from chimeway_core.records import Claim, DeliveryHistory, NewDelivery
+from chimeway_core.records import Claim, Delivery, DeliveryHistory, NewDelivery, resend_key
 from chimeway_core.states import DeliveryStatus, Event, apply_event
 from chimeway_core.store import SQLStore
 
@@ -75,3 +75,26 @@ def test_exactly_one_of_event_and_transition(store: SQLStore, now: datetime, bot
     with pytest.raises(TypeError, match="record_attempt takes event or transition, exactly one"):
         store.record_attempt(claim, classify(Sent()), now=now, **given)  # type: ignore[arg-type]
     assert before == _history(store, claim)
+
+
+def test_resend_still_asks_suppress_if_with_the_drafted_copy(
+    store: SQLStore, now: datetime
+) -> None:
+    """The callback form callers used before drafts: it sees the copy, and its reason holds."""
+    original = store.create(NewDelivery(channel="email", recipient="r"), now=now).delivery
+    store.cancel(original.id, now=now)
+    seen: list[tuple[str, str]] = []
+
+    def suppress_if(copy: Delivery) -> str:
+        seen.append((copy.recipient, copy.idempotency_key))
+        return "opted out since"
+
+    resent = store.resend(original.id, now=now, suppress_if=suppress_if)
+    assert [("r", resend_key(original.id))] == seen
+    assert (DeliveryStatus.SUPPRESSED, "opted out since", True) == (
+        resent.copy.status,
+        resent.copy.reason,
+        resent.created,
+    )
+    with pytest.raises(TypeError, match="give suppress_if with a delivery id"):
+        store.resend(original.id, now=now, suppress_if=suppress_if, suppress_reason="x")

@@ -275,6 +275,7 @@ class SQLStore(Reads):
         now: datetime,
         session: Session | None = None,
         suppress_reason: str | None = None,
+        suppress_if: Callable[[Delivery], str | None] | None = None,
     ) -> Resent:
         """Create the copy of a delivery that ended unsent; journal it on the original.
 
@@ -291,7 +292,15 @@ class SQLStore(Reads):
         original gets a ``resent`` journal entry naming it; the original's row
         is not changed. An unknown id raises :class:`DeliveryNotFoundError`; a
         live or succeeded delivery :class:`NotResendableError`.
+
+        ``suppress_if`` (instead of ``suppress_reason``, for callers written
+        before drafts) is asked for the reason with the drafted copy.
         """
+        if suppress_if is not None:
+            if suppress_reason is not None or isinstance(delivery_id, Draft):
+                raise TypeError("give suppress_if with a delivery id, and no suppress_reason")
+            delivery_id = self.draft_resend(delivery_id, now=now, session=session)
+            suppress_reason = suppress_if(delivery_id.delivery)
         copy = delivery_id if isinstance(delivery_id, Draft) else None
         if copy is None:
             original_id = check_id(delivery_id)
