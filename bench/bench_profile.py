@@ -82,7 +82,7 @@ _CHIMEWAY_LAYERS = (
         ),
         BUCKETS[6],
     ),
-    (("chimeway_core/memory.py", "chimeway_core/backend.py"), BUCKETS[10]),
+    (("chimeway_core/backend.py",), BUCKETS[10]),
 )
 
 
@@ -102,6 +102,8 @@ def _bucket(path: str, function: str) -> str | None:
         return BUCKETS[8]
     if "chimeway_core/ledger/" in path:
         return BUCKETS[4]
+    if "chimeway_core/memory/" in path:
+        return BUCKETS[10]
     for ends, bucket in _CHIMEWAY_LAYERS:
         if path.endswith(ends):
             return bucket
