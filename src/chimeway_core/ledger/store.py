@@ -39,7 +39,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine, create_engine, make_url
 from sqlalchemy.orm import Session
 
-from chimeway_core.errors import InvalidDeliveryError, LeaseLostError, StaleDeliveryError
+from chimeway_core.errors import InvalidDeliveryError, LeaseLostError
 from chimeway_core.ledger import create as creating
 from chimeway_core.ledger import outbox, retention
 from chimeway_core.ledger import statements as sql
@@ -47,18 +47,16 @@ from chimeway_core.ledger.create import Created, Draft
 from chimeway_core.ledger.dialects import WRITE_OPTION, check_backend, dialect_for
 from chimeway_core.ledger.locked import (
     LockedDelivery,
-    defer_on,
     lease_end,
-    read_for_write,
     record_parameters,
     resolve_transition,
-    transition_on,
 )
 from chimeway_core.ledger.outbox import OutboxItem
 from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.ledger.queries import Reads
 from chimeway_core.ledger.rows import delivery_from_row, delivery_from_values, in_flight_attempt
-from chimeway_core.ledger.schema import OWNER_LENGTH, REASON_LENGTH, metadata
+from chimeway_core.ledger.schema import OWNER_LENGTH, metadata
+from chimeway_core.ledger.transitions import Transitions
 from chimeway_core.ledger.validation import aware, check_id, check_limit, check_session, check_text
 from chimeway_core.outcomes import Classification
 from chimeway_core.records import (
@@ -71,11 +69,8 @@ from chimeway_core.states import Event, Transition
 
 __all__ = ["SQLStore"]
 
-# How often cancel() re-reads and retries when a concurrent write moved version.
-_CANCEL_TRIES: Final = 10
 
-
-class SQLStore(Reads):
+class SQLStore(Reads, Transitions):
     """The delivery ledger on a SQLAlchemy engine (PostgreSQL or SQLite).
 
     ``url_or_engine`` is a database URL or an :class:`~sqlalchemy.Engine`. For
@@ -457,93 +452,6 @@ class SQLStore(Reads):
                 # Inside the transaction: whatever was written rolls back.
                 raise LeaseLostError(before.id, claim.owner, before.version)
         return after
-
-    # ------------------------------------------------------ transitions by id
-
-    def _transition(
-        self,
-        delivery_id: UUID,
-        event: Event,
-        *,
-        reason: str | None,
-        expected_version: int | None,
-        now: datetime,
-    ) -> Delivery:
-        check_id(delivery_id)
-        now = aware(now, "now")
-        with self._write() as conn:
-            current = read_for_write(conn, delivery_id, expected_version)
-            return transition_on(conn, current, event, reason=reason, now=now)
-
-    def exhaust(self, delivery_id: UUID, *, expected_version: int, now: datetime) -> Delivery:
-        """Move a ``failed`` delivery to ``cancelled`` / ``retries_exhausted``.
-
-        Compare-and-set on ``expected_version`` (:class:`StaleDeliveryError`
-        if it moved); :class:`IllegalTransitionError` from any other status;
-        :class:`DeliveryNotFoundError` for an unknown id.
-        """
-        return self._transition(
-            delivery_id, Event.EXHAUST, reason=None, expected_version=expected_version, now=now
-        )
-
-    def suppress(
-        self, delivery_id: UUID, reason: str, *, expected_version: int | None, now: datetime
-    ) -> Delivery:
-        """Move a live delivery to ``suppressed`` with the policy's ``reason``.
-
-        With ``expected_version`` it is a compare-and-set
-        (:class:`StaleDeliveryError` if the version moved); without, it
-        applies to whatever version it reads (still fenced against a write
-        racing it). Terminal deliveries raise :class:`IllegalTransitionError`.
-        """
-        check_text(reason, "reason", max_length=REASON_LENGTH)
-        return self._transition(
-            delivery_id, Event.SUPPRESS, reason=reason, expected_version=expected_version, now=now
-        )
-
-    def cancel(self, delivery_id: UUID, *, now: datetime) -> Delivery:
-        """Cancel a live delivery (reason ``cancelled``), even while it is leased.
-
-        Bumping ``version`` fences the leased worker off: its
-        ``record_attempt`` raises :class:`LeaseLostError`. A racing write
-        makes cancel re-read and try again. Terminal deliveries raise
-        :class:`IllegalTransitionError`; unknown ids
-        :class:`DeliveryNotFoundError`.
-        """
-        for _ in range(_CANCEL_TRIES - 1):
-            try:
-                return self._transition(
-                    delivery_id, Event.CANCEL, reason=None, expected_version=None, now=now
-                )
-            except StaleDeliveryError:
-                continue
-        return self._transition(
-            delivery_id, Event.CANCEL, reason=None, expected_version=None, now=now
-        )
-
-    def defer(
-        self,
-        delivery_id: UUID,
-        until: datetime,
-        reason: str,
-        *,
-        expected_version: int | None,
-        now: datetime,
-    ) -> Delivery:
-        """Push a live delivery to ``until`` for ``reason`` (a policy decision).
-
-        Sets ``scheduled_at`` and ``reason``, bumps ``deferral_count`` and
-        ``version`` and journals a ``deferred`` entry; never touches the status
-        or ``attempt_count``. Compare-and-set like :meth:`suppress`; a terminal
-        delivery raises :class:`DeliveryTerminalError`.
-        """
-        check_id(delivery_id)
-        now = aware(now, "now")
-        until = aware(until, "until")
-        check_text(reason, "reason", max_length=REASON_LENGTH)
-        with self._write() as conn:
-            current = read_for_write(conn, delivery_id, expected_version)
-            return defer_on(conn, current, until, reason, now=now)
 
     # ---------------------------------------------------------------- retention
 
