@@ -63,7 +63,7 @@ from chimeway_core import (
     SQLStore,
     TemporaryFailure,
 )
-from chimeway_core.engine import _OUTBOX_FLUSH_AT as OUTBOX_BATCH
+from chimeway_core.engine.handover import OUTBOX_FLUSH_AT as OUTBOX_BATCH
 
 AREA = "engine"
 ANCHOR_DDL = (
