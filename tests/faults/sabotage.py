@@ -42,7 +42,7 @@ from chimeway_core.ledger import validation as validation_module
 from chimeway_core.ledger.claimable import LIVE_STATUSES
 from chimeway_core.outcomes import Classification, Outcome
 from chimeway_core.records import Claim, Delivery, JournalKind
-from chimeway_core.states import Event, apply_event
+from chimeway_core.states import Event, Transition, apply_event
 from chimeway_core.store import LockedDelivery, SQLStore
 
 Patch = Callable[[Any, str, Any], None]
@@ -123,6 +123,14 @@ def _lease_off(patch: Patch) -> None:
     patch(SQLStore, "claim", claim)
 
 
+def _event_of(event: Event | None, transition: Transition | None) -> Event:
+    """The event a record applies: given, or the engine's decided transition's."""
+    if transition is not None:
+        return transition.event
+    assert event is not None
+    return event
+
+
 def _record_values(
     claim: Claim, classification: Classification, event: Event, now: datetime, next_run_at: Any
 ) -> tuple[dict[str, Any], dict[str, Any], Any]:
@@ -170,13 +178,14 @@ def _fence_off(patch: Patch) -> None:
         claim: Claim,
         classification: Classification,
         *,
-        event: Event,
+        event: Event | None = None,
+        transition: Transition | None = None,
         now: datetime,
         reason: str | None = None,
         next_run_at: datetime | None = None,
     ) -> Delivery:
         attempt_values, delivery_values, journal = _record_values(
-            claim, classification, event, now, next_run_at
+            claim, classification, _event_of(event, transition), now, next_run_at
         )
         with self._write() as conn:
             conn.execute(
@@ -203,13 +212,14 @@ def _split_record(patch: Patch) -> None:
         claim: Claim,
         classification: Classification,
         *,
-        event: Event,
+        event: Event | None = None,
+        transition: Transition | None = None,
         now: datetime,
         reason: str | None = None,
         next_run_at: datetime | None = None,
     ) -> Delivery:
         attempt_values, delivery_values, journal = _record_values(
-            claim, classification, event, now, next_run_at
+            claim, classification, _event_of(event, transition), now, next_run_at
         )
         lost = LeaseLostError(claim.delivery.id, claim.owner, claim.delivery.version)
         with self._write() as conn:
