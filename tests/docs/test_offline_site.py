@@ -9,29 +9,17 @@ another host.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
+
+from tests.docs.extensions import load
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"docs_ext_{name}", ROOT / "docs/_ext" / f"{name}.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_site = _load("check_site")
+check_site = load("check_site")
 
 
 @pytest.mark.parametrize(
@@ -79,7 +67,7 @@ def test_check_site_reports_each_page(tmp_path: Path) -> None:
 @pytest.mark.extras  # mkdocs: the test dependency group brings it
 def test_pages_with_a_diagram_load_the_local_mermaid() -> None:
     """mkdocs.yml runs the hook; it adds the script, by a relative path, only where a diagram is."""
-    offline = _load("offline_mermaid")
+    offline = load("offline_mermaid")
     assert "  - docs/_ext/offline_mermaid.py\n" in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     page = SimpleNamespace(url="backends/rq/", file=SimpleNamespace(src_uri="backends/rq.md"))
     drawn = '<pre class="mermaid"><code>flowchart TD</code></pre></body></html>'
@@ -94,7 +82,7 @@ def test_pages_with_a_diagram_load_the_local_mermaid() -> None:
 @pytest.mark.extras  # mkdocs: the test dependency group brings it
 def test_hook_uses_its_cache_without_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cached release is served as is; with no cache and no npm the build says how to fix it."""
-    offline = _load("offline_mermaid")
+    offline = load("offline_mermaid")
     from mkdocs.exceptions import PluginError
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

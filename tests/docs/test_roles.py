@@ -8,30 +8,17 @@ what no documented package holds.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import griffe  # the test dependency group brings it (tests/selection.py: an extra)
 import pytest
 
-EXTENSION = Path(__file__).resolve().parents[2] / "docs" / "_ext" / "roles.py"
+from tests.docs.extensions import load
+
 RAW_ROLE = re.compile(r":(?:py:)?(?:class|meth|attr|func|data|exc|mod|obj|const|type):`")
 
 
-def _roles() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docs_ext_roles", EXTENSION)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-roles = _roles()
+roles = load("roles")
 
 
 def _link(identifier: str, code: str) -> str:
