@@ -175,6 +175,60 @@ def test_rolled_back_notifies_leave_nothing(
     assert 0 == engine.relay(grace=0)
 
 
+def test_a_released_savepoint_waits_for_the_outer_commit(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
+) -> None:
+    """Releasing a savepoint is no commit: nothing is queued before the outer transaction's."""
+    engine = make_engine({"sms": FakeChannel()})
+    with Session(store.engine) as session:
+        first = engine.notify("sms", "+15550100", idempotency_key="a", session=session)
+        with session.begin_nested():
+            second = engine.notify("sms", "+15550101", idempotency_key="b", session=session)
+        assert [] == backend.pending()
+        session.commit()
+    assert backend.is_enqueued(first.id)
+    assert backend.is_enqueued(second.id)
+
+
+def test_a_savepoint_rollback_forgets_only_what_it_rolled_back(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
+) -> None:
+    """Notify A, savepoint, notify B, roll the savepoint back, commit: A is queued, B is gone."""
+    channel = FakeChannel()
+    engine = make_engine({"sms": channel})
+    with Session(store.engine) as session:
+        kept = engine.notify("sms", "+15550100", idempotency_key="a", session=session)
+        savepoint = session.begin_nested()
+        engine.notify("sms", "+15550101", idempotency_key="b", session=session)
+        with session.begin_nested():  # released into the savepoint, rolled back with it
+            engine.notify("sms", "+15550102", idempotency_key="c", session=session)
+        savepoint.rollback()
+        assert [] == backend.pending()
+        session.commit()
+    assert [kept.id] == [job.delivery_id for job in backend.pending()]
+    assert 1 == store.outbox_size()  # the queued id's row, deleted at the next flush
+    assert 0 == engine.relay(grace=0)
+    backend.run_until_idle(engine, fail_fast=True)
+    assert [kept.id] == [call.delivery_id for call in channel.calls]
+
+
+def test_the_session_hands_over_each_transaction_of_its_life(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
+) -> None:
+    """One session, four transactions: committed, rolled back, closed, committed."""
+    engine = make_engine({"sms": FakeChannel()})
+    with Session(store.engine) as session:
+        first = engine.notify("sms", "+15550100", idempotency_key="a", session=session)
+        session.commit()
+        engine.notify("sms", "+15550101", idempotency_key="b", session=session)
+        session.rollback()
+        engine.notify("sms", "+15550102", idempotency_key="c", session=session)
+        session.close()  # no commit: the transaction ends rolled back, without a rollback event
+        fourth = engine.notify("sms", "+15550103", idempotency_key="d", session=session)
+        session.commit()
+    assert {first.id, fourth.id} == {job.delivery_id for job in backend.pending()}
+
+
 class _FlakyBackend(MemoryBackend):
     """A backend whose first enqueue fails: the crash between commit and hand-over."""
 

@@ -8,7 +8,8 @@ that transaction has committed, :meth:`HandOver.hand_over` queues the id
 :class:`Queued` buffer; the outbox rows of remembered ids are deleted in
 batches (:meth:`HandOver.flush_outbox`, every :data:`OUTBOX_FLUSH_AT` ids and
 before each relay). With the caller's ``session``, the hand-over waits for
-that session's commit (:meth:`HandOver.after_commit`); a rollback drops it.
+that session's outermost commit (:meth:`HandOver.after_commit`); a rollback
+drops what it rolled back, a savepoint's included.
 
 A crash between commit and enqueue loses nothing: :meth:`HandOver.relay`
 hands every outbox row older than a grace period to the backend, whose job
@@ -19,6 +20,7 @@ backend that takes no ``queue`` still serves an engine without routes.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -27,7 +29,7 @@ from uuid import UUID
 
 import attrs
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from chimeway_core._checks import seconds, whole
 from chimeway_core.clock import Clock
@@ -57,6 +59,45 @@ class Queued:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ids: list[UUID] = []
+
+
+class _Pending:
+    """A session's deliveries awaiting its commit, each with the transaction it was written in."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[SessionTransaction | None, Delivery]] = []
+
+    def rolled_back(self, _session: Session, previous: SessionTransaction) -> None:
+        """Forget what the rolled-back transaction (or savepoint) took with it."""
+        # The rollback of a flush's subtransaction rolls back the nearest
+        # savepoint or the outermost transaction around it.
+        boundary = previous
+        while boundary.parent is not None and not boundary.nested:
+            boundary = boundary.parent
+        if boundary.parent is None:
+            self.entries.clear()
+        else:
+            self.entries[:] = [
+                (owner, delivery)
+                for owner, delivery in self.entries
+                if not _within(owner, boundary)
+            ]
+
+    def ended(self, _session: Session, transaction: SessionTransaction) -> None:
+        """Forget everything when the outermost transaction ends, however it ends."""
+        # After a commit they were handed over already; after a rollback or a
+        # close() without commit they were never written.
+        if transaction.parent is None:
+            self.entries.clear()
+
+
+def _within(owner: SessionTransaction | None, boundary: SessionTransaction) -> bool:
+    """Whether ``owner`` is ``boundary`` or a transaction begun inside it."""
+    while owner is not None:
+        if owner is boundary:
+            return True
+        owner = owner.parent
+    return False
 
 
 @attrs.frozen
@@ -103,21 +144,30 @@ class HandOver:
             self.flush_outbox()
 
     def after_commit(self, session: Session, deliveries: Sequence[Delivery]) -> None:
-        """Hand ``deliveries`` over once ``session`` commits; forget them if it rolls back."""
-        pending: list[Delivery] | None = session.info.get(_SESSION_KEY)
+        """Hand ``deliveries`` over once ``session``'s outermost transaction commits.
+
+        A rollback forgets them: the outermost transaction's, or a savepoint's
+        that was open when they were written (the savepoint they were written
+        in, or one around it). Releasing a savepoint hands nothing over yet.
+        """
+        key = (_SESSION_KEY, self.queued)
+        pending: _Pending | None = session.info.get(key)
         if pending is None:
-            pending = session.info[_SESSION_KEY] = []
+            pending = session.info[key] = _Pending()
+            event.listen(session, "after_commit", functools.partial(self._committed, pending))
+            event.listen(session, "after_soft_rollback", pending.rolled_back)
+            event.listen(session, "after_transaction_end", pending.ended)
+        owner = session.get_nested_transaction() or session.get_transaction()
+        pending.entries.extend((owner, delivery) for delivery in deliveries)
 
-            def committed(sess: Session) -> None:
-                handed = sess.info.pop(_SESSION_KEY, [])
-                self.hand_over(handed, self.clock.now())
-
-            def rolled_back(sess: Session, _previous: object) -> None:
-                sess.info.pop(_SESSION_KEY, None)
-
-            event.listen(session, "after_commit", committed, once=True)
-            event.listen(session, "after_soft_rollback", rolled_back, once=True)
-        pending.extend(deliveries)
+    def _committed(self, pending: _Pending, session: Session) -> None:
+        # SQLAlchemy fires after_commit for a released savepoint too, with the
+        # savepoint still current: only the outermost commit makes rows visible.
+        if session.in_nested_transaction() or not pending.entries:
+            return
+        handed = [delivery for _, delivery in pending.entries]
+        pending.entries.clear()
+        self.hand_over(handed, self.clock.now())
 
     def flush_outbox(self) -> None:
         """Delete the outbox rows of deliveries this engine has already queued."""
