@@ -13,15 +13,27 @@ enqueued, is a :class:`TypeError`, a negative count a
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 from uuid import UUID
 
 from chimeway_core._checks import whole
 from chimeway_core.engine import Chimeway
-from chimeway_core.records import DeliveryHistory
+from chimeway_core.records import Delivery, DeliveryHistory
 from chimeway_core.states import DeliveryStatus
 
-__all__ = ["assert_attempts", "assert_delivery", "assert_enqueued", "assert_not_enqueued"]
+__all__ = [
+    "assert_attempts",
+    "assert_delivery",
+    "assert_enqueued",
+    "assert_not_enqueued",
+    "assert_notified",
+    "refute_notified",
+]
+
+#: How many deliveries :func:`assert_notified` reads at most; a test holding
+#: more is told so rather than given an answer about some of them.
+NOTIFIED_LIMIT: Final = 10_000
 
 _UNSET = object()
 
@@ -99,3 +111,121 @@ def assert_attempts(engine: Chimeway, delivery_id: UUID, expected: int) -> None:
     actual = len(engine.get(delivery_id).attempts)
     if actual != expected:
         raise AssertionError(f"delivery {delivery_id}: {actual} attempts (expected {expected})")
+
+
+def assert_notified(
+    engine: Chimeway,
+    *,
+    channel: str | None = None,
+    recipient: str | None = None,
+    payload: object = _UNSET,
+    status: DeliveryStatus | None = None,
+    count: int | None = None,
+) -> Delivery:
+    """Assert the ledger holds a delivery matching every filter given; return the newest.
+
+    Like Oban's ``assert_enqueued``: ``channel``, ``recipient`` and
+    ``status`` match exactly; ``payload`` matches as a subset, so
+    ``payload={"order": 7}`` matches ``{"order": 7, "total": 12}`` (mappings
+    recursively, key by key; anything else, lists included, by equality).
+    ``count`` asks for exactly that many matches. Any status counts unless
+    ``status`` says which: a suppressed notification was still notified.
+    The failure message lists the deliveries that matched everything but the
+    payload, so the test shows what was sent instead.
+    """
+    if count is not None:
+        whole("count", count, minimum=1)
+    found, near = _matching(engine, channel, recipient, payload, status)
+    if found and (count is None or len(found) == count):
+        return found[0]
+    wanted = _describe(channel, recipient, payload, status)
+    if not found:
+        raise AssertionError(f"expected a delivery {wanted}; found none{_near(near)}")
+    raise AssertionError(f"expected {count} deliveries {wanted}; found {len(found)}")
+
+
+def refute_notified(
+    engine: Chimeway,
+    *,
+    channel: str | None = None,
+    recipient: str | None = None,
+    payload: object = _UNSET,
+    status: DeliveryStatus | None = None,
+) -> None:
+    """Assert the ledger holds no delivery matching every filter given.
+
+    The filters match as :func:`assert_notified`'s do.
+    """
+    found, _ = _matching(engine, channel, recipient, payload, status)
+    if found:
+        shown = ", ".join(_show(delivery) for delivery in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        wanted = _describe(channel, recipient, payload, status)
+        raise AssertionError(f"expected no delivery {wanted}; found {shown}{more}")
+
+
+def _matching(
+    engine: Chimeway,
+    channel: str | None,
+    recipient: str | None,
+    payload: object,
+    status: DeliveryStatus | None,
+) -> tuple[list[Delivery], list[Delivery]]:
+    """The deliveries matching every filter, and those matching all but the payload."""
+    for name, value in (("channel", channel), ("recipient", recipient)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if channel is not None and channel not in engine.channels:
+        raise ValueError(
+            f"engine has no channel {channel!r} (it has {', '.join(sorted(engine.channels))})"
+        )
+    near = engine.store.find(
+        channel=channel, recipient=recipient, status=status, limit=NOTIFIED_LIMIT + 1
+    )
+    if len(near) > NOTIFIED_LIMIT:
+        raise AssertionError(
+            f"the ledger holds more than {NOTIFIED_LIMIT} candidate deliveries: narrow the filters"
+        )
+    if payload is _UNSET:
+        return near, near
+    return [d for d in near if _contains(d.payload, payload)], near
+
+
+def _contains(actual: object, expected: object) -> bool:
+    """Whether ``expected`` is a subset of ``actual``: mappings key by key, the rest equal."""
+    if isinstance(expected, Mapping):
+        return isinstance(actual, Mapping) and all(
+            key in actual and _contains(actual[key], value) for key, value in expected.items()
+        )
+    return bool(actual == expected)
+
+
+def _describe(
+    channel: str | None, recipient: str | None, payload: object, status: DeliveryStatus | None
+) -> str:
+    parts: list[str] = []
+    if channel is not None:
+        parts.append(f"on channel {channel!r}")
+    if recipient is not None:
+        parts.append(f"to {recipient!r}")
+    if payload is not _UNSET:
+        parts.append(f"with a payload containing {payload!r}")
+    if status is not None:
+        parts.append(f"in status {status.value!r}")
+    return " ".join(parts) or "at all"
+
+
+def _show(delivery: Delivery) -> str:
+    payload: Any = delivery.payload
+    return (
+        f"[{delivery.channel} to {delivery.recipient!r}, {delivery.status.value}, "
+        f"payload {payload!r}]"
+    )
+
+
+def _near(near: list[Delivery]) -> str:
+    if not near:
+        return ""
+    shown = ", ".join(_show(delivery) for delivery in near[:5])
+    more = f" and {len(near) - 5} more" if len(near) > 5 else ""
+    return f"; deliveries matching all but the payload: {shown}{more}"

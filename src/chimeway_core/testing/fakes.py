@@ -143,13 +143,18 @@ class LoseResponse:
 
 @attrs.frozen
 class ChannelCall:
-    """One recorded call of a :class:`FakeChannel`."""
+    """One recorded call of a :class:`FakeChannel`: what was sent, to whom, when."""
 
     delivery_id: UUID
     idempotency_key: str
     attempt: int
     """The delivery's attempt number at the time of the call."""
     at: datetime
+    channel: str = ""
+    """The delivery's channel name."""
+    recipient: str = ""
+    payload: Any = attrs.field(default=None, hash=False)
+    """The delivery's payload, as the channel was given it."""
 
 
 class FakeChannel:
@@ -253,6 +258,9 @@ class FakeChannel:
             idempotency_key=idempotency_key,
             attempt=delivery.attempt_count,
             at=self.clock.now(),
+            channel=delivery.channel,
+            recipient=delivery.recipient,
+            payload=delivery.payload,
         )
         with self._lock:
             self._calls.append(call)

@@ -8,30 +8,56 @@ Installing chimeway makes these fixtures available in every test suite:
   the virtual clock; ``chimeway_backend.run_until_idle(engine)`` drains it.
 - ``chimeway_channel``: a :class:`~chimeway_core.testing.FakeChannel` that
   always sends (set ``chimeway_channel.script`` to script it).
-- ``chimeway_engine``: a :class:`~chimeway_core.engine.Chimeway` wiring them,
-  with the channel registered as ``"fake"`` and retries 1 s apart.
+- ``chimeway_app``: the application's engine, or ``None``. Set the ini
+  option ``chimeway_app = "myapp.notify:engine"`` (or override the fixture).
+- ``chimeway_engine``: a :class:`~chimeway_core.engine.Chimeway` wiring them.
+  Without ``chimeway_app``: the channel registered as ``"fake"``, retries 1 s
+  apart. With it: the application's engine with each channel swapped for a
+  fake of the same name (:func:`~chimeway_core.testing.engine_with_fakes`).
+- ``chimeway_channels``: the engine's fake channels by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
 from chimeway_core.clock import VirtualClock
 from chimeway_core.engine import Chimeway
+from chimeway_core.loading import load_engine
 from chimeway_core.memory import MemoryBackend
 from chimeway_core.retry import RetryPolicy
 from chimeway_core.store import SQLStore
+from chimeway_core.testing.app import engine_with_fakes, fakes_of
 from chimeway_core.testing.fakes import FakeChannel
 
 __all__ = [
+    "chimeway_app",
     "chimeway_backend",
     "chimeway_channel",
+    "chimeway_channels",
     "chimeway_clock",
     "chimeway_engine",
     "chimeway_store",
+    "pytest_addoption",
 ]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare the ``chimeway_app`` ini option."""
+    parser.addini(
+        "chimeway_app",
+        "the application's engine as module:attribute; chimeway_engine becomes it, with fakes",
+        default="",
+    )
+
+
+@pytest.fixture(scope="session")
+def chimeway_app(pytestconfig: pytest.Config) -> Chimeway | None:
+    """The engine the ``chimeway_app`` ini option names, loaded once; ``None`` without it."""
+    target = str(pytestconfig.getini("chimeway_app")).strip()
+    return load_engine(target) if target else None
 
 
 @pytest.fixture
@@ -63,12 +89,21 @@ def chimeway_channel(chimeway_clock: VirtualClock) -> FakeChannel:
 
 @pytest.fixture
 def chimeway_engine(
+    chimeway_app: Chimeway | None,
     chimeway_store: SQLStore,
     chimeway_backend: MemoryBackend,
     chimeway_channel: FakeChannel,
     chimeway_clock: VirtualClock,
 ) -> Chimeway:
-    """An engine on the memory backend with ``chimeway_channel`` as channel ``"fake"``."""
+    """The engine under test, on the test's ledger, memory backend and virtual clock.
+
+    With ``chimeway_app``: the application's configuration, every channel a
+    fake of the same name. Without: ``chimeway_channel`` as channel ``"fake"``.
+    """
+    if chimeway_app is not None:
+        return engine_with_fakes(
+            chimeway_app, store=chimeway_store, backend=chimeway_backend, clock=chimeway_clock
+        )
     return Chimeway(
         chimeway_store,
         chimeway_backend,
@@ -76,3 +111,9 @@ def chimeway_engine(
         retry=RetryPolicy(max_attempts=3, initial_delay=1.0, backoff_factor=1.0, jitter=0.0),
         clock=chimeway_clock,
     )
+
+
+@pytest.fixture
+def chimeway_channels(chimeway_engine: Chimeway) -> Mapping[str, FakeChannel]:
+    """``chimeway_engine``'s fake channels by name: ``{"fake": chimeway_channel}`` if no app."""
+    return fakes_of(chimeway_engine)
