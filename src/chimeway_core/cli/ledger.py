@@ -14,6 +14,7 @@ engine's telemetry reports the cancel.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any, Final
 from uuid import UUID
@@ -231,14 +232,24 @@ def run_list(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _outbox_line(rows: int, due: int) -> str:
+    """``3 rows (2 due now, 1 scheduled for later)``; ``no rows`` when empty."""
+    if rows == 0:
+        return "no rows"
+    parts = [
+        f"{due} due now" if due else "",
+        f"{rows - due} scheduled for later" if rows - due else "",
+    ]
+    return f"{counted(rows, 'row')} ({', '.join(part for part in parts if part)})"
+
+
 def _print_inspect(summary: dict[str, Any]) -> None:
     due = summary["due"]
     lag = f", the oldest due {summary['due_lag_seconds']:.0f} s ago" if due else ""
     lines = [
         f"database: {summary['database']}",
         f"deliveries: {summary['total']}; due now, no worker on it: {due}{lag}",
-        f"outbox: {counted(summary['outbox'], 'row')}, {summary['outbox_due']} of them due "
-        "(the rest scheduled for later)",
+        f"outbox: {_outbox_line(summary['outbox'], summary['outbox_due'])}",
         "",
     ]
     rows = [("status", "reason", "count")]
@@ -343,6 +354,11 @@ def history_json(history: DeliveryHistory, *, payload: bool) -> dict[str, Any]:
     }
 
 
+def _compact(value: object) -> str:
+    """``value`` as one line of JSON; what JSON cannot hold, as its ``str``."""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+
+
 def _load(store: SQLStore, delivery_id: UUID) -> DeliveryHistory:
     history = store.history(delivery_id)
     if history is None:
@@ -374,12 +390,13 @@ def run_show(args: argparse.Namespace) -> int:
         ("updated at", d.updated_at.isoformat()),
     ]
     if args.payload:
-        fields.append(("payload", repr(d.payload)))
+        fields.append(("payload", _compact(d.payload)))
     lines = [f"delivery {d.id}"]
     lines += format_table([(name, value) for name, value in fields[1:]], indent=2)
     lines += ["", "attempts"]
     if history.attempts:
-        rows = [("#", "started", "finished", "outcome", "error class", "error")]
+        heads = ("#", "started", "finished", "outcome", "error class", "error", "worker")
+        rows = [(*heads, "provider response")]
         rows += [
             (
                 str(a["number"]),
@@ -388,6 +405,8 @@ def run_show(args: argparse.Namespace) -> int:
                 a["outcome"] or "-",
                 a["error_class"] or "-",
                 a["error"] or "-",
+                a["worker"] or "-",
+                "-" if a["provider_response"] is None else _compact(a["provider_response"]),
             )
             for a in data["attempts"]
         ]
