@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from chimeway_backends.memory import MemoryBackend
 from chimeway_core import DeliveryStatus, Sent, TemporaryFailure, VirtualClock
+from chimeway_core.backend import BackendUnavailableError
 from chimeway_core.policies import (
     Defer,
     PolicyContext,
@@ -260,6 +261,50 @@ def test_crash_between_commit_and_enqueue_is_relayed_once(
     assert 0 == engine.relay()
     backend.run_until_idle(engine, fail_fast=True)
     assert 1 == len(channel.calls)
+
+
+class _RefusingBackend(MemoryBackend):
+    """A backend whose broker refuses every enqueue until ``refuse`` is cleared."""
+
+    unavailable = (ConnectionError,)
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.refuse = True
+
+    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> None:
+        if self.refuse:
+            raise ConnectionError("broker down")
+        super()._enqueue_many(delivery_ids, queue)
+
+
+def test_a_refused_hand_over_raises_after_the_commit_and_the_relay_recovers_it(
+    store: SQLStore, clock: VirtualClock
+) -> None:
+    """As docs/engine.md says: BackendUnavailableError, the delivery committed, relayed later.
+
+    Without a session notify() raises it; with one, session.commit() does,
+    after the commit. Either way the outbox row stays and the next relay
+    past relay_grace hands the delivery over, once.
+    """
+    from chimeway_core.engine import Chimeway
+
+    backend = _RefusingBackend(clock)
+    engine = Chimeway(store, backend, {"sms": FakeChannel()}, clock=clock)
+    with pytest.raises(BackendUnavailableError, match="broker down"):
+        engine.notify("sms", "+15550100", idempotency_key="plain")
+    with Session(store.engine) as session:
+        engine.notify("sms", "+15550101", idempotency_key="in-session", session=session)
+        with pytest.raises(BackendUnavailableError, match="broker down"):
+            session.commit()
+    written = {d.idempotency_key: d.status for d in store.find()}
+    assert {"plain": DeliveryStatus.READY, "in-session": DeliveryStatus.READY} == written
+    assert 2 == store.outbox_size()
+    backend.refuse = False
+    clock.advance(engine.relay_grace.total_seconds() + 1)
+    assert 2 == engine.relay()
+    assert 0 == engine.relay()
+    assert 2 == len(backend.pending())
 
 
 def test_canary_secrets_never_reach_logs_or_telemetry(
