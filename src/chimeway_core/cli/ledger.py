@@ -414,8 +414,8 @@ def run_show(args: argparse.Namespace) -> int:
     else:
         lines.append("  none")
     lines += ["", "journal"]
-    rows = [("at", "kind", "event", "from", "to", "reason")]
-    rows += [
+    entries = [("at", "kind", "event", "from", "to", "reason")]
+    entries += [
         (
             j["at"],
             j["kind"],
@@ -426,7 +426,7 @@ def run_show(args: argparse.Namespace) -> int:
         )
         for j in data["journal"]
     ]
-    lines += format_table(rows, indent=2)
+    lines += format_table(entries, indent=2)
     lines += ["", "explanation"]
     lines += [f"  {line}" for line in data["explanation"]]
     echo(lines)
