@@ -27,8 +27,11 @@ COMPILE_ONLY: dict[tuple[str, int], str] = {
         "operations.md",
         1,
     ): "migrates a production URL (tests/store/test_migrations.py runs upgrade())",
-    ("operations.md", 2): "belongs in an application's Alembic env.py (myapp is the app's)",
-    ("operations.md", 3): "a fragment: store, backend and channels are the application's",
+    ("operations.md", 2): "belongs in an application's Alembic env.py (tests/store/"
+    "test_alembic_coexistence.py runs one)",
+    ("operations.md", 3): "belongs in an application's Alembic env.py (myapp is the app's)",
+    ("operations.md", 4): "a fragment: store, backend and channels are the application's",
+    ("testing.md", 1): "a test of an application (myapp); tests/kit/test_app_kit.py runs it",
     ("quickstart.md", 1): "the worker example's app module; tests/cli run a module of this shape",
 }
 

@@ -5,8 +5,12 @@ Two ways to own the schema in production:
 - Let chimeway migrate its own tables: call :func:`upgrade` at deploy time
   (it records its revision in its own ``chimeway_alembic_version`` table, so
   it never collides with your application's Alembic history).
+  Your own ``env.py`` then uses the hooks of
+  :mod:`chimeway_core.migrations.autogenerate`, so your autogenerate leaves
+  chimeway's tables alone.
 - Or fold the tables into your own Alembic environment: add
-  :data:`chimeway_core.schema.metadata` to ``target_metadata`` and let
+  :data:`chimeway_core.schema.metadata` to ``target_metadata``, with
+  :func:`~chimeway_core.migrations.autogenerate.render_item`, and let
   autogenerate write them into your migrations.
 
 :func:`status` says where a database stands (a deploy's gate: ``chimeway db
