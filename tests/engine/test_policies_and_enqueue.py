@@ -7,7 +7,7 @@ from datetime import time, timedelta
 from uuid import UUID
 
 import pytest
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from chimeway_backends.memory import MemoryBackend
 from chimeway_core import DeliveryStatus, Sent, TemporaryFailure, VirtualClock
@@ -228,6 +228,29 @@ def test_the_session_hands_over_each_transaction_of_its_life(
         fourth = engine.notify("sms", "+15550103", idempotency_key="d", session=session)
         session.commit()
     assert {first.id, fourth.id} == {job.delivery_id for job in backend.pending()}
+
+
+def test_a_scoped_session_stands_for_its_current_session(
+    make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
+) -> None:
+    """Flask-SQLAlchemy's db.session is a scoped_session: notify and resend write through it."""
+    engine = make_engine({"sms": FakeChannel()})
+    db_session = scoped_session(sessionmaker(bind=store.engine))
+    try:
+        kept = engine.notify("sms", "+15550100", idempotency_key="kept", session=db_session)
+        assert [] == backend.pending()
+        db_session.commit()
+        assert [kept.id] == [job.delivery_id for job in backend.pending()]
+        engine.notify("sms", "+15550101", idempotency_key="dropped", session=db_session)
+        db_session.rollback()
+        db_session.remove()  # as Flask-SQLAlchemy does at the end of a request
+        engine.cancel(kept.id)
+        copy = engine.resend(kept.id, session=db_session).copy
+        db_session.commit()
+    finally:
+        db_session.remove()
+    assert {kept.id, copy.id} == {d.id for d in store.find()}
+    assert copy.id in {job.delivery_id for job in backend.pending()}
 
 
 class _FlakyBackend(MemoryBackend):

@@ -190,7 +190,7 @@ def test_a_session_that_is_no_session_is_named(store: SQLStore, now: datetime) -
     """create(session=<not a Session>) raises TypeError and writes nothing."""
     with (
         store.engine.connect() as connection,
-        pytest.raises(TypeError, match=r"session must be a sqlalchemy\.orm\.Session"),
+        pytest.raises(TypeError, match=r"must be a sqlalchemy\.orm\.Session or scoped_session"),
     ):
         store.create(_spec(), now=now, session=connection)  # type: ignore[arg-type]
     assert (0, 0, 0) == _written(store)

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from chimeway_core.backend import SupportsEnqueue, as_backend
 from chimeway_core.channels.base import Channel
@@ -280,7 +280,7 @@ class Chimeway:
         scheduled_at: datetime | None = None,
         expires_at: datetime | None = None,
         metadata: Mapping[str, Any] | None = None,
-        session: Session | None = None,
+        session: Session | scoped_session[Any] | None = None,
     ) -> Delivery:
         """Record a delivery and queue it; return the delivery as written.
 
@@ -288,13 +288,15 @@ class Chimeway:
         existing delivery and queues nothing. A delivery a policy suppresses is
         still recorded, terminal, with the policy's reason. With ``session``
         the rows are written in the caller's transaction and the job is queued
-        only after it commits; a rollback leaves no delivery and no job.
-        Invalid input raises a :class:`~chimeway_core.errors.ChimewayError`
-        subclass (a bad field :class:`~chimeway_core.errors.InvalidDeliveryError`,
-        by name; an unknown channel
-        :class:`~chimeway_core.errors.UnknownChannelError`) and writes nothing;
-        a ``session`` that is no :class:`~sqlalchemy.orm.Session` is a
-        :class:`TypeError`.
+        only after its outermost transaction commits; a rollback leaves no
+        delivery and no job. A ``scoped_session`` (Flask-SQLAlchemy's
+        ``db.session``) stands for its current session. Invalid input raises
+        a :class:`~chimeway_core.errors.ChimewayError` subclass (a bad field
+        :class:`~chimeway_core.errors.InvalidDeliveryError`, by name; an
+        unknown channel :class:`~chimeway_core.errors.UnknownChannelError`)
+        and writes nothing;
+        a ``session`` that is neither a :class:`~sqlalchemy.orm.Session` nor a
+        :class:`~sqlalchemy.orm.scoped_session` is a :class:`TypeError`.
         """
         return self._notifier.notify(
             channel,
@@ -310,7 +312,7 @@ class Chimeway:
         )
 
     def notify_many(
-        self, specs: Iterable[NewDelivery], *, session: Session | None = None
+        self, specs: Iterable[NewDelivery], *, session: Session | scoped_session[Any] | None = None
     ) -> list[Delivery]:
         """Record and queue many deliveries in a handful of statements.
 
@@ -319,7 +321,9 @@ class Chimeway:
         """
         return self._notifier.notify_many(specs, session=session)
 
-    def resend(self, delivery_id: UUID, *, session: Session | None = None) -> Resent:
+    def resend(
+        self, delivery_id: UUID, *, session: Session | scoped_session[Any] | None = None
+    ) -> Resent:
         """Send a delivery that ended unsent (cancelled or suppressed) again, as a copy.
 
         Nothing leaves a terminal state: the original stays as it is, with a

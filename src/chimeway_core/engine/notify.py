@@ -33,7 +33,7 @@ from chimeway_core.engine.handover import HandOver
 from chimeway_core.engine.settings import Settings, meta, policy_context
 from chimeway_core.ledger import Draft
 from chimeway_core.ledger.protocol import Ledger
-from chimeway_core.ledger.validation import check_session
+from chimeway_core.ledger.validation import AnySession, check_session
 from chimeway_core.policies import (
     Defer,
     Policy,
@@ -72,7 +72,7 @@ class Notifier:
         scheduled_at: datetime | None,
         expires_at: datetime | None,
         metadata: Mapping[str, Any] | None,
-        session: Session | None,
+        session: AnySession | None,
     ) -> Delivery:
         """One delivery: :meth:`notify_many` of one spec (see ``Chimeway.notify``)."""
         spec = NewDelivery(
@@ -92,12 +92,12 @@ class Notifier:
         return self.notify_many([spec], session=session)[0]
 
     def notify_many(
-        self, specs: Iterable[NewDelivery], *, session: Session | None = None
+        self, specs: Iterable[NewDelivery], *, session: AnySession | None = None
     ) -> list[Delivery]:
         """Record and queue many deliveries (see ``Chimeway.notify_many``)."""
         now = self.clock.now()
         if session is not None:
-            check_session(session)  # before the policies are asked, as the store would
+            session = check_session(session)  # before the policies are asked
         # The store validates every spec and drafts each delivery as it will
         # write it (id, defaults); then each must name a channel of this
         # engine and is shown to the policies; then the store writes the
@@ -111,9 +111,11 @@ class Notifier:
         self._created([(c.delivery, c.created) for c in created], now, session)
         return [c.delivery for c in created]
 
-    def resend(self, delivery_id: UUID, *, session: Session | None = None) -> Resent:
+    def resend(self, delivery_id: UUID, *, session: AnySession | None = None) -> Resent:
         """Write a copy of a delivery that ended unsent (see ``Chimeway.resend``)."""
         now = self.clock.now()
+        if session is not None:
+            session = check_session(session)
         copy = self.store.draft_resend(delivery_id, now=now, session=session)
         [reason] = self._suppressions([copy], now)
         resent = self.store.resend(copy, now=now, session=session, suppress_reason=reason)

@@ -37,7 +37,6 @@ from typing import Any, Final
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, create_engine, make_url
-from sqlalchemy.orm import Session
 
 from chimeway_core.errors import InvalidDeliveryError, LeaseLostError
 from chimeway_core.ledger import create as creating
@@ -57,7 +56,14 @@ from chimeway_core.ledger.queries import Reads
 from chimeway_core.ledger.rows import delivery_from_row, delivery_from_values, in_flight_attempt
 from chimeway_core.ledger.schema import OWNER_LENGTH, metadata
 from chimeway_core.ledger.transitions import Transitions
-from chimeway_core.ledger.validation import aware, check_id, check_limit, check_session, check_text
+from chimeway_core.ledger.validation import (
+    AnySession,
+    aware,
+    check_id,
+    check_limit,
+    check_session,
+    check_text,
+)
 from chimeway_core.outcomes import Classification
 from chimeway_core.records import (
     Claim,
@@ -158,7 +164,7 @@ class SQLStore(Reads, Transitions):
         spec: NewDelivery,
         *,
         now: datetime,
-        session: Session | None = None,
+        session: AnySession | None = None,
         suppress_reason: str | None = None,
     ) -> Created:
         """Create one delivery with its ``created`` journal entry and its outbox row.
@@ -184,7 +190,7 @@ class SQLStore(Reads, Transitions):
         specs: Sequence[NewDelivery | Draft],
         *,
         now: datetime,
-        session: Session | None = None,
+        session: AnySession | None = None,
         suppress_reasons: Sequence[str | None] | None = None,
         suppress_if: Callable[[Delivery], str | None] | None = None,
     ) -> list[Created]:
@@ -205,7 +211,7 @@ class SQLStore(Reads, Transitions):
         """
         now = aware(now, "now")
         if session is not None:
-            check_session(session)
+            session = check_session(session)
         if suppress_reasons is not None and suppress_if is not None:
             raise TypeError("give suppress_reasons or suppress_if, not both")
         if suppress_reasons is not None and len(suppress_reasons) != len(specs):
@@ -245,7 +251,7 @@ class SQLStore(Reads, Transitions):
     # ------------------------------------------------------------------ resending
 
     def draft_resend(
-        self, delivery_id: UUID, *, now: datetime, session: Session | None = None
+        self, delivery_id: UUID, *, now: datetime, session: AnySession | None = None
     ) -> Draft:
         """The copy :meth:`resend` would write at ``now``, as a draft; nothing written.
 
@@ -255,7 +261,7 @@ class SQLStore(Reads, Transitions):
         check_id(delivery_id)
         now = aware(now, "now")
         if session is not None:
-            check_session(session)
+            session = check_session(session)
             original = creating.resend_original(session.connection(), delivery_id, for_update=False)
         else:
             with self._read() as conn:
@@ -268,7 +274,7 @@ class SQLStore(Reads, Transitions):
         delivery_id: UUID | Draft,
         *,
         now: datetime,
-        session: Session | None = None,
+        session: AnySession | None = None,
         suppress_reason: str | None = None,
         suppress_if: Callable[[Delivery], str | None] | None = None,
     ) -> Resent:
@@ -305,7 +311,7 @@ class SQLStore(Reads, Transitions):
             original_id = copy.resend_of
         now = aware(now, "now")
         if session is not None:
-            check_session(session)
+            session = check_session(session)
         with nullcontext(session.connection()) if session is not None else self._write() as conn:
             return creating.resend_on(
                 conn,

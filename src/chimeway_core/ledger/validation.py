@@ -20,16 +20,17 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 from uuid import UUID
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from chimeway_core._checks import whole
 from chimeway_core.errors import InvalidDeliveryError, PayloadNotSerializableError
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "AnySession",
     "aware",
     "check_encodable",
     "check_id",
@@ -75,10 +76,25 @@ def check_limit(name: str, value: object) -> int:
     return whole(name, value, minimum=1)
 
 
-def check_session(session: object) -> None:
-    """Raise :class:`TypeError` unless ``session`` is a SQLAlchemy ORM session."""
+#: What ``session=`` accepts: a session, or a ``scoped_session`` standing for its current one.
+AnySession: TypeAlias = Session | scoped_session[Any]
+
+
+def check_session(session: object) -> Session:
+    """The ORM session to write through; :class:`TypeError` if ``session`` is none.
+
+    A :class:`~sqlalchemy.orm.Session`, or a
+    :class:`~sqlalchemy.orm.scoped_session` (Flask-SQLAlchemy's ``db.session``
+    is one), which stands for its registry's current session.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
     if not isinstance(session, Session):
-        raise TypeError(f"session must be a sqlalchemy.orm.Session, not {type(session).__name__}")
+        raise TypeError(
+            "session must be a sqlalchemy.orm.Session or scoped_session, "
+            f"not {type(session).__name__}"
+        )
+    return session
 
 
 def check_text(value: object, field: str, *, max_length: int, optional: bool = False) -> None:
