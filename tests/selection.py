@@ -34,6 +34,8 @@ EXTRA_MODULES: Final = frozenset(
         "aiosmtpd",
         "alembic",
         "celery",
+        "flask",
+        "flask_sqlalchemy",
         "griffe",
         "httpx",
         "kombu",

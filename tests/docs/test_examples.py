@@ -32,6 +32,9 @@ COMPILE_ONLY: dict[tuple[str, int], str] = {
     ("operations.md", 3): "belongs in an application's Alembic env.py (myapp is the app's)",
     ("operations.md", 4): "a fragment: store, backend and channels are the application's",
     ("testing.md", 1): "a test of an application (myapp); tests/kit/test_app_kit.py runs it",
+    ("frameworks/flask.md", 0): "quotes examples/flask_rq (tests/examples run it for real)",
+    ("frameworks/flask.md", 1): "quotes examples/flask_rq (tests/examples run it for real)",
+    ("frameworks/flask.md", 2): "quotes examples/flask_rq (tests/examples run it for real)",
     ("quickstart.md", 1): "the worker example's app module; tests/cli run a module of this shape",
 }
 

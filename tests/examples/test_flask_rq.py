@@ -1,0 +1,191 @@
+"""examples/flask_rq driven for real: Flask's test client, PostgreSQL, Redis, an RQ worker.
+
+The application notifies inside its own request transactions through
+Flask-SQLAlchemy's ``db.session``; a real ``chimeway worker --backend rq``
+process then sends the emails to a real SMTP server.
+"""
+
+from __future__ import annotations
+
+import email
+import importlib
+import os
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import attrs
+import pytest
+import redis
+from flask import Flask
+
+from chimeway_core import DeliveryStatus
+from tests.backends.rq.conftest import purge, redis_url
+from tests.channels.conftest import SMTPTestServer, smtp_server  # noqa: F401 - a fixture
+from tests.cli.conftest import COMMAND
+from tests.services import fresh_postgres_database, require
+
+pytestmark = [pytest.mark.extras, pytest.mark.postgres, pytest.mark.redis]
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "examples.flask_rq.notify:engine"
+#: The Redis database the examples' tests write to (the RQ tests' 15 holds hostile jobs).
+REDIS_EXAMPLES_DB = 8
+
+
+@attrs.frozen
+class Deployment:
+    """The example running on this test's database, queue and mail server."""
+
+    env: dict[str, str]
+    app: Flask
+    app_module: ModuleType
+    notify_module: ModuleType
+    smtp: SMTPTestServer
+    queue: str
+
+    def run_worker(self) -> subprocess.CompletedProcess[str]:
+        """``chimeway worker --backend rq --burst`` on the example's engine."""
+        return subprocess.run(
+            [*COMMAND, "worker", "--backend", "rq", "--app", APP, "--burst"],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def recipients(self) -> list[str]:
+        """Who the SMTP server received mail for, in order."""
+        return [email.message_from_bytes(m)["To"] for m in self.smtp.handler.messages]
+
+
+@pytest.fixture
+def deployment(
+    smtp_server: SMTPTestServer,  # noqa: F811 - the imported fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Deployment]:
+    """A fresh database (chimeway's migrations and the app's tables), a queue, a mail server."""
+    require("redis")
+    queue = f"chimeway-example-{secrets.token_hex(6)}"
+    with fresh_postgres_database("chimeway_flask") as database_url:
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url(REDIS_EXAMPLES_DB),
+            "CHIMEWAY_QUEUE": queue,
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp_server.port),
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        # The example reads its settings at import, as a deployed module does.
+        for name in ("examples.flask_rq.app", "examples.flask_rq.notify"):
+            sys.modules.pop(name, None)
+        notify_module = importlib.import_module("examples.flask_rq.notify")
+        app_module = importlib.import_module("examples.flask_rq.app")
+        from chimeway_core.migrations import upgrade
+
+        upgrade(database_url)
+        app = app_module.create_app()
+        with app.app_context():
+            app_module.db.create_all()
+        try:
+            yield Deployment(env, app, app_module, notify_module, smtp_server, queue)
+        finally:
+            with app.app_context():
+                app_module.db.engine.dispose()
+            notify_module.engine.store.engine.dispose()
+            connection = redis.Redis.from_url(redis_url(REDIS_EXAMPLES_DB))
+            purge(connection, queue)
+            connection.close()
+
+
+def _queued(deployment: Deployment) -> int:
+    backend = deployment.notify_module.engine.backend
+    return int(backend.queue.count)
+
+
+def test_a_sign_up_sends_its_welcome_email_once_the_request_commits(
+    deployment: Deployment,
+) -> None:
+    """Committed with the user, queued at the commit, sent by a real worker."""
+    client = deployment.app.test_client()
+    response = client.post("/signup", json={"email": "ada@example.test", "name": "Ada"})
+    assert 201 == response.status_code
+    engine = deployment.notify_module.engine
+    [delivery] = engine.store.find(recipient="ada@example.test")
+    assert ("email", {"name": "Ada"}) == (delivery.channel, delivery.payload)
+    assert 1 == _queued(deployment)
+    worker = deployment.run_worker()
+    assert 0 == worker.returncode, worker.stderr
+    assert ["ada@example.test"] == deployment.recipients()
+    assert DeliveryStatus.SUCCEEDED is engine.get(delivery.id).delivery.status
+    assert b"Hello Ada, welcome aboard." in deployment.smtp.handler.messages[0]
+
+
+def test_a_failed_request_leaves_no_user_no_delivery_and_no_job(deployment: Deployment) -> None:
+    """An exception after notify() and a taken email both roll the request back."""
+    app = deployment.app
+    client = app.test_client()
+    assert (
+        201 == client.post("/signup", json={"email": "ada@example.test", "name": "Ada"}).status_code
+    )
+    taken = client.post("/signup", json={"email": "ada@example.test", "name": "Eve"})
+    assert 409 == taken.status_code
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # the failure becomes a 500, as in production
+    failed = client.post(
+        "/signup", json={"email": "bob@example.test", "name": "Bob", "fail_after_notify": True}
+    )
+    assert 500 == failed.status_code
+    engine = deployment.notify_module.engine
+    assert ["ada@example.test"] == [d.recipient for d in engine.store.find()]
+    assert 1 == _queued(deployment)
+
+
+def test_invitations_in_savepoints_send_exactly_what_was_committed(
+    deployment: Deployment,
+) -> None:
+    """A savepoint rolled back takes its notification along, and only its own.
+
+    The inviter's notification, written before the first savepoint, survives
+    the savepoints rolled back after it and is queued at the commit.
+    """
+    client = deployment.app.test_client()
+    emails = ["bounce@example.test", "ann@example.test", "ann@example.test", "cy@example.test"]
+    response = client.post("/invite", json={"inviter": "ada@example.test", "emails": emails})
+    assert 201 == response.status_code
+    assert ["ann@example.test", "cy@example.test"] == response.get_json()["invited"]
+    engine = deployment.notify_module.engine
+    sent = {"ada@example.test", "ann@example.test", "cy@example.test"}
+    assert sent == {d.recipient for d in engine.store.find()}
+    assert 3 == _queued(deployment)
+    worker = deployment.run_worker()
+    assert 0 == worker.returncode, worker.stderr
+    assert sorted(sent) == sorted(deployment.recipients())
+
+
+def test_the_flask_page_quotes_the_example_as_it_is() -> None:
+    """Every line of docs/frameworks/flask.md's Python blocks is a line of the example.
+
+    The page explains the application the test runs, so the two cannot drift.
+    """
+    page = (ROOT / "docs" / "frameworks" / "flask.md").read_text(encoding="utf-8")
+    source = "\n".join(
+        (ROOT / "examples" / "flask_rq" / name).read_text(encoding="utf-8")
+        for name in ("app.py", "notify.py")
+    )
+    lines = {line.strip() for line in source.splitlines()}
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert len(blocks) >= 3
+    quoted = [
+        line.strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip() and not line.startswith("# examples/")
+    ]
+    assert [] == [line for line in quoted if line not in lines]
