@@ -8,11 +8,20 @@
   ``tests/selection.py``) and are deselected here by it, never skipped.
 - ``lint``, ``typecheck``, ``docs``: ruff, mypy --strict, a strict docs build.
 - ``bench``: the benchmarks (not in the default set; ``nox -s bench``).
+- ``constraints``: rewrites ``constraints.txt`` (not in the default set).
+
+Every session but ``constraints`` installs with ``-c constraints.txt``: the
+exact versions chimeway is tested on, so CI never meets a new release by
+accident. A new version, a new major above all, is a deliberate change:
+``nox -s constraints`` resolves the newest versions ``pyproject.toml``
+allows into a fresh environment and writes them out; review the diff, run
+the sessions, commit both.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -22,6 +31,11 @@ nox.needs_version = ">=2024.10.9"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery]"
+#: The exact versions every session installs (``nox -s constraints`` writes it).
+CONSTRAINTS = "constraints.txt"
+PINNED = ("-c", CONSTRAINTS)
+#: Every group the sessions install from, so the constraints cover them all.
+GROUPS = ("test", "lint", "typecheck", "docs")
 
 #: What the ``core`` session runs: every test folder whose conftest imports no extra.
 CORE_TESTS = (
@@ -42,7 +56,7 @@ CORE_ONLY = "not postgres and not redis and not rabbitmq and not extras"
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole suite against the real PostgreSQL, Redis and RabbitMQ."""
-    session.install(ALL_EXTRAS, *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install(ALL_EXTRAS, *nox.project.dependency_groups(PYPROJECT, "test"), *PINNED)
     session.run(
         "pytest",
         *(session.posargs or ["tests"]),
@@ -53,7 +67,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def core(session: nox.Session) -> None:
     """Run the core's tests with no extra installed, on SQLite and the memory backend."""
-    session.install(".", "pytest>=8", "hypothesis>=6.100")
+    session.install(".", "pytest>=8", "hypothesis>=6.100", *PINNED)
     session.run(
         "python",
         "-c",
@@ -68,7 +82,7 @@ def core(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over everything."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"), *PINNED)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -76,7 +90,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/."""
-    session.install(ALL_EXTRAS, *nox.project.dependency_groups(PYPROJECT, "typecheck"))
+    session.install(ALL_EXTRAS, *nox.project.dependency_groups(PYPROJECT, "typecheck"), *PINNED)
     session.run("mypy", "--strict", "src")
 
 
@@ -89,7 +103,7 @@ def docs(session: nox.Session) -> None:
     so npm must be on the path. The check fails on a raw Sphinx role left on a
     page or an asset loaded from another host (docs/_ext/check_site.py).
     """
-    session.install(".", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.install(".", *nox.project.dependency_groups(PYPROJECT, "docs"), *PINNED)
     session.run(
         "mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"}
     )
@@ -103,5 +117,25 @@ def bench(session: nox.Session) -> None:
     ``bench/run.py``: ``nox -s bench -- --smoke`` for a seconds-long check that
     writes to a temporary folder; ``-- --only core,engine`` for some areas.
     """
-    session.install(ALL_EXTRAS, "matplotlib")
+    session.install(ALL_EXTRAS, "matplotlib", *PINNED)
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
+def constraints(session: nox.Session) -> None:
+    """Rewrite constraints.txt: the newest versions pyproject.toml allows, resolved afresh.
+
+    Installs every extra and every dependency group into this session's new
+    environment without the old constraints, then writes ``pip freeze`` (less
+    chimeway itself). Review the diff before committing it: a new major
+    version of an extra also needs its bound in pyproject.toml raised first.
+    """
+    groups = [req for group in GROUPS for req in nox.project.dependency_groups(PYPROJECT, group)]
+    session.install(".[postgres,migrations,webhook,rq,celery,otel,testing]", *groups)
+    frozen = session.run("pip", "freeze", "--exclude", "chimeway", silent=True)
+    assert isinstance(frozen, str)
+    header = (
+        "# The exact versions every nox session installs (-c constraints.txt), CI included.\n"
+        "# Written by `nox -s constraints`; a change here is deliberate: see noxfile.py.\n"
+    )
+    Path(CONSTRAINTS).write_text(header + frozen)

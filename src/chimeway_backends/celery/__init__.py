@@ -56,9 +56,11 @@ parent's engine with the parent's database connections: on
 ``worker_process_init`` the child drops them (``dispose(close=False)``).
 
 A consumer bootstep, added to the app by the backend, runs in every worker
-(``celery -A proj worker`` as well as :func:`run_worker`): at start it
-resolves the engine and warns about risky settings
-(:func:`check_configuration`); then it runs
+(``celery -A proj worker`` as well as :func:`run_worker`): built with the
+worker, before it connects to the broker, it refuses an app that would let
+chimeway's task take pickle (:func:`refuse_pickle` raises
+:class:`UnsafeSerializerError`); at start it resolves the engine and warns
+about risky settings (:func:`check_configuration`); then it runs
 :meth:`Chimeway.rescue <chimeway_core.engine.Chimeway.rescue>` every
 ``rescue_interval`` seconds on the worker's own timer.
 """
@@ -79,7 +81,10 @@ except ImportError as _error:  # pragma: no cover - exercised by monkeypatching 
 from chimeway_backends.celery.backend import TASK_NAME, CeleryBackend
 from chimeway_backends.celery.settings import (
     CeleryConfigurationWarning,
+    UnsafeSerializerError,
     check_configuration,
+    pickle_problems,
+    refuse_pickle,
     warn_configuration,
 )
 from chimeway_backends.celery.worker import ChimewayStep, run_worker
@@ -89,7 +94,10 @@ __all__ = [
     "CeleryConfigurationWarning",
     "TASK_NAME",
     "ChimewayStep",
+    "UnsafeSerializerError",
     "check_configuration",
+    "pickle_problems",
+    "refuse_pickle",
     "run_worker",
     "warn_configuration",
 ]

@@ -80,6 +80,16 @@ class WorkerOptions:
     """Run what is due, then exit, instead of waiting for more."""
     queues: tuple[str, ...] | None = None
     """The queues to serve, in order (``None``: the backend's and every routed one)."""
+    hostname: str | None = None
+    """The worker's node name, ``name@host`` (``None``: the backend's default)."""
+    gossip: bool = True
+    """Celery: take part in worker gossip (``--without-gossip`` turns it off)."""
+    mingle: bool = True
+    """Celery: synchronize with the other workers at start (``--without-mingle``)."""
+    heartbeat: bool = True
+    """Celery: send worker heartbeat events (``--without-heartbeat``)."""
+    remote_control: bool = True
+    """Celery: answer ``celery inspect`` and ``control`` (``--without-remote-control``)."""
 
 
 #: How a backend's worker runs: the engine and the options in, the exit code out.
@@ -98,6 +108,8 @@ class WorkerBackend:
     """Runs the worker until it is stopped; returns the exit code."""
     burst: bool
     """Whether its worker can run in burst mode (``--burst``)."""
+    nodes: bool = False
+    """Whether its worker is a Celery-style node: ``--hostname`` and the ``--without-*``."""
 
     def start(self, name: str, engine: Chimeway, options: WorkerOptions) -> int:
         """Check the engine queues on this backend, then :attr:`run` its worker."""

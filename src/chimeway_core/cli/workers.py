@@ -45,7 +45,7 @@ from chimeway_core.cli.config import (
     sqlite_path,
 )
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import counted, echo, print_json, warn
+from chimeway_core.cli.output import counted, echo, print_json, printable, warn
 from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import DeliveryNotFoundError, NotResendableError, UnknownChannelError
@@ -60,6 +60,8 @@ _BROKER_SCHEMES: Final = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sqs", "
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: The most jobs a worker runs at once (threads for memory, processes for Celery).
 MAX_CONCURRENCY: Final = 256
+#: The longest --hostname: the node name goes into AMQP queue names (255 bytes at most).
+MAX_HOSTNAME: Final = 200
 #: The longest --tick-interval or --grace: a year, or less where threads
 #: cannot wait that long (threading.TIMEOUT_MAX); larger values overflow a
 #: wait or a timedelta far from the option that gave them.
@@ -84,6 +86,32 @@ def _add_app_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_node_options(worker: argparse.ArgumentParser) -> None:
+    """celery's node options: Celery's own spellings, Celery's defaults (all on)."""
+    worker.add_argument(
+        "--hostname",
+        metavar="NAME",
+        help="celery: the worker's node name, name@host, %%h the host name (default: "
+        "Celery's, celery@%%h); give each worker on a host its own",
+    )
+    for option, what in (
+        ("gossip", "no gossip: ignore the other workers' events"),
+        ("mingle", "no synchronization with the other workers at start"),
+        ("heartbeat", "send no heartbeat events"),
+        (
+            "remote-control",
+            "no remote control: no celery.pidbox queue; celery inspect and control do "
+            "not reach the worker",
+        ),
+    ):
+        worker.add_argument(
+            f"--without-{option}",
+            dest=option.replace("-", "_"),
+            action="store_false",
+            help=f"celery: {what}",
+        )
+
+
 def register(subparsers: Subparsers) -> None:
     """Add ``chimeway worker``, ``relay``, ``rescue``, ``prune`` and ``resend``."""
     worker = command(subparsers, "worker", run_worker, "Run a worker for the application's engine.")
@@ -92,13 +120,16 @@ def register(subparsers: Subparsers) -> None:
         "(running jobs finish first), with the engine's rescuer every --tick-interval "
         "seconds. memory runs jobs on threads in this process; rq runs "
         "chimeway_backends.rq.run_worker (forking, with RQ's scheduler); celery runs "
-        "chimeway_backends.celery.run_worker. The worker serves the backend's queue and "
+        "chimeway_backends.celery.run_worker, a Celery node with Celery's defaults that "
+        "--hostname and the --without options change (an app that would let chimeway's "
+        "task take pickle is refused). The worker serves the backend's queue and "
         "every queue the engine's routes name, or only the --queue ones. With --burst "
         "(memory and rq) the worker runs the first rescue pass and what is due, then "
         "exits.\n\n"
         "exit status: 0 stopped cleanly or a burst done, 1 jobs were still running after "
         "--grace (or the Celery worker failed), 2 bad options (--burst on celery, --queue "
-        "on memory or naming a queue the engine does not use), --app, "
+        "on memory or naming a queue the engine does not use, --hostname or a --without "
+        "option on memory or rq), --app, a Celery app that accepts pickle, "
         "backend or missing extra, a database without chimeway's tables, 3 database, Redis "
         "or broker unreachable."
     )
@@ -144,6 +175,7 @@ def register(subparsers: Subparsers) -> None:
         help="memory, rq: run what is due, then exit (jobs scheduled for later wait for "
         "a later worker)",
     )
+    _add_node_options(worker)
     worker.add_argument(
         "--log-level",
         choices=_LOG_LEVELS,
@@ -341,6 +373,7 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CliError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, got {args.concurrency}")
     _seconds("--tick-interval", args.tick_interval, positive=True)
     _seconds("--grace", args.grace)
+    _check_node_options(args, backend.nodes)
     app = _app(args)
     _export(args)
     engine = _engine(app, args.db)
@@ -352,8 +385,44 @@ def run_worker(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         burst=args.burst,
         queues=None if args.queues is None else tuple(dict.fromkeys(args.queues)),
+        hostname=args.hostname,
+        gossip=args.gossip,
+        mingle=args.mingle,
+        heartbeat=args.heartbeat,
+        remote_control=args.remote_control,
     )
     return backend.start(args.backend, engine, options)
+
+
+def _check_node_options(args: argparse.Namespace, nodes: bool) -> None:
+    """Refuse a --hostname Celery cannot use, and node options on a backend without nodes."""
+    name = args.hostname
+    if name is not None and not (
+        name.isprintable()
+        and not any(c.isspace() for c in name)
+        and 0 < len(name.encode()) <= MAX_HOSTNAME
+    ):
+        # The node name goes into queue names on the broker (its pidbox queue).
+        raise CliError(
+            f"--hostname must be 1 to {MAX_HOSTNAME} bytes of printable characters and no "
+            f"spaces, like worker1@%h; got '{printable(name[:60])}'"
+        )
+    given = [
+        option
+        for option, set_ in (
+            ("--hostname", name is not None),
+            ("--without-gossip", not args.gossip),
+            ("--without-mingle", not args.mingle),
+            ("--without-heartbeat", not args.heartbeat),
+            ("--without-remote-control", not args.remote_control),
+        )
+        if set_
+    ]
+    if given and not nodes:
+        raise CliError(
+            f"{', '.join(given)}: a {args.backend} worker is not a Celery node; "
+            f"{'this option is' if len(given) == 1 else 'these options are'} for --backend celery"
+        )
 
 
 def _one_pass_engine(args: argparse.Namespace, what: str) -> Chimeway:

@@ -2,7 +2,8 @@
 
 The tests copy this file into a temporary directory as ``chimeway_worker_app``
 and start ``celery -A chimeway_worker_app worker`` on it. Everything it needs
-comes from the environment (``CHIMEWAY_TEST_*``). The channel's result is
+comes from the environment (``CHIMEWAY_TEST_*``; ``CHIMEWAY_TEST_CONF``
+is a JSON object of further Celery settings). The channel's result is
 decided by the recipient's prefix and the attempt number:
 
 - ``ok-*``: sent; ``temp2-*``: two temporary failures, then sent;
@@ -86,6 +87,8 @@ celery_app.conf.update(
     worker_enable_remote_control=False,
     task_default_queue=QUEUE,
 )
+# Settings a test adds (JSON), such as one that lets the task take pickle.
+celery_app.conf.update(json.loads(os.environ.get("CHIMEWAY_TEST_CONF", "{}")))
 backend = CeleryBackend(
     celery_app,
     queue=QUEUE,
