@@ -30,7 +30,7 @@ nox.options.reuse_existing_virtualenvs = False
 nox.needs_version = ">=2024.10.9"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery]"
+ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery,asyncio]"
 #: The exact versions every session installs (``nox -s constraints`` writes it).
 CONSTRAINTS = "constraints.txt"
 PINNED = ("-c", CONSTRAINTS)
@@ -131,7 +131,7 @@ def constraints(session: nox.Session) -> None:
     version of an extra also needs its bound in pyproject.toml raised first.
     """
     groups = [req for group in GROUPS for req in nox.project.dependency_groups(PYPROJECT, group)]
-    session.install(".[postgres,migrations,webhook,rq,celery,otel,testing]", *groups)
+    session.install(".[postgres,migrations,webhook,rq,celery,otel,testing,asyncio]", *groups)
     frozen = session.run("pip", "freeze", "--exclude", "chimeway", silent=True)
     assert isinstance(frozen, str)
     header = (

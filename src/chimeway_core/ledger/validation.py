@@ -89,6 +89,11 @@ def check_session(session: object) -> Session:
     """
     if isinstance(session, scoped_session):
         session = session()
+    if type(session).__module__.startswith("sqlalchemy.ext.asyncio"):
+        raise TypeError(
+            f"session is a {type(session).__name__}: await the engine through "
+            "chimeway_core.aio.AsyncChimeway, whose methods take it"
+        )
     if not isinstance(session, Session):
         raise TypeError(
             "session must be a sqlalchemy.orm.Session or scoped_session, "
