@@ -9,6 +9,7 @@ in a batch, in the caller's session, and for a key in the resend namespace.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -226,3 +227,42 @@ def test_a_true_copy_is_still_returned_on_a_repeated_resend(store: SQLStore, now
     first = store.resend(original.id, now=now)
     again = store.resend(original.id, now=now + timedelta(seconds=1))
     assert (True, False, first.copy) == (first.created, again.created, again.copy)
+
+
+@pytest.mark.postgres
+def test_racing_requests_under_one_key_make_one_delivery_and_refuse_the_rest(
+    pg_store: SQLStore, now: datetime
+) -> None:
+    """Eight different requests race for one key: one is written, every other is refused.
+
+    No racer is handed another's delivery, whether its insert waited on the
+    winner's uncommitted row or read it committed; batches race too.
+    """
+    store = pg_store
+    start = threading.Barrier(8)
+    outcomes: dict[int, object] = {}
+
+    def race(n: int) -> None:
+        spec = _spec(recipient=f"racer-{n}@example.com")
+        start.wait(timeout=30)
+        try:
+            if n % 2:
+                other = _spec(idempotency_key=f"own-{n}", recipient=f"racer-{n}@example.com")
+                outcomes[n] = store.create_many([other, spec], now=now)[1]
+            else:
+                outcomes[n] = store.create(spec, now=now)
+        except IdempotencyKeyConflictError as error:
+            outcomes[n] = error
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    won = [n for n, outcome in outcomes.items() if not isinstance(outcome, Exception)]
+    assert 8 == len(outcomes)
+    assert 1 == len(won)
+    [winner] = won
+    assert f"racer-{winner}@example.com" == outcomes[winner].delivery.recipient  # type: ignore[attr-defined]
+    # The losers' batches were rolled back whole: only the winner's rows exist.
+    assert (2 if winner % 2 else 1) == _tables(store)[0]
