@@ -25,6 +25,7 @@ from chimeway_core.errors import (
     DeliveryNotFoundError,
     DeliveryTerminalError,
     EngineNotFoundError,
+    IdempotencyKeyConflictError,
     IllegalTransitionError,
     InvalidDeliveryError,
     InvalidJobError,
@@ -189,5 +190,6 @@ __all__ = [
     "UnsupportedDatabaseError",
     "LockReusedError",
     "DeliveriesVanishedError",
+    "IdempotencyKeyConflictError",
     "NoDatabaseConfiguredError",
 ]

@@ -38,7 +38,7 @@ never raised).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -238,6 +238,40 @@ class PayloadTooLargeError(InvalidDeliveryError):
 
 class PayloadNotSerializableError(InvalidDeliveryError):
     """A payload or metadata mapping holds a value JSON cannot represent exactly."""
+
+
+class IdempotencyKeyConflictError(ChimewayError):
+    """An idempotency key was used again for a different request; nothing was written.
+
+    A repeat of ``(channel, idempotency_key)`` returns the delivery already
+    holding the key only when it asks for the same thing: the same
+    ``recipient``, ``payload``, ``notification_key`` and ``metadata`` (see
+    ``Chimeway.notify``). Anything else is another caller's key, or a bug,
+    and is refused rather than answered with that delivery. ``keys`` are the
+    ``(channel, idempotency_key)`` pairs refused, each once, sorted: every one
+    of a batch's, since none of the batch was written. Neither the existing
+    delivery nor what differs is told: it is another request's (its
+    recipient, its payload), and naming the differing fields would let a
+    caller guess them one at a time.
+    """
+
+    _SHOWN: Final = 5
+
+    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
+        self.keys = tuple(keys)
+        # repr() escapes what a key may hold that a log line must not (CR, LF ...).
+        named = [f"{key!r} on channel {channel!r}" for channel, key in self.keys]
+        shown = ", ".join(named[: self._SHOWN])
+        if len(named) > self._SHOWN:
+            shown += f" and {len(named) - self._SHOWN} more"
+        super().__init__(
+            f"idempotency key reused for a different request: {shown} "
+            "(recipient, payload, notification_key or metadata differ); nothing was written"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The message is not the constructor's argument: tell pickle what is.
+        return (type(self), (self.keys,))
 
 
 class DeliveryNotFoundError(ChimewayError, LookupError):

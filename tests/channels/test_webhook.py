@@ -14,9 +14,10 @@ import pytest
 
 from chimeway_core.channels import DeliveryGuarantee, WebhookChannel
 from chimeway_core.channels.webhook import parse_retry_after
-from chimeway_core.errors import MissingExtraError, OutcomeUnknownError
+from chimeway_core.errors import InvalidDeliveryError, MissingExtraError, OutcomeUnknownError
 from chimeway_core.outcomes import PermanentFailure, Sent, TemporaryFailure
 from chimeway_core.records import Delivery
+from chimeway_core.testing import make_delivery as kit_delivery
 
 from .conftest import ANY_PORT, HTTPTestServer, Reply, free_port, make_delivery
 
@@ -420,3 +421,40 @@ def test_httpx_logs_only_the_origin_of_a_webhook_url(
         f'HTTP Request: POST http://127.0.0.1:{http_server.port}/[redacted] "HTTP/1.0 200 OK"',
         f'HTTP Request: POST http://127.0.0.1:{http_server.port}/mine?q=visible "HTTP/1.0 200 OK"',
     ] == lines
+
+
+#: Keys that cannot be an HTTP header value: header injection, control and
+#: non-ASCII characters, and whitespace a server would strip.
+UNSENDABLE_KEYS = ["a\r\nX-Injected: 1", "a\nb", "a\x01b", "a\x7fb", "clé", " zq", "zq "]
+
+
+@pytest.mark.parametrize("key", UNSENDABLE_KEYS)
+def test_a_key_that_cannot_be_a_header_fails_for_good_without_connecting(
+    http_server: HTTPTestServer, key: str
+) -> None:
+    """Such a key (written before notify() refused it) is a permanent failure, never unknown.
+
+    Nothing is connected: retrying cannot make the key sendable, and a
+    request cut off mid-headers would leave the outcome unknown.
+    """
+    result = channel(http_server.url()).send(make_delivery(), key)
+    assert isinstance(result, PermanentFailure)
+    assert "idempotency key cannot be sent as an HTTP header value" in result.message
+    assert key.strip() not in result.message
+    assert ([], []) == (http_server.connections, http_server.received)
+
+
+@pytest.mark.parametrize("key", UNSENDABLE_KEYS)
+def test_check_delivery_refuses_a_key_that_cannot_be_a_header(key: str) -> None:
+    """The notify-time check names the field and never repeats the key."""
+    delivery = kit_delivery(idempotency_key=key)
+    with pytest.raises(InvalidDeliveryError) as raised:
+        channel("https://example.com/hook").check_delivery(delivery)
+    assert "idempotency_key" == raised.value.field
+    assert key.strip() not in str(raised.value)
+
+
+@pytest.mark.parametrize("key", ["k", "order 42", "chimeway.resend:" + "0" * 36, "~" * 255])
+def test_check_delivery_accepts_a_key_that_can_be_a_header(key: str) -> None:
+    """Visible ASCII with inner spaces passes, up to the ledger's 255 characters."""
+    channel("https://example.com/hook").check_delivery(kit_delivery(idempotency_key=key))

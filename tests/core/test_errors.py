@@ -10,6 +10,7 @@ import pytest
 from chimeway_core.errors import (
     ChimewayError,
     DeliveriesVanishedError,
+    IdempotencyKeyConflictError,
     LockReusedError,
     NoDatabaseConfiguredError,
 )
@@ -38,3 +39,18 @@ def test_a_runtime_error_with_a_class_of_its_own_keeps_its_data_through_pickle(
     copy = pickle.loads(pickle.dumps(error))
     assert (type(error), str(error)) == (type(copy), str(copy))
     assert attributes == {name: getattr(copy, name) for name in attributes}
+
+
+def test_an_idempotency_conflict_names_its_keys_on_one_line_and_survives_pickle() -> None:
+    """Every key is kept; the message shows five, escaped, so a key cannot forge a log line."""
+    keys = [("email", "k\r\nforged: line")] + [("sms", f"k{i}") for i in range(6)]
+    error = IdempotencyKeyConflictError(keys)
+    assert tuple(keys) == error.keys
+    message = str(error)
+    assert not any(char in message for char in "\r\n")
+    assert message.startswith(
+        "idempotency key reused for a different request: 'k\\r\\nforged: line' on channel 'email', "
+    )
+    assert "'k3' on channel 'sms' and 2 more (" in message
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(error), message, error.keys) == (type(copy), str(copy), copy.keys)

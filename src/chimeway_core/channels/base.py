@@ -16,6 +16,15 @@ three attributes the engine reads before calling it:
 - ``timeout`` — the longest one ``send`` call may take, in seconds; the engine
   makes the delivery's lease longer than this.
 
+A channel may also have a ``check_delivery(delivery)`` method: ``notify()``
+(and ``notify_many()``, ``resend()``) calls it with each delivery as it will be
+written, before the policies and before anything is written, and it raises
+:class:`~chimeway_core.errors.InvalidDeliveryError` (naming the field, never
+repeating its value) for a delivery the channel could never send, which no
+retry would fix. The webhook channel refuses this way an idempotency key that
+cannot be an HTTP header value. It must not do I/O: it runs on the caller's
+thread, for every delivery.
+
 ``send`` returns one of the four result values of
 :mod:`chimeway_core.outcomes`, or raises
 :class:`~chimeway_core.errors.OutcomeUnknownError` when the request left but

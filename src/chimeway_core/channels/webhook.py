@@ -43,6 +43,7 @@ import importlib
 import json
 import logging
 import math
+import re
 import string
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,7 +60,12 @@ from chimeway_core.channels._destinations import (
     system_resolver,
 )
 from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
-from chimeway_core.errors import MissingExtraError, OutcomeUnknownError, UnsafeDestinationError
+from chimeway_core.errors import (
+    InvalidDeliveryError,
+    MissingExtraError,
+    OutcomeUnknownError,
+    UnsafeDestinationError,
+)
 from chimeway_core.outcomes import (
     ChannelResult,
     ErrorClass,
@@ -79,6 +85,13 @@ _TEMPORARY_STATUSES: Final = frozenset({408, 429})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _MAX_MESSAGE_ID: Final = 128
 _SAFE_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_.:@/+=<>")
+#: What the ``Idempotency-Key`` header can carry: visible ASCII, inner spaces
+#: (RFC 9110 field-value, less obs-text, which httpx cannot encode from a str).
+_HEADER_VALUE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+_BAD_KEY: Final = (
+    "cannot be sent as an HTTP header value: it must be printable ASCII "
+    "(no CR, LF, NUL, other control or non-ASCII characters) without leading or trailing spaces"
+)
 
 
 _sending = threading.local()
@@ -250,9 +263,24 @@ class WebhookChannel:
         # Never the URL: it may embed a token or be built from the recipient.
         return f"WebhookChannel(guarantee={self.guarantee.value}, policy={self.policy!r})"
 
+    def check_delivery(self, delivery: Delivery) -> None:
+        """Refuse, at ``notify()``, a delivery whose idempotency key cannot be a header value.
+
+        The key is sent as the ``Idempotency-Key`` header: printable ASCII
+        with no leading or trailing space (the ledger holds it to 255
+        characters). Raises :class:`~chimeway_core.errors.InvalidDeliveryError`
+        on ``idempotency_key``, without repeating the key.
+        """
+        if not _HEADER_VALUE.fullmatch(delivery.idempotency_key):
+            raise InvalidDeliveryError("idempotency_key", _BAD_KEY)
+
     def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
         """POST the payload once (following allowed redirects) and classify the answer."""
         import httpx  # noqa: PLC0415 - the webhook extra is optional; checked in __init__
+
+        if not _HEADER_VALUE.fullmatch(idempotency_key):
+            # Written before notify() checked it: nothing can be sent, ever.
+            return PermanentFailure(f"idempotency key {_BAD_KEY}")
 
         try:
             body = json.dumps(delivery.payload, allow_nan=False, separators=(",", ":")).encode()

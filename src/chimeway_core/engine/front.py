@@ -284,8 +284,21 @@ class Chimeway:
     ) -> Delivery:
         """Record a delivery and queue it; return the delivery as written.
 
-        Idempotent on ``(channel, idempotency_key)``: a repeat returns the
-        existing delivery and queues nothing. A delivery a policy suppresses is
+        Idempotent on ``(channel, idempotency_key)``: a repeat of the same
+        request returns the existing delivery and queues nothing. The same
+        request has the same ``recipient``, ``payload`` (compared as JSON:
+        ``1``, ``1.0`` and ``true`` differ, key order does not),
+        ``notification_key`` and ``metadata``; ``scheduled_at``,
+        ``expires_at`` and ``max_attempts`` stay the first request's, whatever
+        a repeat says (they are often computed from the clock or the engine's
+        settings at each call). A repeat of a different request raises
+        :class:`~chimeway_core.errors.IdempotencyKeyConflictError`, naming the
+        key and nothing of either request, and writes, queues and emits
+        nothing. A key starting with ``chimeway.resend:`` is reserved for
+        resend copies (:func:`~chimeway_core.records.resend_key`) and refused.
+        The channel may refuse a delivery it could never send (its
+        ``check_delivery``; the webhook channel, a key that cannot be an HTTP
+        header value). A delivery a policy suppresses is
         still recorded, terminal, with the policy's reason. With ``session``
         the rows are written in the caller's transaction and the job is queued
         only after its outermost transaction commits; a rollback leaves no
@@ -316,8 +329,11 @@ class Chimeway:
     ) -> list[Delivery]:
         """Record and queue many deliveries in a handful of statements.
 
-        Same guarantees as :meth:`notify`, per spec, in order; one invalid spec
-        writes none.
+        Same guarantees as :meth:`notify`, per spec, in order. One invalid
+        spec writes none of them; so does one spec whose key holds a different
+        request (the :class:`~chimeway_core.errors.IdempotencyKeyConflictError`
+        names every such key, a later spec reusing a key of the batch for
+        another request included).
         """
         return self._notifier.notify_many(specs, session=session)
 
@@ -333,7 +349,10 @@ class Chimeway:
         (and a provider idempotency key) of its own; it is notified like any
         other, so the policies see it. Idempotent: a delivery has at most one
         copy, and resending it again returns that copy (``created=False``) and
-        queues nothing; a copy that ends unsent is resent by its own id.
+        queues nothing (a delivery holding the copy's key that the original's
+        journal does not name as its copy raises
+        :class:`~chimeway_core.errors.IdempotencyKeyConflictError`); a copy
+        that ends unsent is resent by its own id.
         ``session`` works as in :meth:`notify`. An unknown id raises
         :class:`~chimeway_core.errors.DeliveryNotFoundError`; a live or
         succeeded delivery :class:`~chimeway_core.errors.NotResendableError`; a

@@ -6,7 +6,8 @@ Theory of operation
 each delivery as it will write it (its id and defaults filled in; bad input
 is an :class:`~chimeway_core.errors.InvalidDeliveryError`, never a policy
 failing on it, and nothing is written). Each draft must then name a channel
-of the engine and is shown to the policies; only a suppression is applied at
+of the engine, which may refuse it (``check_delivery``: a delivery it could
+never send), and is shown to the policies; only a suppression is applied at
 notify time, and the delivery is still recorded, terminal, with the policy's
 reason. The store then writes the drafts with the reasons decided here:
 decisions go up, execution goes down, and the ledger never calls back into
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 from chimeway_core.clock import Clock
 from chimeway_core.engine.handover import HandOver
 from chimeway_core.engine.settings import Settings, meta, policy_context
+from chimeway_core.errors import InvalidDeliveryError
 from chimeway_core.ledger import Draft
 from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.ledger.validation import AnySession, check_session
@@ -105,6 +107,7 @@ class Notifier:
         # InvalidDeliveryError, never a policy (or a lookup) failing on it;
         # nothing is written before both steps pass.
         drafts = self.store.draft_many(list(specs), now=now)
+        self._check(drafts)
         created = self.store.create_many(
             drafts, now=now, session=session, suppress_reasons=self._suppressions(drafts, now)
         )
@@ -117,6 +120,7 @@ class Notifier:
         if session is not None:
             session = check_session(session)
         copy = self.store.draft_resend(delivery_id, now=now, session=session)
+        self._check([copy])
         [reason] = self._suppressions([copy], now)
         resent = self.store.resend(copy, now=now, session=session, suppress_reason=reason)
         if resent.created:
@@ -125,6 +129,31 @@ class Notifier:
             )
         self._created([(resent.copy, resent.created)], now, session)
         return resent
+
+    def _check(self, drafts: Sequence[Draft]) -> None:
+        """Raise unless each draft names a channel of this engine that can send it.
+
+        An unknown channel is an :class:`~chimeway_core.errors.UnknownChannelError`;
+        a channel with a ``check_delivery`` method (see
+        :mod:`chimeway_core.channels.base`) is asked, and the
+        :class:`~chimeway_core.errors.InvalidDeliveryError` it raises propagates,
+        naming the spec in a batch. Before the policies, and before anything is
+        written: a delivery the channel can never send is bad input, not a
+        failure to retry or an outcome left unknown.
+        """
+        single = len(drafts) == 1
+        for index, draft in enumerate(drafts):
+            check = getattr(self.settings.channel(draft.delivery.channel), "check_delivery", None)
+            if check is None:
+                continue
+            try:
+                check(draft.delivery)
+            except InvalidDeliveryError as error:
+                if single:
+                    raise
+                raise InvalidDeliveryError(
+                    f"specs[{index}].{error.field}", error.problem
+                ) from error
 
     def _suppressions(self, drafts: Sequence[Draft], now: datetime) -> list[str | None]:
         """The reason each drafted delivery is born suppressed with, or ``None``, in order.

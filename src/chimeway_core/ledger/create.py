@@ -16,17 +16,25 @@ and the ledger never calls back into its caller:
    it (then it is born ``suppressed`` and the journal records the
    ``suppress`` transition), its outbox row. Rows go in key order, so
    concurrent batches lock keys in one order (no deadlock on PostgreSQL);
-   conflicts on ``(channel, idempotency_key)`` are skipped, never raised, so
-   a caller's transaction is never aborted by a duplicate, and the rows not
-   written get the delivery that holds their key.
+   conflicts on ``(channel, idempotency_key)`` are skipped, never a database
+   error, so a caller's transaction is never aborted by a duplicate, and the
+   rows not written get the delivery that holds their key, once it is checked
+   to be the same request (:func:`_request_of`; else
+   :class:`~chimeway_core.errors.IdempotencyKeyConflictError`, which the
+   conflict's row was not written for, and the rest of a batch is rolled
+   back by the store).
 
 A resend is the same write of one draft, the copy of a delivery that ended
 unsent, with the key :func:`~chimeway_core.records.resend_key` of the
-original, so a delivery has at most one copy.
+original, so a delivery has at most one copy. Only a resend writes such a key
+(:func:`~chimeway_core.ledger.rows.new_row` refuses it otherwise), and an
+existing delivery under it is taken as the copy only if the original's
+``resent`` journal entry names it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -38,6 +46,7 @@ from sqlalchemy import Connection, select, tuple_
 from chimeway_core.errors import (
     DeliveriesVanishedError,
     DeliveryNotFoundError,
+    IdempotencyKeyConflictError,
     InvalidDeliveryError,
     NotResendableError,
 )
@@ -63,6 +72,7 @@ __all__ = [
     "draft",
     "draft_many",
     "insert_deliveries",
+    "may_conflict",
     "resend_on",
     "resend_original",
     "rows_of",
@@ -105,7 +115,7 @@ def draft(
     spec: NewDelivery, now: datetime, index: int, max_payload_bytes: int, *, resend_of: UUID | None
 ) -> Draft:
     """The draft of one spec (``index`` names it in errors; -1 for a lone spec)."""
-    row = new_row(spec, now, index, max_payload_bytes)
+    row = new_row(spec, now, index, max_payload_bytes, resend=resend_of is not None)
     return Draft(delivery_from_values(row), resend_of, row)
 
 
@@ -158,6 +168,59 @@ def apply_suppressions(
 
 def _key_of(row: Mapping[str, Any]) -> tuple[str, str]:
     return row["channel"], row["idempotency_key"]
+
+
+def _canonical(value: Any) -> str:
+    # JSON text, not Python equality: True == 1 and 1 == 1.0, but a channel
+    # sends true, 1 and 1.0 differently.
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _request_of(values: Mapping[str, Any] | Delivery) -> tuple[str, str | None, str, str]:
+    """What makes two creates with one key the same request (see ``Chimeway.notify``).
+
+    What is sent, and to whom: not when (``scheduled_at``, ``expires_at``,
+    often computed from the clock at each call) nor how often it is tried
+    (``max_attempts``, by default the engine's setting of the day): a repeat
+    leaves those as the first request set them.
+    """
+    if isinstance(values, Delivery):
+        values = {
+            "recipient": values.recipient,
+            "notification_key": values.notification_key,
+            "payload": values.payload,
+            "metadata": dict(values.metadata or {}),
+        }
+    return (
+        values["recipient"],
+        values["notification_key"],
+        _canonical(values["payload"]),
+        _canonical(dict(values["metadata"] or {})),
+    )
+
+
+def may_conflict(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether writing ``rows`` may meet an :class:`IdempotencyKeyConflictError` part way.
+
+    Only a batch that holds a key its caller chose can: a key left to default
+    is the row's own fresh id, which no other delivery holds.
+    """
+    return len(rows) > 1 and any(row["idempotency_key"] != str(row["id"]) for row in rows)
+
+
+def _check_repeats(
+    rows: Sequence[Mapping[str, Any]],
+    inserted: set[UUID],
+    existing: Mapping[tuple[str, str], Delivery],
+) -> None:
+    """Raise unless every row not written asks for what the delivery holding its key holds."""
+    clashes = {
+        _key_of(row)
+        for row in rows
+        if row["id"] not in inserted and _request_of(row) != _request_of(existing[_key_of(row)])
+    }
+    if clashes:
+        raise IdempotencyKeyConflictError(sorted(clashes))
 
 
 def _insert_new(
@@ -246,7 +309,13 @@ def insert_deliveries(
 ) -> list[Created]:
     """Write ``rows`` on ``conn`` (see the module docstring); one result per row, in order.
 
-    Raises :class:`~chimeway_core.errors.DeliveriesVanishedError` when keys
+    Raises :class:`~chimeway_core.errors.IdempotencyKeyConflictError`, naming
+    every such key, when a row's key is held by a different request (written
+    before, or earlier in ``rows``). It is raised after writing the other
+    rows: the caller rolls back what ``conn`` wrote (a batch for which
+    :func:`may_conflict` is true goes in a transaction or a savepoint; a
+    single row in conflict is a row not written, so nothing was). Raises
+    :class:`~chimeway_core.errors.DeliveriesVanishedError` when keys
     kept vanishing as they were read back, ``_CREATE_TRIES`` rounds in a row.
     """
     ordered = sorted(rows, key=_key_of)
@@ -262,6 +331,7 @@ def insert_deliveries(
             row for row in ordered if row["id"] not in inserted and _key_of(row) not in existing
         ]
         if not pending:
+            _check_repeats(rows, inserted, existing)
             return _results(rows, inserted, existing, drafted)
     keys = sorted({_key_of(row) for row in pending})
     raise DeliveriesVanishedError(keys, _CREATE_TRIES)
@@ -317,4 +387,16 @@ def resend_on(
                 original.id, now, JournalKind.RESENT, detail={"as": str(result.delivery.id)}
             ),
         )
+    elif not _is_copy_of(conn, original.id, result.delivery.id):
+        # The copy's key is held by a delivery no resend wrote: one notify()
+        # wrote under that key before it refused the resend namespace.
+        raise IdempotencyKeyConflictError([_key_of(rows[0])])
     return Resent(original=original, copy=result.delivery, created=result.created)
+
+
+def _is_copy_of(conn: Connection, original_id: UUID, copy_id: UUID) -> bool:
+    """Whether the original's journal says ``copy_id`` is its copy (a ``resent`` entry)."""
+    query = select(sql.J.detail).where(
+        sql.J.delivery_id == original_id, sql.J.kind == JournalKind.RESENT.value
+    )
+    return any((detail or {}).get("as") == str(copy_id) for detail in conn.execute(query).scalars())

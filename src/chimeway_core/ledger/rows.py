@@ -34,7 +34,14 @@ from chimeway_core.ledger.schema import CHANNEL_LENGTH, KEY_LENGTH, MAX_ATTEMPTS
 from chimeway_core.ledger.statements import A, J
 from chimeway_core.ledger.validation import aware, check_text, json_size
 from chimeway_core.outcomes import Outcome
-from chimeway_core.records import Attempt, Delivery, JournalEntry, JournalKind, NewDelivery
+from chimeway_core.records import (
+    RESEND_KEY_PREFIX,
+    Attempt,
+    Delivery,
+    JournalEntry,
+    JournalKind,
+    NewDelivery,
+)
 from chimeway_core.states import DeliveryStatus, Event
 
 __all__ = [
@@ -155,10 +162,15 @@ def in_flight_attempt(claimed: Delivery, started_at: datetime, owner: str) -> At
     )
 
 
-def new_row(spec: NewDelivery, now: datetime, index: int, max_payload_bytes: int) -> dict[str, Any]:
+def new_row(
+    spec: NewDelivery, now: datetime, index: int, max_payload_bytes: int, *, resend: bool = False
+) -> dict[str, Any]:
     """The row a create writes for ``spec`` at ``now``: validated, id and defaults filled in.
 
     ``index`` names the spec in errors (``specs[3].channel``); -1 for a lone spec.
+    An idempotency key in the resend namespace
+    (:data:`~chimeway_core.records.RESEND_KEY_PREFIX`) is refused unless
+    ``resend``: only a resend writes a copy's key.
     """
     where = f"specs[{index}]." if index >= 0 else ""
     if not isinstance(spec, NewDelivery):
@@ -173,6 +185,13 @@ def new_row(spec: NewDelivery, now: datetime, index: int, max_payload_bytes: int
     check_text(
         spec.idempotency_key, f"{where}idempotency_key", max_length=KEY_LENGTH, optional=True
     )
+    if not resend and spec.idempotency_key and spec.idempotency_key.startswith(RESEND_KEY_PREFIX):
+        # Such a key would be taken for the copy of a delivery (by resend(),
+        # resent_from(), the resendable listing): another caller's.
+        raise InvalidDeliveryError(
+            f"{where}idempotency_key",
+            f"must not start with {RESEND_KEY_PREFIX!r}, which is reserved for resend copies",
+        )
     if not isinstance(spec.max_attempts, int) or isinstance(spec.max_attempts, bool):
         raise InvalidDeliveryError(f"{where}max_attempts", "must be an int")
     if not 1 <= spec.max_attempts <= MAX_ATTEMPTS:

@@ -169,9 +169,14 @@ class SQLStore(Reads, Transitions):
     ) -> Created:
         """Create one delivery with its ``created`` journal entry and its outbox row.
 
-        Idempotent on ``(channel, idempotency_key)``: a repeat (even a
-        concurrent one) returns the existing delivery with ``created=False``
-        and writes nothing. ``idempotency_key=None`` becomes ``str(id)``.
+        Idempotent on ``(channel, idempotency_key)``: a repeat of the same
+        request (even a concurrent one) returns the existing delivery with
+        ``created=False`` and writes nothing; the same request has the same
+        ``recipient``, ``payload`` (as JSON), ``notification_key`` and
+        ``metadata`` (see ``Chimeway.notify``). A repeat of a different request
+        raises :class:`~chimeway_core.errors.IdempotencyKeyConflictError` and
+        writes nothing. ``idempotency_key=None`` becomes ``str(id)``; a key in
+        the resend namespace (``chimeway.resend:``) is refused.
         With ``suppress_reason`` the delivery is born ``suppressed`` (the
         journal records the ``suppress`` transition) and gets no outbox row.
         With ``session`` everything goes through the caller's transaction
@@ -197,17 +202,21 @@ class SQLStore(Reads, Transitions):
         """Create many deliveries in a handful of statements; results in ``specs`` order.
 
         Same guarantees as :meth:`create`, per spec. All specs are validated
-        before anything is written: one invalid spec writes none. A key
-        repeated inside ``specs`` creates one delivery; later repeats get it
-        back with ``created=False``. ``specs`` may hold drafts of
-        :meth:`draft_many` made at the same ``now`` (validated already; each
-        is written as drafted, and its result's delivery is its draft's unless
+        before anything is written: one invalid spec writes none. A key repeated
+        inside ``specs`` creates one delivery; later repeats of the same request
+        get it back with ``created=False``. One key holding a different request
+        (in the ledger or earlier in ``specs``) writes none:
+        :class:`~chimeway_core.errors.IdempotencyKeyConflictError` names every
+        such key (a batch with keys of its caller's is written in a transaction,
+        or a savepoint of ``session``'s, for that). ``specs`` may hold drafts of
+        :meth:`draft_many` made at the same ``now`` (validated already; each is
+        written as drafted, and its result's delivery is its draft's unless
         suppressed). ``suppress_reasons`` holds one reason (or ``None``) per
-        spec. Instead, ``suppress_if`` is called, once every spec is valid
-        and before anything is written, with each delivery as it is about to
-        be written (its id, its defaults filled in): the reason it returns
-        makes that delivery born suppressed, and an exception it raises
-        propagates and writes nothing.
+        spec. Instead, ``suppress_if`` is called, once every spec is valid and
+        before anything is written, with each delivery as it is about to be
+        written (its id, its defaults filled in): the reason it returns makes
+        that delivery born suppressed, and an exception it raises propagates and
+        writes nothing.
         """
         now = aware(now, "now")
         if session is not None:
@@ -226,12 +235,18 @@ class SQLStore(Reads, Transitions):
         creating.apply_suppressions(rows, suppress_reasons, drafted)
         if not rows:
             return []
+        # A batch that may meet a key held by a different request part way is
+        # written where the refusal rolls it back whole: a savepoint in the
+        # caller's transaction, else a transaction of its own.
+        may_conflict = creating.may_conflict(rows)
         if session is not None:
-            return creating.insert_deliveries(
-                session.connection(), self._dialect, rows, now, drafted
-            )
-        if self._dialect.creates_in_one_statement(len(rows)) and all(
-            row["reason"] is None for row in rows
+            conn = session.connection()
+            with conn.begin_nested() if may_conflict else nullcontext():
+                return creating.insert_deliveries(conn, self._dialect, rows, now, drafted)
+        if (
+            not may_conflict
+            and self._dialect.creates_in_one_statement(len(rows))
+            and all(row["reason"] is None for row in rows)
         ):
             # One statement writes everything (the read-back of existing keys
             # after it only reads): it commits on its own.
@@ -281,18 +296,21 @@ class SQLStore(Reads, Transitions):
         """Create the copy of a delivery that ended unsent; journal it on the original.
 
         ``delivery_id`` is its id, or the copy :meth:`draft_resend` drafted. One
-        transaction (the caller's, with ``session``): the original is read
-        for update; the copy has its channel, recipient, payload,
-        notification key, ``max_attempts``, ``expires_at`` and metadata, is
-        due at ``now``, and has the idempotency key
-        :func:`~chimeway_core.records.resend_key` of the original's id, so a
-        delivery has at most one copy: a repeat returns that copy with
-        ``created=False`` and writes nothing. A new copy is written like
-        :meth:`create_many` writes (its journal's ``created`` entry, its outbox
-        row unless ``suppress_reason`` makes it born suppressed) and the
-        original gets a ``resent`` journal entry naming it; the original's row
-        is not changed. An unknown id raises :class:`DeliveryNotFoundError`; a
-        live or succeeded delivery :class:`NotResendableError`.
+        transaction (the caller's, with ``session``): the original is read for
+        update; the copy has its channel, recipient, payload, notification key,
+        ``max_attempts``, ``expires_at`` and metadata, is due at ``now``, and
+        has the idempotency key :func:`~chimeway_core.records.resend_key` of the
+        original's id, so a delivery has at most one copy: a repeat returns that
+        copy with ``created=False`` and writes nothing. A delivery holding that
+        key that the original's ``resent`` journal entry does not name (written
+        under the key before creates refused the namespace) is no copy:
+        :class:`~chimeway_core.errors.IdempotencyKeyConflictError`. A new copy
+        is written like :meth:`create_many` writes (its journal's ``created``
+        entry, its outbox row unless ``suppress_reason`` makes it born
+        suppressed) and the original gets a ``resent`` journal entry naming it;
+        the original's row is not changed. An unknown id raises
+        :class:`DeliveryNotFoundError`; a live or succeeded delivery
+        :class:`NotResendableError`.
 
         ``suppress_if`` (instead of ``suppress_reason``, for callers written
         before drafts) is asked for the reason with the drafted copy.

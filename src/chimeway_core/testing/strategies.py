@@ -12,7 +12,9 @@ this module needs ``hypothesis`` (``pip install "chimeway[testing]"``).
 - :data:`channel_results`: what a channel may return or raise, unexpected
   shapes included.
 - :data:`notification_specs`: valid :class:`~chimeway_core.records.NewDelivery`
-  values.
+  values. Two of them may share an idempotency key for different requests,
+  which a create refuses: draw a batch with
+  ``st.lists(..., unique_by=lambda spec: spec.idempotency_key or id(spec))``.
 - :func:`policy_decisions`: Proceed, Suppress and Defer values.
 """
 
