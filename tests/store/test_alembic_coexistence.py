@@ -47,16 +47,18 @@ from app_models import metadata
 
 config = context.config
 engine = create_engine(config.get_main_option("sqlalchemy.url"))
-with engine.connect() as connection:
-    context.configure(
-        connection=connection,
-        target_metadata=metadata,
-        include_name=include_name,
-        include_object=include_object,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
+try:
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            include_name=include_name,
+            include_object=include_object,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+finally:
+    engine.dispose()
 """
 
 #: env.py for the route where the app's migrations hold chimeway's tables.
@@ -70,16 +72,18 @@ from app_models import metadata
 
 config = context.config
 engine = create_engine(config.get_main_option("sqlalchemy.url"))
-with engine.connect() as connection:
-    context.configure(
-        connection=connection,
-        target_metadata=[metadata, chimeway_metadata],
-        render_item=render_item,
-        render_as_batch=connection.dialect.name == "sqlite",
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
+try:
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=[metadata, chimeway_metadata],
+            render_item=render_item,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+finally:
+    engine.dispose()
 """
 
 
@@ -150,7 +154,7 @@ def test_without_the_hooks_autogenerate_would_drop_chimeways_tables(
     """What the hooks prevent: the plain env.py proposes dropping every chimeway table."""
     upgrade(database)
     plain = OWN_TABLES_ENV.replace(
-        "include_name=include_name,\n        include_object=include_object,\n", ""
+        "include_name=include_name,\n            include_object=include_object,\n", ""
     )
     assert plain != OWN_TABLES_ENV
     config = _app(tmp_path, database, plain, monkeypatch)
@@ -185,7 +189,7 @@ def test_without_render_item_the_folded_migration_cannot_run(
     tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What render_item prevents: the migration names chimeway's type and fails to run."""
-    plain = FOLDED_ENV.replace("        render_item=render_item,\n", "")
+    plain = FOLDED_ENV.replace("            render_item=render_item,\n", "")
     assert plain != FOLDED_ENV
     config = _app(tmp_path, database, plain, monkeypatch)
     command.revision(config, message="broken", autogenerate=True)
