@@ -78,6 +78,7 @@ DOCUMENTED = {
     "resend_key",
     "resent_from",
     "Backend",
+    "Enqueued",
     "JobKind",
     "JobResult",
     "Clock",

@@ -91,14 +91,16 @@ def register(subparsers: Subparsers) -> None:
         "Run the worker of a backend for the engine --app names, until SIGINT or SIGTERM "
         "(running jobs finish first), with the engine's rescuer every --tick-interval "
         "seconds. memory runs jobs on threads in this process; rq runs "
-        "chimeway_backends.rq.run_worker (forking, with RQ's scheduler); celery runs "
+        "chimeway_backends.rq.run_worker (forking unless --worker-class simple, with "
+        "RQ's scheduler); celery runs "
         "chimeway_backends.celery.run_worker. The worker serves the backend's queue and "
         "every queue the engine's routes name, or only the --queue ones. With --burst "
         "(memory and rq) the worker runs the first rescue pass and what is due, then "
         "exits.\n\n"
         "exit status: 0 stopped cleanly or a burst done, 1 jobs were still running after "
         "--grace (or the Celery worker failed), 2 bad options (--burst on celery, --queue "
-        "on memory or naming a queue the engine does not use), --app, "
+        "on memory or naming a queue the engine does not use, --worker-class or "
+        "--maintenance-interval on memory or celery), --app, "
         "backend or missing extra, a database without chimeway's tables, 3 database, Redis "
         "or broker unreachable."
     )
@@ -137,6 +139,18 @@ def register(subparsers: Subparsers) -> None:
         metavar="NAME",
         help="rq, celery: serve this queue (repeat for more; rq takes jobs from the first "
         "that has one); default: the backend's queue and every routed one",
+    )
+    worker.add_argument(
+        "--worker-class",
+        choices=("forking", "simple"),
+        help="rq: 'forking' runs each job in a forked work horse (the default), 'simple' in "
+        "the worker's own process (no fork; database connections are reused)",
+    )
+    worker.add_argument(
+        "--maintenance-interval",
+        type=int,
+        metavar="SECONDS",
+        help="rq: how often RQ cleans its registries (default: 60; RQ's own is 600)",
     )
     worker.add_argument(
         "--burst",
@@ -341,6 +355,8 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CliError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, got {args.concurrency}")
     _seconds("--tick-interval", args.tick_interval, positive=True)
     _seconds("--grace", args.grace)
+    if args.maintenance_interval is not None:
+        _seconds("--maintenance-interval", args.maintenance_interval, positive=True)
     app = _app(args)
     _export(args)
     engine = _engine(app, args.db)
@@ -352,6 +368,8 @@ def run_worker(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         burst=args.burst,
         queues=None if args.queues is None else tuple(dict.fromkeys(args.queues)),
+        worker_class=args.worker_class,
+        maintenance_interval=args.maintenance_interval,
     )
     return backend.start(args.backend, engine, options)
 
@@ -420,7 +438,8 @@ def run_rescue(args: argparse.Namespace) -> int:
         echo(
             f"rescue: {counted(report.resolved, 'lost attempt')} resolved, "
             f"{counted(report.requeued, 'stranded delivery', 'stranded deliveries')} queued "
-            f"again, {counted(report.relayed, 'outbox row')} relayed, "
+            f"again ({report.pending} already pending), "
+            f"{counted(report.relayed, 'outbox row')} relayed, "
             f"{counted(report.pruned, 'terminal delivery', 'terminal deliveries')} pruned"
         )
     return ExitCode.OK
