@@ -44,7 +44,7 @@ from chimeway_core.errors import (
     UnsafeDestinationError,
     UnsupportedDatabaseError,
 )
-from chimeway_core.jobs import Backend, JobKind, JobResult
+from chimeway_core.jobs import Backend, Enqueued, JobKind, JobResult
 from chimeway_core.ledger import Created, OutboxItem, SQLStore
 from chimeway_core.outcomes import (
     UNKNOWN_CLASSIFICATION,
@@ -161,6 +161,7 @@ __all__ = [
     "resent_from",
     # jobs
     "Backend",
+    "Enqueued",
     "JobKind",
     "JobResult",
     # clock

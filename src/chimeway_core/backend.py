@@ -23,6 +23,12 @@ Everything else is the core's, and lives here or there:
 - **Asked, not probed.** The engine reads :attr:`Backend.interrupts` (what
   the queue raises inside a running job to stop it) and
   :attr:`Backend.follows_routes` (whether ``queue=`` is honoured).
+- **Told what happened.** ``enqueue`` returns an :class:`Enqueued` and
+  ``enqueue_many`` one per id: whether a job due now went onto a queue, is
+  waiting for a later time, or was already pending (nothing done), so the
+  rescuer's report counts only what it really put on a queue. A hook that
+  returns ``None`` (every backend written before this) did what it was
+  asked: ``QUEUED``, or ``SCHEDULED`` for a time still to come.
 
 A backend written before this class — any object with ``enqueue`` and
 ``enqueue_many`` — still works: ``isinstance(obj, Backend)`` is true for it,
@@ -35,6 +41,7 @@ for one, with the object's ``interrupts`` and whether its methods take
 from __future__ import annotations
 
 import abc
+import enum
 import inspect
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -45,9 +52,20 @@ from chimeway_core._checks import queue_or
 from chimeway_core.clock import ensure_aware
 from chimeway_core.errors import BackendUnavailableError
 
-__all__ = ["Backend", "SupportsEnqueue", "as_backend", "check_delivery_id"]
+__all__ = ["Backend", "Enqueued", "SupportsEnqueue", "as_backend", "check_delivery_id"]
 
 _ENQUEUES: Final = ("enqueue", "enqueue_many")
+
+
+class Enqueued(enum.Enum):
+    """What an enqueue did for one delivery: what its job is doing now."""
+
+    QUEUED = "queued"
+    """A job due now is on a queue: the next free worker serving it runs it."""
+    SCHEDULED = "scheduled"
+    """A job waits for a later time (a new one, or a pending one moved earlier)."""
+    PENDING = "pending"
+    """The delivery's job was already queued, running, or due no later: nothing was done."""
 
 
 def check_delivery_id(delivery_id: object) -> UUID:
@@ -124,30 +142,49 @@ class Backend(abc.ABC):
 
     def enqueue(
         self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
-    ) -> None:
+    ) -> Enqueued:
         """Queue a job for ``delivery_id`` on ``queue`` (its default if ``None``), now or at ``at``.
 
-        ``at`` must be tz-aware. Raises :class:`BackendUnavailableError`
-        when the queue's service does not answer.
+        ``at`` must be tz-aware. Returns what became of the delivery's job.
+        Raises :class:`BackendUnavailableError` when the queue's service does
+        not answer.
         """
         name = queue_or(queue, self.default_queue)
         when = None if at is None else ensure_aware(at, "at")
         checked = check_delivery_id(delivery_id)
         try:
-            self._enqueue(checked, when, name)
+            done = self._enqueue(checked, when, name)
         except self.unavailable as error:
             raise self._unreachable(error) from error
+        if done is None:
+            future = when is not None and when > datetime.now(when.tzinfo)
+            return Enqueued.SCHEDULED if future else Enqueued.QUEUED
+        return _checked_outcome(self, done)
 
-    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
-        """Queue jobs for several deliveries on ``queue``, due now, in few round trips."""
+    def enqueue_many(
+        self, delivery_ids: Sequence[UUID], *, queue: str | None = None
+    ) -> list[Enqueued]:
+        """Queue jobs for several deliveries on ``queue``, due now, in few round trips.
+
+        Returns what became of each one's job, in the order given.
+        """
         name = queue_or(queue, self.default_queue)
         checked = [check_delivery_id(delivery_id) for delivery_id in delivery_ids]
         if not checked:
-            return
+            return []
         try:
-            self._enqueue_many(checked, name)
+            done = self._enqueue_many(checked, name)
         except self.unavailable as error:
             raise self._unreachable(error) from error
+        if done is None:
+            return [Enqueued.QUEUED] * len(checked)
+        outcomes = [_checked_outcome(self, outcome) for outcome in done]
+        if len(outcomes) != len(checked):
+            raise TypeError(
+                f"{type(self).__qualname__}._enqueue_many returned {len(outcomes)} outcomes "
+                f"for {len(checked)} deliveries"
+            )
+        return outcomes
 
     def ping(self) -> None:
         """Return if the queue's service answers; raise :class:`BackendUnavailableError` if not.
@@ -160,12 +197,18 @@ class Backend(abc.ABC):
             raise self._unreachable(error) from error
 
     @abc.abstractmethod
-    def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> None:
-        """Hook: queue one checked job (``at`` in UTC, ``None``: due now) on ``queue``."""
+    def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> Enqueued | None:
+        """Hook: queue one checked job (``at`` in UTC, ``None``: due now) on ``queue``.
+
+        Returns what became of the job; ``None`` means what was asked was done.
+        """
 
     @abc.abstractmethod
-    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> None:
-        """Hook: queue checked jobs, due now, on ``queue``; ``delivery_ids`` is not empty."""
+    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> Sequence[Enqueued] | None:
+        """Hook: queue checked jobs, due now, on ``queue``; ``delivery_ids`` is not empty.
+
+        Returns what became of each job, in order; ``None`` means all were queued.
+        """
 
     def _ping(self) -> None:  # noqa: B027 - optional: an in-process queue has nothing to ask
         """Hook: contact the queue's service, raising one of :attr:`unavailable` if it is down."""
@@ -176,6 +219,15 @@ class Backend(abc.ABC):
 
     def _unreachable(self, error: BaseException) -> BackendUnavailableError:
         return BackendUnavailableError(self.name, self._service(), str(error))
+
+
+def _checked_outcome(backend: Backend, outcome: object) -> Enqueued:
+    if not isinstance(outcome, Enqueued):
+        raise TypeError(
+            f"{type(backend).__qualname__}'s enqueue hooks return Enqueued or None, "
+            f"not {type(outcome).__name__}"
+        )
+    return outcome
 
 
 @runtime_checkable
@@ -207,25 +259,38 @@ class _Adopted(Backend):
 
     def enqueue(
         self, delivery_id: UUID, *, at: datetime | None = None, queue: str | None = None
-    ) -> None:
+    ) -> Enqueued:
         """Call the object's ``enqueue``, with ``queue=`` only when one is asked for."""
         if queue is None:
-            self.adopted.enqueue(delivery_id, at=at)
+            done = self.adopted.enqueue(delivery_id, at=at)
         else:
-            self.adopted.enqueue(delivery_id, at=at, queue=queue)
+            done = self.adopted.enqueue(delivery_id, at=at, queue=queue)
+        if isinstance(done, Enqueued):
+            return done
+        future = at is not None and at.tzinfo is not None and at > datetime.now(at.tzinfo)
+        return Enqueued.SCHEDULED if future else Enqueued.QUEUED
 
-    def enqueue_many(self, delivery_ids: Sequence[UUID], *, queue: str | None = None) -> None:
+    def enqueue_many(
+        self, delivery_ids: Sequence[UUID], *, queue: str | None = None
+    ) -> list[Enqueued]:
         """Call the object's ``enqueue_many``, with ``queue=`` only when one is asked for."""
         if queue is None:
-            self.adopted.enqueue_many(delivery_ids)
+            done = self.adopted.enqueue_many(delivery_ids)
         else:
-            self.adopted.enqueue_many(delivery_ids, queue=queue)
+            done = self.adopted.enqueue_many(delivery_ids, queue=queue)
+        if (
+            isinstance(done, Sequence)
+            and len(done) == len(delivery_ids)
+            and all(isinstance(outcome, Enqueued) for outcome in done)
+        ):
+            return list(done)
+        return [Enqueued.QUEUED] * len(delivery_ids)
 
-    def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> None:
-        self.enqueue(delivery_id, at=at, queue=queue)
+    def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> Enqueued:
+        return self.enqueue(delivery_id, at=at, queue=queue)
 
-    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> None:
-        self.enqueue_many(delivery_ids, queue=queue)
+    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> list[Enqueued]:
+        return self.enqueue_many(delivery_ids, queue=queue)
 
 
 def as_backend(backend: Backend | SupportsEnqueue) -> Backend:

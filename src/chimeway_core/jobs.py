@@ -36,10 +36,18 @@ from uuid import UUID
 
 import attrs
 
-from chimeway_core.backend import Backend
+from chimeway_core.backend import Backend, Enqueued
 from chimeway_core.errors import InvalidJobError
 
-__all__ = ["Backend", "JobKind", "JobResult", "Performer", "job_id_for", "parse_delivery_id"]
+__all__ = [
+    "Backend",
+    "Enqueued",
+    "JobKind",
+    "JobResult",
+    "Performer",
+    "job_id_for",
+    "parse_delivery_id",
+]
 
 
 class JobKind(enum.StrEnum):

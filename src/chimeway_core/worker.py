@@ -222,9 +222,10 @@ def rescue(engine: Chimeway | EngineSource, interval: float | None) -> RescueRep
     if not report.idle:
         _log.info(
             "chimeway rescue: %d lost attempts resolved, %d deliveries requeued, "
-            "%d relayed, %d pruned",
+            "%d already pending, %d relayed, %d pruned",
             report.resolved,
             report.requeued,
+            report.pending,
             report.relayed,
             report.pruned,
         )

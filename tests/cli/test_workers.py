@@ -343,6 +343,39 @@ def _rq_burst(
 
 
 @pytest.mark.redis
+def test_rq_worker_takes_its_worker_class_and_maintenance_interval(
+    tmp_path: Path, app_dir: Path, rq_queue: tuple[str, str]
+) -> None:
+    """--worker-class simple and --maintenance-interval reach the RQ worker; 0 s is refused."""
+    store, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    add_deliveries(store, 2)
+    where = (tmp_path, app_dir)
+    refused = _rq_burst(where, rq_queue, "rq_engine", url, "--maintenance-interval", "0")
+    assert (2, "") == (refused.code, refused.stdout)
+    assert "--maintenance-interval must be a finite number of seconds > 0" in refused.stderr
+    options = ("--worker-class", "simple", "--maintenance-interval", "15")
+    result = _rq_burst(where, rq_queue, "rq_engine", url, *options)
+    assert 0 == result.code, result.stderr
+    assert "; simple worker, runs what is queued" in result.stdout.splitlines()[0]
+    assert {(DeliveryStatus.SUCCEEDED, None): 2} == store.counts()
+    store.engine.dispose()
+
+
+def test_rq_only_options_are_refused_for_a_memory_worker(tmp_path: Path, app_dir: Path) -> None:
+    """--worker-class and --maintenance-interval are for rq: memory refuses them, exit 2."""
+    _, url = sqlite_ledger(tmp_path / "ledger.sqlite3")
+    result = run(
+        "worker", "--backend", "memory", "--burst", "--worker-class", "simple",
+        "--maintenance-interval", "15", "--app", f"{APP_MODULE}:memory_engine", "--db", url,
+        cwd=tmp_path, path=[app_dir], timeout=DEADLINE,
+    )  # fmt: skip
+    assert (2, "") == (result.code, result.stdout)
+    assert (
+        "--worker-class, --maintenance-interval: not an option of a memory worker" in result.stderr
+    )
+
+
+@pytest.mark.redis
 def test_rq_worker_in_burst_mode_drains_the_queue_then_exits(
     tmp_path: Path, app_dir: Path, rq_queue: tuple[str, str]
 ) -> None:
@@ -412,7 +445,9 @@ def test_rescue_resolves_a_dead_workers_attempt(
             env={"RECORD_PATH": str(record)},
         )
     assert (0, "") == (result.code, result.stderr)
-    assert {"resolved": 1, "requeued": 0, "relayed": 0, "pruned": 0} == json.loads(result.stdout)
+    assert {"resolved": 1, "requeued": 0, "relayed": 0, "pruned": 0, "pending": 0} == json.loads(
+        result.stdout
+    )
     history = store.history(UUID(delivery_id))
     assert history is not None
     assert (DeliveryStatus.FAILED, "unknown") == (

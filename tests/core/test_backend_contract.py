@@ -9,7 +9,7 @@ from uuid import UUID
 
 import pytest
 
-from chimeway_core.backend import Backend, as_backend
+from chimeway_core.backend import Backend, Enqueued, as_backend
 from chimeway_core.errors import BackendUnavailableError, InvalidJobError
 from chimeway_core.jobs import JobKind, JobResult
 from chimeway_core.memory import MemoryBackend
@@ -162,3 +162,33 @@ def test_a_job_becomes_a_verdict() -> None:
         verdict.queue,
         verdict.summary,
     )
+
+
+def test_a_backend_that_returns_nothing_did_what_it_was_asked() -> None:
+    """Hooks returning None (backends written before Enqueued): queued, or scheduled for later."""
+    later = datetime(2999, 1, 1, tzinfo=UTC)
+    recording, duck = _Recording(), as_backend(_Duck())
+    for backend in (recording, duck):
+        assert Enqueued.QUEUED == backend.enqueue(A)
+        assert Enqueued.SCHEDULED == backend.enqueue(A, at=later)
+        assert [Enqueued.QUEUED, Enqueued.QUEUED] == backend.enqueue_many([A, A])
+    assert [] == recording.enqueue_many([])
+
+
+def test_a_hook_that_returns_something_else_is_refused_by_name() -> None:
+    """An outcome that is no Enqueued, or one too few, is the backend's bug, said as such."""
+
+    class _Confused(_Recording):
+        def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> None:
+            return "queued"  # type: ignore[return-value]
+
+        def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> list[Enqueued]:  # type: ignore[override]
+            return [Enqueued.QUEUED]
+
+    backend = _Confused()
+    with pytest.raises(
+        TypeError, match="_Confused's enqueue hooks return Enqueued or None, not str"
+    ):
+        backend.enqueue(A)
+    with pytest.raises(TypeError, match=r"_enqueue_many returned 1 outcomes for 2 deliveries"):
+        backend.enqueue_many([A, A])

@@ -79,6 +79,7 @@ DOCUMENTED = {
     "resend_key",
     "resent_from",
     "Backend",
+    "Enqueued",
     "JobKind",
     "JobResult",
     "Clock",

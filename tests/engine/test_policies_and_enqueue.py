@@ -607,3 +607,21 @@ def test_a_catch_up_rescue_queues_what_is_due_without_the_usual_waits(
     # Both are due and unheld; the fresh one's outbox row is relayed too (one job each).
     assert (2, 1) == (catch_up.requeued, catch_up.relayed)
     assert {retried.id, fresh.id} == {job.delivery_id for job in worker_backend.pending()}
+
+
+def test_a_rescue_counts_a_stranded_delivery_whose_job_is_pending_as_pending(
+    store: SQLStore, clock: VirtualClock
+) -> None:
+    """A due delivery whose job still waits on the queue is not counted as requeued."""
+    from chimeway_core.engine import Chimeway
+
+    backend = MemoryBackend(clock)
+    engine = Chimeway(store, backend, {"sms": FakeChannel()}, clock=clock)
+    waiting = engine.notify("sms", "+15550100")
+    clock.advance(engine.requeue_after.total_seconds() + 1)
+    report = engine.rescue()
+    assert (0, 1) == (report.requeued, report.pending)
+    assert not report.idle
+    assert [waiting.id] == [job.delivery_id for job in backend.pending()]
+    backend.run_until_idle(engine)
+    assert 1 == backend.stats.jobs_run

@@ -17,9 +17,12 @@ delivery id as its only argument, serialized as JSON (never pickle).
 **Enqueueing** (:class:`RQBackend`). A delivery *has a pending job* when its
 job is in the queue's ``ScheduledJobRegistry`` or its job hash says
 ``queued`` or ``started``. Enqueueing such a delivery makes no second job; a
-scheduled job only moves earlier (``ZADD XX LT``), never later. Otherwise a
+scheduled job only moves earlier (``ZADD XX LT``), never later, and one that
+is due (asked for now, or left past its time) goes on the queue at once,
+rewritten, without waiting for RQ's scheduler. Otherwise a
 fresh job is written under the same id, over whatever finished or failed job
-hash was left there. The check and the write are one optimistic transaction
+hash was left there. Each enqueue says what it did
+(:class:`~chimeway_core.backend.Enqueued`). The check and the write are one optimistic transaction
 (``WATCH`` on the job hashes, then ``MULTI``/``EXEC`` with RQ's own
 ``enqueue_many`` / ``schedule_job``), so concurrent enqueuers cannot double a
 job. Every RQ transition of a job rewrites its hash, which is why watching
@@ -63,7 +66,9 @@ into RQ's idiom:
 :func:`run_worker`). The worker finds the engine from the ``engine`` it was
 given or from ``CHIMEWAY_APP=module:attribute`` (read once per process), always
 deserializes jobs as JSON, runs the engine's ``rescue()`` every
-``rescue_interval`` seconds from its main loop (between jobs and while idle),
+``rescue_interval`` seconds from its main loop (between jobs and while idle)
+— each pass also asks for a free scheduler lock and puts jobs RQ's scheduler
+left overdue on their queue (:meth:`RQBackend.release_overdue`) —
 and, in a forking worker, drops the SQLAlchemy pool it inherited in each work
 horse (``dispose(close=False)``) so no database connection crosses a fork.
 
@@ -111,6 +116,7 @@ from chimeway_backends.rq.job import (
     deliver,
 )
 from chimeway_backends.rq.worker import (
+    DEFAULT_MAINTENANCE_INTERVAL,
     ChimewaySimpleWorker,
     ChimewayWorker,
     ChimewayWorkerMixin,
@@ -119,6 +125,7 @@ from chimeway_backends.rq.worker import (
 
 __all__ = [
     "APP_ENV",
+    "DEFAULT_MAINTENANCE_INTERVAL",
     "DEFAULT_QUEUE",
     "DEFAULT_RESCUE_INTERVAL",
     "RESCUE_INTERVAL_ENV",

@@ -8,6 +8,14 @@ every ``rescue_interval`` seconds from its main loop (between jobs and
 while idle; :func:`chimeway_core.worker.rescue`), and in a forking worker
 drops the inherited database pool in each work horse
 (:meth:`~chimeway_core.worker.EngineSource.after_fork`).
+
+Each rescue pass also keeps scheduled jobs moving when RQ's scheduler does
+not: a worker whose scheduler is not running tries to take over the
+scheduler lock (RQ itself tries only in its maintenance, every
+``maintenance_interval`` seconds), and jobs left scheduled past due by more
+than :data:`~chimeway_backends.rq.backend.OVERDUE_AFTER` seconds are put on
+their queue (:meth:`~chimeway_backends.rq.RQBackend.release_overdue`): a
+killed scheduler holds its lock for a minute after its death.
 """
 
 from __future__ import annotations
@@ -25,18 +33,29 @@ from rq.job import Job
 from rq.serializers import JSONSerializer, resolve_serializer
 from rq.worker import BaseWorker, WorkerStatus
 
-from chimeway_backends.rq.backend import RQBackend
+from chimeway_backends.rq.backend import OVERDUE_AFTER, RQBackend
 from chimeway_backends.rq.job import (
     ENGINE,
     ChimewayDeathPenalty,
     ChimewayJob,
     ChimewayJSONSerializer,
 )
+from chimeway_core._checks import whole
 from chimeway_core.engine import Chimeway, RescueReport
 from chimeway_core.worker import rescue
 from chimeway_core.worker import rescue_interval as rescue_interval_or_env
 
-__all__ = ["ChimewaySimpleWorker", "ChimewayWorker", "ChimewayWorkerMixin", "run_worker"]
+__all__ = [
+    "DEFAULT_MAINTENANCE_INTERVAL",
+    "ChimewaySimpleWorker",
+    "ChimewayWorker",
+    "ChimewayWorkerMixin",
+    "run_worker",
+]
+
+#: Seconds between RQ's maintenance passes in a chimeway worker (RQ's own: 600).
+#: RQ cleans its registries then, and takes over a dead scheduler's lock.
+DEFAULT_MAINTENANCE_INTERVAL: Final = 60
 
 _log = logging.getLogger(__name__)
 
@@ -48,7 +67,8 @@ class ChimewayWorkerMixin(BaseWorker):
 
     Takes two keyword arguments on top of RQ's: ``engine`` (default: the
     engine ``CHIMEWAY_APP`` names) and ``rescue_interval`` (seconds; default
-    ``CHIMEWAY_RESCUE_INTERVAL`` or 30). Jobs are always deserialized as JSON,
+    ``CHIMEWAY_RESCUE_INTERVAL`` or 30); RQ's ``maintenance_interval``
+    defaults to :data:`DEFAULT_MAINTENANCE_INTERVAL`. Jobs are always deserialized as JSON,
     whatever serializer was asked for, as :class:`ChimewayJob` whatever job
     class was asked for, so only :func:`deliver` ever runs. RQ's job timeout
     raises :class:`JobTimeLimitExceeded`.
@@ -73,6 +93,13 @@ class ChimewayWorkerMixin(BaseWorker):
         # Set before RQ's __init__, which reads dequeue_timeout.
         self.rescue_interval = rescue_interval_or_env(rescue_interval)
         self._next_rescue = time.monotonic()
+        self._burst = False
+        interval = kwargs.get("maintenance_interval")
+        kwargs["maintenance_interval"] = (
+            DEFAULT_MAINTENANCE_INTERVAL
+            if interval is None
+            else whole("maintenance_interval", interval, minimum=1)
+        )
         requested = kwargs.get("serializer")
         if requested is not None and resolve_serializer(requested) not in _JSON_SERIALIZERS:
             _log.warning(
@@ -116,6 +143,11 @@ class ChimewayWorkerMixin(BaseWorker):
             exception_handler=getattr(self, "_pubsub_exception_handler", None),
         )
 
+    def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
+        """RQ's work loop; remembers ``burst``, when no scheduler may be started."""
+        self._burst = burst
+        return bool(super().work(burst, *args, **kwargs))
+
     @property
     def dequeue_timeout(self) -> int:
         """RQ's blocking wait for a job, capped so an idle worker still rescues on time."""
@@ -147,6 +179,7 @@ class ChimewayWorkerMixin(BaseWorker):
         try:
             for queue in self.queues:
                 queue.started_job_registry.cleanup()
+            self._keep_schedules_moving()
             report = rescue(self.engine, self.rescue_interval)
         except Exception:
             _log.exception("chimeway rescue failed; trying again in %s s", self.rescue_interval)
@@ -156,6 +189,39 @@ class ChimewayWorkerMixin(BaseWorker):
         if self._stop_requested:
             raise StopRequested
         return report
+
+    def _keep_schedules_moving(self) -> None:
+        """Take over a free scheduler lock; put jobs the scheduler left overdue on their queues.
+
+        Logs, never raises: the engine's rescue runs after it whatever happens here.
+        """
+        try:
+            self._take_over_scheduling()
+        except Exception:
+            _log.exception("keeping RQ's scheduled jobs moving failed; trying again next pass")
+
+    def _take_over_scheduling(self) -> None:
+        scheduler = self.scheduler
+        process: Any = getattr(scheduler, "_process", None)  # what RQ's maintenance checks
+        if (
+            scheduler is not None
+            and not self._burst
+            and (process is None or not process.is_alive())
+        ):
+            # What RQ's maintenance does, on the rescuer's interval: a killed scheduler's lock
+            # expires a minute after its death, and the next worker to ask takes it over.
+            scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]  # rq untyped
+        backend = self.engine.backend
+        assert isinstance(backend, RQBackend)  # checked in __init__
+        for queue in self.queues:
+            released = backend.release_overdue(queue.name)
+            if released:
+                _log.warning(
+                    "put %d jobs overdue by more than %g s on queue %r: is RQ's scheduler running?",
+                    released,
+                    OVERDUE_AFTER,
+                    queue.name,
+                )
 
     def main_work_horse(self, job: rq.job.Job, queue: rq.Queue) -> None:
         """In a forked work horse: drop the inherited database pool, then run the job.
@@ -205,6 +271,7 @@ def run_worker(
     with_scheduler: bool = True,
     worker_class: type[BaseWorker] = ChimewayWorker,
     rescue_interval: float | None = None,
+    maintenance_interval: int | None = None,
     name: str | None = None,
     logging_level: str = "INFO",
 ) -> bool:
@@ -217,7 +284,9 @@ def run_worker(
     which retries and deferrals need.
     ``worker_class`` is :class:`ChimewayWorker` (forking) or
     :class:`ChimewaySimpleWorker`; ``rq.Worker`` and ``rq.SimpleWorker`` mean
-    those. Returns whether any job was run.
+    those. ``maintenance_interval`` (whole seconds, default
+    :data:`DEFAULT_MAINTENANCE_INTERVAL`) is RQ's: how often it cleans its
+    registries. Returns whether any job was run.
     """
     if engine is not None:
         ENGINE.install(engine)
@@ -233,6 +302,7 @@ def run_worker(
         connection=connection if connection is not None else backend.connection,
         engine=engine,
         rescue_interval=rescue_interval,
+        maintenance_interval=maintenance_interval,
         name=name,
     )
     return bool(

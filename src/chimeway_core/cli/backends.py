@@ -43,6 +43,7 @@ from chimeway_core.memory import MemoryBackend, MemoryWorker
 from chimeway_core.telemetry import LoggingSubscriber
 
 __all__ = [
+    "BACKEND_OPTIONS",
     "GROUP",
     "MEMORY",
     "RunWorker",
@@ -90,6 +91,14 @@ class WorkerOptions:
     """Celery: send worker heartbeat events (``--without-heartbeat``)."""
     remote_control: bool = True
     """Celery: answer ``celery inspect`` and ``control`` (``--without-remote-control``)."""
+    worker_class: str | None = None
+    """``--worker-class``: how the backend's worker runs jobs (``None``: its default)."""
+    maintenance_interval: int | None = None
+    """``--maintenance-interval``: seconds between the queue's own upkeep (``None``: default)."""
+
+
+#: The options only some backends take, as ``--help`` spells them.
+BACKEND_OPTIONS: Final = ("--worker-class", "--maintenance-interval")
 
 
 #: How a backend's worker runs: the engine and the options in, the exit code out.
@@ -110,9 +119,18 @@ class WorkerBackend:
     """Whether its worker can run in burst mode (``--burst``)."""
     nodes: bool = False
     """Whether its worker is a Celery-style node: ``--hostname`` and the ``--without-*``."""
+    options: frozenset[str] = frozenset()
+    """Which of :data:`BACKEND_OPTIONS` its worker takes; the others are refused."""
 
     def start(self, name: str, engine: Chimeway, options: WorkerOptions) -> int:
         """Check the engine queues on this backend, then :attr:`run` its worker."""
+        given = {
+            "--worker-class": options.worker_class,
+            "--maintenance-interval": options.maintenance_interval,
+        }
+        refused = [o for o, value in given.items() if value is not None and o not in self.options]
+        if refused:
+            raise CliError(f"{', '.join(refused)}: not an option of a {name} worker")
         if not isinstance(engine.backend, self.backend):
             raise CliError(
                 f"--backend {name}: the engine of {options.app} queues on a "

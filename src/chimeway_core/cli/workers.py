@@ -119,7 +119,8 @@ def register(subparsers: Subparsers) -> None:
         "Run the worker of a backend for the engine --app names, until SIGINT or SIGTERM "
         "(running jobs finish first), with the engine's rescuer every --tick-interval "
         "seconds. memory runs jobs on threads in this process; rq runs "
-        "chimeway_backends.rq.run_worker (forking, with RQ's scheduler); celery runs "
+        "chimeway_backends.rq.run_worker (forking unless --worker-class simple, with "
+        "RQ's scheduler); celery runs "
         "chimeway_backends.celery.run_worker, a Celery node with Celery's defaults that "
         "--hostname and the --without options change (an app that would let chimeway's "
         "task take pickle is refused). The worker serves the backend's queue and "
@@ -129,7 +130,8 @@ def register(subparsers: Subparsers) -> None:
         "exit status: 0 stopped cleanly or a burst done, 1 jobs were still running after "
         "--grace (or the Celery worker failed), 2 bad options (--burst on celery, --queue "
         "on memory or naming a queue the engine does not use, --hostname or a --without "
-        "option on memory or rq), --app, a Celery app that accepts pickle, "
+        "option on memory or rq, --worker-class or --maintenance-interval on memory or "
+        "celery), --app, a Celery app that accepts pickle, "
         "backend or missing extra, a database without chimeway's tables, 3 database, Redis "
         "or broker unreachable."
     )
@@ -168,6 +170,18 @@ def register(subparsers: Subparsers) -> None:
         metavar="NAME",
         help="rq, celery: serve this queue (repeat for more; rq takes jobs from the first "
         "that has one); default: the backend's queue and every routed one",
+    )
+    worker.add_argument(
+        "--worker-class",
+        choices=("forking", "simple"),
+        help="rq: 'forking' runs each job in a forked work horse (the default), 'simple' in "
+        "the worker's own process (no fork; database connections are reused)",
+    )
+    worker.add_argument(
+        "--maintenance-interval",
+        type=int,
+        metavar="SECONDS",
+        help="rq: how often RQ cleans its registries (default: 60; RQ's own is 600)",
     )
     worker.add_argument(
         "--burst",
@@ -374,6 +388,8 @@ def run_worker(args: argparse.Namespace) -> int:
     _seconds("--tick-interval", args.tick_interval, positive=True)
     _seconds("--grace", args.grace)
     _check_node_options(args, backend.nodes)
+    if args.maintenance_interval is not None:
+        _seconds("--maintenance-interval", args.maintenance_interval, positive=True)
     app = _app(args)
     _export(args)
     engine = _engine(app, args.db)
@@ -390,6 +406,8 @@ def run_worker(args: argparse.Namespace) -> int:
         mingle=args.mingle,
         heartbeat=args.heartbeat,
         remote_control=args.remote_control,
+        worker_class=args.worker_class,
+        maintenance_interval=args.maintenance_interval,
     )
     return backend.start(args.backend, engine, options)
 
@@ -489,7 +507,8 @@ def run_rescue(args: argparse.Namespace) -> int:
         echo(
             f"rescue: {counted(report.resolved, 'lost attempt')} resolved, "
             f"{counted(report.requeued, 'stranded delivery', 'stranded deliveries')} queued "
-            f"again, {counted(report.relayed, 'outbox row')} relayed, "
+            f"again ({report.pending} already pending), "
+            f"{counted(report.relayed, 'outbox row')} relayed, "
             f"{counted(report.pruned, 'terminal delivery', 'terminal deliveries')} pruned"
         )
     return ExitCode.OK

@@ -24,7 +24,7 @@ import functools
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, cast
 from uuid import UUID
 
 import attrs
@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session, SessionTransaction
 from chimeway_core._checks import seconds, whole
 from chimeway_core.clock import Clock
 from chimeway_core.engine.settings import Settings
-from chimeway_core.jobs import Backend
+from chimeway_core.jobs import Backend, Enqueued
+from chimeway_core.ledger.outbox import OutboxItem
 from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.records import Delivery
 
@@ -110,24 +111,42 @@ class HandOver:
     clock: Clock
     queued: Queued
 
-    def enqueue(self, delivery_id: UUID, channel: str, *, at: datetime | None) -> None:
-        """Queue one job on its channel's queue; ``queue=`` only when routed."""
+    def enqueue(self, delivery_id: UUID, channel: str, *, at: datetime | None) -> Enqueued:
+        """Queue one job on its channel's queue; ``queue=`` only when routed. Says what it did.
+
+        A backend that overrides ``enqueue`` and returns ``None`` did what it was asked.
+        """
         queue = self.settings.queue_for(channel)
         if queue is None:
-            self.backend.enqueue(delivery_id, at=at)
+            returned = self.backend.enqueue(delivery_id, at=at)
         else:
-            self.backend.enqueue(delivery_id, at=at, queue=queue)
+            returned = self.backend.enqueue(delivery_id, at=at, queue=queue)
+        done = cast("Enqueued | None", returned)  # None from an override written before
+        if done is None:
+            later = at is not None and at > self.clock.now()
+            return Enqueued.SCHEDULED if later else Enqueued.QUEUED
+        return done
 
-    def enqueue_many(self, jobs: Sequence[tuple[UUID, str]]) -> None:
-        """Queue due jobs of ``(delivery id, channel)``, one call per queue, in their order."""
-        by_queue: dict[str | None, list[UUID]] = {}
-        for delivery_id, channel in jobs:
-            by_queue.setdefault(self.settings.queue_for(channel), []).append(delivery_id)
-        for queue, ids in by_queue.items():
+    def enqueue_many(self, jobs: Sequence[tuple[UUID, str]]) -> list[Enqueued]:
+        """Queue due jobs of ``(delivery id, channel)``, one call per queue, in their order.
+
+        Returns what became of each job, in the order of ``jobs`` (all queued when
+        a backend that overrides ``enqueue_many`` returns ``None``).
+        """
+        by_queue: dict[str | None, list[int]] = {}
+        for index, (_, channel) in enumerate(jobs):
+            by_queue.setdefault(self.settings.queue_for(channel), []).append(index)
+        outcomes = [Enqueued.QUEUED] * len(jobs)
+        for queue, indexes in by_queue.items():
+            ids = [jobs[index][0] for index in indexes]
+            done: Sequence[Enqueued] | None
             if queue is None:
-                self.backend.enqueue_many(ids)
+                done = self.backend.enqueue_many(ids)
             else:
-                self.backend.enqueue_many(ids, queue=queue)
+                done = self.backend.enqueue_many(ids, queue=queue)
+            for index, outcome in zip(indexes, done or [], strict=False):
+                outcomes[index] = outcome
+        return outcomes
 
     def hand_over(self, deliveries: Sequence[Delivery], now: datetime) -> None:
         """Queue committed live deliveries: the due ones at once, the others at their time."""
@@ -190,11 +209,13 @@ class HandOver:
         window = self.settings.relay_grace if grace is None else timedelta(seconds=grace)
         before = now - window + timedelta(microseconds=1)
         total = 0
+
+        def hand(items: Sequence[OutboxItem]) -> None:
+            self.enqueue_many([(item.delivery_id, item.channel) for item in items])
+
         while True:
             sent = self.store.relay_outbox(
-                lambda items: self.enqueue_many(
-                    [(item.delivery_id, item.channel) for item in items]
-                ),
+                hand,
                 batch_size=batch_size,
                 created_before=before,
                 due_before=before,

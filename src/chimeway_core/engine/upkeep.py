@@ -11,7 +11,10 @@ worker's rescue timer), safely from several processes at once:
    dispatch table decides: retried with the same idempotency key on an
    at-least-once channel, cancelled ``outcome_unknown`` on an at-most-once one.
 2. Live, due deliveries untouched for ``requeue_after`` are queued again (a
-   lost or flushed queue); the backend's job ids dedupe.
+   lost or flushed queue); the backend's job ids dedupe. The report counts
+   as ``requeued`` only the jobs the backend put on a queue
+   (:attr:`~chimeway_core.backend.Enqueued.QUEUED`), and as ``pending`` those
+   whose job it found already queued, running or waiting for later.
 3. The outbox is relayed (:meth:`~chimeway_core.engine.handover.HandOver.relay`).
 4. With a ``retention``, deliveries terminal for longer are pruned.
 
@@ -33,7 +36,7 @@ from chimeway_core.engine.handover import RELAY_BATCH, HandOver
 from chimeway_core.engine.perform import Performer
 from chimeway_core.engine.settings import Settings, meta
 from chimeway_core.errors import LeaseLostError
-from chimeway_core.jobs import JobKind
+from chimeway_core.jobs import Enqueued, JobKind
 from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.outcomes import Classification, Outcome
 from chimeway_core.records import Claim
@@ -49,16 +52,19 @@ class RescueReport:
     resolved: int
     """In-flight attempts of dead workers resolved as ``unknown``."""
     requeued: int
-    """Due live deliveries handed to the backend again."""
+    """Stranded deliveries (due, live, untouched) whose job the backend put on a queue."""
     relayed: int
     """Outbox rows handed to the backend."""
     pruned: int = 0
     """Deliveries deleted for the engine's ``retention`` (none without one)."""
+    pending: int = 0
+    """Stranded deliveries whose job the backend found pending and did not queue again:
+    already queued or running, or (a backend that cannot queue it now) waiting for later."""
 
     @property
     def idle(self) -> bool:
         """Whether the pass found nothing to do (workers log only the passes that did)."""
-        return not (self.resolved or self.requeued or self.relayed or self.pruned)
+        return not (self.resolved or self.requeued or self.relayed or self.pruned or self.pending)
 
 
 #: How one lost attempt is resolved: ``True`` when this pass resolved it.
@@ -98,14 +104,19 @@ class Upkeep:
                 resolved += 1
         untouched = None if catch_up else now - self.settings.requeue_after
         stranded = self.store.due(now=now, limit=limit, not_touched_since=untouched)
-        self.handover.enqueue_many([(d.id, d.channel) for d in stranded])
+        handed = self.handover.enqueue_many([(d.id, d.channel) for d in stranded])
+        requeued = sum(outcome is Enqueued.QUEUED for outcome in handed)
         relayed = self.handover.relay(batch_size=RELAY_BATCH, grace=0.0 if catch_up else None)
         pruned = 0
         if self.settings.retention is not None:
             before = self.settings.prune_cutoff("retention", self.settings.retention, now)
             pruned = self.store.prune(before=before, batch_size=limit, limit=limit)
         return RescueReport(
-            resolved=resolved, requeued=len(stranded), relayed=relayed, pruned=pruned
+            resolved=resolved,
+            requeued=requeued,
+            relayed=relayed,
+            pruned=pruned,
+            pending=len(handed) - requeued,
         )
 
     def resolve_lost(self, claim: Claim, now: datetime) -> bool:

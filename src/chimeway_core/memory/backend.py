@@ -17,7 +17,7 @@ from uuid import UUID
 import attrs
 
 from chimeway_core._checks import queue_or
-from chimeway_core.backend import Backend
+from chimeway_core.backend import Backend, Enqueued
 from chimeway_core.clock import Clock, SystemClock, VirtualClock, ensure_aware
 from chimeway_core.errors import ChimewayError, UnhandledOutcomeError
 from chimeway_core.jobs import JobKind, JobResult, Performer, job_id_for
@@ -152,23 +152,25 @@ class MemoryBackend(Backend):
 
     # -- enqueueing ---------------------------------------------------------
 
-    def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> None:
+    def _enqueue(self, delivery_id: UUID, at: datetime | None, queue: str) -> Enqueued:
         # A delivery with a pending job gets no second one; the pending job moves
         # earlier when ``at`` is earlier than its run time, and stays on its queue.
         now = self.clock.now()
         with self._changed:
-            self._put(delivery_id, now if at is None else at, now, queue)
+            done = self._put(delivery_id, now if at is None else at, now, queue)
             self._changed.notify_all()
+        return done
 
-    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> None:
+    def _enqueue_many(self, delivery_ids: list[UUID], queue: str) -> list[Enqueued]:
         now = self.clock.now()
         with self._changed:  # all of them under one lock
-            for delivery_id in delivery_ids:
-                self._put(delivery_id, now, now, queue)
+            done = [self._put(delivery_id, now, now, queue) for delivery_id in delivery_ids]
             self._changed.notify_all()
+        return done
 
-    def _put(self, delivery_id: UUID, run_at: datetime, now: datetime, queue: str) -> None:
+    def _put(self, delivery_id: UUID, run_at: datetime, now: datetime, queue: str) -> Enqueued:
         job = self._jobs.get(delivery_id)
+        done = Enqueued.QUEUED if run_at <= now else Enqueued.SCHEDULED
         if job is None:
             job = _Job(run_at=run_at, enqueued_at=now, seq=next(self._seq), queue=queue)
             self._jobs[delivery_id] = job
@@ -176,10 +178,13 @@ class MemoryBackend(Backend):
         else:
             self._deduplicated += 1
             if run_at >= job.run_at:
-                return
+                return Enqueued.PENDING  # due no later than asked
+            if job.run_at <= now:
+                done = Enqueued.PENDING  # due already: moving it up the queue runs nothing sooner
             job.run_at, job.seq = run_at, next(self._seq)
         if delivery_id not in self._parked:
             self._push(delivery_id, job)
+        return done
 
     def _push(self, delivery_id: UUID, job: _Job) -> None:
         heapq.heappush(self._heaps.setdefault(job.queue, []), (job.run_at, job.seq, delivery_id))

@@ -26,11 +26,12 @@ from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
+from chimeway_core.backend import as_backend
 from chimeway_core.channels.base import DeliveryGuarantee
 from chimeway_core.clock import Clock, VirtualClock
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import MissingExtraError
-from chimeway_core.jobs import Backend
+from chimeway_core.jobs import Backend, Enqueued
 from chimeway_core.memory import MemoryBackend
 from chimeway_core.outcomes import Outcome
 from chimeway_core.policies import (
@@ -312,6 +313,28 @@ class BackendConformance:
             engine.backend.enqueue(d.id)
         (history,) = self._run(harness, d.id)
         self._expect(history, DeliveryStatus.SUCCEEDED, None, 1)
+
+    def test_enqueue_says_what_it_did(self, harness: Harness) -> None:
+        """An enqueue reports a job for later as not queued, and a due one as queued or pending.
+
+        A backend that cannot tell (it sends a message each time) may say
+        queued where a deduplicating one says pending; none may say queued
+        for a job that waits for a later time.
+        """
+        engine = harness.engine
+        later = engine.clock.now() + timedelta(seconds=5)
+        waiting = engine.notify("scripted", script_for("sent"), scheduled_at=later)
+        done = as_backend(engine.backend).enqueue(waiting.id, at=later)
+        if done not in {Enqueued.SCHEDULED, Enqueued.PENDING}:
+            pytest.fail(f"a job for 5 s later was reported {done}", pytrace=False)
+        engine.cancel(waiting.id)
+        due = engine.notify("scripted", script_for("sent"))
+        reported = as_backend(engine.backend).enqueue_many([due.id, due.id])
+        if len(reported) != 2 or not set(reported) <= {Enqueued.QUEUED, Enqueued.PENDING}:
+            pytest.fail(f"two enqueues of a due job were reported {reported}", pytrace=False)
+        histories = self._run(harness, waiting.id, due.id)
+        self._expect(histories[0], DeliveryStatus.CANCELLED, "cancelled", 0)
+        self._expect(histories[1], DeliveryStatus.SUCCEEDED, None, 1)
 
     def test_terminal_short_circuit(self, harness: Harness) -> None:
         """A job for a terminal delivery makes no attempt."""

@@ -8,7 +8,7 @@ from uuid import UUID
 import pytest
 
 from chimeway_backends.memory import MemoryBackend
-from chimeway_core import SQLStore
+from chimeway_core import Enqueued, SQLStore
 from chimeway_core.testing.conformance import BackendConformance, MemoryHarness
 
 
@@ -31,10 +31,10 @@ class TestMemoryBackendConformance(BackendConformance):
 class DropsDelayedJobs(MemoryBackend):
     """A broken backend: every job asked for a later time is silently dropped."""
 
-    def _put(self, delivery_id: UUID, run_at: datetime, now: datetime, queue: str) -> None:
+    def _put(self, delivery_id: UUID, run_at: datetime, now: datetime, queue: str) -> Enqueued:
         if run_at > now:
-            return
-        super()._put(delivery_id, run_at, now, queue)
+            return Enqueued.SCHEDULED  # and a lie
+        return super()._put(delivery_id, run_at, now, queue)
 
 
 def test_a_backend_that_drops_delayed_jobs_fails_the_suite(sqlite_ledger: SQLStore) -> None:

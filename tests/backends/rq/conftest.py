@@ -38,7 +38,7 @@ def purge(conn: redis.Redis, queue: str) -> None:
     with conn.pipeline(transaction=False) as pipe:
         for key in job_keys:
             pipe.hget(key, "origin")
-        origins = pipe.execute()
+        origins = pipe.execute(raise_on_error=False)  # a key that is no hash has no origin
     ours = {
         found.group()
         for key, origin in zip(job_keys, origins, strict=True)

@@ -15,12 +15,14 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from chimeway_backends.rq import RQBackend, deliver
+from chimeway_core.backend import Enqueued
 from chimeway_core.jobs import Backend, job_id_for
 from tests.backends.rq.conftest import REDIS_TEST_DB, purge, redis_url
 
 # Fresh ids each run: a job id is global to the Redis database, and a run
 # killed before its teardown must not leave jobs the next run would dedupe on.
 A, B, C = (uuid.uuid4() for _ in range(3))
+QUEUED, SCHEDULED, PENDING = Enqueued.QUEUED, Enqueued.SCHEDULED, Enqueued.PENDING
 
 
 def scheduled(backend: RQBackend) -> dict[str, float]:
@@ -93,14 +95,18 @@ def test_duplicate_enqueues_make_one_job(redis_conn: redis.Redis, queue_name: st
     """Enqueueing a delivery that has a queued or scheduled job makes no second job."""
     backend = RQBackend(redis_conn, queue_name)
     later = datetime.now(UTC) + timedelta(hours=1)
-    backend.enqueue(A)
-    backend.enqueue(A)
-    backend.enqueue_many([A, B, B, A])
-    backend.enqueue(C, at=later)
-    backend.enqueue(C, at=later + timedelta(hours=1))
-    backend.enqueue_many([C])
+    assert (QUEUED, PENDING) == (backend.enqueue(A), backend.enqueue(A))
+    assert [PENDING, QUEUED, QUEUED, PENDING] == backend.enqueue_many([A, B, B, A])
+    assert SCHEDULED == backend.enqueue(C, at=later)
+    assert PENDING == backend.enqueue(C, at=later + timedelta(hours=1))
     assert [job_id_for(A), job_id_for(B)] == backend.queue.job_ids
     assert [job_id_for(C)] == list(scheduled(backend))
+    # Due now: the scheduled job goes on the queue, as RQ's scheduler would put it.
+    assert [QUEUED] == backend.enqueue_many([C])
+    assert ([job_id_for(A), job_id_for(B), job_id_for(C)], {}) == (
+        backend.queue.job_ids,
+        scheduled(backend),
+    )
 
 
 def test_a_started_job_is_not_doubled(redis_conn: redis.Redis, queue_name: str) -> None:
@@ -108,8 +114,8 @@ def test_a_started_job_is_not_doubled(redis_conn: redis.Redis, queue_name: str) 
     backend = RQBackend(redis_conn, queue_name)
     backend.enqueue(A)
     finish(backend, A, JobStatus.STARTED)
-    backend.enqueue(A)
-    backend.enqueue(A, at=datetime.now(UTC) + timedelta(minutes=1))
+    assert PENDING == backend.enqueue(A)
+    assert PENDING == backend.enqueue(A, at=datetime.now(UTC) + timedelta(minutes=1))
     assert ([], {}) == (backend.queue.job_ids, scheduled(backend))
 
 
@@ -177,11 +183,11 @@ def test_an_earlier_enqueue_moves_a_scheduled_job(redis_conn: redis.Redis, queue
     assert [(base + timedelta(hours=2)).timestamp()] == list(scheduled(backend).values())
     backend.enqueue(A, at=base + timedelta(hours=1))
     assert [(base + timedelta(hours=1)).timestamp()] == list(scheduled(backend).values())
-    before = datetime.now(UTC).timestamp()
-    backend.enqueue_many([A])
-    (score,) = scheduled(backend).values()
-    assert before - 1 <= score <= datetime.now(UTC).timestamp()
-    assert [] == backend.queue.job_ids
+    assert [QUEUED] == backend.enqueue_many([A])
+    assert ([job_id_for(A)], {}) == (backend.queue.job_ids, scheduled(backend))
+    job = backend.queue.fetch_job(job_id_for(A))
+    assert job is not None
+    assert JobStatus.QUEUED == job.get_status()
 
 
 def test_a_time_in_the_past_queues_now(redis_conn: redis.Redis, queue_name: str) -> None:

@@ -10,6 +10,8 @@ recipient, deterministically, so every process agrees on them:
 - ``block-<n>``: the first attempt writes ``<markers>/<delivery id>`` holding
   the process id, then sleeps until killed; later attempts send.
 - ``slow-<n>``: sleeps 0.3 s, then sends.
+- ``later-<n>``: the first attempt is a 429 asking to come back in 1 s
+  (``Retry-After: 1``); later attempts send.
 
 Every call appends one JSON line to the ``APP_CALLS`` file (delivery id,
 idempotency key, attempt, pid), so the test counts provider calls across
@@ -87,6 +89,8 @@ class ScriptedLoggingChannel:
         if kind == "slow":
             time.sleep(0.3)
             return Sent()
+        if kind == "later":
+            return TemporaryFailure("429", retry_after=1.0) if attempt == 1 else Sent()
         match int(number) % 5:
             case 0:
                 return Sent()
