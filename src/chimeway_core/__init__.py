@@ -42,6 +42,7 @@ from chimeway_core.errors import (
     UnknownChannelError,
     UnsafeDestinationError,
     UnsupportedDatabaseError,
+    WorkerCrashedError,
 )
 from chimeway_core.jobs import Backend, JobKind, JobResult
 from chimeway_core.ledger import Created, OutboxItem, SQLStore
@@ -190,4 +191,5 @@ __all__ = [
     "LockReusedError",
     "DeliveriesVanishedError",
     "NoDatabaseConfiguredError",
+    "WorkerCrashedError",
 ]

@@ -47,6 +47,7 @@ DOCUMENTED = {
     "LockReusedError",
     "DeliveriesVanishedError",
     "NoDatabaseConfiguredError",
+    "WorkerCrashedError",
     "DeliveryStatus",
     "TERMINAL_STATUSES",
     "Event",
