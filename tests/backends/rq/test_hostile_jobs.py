@@ -27,7 +27,7 @@ import rq
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from chimeway_backends.rq import ChimewayJob, RQBackend, deliver, run_worker
+from chimeway_backends.rq import ChimewayJob, ForeignJobError, RQBackend, deliver, run_worker
 from chimeway_core import DeliveryStatus
 from chimeway_core.engine import Chimeway
 from chimeway_core.jobs import job_id_for
@@ -221,3 +221,36 @@ def test_fields_chimeway_does_not_write_change_nothing(
     assert [str(len(fields)).encode()] * 2 == counts
     assert (0, 0) == (queue.count, queue.scheduled_job_registry.count)
     assert [] == requests
+
+
+def test_a_job_hash_of_any_bytes_reads_without_raising(redis_conn: redis.Redis) -> None:
+    """Every field ChimewayJob reads, not UTF-8 or not parseable: defaults, and a refusal."""
+    job_id = str(uuid.uuid4())
+    key = ChimewayJob.key_for(job_id)
+    garbage = b"\xff\xfe\x00 not text"
+    fields = [
+        "created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat", "origin",
+        "worker_name", "description", "status", "number_of_retries", "timeout", "result_ttl",
+        "failure_ttl", "exc_info", "result", "retries_left", "retry_intervals", "webhooks",
+        "meta", "dependency_ids", "repeat_intervals",
+    ]  # fmt: skip
+    redis_conn.hset(key, mapping={"data": garbage, **dict.fromkeys(fields, garbage)})
+    redis_conn.hset(key, garbage, garbage)  # a field whose name is not text either
+    try:
+        with pytest.raises(UnicodeDecodeError):
+            rq.job.Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
+        job = ChimewayJob.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
+        assert ("", None, None, JobStatus.CREATED, None, [], {}) == (
+            job.origin,
+            job.description,
+            job.timeout,
+            job.get_status(refresh=False),
+            job.retries_left,
+            job.webhooks,
+            job.meta,
+        )
+        assert JobStatus.CREATED == job.get_status()  # read again from Redis
+        with pytest.raises(ForeignJobError, match="its data is not a JSON call"):
+            _ = job.func
+    finally:
+        redis_conn.delete(key)
