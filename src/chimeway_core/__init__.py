@@ -43,6 +43,7 @@ from chimeway_core.errors import (
     UnknownChannelError,
     UnsafeDestinationError,
     UnsupportedDatabaseError,
+    WorkerCrashedError,
 )
 from chimeway_core.jobs import Backend, Enqueued, JobKind, JobResult
 from chimeway_core.ledger import Created, OutboxItem, SQLStore
@@ -193,4 +194,5 @@ __all__ = [
     "DeliveriesVanishedError",
     "IdempotencyKeyConflictError",
     "NoDatabaseConfiguredError",
+    "WorkerCrashedError",
 ]

@@ -516,3 +516,21 @@ class BackendUnavailableError(ChimewayError):
         self.service = service
         self.detail = detail
         super().__init__(f"cannot reach {service}: {detail}")
+
+
+class WorkerCrashedError(ChimewayError):
+    """A worker's loop ended on an error, not on a stop request or (burst) an empty queue.
+
+    Raised by a backend's ``run_worker`` after its queue library logged the
+    error and stopped; ``chimeway worker`` exits 1 with this message.
+    ``backend`` is the backend's name (``"rq"``) and ``worker`` the
+    worker's name, as its logs show it.
+    """
+
+    def __init__(self, backend: str, worker: str) -> None:
+        self.backend = backend
+        self.worker = worker
+        super().__init__(
+            f"the {backend} worker {worker} stopped on an error (logged above), "
+            "not on a stop request"
+        )

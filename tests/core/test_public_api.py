@@ -48,6 +48,7 @@ DOCUMENTED = {
     "DeliveriesVanishedError",
     "IdempotencyKeyConflictError",
     "NoDatabaseConfiguredError",
+    "WorkerCrashedError",
     "DeliveryStatus",
     "TERMINAL_STATUSES",
     "Event",

@@ -1,7 +1,8 @@
 """The RQ backend: chimeway deliveries as RQ jobs on Redis.
 
 A package of what is specific to RQ: enqueueing (:mod:`.backend`), the job
-and what makes a worker run only it (:mod:`.job`), the worker classes
+and what makes a worker run only it (:mod:`.job`), reading queues and
+scheduled jobs so no bytes stop a worker (:mod:`.reading`), the worker classes
 (:mod:`.worker`) and the command line's entry (:mod:`.cli`, loaded only by
 the command line). The worker
 half every backend shares — engine per process, after-fork, job → verdict,
@@ -81,6 +82,11 @@ callback fails with :class:`ForeignJobError` before anything is imported or
 called, is logged as refused, is never retried by RQ, and ends in the
 ``FailedJobRegistry``. The check is on the job itself, so it holds wherever
 the worker runs it: in a forked work horse or in its own process.
+:class:`ChimewayJob` reads only the fields chimeway writes and never raises
+on one: RQ's webhooks, dependencies, retries, repeats, rate limits and the
+like are ignored, and the job's timeout and TTLs are the backend's. A job
+the worker cannot read at all is skipped, and neither the worker nor RQ's
+scheduler stops on it (:mod:`.reading`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 A chimeway worker is an RQ worker (:class:`ChimewayWorkerMixin` mixed into
 ``rq.Worker`` or ``rq.SimpleWorker``) that finds its engine once per process
 (:data:`chimeway_backends.rq.job.ENGINE`), reads jobs as JSON and as
-:class:`~chimeway_backends.rq.job.ChimewayJob` only, runs the engine's rescuer
+:class:`~chimeway_backends.rq.job.ChimewayJob` only, skips what it cannot
+read instead of stopping (:mod:`chimeway_backends.rq.reading`, for its queues,
+their intermediate lists and RQ's scheduler), runs the engine's rescuer
 every ``rescue_interval`` seconds from its main loop (between jobs and
 while idle; :func:`chimeway_core.worker.rescue`), and in a forking worker
 drops the inherited database pool in each work horse
@@ -31,6 +33,7 @@ import rq
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer, resolve_serializer
+from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from chimeway_backends.rq.backend import OVERDUE_AFTER, RQBackend
@@ -40,8 +43,10 @@ from chimeway_backends.rq.job import (
     ChimewayJob,
     ChimewayJSONSerializer,
 )
+from chimeway_backends.rq.reading import ChimewayQueue, ChimewayScheduler
 from chimeway_core._checks import whole
 from chimeway_core.engine import Chimeway, RescueReport
+from chimeway_core.errors import WorkerCrashedError
 from chimeway_core.worker import rescue
 from chimeway_core.worker import rescue_interval as rescue_interval_or_env
 
@@ -71,7 +76,10 @@ class ChimewayWorkerMixin(BaseWorker):
     defaults to :data:`DEFAULT_MAINTENANCE_INTERVAL`. Jobs are always deserialized as JSON,
     whatever serializer was asked for, as :class:`ChimewayJob` whatever job
     class was asked for, so only :func:`deliver` ever runs. RQ's job timeout
-    raises :class:`JobTimeLimitExceeded`.
+    raises :class:`JobTimeLimitExceeded`. Its queues are
+    :class:`~chimeway_backends.rq.reading.ChimewayQueue` and its scheduler a
+    :class:`~chimeway_backends.rq.reading.ChimewayScheduler`, so no job id
+    or hash on its queues stops it; a failing registry cleanup is logged.
     """
 
     death_penalty_class = ChimewayDeathPenalty
@@ -81,6 +89,7 @@ class ChimewayWorkerMixin(BaseWorker):
     #: the connection it may still be reading, which waits for the read.
     command_listen_seconds: ClassVar[float] = 0.5
     job_class = ChimewayJob
+    queue_class = ChimewayQueue
 
     def __init__(
         self,
@@ -111,6 +120,13 @@ class ChimewayWorkerMixin(BaseWorker):
             if job_class not in {None, Job, "rq.job.Job"}:  # RQ's default says nothing
                 _log.warning("chimeway workers run chimeway jobs only; ignoring %s", job_class)
             kwargs["job_class"] = ChimewayJob
+        queue_class = kwargs.get("queue_class")
+        if not (isinstance(queue_class, type) and issubclass(queue_class, ChimewayQueue)):
+            if queue_class not in {None, rq.Queue, "rq.Queue", "rq.queue.Queue"}:
+                _log.warning("chimeway workers read chimeway queues only; ignoring %s", queue_class)
+            kwargs["queue_class"] = ChimewayQueue
+        # Set by every way the loop may end that is not a crash (see _crashed).
+        self._ended_cleanly = False
         names = [
             queue.name if isinstance(queue, rq.Queue) else queue
             for queue in ([queues] if isinstance(queues, str | rq.Queue) else queues)
@@ -144,8 +160,12 @@ class ChimewayWorkerMixin(BaseWorker):
         )
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
-        """RQ's work loop; remembers ``burst``, when no scheduler may be started."""
+        """RQ's work loop; remembers ``burst`` (when no scheduler may be started).
+
+        See :meth:`_crashed` for how it ended.
+        """
         self._burst = burst
+        self._ended_cleanly = False
         return bool(super().work(burst, *args, **kwargs))
 
     @property
@@ -223,6 +243,84 @@ class ChimewayWorkerMixin(BaseWorker):
                     queue.name,
                 )
 
+    def _crashed(self) -> bool:
+        """Whether the last :meth:`work` ended on an error.
+
+        RQ's loop logs any exception as "found an unhandled exception,
+        quitting..." and returns as it does when asked to stop; the other
+        ways out (a stop request or signal, an empty queue in burst mode or
+        an idle timeout, a suspension in burst mode) mark it clean.
+        """
+        return not (self._ended_cleanly or self._stop_requested)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """RQ's warm shutdown (SIGINT, SIGTERM, RQ's shutdown command)."""
+        self._ended_cleanly = True
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]  # rq untyped
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's suspension check; a suspended burst worker ends cleanly."""
+        try:
+            super().check_for_suspension(burst)
+        except StopRequested:
+            self._ended_cleanly = True
+            raise
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, rq.Queue] | None:
+        """RQ's dequeue; the job's origin is the queue it came from, whatever its hash says."""
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if result is None:
+            self._ended_cleanly = True  # burst: the queues are empty; or idle long enough
+            return None
+        job, queue = result
+        job.origin = queue.name
+        return job, queue
+
+    def clean_registries(self) -> None:
+        """RQ's registry cleanup; a failure is logged, and tried again at the next maintenance."""
+        try:
+            super().clean_registries()  # type: ignore[no-untyped-call]  # rq untyped
+        except Exception:
+            self.last_cleaned_at = now()  # type: ignore[assignment]  # rq types it None
+            _log.exception("RQ registry cleanup failed; the worker goes on")
+
+    def clean_group_registries(self) -> None:
+        """RQ's group registry cleanup; a failure is logged."""
+        try:
+            super().clean_group_registries()  # type: ignore[no-untyped-call]  # rq untyped
+        except Exception:
+            _log.exception("RQ group registry cleanup failed; the worker goes on")
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = rq.defaults.DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = rq.defaults.DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's, with a :class:`~chimeway_backends.rq.reading.ChimewayScheduler`."""
+        self.scheduler = ChimewayScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]  # rq untyped
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()  # type: ignore[no-untyped-call]  # rq untyped
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()  # type: ignore[no-untyped-call]  # rq untyped
+
     def main_work_horse(self, job: rq.job.Job, queue: rq.Queue) -> None:
         """In a forked work horse: drop the inherited database pool, then run the job.
 
@@ -286,7 +384,10 @@ def run_worker(
     :class:`ChimewaySimpleWorker`; ``rq.Worker`` and ``rq.SimpleWorker`` mean
     those. ``maintenance_interval`` (whole seconds, default
     :data:`DEFAULT_MAINTENANCE_INTERVAL`) is RQ's: how often it cleans its
-    registries. Returns whether any job was run.
+    registries. Returns whether any job was run; raises
+    :class:`~chimeway_core.errors.WorkerCrashedError` when the worker's loop
+    ended on an error (logged by RQ) rather than on a stop request or, in
+    burst mode, an empty queue.
     """
     if engine is not None:
         ENGINE.install(engine)
@@ -305,6 +406,7 @@ def run_worker(
         maintenance_interval=maintenance_interval,
         name=name,
     )
-    return bool(
-        worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=logging_level)
-    )
+    worked = worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=logging_level)
+    if worker._crashed():
+        raise WorkerCrashedError("rq", worker.name)
+    return worked

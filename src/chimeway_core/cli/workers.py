@@ -48,7 +48,12 @@ from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import counted, echo, print_json, printable, warn
 from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.engine import Chimeway
-from chimeway_core.errors import DeliveryNotFoundError, NotResendableError, UnknownChannelError
+from chimeway_core.errors import (
+    DeliveryNotFoundError,
+    NotResendableError,
+    UnknownChannelError,
+    WorkerCrashedError,
+)
 from chimeway_core.loading import APP_VARIABLE
 from chimeway_core.memory import MemoryBackend
 from chimeway_core.records import Resent
@@ -128,7 +133,8 @@ def register(subparsers: Subparsers) -> None:
         "(memory and rq) the worker runs the first rescue pass and what is due, then "
         "exits.\n\n"
         "exit status: 0 stopped cleanly or a burst done, 1 jobs were still running after "
-        "--grace (or the Celery worker failed), 2 bad options (--burst on celery, --queue "
+        "--grace (or the Celery worker failed, or the RQ worker stopped on an error), 2 bad "
+        "options (--burst on celery, --queue "
         "on memory or naming a queue the engine does not use, --hostname or a --without "
         "option on memory or rq, --worker-class or --maintenance-interval on memory or "
         "celery), --app, a Celery app that accepts pickle, "
@@ -409,7 +415,10 @@ def run_worker(args: argparse.Namespace) -> int:
         worker_class=args.worker_class,
         maintenance_interval=args.maintenance_interval,
     )
-    return backend.start(args.backend, engine, options)
+    try:
+        return backend.start(args.backend, engine, options)
+    except WorkerCrashedError as error:
+        raise CliError(str(error), ExitCode.PROBLEM, prog="chimeway worker") from error
 
 
 def _check_node_options(args: argparse.Namespace, nodes: bool) -> None:

@@ -23,6 +23,8 @@ from tests.services import REDIS_URL, require
 REDIS_TEST_DB = 15
 #: The Redis database the FLUSHDB test empties (it must belong to that test alone).
 REDIS_FLUSH_DB = 11  # 14 is the Celery tests', 12 and 13 the fault suite's
+#: The Redis database the poisoned-queue tests write job keys RQ cannot read to.
+REDIS_POISON_DB = 10  # 9 is the RQ stateful test's, 8 the Celery one's
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -38,7 +40,8 @@ def purge(conn: redis.Redis, queue: str) -> None:
     with conn.pipeline(transaction=False) as pipe:
         for key in job_keys:
             pipe.hget(key, "origin")
-        origins = pipe.execute(raise_on_error=False)  # a key that is no hash has no origin
+        # A poisoned-queue test's job key may not be a hash: its error is no origin.
+        origins = pipe.execute(raise_on_error=False)
     ours = {
         found.group()
         for key, origin in zip(job_keys, origins, strict=True)
