@@ -23,6 +23,7 @@ itself: the command line imports no broker client.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import logging
@@ -35,7 +36,7 @@ import attrs
 
 from chimeway_core.backend import Backend, as_backend
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import counted, echo, warn
+from chimeway_core.cli.output import counted, echo, printable, warn
 from chimeway_core.cli.signals import stop_on_signals
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import BackendUnavailableError, MissingExtraError
@@ -99,6 +100,8 @@ class WorkerOptions:
 
 #: The options only some backends take, as ``--help`` spells them.
 BACKEND_OPTIONS: Final = ("--worker-class", "--maintenance-interval")
+#: The longest --hostname: the node name goes into AMQP queue names (255 bytes at most).
+MAX_HOSTNAME: Final = 200
 
 
 #: How a backend's worker runs: the engine and the options in, the exit code out.
@@ -122,15 +125,49 @@ class WorkerBackend:
     options: frozenset[str] = frozenset()
     """Which of :data:`BACKEND_OPTIONS` its worker takes; the others are refused."""
 
-    def start(self, name: str, engine: Chimeway, options: WorkerOptions) -> int:
-        """Check the engine queues on this backend, then :attr:`run` its worker."""
+    def check_options(self, name: str, args: argparse.Namespace) -> None:
+        """Refuse, before the application loads, the options this backend's worker lacks.
+
+        Also a ``--hostname`` no Celery node could use: it goes into queue
+        names on the broker.
+        """
         given = {
-            "--worker-class": options.worker_class,
-            "--maintenance-interval": options.maintenance_interval,
+            "--worker-class": args.worker_class is not None,
+            "--maintenance-interval": args.maintenance_interval is not None,
         }
-        refused = [o for o, value in given.items() if value is not None and o not in self.options]
+        refused = [option for option, set_ in given.items() if set_ and option not in self.options]
         if refused:
             raise CliError(f"{', '.join(refused)}: not an option of a {name} worker")
+        hostname = args.hostname
+        if hostname is not None and not (
+            hostname.isprintable()
+            and not any(c.isspace() for c in hostname)
+            and 0 < len(hostname.encode()) <= MAX_HOSTNAME
+        ):
+            raise CliError(
+                f"--hostname must be 1 to {MAX_HOSTNAME} bytes of printable characters and no "
+                f"spaces, like worker1@%h; got '{printable(hostname[:60])}'"
+            )
+        nodes = [
+            option
+            for option, set_ in (
+                ("--hostname", hostname is not None),
+                ("--without-gossip", not args.gossip),
+                ("--without-mingle", not args.mingle),
+                ("--without-heartbeat", not args.heartbeat),
+                ("--without-remote-control", not args.remote_control),
+            )
+            if set_
+        ]
+        if nodes and not self.nodes:
+            these = "this option is" if len(nodes) == 1 else "these options are"
+            raise CliError(
+                f"{', '.join(nodes)}: a {name} worker is not a Celery node; "
+                f"{these} for --backend celery"
+            )
+
+    def start(self, name: str, engine: Chimeway, options: WorkerOptions) -> int:
+        """Check the engine queues on this backend, then :attr:`run` its worker."""
         if not isinstance(engine.backend, self.backend):
             raise CliError(
                 f"--backend {name}: the engine of {options.app} queues on a "

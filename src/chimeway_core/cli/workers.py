@@ -45,7 +45,7 @@ from chimeway_core.cli.config import (
     sqlite_path,
 )
 from chimeway_core.cli.errors import CliError, ExitCode
-from chimeway_core.cli.output import counted, echo, print_json, printable, warn
+from chimeway_core.cli.output import counted, echo, print_json, warn
 from chimeway_core.cli.parser import Subparsers, age, ago, command, delivery_id
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import (
@@ -65,8 +65,6 @@ _BROKER_SCHEMES: Final = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sqs", "
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: The most jobs a worker runs at once (threads for memory, processes for Celery).
 MAX_CONCURRENCY: Final = 256
-#: The longest --hostname: the node name goes into AMQP queue names (255 bytes at most).
-MAX_HOSTNAME: Final = 200
 #: The longest --tick-interval or --grace: a year, or less where threads
 #: cannot wait that long (threading.TIMEOUT_MAX); larger values overflow a
 #: wait or a timedelta far from the option that gave them.
@@ -393,7 +391,7 @@ def run_worker(args: argparse.Namespace) -> int:
         raise CliError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, got {args.concurrency}")
     _seconds("--tick-interval", args.tick_interval, positive=True)
     _seconds("--grace", args.grace)
-    _check_node_options(args, backend.nodes)
+    backend.check_options(args.backend, args)
     if args.maintenance_interval is not None:
         _seconds("--maintenance-interval", args.maintenance_interval, positive=True)
     app = _app(args)
@@ -419,37 +417,6 @@ def run_worker(args: argparse.Namespace) -> int:
         return backend.start(args.backend, engine, options)
     except WorkerCrashedError as error:
         raise CliError(str(error), ExitCode.PROBLEM, prog="chimeway worker") from error
-
-
-def _check_node_options(args: argparse.Namespace, nodes: bool) -> None:
-    """Refuse a --hostname Celery cannot use, and node options on a backend without nodes."""
-    name = args.hostname
-    if name is not None and not (
-        name.isprintable()
-        and not any(c.isspace() for c in name)
-        and 0 < len(name.encode()) <= MAX_HOSTNAME
-    ):
-        # The node name goes into queue names on the broker (its pidbox queue).
-        raise CliError(
-            f"--hostname must be 1 to {MAX_HOSTNAME} bytes of printable characters and no "
-            f"spaces, like worker1@%h; got '{printable(name[:60])}'"
-        )
-    given = [
-        option
-        for option, set_ in (
-            ("--hostname", name is not None),
-            ("--without-gossip", not args.gossip),
-            ("--without-mingle", not args.mingle),
-            ("--without-heartbeat", not args.heartbeat),
-            ("--without-remote-control", not args.remote_control),
-        )
-        if set_
-    ]
-    if given and not nodes:
-        raise CliError(
-            f"{', '.join(given)}: a {args.backend} worker is not a Celery node; "
-            f"{'this option is' if len(given) == 1 else 'these options are'} for --backend celery"
-        )
 
 
 def _one_pass_engine(args: argparse.Namespace, what: str) -> Chimeway:
