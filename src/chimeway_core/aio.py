@@ -7,8 +7,8 @@ and often holds an SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncSession`.
 
 - with ``session=`` (an ``AsyncSession``), the delivery is written through
   that session's own connection, inside its transaction, with SQLAlchemy's
-  greenlet bridge (``AsyncSession.run_sync``), on psycopg's async mode or
-  aiosqlite; a rollback leaves no delivery and no job. The job is queued
+  greenlet bridge (``AsyncSession.run_sync``), on psycopg's async mode,
+  asyncpg or aiosqlite; a rollback leaves no delivery and no job. The job is queued
   when the outermost transaction commits, inside ``await session.commit()``:
   one broker round trip on the event loop's thread.
 - without it, the call runs in a worker thread (:func:`asyncio.to_thread`)

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from chimeway_backends.memory import MemoryBackend
-from chimeway_core import DeliveryStatus, NewDelivery, SQLStore
+from chimeway_core import Chimeway, DeliveryStatus, NewDelivery, SQLStore, VirtualClock
 from chimeway_core.aio import AsyncChimeway
 from chimeway_core.policies import PolicyContext, PolicyDecision, Proceed
 from chimeway_core.records import Delivery
@@ -159,3 +159,35 @@ def test_a_session_that_is_not_async_is_refused_before_writing(
     assert [] == store.find()
     with pytest.raises(TypeError, match="engine must be a Chimeway"):
         AsyncChimeway(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.postgres
+def test_asyncpg_writes_in_the_sessions_transaction_too(
+    pg_store: SQLStore, backend: MemoryBackend, clock: VirtualClock
+) -> None:
+    """asyncpg, whose paramstyle is not psycopg's: batches, commit, rollback and the outbox."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = Chimeway(pg_store, backend, {"sms": FakeChannel()}, clock=clock)
+    aio = AsyncChimeway(engine)
+    url = pg_store.engine.url.set(drivername="postgresql+asyncpg")
+    specs = [NewDelivery(channel="sms", recipient=f"+1555010{n}") for n in range(3)]
+
+    async def scenario() -> list[Delivery]:
+        async_engine = create_async_engine(url)
+        try:
+            async with AsyncSession(async_engine) as session:
+                kept = await aio.notify_many(specs, session=session)
+                await session.commit()
+            async with AsyncSession(async_engine) as session:
+                await aio.notify("sms", "+15550109", session=session)
+                await session.rollback()
+            return kept
+        finally:
+            await async_engine.dispose()
+
+    kept = _run(scenario)
+    assert {d.id for d in kept} == {job.delivery_id for job in backend.pending()}
+    assert {d.id for d in kept} == {d.id for d in pg_store.find()}
+    engine.flush_outbox()  # the outbox's delete, through psycopg here
+    assert 0 == pg_store.outbox_size()

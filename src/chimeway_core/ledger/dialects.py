@@ -37,6 +37,7 @@ from uuid import UUID
 
 from sqlalchemy import (
     Connection,
+    CursorResult,
     Engine,
     Insert,
     Row,
@@ -49,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import FromClause
+from sqlalchemy.sql.elements import TextClause
 
 from chimeway_core.errors import UnsupportedDatabaseError
 from chimeway_core.ledger import statements as sql
@@ -347,14 +349,24 @@ class PostgreSQL:
                 "ready": DeliveryStatus.READY.value,
                 "created": JournalKind.CREATED.value,
             }
-            inserted.update(conn.exec_driver_sql(sql.PG_CREATE_READY, parameters).scalars())
+            created = _run(conn, sql.PG_CREATE_READY, sql.PG_CREATE_READY_BOUND, parameters)
+            inserted.update(created.scalars())
         return inserted
 
     def creates_in_one_statement(self, count: int) -> bool:
         return count <= sql.PG_BULK_CHUNK
 
     def delete_outbox(self, conn: Connection, ids: Sequence[UUID]) -> None:
-        conn.exec_driver_sql(sql.PG_DELETE_OUTBOX, {"ids": list(ids)})
+        _run(conn, sql.PG_DELETE_OUTBOX, sql.PG_DELETE_OUTBOX_BOUND, {"ids": list(ids)})
+
+
+def _run(
+    conn: Connection, pyformat: str, bound: TextClause, parameters: dict[str, Any]
+) -> CursorResult[Any]:
+    """Run a raw PostgreSQL statement: as psycopg's own text, or typed for another driver."""
+    if conn.dialect.paramstyle == "pyformat":
+        return conn.exec_driver_sql(pyformat, parameters)
+    return conn.execute(bound, parameters)
 
 
 _DIALECTS: Final[Mapping[str, Dialect]] = {"postgresql": PostgreSQL(), "sqlite": SQLite()}

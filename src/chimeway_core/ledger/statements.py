@@ -21,6 +21,7 @@ database runs which.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -44,10 +45,13 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import ColumnCollection
+from sqlalchemy.types import TypeEngine, Uuid
 
 from chimeway_core.ledger.claimable import (
     DUE,
@@ -409,6 +413,18 @@ RETURNING delivery_id
 """  # noqa: S608 -- the names are the schema's constants; every value is bound
 
 
+def _bound(pyformat: str, **types: TypeEngine[Any]) -> TextClause:
+    """``pyformat`` for drivers of another paramstyle (asyncpg): typed binds, no ``::`` casts.
+
+    psycopg takes the pyformat text as it is (``exec_driver_sql``, the fast
+    path); a typed ``text()`` lets SQLAlchemy write each driver's own
+    placeholders, with the casts asyncpg needs to know a parameter's type.
+    """
+    portable = re.sub(r"%\((\w+)\)s::(\w+(?:\[\])?)", r"CAST(:\1 AS \2)", pyformat)
+    portable = re.sub(r"%\((\w+)\)s", r":\1", portable)
+    return text(portable).bindparams(*(bindparam(name, type_=kind) for name, kind in types.items()))
+
+
 # The columns of a row that PG_CREATE_READY's json_to_recordset reads.
 PG_DOCUMENT_COLUMNS: Final = (
     "id",
@@ -424,3 +440,13 @@ PG_DOCUMENT_COLUMNS: Final = (
 )
 
 PG_DELETE_OUTBOX: Final = f"DELETE FROM {OUTBOX.name} WHERE delivery_id = ANY(%(ids)s::uuid[])"  # noqa: S608 -- a constant name
+
+#: PG_CREATE_READY and PG_DELETE_OUTBOX for a driver whose paramstyle is not pyformat.
+PG_CREATE_READY_BOUND: Final = _bound(
+    PG_CREATE_READY,
+    rows=String(),
+    now=DateTime(timezone=True),
+    ready=String(),
+    created=String(),
+)
+PG_DELETE_OUTBOX_BOUND: Final = _bound(PG_DELETE_OUTBOX, ids=postgresql.ARRAY(Uuid()))
