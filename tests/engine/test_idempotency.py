@@ -127,6 +127,7 @@ def test_a_key_in_the_resend_namespace_is_refused_at_notify(
     assert resent.created
 
 
+@pytest.mark.extras  # the webhook channel needs httpx
 @pytest.mark.parametrize("key", ["a\r\nX-Injected: 1", "clé", "a\x01", " zq"])
 def test_a_webhook_refuses_at_notify_a_key_that_cannot_be_a_header(
     make_engine: MakeEngine, store: SQLStore, backend: MemoryBackend, heard: _Heard, key: str
