@@ -9,12 +9,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from email.policy import default as default_policy
+from pathlib import Path
 
 import pytest
 
+from chimeway_core import Chimeway, SQLStore
 from chimeway_core.channels import DeliveryGuarantee, SMTPChannel
+from chimeway_core.channels.base import header_key_problem
 from chimeway_core.channels.smtp import message_id_for
-from chimeway_core.errors import OutcomeUnknownError
+from chimeway_core.errors import InvalidDeliveryError, OutcomeUnknownError
+from chimeway_core.memory import MemoryBackend
 from chimeway_core.outcomes import Bounced, PermanentFailure, Sent, TemporaryFailure
 from chimeway_core.records import Delivery
 
@@ -338,3 +342,35 @@ def test_a_dripping_answer_to_data_is_cut_off_as_outcome_unknown(
     ):
         smtp.send(delivery(), "k")
     assert time.monotonic() - started < 3.0 + DEADLINE_SLACK
+
+
+@pytest.mark.parametrize(("recipient", "problem"), REFUSED_RECIPIENTS.items())
+def test_notify_refuses_a_recipient_no_server_could_take(
+    recipient: str, problem: str, tmp_path: Path
+) -> None:
+    """The same recipients are refused by notify(), before anything is written."""
+    engine = _engine(tmp_path)
+    with pytest.raises(InvalidDeliveryError) as refused:
+        engine.notify("email", recipient)
+    assert f"invalid delivery: recipient: {problem.removeprefix('recipient ')}" == str(
+        refused.value
+    )
+    assert recipient not in str(refused.value)
+    assert ([], []) == (engine.store.find(), engine.backend.pending())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("key", ["a\r\nBcc: eve@example.com", "clé", "a\x01", " padded"])
+def test_notify_refuses_a_key_that_cannot_be_a_header(key: str, tmp_path: Path) -> None:
+    """The key goes into X-Idempotency-Key: one that cannot be a header value is refused."""
+    engine = _engine(tmp_path)
+    with pytest.raises(InvalidDeliveryError, match="idempotency_key: cannot be sent as a header"):
+        engine.notify("email", "alice@example.com", idempotency_key=key)
+    assert [] == engine.store.find()
+    result = channel(free_port()).send(delivery("alice@example.com"), key)
+    assert PermanentFailure(f"idempotency key {header_key_problem(key)}") == result
+
+
+def _engine(tmp_path: Path) -> Chimeway:
+    store = SQLStore(f"sqlite:///{tmp_path / 'ledger.db'}")
+    store.create_all()
+    return Chimeway(store, MemoryBackend(), {"email": channel(free_port())})

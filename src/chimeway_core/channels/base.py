@@ -21,8 +21,9 @@ A channel may also have a ``check_delivery(delivery)`` method: ``notify()``
 written, before the policies and before anything is written, and it raises
 :class:`~chimeway_core.errors.InvalidDeliveryError` (naming the field, never
 repeating its value) for a delivery the channel could never send, which no
-retry would fix. The webhook channel refuses this way an idempotency key that
-cannot be an HTTP header value. It must not do I/O: it runs on the caller's
+retry would fix. The webhook and SMTP channels refuse this way an idempotency
+key that cannot be a header value (:func:`check_header_key`), and the SMTP
+channel a recipient that is not one plain address. It must not do I/O: it runs on the caller's
 thread, for every delivery.
 
 ``send`` returns one of the four result values of
@@ -36,13 +37,44 @@ ledger and in operators' logs.
 from __future__ import annotations
 
 import enum
-from typing import Protocol, runtime_checkable
+import re
+from typing import Final, Protocol, runtime_checkable
 
 from chimeway_core._checks import seconds
+from chimeway_core.errors import InvalidDeliveryError
 from chimeway_core.outcomes import ChannelResult, ErrorClass
 from chimeway_core.records import Delivery
 
-__all__ = ["Channel", "DeliveryGuarantee", "positive_seconds"]
+__all__ = [
+    "Channel",
+    "DeliveryGuarantee",
+    "check_header_key",
+    "header_key_problem",
+    "positive_seconds",
+]
+
+_HEADER_VALUE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+_BAD_KEY: Final = (
+    "cannot be sent as a header value: it must be printable ASCII "
+    "(no CR, LF, NUL, other control or non-ASCII characters) without leading or trailing spaces"
+)
+
+
+def header_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be sent as a header value, or ``None`` if it can."""
+    return None if _HEADER_VALUE.fullmatch(key) else _BAD_KEY
+
+
+def check_header_key(delivery: Delivery) -> None:
+    """Refuse a delivery whose idempotency key cannot be a header value.
+
+    Webhook and SMTP channels send the key in a header (``Idempotency-Key``,
+    ``X-Idempotency-Key``): printable ASCII with no leading or trailing
+    space. Raises :class:`~chimeway_core.errors.InvalidDeliveryError` on
+    ``idempotency_key``, without repeating the key.
+    """
+    if (problem := header_key_problem(delivery.idempotency_key)) is not None:
+        raise InvalidDeliveryError("idempotency_key", problem)
 
 
 class DeliveryGuarantee(enum.StrEnum):

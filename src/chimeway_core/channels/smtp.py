@@ -47,8 +47,13 @@ from email.utils import formatdate
 from typing import Any, Final
 
 from chimeway_core._deadline import Deadline
-from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
-from chimeway_core.errors import OutcomeUnknownError
+from chimeway_core.channels.base import (
+    DeliveryGuarantee,
+    check_header_key,
+    header_key_problem,
+    positive_seconds,
+)
+from chimeway_core.errors import InvalidDeliveryError, OutcomeUnknownError
 from chimeway_core.outcomes import (
     Bounced,
     ChannelResult,
@@ -209,10 +214,25 @@ class SMTPChannel:
         message.set_content(self.body_for(delivery))
         return message
 
+    def check_delivery(self, delivery: Delivery) -> None:
+        """Refuse, at ``notify()``, a delivery no SMTP server could take.
+
+        A recipient that is not one plain ASCII address (a list, a display
+        name, non-ASCII), or an idempotency key that cannot be a header value
+        (it is sent as ``X-Idempotency-Key`` and in the ``Message-ID``):
+        :class:`~chimeway_core.errors.InvalidDeliveryError` naming the field,
+        never its value.
+        """
+        if (problem := _recipient_problem(delivery.recipient)) is not None:
+            raise InvalidDeliveryError("recipient", problem.removeprefix("recipient "))
+        check_header_key(delivery)
+
     def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
         """Send one email; see the module docstring for how replies are classified."""
         if (problem := _recipient_problem(delivery.recipient)) is not None:
             return PermanentFailure(problem)
+        if (problem := header_key_problem(idempotency_key)) is not None:
+            return PermanentFailure(f"idempotency key {problem}")
         try:
             data = self.build_message(delivery, idempotency_key).as_bytes()
         except (ValueError, TypeError) as error:

@@ -43,7 +43,6 @@ import importlib
 import json
 import logging
 import math
-import re
 import string
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,9 +58,13 @@ from chimeway_core.channels._destinations import (
     Resolver,
     system_resolver,
 )
-from chimeway_core.channels.base import DeliveryGuarantee, positive_seconds
+from chimeway_core.channels.base import (
+    DeliveryGuarantee,
+    check_header_key,
+    header_key_problem,
+    positive_seconds,
+)
 from chimeway_core.errors import (
-    InvalidDeliveryError,
     MissingExtraError,
     OutcomeUnknownError,
     UnsafeDestinationError,
@@ -87,11 +90,6 @@ _MAX_MESSAGE_ID: Final = 128
 _SAFE_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_.:@/+=<>")
 #: What the ``Idempotency-Key`` header can carry: visible ASCII, inner spaces
 #: (RFC 9110 field-value, less obs-text, which httpx cannot encode from a str).
-_HEADER_VALUE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
-_BAD_KEY: Final = (
-    "cannot be sent as an HTTP header value: it must be printable ASCII "
-    "(no CR, LF, NUL, other control or non-ASCII characters) without leading or trailing spaces"
-)
 
 
 _sending = threading.local()
@@ -271,16 +269,15 @@ class WebhookChannel:
         characters). Raises :class:`~chimeway_core.errors.InvalidDeliveryError`
         on ``idempotency_key``, without repeating the key.
         """
-        if not _HEADER_VALUE.fullmatch(delivery.idempotency_key):
-            raise InvalidDeliveryError("idempotency_key", _BAD_KEY)
+        check_header_key(delivery)
 
     def send(self, delivery: Delivery, idempotency_key: str) -> ChannelResult:
         """POST the payload once (following allowed redirects) and classify the answer."""
         import httpx  # noqa: PLC0415 - the webhook extra is optional; checked in __init__
 
-        if not _HEADER_VALUE.fullmatch(idempotency_key):
+        if (problem := header_key_problem(idempotency_key)) is not None:
             # Written before notify() checked it: nothing can be sent, ever.
-            return PermanentFailure(f"idempotency key {_BAD_KEY}")
+            return PermanentFailure(f"idempotency key {problem}")
 
         try:
             body = json.dumps(delivery.payload, allow_nan=False, separators=(",", ":")).encode()
