@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from chimeway_core.records import DeliveryHistory, JournalKind, resent_from
 
@@ -34,7 +36,8 @@ def explain(history: DeliveryHistory) -> list[str]:
             case _:
                 rank, text = (
                     3,
-                    f"{entry.kind.value}: {entry.event or '-'} {before} -> {after}{reason}",
+                    f"{entry.kind.value}: {entry.event or '-'} {before} -> {after}{reason}"
+                    f"{_where(entry.detail)}",
                 )
         lines.append((entry.at, rank, seq, text))
     for attempt in history.attempts:
@@ -58,3 +61,12 @@ def explain(history: DeliveryHistory) -> list[str]:
     lines.sort(key=lambda item: item[:3])
     width = max((len(at.isoformat()) for at, _, _, _ in lines), default=0)
     return [f"{at.isoformat():<{width}}  {text}" for at, _, _, text in lines]
+
+
+def _where(detail: Mapping[str, Any]) -> str:
+    """`` at notify by preference``: where a suppression happened, and which policy said so."""
+    at = detail.get("at")
+    if not isinstance(at, str):
+        return ""
+    policy = detail.get("policy")
+    return f" at {at}" + (f" by {policy}" if isinstance(policy, str) else "")

@@ -42,6 +42,26 @@ def test_opted_out_at_notify_is_recorded_suppressed(
     assert [] == channel.calls
 
 
+def test_a_suppression_says_where_it_happened_and_which_policy(
+    make_engine: MakeEngine, backend: MemoryBackend
+) -> None:
+    """At notify or at perform, by which policy: in the journal and in explain()."""
+    opted_out = {"+15550199"}
+    policy = PreferencePolicy(lambda d: d.recipient not in opted_out)
+    engine = make_engine({"sms": FakeChannel()}, policies=(policy,))
+    at_notify = engine.notify("sms", "+15550199")
+    at_perform = engine.notify("sms", "+15550100")
+    opted_out.add("+15550100")
+    backend.run_until_idle(engine, fail_fast=True)
+    for delivery, at in ((at_notify, "notify"), (at_perform, "perform")):
+        history = engine.get(delivery.id)
+        [suppressed] = [e for e in history.journal if e.to_status is DeliveryStatus.SUPPRESSED]
+        assert {"at": at, "policy": "preference"} == dict(suppressed.detail)
+        assert engine.explain(delivery.id)[-1].endswith(
+            f"transition: suppress ready -> suppressed (opted_out) at {at} by preference"
+        )
+
+
 def test_preferences_changed_while_queued_are_honoured(
     make_engine: MakeEngine, backend: MemoryBackend
 ) -> None:

@@ -108,8 +108,13 @@ class Notifier:
         # nothing is written before both steps pass.
         drafts = self.store.draft_many(list(specs), now=now)
         self._check(drafts)
+        suppressions = self._suppressions(drafts, now)
         created = self.store.create_many(
-            drafts, now=now, session=session, suppress_reasons=self._suppressions(drafts, now)
+            drafts,
+            now=now,
+            session=session,
+            suppress_reasons=[reason for reason, _ in suppressions],
+            suppressed_by=[policy for _, policy in suppressions],
         )
         self._created([(c.delivery, c.created) for c in created], now, session)
         return [c.delivery for c in created]
@@ -121,8 +126,10 @@ class Notifier:
             session = check_session(session)
         copy = self.store.draft_resend(delivery_id, now=now, session=session)
         self._check([copy])
-        [reason] = self._suppressions([copy], now)
-        resent = self.store.resend(copy, now=now, session=session, suppress_reason=reason)
+        [(reason, policy)] = self._suppressions([copy], now)
+        resent = self.store.resend(
+            copy, now=now, session=session, suppress_reason=reason, suppressed_by=policy
+        )
         if resent.created:
             self.telemetry.emit(
                 TelemetryEvent.RESENT, meta(resent.original) | {"copy_id": resent.copy.id}
@@ -155,15 +162,18 @@ class Notifier:
                     f"specs[{index}].{error.field}", error.problem
                 ) from error
 
-    def _suppressions(self, drafts: Sequence[Draft], now: datetime) -> list[str | None]:
-        """The reason each drafted delivery is born suppressed with, or ``None``, in order.
+    def _suppressions(
+        self, drafts: Sequence[Draft], now: datetime
+    ) -> list[tuple[str | None, str | None]]:
+        """Why each drafted delivery is born suppressed, and which policy said so, in order.
 
-        Each must name a channel of this engine (else
+        ``(None, None)`` for a delivery no policy suppresses. Each must name a
+        channel of this engine (else
         :class:`~chimeway_core.errors.UnknownChannelError`); a policy that
         raises propagates. Asked before anything is written.
         """
         context = policy_context(self.store, now, PolicyPhase.NOTIFY)
-        reasons: list[str | None] = []
+        reasons: list[tuple[str | None, str | None]] = []
         for draft in drafts:
             self.settings.channel(draft.delivery.channel)
             reasons.append(_suppression_at_notify(self.settings.policies, draft.delivery, context))
@@ -189,16 +199,16 @@ class Notifier:
 
 def _suppression_at_notify(
     policies: Sequence[Policy], delivery: Delivery, context: PolicyContext
-) -> str | None:
-    """The reason the policies suppress ``delivery`` with at notify time, or ``None``."""
+) -> tuple[str | None, str | None]:
+    """The reason the policies suppress ``delivery`` with at notify time, and the policy."""
     # Only a suppression is applied at notify time. A deferral is left to
     # perform(), where it is journaled with its reason and counted against
     # the deferral bound; the policies run again there anyway.
-    decision, _ = evaluate_policies(policies, delivery, context)
+    decision, policy = evaluate_policies(policies, delivery, context)
     match decision:
         case Suppress(reason=reason):
-            return reason
+            return reason, policy
         case Defer() | Proceed():
-            return None
+            return None, None
         case _:
             assert_never(decision)

@@ -226,7 +226,9 @@ class Performer:
         decision = apply_deferral_bound(decision, delivery, self.settings.max_deferrals)
         match decision:
             case Suppress(reason=reason):
-                return _Suppressed(locked.suppress(reason, now=now), reason, policy_name)
+                return _Suppressed(
+                    locked.suppress(reason, now=now, policy=policy_name), reason, policy_name
+                )
             case Defer(until=until, reason=reason):
                 return _Deferred(locked.defer(until, reason, now=now), reason)
             case Proceed():

@@ -58,6 +58,7 @@ from chimeway_core.ledger.rows import (
     delivery_from_values,
     journal_values,
     new_row,
+    suppressed_detail,
 )
 from chimeway_core.ledger.schema import REASON_LENGTH
 from chimeway_core.ledger.validation import check_text
@@ -224,7 +225,11 @@ def _check_repeats(
 
 
 def _insert_new(
-    conn: Connection, dialect: Dialect, rows: Sequence[dict[str, Any]], now: datetime
+    conn: Connection,
+    dialect: Dialect,
+    rows: Sequence[dict[str, Any]],
+    now: datetime,
+    suppressed_by: Mapping[UUID, str],
 ) -> set[UUID]:
     """Write the rows whose key is free, with their journal and outbox rows; their ids."""
     if all(row["reason"] is None for row in rows):
@@ -257,6 +262,7 @@ def _insert_new(
                     from_status=DeliveryStatus.READY,
                     to_status=DeliveryStatus.SUPPRESSED,
                     reason=row["reason"],
+                    detail=suppressed_detail("notify", suppressed_by.get(row["id"])),
                 )
             )
     if journal:
@@ -306,8 +312,12 @@ def insert_deliveries(
     rows: list[dict[str, Any]],
     now: datetime,
     drafted: Mapping[UUID, Delivery],
+    suppressed_by: Mapping[UUID, str] | None = None,
 ) -> list[Created]:
     """Write ``rows`` on ``conn`` (see the module docstring); one result per row, in order.
+
+    ``suppressed_by`` names, by row id, the policy that suppressed a row born
+    suppressed; its journal entry records it.
 
     Raises :class:`~chimeway_core.errors.IdempotencyKeyConflictError`, naming
     every such key, when a row's key is held by a different request (written
@@ -322,7 +332,7 @@ def insert_deliveries(
     inserted: set[UUID] = set()
     pending = ordered
     for _ in range(_CREATE_TRIES):
-        inserted |= _insert_new(conn, dialect, pending, now)
+        inserted |= _insert_new(conn, dialect, pending, now, suppressed_by or {})
         existing = _existing(conn, rows, inserted)
         # A key taken when its row was inserted but gone when read back was
         # pruned in between (PostgreSQL, another transaction): it is free
@@ -372,6 +382,7 @@ def resend_on(
     copy: Draft | None,
     suppress_reason: str | None,
     max_payload_bytes: int,
+    suppressed_by: str | None = None,
 ) -> Resent:
     """Write the copy of ``delivery_id`` (``copy``, else drafted here) and journal it."""
     original = resend_original(conn, delivery_id, for_update=True)
@@ -379,7 +390,8 @@ def resend_on(
         copy = draft(copy_spec(original), now, -1, max_payload_bytes, resend_of=original.id)
     rows, drafted = rows_of([copy], now, max_payload_bytes)
     apply_suppressions(rows, None if suppress_reason is None else [suppress_reason], drafted)
-    [result] = insert_deliveries(conn, dialect, rows, now, drafted)
+    by = {} if suppressed_by is None else {rows[0]["id"]: suppressed_by}
+    [result] = insert_deliveries(conn, dialect, rows, now, drafted, by)
     if result.created:
         conn.execute(
             sql.JOURNAL.insert(),

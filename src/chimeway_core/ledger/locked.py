@@ -47,7 +47,12 @@ from chimeway_core.errors import (
 from chimeway_core.ledger import statements as sql
 from chimeway_core.ledger.dialects import Dialect
 from chimeway_core.ledger.queries import count_recent_attempts
-from chimeway_core.ledger.rows import delivery_from_row, in_flight_attempt, journal_values
+from chimeway_core.ledger.rows import (
+    delivery_from_row,
+    in_flight_attempt,
+    journal_values,
+    suppressed_detail,
+)
 from chimeway_core.ledger.schema import ERROR_CLASS_LENGTH, OWNER_LENGTH, REASON_LENGTH
 from chimeway_core.ledger.validation import aware, check_text, json_size, sanitize, truncate
 from chimeway_core.outcomes import Classification, Outcome
@@ -150,7 +155,13 @@ def claim_on(
 
 
 def transition_on(
-    conn: Connection, current: Delivery, event: Event, *, reason: str | None, now: datetime
+    conn: Connection,
+    current: Delivery,
+    event: Event,
+    *,
+    reason: str | None,
+    now: datetime,
+    detail: Mapping[str, Any] | None = None,
 ) -> Delivery:
     """Apply ``event`` to ``current`` (as read in this transaction), fenced; journal it."""
     transition = apply_event(current.status, event)
@@ -174,6 +185,7 @@ def transition_on(
             from_status=current.status,
             to_status=transition.dest,
             reason=new_reason,
+            detail=detail,
         ),
     )
     if transition.dest in TERMINAL_STATUSES:
@@ -280,12 +292,21 @@ class LockedDelivery:
             now=now,
         )
 
-    def suppress(self, reason: str, *, now: datetime) -> Delivery:
-        """Move the delivery to ``suppressed`` with a policy's ``reason``."""
+    def suppress(self, reason: str, *, now: datetime, policy: str | None = None) -> Delivery:
+        """Move the delivery to ``suppressed`` with a policy's ``reason``.
+
+        The journal entry says it happened at perform time, and ``policy``
+        (the policy's name), when given.
+        """
         check_text(reason, "reason", max_length=REASON_LENGTH)
         now = aware(now, "now")
         return transition_on(
-            self._conn, self._current("suppress"), Event.SUPPRESS, reason=reason, now=now
+            self._conn,
+            self._current("suppress"),
+            Event.SUPPRESS,
+            reason=reason,
+            now=now,
+            detail=suppressed_detail("perform", policy),
         )
 
     def defer(self, until: datetime, reason: str, *, now: datetime) -> Delivery:

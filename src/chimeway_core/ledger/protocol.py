@@ -53,8 +53,8 @@ class LockedRow(Protocol):
         """Take the lease and write the in-flight attempt; ``None`` if not claimable."""
         ...
 
-    def suppress(self, reason: str, *, now: datetime) -> Delivery:
-        """Move the delivery to ``suppressed`` with ``reason``."""
+    def suppress(self, reason: str, *, now: datetime, policy: str | None = None) -> Delivery:
+        """Move the delivery to ``suppressed`` with ``reason`` (``policy``: whose it is)."""
         ...
 
     def defer(self, until: datetime, reason: str, *, now: datetime) -> Delivery:
@@ -87,6 +87,7 @@ class Ledger(Protocol):
         now: datetime,
         session: Session | None = None,
         suppress_reasons: Sequence[str | None] | None = None,
+        suppressed_by: Sequence[str | None] | None = None,
     ) -> list[Created]:
         """Write the deliveries (born suppressed where a reason is given)."""
         ...
@@ -104,6 +105,7 @@ class Ledger(Protocol):
         now: datetime,
         session: Session | None = None,
         suppress_reason: str | None = None,
+        suppressed_by: str | None = None,
     ) -> Resent:
         """Write the copy of a delivery that ended unsent."""
         ...

@@ -123,6 +123,11 @@ def journal_entry_from_row(row: Row[Any]) -> JournalEntry:
     )
 
 
+def suppressed_detail(at: str, policy: str | None) -> dict[str, str]:
+    """A suppression's journal detail: when it happened (``notify``, ``perform``), and by whom."""
+    return {"at": at} if policy is None else {"at": at, "policy": policy}
+
+
 def journal_values(
     delivery_id: UUID,
     at: datetime,

@@ -198,6 +198,7 @@ class SQLStore(Reads, Transitions):
         session: AnySession | None = None,
         suppress_reasons: Sequence[str | None] | None = None,
         suppress_if: Callable[[Delivery], str | None] | None = None,
+        suppressed_by: Sequence[str | None] | None = None,
     ) -> list[Created]:
         """Create many deliveries in a handful of statements; results in ``specs`` order.
 
@@ -216,11 +217,16 @@ class SQLStore(Reads, Transitions):
         before anything is written, with each delivery as it is about to be
         written (its id, its defaults filled in): the reason it returns makes
         that delivery born suppressed, and an exception it raises propagates and
-        writes nothing.
+        writes nothing. ``suppressed_by`` names, per spec, the policy behind its
+        reason (or ``None``), for the journal.
         """
         now = aware(now, "now")
         if session is not None:
             session = check_session(session)
+        if suppressed_by is not None and len(suppressed_by) != len(specs):
+            raise InvalidDeliveryError(
+                "suppressed_by", f"has {len(suppressed_by)} entries for {len(specs)} specs"
+            )
         if suppress_reasons is not None and suppress_if is not None:
             raise TypeError("give suppress_reasons or suppress_if, not both")
         if suppress_reasons is not None and len(suppress_reasons) != len(specs):
@@ -235,6 +241,11 @@ class SQLStore(Reads, Transitions):
         creating.apply_suppressions(rows, suppress_reasons, drafted)
         if not rows:
             return []
+        by = {
+            row["id"]: name
+            for row, name in zip(rows, suppressed_by or [None] * len(rows), strict=True)
+            if name is not None
+        }
         # A batch that may meet a key held by a different request part way is
         # written where the refusal rolls it back whole: a savepoint in the
         # caller's transaction, else a transaction of its own.
@@ -242,7 +253,7 @@ class SQLStore(Reads, Transitions):
         if session is not None:
             conn = session.connection()
             with conn.begin_nested() if may_conflict else nullcontext():
-                return creating.insert_deliveries(conn, self._dialect, rows, now, drafted)
+                return creating.insert_deliveries(conn, self._dialect, rows, now, drafted, by)
         if (
             not may_conflict
             and self._dialect.creates_in_one_statement(len(rows))
@@ -251,9 +262,9 @@ class SQLStore(Reads, Transitions):
             # One statement writes everything (the read-back of existing keys
             # after it only reads): it commits on its own.
             with self._dialect.one_statement(self.engine, self._write_engine) as conn:
-                return creating.insert_deliveries(conn, self._dialect, rows, now, drafted)
+                return creating.insert_deliveries(conn, self._dialect, rows, now, drafted, by)
         with self._write() as conn:
-            return creating.insert_deliveries(conn, self._dialect, rows, now, drafted)
+            return creating.insert_deliveries(conn, self._dialect, rows, now, drafted, by)
 
     @staticmethod
     def _shown(rows: Sequence[Mapping[str, Any]], drafted: dict[UUID, Delivery]) -> list[Delivery]:
@@ -292,6 +303,7 @@ class SQLStore(Reads, Transitions):
         session: AnySession | None = None,
         suppress_reason: str | None = None,
         suppress_if: Callable[[Delivery], str | None] | None = None,
+        suppressed_by: str | None = None,
     ) -> Resent:
         """Create the copy of a delivery that ended unsent; journal it on the original.
 
@@ -314,6 +326,7 @@ class SQLStore(Reads, Transitions):
 
         ``suppress_if`` (instead of ``suppress_reason``, for callers written
         before drafts) is asked for the reason with the drafted copy.
+        ``suppressed_by`` names the policy behind ``suppress_reason``.
         """
         if suppress_if is not None:
             if suppress_reason is not None or isinstance(delivery_id, Draft):
@@ -339,6 +352,7 @@ class SQLStore(Reads, Transitions):
                 copy=copy,
                 suppress_reason=suppress_reason,
                 max_payload_bytes=self.max_payload_bytes,
+                suppressed_by=suppressed_by,
             )
 
     @contextmanager
