@@ -34,6 +34,7 @@ EXTRA_MODULES: Final = frozenset(
         "aiosmtpd",
         "alembic",
         "celery",
+        "fastapi",
         "flask",
         "flask_sqlalchemy",
         "griffe",
