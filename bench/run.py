@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import _report
+import bench_async
 import bench_celery
 import bench_core
 import bench_engine
@@ -45,6 +46,7 @@ from _harness import BENCH_DIR, ROOT, Config, Results, log, write_json
 AREAS: dict[str, Callable[[Config, Results], None]] = {
     "core": bench_core.run,
     "engine": bench_engine.run,
+    "async": bench_async.run,
     "bulk": bench_store.run,
     "rq": bench_rq.run,
     "celery": bench_celery.run,
