@@ -8,13 +8,10 @@ sends the emails to a real SMTP server.
 from __future__ import annotations
 
 import asyncio
-import email
-import importlib
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from types import ModuleType
@@ -26,9 +23,9 @@ from kombu import Connection
 from sqlalchemy import create_engine
 
 from chimeway_core import DeliveryStatus
-from tests.channels.conftest import SMTPTestServer, smtp_server  # noqa: F401 - a fixture
+from tests.channels.conftest import SMTPTestServer
 from tests.cli.conftest import COMMAND
-from tests.examples.test_flask_rq import ROOT, missing_quotes
+from tests.examples.conftest import ROOT, load_example, missing_quotes, recipients
 from tests.services import RABBITMQ_URL, fresh_postgres_database, require
 
 pytestmark = [pytest.mark.extras, pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -76,13 +73,12 @@ class Deployment:
             worker.send_signal(signal.SIGTERM)
             output, _ = worker.communicate(timeout=60)
         assert expected == len(self.smtp.handler.messages), output
-        return [email.message_from_bytes(m)["To"] for m in self.smtp.handler.messages]
+        return recipients(self.smtp)
 
 
 @pytest.fixture
 def deployment(
-    smtp_server: SMTPTestServer,  # noqa: F811 - the imported fixture
-    monkeypatch: pytest.MonkeyPatch,
+    smtp_server: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Deployment]:
     """A fresh database (chimeway's migrations and the app's tables), a queue, a mail server."""
     require("rabbitmq")
@@ -96,15 +92,7 @@ def deployment(
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(smtp_server.port),
         }
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        for name in ("examples.fastapi_celery.app", "examples.fastapi_celery.notify"):
-            sys.modules.pop(name, None)
-        notify_module = importlib.import_module("examples.fastapi_celery.notify")
-        app_module = importlib.import_module("examples.fastapi_celery.app")
-        from chimeway_core.migrations import upgrade
-
-        upgrade(database_url)
+        notify_module, app_module = load_example("fastapi_celery", env, monkeypatch)
         tables = create_engine(database_url)
         app_module.Base.metadata.create_all(tables)
         tables.dispose()

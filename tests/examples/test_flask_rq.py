@@ -7,15 +7,10 @@ process then sends the emails to a real SMTP server.
 
 from __future__ import annotations
 
-import email
-import importlib
 import os
-import re
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import attrs
@@ -25,13 +20,13 @@ from flask import Flask
 
 from chimeway_core import DeliveryStatus
 from tests.backends.rq.conftest import purge, redis_url
-from tests.channels.conftest import SMTPTestServer, smtp_server  # noqa: F401 - a fixture
+from tests.channels.conftest import SMTPTestServer
 from tests.cli.conftest import COMMAND
+from tests.examples.conftest import ROOT, load_example, missing_quotes, recipients
 from tests.services import fresh_postgres_database, require
 
 pytestmark = [pytest.mark.extras, pytest.mark.postgres, pytest.mark.redis]
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "examples.flask_rq.notify:engine"
 #: The Redis database the examples' tests write to (the RQ tests' 15 holds hostile jobs).
 REDIS_EXAMPLES_DB = 8
@@ -62,13 +57,12 @@ class Deployment:
 
     def recipients(self) -> list[str]:
         """Who the SMTP server received mail for, in order."""
-        return [email.message_from_bytes(m)["To"] for m in self.smtp.handler.messages]
+        return recipients(self.smtp)
 
 
 @pytest.fixture
 def deployment(
-    smtp_server: SMTPTestServer,  # noqa: F811 - the imported fixture
-    monkeypatch: pytest.MonkeyPatch,
+    smtp_server: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Deployment]:
     """A fresh database (chimeway's migrations and the app's tables), a queue, a mail server."""
     require("redis")
@@ -81,16 +75,7 @@ def deployment(
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(smtp_server.port),
         }
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        # The example reads its settings at import, as a deployed module does.
-        for name in ("examples.flask_rq.app", "examples.flask_rq.notify"):
-            sys.modules.pop(name, None)
-        notify_module = importlib.import_module("examples.flask_rq.notify")
-        app_module = importlib.import_module("examples.flask_rq.app")
-        from chimeway_core.migrations import upgrade
-
-        upgrade(database_url)
+        notify_module, app_module = load_example("flask_rq", env, monkeypatch)
         app = app_module.create_app()
         with app.app_context():
             app_module.db.create_all()
@@ -167,20 +152,6 @@ def test_invitations_in_savepoints_send_exactly_what_was_committed(
     worker = deployment.run_worker()
     assert 0 == worker.returncode, worker.stderr
     assert sorted(sent) == sorted(deployment.recipients())
-
-
-def missing_quotes(page: Path, sources: list[Path]) -> list[str]:
-    """The lines of ``page``'s Python blocks that no line of ``sources`` holds (stripped)."""
-    lines = {line.strip() for source in sources for line in source.read_text("utf-8").splitlines()}
-    blocks = re.findall(r"```python\n(.*?)```", page.read_text("utf-8"), re.S)
-    assert len(blocks) >= 3
-    quoted = [
-        line.strip()
-        for block in blocks
-        for line in block.splitlines()
-        if line.strip() and not line.startswith("# examples/")
-    ]
-    return [line for line in quoted if line not in lines]
 
 
 def test_the_flask_page_quotes_the_example_as_it_is() -> None:
