@@ -24,7 +24,7 @@ REDIS_TEST_DB = 15
 #: The Redis database the FLUSHDB test empties (it must belong to that test alone).
 REDIS_FLUSH_DB = 11  # 14 is the Celery tests', 12 and 13 the fault suite's
 #: The Redis database the poisoned-queue tests write job keys RQ cannot read to.
-REDIS_POISON_DB = 10  # 9 is the RQ stateful test's, 8 the Celery one's
+REDIS_POISON_DB = 6  # 10 is the benchmarks', 9 the RQ stateful test's, 8 the Celery one's
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
