@@ -53,6 +53,21 @@ class NewOrder(BaseModel):
     fail_after_notify: bool = False
 
 
+async def record(order: NewOrder, session: AsyncSession) -> Order:
+    """Write ``order`` and notify its confirmation, both in ``session``'s transaction."""
+    row = Order(email=order.email, item=order.item)
+    session.add(row)
+    await session.flush()
+    await notifications.notify(
+        "email",
+        order.email,
+        {"order": row.id, "item": order.item},
+        idempotency_key=f"order-{row.id}",
+        session=session,  # the order's transaction: queued when it commits
+    )
+    return row
+
+
 def create_app(database_url: str | None = None) -> FastAPI:
     """The application, on ``database_url`` (default ``$ASYNC_DATABASE_URL``)."""
     database = create_async_engine(database_url or os.environ["ASYNC_DATABASE_URL"])
@@ -62,16 +77,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     @app.post("/orders", status_code=201)
     async def place(order: NewOrder, session: Session) -> dict[str, int]:
-        row = Order(email=order.email, item=order.item)
-        session.add(row)
-        await session.flush()
-        await notifications.notify(
-            "email",
-            order.email,
-            {"order": row.id, "item": order.item},
-            idempotency_key=f"order-{row.id}",
-            session=session,  # the order's transaction: queued when it commits
-        )
+        row = await record(order, session)
         if order.fail_after_notify:
             raise HTTPException(500, "the request fails after notifying")  # rolled back
         await session.commit()
@@ -82,16 +88,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         placed = []
         for order in orders:
             savepoint = await session.begin_nested()  # one savepoint per order
-            row = Order(email=order.email, item=order.item)
-            session.add(row)
-            await session.flush()
-            await notifications.notify(
-                "email",
-                order.email,
-                {"order": row.id, "item": order.item},
-                idempotency_key=f"order-{row.id}",
-                session=session,
-            )
+            row = await record(order, session)
             if order.item == "out of stock":
                 await savepoint.rollback()  # the order goes, and its notification with it
                 continue
