@@ -250,6 +250,25 @@ def test_the_session_hands_over_each_transaction_of_its_life(
     assert {first.id, fourth.id} == {job.delivery_id for job in backend.pending()}
 
 
+def test_a_session_hands_over_through_the_engines_current_backend(
+    make_engine: MakeEngine, store: SQLStore, clock: VirtualClock
+) -> None:
+    """A backend replaced between two of a session's transactions takes the later jobs."""
+    engine = make_engine({"sms": FakeChannel()})
+    first, second = engine.backend, MemoryBackend(clock)
+    assert isinstance(first, MemoryBackend)
+    with Session(store.engine) as session:
+        before = engine.notify("sms", "+15550100", idempotency_key="a", session=session)
+        session.commit()
+        engine.backend = second  # as a test replaces a collaborator with a double
+        after = engine.notify("sms", "+15550101", idempotency_key="b", session=session)
+        session.commit()
+    assert ([before.id], [after.id]) == (
+        [job.delivery_id for job in first.pending()],
+        [job.delivery_id for job in second.pending()],
+    )
+
+
 def test_a_scoped_session_stands_for_its_current_session(
     make_engine: MakeEngine, backend: MemoryBackend, store: SQLStore
 ) -> None:

@@ -20,7 +20,6 @@ backend that takes no ``queue`` still serves an engine without routes.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -63,10 +62,25 @@ class Queued:
 
 
 class _Pending:
-    """A session's deliveries awaiting its commit, each with the transaction it was written in."""
+    """A session's deliveries awaiting its commit, each with the transaction it was written in.
 
-    def __init__(self) -> None:
+    ``handover`` is the engine's hand-over as of the last delivery added: an
+    engine whose backend was replaced since hands over through the new one.
+    """
+
+    def __init__(self, handover: HandOver) -> None:
+        self.handover = handover
         self.entries: list[tuple[SessionTransaction | None, Delivery]] = []
+
+    def committed(self, session: Session) -> None:
+        """Hand over what the outermost commit made visible."""
+        # SQLAlchemy fires after_commit for a released savepoint too, with the
+        # savepoint still current: only the outermost commit makes rows visible.
+        if session.in_nested_transaction() or not self.entries:
+            return
+        handed = [delivery for _, delivery in self.entries]
+        self.entries.clear()
+        self.handover.hand_over(handed, self.handover.clock.now())
 
     def rolled_back(self, _session: Session, previous: SessionTransaction) -> None:
         """Forget what the rolled-back transaction (or savepoint) took with it."""
@@ -172,21 +186,13 @@ class HandOver:
         key = (_SESSION_KEY, self.queued)
         pending: _Pending | None = session.info.get(key)
         if pending is None:
-            pending = session.info[key] = _Pending()
-            event.listen(session, "after_commit", functools.partial(self._committed, pending))
+            pending = session.info[key] = _Pending(self)
+            event.listen(session, "after_commit", pending.committed)
             event.listen(session, "after_soft_rollback", pending.rolled_back)
             event.listen(session, "after_transaction_end", pending.ended)
+        pending.handover = self
         owner = session.get_nested_transaction() or session.get_transaction()
         pending.entries.extend((owner, delivery) for delivery in deliveries)
-
-    def _committed(self, pending: _Pending, session: Session) -> None:
-        # SQLAlchemy fires after_commit for a released savepoint too, with the
-        # savepoint still current: only the outermost commit makes rows visible.
-        if session.in_nested_transaction() or not pending.entries:
-            return
-        handed = [delivery for _, delivery in pending.entries]
-        pending.entries.clear()
-        self.hand_over(handed, self.clock.now())
 
     def flush_outbox(self) -> None:
         """Delete the outbox rows of deliveries this engine has already queued."""
