@@ -241,11 +241,13 @@ class SQLStore(Reads, Transitions):
         creating.apply_suppressions(rows, suppress_reasons, drafted)
         if not rows:
             return []
-        by = {
-            row["id"]: name
-            for row, name in zip(rows, suppressed_by or [None] * len(rows), strict=True)
-            if name is not None
-        }
+        by: dict[UUID, str] = {}
+        if suppressed_by is not None:
+            by = {
+                row["id"]: name
+                for row, name in zip(rows, suppressed_by, strict=True)
+                if name is not None
+            }
         # A batch that may meet a key held by a different request part way is
         # written where the refusal rolls it back whole: a savepoint in the
         # caller's transaction, else a transaction of its own.

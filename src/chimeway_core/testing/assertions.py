@@ -158,10 +158,8 @@ def refute_notified(
     """
     found, _ = _matching(engine, channel, recipient, payload, status)
     if found:
-        shown = ", ".join(_show(delivery) for delivery in found[:5])
-        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
         wanted = _describe(channel, recipient, payload, status)
-        raise AssertionError(f"expected no delivery {wanted}; found {shown}{more}")
+        raise AssertionError(f"expected no delivery {wanted}; found {_listed(found)}")
 
 
 def _matching(
@@ -215,6 +213,13 @@ def _describe(
     return " ".join(parts) or "at all"
 
 
+def _listed(deliveries: list[Delivery]) -> str:
+    """The first five deliveries shown, and how many more there are."""
+    shown = ", ".join(_show(delivery) for delivery in deliveries[:5])
+    more = f" and {len(deliveries) - 5} more" if len(deliveries) > 5 else ""
+    return f"{shown}{more}"
+
+
 def _show(delivery: Delivery) -> str:
     payload: Any = delivery.payload
     return (
@@ -226,6 +231,4 @@ def _show(delivery: Delivery) -> str:
 def _near(near: list[Delivery]) -> str:
     if not near:
         return ""
-    shown = ", ".join(_show(delivery) for delivery in near[:5])
-    more = f" and {len(near) - 5} more" if len(near) > 5 else ""
-    return f"; deliveries matching all but the payload: {shown}{more}"
+    return f"; deliveries matching all but the payload: {_listed(near)}"
