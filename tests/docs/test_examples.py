@@ -21,7 +21,7 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 COMPILE_ONLY: dict[tuple[str, int], str] = {
     ("backends/rq.md", 1): "starts a worker that runs until stopped (tests/backends/rq run it)",
     ("ledger.md", 1): "a fragment of an application's handler: order, engine, now are the app's",
-    ("ledger.md", 2): "migrates a production URL (tests/store/test_migrations.py runs upgrade())",
+    ("ledger.md", 3): "migrates a production URL (tests/store/test_migrations.py runs upgrade())",
     ("operations.md", 0): "a fragment: store, backend and channels are the application's",
     (
         "operations.md",

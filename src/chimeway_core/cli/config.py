@@ -13,6 +13,7 @@ URL's user part or in its query string (``?password=``).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import warnings
@@ -26,12 +27,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.util import asbool
 
 from chimeway_core.cli.errors import CliError, ExitCode
+from chimeway_core.ledger.namespace import check_namespace
 from chimeway_core.schema import DeliveryRow, metadata
 from chimeway_core.store import SUPPORTED_BACKENDS, SQLStore
 
 __all__ = [
     "ENV_BROKER_URL",
     "ENV_DATABASE_URL",
+    "ENV_NAMESPACE",
     "ENV_REDIS_URL",
     "check_connection",
     "check_service_url",
@@ -39,15 +42,20 @@ __all__ = [
     "connection_error",
     "database_failure",
     "database_url",
+    "add_namespace",
     "from_env",
+    "namespace",
     "open_engine",
     "open_store",
     "shown",
+    "shown_in",
     "sqlite_path",
 ]
 
 #: The database URL when ``--db`` is not given.
 ENV_DATABASE_URL: Final = "CHIMEWAY_DATABASE_URL"
+#: The ledger's namespace when ``--namespace`` is not given.
+ENV_NAMESPACE: Final = "CHIMEWAY_NAMESPACE"
 #: The Redis URL (RQ backend) when ``--redis-url`` is not given.
 ENV_REDIS_URL: Final = "CHIMEWAY_REDIS_URL"
 #: The broker URL (Celery backend) when ``--broker-url`` is not given.
@@ -288,31 +296,62 @@ def check_connection(engine: Engine, url: URL | None = None) -> None:
         raise connection_error(url or engine.url, error) from None
 
 
-def check_tables(engine: Engine, url: URL | None = None) -> None:
-    """Raise :class:`CliError` (usage) unless the database holds every chimeway table."""
-    url = url or engine.url
-    present = set(inspect(engine).get_table_names())
+def add_namespace(parser: argparse.ArgumentParser) -> None:
+    """Add ``--namespace`` to a command that opens the ledger."""
+    parser.add_argument(
+        "--namespace",
+        metavar="NAME",
+        help="the ledger's namespace: a PostgreSQL schema, or a SQLite file attached beside "
+        f"the database (default: ${ENV_NAMESPACE}, else none: the default schema)",
+    )
+
+
+def namespace(args: argparse.Namespace) -> str | None:
+    """The namespace ``--namespace`` (or ``$CHIMEWAY_NAMESPACE``) names, checked."""
+    try:
+        return check_namespace(from_env(args.namespace, ENV_NAMESPACE))
+    except ValueError as error:
+        raise CliError(f"--namespace: {error}") from None
+
+
+def shown_in(url: URL, namespace: str | None) -> str:
+    """:func:`shown` of ``url``, naming ``namespace`` when there is one."""
+    return shown(url) if namespace is None else f"{shown(url)} (namespace {namespace})"
+
+
+def check_tables(engine: Engine, url: URL | None = None, namespace: str | None = None) -> None:
+    """Raise :class:`CliError` (usage) unless the database (namespace) holds every chimeway table.
+
+    In a SQLite namespace, ``engine`` must be a store's (it attaches the namespace).
+    """
+    where = shown_in(url or engine.url, namespace)
+    fix = "chimeway db upgrade --db URL"
+    if namespace is not None:
+        fix += f" --namespace {namespace}"
+    present = set(inspect(engine).get_table_names(schema=namespace))
     if DeliveryRow.__tablename__ not in present:
-        raise CliError(
-            f"{shown(url)} has no chimeway tables; create them with: chimeway db upgrade --db URL"
-        )
+        raise CliError(f"{where} has no chimeway tables; create them with: {fix}")
     missing = sorted(table.name for table in metadata.sorted_tables if table.name not in present)
     if missing:
         raise CliError(
-            f"{shown(url)} lacks chimeway's table(s) {', '.join(missing)}; "
-            "create them with: chimeway db upgrade --db URL"
+            f"{where} lacks chimeway's table(s) {', '.join(missing)}; create them with: {fix}"
         )
 
 
 def open_store(
-    text: str | None, *, require_tables: bool = True, pool_pre_ping: bool = False
+    text: str | None,
+    *,
+    require_tables: bool = True,
+    pool_pre_ping: bool = False,
+    namespace: str | None = None,
 ) -> SQLStore:
-    """The ledger at the URL ``text`` (checked, connected, with chimeway's tables)."""
+    """The ledger at the URL ``text``, in ``namespace`` (checked, connected, with its tables)."""
     url = database_url(text)
     engine = open_engine(url, pool_pre_ping=pool_pre_ping)
+    store = SQLStore(engine, namespace=namespace)
     if require_tables:
-        check_tables(engine, url)
-    return SQLStore(engine)
+        check_tables(store.engine, url, namespace)
+    return store
 
 
 def check_service_url(text: str | None, option: str, schemes: tuple[str, ...]) -> str | None:

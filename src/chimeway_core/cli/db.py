@@ -10,11 +10,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from chimeway_core.cli.config import (
     ENV_DATABASE_URL,
+    add_namespace,
     connection_error,
     database_url,
     from_env,
+    namespace,
     open_engine,
     shown,
+    shown_in,
     sqlite_path,
 )
 from chimeway_core.cli.errors import CliError, ExitCode
@@ -71,6 +74,7 @@ def register(subparsers: Subparsers) -> None:
     parser = command(actions, "upgrade", run_upgrade, "Apply chimeway's migrations.")
     parser.description = _DESCRIPTION
     parser.add_argument("--db", metavar="URL", help=f"database URL (default: ${ENV_DATABASE_URL})")
+    add_namespace(parser)
     parser.add_argument(
         "--revision", default="head", help="the revision to upgrade to (default: head)"
     )
@@ -81,11 +85,12 @@ def register(subparsers: Subparsers) -> None:
     )
     check.description = _CHECK_DESCRIPTION
     check.add_argument("--db", metavar="URL", help=f"database URL (default: ${ENV_DATABASE_URL})")
+    add_namespace(check)
     check.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _revision(engine: Engine) -> str | None:
-    versions = table(VERSION_TABLE, column("version_num"))
+def _revision(engine: Engine, schema: str | None) -> str | None:
+    versions = table(VERSION_TABLE, column("version_num"), schema=schema)
     with engine.connect() as conn:
         return conn.execute(select(versions.c.version_num)).scalar_one_or_none()
 
@@ -93,6 +98,7 @@ def _revision(engine: Engine) -> str | None:
 def run_upgrade(args: argparse.Namespace) -> int:
     """Upgrade the database and print the revision it is at."""
     url = database_url(from_env(args.db, ENV_DATABASE_URL))
+    where = namespace(args)
     try:
         check_revision(args.revision)
     except MissingExtraError as error:
@@ -106,7 +112,7 @@ def run_upgrade(args: argparse.Namespace) -> int:
         )
     engine = open_engine(url, must_exist=False)
     try:
-        upgrade(engine, args.revision)
+        upgrade(engine, args.revision, namespace=where)
     except MissingExtraError as error:
         raise CliError(str(error)) from None
     except UnrecordedSchemaError as error:
@@ -121,15 +127,20 @@ def run_upgrade(args: argparse.Namespace) -> int:
         if type(error).__module__.split(".")[0] != "alembic":
             raise
         raise CliError(f"migrating {shown(url)} failed: {error}", ExitCode.PROBLEM) from None
-    revision = _revision(engine)
+    revision = _revision(engine, where)
     tables = sorted(
-        name for name in inspect(engine).get_table_names() if name.startswith("chimeway_")
+        name
+        for name in inspect(engine).get_table_names(schema=where)
+        if name.startswith("chimeway_")
     )
     engine.dispose()
     if args.json:
-        print_json({"database": shown(url), "revision": revision, "tables": tables})
+        print_json(
+            {"database": shown(url), **_named(where), "revision": revision, "tables": tables}
+        )
     else:
-        echo(f"{shown(url)} is at chimeway revision {revision}; tables: {', '.join(tables)}")
+        listed = ", ".join(tables)
+        echo(f"{shown_in(url, where)} is at chimeway revision {revision}; tables: {listed}")
     return ExitCode.OK
 
 
@@ -141,9 +152,10 @@ def _failed(url: URL, error: DBAPIError) -> CliError:
 def run_check(args: argparse.Namespace) -> int:
     """Print where the database's tables stand; exit 1 unless this version runs on them."""
     url = database_url(from_env(args.db, ENV_DATABASE_URL))
+    where = namespace(args)
     engine = open_engine(url)
     try:
-        found = status(engine)
+        found = status(engine, namespace=where)
     except MissingExtraError as error:
         raise CliError(str(error)) from None
     finally:
@@ -152,6 +164,7 @@ def run_check(args: argparse.Namespace) -> int:
         print_json(
             {
                 "database": shown(url),
+                **_named(where),
                 "state": found.state.value,
                 "usable": found.usable,
                 "revision": found.revision,
@@ -161,8 +174,13 @@ def run_check(args: argparse.Namespace) -> int:
             }
         )
     else:
-        echo(f"{shown(url)}: {_verdict(found)}")
+        echo(f"{shown_in(url, where)}: {_verdict(found)}")
     return ExitCode.OK if found.usable else ExitCode.PROBLEM
+
+
+def _named(where: str | None) -> dict[str, str]:
+    """The JSON output's ``namespace`` entry: there only when a namespace is used."""
+    return {} if where is None else {"namespace": where}
 
 
 def _verdict(found: SchemaStatus) -> str:

@@ -21,8 +21,11 @@ from uuid import UUID
 
 from chimeway_core.cli.config import (
     ENV_DATABASE_URL,
+    ENV_NAMESPACE,
+    add_namespace,
     database_url,
     from_env,
+    namespace,
     open_store,
     shown,
 )
@@ -65,6 +68,7 @@ def register(subparsers: Subparsers) -> None:
         "3 database unreachable."
     )
     inspect.add_argument("--db", metavar="URL", help=_DB_HELP)
+    add_namespace(inspect)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     listing = command(subparsers, "list", run_list, "List deliveries, newest first.")
@@ -91,6 +95,7 @@ def register(subparsers: Subparsers) -> None:
         "--limit", type=int, default=20, metavar="N", help="at most N (default: 20)"
     )
     listing.add_argument("--db", metavar="URL", help=_DB_HELP)
+    add_namespace(listing)
     listing.add_argument("--json", action="store_true", help="print the deliveries as JSON")
 
     show = command(subparsers, "show", run_show, "Show one delivery and why it is where it is.")
@@ -101,6 +106,7 @@ def register(subparsers: Subparsers) -> None:
     )
     show.add_argument("id", type=delivery_id, metavar="ID", help="the delivery's id")
     show.add_argument("--db", metavar="URL", help=_DB_HELP)
+    add_namespace(show)
     show.add_argument("--payload", action="store_true", help="include the payload")
     show.add_argument("--json", action="store_true", help="print the delivery as JSON")
 
@@ -113,6 +119,7 @@ def register(subparsers: Subparsers) -> None:
     )
     cancel.add_argument("id", type=delivery_id, metavar="ID", help="the delivery's id")
     cancel.add_argument("--db", metavar="URL", help=_DB_HELP)
+    add_namespace(cancel)
     cancel.add_argument("--json", action="store_true", help="print the result as JSON")
     cancel.add_argument(
         "--app",
@@ -124,7 +131,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _store(args: argparse.Namespace) -> SQLStore:
-    return open_store(from_env(args.db, ENV_DATABASE_URL))
+    return open_store(from_env(args.db, ENV_DATABASE_URL), namespace=namespace(args))
 
 
 # ------------------------------------------------------------------------ inspect
@@ -476,5 +483,7 @@ def _cancelling(args: argparse.Namespace) -> tuple[SQLStore, Telemetry, Clock]:
     if args.db is not None:
         database_url(args.db)  # fail on a malformed URL before importing anything
         os.environ[ENV_DATABASE_URL] = args.db
+    if args.namespace is not None:
+        os.environ[ENV_NAMESPACE] = namespace(args) or ""
     engine = _engine(args.app, args.db)
     return engine.store, engine.telemetry, engine.clock

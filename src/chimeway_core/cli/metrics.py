@@ -35,7 +35,15 @@ from typing import Any, Final
 from sqlalchemy.exc import SQLAlchemyError
 
 from chimeway_core._deadline import Deadline
-from chimeway_core.cli.config import ENV_DATABASE_URL, from_env, open_store, shown, sqlite_path
+from chimeway_core.cli.config import (
+    ENV_DATABASE_URL,
+    add_namespace,
+    from_env,
+    namespace,
+    open_store,
+    shown,
+    sqlite_path,
+)
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, warn
 from chimeway_core.cli.parser import Subparsers, command, listen_address
@@ -77,6 +85,7 @@ def register(subparsers: Subparsers) -> None:
         "listened on, 3 database unreachable."
     )
     metrics.add_argument("--db", metavar="URL", help=f"database URL (default: ${ENV_DATABASE_URL})")
+    add_namespace(metrics)
     metrics.add_argument(
         "--serve",
         type=listen_address,
@@ -278,7 +287,11 @@ def run_metrics(args: argparse.Namespace) -> int:
     """Print the gauges once, or serve them until SIGINT or SIGTERM."""
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise CliError(f"--timeout must be a finite number of seconds > 0, got {args.timeout:g}")
-    store = open_store(from_env(args.db, ENV_DATABASE_URL), pool_pre_ping=args.serve is not None)
+    store = open_store(
+        from_env(args.db, ENV_DATABASE_URL),
+        pool_pre_ping=args.serve is not None,
+        namespace=namespace(args),
+    )
     if args.serve is None:
         # Printed once, a database failing midway is exit 3, as in every command.
         started = time.perf_counter()

@@ -50,10 +50,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import FromClause
-from sqlalchemy.sql.elements import TextClause
 
 from chimeway_core.errors import UnsupportedDatabaseError
 from chimeway_core.ledger import statements as sql
+from chimeway_core.ledger.namespace import namespace_of
 from chimeway_core.records import JournalKind
 from chimeway_core.states import DeliveryStatus
 
@@ -349,7 +349,7 @@ class PostgreSQL:
                 "ready": DeliveryStatus.READY.value,
                 "created": JournalKind.CREATED.value,
             }
-            created = _run(conn, sql.PG_CREATE_READY, sql.PG_CREATE_READY_BOUND, parameters)
+            created = _run(conn, sql.PG_CREATE_READY_RAW, parameters)
             inserted.update(created.scalars())
         return inserted
 
@@ -357,13 +357,14 @@ class PostgreSQL:
         return count <= sql.PG_BULK_CHUNK
 
     def delete_outbox(self, conn: Connection, ids: Sequence[UUID]) -> None:
-        _run(conn, sql.PG_DELETE_OUTBOX, sql.PG_DELETE_OUTBOX_BOUND, {"ids": list(ids)})
+        _run(conn, sql.PG_DELETE_OUTBOX_RAW, {"ids": list(ids)})
 
 
 def _run(
-    conn: Connection, pyformat: str, bound: TextClause, parameters: dict[str, Any]
+    conn: Connection, statement: sql.RawStatement, parameters: dict[str, Any]
 ) -> CursorResult[Any]:
-    """Run a raw PostgreSQL statement: as psycopg's own text, or typed for another driver."""
+    """Run a raw PostgreSQL statement in ``conn``'s namespace: psycopg's text, or typed."""
+    pyformat, bound = statement.sql(namespace_of(conn))
     if conn.dialect.paramstyle == "pyformat":
         return conn.exec_driver_sql(pyformat, parameters)
     return conn.execute(bound, parameters)

@@ -15,6 +15,10 @@ UTC timestamps, JSON), the SQL stays the one SQLAlchemy writes, and engine
 events (``before_cursor_execute``, the statement counters) still see every
 statement.
 
+A connection running in a namespace (``schema_translate_map``, see
+:mod:`~chimeway_core.ledger.namespace`) gets the SQL compiled with its
+table names qualified, once per namespace.
+
 Only statements whose every parameter is an explicit ``bindparam`` qualify:
 a bare ``table.insert()`` compiles its columns from the keys it is given.
 """
@@ -27,6 +31,8 @@ from typing import Any, Final
 import attrs
 from sqlalchemy import Connection, CursorResult, Dialect
 from sqlalchemy.sql.selectable import ExecutableReturnsRows
+
+from chimeway_core.ledger.namespace import namespace_of, translate_map
 
 __all__ = ["Precompiled"]
 
@@ -57,10 +63,17 @@ class Precompiled:
 
     def __init__(self, statement: ExecutableReturnsRows) -> None:
         self.statement: Final = statement
-        self._by_dialect: dict[Dialect, _Compiled] = {}
+        self._by_dialect: dict[tuple[Dialect, str | None], _Compiled] = {}
 
-    def _compile(self, dialect: Dialect) -> _Compiled:
-        compiled = self.statement.compile(dialect=dialect)
+    def _compile(self, dialect: Dialect, namespace: str | None) -> _Compiled:
+        if namespace is None:
+            compiled = self.statement.compile(dialect=dialect)
+        else:
+            compiled = self.statement.compile(
+                dialect=dialect,
+                schema_translate_map=translate_map(namespace),
+                render_schema_translate=True,
+            )
         # By name: a parameter used twice in the SQL is still converted once.
         processors = {
             name: process
@@ -82,12 +95,13 @@ class Precompiled:
             results=results if any(results) else (),
         )
         # A race compiles twice and keeps either: both are the same.
-        self._by_dialect[dialect] = result
+        self._by_dialect[dialect, namespace] = result
         return result
 
     def execute(self, conn: Connection, parameters: Mapping[str, Any]) -> CursorResult[Any]:
         """Run the statement on ``conn`` with ``parameters``; the raw driver result."""
-        compiled = self._by_dialect.get(conn.dialect) or self._compile(conn.dialect)
+        key = (conn.dialect, namespace_of(conn))
+        compiled = self._by_dialect.get(key) or self._compile(*key)
         if missing := compiled.required - parameters.keys():
             # Core raises here too; binding NULL instead would fail a fence silently.
             raise ValueError(f"no value for the parameters {sorted(missing)}")
@@ -105,7 +119,7 @@ class Precompiled:
         row = self.execute(conn, parameters).first()
         if row is None:
             return None
-        compiled = self._by_dialect[conn.dialect]
+        compiled = self._by_dialect[conn.dialect, namespace_of(conn)]
         if not compiled.results:
             return tuple(row)
         return tuple(

@@ -21,12 +21,14 @@ database runs which.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
+import attrs
 from sqlalchemy import (
     CTE,
     BindParameter,
@@ -61,6 +63,7 @@ from chimeway_core.ledger.claimable import (
     UNLEASED,
     claimable_where,
 )
+from chimeway_core.ledger.namespace import qualified
 from chimeway_core.ledger.precompiled import Precompiled
 from chimeway_core.ledger.schema import AttemptRow, DeliveryRow, JournalRow, OutboxRow, metadata
 from chimeway_core.states import TERMINAL_STATUSES
@@ -380,9 +383,9 @@ COUNT_RECENT_ATTEMPTS: Final = (
 # written from what was inserted. The ordinality keeps the rows in key order;
 # json_to_recordset reads a JSON null as SQL NULL, and COALESCE stores a None
 # payload as JSON null, as SQLAlchemy's JSON type does on every other path.
-PG_CREATE_READY: Final = f"""
+_PG_CREATE_READY: Final = """
 WITH created AS (
-    INSERT INTO {DELIVERIES.name} (
+    INSERT INTO {deliveries} (
         id, channel, recipient, payload, notification_key, idempotency_key, status,
         reason, attempt_count, max_attempts, scheduled_at, expires_at, lease_owner,
         lease_expires_at, version, deferral_count, metadata, created_at, updated_at
@@ -404,13 +407,13 @@ WITH created AS (
     ON CONFLICT (channel, idempotency_key) DO NOTHING
     RETURNING id, scheduled_at
 ), journal AS (
-    INSERT INTO {JOURNAL.name} (delivery_id, at, kind, to_status, detail)
+    INSERT INTO {journal} (delivery_id, at, kind, to_status, detail)
     SELECT id, %(now)s, %(created)s, %(ready)s, '{{}}'::json FROM created
 )
-INSERT INTO {OUTBOX.name} (delivery_id, run_at, created_at)
+INSERT INTO {outbox} (delivery_id, run_at, created_at)
 SELECT id, scheduled_at, %(now)s FROM created
 RETURNING delivery_id
-"""  # noqa: S608 -- the names are the schema's constants; every value is bound
+"""
 
 
 def _bound(pyformat: str, **types: TypeEngine[Any]) -> TextClause:
@@ -439,14 +442,47 @@ PG_DOCUMENT_COLUMNS: Final = (
     "metadata",
 )
 
-PG_DELETE_OUTBOX: Final = f"DELETE FROM {OUTBOX.name} WHERE delivery_id = ANY(%(ids)s::uuid[])"  # noqa: S608 -- a constant name
+_PG_DELETE_OUTBOX: Final = "DELETE FROM {outbox} WHERE delivery_id = ANY(%(ids)s::uuid[])"
 
-#: PG_CREATE_READY and PG_DELETE_OUTBOX for a driver whose paramstyle is not pyformat.
-PG_CREATE_READY_BOUND: Final = _bound(
-    PG_CREATE_READY,
-    rows=String(),
-    now=DateTime(timezone=True),
-    ready=String(),
-    created=String(),
+
+@attrs.frozen
+class RawStatement:
+    """A PostgreSQL statement written as text: psycopg's pyformat, and typed for other drivers.
+
+    Text is not translated by ``schema_translate_map``: :meth:`sql` writes the
+    table names qualified by the namespace, once per namespace.
+    """
+
+    template: str
+    types: tuple[tuple[str, TypeEngine[Any]], ...]
+
+    def sql(self, namespace: str | None) -> tuple[str, TextClause]:
+        """The pyformat text and its typed ``text()`` (see :func:`_bound`) in ``namespace``."""
+        return _raw_sql(self, namespace)
+
+
+@functools.cache
+def _raw_sql(statement: RawStatement, namespace: str | None) -> tuple[str, TextClause]:
+    pyformat = statement.template.format(
+        deliveries=qualified(DELIVERIES.name, namespace),
+        journal=qualified(JOURNAL.name, namespace),
+        outbox=qualified(OUTBOX.name, namespace),
+    )
+    return pyformat, _bound(pyformat, **dict(statement.types))
+
+
+PG_CREATE_READY_RAW: Final = RawStatement(
+    _PG_CREATE_READY,
+    types=(
+        ("rows", String()),
+        ("now", DateTime(timezone=True)),
+        ("ready", String()),
+        ("created", String()),
+    ),
 )
-PG_DELETE_OUTBOX_BOUND: Final = _bound(PG_DELETE_OUTBOX, ids=postgresql.ARRAY(Uuid()))
+PG_DELETE_OUTBOX_RAW: Final = RawStatement(
+    _PG_DELETE_OUTBOX, types=(("ids", postgresql.ARRAY(Uuid())),)
+)
+#: The statements in the default schema (pyformat, and typed for other drivers).
+PG_CREATE_READY, PG_CREATE_READY_BOUND = PG_CREATE_READY_RAW.sql(None)
+PG_DELETE_OUTBOX, PG_DELETE_OUTBOX_BOUND = PG_DELETE_OUTBOX_RAW.sql(None)

@@ -37,6 +37,8 @@ from typing import Any, Final
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, create_engine, make_url
+from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateSchema
 
 from chimeway_core.errors import InvalidDeliveryError, LeaseLostError
 from chimeway_core.ledger import create as creating
@@ -49,6 +51,13 @@ from chimeway_core.ledger.locked import (
     lease_end,
     record_parameters,
     resolve_transition,
+)
+from chimeway_core.ledger.namespace import (
+    TRANSLATE_OPTION,
+    attach_sqlite,
+    check_namespace,
+    translate_map,
+    translated,
 )
 from chimeway_core.ledger.outbox import OutboxItem
 from chimeway_core.ledger.protocol import Ledger
@@ -86,9 +95,19 @@ class SQLStore(Reads, Transitions):
     payload (and of metadata); ``max_response_bytes`` and ``max_error_chars``
     cap what an attempt records (capped, never rejected); each must be an
     int >= 1 (:class:`ValueError` otherwise).
+
+    ``namespace`` keeps the tables apart from another application's on the
+    same database: a PostgreSQL schema, or on SQLite a database file attached
+    beside the main one (:mod:`~chimeway_core.ledger.namespace`). Every
+    statement of the store, on its connections and on a caller's session,
+    runs there; two stores on two namespaces never see each other's
+    deliveries, outbox rows or gauges. ``None`` (the default) is the
+    database's default schema. A name that is not a lowercase identifier
+    raises :class:`ValueError`.
     """
 
     engine: Engine
+    """The store's engine: the one given (or made from the URL), in :attr:`namespace`."""
 
     def __init__(
         self,
@@ -97,7 +116,9 @@ class SQLStore(Reads, Transitions):
         max_payload_bytes: int = 256 * 1024,
         max_response_bytes: int = 16 * 1024,
         max_error_chars: int = 2000,
+        namespace: str | None = None,
     ) -> None:
+        self.namespace: Final = check_namespace(namespace)
         for name, limit in (
             ("max_payload_bytes", max_payload_bytes),
             ("max_response_bytes", max_response_bytes),
@@ -117,15 +138,24 @@ class SQLStore(Reads, Transitions):
                 f"not {type(url_or_engine).__name__}"
             )
         self._dialect = dialect_for(url_or_engine)
+        self._dialect.configure(url_or_engine)
+        if self.namespace is not None:
+            if self._dialect.name == "sqlite":
+                attach_sqlite(url_or_engine, self.namespace)
+            url_or_engine = url_or_engine.execution_options(
+                **{TRANSLATE_OPTION: translate_map(self.namespace)}
+            )
         self.engine = url_or_engine
-        self._dialect.configure(self.engine)
         self._write_engine = self.engine.execution_options(**{WRITE_OPTION: True})
         self.max_payload_bytes = max_payload_bytes
         self.max_response_bytes = max_response_bytes
         self.max_error_chars = max_error_chars
 
     def __repr__(self) -> str:
-        return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
+        url = self.engine.url.render_as_string(hide_password=True)
+        if self.namespace is None:
+            return f"SQLStore({url!r})"
+        return f"SQLStore({url!r}, namespace={self.namespace!r})"
 
     # ----------------------------------------------------------------- plumbing
 
@@ -139,12 +169,24 @@ class SQLStore(Reads, Transitions):
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def _on(self, session: Session) -> Iterator[Connection]:
+        """``session``'s connection, running chimeway's statements in the namespace."""
+        with translated(session.connection(), self.namespace) as conn:
+            yield conn
+
     def create_all(self) -> None:
-        """Create chimeway's tables if missing (tests, demo); production uses migrations."""
-        metadata.create_all(self.engine)
+        """Create chimeway's tables if missing (tests, demo); production uses migrations.
+
+        In a namespace, its PostgreSQL schema is created first when missing.
+        """
+        with self.engine.begin() as conn:
+            if self.namespace is not None and self._dialect.name == "postgresql":
+                conn.execute(CreateSchema(self.namespace, if_not_exists=True))
+            metadata.create_all(conn)
 
     def drop_all(self) -> None:
-        """Drop chimeway's tables and everything in them."""
+        """Drop chimeway's tables and everything in them (a namespace's schema stays)."""
         metadata.drop_all(self.engine)
 
     # ----------------------------------------------------------------- creating
@@ -253,8 +295,7 @@ class SQLStore(Reads, Transitions):
         # caller's transaction, else a transaction of its own.
         may_conflict = creating.may_conflict(rows)
         if session is not None:
-            conn = session.connection()
-            with conn.begin_nested() if may_conflict else nullcontext():
+            with self._on(session) as conn, conn.begin_nested() if may_conflict else nullcontext():
                 return creating.insert_deliveries(conn, self._dialect, rows, now, drafted, by)
         if (
             not may_conflict
@@ -289,8 +330,8 @@ class SQLStore(Reads, Transitions):
         check_id(delivery_id)
         now = aware(now, "now")
         if session is not None:
-            session = check_session(session)
-            original = creating.resend_original(session.connection(), delivery_id, for_update=False)
+            with self._on(check_session(session)) as conn:
+                original = creating.resend_original(conn, delivery_id, for_update=False)
         else:
             with self._read() as conn:
                 original = creating.resend_original(conn, delivery_id, for_update=False)
@@ -345,7 +386,7 @@ class SQLStore(Reads, Transitions):
         now = aware(now, "now")
         if session is not None:
             session = check_session(session)
-        with nullcontext(session.connection()) if session is not None else self._write() as conn:
+        with self._on(session) if session is not None else self._write() as conn:
             return creating.resend_on(
                 conn,
                 self._dialect,

@@ -26,10 +26,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import attrs
-from sqlalchemy import Connection, Engine, create_engine, inspect
+from sqlalchemy import Connection, Engine, MetaData, create_engine, inspect
+from sqlalchemy.schema import CreateSchema
 
 from chimeway_core.errors import ChimewayError, MissingExtraError
 from chimeway_core.ledger.dialects import configure_sqlite
+from chimeway_core.ledger.namespace import (
+    TRANSLATE_OPTION,
+    attach_sqlite,
+    check_namespace,
+    translate_map,
+)
 from chimeway_core.ledger.schema import metadata
 
 if TYPE_CHECKING:
@@ -153,8 +160,14 @@ def check_revision(revision: str) -> None:
         raise ValueError(f"revision {revision!r} is not one of chimeway's: {expected}") from None
 
 
-def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
+def upgrade(
+    url_or_engine: str | Engine, revision: str = "head", *, namespace: str | None = None
+) -> None:
     """Apply chimeway's migrations to the database up to ``revision``.
+
+    ``namespace`` is the store's (:class:`~chimeway_core.store.SQLStore`):
+    the tables and the version table are made there (on PostgreSQL, the
+    schema is created when missing). Each namespace has its own history.
 
     ``url_or_engine`` is a database URL or an :class:`~sqlalchemy.Engine`
     (left open; an engine made from a URL is disposed afterwards). Runs in one
@@ -175,6 +188,7 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
     from alembic import command  # noqa: PLC0415 -- optional: "migrations"
 
     check_revision(revision)
+    namespace = check_namespace(namespace)
     owned = isinstance(url_or_engine, str)
     engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
     if engine.dialect.name == "sqlite":
@@ -183,9 +197,12 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
         # The store's hooks (SQLAlchemy's documented pysqlite recipe) do that.
         configure_sqlite(engine)
     try:
-        with engine.begin() as connection:
+        with _connect(engine, namespace) as connection, connection.begin():
+            if namespace is not None and engine.dialect.name == "postgresql":
+                connection.execute(CreateSchema(namespace, if_not_exists=True))
             config.attributes["connection"] = connection
-            if _made_by_create_all(connection):
+            config.attributes["namespace"] = namespace
+            if _made_by_create_all(connection, namespace):
                 command.stamp(config, "head")
             command.upgrade(config, revision)
     finally:
@@ -193,12 +210,13 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
             engine.dispose()
 
 
-def status(url_or_engine: str | Engine) -> SchemaStatus:
+def status(url_or_engine: str | Engine, *, namespace: str | None = None) -> SchemaStatus:
     """Where the database's chimeway tables stand against this version's migrations.
 
-    Reads only. ``url_or_engine`` as for :func:`upgrade` (a SQLite URL naming
-    no file creates an empty one when connecting: pass an engine on a file
-    that exists). A database this version can run on is
+    Reads only; in ``namespace`` (the store's), when given.
+    ``url_or_engine`` as for :func:`upgrade` (a SQLite URL naming no file
+    creates an empty one when connecting: pass an engine on a file that
+    exists). A database this version can run on is
     :attr:`SchemaStatus.usable`; any other needs ``chimeway db upgrade``, or
     (:attr:`SchemaState.UNRECORDED`, :attr:`SchemaState.UNKNOWN`) a person.
     Raises :class:`~chimeway_core.errors.MissingExtraError` when Alembic is
@@ -211,13 +229,14 @@ def status(url_or_engine: str | Engine) -> SchemaStatus:
     script = ScriptDirectory.from_config(config)
     head = script.get_current_head()
     assert head is not None  # chimeway ships at least one migration
+    namespace = check_namespace(namespace)
     owned = isinstance(url_or_engine, str)
     engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
     try:
-        with engine.connect() as connection:
-            context = _context(connection)
+        with _connect(engine, namespace) as connection:
+            context = _context(connection, namespace)
             revision = context.get_current_revision()
-            differences = _unrecorded_differences(connection, context)
+            differences = _unrecorded_differences(connection, context, namespace)
     finally:
         if owned:
             engine.dispose()
@@ -238,22 +257,47 @@ def status(url_or_engine: str | Engine) -> SchemaStatus:
     return SchemaStatus(state=state, revision=revision, head=head, pending=pending)
 
 
-def _context(connection: Connection) -> MigrationContext:
+def _connect(engine: Engine, namespace: str | None) -> Connection:
+    """A connection whose statements (the migrations' DDL too) run in ``namespace``."""
+    if namespace is None:
+        return engine.connect()
+    if engine.dialect.name == "sqlite":
+        attach_sqlite(engine, namespace)
+    return engine.connect().execution_options(**{TRANSLATE_OPTION: translate_map(namespace)})
+
+
+def _in(namespace: str) -> MetaData:
+    """chimeway's tables placed in ``namespace``, for comparing with what is there."""
+    placed = MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.sorted_tables:
+        table.to_metadata(placed, schema=namespace)
+    return placed
+
+
+def _context(connection: Connection, namespace: str | None = None) -> MigrationContext:
     from alembic.migration import MigrationContext  # noqa: PLC0415 -- optional
+
+    def include_name(name: str | None, kind: str, _parents: object) -> bool:
+        # Only chimeway's own tables (the application's may share the
+        # database), and in a namespace only its schema.
+        if kind == "schema":
+            return name == namespace
+        return kind != "table" or name in metadata.tables
 
     return MigrationContext.configure(
         connection,
         opts={
             "version_table": VERSION_TABLE,
+            "version_table_schema": namespace,
             "compare_type": True,
-            # Only chimeway's own tables: the application's may share the database.
-            "include_name": lambda name, kind, _parents: kind != "table" or name in metadata.tables,
+            "include_schemas": namespace is not None,
+            "include_name": include_name,
         },
     )
 
 
 def _unrecorded_differences(
-    connection: Connection, context: MigrationContext
+    connection: Connection, context: MigrationContext, namespace: str | None = None
 ) -> list[object] | None:
     """How tables with no revision recorded differ from head's; ``None``: not such tables.
 
@@ -264,17 +308,17 @@ def _unrecorded_differences(
 
     if context.get_current_revision() is not None:
         return None
-    if not set(inspect(connection).get_table_names()) & set(metadata.tables):
+    if not set(inspect(connection).get_table_names(schema=namespace)) & set(metadata.tables):
         return None
-    return list(compare_metadata(context, metadata))
+    return list(compare_metadata(context, metadata if namespace is None else _in(namespace)))
 
 
-def _made_by_create_all(connection: Connection) -> bool:
+def _made_by_create_all(connection: Connection, namespace: str | None = None) -> bool:
     """Whether chimeway's tables exist with no revision recorded, and match head's schema.
 
     Raises :class:`UnrecordedSchemaError` for such tables that do not match.
     """
-    differences = _unrecorded_differences(connection, _context(connection))
+    differences = _unrecorded_differences(connection, _context(connection, namespace), namespace)
     if differences:
         raise UnrecordedSchemaError(differences)
     return differences is not None

@@ -24,6 +24,9 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         version_table=VERSION_TABLE,
+        # A namespace's own history, beside its tables (the connection
+        # qualifies the migrations' table names).
+        version_table_schema=config.attributes.get("namespace"),
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

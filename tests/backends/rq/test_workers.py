@@ -65,6 +65,7 @@ class App:
             markers=self.markers,
             lease_margin=float(self.settings.get("APP_LEASE_MARGIN", "2.0")),
             requeue_after=float(self.settings.get("APP_REQUEUE_AFTER", "300")),
+            namespace=self.settings.get("APP_NAMESPACE"),
         )
 
     @property

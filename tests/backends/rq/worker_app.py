@@ -126,9 +126,10 @@ def build(
     requeue_after: float = 300.0,
     job_timeout: int = 3,
     rescue_pause: float = 0.0,
+    namespace: str | None = None,
 ) -> Chimeway:
     """The engine every process of one test uses."""
-    store = SQLStore(db_url)
+    store = SQLStore(db_url, namespace=namespace)
     backend = RQBackend(redis.Redis.from_url(redis_url), queue, job_timeout=job_timeout)
     engine = PausingRescue(
         store,
@@ -155,4 +156,5 @@ def engine() -> Chimeway:
         requeue_after=float(env.get("APP_REQUEUE_AFTER", "300")),
         job_timeout=int(env.get("APP_JOB_TIMEOUT", "3")),
         rescue_pause=float(env.get("APP_RESCUE_PAUSE", "0")),
+        namespace=env.get("APP_NAMESPACE") or None,
     )
