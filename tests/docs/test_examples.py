@@ -19,6 +19,10 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 #: (page, block index) -> why it only compiles.
 COMPILE_ONLY: dict[tuple[str, int], str] = {
+    ("backends/celery.md", 2): "a project's modules (proj); tests/backends/celery/shop is one",
+    ("backends/celery.md", 3): "a project's modules (proj); tests/backends/celery/shop is one",
+    ("backends/celery.md", 4): "a project's modules (proj); tests/backends/celery/shop is one",
+    ("backends/celery.md", 5): "a project's modules (proj); tests/backends/celery/shop is one",
     ("backends/rq.md", 1): "starts a worker that runs until stopped (tests/backends/rq run it)",
     ("ledger.md", 1): "a fragment of an application's handler: order, engine, now are the app's",
     ("ledger.md", 3): "migrates a production URL (tests/store/test_migrations.py runs upgrade())",

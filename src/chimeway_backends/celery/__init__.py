@@ -1,12 +1,16 @@
 """The Celery backend: chimeway deliveries as tasks on the user's Celery app.
 
-A package of what is specific to Celery: the backend and its task
+A package of what is specific to Celery: the backend and its tasks
 (:mod:`.backend`), the worker bootstep and :func:`run_worker`
-(:mod:`.worker`), the configuration checks (:mod:`.settings`) and the
-command line's entry (:mod:`.cli`, loaded only by the command line). The
-worker half every backend shares is :mod:`chimeway_core.worker`. Every
+(:mod:`.worker`), the configuration checks (:mod:`.settings`), an existing
+app's ``chimeway_engine`` setting and the check every worker makes at start
+(:mod:`.hooks`, :mod:`.discovery`, and ``celery chimeway`` in
+:mod:`.command`), relay and rescue on ``celery beat`` (:mod:`.beat`) and
+the command line's entry (:mod:`.cli`, loaded only by the command line).
+The worker half every backend shares is :mod:`chimeway_core.worker`. Every
 public name is importable from here, as from the module this package
-replaces.
+replaces, and is imported on first use: importing the package itself
+imports nothing of chimeway's core.
 
 Theory of operation
 -------------------
@@ -47,6 +51,14 @@ a terminal, leased or not-yet-due delivery without side effect, and one job
 at a time wins the claim. Results are never stored (``ignore_result``), so a
 repeated id never collides in a result backend.
 
+In an existing app whose worker does not import the module that builds
+the engine, one setting names it: ``app.conf.chimeway_engine =
+"proj.notify:engine"``. Every worker of the app loads it before it
+consumes, and a worker that consumes ``chimeway`` without the task refuses
+to start instead of discarding the jobs (:mod:`.hooks`).
+``chimeway.relay`` and ``chimeway.rescue`` run the engine's relay and rescue
+from ``celery beat`` (:func:`beat_schedule`).
+
 The engine is found from an import path (``module:attribute``, a
 :class:`~chimeway_core.engine.Chimeway` or a zero-argument callable returning
 one), given as ``engine=`` or through the ``CHIMEWAY_APP`` environment
@@ -67,34 +79,47 @@ about risky settings (:func:`check_configuration`); then it runs
 
 from __future__ import annotations
 
-from typing import Final
-
-from chimeway_core.errors import MissingExtraError
-from chimeway_core.loading import APP_VARIABLE
+import importlib
+from typing import TYPE_CHECKING, Final
 
 try:
     import celery  # noqa: F401 - checked here so a missing extra is one clear error
     import kombu  # noqa: F401
 except ImportError as _error:  # pragma: no cover - exercised by monkeypatching sys.modules
+    from chimeway_core.errors import MissingExtraError
+
     raise MissingExtraError("celery", feature="the Celery backend") from _error
 
-from chimeway_backends.celery.backend import TASK_NAME, CeleryBackend
-from chimeway_backends.celery.settings import (
-    CeleryConfigurationWarning,
-    UnsafeSerializerError,
-    check_configuration,
-    pickle_problems,
-    refuse_pickle,
-    warn_configuration,
-)
-from chimeway_backends.celery.worker import ChimewayStep, run_worker
+# Connects the worker check in this process (the `celery` command connects it too).
+from chimeway_backends.celery import hooks as _hooks  # noqa: F401
+
+if TYPE_CHECKING:
+    from chimeway_backends.celery.backend import CeleryBackend
+    from chimeway_backends.celery.beat import RELAY_TASK, RESCUE_TASK, beat_schedule
+    from chimeway_backends.celery.discovery import WorkerRefusedError
+    from chimeway_backends.celery.hooks import ENGINE_SETTING, TASK_NAME
+    from chimeway_backends.celery.settings import (
+        CeleryConfigurationWarning,
+        UnsafeSerializerError,
+        check_configuration,
+        pickle_problems,
+        refuse_pickle,
+        warn_configuration,
+    )
+    from chimeway_backends.celery.worker import ChimewayStep, run_worker
 
 __all__ = [
+    "ENGINE_ENV",
+    "ENGINE_SETTING",
+    "RELAY_TASK",
+    "RESCUE_TASK",
+    "TASK_NAME",
     "CeleryBackend",
     "CeleryConfigurationWarning",
-    "TASK_NAME",
     "ChimewayStep",
     "UnsafeSerializerError",
+    "WorkerRefusedError",
+    "beat_schedule",
     "check_configuration",
     "pickle_problems",
     "refuse_pickle",
@@ -102,5 +127,41 @@ __all__ = [
     "warn_configuration",
 ]
 
-#: The environment variable naming the engine when none is given.
-ENGINE_ENV: Final = APP_VARIABLE
+#: The environment variable naming the engine when none is given
+#: (:data:`chimeway_core.loading.APP_VARIABLE`).
+ENGINE_ENV: Final = "CHIMEWAY_APP"
+
+# Each public name and the module it comes from. Imported on first use
+# (PEP 562), so that `from chimeway_backends.celery import beat_schedule` in
+# an app module, and the `celery` command's hook, import nothing of
+# chimeway's core.
+_HOMES: Final = {
+    "CeleryBackend": "backend",
+    "TASK_NAME": "hooks",
+    "ENGINE_SETTING": "hooks",
+    "RELAY_TASK": "beat",
+    "RESCUE_TASK": "beat",
+    "beat_schedule": "beat",
+    "WorkerRefusedError": "discovery",
+    "CeleryConfigurationWarning": "settings",
+    "UnsafeSerializerError": "settings",
+    "check_configuration": "settings",
+    "pickle_problems": "settings",
+    "refuse_pickle": "settings",
+    "warn_configuration": "settings",
+    "ChimewayStep": "worker",
+    "run_worker": "worker",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -17,6 +17,8 @@ from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from chimeway_backends.celery.beat import RELAY_TASK, RESCUE_TASK
+from chimeway_backends.celery.hooks import DEFAULT_QUEUE, TASK_NAME
 from chimeway_core._checks import queue_or, seconds
 from chimeway_core.backend import Backend
 from chimeway_core.engine import Chimeway
@@ -28,8 +30,6 @@ __all__ = ["APP_ATTRIBUTE", "TASK_NAME", "CeleryBackend"]
 
 _log = logging.getLogger(__name__)
 
-#: The name of the task every delivery job runs.
-TASK_NAME: Final = "chimeway.deliver"
 #: Where an app keeps its backend.
 APP_ATTRIBUTE: Final = "_chimeway_backend"
 _BROKER_CONNECT_TIMEOUT: Final = 5.0
@@ -39,8 +39,10 @@ class CeleryBackend(Backend):
     """Chimeway's backend on a Celery app: a :class:`~chimeway_core.backend.Backend`.
 
     Registers the task ``chimeway.deliver`` (its jobs and their retries are
-    sent to ``queue``, also called ``default_queue``) and a worker bootstep
-    on ``app``; one backend per app. ``engine`` is what the worker performs
+    sent to ``queue``, also called ``default_queue``), the tasks
+    ``chimeway.relay`` and ``chimeway.rescue`` (no argument; what
+    :func:`~chimeway_backends.celery.beat_schedule` sends) and a worker
+    bootstep on ``app``; one backend per app. ``engine`` is what the worker performs
     with: a :class:`Chimeway`, its import path, or ``None`` for
     ``CHIMEWAY_APP``; it is resolved lazily, once per process, so the module
     that builds the engine with this backend can name itself.
@@ -62,7 +64,7 @@ class CeleryBackend(Backend):
         self,
         app: Any,
         *,
-        queue: str = "chimeway",
+        queue: str = DEFAULT_QUEUE,
         engine: Chimeway | str | None = None,
         rescue_interval: float | None = 30.0,
         error_retry_delay: float = 10.0,
@@ -102,6 +104,24 @@ class CeleryBackend(Backend):
             max_retries=None,  # the ledger decides when a delivery stops
             typing=False,  # wrong arguments reach the body and raise InvalidJobError
         )(deliver)
+
+        def relay(*args: object, **kwargs: object) -> str:
+            return backend._relay(args, kwargs)
+
+        def rescue(*args: object, **kwargs: object) -> str:
+            return backend._rescue_now(args, kwargs)
+
+        relay.__doc__ = "Relay chimeway's outbox (engine.relay()); takes no argument."
+        rescue.__doc__ = "Run one chimeway rescue pass (engine.rescue()); takes no argument."
+        upkeep = {
+            "shared": False,
+            "serializer": "json",
+            "ignore_result": True,
+            "max_retries": 0,  # the next tick is the retry
+            "typing": False,  # arguments reach the body and raise InvalidJobError
+        }
+        self.relay_task: Any = app.task(name=RELAY_TASK, **upkeep)(relay)
+        self.rescue_task: Any = app.task(name=RESCUE_TASK, **upkeep)(rescue)
         setattr(app, APP_ATTRIBUTE, self)
         # The bootstep lives with the worker side, which imports this module.
         from chimeway_backends.celery.worker import ChimewayStep  # noqa: PLC0415
@@ -216,3 +236,25 @@ class CeleryBackend(Backend):
 
     def _rescue(self) -> None:
         rescue(self.source, self.rescue_interval)
+
+    # -- the upkeep tasks (beat_schedule) -------------------------------------
+    # Exceptions propagate: Celery records the task as failed, and the next
+    # tick tries again. Both are safe on several workers at once.
+
+    def _relay(self, args: tuple[object, ...], kwargs: dict[str, object]) -> str:
+        _no_arguments(args, kwargs)
+        return f"relayed {self.source.get().relay()} outbox rows"
+
+    def _rescue_now(self, args: tuple[object, ...], kwargs: dict[str, object]) -> str:
+        _no_arguments(args, kwargs)
+        report = self.source.get().rescue()
+        return (
+            f"{report.resolved} lost attempts resolved, {report.requeued} deliveries requeued, "
+            f"{report.pending} already pending, {report.relayed} relayed, {report.pruned} pruned"
+        )
+
+
+def _no_arguments(args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+    """Refuse a relay or rescue message that carries anything: chimeway never sends one."""
+    if args or kwargs:
+        raise InvalidJobError({"args": list(args), "kwargs": kwargs})
