@@ -59,6 +59,15 @@ class Delivery:
     metadata: Mapping[str, Any]
     created_at: datetime
     updated_at: datetime
+    found_existing: bool = attrs.field(default=False, eq=False, repr=False)
+    """Whether ``notify()`` found this delivery already recorded under its key and made none.
+
+    ``True`` only on what ``notify()`` and ``notify_many()`` return for a
+    repeat of a request (the same ``(channel, idempotency_key)``): nothing
+    was written or queued for it. ``False`` on a delivery they created, and
+    on every delivery read from the ledger. Not part of equality: the
+    delivery is the same either way.
+    """
 
     @property
     def is_terminal(self) -> bool:

@@ -87,6 +87,25 @@ def test_a_repeat_returns_the_delivery_and_another_request_is_refused(
     assert (written, jobs, events) == (_tables(store), backend.pending(), heard.events)
 
 
+def test_notify_says_whether_it_created_the_delivery_or_found_it(
+    engine: Any, store: SQLStore, backend: MemoryBackend
+) -> None:
+    """found_existing is True on a repeat's delivery only, and never read from the ledger."""
+    first = engine.notify("sms", "+15550100", idempotency_key="welcome-7")
+    again = engine.notify("sms", "+15550100", idempotency_key="welcome-7")
+    assert (False, True) == (first.found_existing, again.found_existing)
+    assert first == again
+    assert not engine.get(first.id).delivery.found_existing
+    specs = [
+        NewDelivery(channel="sms", recipient="+15550100", idempotency_key="welcome-7"),
+        NewDelivery(channel="sms", recipient="+15550101", idempotency_key="welcome-8"),
+        NewDelivery(channel="sms", recipient="+15550101", idempotency_key="welcome-8"),
+    ]
+    assert [True, False, True] == [d.found_existing for d in engine.notify_many(specs)]
+    assert [False] * 2 == [d.found_existing for d in store.find()]
+    assert 2 == len(backend.pending())
+
+
 def test_notify_many_with_a_conflict_writes_none_and_names_every_conflict(
     engine: Any, store: SQLStore, backend: MemoryBackend, heard: _Heard
 ) -> None:

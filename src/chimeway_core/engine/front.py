@@ -285,7 +285,9 @@ class Chimeway:
         """Record a delivery and queue it; return the delivery as written.
 
         Idempotent on ``(channel, idempotency_key)``: a repeat of the same
-        request returns the existing delivery and queues nothing. The same
+        request returns the existing delivery (its
+        :attr:`~chimeway_core.records.Delivery.found_existing` is ``True``)
+        and queues nothing. The same
         request has the same ``recipient``, ``payload`` (compared as JSON:
         ``1``, ``1.0`` and ``true`` differ, key order does not),
         ``notification_key`` and ``metadata``; ``scheduled_at``,

@@ -117,7 +117,10 @@ class Notifier:
             suppressed_by=[policy for _, policy in suppressions],
         )
         self._created([(c.delivery, c.created) for c in created], now, session)
-        return [c.delivery for c in created]
+        return [
+            c.delivery if c.created else attrs.evolve(c.delivery, found_existing=True)
+            for c in created
+        ]
 
     def resend(self, delivery_id: UUID, *, session: AnySession | None = None) -> Resent:
         """Write a copy of a delivery that ended unsent (see ``Chimeway.resend``)."""

@@ -3,7 +3,7 @@
 The project under test is :mod:`tests.backends.celery.shop`: its app module
 names chimeway's engine in one setting and imports nothing of chimeway's
 but ``beat_schedule``. Every process here is Celery's own command (``python
--m celery``), never chimeway's, on Redis (``REDIS_URL``'s database, with a
+-m celery``), never chimeway's, on Redis (database 5, with a
 key prefix of the test's own) and a SQLite ledger in the test's directory.
 """
 
@@ -42,6 +42,9 @@ from chimeway_core.engine import Chimeway
 from chimeway_core.errors import InvalidJobError
 from chimeway_core.loading import APP_VARIABLE
 from tests.services import REDIS_URL, require
+
+#: The Redis database these tests' brokers use (each test a key prefix of its own).
+SHOP_REDIS_URL = f"{REDIS_URL.rsplit('/', 1)[0]}/5"
 
 pytestmark = [pytest.mark.extras]
 
@@ -166,7 +169,7 @@ def shop(tmp_path: Path) -> Iterator[Shop]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHIMEWAY_")}
     env.update(
         PYTHONPATH=str(ROOT),
-        SHOP_BROKER_URL=REDIS_URL,
+        SHOP_BROKER_URL=SHOP_REDIS_URL,
         SHOP_KEY_PREFIX=f"chimeway-shop-{token}:",
         SHOP_DATABASE_URL=url,
         SHOP_QUEUE=f"chimeway-shop-{token}",
@@ -175,7 +178,7 @@ def shop(tmp_path: Path) -> Iterator[Shop]:
         yield Shop(env, store, tmp_path)
     finally:
         store.engine.dispose()
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(SHOP_REDIS_URL)
         try:
             keys = list(client.scan_iter(match=f"{env['SHOP_KEY_PREFIX']}*", count=500))
             if keys:
