@@ -143,8 +143,8 @@ class DjangoChimeway:
         alias = self.using if using is None else using
         if not isinstance(alias, str):
             raise TypeError(f"using must be a str, not {type(alias).__name__}")
+        lent = self._engine_for(alias)  # refuses a mismatch before any transaction
         with transaction.atomic(using=alias):
-            lent = self._engine_for(alias)
 
             def on_commit(hand_over: Callable[[], None]) -> None:
                 transaction.on_commit(hand_over, using=alias, robust=True)
