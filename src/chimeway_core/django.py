@@ -43,12 +43,14 @@ Needs Django (``pip install 'chimeway[django]'``); importing
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
+import attrs
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -75,9 +77,11 @@ class DjangoChimeway:
     of ``session=`` it takes ``using=``, the Django database alias to write
     through (default: the one given here, else ``"default"``). The engine's
     ledger must be an :class:`~chimeway_core.SQLStore` on that alias's
-    database: the same database, as Django's settings and the store's URL
-    both name it (only the kind of database can be checked here, and a
-    mismatch is an :class:`~chimeway_core.errors.UnsupportedDatabaseError`).
+    database, with the driver Django uses: the first call on an alias checks
+    the kind of database, the driver and the database itself (PostgreSQL's
+    ``current_database()`` on both connections, SQLite's file), and a
+    mismatch is an :class:`~chimeway_core.errors.UnsupportedDatabaseError`
+    raised before anything is written.
     """
 
     def __init__(self, engine: Chimeway, *, using: str = DEFAULT_DB_ALIAS) -> None:
@@ -184,11 +188,17 @@ def _lending_engine(alias: str, own: Engine) -> Engine:
         )
     if vendor == "postgresql" and connections[alias].Database.__name__ != "psycopg":
         raise UnsupportedDatabaseError(vendor, "Django on psycopg 3, not psycopg2")
-    if dialect.server_version_info is None:
+    with own.connect() as conn:
         # The dialect learns the server's version on its engine's first
-        # connection: make it there, never on Django's connection.
-        with own.connect():
-            pass
+        # connection: made here, never on Django's connection.
+        ledger = _database(vendor, own.url.database, conn.exec_driver_sql)
+    django = _database(vendor, connections[alias].settings_dict["NAME"], _django_sql(alias))
+    if ledger is None or ledger != django:
+        raise UnsupportedDatabaseError(
+            vendor,
+            f"the engine's SQLStore on Django's database {alias!r} ({django}), "
+            f"not on {ledger or 'an in-memory database'}",
+        )
     timestamptz = _psycopg_timestamptz() if vendor == "postgresql" else None
 
     def creator() -> _Lent:
@@ -198,6 +208,37 @@ def _lending_engine(alias: str, own: Engine) -> Engine:
 
     pool = NullPool(creator, reset_on_return=None, dialect=dialect)
     return Engine(pool, dialect, own.url)
+
+
+def _database(vendor: str, name: object, sql: Callable[[str], Any]) -> str | None:
+    """The database a connection is on: PostgreSQL's name for it, SQLite's file (None: memory)."""
+    if vendor == "postgresql":
+        return str(sql("SELECT current_database()").scalar())
+    if not name or str(name) == ":memory:":
+        return None  # a database of its own connection: never Django's
+    return os.path.realpath(str(name))
+
+
+def _django_sql(alias: str) -> Callable[[str], Any]:
+    """Run one query on Django's connection of ``alias``; its result answers ``scalar()``."""
+
+    def run(query: str) -> Any:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(query)
+            return _Scalar(cursor.fetchone()[0])
+
+    return run
+
+
+@attrs.frozen
+class _Scalar:
+    """One value, read as a SQLAlchemy result's ``scalar()`` is."""
+
+    value: object
+
+    def scalar(self) -> object:
+        """The value."""
+        return self.value
 
 
 def _psycopg_timestamptz() -> type:

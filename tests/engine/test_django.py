@@ -293,3 +293,33 @@ def test_a_broker_down_at_the_commit_keeps_the_commit_and_the_outbox_row(
         type(record.exc_info[1]).__name__ for record in caplog.records if record.exc_info
     ]
     store.engine.dispose()
+
+
+@pytest.mark.parametrize("elsewhere", ["another file", "memory"])
+def test_a_ledger_on_another_database_of_the_same_kind_is_refused(
+    sqlite_url: str, tmp_path: Path, elsewhere: str
+) -> None:
+    """Django's alias on one SQLite file, the ledger on another (or in memory): an error."""
+    url = f"sqlite:///{tmp_path / 'other.sqlite3'}" if elsewhere == "another file" else "sqlite://"
+    store = SQLStore(url)
+    notifications = DjangoChimeway(Chimeway(store, MemoryBackend(), {"sms": FakeChannel()}))
+    django = SQLStore(sqlite_url)
+    before = django.find()
+    with pytest.raises(UnsupportedDatabaseError, match="SQLStore on Django's database 'default'"):
+        notifications.notify("sms", "+15550100")
+    assert before == django.find()
+    store.engine.dispose()
+    django.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_ledger_on_another_postgresql_database_is_refused(pg_url: str) -> None:
+    """Django's ``pg`` alias on this module's database, the ledger on the admin one: an error."""
+    store = SQLStore(POSTGRES_ADMIN_URL)
+    notifications = DjangoChimeway(Chimeway(store, MemoryBackend(), {"sms": FakeChannel()}))
+    with pytest.raises(
+        UnsupportedDatabaseError, match=f"SQLStore on Django's database 'pg' \\({PG_NAME}\\)"
+    ):
+        notifications.notify("sms", "+15550100", using="pg")
+    store.engine.dispose()
+    assert PG_NAME in pg_url
