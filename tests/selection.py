@@ -34,6 +34,7 @@ EXTRA_MODULES: Final = frozenset(
         "aiosmtpd",
         "alembic",
         "celery",
+        "django",
         "fastapi",
         "flask",
         "flask_sqlalchemy",

@@ -9,7 +9,10 @@ that transaction has committed, :meth:`HandOver.hand_over` queues the id
 batches (:meth:`HandOver.flush_outbox`, every :data:`OUTBOX_FLUSH_AT` ids and
 before each relay). With the caller's ``session``, the hand-over waits for
 that session's outermost commit (:meth:`HandOver.after_commit`); a rollback
-drops what it rolled back, a savepoint's included.
+drops what it rolled back, a savepoint's included. A session that writes in a
+transaction someone else owns (Django's, see :mod:`chimeway_core.django`)
+carries that owner's commit hook under :data:`ON_COMMIT`: the hand-over is
+given to it instead.
 
 A crash between commit and enqueue loses nothing: :meth:`HandOver.relay`
 hands every outbox row older than a grace period to the backend, whose job
@@ -21,7 +24,7 @@ backend that takes no ``queue`` still serves an engine without routes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final, cast
 from uuid import UUID
@@ -38,9 +41,15 @@ from chimeway_core.ledger.outbox import OutboxItem
 from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.records import Delivery
 
-__all__ = ["OUTBOX_FLUSH_AT", "RELAY_BATCH", "HandOver", "Queued"]
+__all__ = ["ON_COMMIT", "OUTBOX_FLUSH_AT", "RELAY_BATCH", "HandOver", "Queued"]
 
 _SESSION_KEY: Final = "chimeway.pending_enqueue"
+
+#: The ``Session.info`` key of a commit hook: a callable that runs the callable
+#: it is given once the transaction the session writes in commits, and never
+#: if it rolls back (Django's ``transaction.on_commit``). A session carrying one
+#: never commits itself; its hand-over is given to the hook.
+ON_COMMIT: Final = "chimeway.on_commit"
 
 #: How many queued ids wait before their outbox rows are deleted.
 OUTBOX_FLUSH_AT: Final = 200
@@ -182,7 +191,15 @@ class HandOver:
         A rollback forgets them: the outermost transaction's, or a savepoint's
         that was open when they were written (the savepoint they were written
         in, or one around it). Releasing a savepoint hands nothing over yet.
+        A session whose ``info`` holds an :data:`ON_COMMIT` hook gives the
+        hand-over to that hook instead, which keeps the same promise.
         """
+        on_commit: Callable[[Callable[[], None]], object] | None = session.info.get(ON_COMMIT)
+        if on_commit is not None:
+            if deliveries:
+                handed = list(deliveries)
+                on_commit(lambda: self.hand_over(handed, self.clock.now()))
+            return
         key = (_SESSION_KEY, self.queued)
         pending: _Pending | None = session.info.get(key)
         if pending is None:

@@ -50,8 +50,9 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -85,16 +86,46 @@ OWNER_LENGTH: Final = 255
 ERROR_CLASS_LENGTH: Final = 100
 
 
+class _SQLiteDateTime(sqlite.DATETIME):
+    """SQLite's text timestamp, also read when the driver has parsed it already.
+
+    A connection opened with ``detect_types`` (Django's are) hands back a
+    ``DATETIME`` column as a datetime its converter made; it is taken as is.
+    """
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """Parse text as SQLAlchemy does; pass a datetime through."""
+        parse = super().result_processor(dialect, coltype)
+        if parse is None:
+            return None
+
+        def process(value: object) -> Any:
+            return value if isinstance(value, datetime) else parse(value)
+
+        return process
+
+
+# SQLAlchemy's SQLite types are untyped.
+_SQLITE_DATETIME: Final = _SQLiteDateTime()  # type: ignore[no-untyped-call]
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp that is tz-aware UTC on the way in and on the way out.
 
     Naive datetimes are refused when bound (``ValueError``; the store checks
     earlier and raises its own error). On SQLite, which stores text, the value
-    is written as naive UTC and given ``tzinfo=UTC`` again when read.
+    is written as naive UTC and given ``tzinfo=UTC`` again when read (also
+    when the connection's own converters parsed it, as Django's do).
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """SQLite's text timestamp that also takes a parsed one; elsewhere the usual."""
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_SQLITE_DATETIME)
+        return dialect.type_descriptor(self.impl_instance)
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Convert to UTC; drop the zone for SQLite, which would store it as text."""
