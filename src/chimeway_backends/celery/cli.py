@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from chimeway_backends.celery.backend import CeleryBackend
+from chimeway_backends.celery.harness import open_harness
 from chimeway_backends.celery.settings import UnsafeSerializerError, refuse_pickle
 from chimeway_backends.celery.worker import run_worker
 from chimeway_core.cli import backends as cli
@@ -55,5 +56,10 @@ def run_celery(engine: Chimeway, options: cli.WorkerOptions) -> int:
 #: The Celery backend's entry in the ``chimeway.backends`` entry-point group.
 #: A Celery worker has no way to tell an empty queue from a slow broker: no burst.
 WORKER = cli.WorkerBackend(
-    CeleryBackend, "chimeway_backends.celery.CeleryBackend", run_celery, burst=False, nodes=True
+    CeleryBackend,
+    "chimeway_backends.celery.CeleryBackend",
+    run_celery,
+    burst=False,
+    nodes=True,
+    harness=open_harness,
 )

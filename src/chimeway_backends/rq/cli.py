@@ -7,6 +7,7 @@ from typing import Final
 from rq.worker import BaseWorker
 
 from chimeway_backends.rq.backend import RQBackend
+from chimeway_backends.rq.harness import open_harness
 from chimeway_backends.rq.worker import ChimewaySimpleWorker, ChimewayWorker, run_worker
 from chimeway_core.cli import backends as cli
 from chimeway_core.cli.errors import CliError, ExitCode
@@ -65,4 +66,5 @@ WORKER = cli.WorkerBackend(
     run_rq,
     burst=True,
     options=frozenset(cli.BACKEND_OPTIONS),
+    harness=open_harness,
 )

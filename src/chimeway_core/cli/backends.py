@@ -30,7 +30,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -41,7 +41,11 @@ from chimeway_core.cli.signals import stop_on_signals
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import BackendUnavailableError, MissingExtraError
 from chimeway_core.memory import MemoryBackend, MemoryWorker
+from chimeway_core.memory.harness import open_memory_harness
 from chimeway_core.telemetry import LoggingSubscriber
+
+if TYPE_CHECKING:
+    from chimeway_core.testing.deployment import OpenHarness
 
 __all__ = [
     "BACKEND_OPTIONS",
@@ -124,6 +128,8 @@ class WorkerBackend:
     """Whether its worker is a Celery-style node: ``--hostname`` and the ``--without-*``."""
     options: frozenset[str] = frozenset()
     """Which of :data:`BACKEND_OPTIONS` its worker takes; the others are refused."""
+    harness: OpenHarness | None = None
+    """How ``chimeway selftest --app`` runs chimeway's suites on it (``None``: it cannot)."""
 
     def check_options(self, name: str, args: argparse.Namespace) -> None:
         """Refuse, before the application loads, the options this backend's worker lacks.
@@ -319,7 +325,11 @@ def _report_left(backend: MemoryBackend, queues: list[str]) -> None:
 
 #: The core's own backend: jobs on threads of the worker's process.
 MEMORY: Final = WorkerBackend(
-    MemoryBackend, "chimeway_backends.memory.MemoryBackend", run_memory, burst=True
+    MemoryBackend,
+    "chimeway_backends.memory.MemoryBackend",
+    run_memory,
+    burst=True,
+    harness=open_memory_harness,
 )
 
 

@@ -21,7 +21,10 @@ on the in-memory backend (and on your backend when CHIMEWAY_SELFTEST_HARNESS
 names a module:factory returning a harness), and the stateful model test of
 the whole engine on the in-memory backend (and on your backend when
 CHIMEWAY_SELFTEST_MACHINE_HARNESS names a module:factory opening a machine
-harness). Needs the testing extra: pip install "chimeway[testing]".
+harness). With --app, both of those also run on your application as it is
+configured: its backend's kind on a scratch queue of its queue service and
+its database in a scratch namespace, each test's removed at its end; no
+harness of yours needed. Needs the testing extra: pip install "chimeway[testing]".
 Arguments after -- go to pytest.
 
 exit status: 0 every test passed, 1 a test failed, 2 a bad option, missing
@@ -41,6 +44,12 @@ def register(subparsers: Subparsers) -> None:
         type=int,
         default=200,
         help="examples for the stateful engine test (default 200)",
+    )
+    parser.add_argument(
+        "--app",
+        metavar="MODULE:ATTRIBUTE",
+        help="also run the conformance suite and the real-time stateful test on this "
+        "application's backend and database (scratch queue and namespace)",
     )
     parser.add_argument(
         "--harness",
@@ -80,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--machine-examples must be at least 1", ExitCode.USAGE)
     env = dict(os.environ, CHIMEWAY_SELFTEST_EXAMPLES=str(args.examples))
     for option, variable, value in (
+        ("--app", "CHIMEWAY_SELFTEST_APP", args.app),
         ("--harness", "CHIMEWAY_SELFTEST_HARNESS", args.harness),
         ("--machine-harness", "CHIMEWAY_SELFTEST_MACHINE_HARNESS", args.machine_harness),
     ):
@@ -129,6 +139,11 @@ def _check_path(option: str, value: str) -> None:
     module_name, sep, attribute = value.partition(":")
     if not sep or not module_name.strip() or not attribute.strip():
         raise CliError(
-            f"{option} {value!r}: expected MODULE:FACTORY (like myproject.selftest:factory)",
+            f"{option} {value!r}: expected "
+            + (
+                "MODULE:ATTRIBUTE (like myapp.notify:engine)"
+                if option == "--app"
+                else "MODULE:FACTORY (like myproject.selftest:factory)"
+            ),
             ExitCode.USAGE,
         )

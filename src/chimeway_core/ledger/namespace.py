@@ -40,6 +40,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 __all__ = [
     "TRANSLATE_OPTION",
     "attach_sqlite",
+    "detach_sqlite",
     "check_namespace",
     "namespace_of",
     "qualified",
@@ -149,11 +150,23 @@ def attach_sqlite(engine: Engine, namespace: str) -> None:
             cursor.close()
         attached.add(namespace)
 
-    listening = _LISTENING.setdefault(engine, set())
+    listening = _LISTENING.setdefault(engine, {})
     if namespace not in listening:
         event.listen(engine, "checkout", attach)
-        listening.add(namespace)
+        listening[namespace] = attach
 
 
-# The namespaces each engine attaches already: a second store adds no listener.
-_LISTENING: Final[weakref.WeakKeyDictionary[Engine, set[str]]] = weakref.WeakKeyDictionary()
+def detach_sqlite(engine: Engine, namespace: str) -> None:
+    """Stop attaching ``namespace`` to ``engine``'s connections, and close those that have it.
+
+    For a namespace that is going away (a scratch one): its pooled
+    connections are closed, so none keeps the file open or attached.
+    """
+    attach = _LISTENING.get(engine, {}).pop(namespace, None)
+    if attach is not None:
+        event.remove(engine, "checkout", attach)
+    engine.dispose()
+
+
+# The listener attaching each namespace, by engine: a second store adds none.
+_LISTENING: Final[weakref.WeakKeyDictionary[Engine, dict[str, Any]]] = weakref.WeakKeyDictionary()

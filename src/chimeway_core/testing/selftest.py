@@ -19,6 +19,11 @@ extra). It covers:
   ``CHIMEWAY_SELFTEST_MACHINE_EXAMPLES`` examples (default 20: a real queue
   costs real seconds per example).
 
+- both of those on your application, when ``CHIMEWAY_SELFTEST_APP=module:engine``
+  names its engine (``chimeway selftest --app``): its backend's kind on a
+  scratch queue of its service, and its database in a scratch namespace,
+  each test's removed at its end (:mod:`chimeway_core.testing.deployment`).
+
 A variable that does not name a callable (not ``module:attribute``, a module
 that does not import, a missing attribute, not callable), or a number of
 examples that is not a whole number >= 1, fails the tests that need it with
@@ -32,6 +37,7 @@ import importlib
 import os
 import unittest
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import ClassVar, Final, NoReturn
 
 from chimeway_core.dispatch import Action, decide, match_row
@@ -40,8 +46,20 @@ from chimeway_core.outcomes import Outcome
 from chimeway_core.states import DeliveryStatus
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import strategies
-from chimeway_core.testing.conformance import BackendConformance, Harness, MemoryHarness
-from chimeway_core.testing.stateful import EngineMachine, MachineHarnessFactory, machine_on
+from chimeway_core.testing.conformance import (
+    BackendConformance,
+    EngineFactory,
+    Harness,
+    MemoryHarness,
+    conformance_engine,
+)
+from chimeway_core.testing.deployment import APP_VARIABLE, app_harness, application_backend
+from chimeway_core.testing.stateful import (
+    EngineMachine,
+    MachineHarness,
+    MachineHarnessFactory,
+    machine_on,
+)
 
 try:
     import hypothesis
@@ -54,6 +72,8 @@ except ImportError as error:  # pragma: no cover - the optional extra "testing"
     ) from error
 
 __all__ = [
+    "TestAppBackendConformance",
+    "TestAppEngineMachine",
     "TestConfiguredBackendConformance",
     "TestConfiguredEngineMachine",
     "TestDispatchTable",
@@ -216,5 +236,62 @@ class TestConfiguredEngineMachine:
         examples = _configured_examples(MACHINE_EXAMPLES_VARIABLE, MACHINE_EXAMPLES_DEFAULT)
         run_state_machine_as_test(
             machine_on(factory),
+            settings=settings(_MACHINE_SETTINGS, max_examples=examples, stateful_step_count=15),
+        )
+
+
+#: How long one job may run on a queue that kills jobs: the conformance
+#: channels are quick, and a slow database round trip on a busy machine is not.
+_CONFORMANCE_TIME_LIMIT: Final = 5.0
+#: The real-time machine's: within its lease (0.5 s call + 0.5 s margin), so
+#: a job the queue cuts short is one more worker death for the rescuer.
+_MACHINE_TIME_LIMIT: Final = 1.0
+
+
+def _configured_app() -> tuple[str, type[BaseException] | None]:
+    """The application ``CHIMEWAY_SELFTEST_APP`` names, checked; skip if unset.
+
+    Returns its path and what its backend raises to stop a running job (the
+    machine's worker crash). A path that does not load, or a backend with no
+    selftest harness, fails the test in one line.
+    """
+    path = os.environ.get(APP_VARIABLE, "").strip()
+    if not path:
+        pytest.skip(f"{APP_VARIABLE} is not set: no application of yours to test")
+    problem = ""
+    interrupts: tuple[type[BaseException], ...] = ()
+    try:
+        interrupts = application_backend(path).interrupts
+    except Exception as error:
+        problem = f"{type(error).__qualname__}: {error}"
+    if problem:
+        pytest.fail(f"{APP_VARIABLE}={path!r}: {problem}", pytrace=False)
+    return path, (interrupts[0] if interrupts else None)
+
+
+class TestAppBackendConformance(BackendConformance):
+    """Your application's backend and database, on a scratch queue and namespace each test."""
+
+    @pytest.fixture
+    def harness(self) -> Iterator[Harness]:
+        """The application's kind of harness, or a skip when CHIMEWAY_SELFTEST_APP is unset."""
+        path, _ = _configured_app()
+        with app_harness(path, conformance_engine, time_limit=_CONFORMANCE_TIME_LIMIT) as harness:
+            yield harness
+
+
+class TestAppEngineMachine:
+    """The real-time stateful machine on your application's backend and database."""
+
+    def test_invariants_hold_on_your_application(self) -> None:
+        """The engine's invariants hold with every job going through your queue's service."""
+        path, crash = _configured_app()
+
+        def factory(engine_factory: EngineFactory) -> AbstractContextManager[MachineHarness]:
+            return app_harness(path, engine_factory, time_limit=_MACHINE_TIME_LIMIT)
+
+        examples = _configured_examples(MACHINE_EXAMPLES_VARIABLE, MACHINE_EXAMPLES_DEFAULT)
+        run_state_machine_as_test(
+            machine_on(factory, worker_crash=crash),
             settings=settings(_MACHINE_SETTINGS, max_examples=examples, stateful_step_count=15),
         )

@@ -478,18 +478,24 @@ class RealTimeEngineMachine(EngineMachine):
         )
 
 
-def machine_on(factory: MachineHarnessFactory) -> type[RealTimeEngineMachine]:
+def machine_on(
+    factory: MachineHarnessFactory, *, worker_crash: type[BaseException] | None = None
+) -> type[RealTimeEngineMachine]:
     """A :class:`RealTimeEngineMachine` whose :meth:`~EngineMachine.open_harness` calls ``factory``.
 
     The same as subclassing and overriding ``open_harness`` by hand; run the
-    result with ``run_state_machine_as_test``. A ``factory`` that is not
-    callable is a :class:`TypeError`.
+    result with ``run_state_machine_as_test``. ``worker_crash`` is the
+    machine's :attr:`~EngineMachine.worker_crash` (``None``: the default).
+    A ``factory`` that is not callable is a :class:`TypeError`.
     """
     if not callable(factory):
         raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+    crash = RealTimeEngineMachine.worker_crash if worker_crash is None else worker_crash
 
     class ConfiguredEngineMachine(RealTimeEngineMachine):
         """The real-time machine on the harness ``factory`` opens."""
+
+        worker_crash = crash
 
         def open_harness(
             self, engine_factory: EngineFactory

@@ -12,15 +12,15 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import ExitStack
 from typing import Any
 
 import attrs
 import pytest
-from celery import Celery, bootsteps, signals
-from celery.contrib.testing.worker import start_worker
+from celery import Celery, signals
 
 from chimeway_backends.celery import TASK_NAME, CeleryBackend
+from chimeway_backends.celery.harness import WakeUp, worker_for
 from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
 from tests.services import RABBITMQ_URL, REDIS_URL, require
@@ -31,23 +31,6 @@ REDIS_BROKER_URL = f"{REDIS_URL.rsplit('/', 1)[0]}/{REDIS_DB}"
 
 #: How long any wait for the worker may take before the test fails.
 IDLE_TIMEOUT = 60.0
-
-
-class WakeUp(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
-    """Wakes the embedded worker's event loop every 0.1 s.
-
-    Without it, an embedded solo worker on RabbitMQ was seen to sleep up to
-    the hub's 10 s poll ceiling before taking a retry and before shutting
-    down; the tests would spend their time waiting, not testing.
-    """
-
-    def start(self, c: Any) -> None:
-        """Add the no-op timer."""
-        c.timer.call_repeatedly(0.1, _noop)
-
-
-def _noop() -> None:
-    pass
 
 
 @attrs.frozen
@@ -231,19 +214,6 @@ class InProcessCelery:
         backend.bind(engine)
         self.stack.enter_context(worker_for(app, self.broker.queue))
         return engine
-
-
-def worker_for(app: Any, queue: str) -> AbstractContextManager[Any]:
-    """An embedded solo worker consuming ``queue``, stopped at the end of the block."""
-    return start_worker(  # type: ignore[no-any-return]
-        app,
-        pool="solo",
-        concurrency=1,
-        perform_ping_check=False,
-        loglevel="WARNING",
-        queues=[queue],
-        shutdown_timeout=30.0,
-    )
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """The Celery harness of the conformance suite and the stateful machine: an embedded worker.
 
+The harness itself is shipped (:mod:`chimeway_backends.celery.harness`, what
+``chimeway selftest --app`` opens); this opens one on the tests' brokers.
+
 The worker is Celery's embedded one (``celery.contrib.testing``: a real
 consumer on the real broker, solo pool, in a thread of the test process),
 performing with the very engine the harness built.
@@ -7,39 +10,16 @@ performing with the very engine the harness built.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from uuid import UUID
 
 from chimeway_backends.celery import CeleryBackend
-from chimeway_core.engine import Chimeway
+from chimeway_backends.celery.harness import CeleryHarness, worker_for
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.conformance import EngineFactory, conformance_engine
-from tests.backends.celery.conftest import Broker, worker_for
+from tests.backends.celery.conftest import Broker
 
-
-class CeleryHarness:
-    """A CeleryBackend on the test's broker and queue, with an embedded worker running."""
-
-    def __init__(self, engine: Chimeway) -> None:
-        self.engine = engine
-
-    def run_due(self) -> None:
-        """The worker takes due jobs on its own: give it a moment."""
-        time.sleep(0.1)
-
-    def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:
-        """Wait until every given delivery is terminal (the suite reports what is not)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.engine.get(i).delivery.is_terminal for i in delivery_ids):
-                return
-            time.sleep(0.05)
-
-    def sleep(self, seconds: float) -> None:
-        """Really wait: the worker runs in real time."""
-        time.sleep(seconds)
+__all__ = ["CeleryHarness", "celery_harness"]
 
 
 @contextmanager

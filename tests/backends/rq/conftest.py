@@ -7,7 +7,6 @@ of its jobs is deleted, so runs never collide and the test database
 
 from __future__ import annotations
 
-import re
 import secrets
 import signal
 from collections.abc import Iterator
@@ -17,7 +16,10 @@ import pytest
 import redis
 
 from chimeway_backends.rq import job as rq_job
+from chimeway_backends.rq.harness import purge
 from tests.services import REDIS_URL, require
+
+__all__ = ["purge"]  # the tests' cleanup is the shipped harness's
 
 #: The Redis database the RQ tests write to.
 REDIS_TEST_DB = 15
@@ -26,35 +28,10 @@ REDIS_FLUSH_DB = 11  # 14 is the Celery tests', 12 and 13 the fault suite's
 #: The Redis database the poisoned-queue tests write job keys RQ cannot read to.
 REDIS_POISON_DB = 6  # 10 is the benchmarks', 9 the RQ stateful test's, 8 the Celery one's
 
-_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
 
 def redis_url(db: int) -> str:
     """``REDIS_URL`` pointed at database ``db``."""
     return urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{db}"))
-
-
-def purge(conn: redis.Redis, queue: str) -> None:
-    """Delete every key of ``queue``: its registries and its jobs' hashes, results, executions."""
-    job_keys = list(conn.scan_iter(match="rq:job:*", count=1000))
-    with conn.pipeline(transaction=False) as pipe:
-        for key in job_keys:
-            pipe.hget(key, "origin")
-        # A poisoned-queue test's job key may not be a hash: its error is no origin.
-        origins = pipe.execute(raise_on_error=False)
-    ours = {
-        found.group()
-        for key, origin in zip(job_keys, origins, strict=True)
-        if origin == queue.encode() and (found := _UUID.search(key)) is not None
-    }
-    doomed = [
-        key
-        for key in conn.scan_iter(count=1000)
-        if queue.encode() in key or ((found := _UUID.search(key)) and found.group() in ours)
-    ]
-    if doomed:
-        conn.delete(*doomed)
-    conn.srem("rq:queues", f"rq:queue:{queue}")
 
 
 @pytest.fixture
