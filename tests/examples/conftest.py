@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import email
 import importlib
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +23,7 @@ import pytest
 
 from chimeway_core.migrations import upgrade
 from tests.channels.conftest import SMTPTestServer, smtp_server
+from tests.cli.conftest import COMMAND
 
 __all__ = ["ROOT", "load_example", "missing_quotes", "recipients", "smtp_server"]
 
@@ -62,3 +68,30 @@ def missing_quotes(page: Path, sources: list[Path]) -> list[str]:
         if line.strip() and not line.startswith("# examples/")
     ]
     return [line for line in quoted if line not in lines]
+
+
+def deliver_with_celery(
+    app: str, env: Mapping[str, str], smtp: SMTPTestServer, expected: int
+) -> list[str]:
+    """Run ``chimeway worker --backend celery`` on ``app`` until ``expected`` emails arrived.
+
+    The recipients, in order; the worker is stopped with SIGTERM either way.
+    """
+    worker = subprocess.Popen(
+        [*COMMAND, "worker", "--backend", "celery", "--app", app, "--concurrency", "1"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while len(smtp.handler.messages) < expected and time.monotonic() < deadline:
+            assert worker.poll() is None, worker.communicate()[0]
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    assert expected == len(smtp.handler.messages), output
+    return recipients(smtp)

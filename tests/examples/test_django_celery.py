@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -29,8 +28,7 @@ from sqlalchemy import text
 from chimeway_core import DeliveryStatus, SQLStore
 from chimeway_core.migrations import upgrade
 from tests.channels.conftest import SMTPTestServer, free_port
-from tests.cli.conftest import COMMAND
-from tests.examples.conftest import ROOT, missing_quotes, recipients
+from tests.examples.conftest import ROOT, deliver_with_celery, missing_quotes
 from tests.services import REDIS_URL, fresh_postgres_database, require
 
 pytestmark = [pytest.mark.extras, pytest.mark.redis]
@@ -67,24 +65,7 @@ class Deployment:
 
     def deliver(self, expected: int) -> list[str]:
         """Run a real worker until ``expected`` emails arrived; the recipients, in order."""
-        worker = subprocess.Popen(
-            [*COMMAND, "worker", "--backend", "celery", "--app", APP, "--concurrency", "1"],
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 90
-            while len(self.smtp.handler.messages) < expected and time.monotonic() < deadline:
-                assert worker.poll() is None, worker.communicate()[0]
-                time.sleep(0.2)
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            output, _ = worker.communicate(timeout=60)
-        assert expected == len(self.smtp.handler.messages), output
-        return recipients(self.smtp)
+        return deliver_with_celery(APP, self.env, self.smtp, expected)
 
 
 @contextmanager

@@ -8,11 +8,7 @@ sends the emails to a real SMTP server.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -24,8 +20,12 @@ from sqlalchemy import create_engine
 
 from chimeway_core import DeliveryStatus
 from tests.channels.conftest import SMTPTestServer
-from tests.cli.conftest import COMMAND
-from tests.examples.conftest import ROOT, load_example, missing_quotes, recipients
+from tests.examples.conftest import (
+    ROOT,
+    deliver_with_celery,
+    load_example,
+    missing_quotes,
+)
 from tests.services import RABBITMQ_URL, fresh_postgres_database, require
 
 pytestmark = [pytest.mark.extras, pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -56,24 +56,7 @@ class Deployment:
 
     def deliver(self, expected: int) -> list[str]:
         """Run a real worker until ``expected`` emails arrived; the recipients, in order."""
-        worker = subprocess.Popen(
-            [*COMMAND, "worker", "--backend", "celery", "--app", APP, "--concurrency", "1"],
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 90
-            while len(self.smtp.handler.messages) < expected and time.monotonic() < deadline:
-                assert worker.poll() is None, worker.communicate()[0]
-                time.sleep(0.2)
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            output, _ = worker.communicate(timeout=60)
-        assert expected == len(self.smtp.handler.messages), output
-        return recipients(self.smtp)
+        return deliver_with_celery(APP, self.env, self.smtp, expected)
 
 
 @pytest.fixture
