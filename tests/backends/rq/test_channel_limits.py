@@ -27,8 +27,15 @@ import redis
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
 from chimeway_backends.rq import ChimewaySimpleWorker, ChimewayWorker, RQBackend
-from chimeway_backends.rq.limits import ChimewayDeathPenalty, JobTimeLimitExceeded, job_limit
+from chimeway_backends.rq.limits import (
+    ChimewayDeathPenalty,
+    JobTimeLimitExceeded,
+    call_limit,
+    job_limit,
+)
 from chimeway_core import NewDelivery, Outcome
+from chimeway_core.channels.smtp import SMTPChannel
+from chimeway_core.channels.webhook import WebhookChannel
 from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
 from tests.backends.rq import limits_app
@@ -284,3 +291,32 @@ def test_before_call_outside_a_job_leaves_the_clock_alone(limits_redis: redis.Re
     """A backend told of a call with no job running arms nothing."""
     RQBackend(limits_redis, "rqto_none").before_call("quick", 2.0, 4.0)
     assert 0.0 == signal.getitimer(signal.ITIMER_REAL)[0]
+
+
+def test_the_built_in_channels_share_one_default_backend(
+    limits_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Webhook (100 s) and SMTP (300 s) with their defaults: no warning, each its own limit.
+
+    RQ's old default of one 60 s job timeout fitted neither: it still warns for both.
+    """
+    channels = {
+        "webhook": WebhookChannel(lambda delivery: "https://hooks.example.test/in"),
+        "email": SMTPChannel(
+            "mail.example.test",
+            sender="app@example.test",
+            subject_for=lambda delivery: "hi",
+            body_for=lambda delivery: "hi",
+        ),
+    }
+    caplog.set_level(logging.WARNING, logger="chimeway_backends.rq.limits")
+    for job_timeout in (None, 60):
+        backend = RQBackend(limits_redis, "rqto_builtin", job_timeout=job_timeout)
+        engine = Chimeway(SQLStore("sqlite://"), backend, channels)
+        ChimewaySimpleWorker(["rqto_builtin"], connection=limits_redis, engine=engine)
+    limits = {name: call_limit(c.timeout, c.timeout + 30.0) for name, c in channels.items()}
+    assert (
+        {"webhook": 115.0, "email": 315.0},
+        330,
+        [("email", 60), ("webhook", 60)],
+    ) == (limits, job_limit(engine, None), [r.args[:2] for r in caplog.records])  # type: ignore[index]
