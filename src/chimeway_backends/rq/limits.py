@@ -19,7 +19,8 @@ job for dead. Once the job has claimed its delivery the engine calls the
 backend's ``before_call``, and the alarm is set again to :func:`call_limit`
 from then: the channel's ``timeout`` plus half the margin, halfway through
 the window. It only ever moves earlier, so RQ's bookkeeping still covers the
-job. Either way the job ends in :class:`JobTimeLimitExceeded`, and the
+job (a job slow to claim, past what is left of the longest lease, is stopped
+sooner, never later). Either way the job ends in :class:`JobTimeLimitExceeded`, and the
 attempt is left in flight for the rescuer.
 
 **Fixed** (``job_timeout=<seconds>``). Every job gets that many seconds, as
