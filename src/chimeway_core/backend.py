@@ -23,6 +23,10 @@ Everything else is the core's, and lives here or there:
 - **Asked, not probed.** The engine reads :attr:`Backend.interrupts` (what
   the queue raises inside a running job to stop it) and
   :attr:`Backend.follows_routes` (whether ``queue=`` is honoured).
+- **Told when a call starts.** Once a job has claimed its delivery, the
+  engine calls :meth:`Backend.before_call` in the job's own thread with the
+  channel's timeout and the lease, so a queue that stops jobs on a clock
+  (RQ's job timeout) can give each channel its own limit.
 - **Told what happened.** ``enqueue`` returns an :class:`Enqueued` and
   ``enqueue_many`` one per id: whether a job due now went onto a queue, is
   waiting for a later time, or was already pending (nothing done), so the
@@ -208,6 +212,18 @@ class Backend(abc.ABC):
         """Hook: queue checked jobs, due now, on ``queue``; ``delivery_ids`` is not empty.
 
         Returns what became of each job, in order; ``None`` means all were queued.
+        """
+
+    def before_call(self, channel: str, timeout: float, lease: float) -> None:  # noqa: B027 - optional
+        """Hook: a job claimed a delivery and calls ``channel`` next, in this thread.
+
+        ``timeout`` is the channel's, ``lease`` how long from now the claim
+        holds the delivery (``timeout + lease_margin``), both in seconds. A
+        queue that stops a running job on a clock may set that clock here to
+        fall between the two: the call gets its whole timeout, and is stopped
+        before its lease lapses and the rescuer may hand the delivery to
+        another worker. Does nothing by default; what it raises is logged and
+        the call goes on.
         """
 
     def _ping(self) -> None:  # noqa: B027 - optional: an in-process queue has nothing to ask

@@ -1,7 +1,8 @@
 """The RQ backend: chimeway deliveries as RQ jobs on Redis.
 
 A package of what is specific to RQ: enqueueing (:mod:`.backend`), the job
-and what makes a worker run only it (:mod:`.job`), reading queues and
+and what makes a worker run only it (:mod:`.job`), each job's time limit,
+per channel (:mod:`.limits`), reading queues and
 scheduled jobs so no bytes stop a worker (:mod:`.reading`), the worker classes
 (:mod:`.worker`) and the command line's entry (:mod:`.cli`, loaded only by
 the command line). The worker
@@ -72,6 +73,9 @@ deserializes jobs as JSON, runs the engine's ``rescue()`` every
 left overdue on their queue (:meth:`RQBackend.release_overdue`) —
 and, in a forking worker, drops the SQLAlchemy pool it inherited in each work
 horse (``dispose(close=False)``) so no database connection crosses a fork.
+Unless the backend sets one ``job_timeout``, a job is stopped at its own
+channel's limit, brought forward once it has claimed its delivery
+(:mod:`.limits`).
 
 **Only deliver runs.** An RQ job names its function (and, optionally,
 success, failure and stopped callbacks) by import path, and a plain RQ worker

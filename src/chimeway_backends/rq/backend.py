@@ -32,6 +32,7 @@ import rq
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
+from chimeway_backends.rq.limits import ChimewayDeathPenalty, call_limit
 from chimeway_core._checks import queue_or, whole
 from chimeway_core.backend import Backend, Enqueued
 from chimeway_core.jobs import job_id_for
@@ -65,9 +66,14 @@ _DELIVERY_ID_LENGTH: Final = 36
 class RQBackend(Backend):
     """Queue delivery ids as RQ jobs: a :class:`~chimeway_core.backend.Backend`.
 
-    ``job_timeout`` (seconds) is RQ's hard limit on one job: keep it above
-    every channel's ``timeout`` and no longer than the shortest lease
-    (``channel.timeout + engine.lease_margin``); the worker warns otherwise.
+    ``job_timeout`` (whole seconds) is RQ's hard limit on one job. Left
+    ``None`` (the default), each job gets its own channel's: a chimeway
+    worker stops a call halfway between the channel's ``timeout`` and its
+    lease (``channel.timeout + engine.lease_margin``), so channels with
+    different timeouts share one backend (:mod:`chimeway_backends.rq.limits`).
+    A number is one limit for every job: keep it above every channel's
+    ``timeout`` and no longer than the shortest lease; the worker warns
+    otherwise.
     ``result_ttl`` and ``failure_ttl`` (seconds; ``None``: RQ's defaults of
     500 s and one year) are how long finished and failed job hashes are kept.
     ``failure_ttl`` must outlast the longest retry delay, since a job whose
@@ -83,7 +89,7 @@ class RQBackend(Backend):
         connection: redis.Redis,
         queue_name: str = DEFAULT_QUEUE,
         *,
-        job_timeout: int = 60,
+        job_timeout: int | None = None,
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
         default_queue: str | None = None,
@@ -97,7 +103,8 @@ class RQBackend(Backend):
             )
         if not isinstance(queue_name, str) or not queue_name:
             raise ValueError(f"queue_name must be a non-empty str, got {queue_name!r}")
-        whole("job_timeout", job_timeout, minimum=1)
+        if job_timeout is not None:
+            whole("job_timeout", job_timeout, minimum=1)
         for name, ttl in (("result_ttl", result_ttl), ("failure_ttl", failure_ttl)):
             # RQ's own meaning: -1 keeps the hash forever, 0 not at all.
             if ttl is not None:
@@ -161,6 +168,17 @@ class RQBackend(Backend):
             released += moved
             if len(job_ids) < _BATCH or not moved:
                 return released
+
+    def before_call(self, channel: str, timeout: float, lease: float) -> None:
+        """In an RQ job without a fixed ``job_timeout``: stop it at the channel's own limit.
+
+        The job's alarm is brought forward to
+        :func:`~chimeway_backends.rq.limits.call_limit` from now; outside an
+        RQ job nothing is armed and nothing happens.
+        """
+        if self.job_timeout is None:
+            limit = call_limit(timeout, lease)
+            ChimewayDeathPenalty.shorten(limit, f"{limit:g} seconds, channel {channel!r}")
 
     def _ping(self) -> None:
         self.connection.ping()

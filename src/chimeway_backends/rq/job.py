@@ -10,8 +10,8 @@ its ``run_at``, then fails it. :class:`ChimewayJob` resolves to
 :func:`deliver` or to nothing (:class:`ForeignJobError`), so a job naming
 other code or a callback never runs, and reads from a job hash only what
 chimeway writes, never raising on a field (RQ's webhooks, retries, repeats
-and the like are ignored); :class:`ChimewayDeathPenalty` makes RQ's job
-timeout a :class:`JobTimeLimitExceeded`.
+and the like are ignored). RQ's job timeout is
+:mod:`chimeway_backends.rq.limits`'s.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import rq
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
-from rq.timeouts import BaseTimeoutException, JobTimeoutException, UnixSignalDeathPenalty
 from rq.utils import now, utcparse
 
 from chimeway_backends.rq.backend import DELIVER, RQBackend, not_before
+from chimeway_backends.rq.limits import ChimewayDeathPenalty, JobTimeLimitExceeded, job_limit
 from chimeway_core.engine import Chimeway
 from chimeway_core.errors import ChimewayError
 from chimeway_core.worker import EngineSource, Verdict, run_job
@@ -167,7 +167,8 @@ class ChimewayJob(Job):
     queueing at the front) is ignored, with a warning naming the job and the
     fields; ``timeout``, ``result_ttl`` and ``failure_ttl`` are those of
     the engine's :class:`~chimeway_backends.rq.RQBackend` whenever this
-    process has one, whatever the hash says.
+    process has one, whatever the hash says (the timeout per channel:
+    :func:`~chimeway_backends.rq.limits.job_limit`).
     """
 
     def restore(self, raw_data: Mapping[bytes | str, bytes | str]) -> None:
@@ -197,9 +198,10 @@ class ChimewayJob(Job):
         self._success_callback_name = _named(fields.get("success_callback_name"))
         self._failure_callback_name = _named(fields.get("failure_callback_name"))
         self._stopped_callback_name = _named(fields.get("stopped_callback_name"))
-        backend = _engine_backend()
-        if backend is not None:
-            self.timeout = backend.job_timeout
+        found = _engine_backend()
+        if found is not None:
+            engine, backend = found
+            self.timeout = job_limit(engine, backend.job_timeout)
             self.result_ttl = backend.result_ttl
             self.failure_ttl = backend.failure_ttl
         else:
@@ -430,42 +432,13 @@ def _named(value: bytes | None) -> str | None:
     return _text(value) or repr(value)
 
 
-def _engine_backend() -> RQBackend | None:
+def _engine_backend() -> tuple[Chimeway, RQBackend] | None:
     engine = ENGINE.current
-    backend = None if engine is None else engine.backend
-    return backend if isinstance(backend, RQBackend) else None
+    if engine is not None and isinstance(engine.backend, RQBackend):
+        return engine, engine.backend
+    return None
 
 
 def _shorten(name: object) -> str:
     text = repr(name)
     return text if len(text) <= 120 else f"{text[:117]}..."
-
-
-class JobTimeLimitExceeded(BaseException):
-    """RQ's ``job_timeout`` cut a chimeway job short.
-
-    A :class:`BaseException`, like a worker dying, so the engine does not take
-    it for the channel's own failure: a call cut off mid-flight may have
-    reached the provider. The attempt stays in flight until its lease expires
-    and the rescuer resolves it as outcome ``unknown`` (retried with the same
-    idempotency key, or cancelled, as the channel's guarantee says). RQ records
-    the job in its ``FailedJobRegistry``.
-    """
-
-
-class ChimewayDeathPenalty(UnixSignalDeathPenalty):
-    """RQ's SIGALRM job timeout, raising :class:`JobTimeLimitExceeded` for jobs.
-
-    Other timeouts RQ arms with the same class (callbacks, the work-horse
-    monitor) keep their own exceptions.
-    """
-
-    def __init__(
-        self,
-        timeout: int,
-        exception: type[BaseException] = BaseTimeoutException,
-        **kwargs: Any,
-    ) -> None:
-        if exception is JobTimeoutException:
-            exception = JobTimeLimitExceeded
-        super().__init__(timeout, exception, **kwargs)  # type: ignore[no-untyped-call]  # rq untyped

@@ -37,12 +37,8 @@ from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from chimeway_backends.rq.backend import OVERDUE_AFTER, RQBackend
-from chimeway_backends.rq.job import (
-    ENGINE,
-    ChimewayDeathPenalty,
-    ChimewayJob,
-    ChimewayJSONSerializer,
-)
+from chimeway_backends.rq.job import ENGINE, ChimewayJob, ChimewayJSONSerializer
+from chimeway_backends.rq.limits import ChimewayDeathPenalty, check_timeouts
 from chimeway_backends.rq.reading import ChimewayQueue, ChimewayScheduler
 from chimeway_core._checks import whole
 from chimeway_core.engine import Chimeway, RescueReport
@@ -76,7 +72,9 @@ class ChimewayWorkerMixin(BaseWorker):
     defaults to :data:`DEFAULT_MAINTENANCE_INTERVAL`. Jobs are always deserialized as JSON,
     whatever serializer was asked for, as :class:`ChimewayJob` whatever job
     class was asked for, so only :func:`deliver` ever runs. RQ's job timeout
-    raises :class:`JobTimeLimitExceeded`. Its queues are
+    raises :class:`JobTimeLimitExceeded`, at each channel's own limit unless
+    the backend sets one ``job_timeout`` (:mod:`~chimeway_backends.rq.limits`);
+    the worker warns at start where a limit cannot fit. Its queues are
     :class:`~chimeway_backends.rq.reading.ChimewayQueue` and its scheduler a
     :class:`~chimeway_backends.rq.reading.ChimewayScheduler`, so no job id
     or hash on its queues stops it; a failing registry cleanup is logged.
@@ -140,7 +138,11 @@ class ChimewayWorkerMixin(BaseWorker):
                 f"a chimeway RQ worker needs an engine whose backend is an RQBackend, "
                 f"not {type(self.engine.backend).__qualname__}"
             )
-        _check_timeouts(self.engine, self.engine.backend)
+        check_timeouts(
+            self.engine,
+            self.engine.backend.job_timeout,
+            per_channel=issubclass(self.death_penalty_class, ChimewayDeathPenalty),
+        )
         if self.engine.backend.queue_name not in self.queue_names():
             _log.warning(
                 "this worker does not listen on %r, where its engine queues deliveries",
@@ -344,20 +346,6 @@ _CHIMEWAY_CLASSES: Final[dict[type[BaseWorker], type[ChimewayWorkerMixin]]] = {
     rq.Worker: ChimewayWorker,
     rq.SimpleWorker: ChimewaySimpleWorker,
 }
-
-
-def _check_timeouts(engine: Chimeway, backend: RQBackend) -> None:
-    for name, channel in sorted(engine.channels.items()):
-        lease = channel.timeout + engine.lease_margin
-        if not channel.timeout < backend.job_timeout <= lease:
-            _log.warning(
-                "channel %r: RQ job_timeout=%s s should be above the channel timeout (%s s) "
-                "and at most its lease (%s s = timeout + lease_margin)",
-                name,
-                backend.job_timeout,
-                channel.timeout,
-                lease,
-            )
 
 
 def run_worker(

@@ -165,10 +165,11 @@ class Chimeway:
         settings = self._settings
         # What the engine calls: the backend, or one that only looks like a
         # Backend wrapped once (it passes queue= only when a route asks).
-        handover = HandOver(
-            settings, self.store, as_backend(self.backend), self.clock, self._queued
+        backend = as_backend(self.backend)
+        handover = HandOver(settings, self.store, backend, self.clock, self._queued)
+        performer = Performer(
+            settings, self.store, self.clock, self.telemetry, before_call=backend.before_call
         )
-        performer = Performer(settings, self.store, self.clock, self.telemetry)
         self._handover = handover
         self._notifier = Notifier(settings, self.store, self.clock, self.telemetry, handover)
         self._performer = performer

@@ -18,7 +18,8 @@ Theory of operation
    :meth:`~chimeway_core.store.SQLStore.quick_claim`, one statement that
    claims only a delivery nothing stands in the way of, and any other goes
    to the lock.
-3. **Call** the channel with the delivery's stable idempotency key, and
+3. **Call** the channel with the delivery's stable idempotency key (the
+   backend is told first, :meth:`~chimeway_core.backend.Backend.before_call`), and
    **classify** what it returns or raises. What the backend raises to stop
    a job (its ``interrupts``) propagates, the attempt left in flight.
 4. **Decide** (:meth:`Performer.decide`, before anything is written): the
@@ -36,6 +37,7 @@ The rescuer records a lost attempt through the same :meth:`Performer.record`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import assert_never
 from uuid import UUID
@@ -131,12 +133,16 @@ class _Decision:
 
 @attrs.frozen
 class Performer:
-    """Runs the jobs: admits, claims, calls, classifies, records and decides."""
+    """Runs the jobs: admits, claims, calls, classifies, records and decides.
+
+    ``before_call`` is the backend's :meth:`~chimeway_core.backend.Backend.before_call`.
+    """
 
     settings: Settings
     store: Ledger
     clock: Clock
     telemetry: Telemetry
+    before_call: Callable[[str, float, float], None] | None = None
 
     def perform(self, delivery_id: UUID) -> JobResult:
         """Run one queue job for ``delivery_id`` (see ``Chimeway.perform``)."""
@@ -283,6 +289,7 @@ class Performer:
     def _call(self, claim: Claim, channel: Channel) -> JobResult:
         """Call the channel for a claimed delivery, classify the result, record it."""
         delivery = claim.delivery
+        self._tell_backend(delivery.channel, channel.timeout)
         try:
             result: object = channel.send(delivery, delivery.idempotency_key)
         except self.settings.interrupts:
@@ -296,6 +303,14 @@ class Performer:
             # Cancelled, rescued or taken over while we were calling: the
             # ledger already says what happened; our late write is fenced off.
             return self._ignored(delivery.id, delivery, "lease lost before recording")
+
+    def _tell_backend(self, name: str, timeout: float) -> None:
+        if self.before_call is None:
+            return
+        try:
+            self.before_call(name, timeout, timeout + self.settings.lease_margin)
+        except Exception:  # the backend's limit is a safeguard: the call goes on without it
+            logger.exception("backend.before_call failed for channel %r; calling it anyway", name)
 
     def decide(
         self, claim: Claim, shape: Classification, guarantee: DeliveryGuarantee, now: datetime
