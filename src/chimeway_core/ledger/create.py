@@ -412,3 +412,11 @@ def _is_copy_of(conn: Connection, original_id: UUID, copy_id: UUID) -> bool:
         sql.J.delivery_id == original_id, sql.J.kind == JournalKind.RESENT.value
     )
     return any((detail or {}).get("as") == str(copy_id) for detail in conn.execute(query).scalars())
+
+
+def shown(rows: Sequence[Mapping[str, Any]], drafted: dict[UUID, Delivery]) -> list[Delivery]:
+    """Each row's delivery as drafted (drafted now for the specs): what ``suppress_if`` sees."""
+    for row in rows:
+        if row["id"] not in drafted:
+            drafted[row["id"]] = delivery_from_values(row)
+    return [drafted[row["id"]] for row in rows]

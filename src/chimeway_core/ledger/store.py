@@ -33,7 +33,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, create_engine, make_url
@@ -62,7 +62,7 @@ from chimeway_core.ledger.namespace import (
 from chimeway_core.ledger.outbox import OutboxItem
 from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.ledger.queries import Reads
-from chimeway_core.ledger.rows import delivery_from_row, delivery_from_values, in_flight_attempt
+from chimeway_core.ledger.rows import delivery_from_row, in_flight_attempt
 from chimeway_core.ledger.schema import OWNER_LENGTH, metadata
 from chimeway_core.ledger.transitions import Transitions
 from chimeway_core.ledger.validation import (
@@ -279,7 +279,7 @@ class SQLStore(Reads, Transitions):
         rows, drafted = creating.rows_of(specs, now, self.max_payload_bytes)
         if suppress_if is not None:
             # Drafting then deciding, as the engine does: the callback is the caller's.
-            suppress_reasons = [suppress_if(delivery) for delivery in self._shown(rows, drafted)]
+            suppress_reasons = [suppress_if(delivery) for delivery in creating.shown(rows, drafted)]
         creating.apply_suppressions(rows, suppress_reasons, drafted)
         if not rows:
             return []
@@ -308,14 +308,6 @@ class SQLStore(Reads, Transitions):
                 return creating.insert_deliveries(conn, self._dialect, rows, now, drafted, by)
         with self._write() as conn:
             return creating.insert_deliveries(conn, self._dialect, rows, now, drafted, by)
-
-    @staticmethod
-    def _shown(rows: Sequence[Mapping[str, Any]], drafted: dict[UUID, Delivery]) -> list[Delivery]:
-        """Each row's delivery as drafted (drafted now for the specs): what suppress_if sees."""
-        for row in rows:
-            if row["id"] not in drafted:
-                drafted[row["id"]] = delivery_from_values(row)
-        return [drafted[row["id"]] for row in rows]
 
     # ------------------------------------------------------------------ resending
 
