@@ -171,14 +171,21 @@ class DjangoChimeway:
             cached = self._lent.get(alias)
             if cached is not None and cached[0] is own:
                 return cached[1]
-            lent = _lending_engine(alias, own)
+            lent = _lending_engine(alias, own, getattr(self.engine.store, "namespace", None))
             self._lent[alias] = (own, lent)
             return lent
 
 
-def _lending_engine(alias: str, own: Engine) -> Engine:
+def _lending_engine(alias: str, own: Engine, namespace: str | None) -> Engine:
     """An engine on ``own``'s dialect whose every connection is Django's current one."""
     vendor: str = connections[alias].vendor
+    if namespace is not None and vendor == "sqlite":
+        # A SQLite namespace is a file attached to the store's connections;
+        # Django's connection has no such file, and SQLite cannot attach one
+        # inside the transaction Django's atomic() holds.
+        raise UnsupportedDatabaseError(
+            vendor, "a store without a namespace (a SQLite namespace is an attached file)"
+        )
     dialect = own.dialect
     if _DRIVERS.get(vendor) != dialect.driver or vendor != dialect.name:
         raise UnsupportedDatabaseError(

@@ -323,3 +323,40 @@ def test_a_ledger_on_another_postgresql_database_is_refused(pg_url: str) -> None
         notifications.notify("sms", "+15550100", using="pg")
     store.engine.dispose()
     assert PG_NAME in pg_url
+
+
+@pytest.mark.postgres
+def test_a_store_in_a_postgresql_namespace_writes_there_in_djangos_transaction(
+    pg_url: str,
+) -> None:
+    """The namespace's tables get the delivery; the default schema's ledger stays empty."""
+    store = SQLStore(pg_url, namespace="shop_ns")
+    store.create_all()
+    backend = MemoryBackend()
+    engine = Chimeway(store, backend, {"sms": FakeChannel()})
+    plain = empty(SQLStore(pg_url))
+    try:
+        with transaction.atomic(using="pg"):
+            DjangoChimeway(engine, using="pg").notify("sms", "+15550100")
+            with suppress(RolledBackError), transaction.atomic(using="pg"):
+                DjangoChimeway(engine, using="pg").notify("sms", "+15550101")
+                raise RolledBackError
+        assert ["+15550100"] == [d.recipient for d in store.find()]
+        assert [] == plain.find()
+        assert 1 == len(backend.pending())
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA shop_ns CASCADE"))
+        store.engine.dispose()
+        plain.engine.dispose()
+
+
+def test_a_sqlite_namespace_is_refused_before_anything_is_written(sqlite_url: str) -> None:
+    store = SQLStore(sqlite_url, namespace="shop_ns")
+    engine = Chimeway(store, MemoryBackend(), {"sms": FakeChannel()})
+    try:
+        with pytest.raises(UnsupportedDatabaseError, match="SQLite namespace is an attached file"):
+            DjangoChimeway(engine).notify("sms", "+15550100")
+        assert not connections["default"].in_atomic_block
+    finally:
+        store.engine.dispose()
