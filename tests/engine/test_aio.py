@@ -191,3 +191,45 @@ def test_asyncpg_writes_in_the_sessions_transaction_too(
     assert {d.id for d in kept} == {d.id for d in pg_store.find()}
     engine.flush_outbox()  # the outbox's delete, through psycopg here
     assert 0 == pg_store.outbox_size()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("driver", ["postgresql+psycopg", "postgresql+asyncpg"])
+def test_an_async_session_writes_in_the_stores_namespace(
+    postgres_database: str,
+    pg_store: SQLStore,
+    backend: MemoryBackend,
+    clock: VirtualClock,
+    driver: str,
+) -> None:
+    """A namespaced store through an AsyncSession: the rows land in the namespace only."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    namespace = f"aio_{driver.rpartition('+')[2]}"
+    store = SQLStore(postgres_database, namespace=namespace)
+    store.create_all()
+    aio = AsyncChimeway(Chimeway(store, backend, {"sms": FakeChannel()}, clock=clock))
+    specs = [NewDelivery(channel="sms", recipient=f"+1555010{n}") for n in range(3)]
+
+    async def scenario() -> list[Delivery]:
+        async_engine = create_async_engine(store.engine.url.set(drivername=driver))
+        try:
+            async with AsyncSession(async_engine) as session:
+                kept = await aio.notify_many(specs, session=session)
+                # The session's own statements stay unqualified afterwards.
+                assert 1 == (await session.execute(text("SELECT 1"))).scalar_one()
+                await session.commit()
+            return kept
+        finally:
+            await async_engine.dispose()
+
+    try:
+        kept = _run(scenario)
+        assert {d.id for d in kept} == {d.id for d in store.find()}
+        assert {d.id for d in kept} == {job.delivery_id for job in backend.pending()}
+        assert [] == pg_store.find()  # the default schema's ledger
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {namespace} CASCADE"))
+        store.engine.dispose()
