@@ -30,7 +30,7 @@ nox.options.reuse_existing_virtualenvs = False
 nox.needs_version = ">=2024.10.9"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery,asyncio]"
+ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery,dramatiq,asyncio]"
 #: The exact versions every session installs (``nox -s constraints`` writes it).
 CONSTRAINTS = "constraints.txt"
 PINNED = ("-c", CONSTRAINTS)
@@ -72,7 +72,7 @@ def core(session: nox.Session) -> None:
         "python",
         "-c",
         "import importlib.util as u, sys; "
-        "extras = [m for m in ('rq', 'celery', 'redis', 'psycopg', 'httpx', 'alembic') "
+        "extras = [m for m in ('rq', 'celery', 'dramatiq', 'redis', 'psycopg', 'httpx', 'alembic') "
         "if u.find_spec(m)]; "
         "sys.exit(f'extras leaked into the core session: {extras}' if extras else 0)",
     )
@@ -131,7 +131,8 @@ def constraints(session: nox.Session) -> None:
     version of an extra also needs its bound in pyproject.toml raised first.
     """
     groups = [req for group in GROUPS for req in nox.project.dependency_groups(PYPROJECT, group)]
-    session.install(".[postgres,migrations,webhook,rq,celery,otel,testing,asyncio]", *groups)
+    extras = ".[postgres,migrations,webhook,rq,celery,dramatiq,otel,testing,asyncio]"
+    session.install(extras, *groups)
     frozen = session.run("pip", "freeze", "--exclude", "chimeway", silent=True)
     assert isinstance(frozen, str)
     header = (

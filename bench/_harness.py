@@ -337,9 +337,9 @@ def reachable(url: str, default_port: int, timeout: float = 1.0) -> bool:
 
 
 @contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    """A throwaway PostgreSQL database; yields its URL, drops it after."""
-    name = f"chimeway_bench_{secrets.token_hex(4)}"
+def postgres_database(admin_url: str, *, prefix: str = "chimeway_bench_") -> Iterator[str]:
+    """A throwaway PostgreSQL database named ``prefix`` + random; yields its URL, drops it after."""
+    name = f"{prefix}{secrets.token_hex(4)}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))

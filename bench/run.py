@@ -36,6 +36,7 @@ import _report
 import bench_async
 import bench_celery
 import bench_core
+import bench_dramatiq
 import bench_engine
 import bench_profile
 import bench_rq
@@ -50,6 +51,7 @@ AREAS: dict[str, Callable[[Config, Results], None]] = {
     "bulk": bench_store.run,
     "rq": bench_rq.run,
     "celery": bench_celery.run,
+    "dramatiq": bench_dramatiq.run,
     "scaling": bench_scaling.run,
     "profile": bench_profile.run,
 }

@@ -28,7 +28,7 @@ EXPECTED_KEYS = {
     "targets",
     "notes",
 }
-EXPECTED_AREAS = {"core", "engine", "async", "bulk", "rq", "celery", "scaling"}
+EXPECTED_AREAS = {"core", "engine", "async", "bulk", "rq", "celery", "dramatiq", "scaling"}
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.rabbitmq]
 

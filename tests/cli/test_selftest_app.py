@@ -56,6 +56,16 @@ APPS: Final = {
         backend = CeleryBackend(app, queue="app-notifications")
         engine = Chimeway(SQLStore({db!r}), backend, {{"sms": LogChannel()}})
     """,
+    "dramatiq": """
+        from dramatiq.brokers.redis import RedisBroker
+
+        from chimeway_backends.dramatiq import DramatiqBackend
+        from chimeway_core import Chimeway, LogChannel, SQLStore
+
+        broker = RedisBroker(url={service!r}, namespace="dramatiq_selftest_app")
+        backend = DramatiqBackend(broker, queue="app_notifications")
+        engine = Chimeway(SQLStore({db!r}), backend, {{"sms": LogChannel()}})
+    """,
 }
 
 
@@ -157,6 +167,34 @@ def test_celery_application_on_its_postgres_and_rabbitmq(
     assert 0 == code, output
     assert re.search(r"\b1[0-9] passed\b", output), output
     _left_alone(fresh_postgres, own)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_dramatiq_application_on_its_postgres_and_redis(
+    fresh_postgres: str, tmp_path: Path
+) -> None:
+    """On Dramatiq's Redis broker (database 2): the scratch queue's keys are all gone after."""
+    import redis
+
+    require("redis")
+    url = f"{REDIS_URL.rsplit('/', 1)[0]}/2"
+    own = _own_delivery(fresh_postgres)
+    client = redis.Redis.from_url(url)
+    client.set("dramatiq_selftest_app:app_notifications.kept", "kept")
+    _write_app(tmp_path, "dramatiq", fresh_postgres, url)
+    try:
+        code, output = _selftest(tmp_path)
+        assert 0 == code, output
+        assert re.search(r"\b1[0-9] passed\b", output), output
+        _left_alone(fresh_postgres, own)
+        left = sorted(key.decode() for key in client.scan_iter(match="dramatiq_selftest_app:*"))
+        assert not [key for key in left if "chimeway_selftest" in key], left
+        assert b"kept" == client.get("dramatiq_selftest_app:app_notifications.kept")
+    finally:
+        for key in client.scan_iter(match="dramatiq_selftest_app:*"):
+            client.delete(key)
+        client.close()
 
 
 @pytest.mark.postgres

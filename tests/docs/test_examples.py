@@ -52,7 +52,14 @@ COMPILE_ONLY: dict[tuple[str, int], str] = {
 
 #: Pages whose examples import an optional extra (a queue client, psycopg, httpx, alembic).
 NEEDS_EXTRAS = frozenset(
-    {"backends/celery.md", "backends/rq.md", "channels.md", "ledger.md", "operations.md"}
+    {
+        "backends/celery.md",
+        "backends/dramatiq.md",
+        "backends/rq.md",
+        "channels.md",
+        "ledger.md",
+        "operations.md",
+    }
 )
 
 

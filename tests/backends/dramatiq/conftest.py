@@ -1,0 +1,94 @@
+"""Fixtures for the Dramatiq backend's tests: real brokers, real workers, PostgreSQL as the ledger.
+
+Each test gets a queue of its own (``dramatiq_`` and a random part); on
+Redis (database :data:`REDIS_DB`) a key namespace of its own too. Every
+trace is removed at the end. Every wait is a bounded poll.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+
+import attrs
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+
+from tests.services import RABBITMQ_URL, REDIS_URL, require
+
+#: The Redis database the Dramatiq tests use (with a namespace per test).
+REDIS_DB = 2
+REDIS_BROKER_URL = f"{REDIS_URL.rsplit('/', 1)[0]}/{REDIS_DB}"
+
+#: RabbitMQ's URL as pika reads it: kombu's ``//`` (the default vhost) is ``/%2F`` there.
+PIKA_URL = RABBITMQ_URL[:-2] + "/%2F" if RABBITMQ_URL.endswith("//") else RABBITMQ_URL
+
+#: How long any wait for a worker may take before the test fails.
+IDLE_TIMEOUT = 60.0
+
+
+@attrs.frozen
+class Broker:
+    """One broker for one test: which service, its URL, a unique queue and Redis namespace."""
+
+    name: str
+    url: str
+    queue: str
+
+    @property
+    def namespace(self) -> str:
+        """The Redis key namespace (unused on RabbitMQ)."""
+        return self.queue
+
+    def make(self) -> dramatiq.Broker:
+        """A new Dramatiq broker on this service, with Dramatiq's default middleware."""
+        if self.name == "redis":
+            return RedisBroker(url=self.url, namespace=self.namespace)  # type: ignore[no-untyped-call]
+        return RabbitmqBroker(url=self.url, confirm_delivery=True)
+
+
+def make_broker(name: str) -> Broker:
+    """A :class:`Broker` on ``name`` (``redis`` or ``rabbitmq``) with a queue of its own."""
+    require(name)
+    queue = f"dramatiq_{secrets.token_hex(4)}"
+    return Broker(name, REDIS_BROKER_URL if name == "redis" else PIKA_URL, queue)
+
+
+def cleanup_broker(broker: Broker) -> None:
+    """Remove every trace of ``broker``'s queue (on Redis, its whole namespace)."""
+    if broker.name == "redis":
+        client = redis.Redis.from_url(broker.url)
+        try:
+            keys = list(client.scan_iter(match=f"{broker.namespace}:*", count=500))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+        return
+    made = RabbitmqBroker(url=broker.url)
+    try:
+        for name in (broker.queue, f"{broker.queue}.DQ", f"{broker.queue}.XQ"):
+            made.channel.queue_delete(name)
+    finally:
+        made.close()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """Each broker in turn, with a queue of this test's own; cleaned up after."""
+    spec = make_broker(request.param)
+    yield spec
+    cleanup_broker(spec)
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float = IDLE_TIMEOUT, what: str) -> None:
+    """Poll ``check`` until true; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
