@@ -164,7 +164,9 @@ class Performer:
                 delivery = locked.delivery
                 admitted = self.admit(locked, delivery, now)
         with self.telemetry.span("perform", meta(delivery)) as span:
-            result = self.settle(delivery, admitted)
+            # settle() writes what the job changed into the span's metadata, so
+            # the stop (or exception) event says the status after the attempt.
+            result = self.settle(delivery, admitted, report=span)
             span["job_kind"] = result.kind.value
             return result
 
@@ -250,11 +252,19 @@ class Performer:
             return _Ignored("claim lost")
         return _Claimed(claim, channel)
 
-    def settle(self, delivery: Delivery, admitted: _Admission) -> JobResult:
-        """After the lock committed: emit what was written, or make the attempt."""
+    def settle(
+        self, delivery: Delivery, admitted: _Admission, report: dict[str, object] | None = None
+    ) -> JobResult:
+        """After the lock committed: emit what was written, or make the attempt.
+
+        ``report``, when given, receives the metadata of what the job changed
+        (the status after it, and an attempt's number, outcome, error class,
+        action and dispatch row), also when the attempt raises.
+        """
+        report = {} if report is None else report
         match admitted:
             case _Claimed(claim=claim, channel=channel):
-                return self._call(claim, channel)
+                return self._call(claim, channel, report)
             case _Ignored(why=why):
                 return self._ignored(delivery.id, delivery, why)
             case _NotDue():
@@ -266,8 +276,9 @@ class Performer:
                     queue=self.settings.queue_for(delivery.channel),
                 )
             case _Exhausted(before=before, after=after):
-                return self._exhausted(before, after)
+                return self._exhausted(before, after, report)
             case _Suppressed(after=after, reason=reason, policy=policy):
+                report.update(meta(after) | {"reason": reason})
                 self.telemetry.emit(
                     TelemetryEvent.SUPPRESSED, meta(after) | {"reason": reason, "row": policy}
                 )
@@ -275,6 +286,7 @@ class Performer:
                     delivery_id=after.id, kind=JobKind.ACK, detail=f"suppressed: {reason}"
                 )
             case _Deferred(after=after, reason=reason):
+                report.update(meta(after) | {"reason": reason})
                 self.telemetry.emit(TelemetryEvent.DEFERRED, meta(after) | {"reason": reason})
                 return JobResult(
                     delivery_id=after.id,
@@ -286,7 +298,7 @@ class Performer:
             case _:
                 assert_never(admitted)
 
-    def _call(self, claim: Claim, channel: Channel) -> JobResult:
+    def _call(self, claim: Claim, channel: Channel, report: dict[str, object]) -> JobResult:
         """Call the channel for a claimed delivery, classify the result, record it."""
         delivery = claim.delivery
         self._tell_backend(delivery.channel, channel.timeout)
@@ -298,7 +310,7 @@ class Performer:
             result = error
         shape = classify(result, exception_class=channel.exception_class)
         try:
-            return self.record(claim, shape, channel.guarantee, self.clock.now())
+            return self.record(claim, shape, channel.guarantee, self.clock.now(), report)
         except LeaseLostError:
             # Cancelled, rescued or taken over while we were calling: the
             # ledger already says what happened; our late write is fenced off.
@@ -342,12 +354,15 @@ class Performer:
         shape: Classification,
         guarantee: DeliveryGuarantee,
         now: datetime,
+        report: dict[str, object] | None = None,
     ) -> JobResult:
         """Decide, write the attempt and its transition (fenced), then act on the decision.
 
         Raises :class:`LeaseLostError` when the claim was fenced off, and
         :class:`UnhandledOutcomeError` (after writing the next run) for RAISE.
+        ``report`` (see :meth:`settle`) receives the attempt's metadata.
         """
+        report = {} if report is None else report
         decided = self.decide(claim, shape, guarantee, now)
         before = claim.delivery
         number = claim.attempt.number
@@ -362,6 +377,7 @@ class Performer:
             "action": decided.action.value,
             "row": decided.row,
         }
+        report.update(meta_)
         self.telemetry.emit(TelemetryEvent.ATTEMPT_RECORDED, meta_)
         self.telemetry.emit(
             TelemetryEvent.STATUS_TRANSITION,
@@ -380,7 +396,7 @@ class Performer:
                     queue=self.settings.queue_for(after.channel),
                 )
             case Action.EXHAUST:
-                return self._exhaust(after, now)
+                return self._exhaust(after, now, report)
             case Action.RAISE:
                 self.telemetry.emit(TelemetryEvent.UNHANDLED_OUTCOME, meta_)
                 logger.error(
@@ -406,15 +422,16 @@ class Performer:
             case _:
                 assert_never(decided.action)
 
-    def _exhaust(self, delivery: Delivery, now: datetime) -> JobResult:
+    def _exhaust(self, delivery: Delivery, now: datetime, report: dict[str, object]) -> JobResult:
         try:
             after = self.store.exhaust(delivery.id, expected_version=delivery.version, now=now)
         except (LeaseLostError, IllegalTransitionError):
             return self._ignored(delivery.id, delivery, "moved on before exhausting")
-        return self._exhausted(delivery, after)
+        return self._exhausted(delivery, after, report)
 
-    def _exhausted(self, before: Delivery, after: Delivery) -> JobResult:
+    def _exhausted(self, before: Delivery, after: Delivery, report: dict[str, object]) -> JobResult:
         meta_ = meta(after) | {"reason": after.reason, "attempt": after.attempt_count}
+        report.update(meta_)
         self.telemetry.emit(TelemetryEvent.EXHAUSTED, meta_)
         self.telemetry.emit(
             TelemetryEvent.STATUS_TRANSITION,
