@@ -97,6 +97,14 @@ class Notifier:
         self, specs: Iterable[NewDelivery], *, session: AnySession | None = None
     ) -> list[Delivery]:
         """Record and queue many deliveries (see ``Chimeway.notify_many``)."""
+        specs = list(specs)
+        with self.telemetry.span("notify", {"count": len(specs)}) as span:
+            delivered = self._notify_many(specs, session)
+            if len(delivered) == 1:
+                span.update(meta(delivered[0]))
+            return delivered
+
+    def _notify_many(self, specs: list[NewDelivery], session: AnySession | None) -> list[Delivery]:
         now = self.clock.now()
         if session is not None:
             session = check_session(session)  # before the policies are asked
@@ -106,7 +114,10 @@ class Notifier:
         # drafts with the reasons decided here. Bad input is an
         # InvalidDeliveryError, never a policy (or a lookup) failing on it;
         # nothing is written before both steps pass.
-        drafts = self.store.draft_many(list(specs), now=now)
+        # The trace this call runs in (the notify span's) goes with each
+        # delivery, for the jobs that send it to continue.
+        trace_context = self.telemetry.trace_context()
+        drafts = [draft.traced(trace_context) for draft in self.store.draft_many(specs, now=now)]
         self._check(drafts)
         suppressions = self._suppressions(drafts, now)
         created = self.store.create_many(
@@ -127,7 +138,9 @@ class Notifier:
         now = self.clock.now()
         if session is not None:
             session = check_session(session)
-        copy = self.store.draft_resend(delivery_id, now=now, session=session)
+        copy = self.store.draft_resend(delivery_id, now=now, session=session).traced(
+            self.telemetry.trace_context()
+        )
         self._check([copy])
         [(reason, policy)] = self._suppressions([copy], now)
         resent = self.store.resend(

@@ -275,14 +275,21 @@ def _check_retries(
 
 
 def meta(delivery: Delivery) -> dict[str, object]:
-    """A delivery's safe telemetry metadata: ids, channel, key, status, never a payload."""
-    return {
+    """A delivery's safe telemetry metadata: ids, channel, key, status, never a payload.
+
+    With the trace ``notify()`` ran in, when one was stored, so a tracing
+    subscriber continues it.
+    """
+    found: dict[str, object] = {
         "delivery_id": str(delivery.id),
         "channel": delivery.channel,
         "notification_key": delivery.notification_key,
         "status": delivery.status.value,
         "max_attempts": delivery.max_attempts,
     }
+    if delivery.trace_context is not None:
+        found["trace_context"] = delivery.trace_context
+    return found
 
 
 def policy_context(
