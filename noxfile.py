@@ -131,7 +131,9 @@ def constraints(session: nox.Session) -> None:
     version of an extra also needs its bound in pyproject.toml raised first.
     """
     groups = [req for group in GROUPS for req in nox.project.dependency_groups(PYPROJECT, group)]
-    session.install(".[postgres,migrations,webhook,rq,celery,otel,testing,asyncio]", *groups)
+    session.install(
+        ".[postgres,migrations,webhook,rq,celery,otel,prometheus,testing,asyncio]", *groups
+    )
     frozen = session.run("pip", "freeze", "--exclude", "chimeway", silent=True)
     assert isinstance(frozen, str)
     header = (

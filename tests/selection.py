@@ -43,6 +43,7 @@ EXTRA_MODULES: Final = frozenset(
         "kombu",
         "mkdocs",
         "opentelemetry",
+        "prometheus_client",
         "psycopg",
         "redis",
         "rq",

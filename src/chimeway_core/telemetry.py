@@ -61,6 +61,10 @@ class TelemetryEvent(enum.StrEnum):
     """``notify()`` wrote and queued its deliveries (``duration`` set)."""
     NOTIFY_EXCEPTION = "chimeway.notify.exception"
     """``notify()`` raised (``duration`` and ``exception_type`` set); nothing was written."""
+    CREATED = "chimeway.delivery.created"
+    """``notify()`` or ``resend()`` wrote a new delivery (not a repeat of a request)."""
+    RELAYED = "chimeway.outbox.relayed"
+    """A relay handed outbox rows to the queue (``count`` set; only when it handed any)."""
     PERFORM_START = "chimeway.perform.start"
     """A job claimed a delivery and starts working on it."""
     PERFORM_STOP = "chimeway.perform.stop"
@@ -117,6 +121,9 @@ SAFE_KEYS: Final = frozenset(
         "copy_id",
         "count",
         "trace_context",
+        "age",
+        "attempt_count",
+        "call_duration",
     }
 )
 

@@ -112,6 +112,9 @@ def test_documented_keys_are_allowed() -> None:
         "copy_id",
         "count",
         "trace_context",
+        "age",
+        "attempt_count",
+        "call_duration",
     }
     assert documented == set(SAFE_KEYS)
 

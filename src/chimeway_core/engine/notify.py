@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from chimeway_core.clock import Clock
 from chimeway_core.engine.handover import HandOver
-from chimeway_core.engine.settings import Settings, meta, policy_context
+from chimeway_core.engine.settings import Settings, ended, meta, policy_context
 from chimeway_core.errors import InvalidDeliveryError
 from chimeway_core.ledger import Draft
 from chimeway_core.ledger.protocol import Ledger
@@ -202,10 +202,10 @@ class Notifier:
         for delivery, created in results:
             if not created:
                 self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, meta(delivery))
-            elif delivery.status is DeliveryStatus.SUPPRESSED:
-                self.telemetry.emit(
-                    TelemetryEvent.SUPPRESSED, {**meta(delivery), "reason": delivery.reason}
-                )
+                continue
+            self.telemetry.emit(TelemetryEvent.CREATED, meta(delivery))
+            if delivery.status is DeliveryStatus.SUPPRESSED:
+                self.telemetry.emit(TelemetryEvent.SUPPRESSED, meta(delivery) | ended(delivery))
         fresh = [delivery for delivery, created in results if created and not delivery.is_terminal]
         if session is None:
             self.handover.hand_over(fresh, now)

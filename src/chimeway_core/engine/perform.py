@@ -37,6 +37,7 @@ The rescuer records a lost attempt through the same :meth:`Performer.record`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import assert_never
@@ -47,7 +48,7 @@ import attrs
 from chimeway_core.channels.base import Channel, DeliveryGuarantee
 from chimeway_core.clock import Clock
 from chimeway_core.dispatch import Action, attempt_event, match_row
-from chimeway_core.engine.settings import Settings, meta, policy_context
+from chimeway_core.engine.settings import Settings, ended, meta, policy_context
 from chimeway_core.errors import IllegalTransitionError, LeaseLostError, UnhandledOutcomeError
 from chimeway_core.jobs import JobKind, JobResult
 from chimeway_core.ledger import claimable as rules
@@ -280,7 +281,8 @@ class Performer:
             case _Suppressed(after=after, reason=reason, policy=policy):
                 report.update(meta(after) | {"reason": reason})
                 self.telemetry.emit(
-                    TelemetryEvent.SUPPRESSED, meta(after) | {"reason": reason, "row": policy}
+                    TelemetryEvent.SUPPRESSED,
+                    meta(after) | ended(after) | {"reason": reason, "row": policy},
                 )
                 return JobResult(
                     delivery_id=after.id, kind=JobKind.ACK, detail=f"suppressed: {reason}"
@@ -302,15 +304,19 @@ class Performer:
         """Call the channel for a claimed delivery, classify the result, record it."""
         delivery = claim.delivery
         self._tell_backend(delivery.channel, channel.timeout)
+        started = time.perf_counter()
         try:
             result: object = channel.send(delivery, delivery.idempotency_key)
         except self.settings.interrupts:
             raise  # the queue stopped the job mid-call: left in flight for the rescuer
         except Exception as error:  # every other exception is classified, none escapes
             result = error
+        call_duration = time.perf_counter() - started
         shape = classify(result, exception_class=channel.exception_class)
         try:
-            return self.record(claim, shape, channel.guarantee, self.clock.now(), report)
+            return self.record(
+                claim, shape, channel.guarantee, self.clock.now(), report, call_duration
+            )
         except LeaseLostError:
             # Cancelled, rescued or taken over while we were calling: the
             # ledger already says what happened; our late write is fenced off.
@@ -355,12 +361,15 @@ class Performer:
         guarantee: DeliveryGuarantee,
         now: datetime,
         report: dict[str, object] | None = None,
+        call_duration: float | None = None,
     ) -> JobResult:
         """Decide, write the attempt and its transition (fenced), then act on the decision.
 
         Raises :class:`LeaseLostError` when the claim was fenced off, and
         :class:`UnhandledOutcomeError` (after writing the next run) for RAISE.
-        ``report`` (see :meth:`settle`) receives the attempt's metadata.
+        ``report`` (see :meth:`settle`) receives the attempt's metadata;
+        ``call_duration`` is how long the channel call took, in seconds
+        (``None`` for an attempt the rescuer records).
         """
         report = {} if report is None else report
         decided = self.decide(claim, shape, guarantee, now)
@@ -376,12 +385,15 @@ class Performer:
             "error_class": None if shape.error_class is None else str(shape.error_class),
             "action": decided.action.value,
             "row": decided.row,
+            "call_duration": call_duration,
         }
         report.update(meta_)
         self.telemetry.emit(TelemetryEvent.ATTEMPT_RECORDED, meta_)
         self.telemetry.emit(
             TelemetryEvent.STATUS_TRANSITION,
-            meta_ | {"from_status": before.status.value, "to_status": after.status.value},
+            meta_
+            | ended(after)
+            | {"from_status": before.status.value, "to_status": after.status.value},
         )
         match decided.action:
             case Action.ACK:
@@ -430,7 +442,7 @@ class Performer:
         return self._exhausted(delivery, after, report)
 
     def _exhausted(self, before: Delivery, after: Delivery, report: dict[str, object]) -> JobResult:
-        meta_ = meta(after) | {"reason": after.reason, "attempt": after.attempt_count}
+        meta_ = meta(after) | ended(after) | {"attempt": after.attempt_count}
         report.update(meta_)
         self.telemetry.emit(TelemetryEvent.EXHAUSTED, meta_)
         self.telemetry.emit(

@@ -292,6 +292,21 @@ def meta(delivery: Delivery) -> dict[str, object]:
     return found
 
 
+def ended(delivery: Delivery) -> dict[str, object]:
+    """What a terminal delivery's event adds, for metrics; nothing for a live one.
+
+    ``age``: seconds from ``notify()`` to the terminal write; ``attempt_count``
+    the attempts it took; ``reason`` why it ended.
+    """
+    if not delivery.is_terminal:
+        return {}
+    return {
+        "age": (delivery.updated_at - delivery.created_at).total_seconds(),
+        "attempt_count": delivery.attempt_count,
+        "reason": delivery.reason,
+    }
+
+
 def policy_context(
     store: Ledger, now: datetime, phase: PolicyPhase, locked: LockedRow | None = None
 ) -> PolicyContext:

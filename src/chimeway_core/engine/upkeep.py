@@ -107,6 +107,8 @@ class Upkeep:
         handed = self.handover.enqueue_many([(d.id, d.channel) for d in stranded])
         requeued = sum(outcome is Enqueued.QUEUED for outcome in handed)
         relayed = self.handover.relay(batch_size=RELAY_BATCH, grace=0.0 if catch_up else None)
+        if relayed:
+            self.telemetry.emit(TelemetryEvent.RELAYED, {"count": relayed})
         pruned = 0
         if self.settings.retention is not None:
             before = self.settings.prune_cutoff("retention", self.settings.retention, now)
