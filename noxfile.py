@@ -117,7 +117,8 @@ def bench(session: nox.Session) -> None:
     ``bench/run.py``: ``nox -s bench -- --smoke`` for a seconds-long check that
     writes to a temporary folder; ``-- --only core,engine`` for some areas.
     """
-    session.install(ALL_EXTRAS, "matplotlib", "asyncpg", *PINNED)  # asyncpg: the async area
+    # asyncpg: the async area; the OpenTelemetry SDK: the engine's traces-on case.
+    session.install(ALL_EXTRAS, "matplotlib", "asyncpg", "opentelemetry-sdk", *PINNED)
     session.run("python", "bench/run.py", *session.posargs)
 
 
