@@ -240,4 +240,5 @@ def test_a_celery_worker_continues_the_requests_trace(
             worker.kill()
             worker.wait(timeout=30)
         request.engine.store.engine.dispose()
+        app.pool.force_close_all()
         app.close()

@@ -117,7 +117,9 @@ class Notifier:
         # The trace this call runs in (the notify span's) goes with each
         # delivery, for the jobs that send it to continue.
         trace_context = self.telemetry.trace_context()
-        drafts = [draft.traced(trace_context) for draft in self.store.draft_many(specs, now=now)]
+        drafts = self.store.draft_many(specs, now=now)
+        if trace_context is not None:  # untraced, the drafts are written as they are
+            drafts = [draft.traced(trace_context) for draft in drafts]
         self._check(drafts)
         suppressions = self._suppressions(drafts, now)
         created = self.store.create_many(
