@@ -117,7 +117,8 @@ def bench(session: nox.Session) -> None:
     ``bench/run.py``: ``nox -s bench -- --smoke`` for a seconds-long check that
     writes to a temporary folder; ``-- --only core,engine`` for some areas.
     """
-    session.install(ALL_EXTRAS, "matplotlib", "asyncpg", *PINNED)  # asyncpg: the async area
+    # asyncpg: the async area; the OpenTelemetry SDK: the engine's traces-on case.
+    session.install(ALL_EXTRAS, "matplotlib", "asyncpg", "opentelemetry-sdk", *PINNED)
     session.run("python", "bench/run.py", *session.posargs)
 
 
@@ -131,7 +132,7 @@ def constraints(session: nox.Session) -> None:
     version of an extra also needs its bound in pyproject.toml raised first.
     """
     groups = [req for group in GROUPS for req in nox.project.dependency_groups(PYPROJECT, group)]
-    extras = ".[postgres,migrations,webhook,rq,celery,dramatiq,otel,testing,asyncio]"
+    extras = ".[postgres,migrations,webhook,rq,celery,dramatiq,otel,prometheus,testing,asyncio]"
     session.install(extras, *groups)
     frozen = session.run("pip", "freeze", "--exclude", "chimeway", silent=True)
     assert isinstance(frozen, str)

@@ -36,6 +36,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from sqlalchemy import Engine, create_engine, event, text
 
 from _harness import (
@@ -64,6 +68,8 @@ from chimeway_core import (
     TemporaryFailure,
 )
 from chimeway_core.engine.handover import OUTBOX_FLUSH_AT as OUTBOX_BATCH
+from chimeway_core.metrics import OpenTelemetryMetrics
+from chimeway_core.telemetry import OpenTelemetrySubscriber, Telemetry
 
 AREA = "engine"
 ANCHOR_DDL = (
@@ -94,7 +100,11 @@ def _fail_once(delivery: Delivery, _key: str) -> Sent | TemporaryFailure:
     return TemporaryFailure("try again") if delivery.attempt_count == 1 else Sent()
 
 
-def make_engine(url: str | Engine, send: Callable[[Delivery, str], Any] = _always_sent) -> Chimeway:
+def make_engine(
+    url: str | Engine,
+    send: Callable[[Delivery, str], Any] = _always_sent,
+    telemetry: Telemetry | None = None,
+) -> Chimeway:
     """A fresh ledger on ``url`` (tables dropped and created) with the memory backend."""
     store = SQLStore(url)
     store.drop_all()
@@ -104,7 +114,37 @@ def make_engine(url: str | Engine, send: Callable[[Delivery, str], Any] = _alway
         MemoryBackend(),
         {"sms": CallableChannel(send)},
         retry=RetryPolicy.immediate(max_attempts=3),
+        telemetry=telemetry,
     )
+
+
+class _Discard(SpanExporter):
+    """An exporter that drops what it is given: the cost measured is chimeway's and the SDK's."""
+
+    def export(self, spans: Any) -> SpanExportResult:
+        del spans
+        return SpanExportResult.SUCCESS
+
+
+def observed() -> tuple[Telemetry, Callable[[], None]]:
+    """Telemetry with traces (SDK, batch processor) and metrics (SDK), and its shutdown.
+
+    What an application that has both set up pays: spans go through the
+    SDK's BatchSpanProcessor to an exporter that drops them; measurements
+    are aggregated by the SDK's meter provider.
+    """
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    telemetry = Telemetry()
+    telemetry.subscribe(OpenTelemetrySubscriber(tracer_provider=tracer_provider))
+    telemetry.subscribe(OpenTelemetryMetrics(meter_provider=meter_provider))
+
+    def shutdown() -> None:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+    return telemetry, shutdown
 
 
 def notify_to_terminal(engine: Chimeway, n: int, offset: int = 0) -> None:
@@ -136,11 +176,13 @@ def sql_engine(url: str, *, fsync: bool = True) -> Engine:
     return engine
 
 
-def _chimeway(url: str, n: int, *, fsync: bool = True) -> float:
-    engine = make_engine(sql_engine(url, fsync=fsync))
+def _chimeway(url: str, n: int, *, fsync: bool = True, observe: bool = False) -> float:
+    telemetry, shutdown = observed() if observe else (None, lambda: None)
+    engine = make_engine(sql_engine(url, fsync=fsync), telemetry=telemetry)
     rate = per_second(n, lambda: notify_to_terminal(engine, n))
     _check_all_succeeded(engine, n)
     engine.store.engine.dispose()
+    shutdown()
     return rate
 
 
@@ -314,6 +356,7 @@ def bench_database(config: Config, results: Results, name: str, url: str) -> Non
     if name == "SQLite":
         cases["chimeway, no fsync"] = lambda: _chimeway(url, n, fsync=False)
         cases["anchor A, no fsync"] = lambda: _anchor(url, n, floor=False, fsync=False)
+        cases["chimeway, traced and metered"] = lambda: _chimeway(url, n, observe=True)
     samples = interleave(cases, config.runs)
     label = f"notify -> terminal, memory backend, {name}"
     detail = f"N={n} deliveries per run, notify() one by one, channel always sends"
@@ -347,6 +390,17 @@ def bench_database(config: Config, results: Results, name: str, url: str) -> Non
             "fsyncs",
         )
         log(AREA, f"SQLite without fsync: x{entry['ratio']['median']:.2f}")
+        entry = results.compare(
+            AREA,
+            f"{label}, OpenTelemetry traces and metrics on / off",
+            ("chimeway, traced and metered", samples["chimeway, traced and metered"]),
+            ("chimeway", samples["chimeway"]),
+            unit="deliveries/s",
+            target=Target(">=", 0.91, "traces and metrics cost <= 10% of notify->terminal"),
+            detail=f"{detail}; on: OpenTelemetrySubscriber (SDK, BatchSpanProcessor, spans "
+            "dropped) and OpenTelemetryMetrics (SDK meter provider) subscribed; off: none",
+        )
+        log(AREA, f"SQLite traced and metered: x{entry['ratio']['median']:.2f}")
     costs = machine_costs(url, config.size(1000, 20), config.runs)
     results.machine[name] = costs
     log(

@@ -45,6 +45,7 @@ EXTRA_MODULES: Final = frozenset(
         "mkdocs",
         "opentelemetry",
         "pika",
+        "prometheus_client",
         "psycopg",
         "redis",
         "rq",

@@ -59,6 +59,13 @@ class Delivery:
     metadata: Mapping[str, Any]
     created_at: datetime
     updated_at: datetime
+    trace_context: str | None = attrs.field(default=None, eq=False, repr=False)
+    """The trace ``notify()`` ran in, as W3C trace context (``traceparent``, then
+    ``;`` and the ``tracestate`` if any), or ``None`` when no tracing was set up.
+
+    Written by the engine from its telemetry (see docs/telemetry.md), never
+    compared: a repeat of a request in another trace is the same delivery.
+    """
     found_existing: bool = attrs.field(default=False, eq=False, repr=False)
     """Whether ``notify()`` found this delivery already recorded under its key and made none.
 

@@ -24,6 +24,7 @@ logging) and :class:`OpenTelemetrySubscriber` (the ``otel`` extra).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import importlib
 import logging
@@ -54,8 +55,18 @@ _logger = logging.getLogger("chimeway.telemetry")
 class TelemetryEvent(enum.StrEnum):
     """Everything chimeway reports. The value is the event's name in logs and traces."""
 
+    NOTIFY_START = "chimeway.notify.start"
+    """``notify()`` (or ``notify_many()``) started (``count`` set)."""
+    NOTIFY_STOP = "chimeway.notify.stop"
+    """``notify()`` wrote and queued its deliveries (``duration`` set)."""
+    NOTIFY_EXCEPTION = "chimeway.notify.exception"
+    """``notify()`` raised (``duration`` and ``exception_type`` set); nothing was written."""
+    CREATED = "chimeway.delivery.created"
+    """``notify()`` or ``resend()`` wrote a new delivery (not a repeat of a request)."""
+    RELAYED = "chimeway.outbox.relayed"
+    """A relay handed outbox rows to the queue (``count`` set; only when it handed any)."""
     PERFORM_START = "chimeway.perform.start"
-    """A job started working on a delivery."""
+    """A job claimed a delivery and starts working on it."""
     PERFORM_STOP = "chimeway.perform.stop"
     """A job finished (``duration`` set), whatever the delivery's outcome."""
     PERFORM_EXCEPTION = "chimeway.perform.exception"
@@ -108,12 +119,22 @@ SAFE_KEYS: Final = frozenset(
         "event",
         "exception_type",
         "copy_id",
+        "count",
+        "trace_context",
+        "age",
+        "attempt_count",
+        "call_duration",
     }
 )
 
 _MAX_TEXT: Final = 200
 
 _SPANS: Final[Mapping[str, tuple[TelemetryEvent, TelemetryEvent, TelemetryEvent]]] = {
+    "notify": (
+        TelemetryEvent.NOTIFY_START,
+        TelemetryEvent.NOTIFY_STOP,
+        TelemetryEvent.NOTIFY_EXCEPTION,
+    ),
     "perform": (
         TelemetryEvent.PERFORM_START,
         TelemetryEvent.PERFORM_STOP,
@@ -194,6 +215,30 @@ class Telemetry:
 
         return unsubscribe
 
+    def trace_context(self) -> str | None:
+        """The W3C ``traceparent`` of the caller's current trace, or ``None``.
+
+        Asked of the handlers that can tell (a ``current_trace_context()``
+        method, as :class:`OpenTelemetrySubscriber` has), in subscription
+        order; the first answer wins. The engine stores it with each delivery
+        it writes, so the job that sends it continues the same trace. A
+        handler that raises is logged and skipped.
+        """
+        for _, handler in self._subscriptions:
+            current = getattr(handler, "current_trace_context", None)
+            if current is None:
+                continue
+            try:
+                found = current()
+            except Exception:
+                _logger.warning(
+                    "telemetry handler raised on current_trace_context; ignored", exc_info=True
+                )
+                continue
+            if isinstance(found, str) and found:
+                return found
+        return None
+
     def emit(self, event: TelemetryEvent, meta: Mapping[str, object] | None = None) -> None:
         """Send ``event`` with :func:`safe_meta` of ``meta`` to every handler.
 
@@ -224,7 +269,7 @@ class Telemetry:
     ) -> Iterator[dict[str, object]]:
         """Emit ``<prefix>.start`` now and ``.stop`` or ``.exception`` at the end.
 
-        ``prefix`` names a unit of work (``"perform"``). The block receives a
+        ``prefix`` names a unit of work (``"notify"``, ``"perform"``). The block receives a
         dict it may add metadata to (say the ``outcome``); the stop or
         exception event carries it plus ``duration`` in seconds. On exception
         the event also carries ``exception_type`` (the type name, never the
@@ -290,23 +335,49 @@ class LoggingSubscriber:
         )
 
 
-def _import_otel_trace() -> Any:
+def _import_otel(module: str) -> Any:
     try:
-        return importlib.import_module("opentelemetry.trace")
+        return importlib.import_module(module)
     except ImportError:
         raise MissingExtraError("otel", feature="OpenTelemetrySubscriber") from None
+
+
+#: The messaging semantic conventions' attributes of each span (OpenTelemetry
+#: semantic conventions, messaging spans): chimeway is the messaging system,
+#: the channel the destination, the delivery the message.
+_SPAN_KINDS: Final = {"notify": ("PRODUCER", "send"), "perform": ("CONSUMER", "process")}
+
+#: The spans an OpenTelemetrySubscriber has open in this context, innermost
+#: last: (subscriber id, unit of work, span, context token).
+_OPEN: contextvars.ContextVar[tuple[tuple[int, str, Any, object], ...]] = contextvars.ContextVar(
+    "chimeway_open_spans", default=()
+)
 
 
 class OpenTelemetrySubscriber:
     """Turns events into OpenTelemetry spans (needs the ``otel`` extra).
 
-    A span's stop or exception event becomes one span named after the unit of
-    work (``chimeway.perform``), back-dated by its ``duration``; an exception
-    sets the span's status to error. ``*.start`` events are skipped (the span
-    is recorded whole when it ends). Every other event is added as a span
-    event to the current span when one is recording, and otherwise recorded as
-    a zero-length span of its own. Attributes are the safe metadata, prefixed
-    ``chimeway.``.
+    - ``notify`` is a span ``chimeway.notify`` (kind PRODUCER) in the
+      caller's trace. Its context is what the engine stores with the
+      deliveries it writes (:meth:`current_trace_context`).
+    - ``perform`` is one span ``chimeway.perform`` (kind CONSUMER) per job, a
+      child of the stored context: every job of a delivery (first attempt,
+      retries) is in the trace of the request that notified. It is the
+      current span while the channel is called, so an instrumented HTTP or
+      SMTP client's spans nest under it. Its attributes at the end say what
+      the job left: the status after the attempt, the attempt's number,
+      outcome, error class, action and dispatch row; an exception sets the
+      status to error.
+    - Every other event (the attempt recorded, the status transition, ...)
+      is a span event on the current span when one is recording; otherwise
+      (the rescuer, a duplicate at notify time) a zero-length span of its
+      own in the delivery's stored trace, or the current one.
+
+    Attributes are the safe metadata prefixed ``chimeway.`` (the stored
+    trace context is never one), plus the messaging conventions'
+    ``messaging.system`` (``chimeway``), ``messaging.operation.type``,
+    ``messaging.destination.name`` (the channel) and ``messaging.message.id``
+    (the delivery id).
 
     ``tracer_provider`` defaults to the global one. Raises
     :class:`~chimeway_core.errors.MissingExtraError` if ``opentelemetry-api``
@@ -314,30 +385,94 @@ class OpenTelemetrySubscriber:
     """
 
     def __init__(self, tracer_provider: Any = None) -> None:
-        self._trace = _import_otel_trace()
+        self._trace = _import_otel("opentelemetry.trace")
+        self._context = _import_otel("opentelemetry.context")
+        tracecontext = _import_otel("opentelemetry.trace.propagation.tracecontext")
+        self._propagator = tracecontext.TraceContextTextMapPropagator()
         self._tracer = self._trace.get_tracer("chimeway", tracer_provider=tracer_provider)
 
+    def current_trace_context(self) -> str | None:
+        """The W3C ``traceparent`` of the current span, or ``None`` when there is none."""
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier)
+        return carrier.get("traceparent")
+
+    def _parent(self, meta: Mapping[str, MetaValue]) -> Any:
+        """The stored trace's context if the event carries one, else ``None`` (the current)."""
+        stored = meta.get("trace_context")
+        if not isinstance(stored, str):
+            return None
+        context = self._propagator.extract({"traceparent": stored})
+        # An unreadable value extracts to no span: the current context then.
+        if not self._trace.get_current_span(context).get_span_context().is_valid:
+            return None
+        return context
+
+    @staticmethod
+    def _attributes(unit: str | None, meta: Mapping[str, MetaValue]) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            f"chimeway.{k}": v for k, v in meta.items() if v is not None and k != "trace_context"
+        }
+        if unit is not None:
+            attributes["messaging.system"] = "chimeway"
+            attributes["messaging.operation.type"] = _SPAN_KINDS[unit][1]
+        if isinstance(meta.get("channel"), str):
+            attributes["messaging.destination.name"] = meta["channel"]
+        if isinstance(meta.get("delivery_id"), str):
+            attributes["messaging.message.id"] = meta["delivery_id"]
+        return attributes
+
     def __call__(self, event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> None:
-        """Record ``event`` as a span or a span event."""
-        attributes = {f"chimeway.{k}": v for k, v in meta.items() if v is not None}
+        """Open or close a span, or record ``event`` on one."""
         name, _, phase = event.value.rpartition(".")
-        if phase == "start" and name in {f"chimeway.{p}" for p in _SPANS}:
-            return
-        if phase in {"stop", "exception"} and name in {f"chimeway.{p}" for p in _SPANS}:
+        unit = name.removeprefix("chimeway.")
+        if unit in _SPAN_KINDS and phase == "start":
+            self._open(unit, name, meta)
+        elif unit in _SPAN_KINDS and phase in {"stop", "exception"}:
+            self._close(unit, name, phase, meta)
+        else:
+            self._record(event, meta)
+
+    def _open(self, unit: str, name: str, meta: Mapping[str, MetaValue]) -> None:
+        kind = getattr(self._trace.SpanKind, _SPAN_KINDS[unit][0])
+        span = self._tracer.start_span(
+            name,
+            context=self._parent(meta),
+            kind=kind,
+            attributes=self._attributes(unit, meta),
+        )
+        token = self._context.attach(self._trace.set_span_in_context(span))
+        _OPEN.set((*_OPEN.get(), (id(self), unit, span, token)))
+
+    def _close(self, unit: str, name: str, phase: str, meta: Mapping[str, MetaValue]) -> None:
+        stack = _OPEN.get()
+        for index in range(len(stack) - 1, -1, -1):
+            owner, opened, span, token = stack[index]
+            if owner == id(self) and opened == unit:
+                _OPEN.set(stack[:index] + stack[index + 1 :])
+                self._context.detach(token)
+                break
+        else:
+            # Subscribed after the start: the span is recorded whole, back-dated.
             end = time.time_ns()
             duration = meta.get("duration")
             seconds = float(duration) if isinstance(duration, int | float) else 0.0
             span = self._tracer.start_span(
-                name, start_time=end - int(seconds * 1e9), attributes=attributes
+                name, context=self._parent(meta), start_time=end - int(seconds * 1e9)
             )
-            if phase == "exception":
-                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
-            span.end(end_time=end)
-            return
+        span.set_attributes(self._attributes(unit, meta))
+        if phase == "exception":
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
+        span.end()
+
+    def _record(self, event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> None:
+        attributes = self._attributes(None, meta)
         current = self._trace.get_current_span()
         if current.is_recording():
             current.add_event(event.value, attributes=attributes)
             return
         now = time.time_ns()
-        span = self._tracer.start_span(event.value, start_time=now, attributes=attributes)
+        span = self._tracer.start_span(
+            event.value, context=self._parent(meta), start_time=now, attributes=attributes
+        )
         span.end(end_time=now)

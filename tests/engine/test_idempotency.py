@@ -84,7 +84,9 @@ def test_a_repeat_returns_the_delivery_and_another_request_is_refused(
         assert (("sms", "otp-1"),) == raised.value.keys
         assert "1234" not in str(raised.value)
         assert "+1555" not in str(raised.value)
-    assert (written, jobs, events) == (_tables(store), backend.pending(), heard.events)
+    # A refused request reports its notify span failing, and nothing else.
+    refused = [TelemetryEvent.NOTIFY_START, TelemetryEvent.NOTIFY_EXCEPTION] * 2
+    assert (written, jobs, events + refused) == (_tables(store), backend.pending(), heard.events)
 
 
 def test_notify_says_whether_it_created_the_delivery_or_found_it(
@@ -109,7 +111,7 @@ def test_notify_says_whether_it_created_the_delivery_or_found_it(
 def test_notify_many_with_a_conflict_writes_none_and_names_every_conflict(
     engine: Any, store: SQLStore, backend: MemoryBackend, heard: _Heard
 ) -> None:
-    """New, repeated and conflicting specs: refused whole, before any job or event."""
+    """New, repeated and conflicting specs: refused whole, before any job or delivery event."""
     engine.notify("sms", "+15550100", {"n": 1}, idempotency_key="a")
     engine.notify("sms", "+15550100", {"n": 2}, idempotency_key="b")
     written, jobs, events = _tables(store), backend.pending(), list(heard.events)
@@ -123,7 +125,8 @@ def test_notify_many_with_a_conflict_writes_none_and_names_every_conflict(
     with pytest.raises(IdempotencyKeyConflictError) as raised:
         engine.notify_many(specs)
     assert (("sms", "b"), ("sms", "c")) == raised.value.keys
-    assert (written, jobs, events) == (_tables(store), backend.pending(), heard.events)
+    refused = [TelemetryEvent.NOTIFY_START, TelemetryEvent.NOTIFY_EXCEPTION]
+    assert (written, jobs, events + refused) == (_tables(store), backend.pending(), heard.events)
     # Without the conflicts the batch goes through: the new written, the repeat returned.
     first = store.find(idempotency_key="a")
     delivered = engine.notify_many(specs[:3])

@@ -73,7 +73,7 @@ def test_upgrade_is_idempotent_and_records_its_revision(tmp_path: Path) -> None:
     upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert [("0001",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+        assert [("0002",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
     engine.dispose()
 
 
@@ -106,7 +106,7 @@ def test_tables_made_by_create_all_are_adopted_with_their_rows(
     upgrade(url)
 
     with store.engine.connect() as conn:
-        assert [("0001",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+        assert [("0002",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
     assert created.delivery == store.get(created.delivery.id)
     assert all("app_orders" in repr(difference) for difference in _diffs(url))
     store.engine.dispose()
@@ -141,13 +141,13 @@ def test_status_follows_a_database_from_empty_to_head_on_postgres(empty_postgres
     before = _status_of(empty_postgres)
     upgrade(empty_postgres)
     after = _status_of(empty_postgres)
-    assert (SchemaState.BEHIND, None, ("0001",), False) == (
+    assert (SchemaState.BEHIND, None, ("0001", "0002"), False) == (
         before.state,
         before.revision,
         before.pending,
         before.usable,
     )
-    assert SchemaStatus(state=SchemaState.CURRENT, revision="0001", head="0001") == after
+    assert SchemaStatus(state=SchemaState.CURRENT, revision="0002", head="0002") == after
     assert after.usable
 
 
@@ -159,7 +159,7 @@ def test_status_of_tables_with_no_revision_tells_adoptable_from_different(tmp_pa
     with store.engine.begin() as conn:
         conn.execute(text("DROP INDEX ix_chimeway_deliveries_created_at"))
     different = status(store.engine)
-    assert SchemaStatus(state=SchemaState.ADOPTABLE, revision=None, head="0001") == adoptable
+    assert SchemaStatus(state=SchemaState.ADOPTABLE, revision=None, head="0002") == adoptable
     assert adoptable.usable
     assert (SchemaState.UNRECORDED, False, 1) == (
         different.state,
@@ -179,13 +179,53 @@ def test_status_of_a_revision_this_version_does_not_ship_is_unknown(tmp_path: Pa
         conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0002_from_the_future'"))
     engine.dispose()
     found = _status_of(url)
-    assert (SchemaState.UNKNOWN, "0002_from_the_future", "0001", (), False) == (
+    assert (SchemaState.UNKNOWN, "0002_from_the_future", "0002", (), False) == (
         found.state,
         found.revision,
         found.head,
         found.pending,
         found.usable,
     )
+
+
+@pytest.mark.parametrize("url_of", ["sqlite", "postgres"])
+def test_0002_adds_the_trace_context_to_a_ledger_in_use_and_takes_it_away(
+    tmp_path: Path, url_of: str, request: pytest.FixtureRequest
+) -> None:
+    """A 0001 ledger with a delivery: 0002 keeps it (no trace context); back to 0001 too."""
+    url = (
+        f"sqlite:///{tmp_path / 'in-use.db'}"
+        if url_of == "sqlite"
+        else request.getfixturevalue("empty_postgres")
+    )
+    upgrade(url, revision="0001")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO chimeway_deliveries (id, channel, recipient, payload, "
+                "idempotency_key, status, attempt_count, max_attempts, scheduled_at, version, "
+                "deferral_count, metadata, created_at, updated_at) VALUES ("
+                "'00000000000000000000000000000001', 'sms', 'r', 'null', 'k', 'ready', 0, 3, "
+                ":now, 1, 0, '{}', :now, :now)"
+            ),
+            {"now": NOW},
+        )
+    upgrade(url)
+    store = SQLStore(url)
+    [delivery] = store.due(now=NOW, limit=10)
+    assert ("k", None) == (delivery.idempotency_key, delivery.trace_context)
+    store.engine.dispose()
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("sqlalchemy.url", url)
+    command.downgrade(config, "0001")
+    assert "trace_context" not in {
+        c["name"] for c in inspect(engine).get_columns("chimeway_deliveries")
+    }
+    with engine.connect() as conn:
+        assert 1 == conn.execute(text("SELECT count(*) FROM chimeway_deliveries")).scalar()
+    engine.dispose()
 
 
 @pytest.mark.parametrize("from_file", [False, True])

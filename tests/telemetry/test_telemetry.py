@@ -110,6 +110,11 @@ def test_documented_keys_are_allowed() -> None:
         "event",
         "exception_type",
         "copy_id",
+        "count",
+        "trace_context",
+        "age",
+        "attempt_count",
+        "call_duration",
     }
     assert documented == set(SAFE_KEYS)
 
@@ -277,7 +282,7 @@ def test_otel_subscriber_names_the_extra_when_missing(monkeypatch: pytest.Monkey
 
 @pytest.mark.extras
 def test_otel_subscriber_records_spans() -> None:
-    """A perform span becomes one back-dated span; other events become their own spans."""
+    """A span is open from start to stop; other events become spans when none is current."""
     sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
     export = pytest.importorskip("opentelemetry.sdk.trace.export")
     in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
@@ -289,27 +294,41 @@ def test_otel_subscriber_records_spans() -> None:
     clock = FakeClock()
     telemetry = Telemetry(clock=clock)
     telemetry.subscribe(OpenTelemetrySubscriber(tracer_provider=provider))
-    with telemetry.span("perform", {"delivery_id": "d-1", "recipient": "a@b.test"}):
+    meta = {"delivery_id": "d-1", "channel": "sms", "recipient": "a@b.test"}
+    with telemetry.span("perform", meta):
         clock.now += 2.0
+        telemetry.emit(TelemetryEvent.ATTEMPT_RECORDED, {"attempt": 1})
     with pytest.raises(RuntimeError), telemetry.span("perform", {"delivery_id": "d-2"}):
         raise RuntimeError
     telemetry.emit(TelemetryEvent.DEFERRED, {"delivery_id": "d-3"})
     ok, failed, deferred = exporter.get_finished_spans()
     assert (
         "chimeway.perform",
-        2.0,
+        trace.SpanKind.CONSUMER,
         {
             "chimeway.delivery_id": "d-1",
+            "chimeway.channel": "sms",
             "chimeway.duration": 2.0,
             "chimeway.event": "chimeway.perform.stop",
+            "messaging.system": "chimeway",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": "sms",
+            "messaging.message.id": "d-1",
         },
+        [
+            (
+                "chimeway.attempt.recorded",
+                {"chimeway.attempt": 1, "chimeway.event": "chimeway.attempt.recorded"},
+            )
+        ],
         trace.StatusCode.ERROR,
         "RuntimeError",
         "chimeway.delivery.deferred",
     ) == (
         ok.name,
-        round((ok.end_time - ok.start_time) / 1e9, 3),
+        ok.kind,
         dict(ok.attributes),
+        [(event.name, dict(event.attributes)) for event in ok.events],
         failed.status.status_code,
         failed.attributes["chimeway.exception_type"],
         deferred.name,

@@ -42,7 +42,7 @@ from chimeway_core.policies import MAX_DEFERRALS, Policy
 from chimeway_core.records import Claim, Delivery, DeliveryHistory, NewDelivery, Resent
 from chimeway_core.retry import RetryPolicy
 from chimeway_core.store import SQLStore
-from chimeway_core.telemetry import Telemetry
+from chimeway_core.telemetry import Telemetry, TelemetryEvent
 
 __all__ = ["Chimeway"]
 
@@ -383,7 +383,10 @@ class Chimeway:
         seconds >= 0; otherwise :class:`TypeError` (not a number) or
         :class:`ValueError` (out of range), before anything is sent.
         """
-        return self._handover.relay(batch_size=batch_size, grace=grace)
+        relayed = self._handover.relay(batch_size=batch_size, grace=grace)
+        if relayed:
+            self.telemetry.emit(TelemetryEvent.RELAYED, {"count": relayed})
+        return relayed
 
     # ------------------------------------------------------------------ perform
 

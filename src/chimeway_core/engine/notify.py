@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from chimeway_core.clock import Clock
 from chimeway_core.engine.handover import HandOver
-from chimeway_core.engine.settings import Settings, meta, policy_context
+from chimeway_core.engine.settings import Settings, ended, meta, policy_context
 from chimeway_core.errors import InvalidDeliveryError
 from chimeway_core.ledger import Draft
 from chimeway_core.ledger.protocol import Ledger
@@ -97,6 +97,14 @@ class Notifier:
         self, specs: Iterable[NewDelivery], *, session: AnySession | None = None
     ) -> list[Delivery]:
         """Record and queue many deliveries (see ``Chimeway.notify_many``)."""
+        specs = list(specs)
+        with self.telemetry.span("notify", {"count": len(specs)}) as span:
+            delivered = self._notify_many(specs, session)
+            if len(delivered) == 1:
+                span.update(meta(delivered[0]))
+            return delivered
+
+    def _notify_many(self, specs: list[NewDelivery], session: AnySession | None) -> list[Delivery]:
         now = self.clock.now()
         if session is not None:
             session = check_session(session)  # before the policies are asked
@@ -106,7 +114,12 @@ class Notifier:
         # drafts with the reasons decided here. Bad input is an
         # InvalidDeliveryError, never a policy (or a lookup) failing on it;
         # nothing is written before both steps pass.
-        drafts = self.store.draft_many(list(specs), now=now)
+        # The trace this call runs in (the notify span's) goes with each
+        # delivery, for the jobs that send it to continue.
+        trace_context = self.telemetry.trace_context()
+        drafts = self.store.draft_many(specs, now=now)
+        if trace_context is not None:  # untraced, the drafts are written as they are
+            drafts = [draft.traced(trace_context) for draft in drafts]
         self._check(drafts)
         suppressions = self._suppressions(drafts, now)
         created = self.store.create_many(
@@ -127,7 +140,9 @@ class Notifier:
         now = self.clock.now()
         if session is not None:
             session = check_session(session)
-        copy = self.store.draft_resend(delivery_id, now=now, session=session)
+        copy = self.store.draft_resend(delivery_id, now=now, session=session).traced(
+            self.telemetry.trace_context()
+        )
         self._check([copy])
         [(reason, policy)] = self._suppressions([copy], now)
         resent = self.store.resend(
@@ -189,10 +204,10 @@ class Notifier:
         for delivery, created in results:
             if not created:
                 self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, meta(delivery))
-            elif delivery.status is DeliveryStatus.SUPPRESSED:
-                self.telemetry.emit(
-                    TelemetryEvent.SUPPRESSED, {**meta(delivery), "reason": delivery.reason}
-                )
+                continue
+            self.telemetry.emit(TelemetryEvent.CREATED, meta(delivery))
+            if delivery.status is DeliveryStatus.SUPPRESSED:
+                self.telemetry.emit(TelemetryEvent.SUPPRESSED, meta(delivery) | ended(delivery))
         fresh = [delivery for delivery, created in results if created and not delivery.is_terminal]
         if session is None:
             self.handover.hand_over(fresh, now)

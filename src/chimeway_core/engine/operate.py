@@ -16,7 +16,7 @@ from uuid import UUID
 
 import attrs
 
-from chimeway_core.engine.settings import meta
+from chimeway_core.engine.settings import ended, meta
 from chimeway_core.errors import DeliveryNotFoundError
 from chimeway_core.ledger.protocol import Ledger
 from chimeway_core.records import Delivery, DeliveryHistory
@@ -55,6 +55,7 @@ def cancel(store: Ledger, telemetry: Telemetry, delivery_id: UUID, *, now: datet
     telemetry.emit(
         TelemetryEvent.STATUS_TRANSITION,
         meta(after)
+        | ended(after)
         | {
             "from_status": before.status.value if before else None,
             "to_status": after.status.value,

@@ -37,6 +37,7 @@ The rescuer records a lost attempt through the same :meth:`Performer.record`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import assert_never
@@ -47,7 +48,7 @@ import attrs
 from chimeway_core.channels.base import Channel, DeliveryGuarantee
 from chimeway_core.clock import Clock
 from chimeway_core.dispatch import Action, attempt_event, match_row
-from chimeway_core.engine.settings import Settings, meta, policy_context
+from chimeway_core.engine.settings import Settings, ended, meta, policy_context
 from chimeway_core.errors import IllegalTransitionError, LeaseLostError, UnhandledOutcomeError
 from chimeway_core.jobs import JobKind, JobResult
 from chimeway_core.ledger import claimable as rules
@@ -164,7 +165,9 @@ class Performer:
                 delivery = locked.delivery
                 admitted = self.admit(locked, delivery, now)
         with self.telemetry.span("perform", meta(delivery)) as span:
-            result = self.settle(delivery, admitted)
+            # settle() writes what the job changed into the span's metadata, so
+            # the stop (or exception) event says the status after the attempt.
+            result = self.settle(delivery, admitted, report=span)
             span["job_kind"] = result.kind.value
             return result
 
@@ -250,11 +253,19 @@ class Performer:
             return _Ignored("claim lost")
         return _Claimed(claim, channel)
 
-    def settle(self, delivery: Delivery, admitted: _Admission) -> JobResult:
-        """After the lock committed: emit what was written, or make the attempt."""
+    def settle(
+        self, delivery: Delivery, admitted: _Admission, report: dict[str, object] | None = None
+    ) -> JobResult:
+        """After the lock committed: emit what was written, or make the attempt.
+
+        ``report``, when given, receives the metadata of what the job changed
+        (the status after it, and an attempt's number, outcome, error class,
+        action and dispatch row), also when the attempt raises.
+        """
+        report = {} if report is None else report
         match admitted:
             case _Claimed(claim=claim, channel=channel):
-                return self._call(claim, channel)
+                return self._call(claim, channel, report)
             case _Ignored(why=why):
                 return self._ignored(delivery.id, delivery, why)
             case _NotDue():
@@ -266,15 +277,18 @@ class Performer:
                     queue=self.settings.queue_for(delivery.channel),
                 )
             case _Exhausted(before=before, after=after):
-                return self._exhausted(before, after)
+                return self._exhausted(before, after, report)
             case _Suppressed(after=after, reason=reason, policy=policy):
+                report.update(meta(after) | {"reason": reason})
                 self.telemetry.emit(
-                    TelemetryEvent.SUPPRESSED, meta(after) | {"reason": reason, "row": policy}
+                    TelemetryEvent.SUPPRESSED,
+                    meta(after) | ended(after) | {"reason": reason, "row": policy},
                 )
                 return JobResult(
                     delivery_id=after.id, kind=JobKind.ACK, detail=f"suppressed: {reason}"
                 )
             case _Deferred(after=after, reason=reason):
+                report.update(meta(after) | {"reason": reason})
                 self.telemetry.emit(TelemetryEvent.DEFERRED, meta(after) | {"reason": reason})
                 return JobResult(
                     delivery_id=after.id,
@@ -286,19 +300,23 @@ class Performer:
             case _:
                 assert_never(admitted)
 
-    def _call(self, claim: Claim, channel: Channel) -> JobResult:
+    def _call(self, claim: Claim, channel: Channel, report: dict[str, object]) -> JobResult:
         """Call the channel for a claimed delivery, classify the result, record it."""
         delivery = claim.delivery
         self._tell_backend(delivery.channel, channel.timeout)
+        started = time.perf_counter()
         try:
             result: object = channel.send(delivery, delivery.idempotency_key)
         except self.settings.interrupts:
             raise  # the queue stopped the job mid-call: left in flight for the rescuer
         except Exception as error:  # every other exception is classified, none escapes
             result = error
+        call_duration = time.perf_counter() - started
         shape = classify(result, exception_class=channel.exception_class)
         try:
-            return self.record(claim, shape, channel.guarantee, self.clock.now())
+            return self.record(
+                claim, shape, channel.guarantee, self.clock.now(), report, call_duration
+            )
         except LeaseLostError:
             # Cancelled, rescued or taken over while we were calling: the
             # ledger already says what happened; our late write is fenced off.
@@ -342,12 +360,18 @@ class Performer:
         shape: Classification,
         guarantee: DeliveryGuarantee,
         now: datetime,
+        report: dict[str, object] | None = None,
+        call_duration: float | None = None,
     ) -> JobResult:
         """Decide, write the attempt and its transition (fenced), then act on the decision.
 
         Raises :class:`LeaseLostError` when the claim was fenced off, and
         :class:`UnhandledOutcomeError` (after writing the next run) for RAISE.
+        ``report`` (see :meth:`settle`) receives the attempt's metadata;
+        ``call_duration`` is how long the channel call took, in seconds
+        (``None`` for an attempt the rescuer records).
         """
+        report = {} if report is None else report
         decided = self.decide(claim, shape, guarantee, now)
         before = claim.delivery
         number = claim.attempt.number
@@ -361,11 +385,15 @@ class Performer:
             "error_class": None if shape.error_class is None else str(shape.error_class),
             "action": decided.action.value,
             "row": decided.row,
+            "call_duration": call_duration,
         }
+        report.update(meta_)
         self.telemetry.emit(TelemetryEvent.ATTEMPT_RECORDED, meta_)
         self.telemetry.emit(
             TelemetryEvent.STATUS_TRANSITION,
-            meta_ | {"from_status": before.status.value, "to_status": after.status.value},
+            meta_
+            | ended(after)
+            | {"from_status": before.status.value, "to_status": after.status.value},
         )
         match decided.action:
             case Action.ACK:
@@ -380,7 +408,7 @@ class Performer:
                     queue=self.settings.queue_for(after.channel),
                 )
             case Action.EXHAUST:
-                return self._exhaust(after, now)
+                return self._exhaust(after, now, report)
             case Action.RAISE:
                 self.telemetry.emit(TelemetryEvent.UNHANDLED_OUTCOME, meta_)
                 logger.error(
@@ -406,15 +434,16 @@ class Performer:
             case _:
                 assert_never(decided.action)
 
-    def _exhaust(self, delivery: Delivery, now: datetime) -> JobResult:
+    def _exhaust(self, delivery: Delivery, now: datetime, report: dict[str, object]) -> JobResult:
         try:
             after = self.store.exhaust(delivery.id, expected_version=delivery.version, now=now)
         except (LeaseLostError, IllegalTransitionError):
             return self._ignored(delivery.id, delivery, "moved on before exhausting")
-        return self._exhausted(delivery, after)
+        return self._exhausted(delivery, after, report)
 
-    def _exhausted(self, before: Delivery, after: Delivery) -> JobResult:
-        meta_ = meta(after) | {"reason": after.reason, "attempt": after.attempt_count}
+    def _exhausted(self, before: Delivery, after: Delivery, report: dict[str, object]) -> JobResult:
+        meta_ = meta(after) | ended(after) | {"attempt": after.attempt_count}
+        report.update(meta_)
         self.telemetry.emit(TelemetryEvent.EXHAUSTED, meta_)
         self.telemetry.emit(
             TelemetryEvent.STATUS_TRANSITION,

@@ -275,13 +275,35 @@ def _check_retries(
 
 
 def meta(delivery: Delivery) -> dict[str, object]:
-    """A delivery's safe telemetry metadata: ids, channel, key, status, never a payload."""
-    return {
+    """A delivery's safe telemetry metadata: ids, channel, key, status, never a payload.
+
+    With the trace ``notify()`` ran in, when one was stored, so a tracing
+    subscriber continues it.
+    """
+    found: dict[str, object] = {
         "delivery_id": str(delivery.id),
         "channel": delivery.channel,
         "notification_key": delivery.notification_key,
         "status": delivery.status.value,
         "max_attempts": delivery.max_attempts,
+    }
+    if delivery.trace_context is not None:
+        found["trace_context"] = delivery.trace_context
+    return found
+
+
+def ended(delivery: Delivery) -> dict[str, object]:
+    """What a terminal delivery's event adds, for metrics; nothing for a live one.
+
+    ``age``: seconds from ``notify()`` to the terminal write; ``attempt_count``
+    the attempts it took; ``reason`` why it ended.
+    """
+    if not delivery.is_terminal:
+        return {}
+    return {
+        "age": (delivery.updated_at - delivery.created_at).total_seconds(),
+        "attempt_count": delivery.attempt_count,
+        "reason": delivery.reason,
     }
 
 

@@ -107,6 +107,8 @@ class Upkeep:
         handed = self.handover.enqueue_many([(d.id, d.channel) for d in stranded])
         requeued = sum(outcome is Enqueued.QUEUED for outcome in handed)
         relayed = self.handover.relay(batch_size=RELAY_BATCH, grace=0.0 if catch_up else None)
+        if relayed:
+            self.telemetry.emit(TelemetryEvent.RELAYED, {"count": relayed})
         pruned = 0
         if self.settings.retention is not None:
             before = self.settings.prune_cutoff("retention", self.settings.retention, now)
@@ -126,12 +128,16 @@ class Upkeep:
         shape = Classification(
             Outcome.UNKNOWN, None, {}, None, "worker lost: lease expired with the call in flight"
         )
+        # The rescue event says what the record left: the status after it and
+        # the lost attempt's outcome, action and dispatch row.
+        report: dict[str, object] = {}
         try:
-            result = self.performer.record(claim, shape, guarantee, now)
+            result = self.performer.record(claim, shape, guarantee, now, report)
         except LeaseLostError:  # another rescuer, or the worker itself, got there first
             return False
         self.telemetry.emit(
-            TelemetryEvent.RESCUED, meta(claim.delivery) | {"attempt": claim.attempt.number}
+            TelemetryEvent.RESCUED,
+            meta(claim.delivery) | report | {"attempt": claim.attempt.number},
         )
         if result.kind is not JobKind.ACK:
             assert result.run_at is not None

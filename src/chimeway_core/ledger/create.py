@@ -60,7 +60,7 @@ from chimeway_core.ledger.rows import (
     new_row,
     suppressed_detail,
 )
-from chimeway_core.ledger.schema import REASON_LENGTH
+from chimeway_core.ledger.schema import REASON_LENGTH, TRACE_CONTEXT_LENGTH
 from chimeway_core.ledger.validation import check_text
 from chimeway_core.records import Delivery, JournalKind, NewDelivery, Resent, resend_key
 from chimeway_core.states import DeliveryStatus, Event, apply_event
@@ -110,6 +110,19 @@ class Draft:
     resend_of: UUID | None = None
     """The original's id, for the copy a resend writes."""
     _row: Mapping[str, Any] = attrs.field(default=attrs.Factory(dict), repr=False, eq=False)
+
+    def traced(self, trace_context: str | None) -> Draft:
+        """This draft, written with ``trace_context`` (the trace notify() ran in).
+
+        Raises :class:`~chimeway_core.errors.InvalidDeliveryError` for a
+        context that is not a string of at most 512 characters.
+        """
+        check_text(trace_context, "trace_context", max_length=TRACE_CONTEXT_LENGTH, optional=True)
+        return Draft(
+            attrs.evolve(self.delivery, trace_context=trace_context),
+            self.resend_of,
+            {**self._row, "trace_context": trace_context},
+        )
 
 
 def draft(

@@ -87,6 +87,7 @@ def delivery_from_values(values: Mapping[Any, Any]) -> Delivery:
         metadata=values["metadata"],
         created_at=values["created_at"],
         updated_at=values["updated_at"],
+        trace_context=values.get("trace_context"),
     )
 
 
@@ -241,4 +242,5 @@ def new_row(
         "metadata": meta,
         "created_at": now,
         "updated_at": now,
+        "trace_context": None,
     }

@@ -84,6 +84,8 @@ STATUS_LENGTH: Final = 32
 REASON_LENGTH: Final = 255
 OWNER_LENGTH: Final = 255
 ERROR_CLASS_LENGTH: Final = 100
+#: A W3C ``traceparent`` is 55 characters; room for a ``tracestate`` after it.
+TRACE_CONTEXT_LENGTH: Final = 512
 
 
 class _SQLiteDateTime(sqlite.DATETIME):
@@ -201,6 +203,9 @@ class DeliveryRow(Base):
     delivery_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The trace the notify() call ran in (W3C trace context), for telemetry:
+    # not part of the request (two repeats of one request differ in it).
+    trace_context: Mapped[str | None] = mapped_column(String(TRACE_CONTEXT_LENGTH))
 
 
 class AttemptRow(Base):

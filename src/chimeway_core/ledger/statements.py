@@ -388,20 +388,21 @@ WITH created AS (
     INSERT INTO {deliveries} (
         id, channel, recipient, payload, notification_key, idempotency_key, status,
         reason, attempt_count, max_attempts, scheduled_at, expires_at, lease_owner,
-        lease_expires_at, version, deferral_count, metadata, created_at, updated_at
+        lease_expires_at, version, deferral_count, metadata, created_at, updated_at,
+        trace_context
     )
     SELECT u.id, u.channel, u.recipient, COALESCE(u.payload, 'null'::json), u.notification_key,
         u.idempotency_key, %(ready)s, NULL, 0, u.max_attempts, u.scheduled_at, u.expires_at,
-        NULL, NULL, 1, 0, u.metadata, %(now)s, %(now)s
+        NULL, NULL, 1, 0, u.metadata, %(now)s, %(now)s, u.trace_context
     FROM ROWS FROM (
         json_to_recordset(%(rows)s::json) AS (
             id uuid, channel text, recipient text, payload json, notification_key text,
             idempotency_key text, max_attempts int, scheduled_at timestamptz,
-            expires_at timestamptz, metadata json
+            expires_at timestamptz, metadata json, trace_context text
         )
     ) WITH ORDINALITY AS u(
         id, channel, recipient, payload, notification_key, idempotency_key, max_attempts,
-        scheduled_at, expires_at, metadata, position
+        scheduled_at, expires_at, metadata, trace_context, position
     )
     ORDER BY u.position
     ON CONFLICT (channel, idempotency_key) DO NOTHING
@@ -440,6 +441,7 @@ PG_DOCUMENT_COLUMNS: Final = (
     "scheduled_at",
     "expires_at",
     "metadata",
+    "trace_context",
 )
 
 _PG_DELETE_OUTBOX: Final = "DELETE FROM {outbox} WHERE delivery_id = ANY(%(ids)s::uuid[])"
