@@ -59,6 +59,7 @@ NEEDS_EXTRAS = frozenset(
         "channels.md",
         "ledger.md",
         "operations.md",
+        "telemetry.md",
     }
 )
 
