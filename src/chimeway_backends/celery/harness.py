@@ -12,45 +12,23 @@ pool, in a thread) consuming it. The queue is deleted at the end.
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from uuid import UUID
 
 from celery import Celery, bootsteps
 from celery.contrib.testing.worker import start_worker
 
 from chimeway_backends.celery.backend import CeleryBackend
 from chimeway_core.backend import Backend
-from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
-from chimeway_core.testing.conformance import EngineFactory
+from chimeway_core.testing.conformance import EngineFactory, RealTimeHarness
 
 __all__ = ["CeleryHarness", "WakeUp", "open_harness", "scratch_app", "worker_for"]
 
 
-class CeleryHarness:
-    """An engine on a CeleryBackend whose worker runs meanwhile (in a thread)."""
-
-    def __init__(self, engine: Chimeway) -> None:
-        self.engine = engine
-
-    def run_due(self) -> None:
-        """The worker takes due jobs on its own: give it a moment."""
-        time.sleep(0.1)
-
-    def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:
-        """Wait until every given delivery is terminal (the suite reports what is not)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.engine.get(i).delivery.is_terminal for i in delivery_ids):
-                return
-            time.sleep(0.05)
-
-    def sleep(self, seconds: float) -> None:
-        """Really wait: the worker runs in real time."""
-        time.sleep(seconds)
+class CeleryHarness(RealTimeHarness):
+    """An engine on a CeleryBackend whose embedded worker runs meanwhile."""
 
 
 class WakeUp(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped

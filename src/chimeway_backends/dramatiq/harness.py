@@ -12,10 +12,8 @@ at the end (:func:`purge`).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from uuid import UUID
 
 import dramatiq
 import redis
@@ -24,34 +22,14 @@ from dramatiq.brokers.redis import RedisBroker
 
 from chimeway_backends.dramatiq.backend import DramatiqBackend
 from chimeway_core.backend import Backend
-from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
-from chimeway_core.testing.conformance import EngineFactory
+from chimeway_core.testing.conformance import EngineFactory, RealTimeHarness
 
 __all__ = ["DramatiqHarness", "open_harness", "purge", "scratch_broker", "worker_for"]
 
 
-class DramatiqHarness:
-    """An engine on a DramatiqBackend whose worker runs meanwhile (in threads)."""
-
-    def __init__(self, engine: Chimeway) -> None:
-        self.engine = engine
-
-    def run_due(self) -> None:
-        """The worker takes due jobs on its own: give it a moment."""
-        time.sleep(0.1)
-
-    def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:
-        """Wait until every given delivery is terminal (the suite reports what is not)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.engine.get(i).delivery.is_terminal for i in delivery_ids):
-                return
-            time.sleep(0.05)
-
-    def sleep(self, seconds: float) -> None:
-        """Really wait: the worker runs in real time."""
-        time.sleep(seconds)
+class DramatiqHarness(RealTimeHarness):
+    """An engine on a DramatiqBackend whose embedded worker runs meanwhile."""
 
 
 def scratch_broker(broker: dramatiq.Broker) -> dramatiq.Broker:

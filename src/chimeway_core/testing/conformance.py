@@ -21,6 +21,7 @@ whose policy reads its decision from the notification key.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -61,6 +62,7 @@ __all__ = [
     "EngineFactory",
     "Harness",
     "MemoryHarness",
+    "RealTimeHarness",
     "ScriptedPolicy",
     "conformance_engine",
 ]
@@ -151,6 +153,33 @@ class Harness(Protocol):
     def sleep(self, seconds: float) -> None:
         """Let ``seconds`` pass (advance a virtual clock, or really wait)."""
         ...
+
+
+class RealTimeHarness:
+    """An engine whose backend's worker runs on its own, in real time (threads or processes).
+
+    Draining waits until the deliveries are terminal; the Celery and Dramatiq
+    harnesses are this one, around their embedded workers.
+    """
+
+    def __init__(self, engine: Chimeway) -> None:
+        self.engine = engine
+
+    def run_due(self) -> None:
+        """The worker takes due jobs on its own: give it a moment."""
+        time.sleep(0.1)
+
+    def drain(self, delivery_ids: Sequence[UUID], *, timeout: float) -> None:
+        """Wait until every given delivery is terminal (the suite reports what is not)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.engine.get(i).delivery.is_terminal for i in delivery_ids):
+                return
+            time.sleep(0.05)
+
+    def sleep(self, seconds: float) -> None:
+        """Really wait: the worker runs in real time."""
+        time.sleep(seconds)
 
 
 class MemoryHarness:
