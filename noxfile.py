@@ -30,7 +30,7 @@ nox.options.reuse_existing_virtualenvs = False
 nox.needs_version = ">=2024.10.9"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery,dramatiq,asyncio]"
+ALL_EXTRAS = ".[postgres,migrations,webhook,rq,celery,dramatiq,asyncio,web]"
 #: The exact versions every session installs (``nox -s constraints`` writes it).
 CONSTRAINTS = "constraints.txt"
 PINNED = ("-c", CONSTRAINTS)
@@ -132,7 +132,7 @@ def constraints(session: nox.Session) -> None:
     version of an extra also needs its bound in pyproject.toml raised first.
     """
     groups = [req for group in GROUPS for req in nox.project.dependency_groups(PYPROJECT, group)]
-    extras = ".[postgres,migrations,webhook,rq,celery,dramatiq,otel,prometheus,testing,asyncio]"
+    extras = ".[postgres,migrations,webhook,rq,celery,dramatiq,otel,prometheus,testing,asyncio,web]"
     session.install(extras, *groups)
     frozen = session.run("pip", "freeze", "--exclude", "chimeway", silent=True)
     assert isinstance(frozen, str)

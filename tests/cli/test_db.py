@@ -37,7 +37,7 @@ def test_upgrade_creates_the_tables_on_an_empty_postgres_database(
     assert (0, "") == (result.code, result.stderr)
     assert TABLES == _tables(fresh_postgres)
     report = json.loads(result.stdout)
-    assert ("0002", sorted([*TABLES, "chimeway_alembic_version"])) == (
+    assert ("0003", sorted([*TABLES, "chimeway_alembic_version"])) == (
         report["revision"],
         report["tables"],
     )
@@ -51,7 +51,7 @@ def test_upgrade_is_idempotent_and_reads_the_environment(tmp_path: Path, invoke:
     second = invoke("db", "upgrade")
     assert (0, 0) == (first.code, second.code)
     assert first.stdout == second.stdout
-    assert second.stdout.startswith(f"{url} is at chimeway revision 0002; tables: ")
+    assert second.stdout.startswith(f"{url} is at chimeway revision 0003; tables: ")
     assert TABLES == _tables(url)
     assert 0 == invoke("inspect", "--db", url).code
 
@@ -84,7 +84,7 @@ def test_tables_made_by_create_all_are_brought_under_migrations(
     SQLStore(made).create_all()
     adopted = invoke("db", "upgrade", "--db", made)
     assert (0, "") == (adopted.code, adopted.stderr)
-    assert adopted.stdout.startswith(f"{made} is at chimeway revision 0002; tables: ")
+    assert adopted.stdout.startswith(f"{made} is at chimeway revision 0003; tables: ")
 
     changed = tmp_path / "changed.sqlite3"
     SQLStore(f"sqlite:///{changed}").create_all()
@@ -113,7 +113,7 @@ def test_check_gates_a_deploy_on_the_schema(tmp_path: Path, invoke: Invoke) -> N
     behind = invoke("db", "check", "--db", url)
     assert (1, "") == (behind.code, behind.stderr)
     assert behind.stdout == (
-        f"{url}: no chimeway tables; head is 0002: 2 migrations to apply (0001, 0002): "
+        f"{url}: no chimeway tables; head is 0003: 3 migrations to apply (0001, 0002, 0003): "
         "run chimeway db upgrade\n"
     )
     assert 0 == invoke("db", "upgrade", "--db", url).code
@@ -123,15 +123,15 @@ def test_check_gates_a_deploy_on_the_schema(tmp_path: Path, invoke: Invoke) -> N
         "database": url,
         "state": "current",
         "usable": True,
-        "revision": "0002",
-        "head": "0002",
+        "revision": "0003",
+        "head": "0003",
         "pending": [],
         "differences": [],
     } == json.loads(current.stdout)
     _execute(path, "UPDATE chimeway_alembic_version SET version_num = '0009'")
     newer = invoke("db", "check", "--db", url)
     assert newer.code == 1
-    assert "at chimeway revision 0009, which this version (head 0002) does not ship" in newer.stdout
+    assert "at chimeway revision 0009, which this version (head 0003) does not ship" in newer.stdout
 
 
 @pytest.mark.extras

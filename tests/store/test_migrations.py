@@ -14,6 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from chimeway_core.errors import ChimewayError, NoDatabaseConfiguredError
+from chimeway_core.ledger.schema import CONSOLE_FILTERS
 from chimeway_core.migrations import (
     SCRIPT_LOCATION,
     VERSION_TABLE,
@@ -73,7 +74,7 @@ def test_upgrade_is_idempotent_and_records_its_revision(tmp_path: Path) -> None:
     upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert [("0002",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+        assert [("0003",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
     engine.dispose()
 
 
@@ -106,7 +107,7 @@ def test_tables_made_by_create_all_are_adopted_with_their_rows(
     upgrade(url)
 
     with store.engine.connect() as conn:
-        assert [("0002",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+        assert [("0003",)] == conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
     assert created.delivery == store.get(created.delivery.id)
     assert all("app_orders" in repr(difference) for difference in _diffs(url))
     store.engine.dispose()
@@ -141,13 +142,13 @@ def test_status_follows_a_database_from_empty_to_head_on_postgres(empty_postgres
     before = _status_of(empty_postgres)
     upgrade(empty_postgres)
     after = _status_of(empty_postgres)
-    assert (SchemaState.BEHIND, None, ("0001", "0002"), False) == (
+    assert (SchemaState.BEHIND, None, ("0001", "0002", "0003"), False) == (
         before.state,
         before.revision,
         before.pending,
         before.usable,
     )
-    assert SchemaStatus(state=SchemaState.CURRENT, revision="0002", head="0002") == after
+    assert SchemaStatus(state=SchemaState.CURRENT, revision="0003", head="0003") == after
     assert after.usable
 
 
@@ -159,7 +160,7 @@ def test_status_of_tables_with_no_revision_tells_adoptable_from_different(tmp_pa
     with store.engine.begin() as conn:
         conn.execute(text("DROP INDEX ix_chimeway_deliveries_created_at"))
     different = status(store.engine)
-    assert SchemaStatus(state=SchemaState.ADOPTABLE, revision=None, head="0002") == adoptable
+    assert SchemaStatus(state=SchemaState.ADOPTABLE, revision=None, head="0003") == adoptable
     assert adoptable.usable
     assert (SchemaState.UNRECORDED, False, 1) == (
         different.state,
@@ -176,10 +177,10 @@ def test_status_of_a_revision_this_version_does_not_ship_is_unknown(tmp_path: Pa
     upgrade(url)
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0002_from_the_future'"))
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0003_from_the_future'"))
     engine.dispose()
     found = _status_of(url)
-    assert (SchemaState.UNKNOWN, "0002_from_the_future", "0002", (), False) == (
+    assert (SchemaState.UNKNOWN, "0003_from_the_future", "0003", (), False) == (
         found.state,
         found.revision,
         found.head,
@@ -225,6 +226,51 @@ def test_0002_adds_the_trace_context_to_a_ledger_in_use_and_takes_it_away(
     }
     with engine.connect() as conn:
         assert 1 == conn.execute(text("SELECT count(*) FROM chimeway_deliveries")).scalar()
+    engine.dispose()
+
+
+@pytest.mark.parametrize("url_of", ["sqlite", "postgres"])
+def test_0003_adds_the_console_indexes_and_takes_them_away(
+    tmp_path: Path, url_of: str, request: pytest.FixtureRequest
+) -> None:
+    """0003 indexes every console filter with (created_at, id); its downgrade undoes it."""
+    url = (
+        f"sqlite:///{tmp_path / 'indexes.db'}"
+        if url_of == "sqlite"
+        else request.getfixturevalue("empty_postgres")
+    )
+    console = {f"ix_chimeway_deliveries_{column}_created_at" for column in CONSOLE_FILTERS} | {
+        "ix_chimeway_delivery_attempts_started_at"
+    }
+    engine = create_engine(url)
+
+    def indexes() -> set[str]:
+        return {
+            str(i["name"])
+            for table in ("chimeway_deliveries", "chimeway_delivery_attempts")
+            for i in inspect(engine).get_indexes(table)
+        }
+
+    def by_created_at() -> list[str | None]:
+        [found] = [
+            i
+            for i in inspect(engine).get_indexes("chimeway_deliveries")
+            if i["name"] == "ix_chimeway_deliveries_created_at"
+        ]
+        return list(found["column_names"])
+
+    upgrade(url, revision="0002")
+    before = indexes()
+    assert not console & before
+    upgrade(url)
+    assert before | console == indexes()
+    assert ["created_at", "id"] == by_created_at()
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("sqlalchemy.url", url)
+    command.downgrade(config, "0002")
+    assert before == indexes()
+    assert ["created_at"] == by_created_at()
     engine.dispose()
 
 

@@ -84,6 +84,16 @@ STATUS_LENGTH: Final = 32
 REASON_LENGTH: Final = 255
 OWNER_LENGTH: Final = 255
 ERROR_CLASS_LENGTH: Final = 100
+#: The columns the console's delivery list filters on, each indexed with
+#: ``(created_at, id)`` (migration 0003).
+CONSOLE_FILTERS: Final = (
+    "status",
+    "reason",
+    "channel",
+    "recipient",
+    "notification_key",
+    "idempotency_key",
+)
 #: A W3C ``traceparent`` is 55 characters; room for a ``tracestate`` after it.
 TRACE_CONTEXT_LENGTH: Final = 512
 
@@ -180,7 +190,15 @@ class DeliveryRow(Base):
         Index("ix_chimeway_deliveries_lease_expires_at", "lease_expires_at"),
         # the rate-limit policy counts recent attempts per channel + recipient.
         Index("ix_chimeway_deliveries_channel_recipient", "channel", "recipient"),
-        Index("ix_chimeway_deliveries_created_at", "created_at"),
+        # Newest first by (created_at, id): the console's pages, keyset on both
+        # (id breaks the ties of a batch notified at one instant; 0003 added it).
+        Index("ix_chimeway_deliveries_created_at", "created_at", "id"),
+        # The console's delivery list under each filter it offers: a page of a
+        # large ledger reads one index range (0003).
+        *(
+            Index(f"ix_chimeway_deliveries_{column}_created_at", column, "created_at", "id")
+            for column in CONSOLE_FILTERS
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
@@ -212,6 +230,8 @@ class AttemptRow(Base):
     """One channel call (``chimeway_delivery_attempts``); ``outcome`` NULL means in flight."""
 
     __tablename__ = "chimeway_delivery_attempts"
+    # The console's attempts per outcome over the last hour and day (0003).
+    __table_args__ = (Index("ix_chimeway_delivery_attempts_started_at", "started_at"),)
 
     delivery_id: Mapped[uuid.UUID] = mapped_column(
         Uuid(), ForeignKey(DeliveryRow.id, ondelete="CASCADE"), primary_key=True
