@@ -10,9 +10,15 @@ sees only that namespace's deliveries.
 The delivery list is keyset-paginated: newest first by ``(created_at, id)``,
 and a page after another starts strictly below the last row it showed
 (:class:`Cursor`). Nothing is skipped or shown twice across pages, and a page
-deep in a large ledger costs what the first one does: each filter the list
-offers has an index ``(column, created_at)`` (migration 0003), and the time
-range alone uses ``created_at``'s. Aggregates (counts, attempts per outcome,
+deep in a large ledger costs what the first one does, under a status, a
+recipient or no filter: each reads one range of an index ending in
+``(created_at, id)`` (migration 0003). A reason alone reads one such range per
+status and merges them (a reason has no index of its own: every index on the
+deliveries is paid by every write of one). Channel, notification key and
+idempotency key walk the ``created_at`` index newest first until a page is
+full: quick for common values, a walk over the time range for rare ones
+(give ``since``/``until`` on a large ledger; an idempotency key with its
+channel is one lookup in the unique index). Aggregates (counts, attempts per outcome,
 the chart's buckets, errors grouped by message) run in the database, over
 attempts started inside their window only (``started_at``'s index).
 """
@@ -27,7 +33,7 @@ from typing import Any, Final
 from uuid import UUID
 
 import attrs
-from sqlalchemy import Select, and_, case, func, literal, select, tuple_
+from sqlalchemy import Select, and_, case, func, literal, select, tuple_, union_all
 
 from chimeway_core.ledger import statements as sql
 from chimeway_core.ledger.rows import delivery_from_row
@@ -160,6 +166,28 @@ def list_deliveries(
     """
     if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {limit!r}")
+    if filters.reason is not None and filters.status is None:
+        # One ordered range of (status, created_at, id, reason) per status,
+        # merged: a reason has no index of its own.
+        ranges = [
+            _page_query(attrs.evolve(filters, status=status), after, limit).subquery()
+            for status in DeliveryStatus
+        ]
+        merged = union_all(*(select(*r.c) for r in ranges)).subquery()
+        query = select(*merged.c).order_by(merged.c.created_at.desc(), merged.c.id.desc())
+        query = query.limit(limit + 1)
+    else:
+        query = _page_query(filters, after, limit)
+    with store.engine.connect() as conn:
+        rows = [delivery_from_row(row) for row in conn.execute(query)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    following = Cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return Page(tuple(rows), following)
+
+
+def _page_query(filters: DeliveryFilters, after: Cursor | None, limit: int) -> Select[Any]:
+    """The first ``limit + 1`` rows matching ``filters`` below ``after``, newest first."""
     query = filters.apply(select(sql.DELIVERIES))
     if after is not None:
         # The plain bound lets an index on (filter, created_at) start its range
@@ -171,13 +199,7 @@ def list_deliveries(
                 literal(after.created_at, sql.D.created_at.type), literal(after.id, sql.D.id.type)
             ),
         )
-    query = query.order_by(sql.D.created_at.desc(), sql.D.id.desc()).limit(limit + 1)
-    with store.engine.connect() as conn:
-        rows = [delivery_from_row(row) for row in conn.execute(query)]
-    more = len(rows) > limit
-    rows = rows[:limit]
-    following = Cursor(rows[-1].created_at, rows[-1].id) if more else None
-    return Page(tuple(rows), following)
+    return query.order_by(sql.D.created_at.desc(), sql.D.id.desc()).limit(limit + 1)
 
 
 def _resendable(filters: DeliveryFilters) -> Select[Any]:

@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from chimeway_core.errors import ChimewayError, NoDatabaseConfiguredError
-from chimeway_core.ledger.schema import CONSOLE_FILTERS
+from chimeway_core.ledger.schema import PAGED_INDEXES
 from chimeway_core.migrations import (
     SCRIPT_LOCATION,
     VERSION_TABLE,
@@ -230,47 +230,39 @@ def test_0002_adds_the_trace_context_to_a_ledger_in_use_and_takes_it_away(
 
 
 @pytest.mark.parametrize("url_of", ["sqlite", "postgres"])
-def test_0003_adds_the_console_indexes_and_takes_them_away(
+def test_0003_reshapes_the_indexes_for_keyset_pages_and_back(
     tmp_path: Path, url_of: str, request: pytest.FixtureRequest
 ) -> None:
-    """0003 indexes every console filter with (created_at, id); its downgrade undoes it."""
+    """0003 ends three indexes in (created_at, id), adds none on deliveries; downgrade undoes it."""
     url = (
         f"sqlite:///{tmp_path / 'indexes.db'}"
         if url_of == "sqlite"
         else request.getfixturevalue("empty_postgres")
     )
-    console = {f"ix_chimeway_deliveries_{column}_created_at" for column in CONSOLE_FILTERS} | {
-        "ix_chimeway_delivery_attempts_started_at"
-    }
     engine = create_engine(url)
 
-    def indexes() -> set[str]:
-        return {
-            str(i["name"])
-            for table in ("chimeway_deliveries", "chimeway_delivery_attempts")
-            for i in inspect(engine).get_indexes(table)
-        }
-
-    def by_created_at() -> list[str | None]:
-        [found] = [
-            i
-            for i in inspect(engine).get_indexes("chimeway_deliveries")
-            if i["name"] == "ix_chimeway_deliveries_created_at"
-        ]
-        return list(found["column_names"])
+    def indexes(table: str) -> dict[str, list[str | None]]:
+        return {str(i["name"]): list(i["column_names"]) for i in inspect(engine).get_indexes(table)}
 
     upgrade(url, revision="0002")
-    before = indexes()
-    assert not console & before
+    before = indexes("chimeway_deliveries")
+    assert ["created_at"] == before["ix_chimeway_deliveries_created_at"]
+    assert ["status", "reason"] == before["ix_chimeway_deliveries_status_reason"]
+    assert ["channel", "recipient"] == before["ix_chimeway_deliveries_channel_recipient"]
     upgrade(url)
-    assert before | console == indexes()
-    assert ["created_at", "id"] == by_created_at()
+    after = indexes("chimeway_deliveries")
+    assert len(before) == len(after)
+    for name, columns in PAGED_INDEXES.items():
+        assert list(columns) == after[name]
+    assert ["started_at"] == indexes("chimeway_delivery_attempts")[
+        "ix_chimeway_delivery_attempts_started_at"
+    ]
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("sqlalchemy.url", url)
     command.downgrade(config, "0002")
-    assert before == indexes()
-    assert ["created_at"] == by_created_at()
+    assert before == indexes("chimeway_deliveries")
+    assert "ix_chimeway_delivery_attempts_started_at" not in indexes("chimeway_delivery_attempts")
     engine.dispose()
 
 

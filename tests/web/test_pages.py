@@ -12,6 +12,7 @@ from chimeway_backends.memory import MemoryBackend
 from chimeway_core import VirtualClock
 from chimeway_core.channels.callable import CallableChannel
 from chimeway_core.engine import Chimeway
+from chimeway_core.ledger import statements as sql
 from chimeway_core.outcomes import Sent
 from chimeway_core.store import SQLStore
 from chimeway_web import Console
@@ -88,6 +89,39 @@ def test_pages_cover_every_row_once(client: httpx.Client, engine: Chimeway) -> N
         found = re.search(r'<a href="([^"]+)" data-testid="next-page"', page)
         url = found.group(1).replace("&amp;", "&") if found else ""
     assert (6, 130, made) == (pages, len(shown), set(shown))
+
+
+def test_a_reason_alone_pages_across_statuses_once_each(
+    client: httpx.Client, engine: Chimeway
+) -> None:
+    """One reason on three statuses, many in one instant: merged newest first, each once."""
+    made = [notify(engine, f"r{i}@example.com", "ok") for i in range(45)]
+    other = notify(engine, "other@example.com", "ok")
+    statuses = ("suppressed", "cancelled", "ready")
+    with engine.store.engine.begin() as conn:
+        for i, delivery_id in enumerate(made):
+            conn.execute(
+                sql.DELIVERIES.update()
+                .where(sql.D.id == delivery_id)
+                .values(status=statuses[i % 3], reason="shared")
+            )
+    expected = [
+        str(d.id)
+        for d in sorted(
+            (engine.store.get(i) for i in made),
+            key=lambda d: (d.created_at, d.id),  # type: ignore[union-attr]
+            reverse=True,
+        )
+    ]
+    shown: list[str] = []
+    url = "/deliveries?limit=7&reason=shared"
+    while url:
+        page = client.get(url).text
+        shown += _ids(page)
+        found = re.search(r'<a href="([^"]+)" data-testid="next-page"', page)
+        url = found.group(1).replace("&amp;", "&") if found else ""
+    assert expected == shown
+    assert str(other) not in shown
 
 
 @pytest.mark.parametrize(

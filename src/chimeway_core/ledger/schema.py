@@ -84,16 +84,17 @@ STATUS_LENGTH: Final = 32
 REASON_LENGTH: Final = 255
 OWNER_LENGTH: Final = 255
 ERROR_CLASS_LENGTH: Final = 100
-#: The columns the console's delivery list filters on, each indexed with
-#: ``(created_at, id)`` (migration 0003).
-CONSOLE_FILTERS: Final = (
-    "status",
-    "reason",
-    "channel",
-    "recipient",
-    "notification_key",
-    "idempotency_key",
-)
+#: The deliveries' indexes migration 0003 reshaped for keyset pages newest
+#: first, ``(created_at, id)`` after each prefix, replacing ``(created_at)``,
+#: ``(status, reason)`` and ``(channel, recipient)``: as many indexes as before,
+#: so writing a delivery maintains no more of them. The trailing columns keep
+#: the counts by status and reason, and the rate limit's recipient and
+#: channel, in the index.
+PAGED_INDEXES: Final = {
+    "ix_chimeway_deliveries_created_at": ("created_at", "id"),
+    "ix_chimeway_deliveries_status_created_at": ("status", "created_at", "id", "reason"),
+    "ix_chimeway_deliveries_recipient_created_at": ("recipient", "created_at", "id", "channel"),
+}
 #: A W3C ``traceparent`` is 55 characters; room for a ``tracestate`` after it.
 TRACE_CONTEXT_LENGTH: Final = 512
 
@@ -184,21 +185,11 @@ class DeliveryRow(Base):
         UniqueConstraint("channel", "idempotency_key"),
         # "due deliveries": live statuses whose scheduled_at has passed.
         Index("ix_chimeway_deliveries_status_scheduled_at", "status", "scheduled_at"),
-        # "counts by status" (and reason) without touching the table.
-        Index("ix_chimeway_deliveries_status_reason", "status", "reason"),
         # "stuck deliveries": leases that expired.
         Index("ix_chimeway_deliveries_lease_expires_at", "lease_expires_at"),
-        # the rate-limit policy counts recent attempts per channel + recipient.
-        Index("ix_chimeway_deliveries_channel_recipient", "channel", "recipient"),
-        # Newest first by (created_at, id): the console's pages, keyset on both
-        # (id breaks the ties of a batch notified at one instant; 0003 added it).
-        Index("ix_chimeway_deliveries_created_at", "created_at", "id"),
-        # The console's delivery list under each filter it offers: a page of a
-        # large ledger reads one index range (0003).
-        *(
-            Index(f"ix_chimeway_deliveries_{column}_created_at", column, "created_at", "id")
-            for column in CONSOLE_FILTERS
-        ),
+        # Pages newest first under a status, a recipient or none (the console);
+        # counts by status and reason, the rate limit's recipient + channel.
+        *(Index(name, *columns) for name, columns in PAGED_INDEXES.items()),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)

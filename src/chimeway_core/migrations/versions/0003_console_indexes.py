@@ -1,17 +1,23 @@
-"""The console's indexes: each delivery-list filter with ``(created_at, id)``; attempts by start.
+"""Keyset pages newest first: three indexes end in ``(created_at, id)``; attempts by start.
 
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-07
 
-The web console lists deliveries newest first under a filter (status, reason,
-channel, recipient, notification key, idempotency key) a page at a time, keyset
-on ``(created_at, id)``. With an index on ``(filter, created_at, id)`` PostgreSQL
-reads one page from one index range however large the ledger (and however many
-deliveries one batch notified at one instant); without, it reads every
-matching row and sorts. The index on ``created_at`` alone gains ``id`` for the
-same reason.
-Its overview counts the attempts of the last hour and day by ``started_at``.
+The web console lists deliveries newest first, a page at a time, keyset on
+``(created_at, id)``, under a status, a recipient or no filter. With
+``(created_at, id)`` after the prefix, PostgreSQL reads one page from one
+index range however large the ledger (and however many deliveries one batch
+notified at one instant); without, it reads every matching row and sorts.
+
+Three indexes are rebuilt, none added on the deliveries: ``(created_at)``
+gains ``id``; ``(status, reason)`` becomes ``(status, created_at, id, reason)``
+and ``(channel, recipient)`` becomes ``(recipient, created_at, id, channel)``,
+which still answer the counts by status and reason and the rate limit's
+recipient and channel from the index. Every index on the deliveries is
+maintained by every write of a delivery, so their number is what a delivery
+pays; it stays five. The overview counts the attempts of the last hour and
+day by ``started_at``, which gains an index.
 """
 
 from __future__ import annotations
@@ -25,9 +31,27 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The columns, as chimeway_core.ledger.schema.CONSOLE_FILTERS names them when
-# this revision was written (a migration never changes with the code).
-_COLUMNS = ("status", "reason", "channel", "recipient", "notification_key", "idempotency_key")
+# As chimeway_core.ledger.schema.PAGED_INDEXES reads when this revision was
+# written (a migration never changes with the code): old name and columns,
+# new name and columns.
+_RESHAPED = (
+    (
+        ("ix_chimeway_deliveries_created_at", ("created_at",)),
+        ("ix_chimeway_deliveries_created_at", ("created_at", "id")),
+    ),
+    (
+        ("ix_chimeway_deliveries_status_reason", ("status", "reason")),
+        ("ix_chimeway_deliveries_status_created_at", ("status", "created_at", "id", "reason")),
+    ),
+    (
+        ("ix_chimeway_deliveries_channel_recipient", ("channel", "recipient")),
+        (
+            "ix_chimeway_deliveries_recipient_created_at",
+            ("recipient", "created_at", "id", "channel"),
+        ),
+    ),
+)
+_ATTEMPTS_STARTED_AT = "ix_chimeway_delivery_attempts_started_at"
 
 
 def _namespace() -> str | None:
@@ -36,51 +60,25 @@ def _namespace() -> str | None:
     return schema
 
 
+def _swap(drop: str, create: tuple[str, tuple[str, ...]]) -> None:
+    op.drop_index(drop, table_name="chimeway_deliveries", schema=_namespace())
+    name, columns = create
+    op.create_index(name, "chimeway_deliveries", list(columns), schema=_namespace())
+
+
 def upgrade() -> None:
-    """Index each console filter with ``(created_at, id)``, ``created_at`` with ``id``, attempts."""
-    op.drop_index(
-        "ix_chimeway_deliveries_created_at", table_name="chimeway_deliveries", schema=_namespace()
-    )
+    """Rebuild the three deliveries' indexes ending in ``(created_at, id)``; index attempts."""
+    for (old_name, _), new in _RESHAPED:
+        _swap(old_name, new)
     op.create_index(
-        "ix_chimeway_deliveries_created_at",
-        "chimeway_deliveries",
-        ["created_at", "id"],
-        schema=_namespace(),
-    )
-    for column in _COLUMNS:
-        op.create_index(
-            f"ix_chimeway_deliveries_{column}_created_at",
-            "chimeway_deliveries",
-            [column, "created_at", "id"],
-            schema=_namespace(),
-        )
-    op.create_index(
-        "ix_chimeway_delivery_attempts_started_at",
-        "chimeway_delivery_attempts",
-        ["started_at"],
-        schema=_namespace(),
+        _ATTEMPTS_STARTED_AT, "chimeway_delivery_attempts", ["started_at"], schema=_namespace()
     )
 
 
 def downgrade() -> None:
-    """Drop the console's indexes (the rows stay as they are)."""
+    """Put the three indexes back as 0002 had them; drop the attempts' (rows stay)."""
     op.drop_index(
-        "ix_chimeway_delivery_attempts_started_at",
-        table_name="chimeway_delivery_attempts",
-        schema=_namespace(),
+        _ATTEMPTS_STARTED_AT, table_name="chimeway_delivery_attempts", schema=_namespace()
     )
-    for column in _COLUMNS:
-        op.drop_index(
-            f"ix_chimeway_deliveries_{column}_created_at",
-            table_name="chimeway_deliveries",
-            schema=_namespace(),
-        )
-    op.drop_index(
-        "ix_chimeway_deliveries_created_at", table_name="chimeway_deliveries", schema=_namespace()
-    )
-    op.create_index(
-        "ix_chimeway_deliveries_created_at",
-        "chimeway_deliveries",
-        ["created_at"],
-        schema=_namespace(),
-    )
+    for old, (new_name, _) in _RESHAPED:
+        _swap(new_name, old)
