@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -23,14 +22,12 @@ from chimeway_backends.celery import TASK_NAME, CeleryBackend
 from chimeway_backends.celery.harness import WakeUp, worker_for
 from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
+from tests.backends._workers import IDLE_TIMEOUT, wait_until
 from tests.services import RABBITMQ_URL, REDIS_URL, require
 
 #: The Redis database the Celery tests use (keys are prefixed per test too).
 REDIS_DB = 14
 REDIS_BROKER_URL = f"{REDIS_URL.rsplit('/', 1)[0]}/{REDIS_DB}"
-
-#: How long any wait for the worker may take before the test fails.
-IDLE_TIMEOUT = 60.0
 
 
 @attrs.frozen
@@ -164,17 +161,6 @@ class JobWatch:
         with self._lock:
             failures, self._failures = self._failures, []
             return failures
-
-
-def wait_until(
-    condition: Callable[[], bool], *, timeout: float = IDLE_TIMEOUT, what: str = "a condition"
-) -> None:
-    """Poll ``condition`` every 50 ms until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def run_watched_until_idle(

@@ -39,7 +39,8 @@ from chimeway_core.policies import PolicyContext, PolicyDecision, Proceed
 from chimeway_core.records import Delivery
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import FakeChannel
-from tests.backends.dramatiq.conftest import Broker, cleanup_broker, wait_until
+from tests.backends._workers import wait_until
+from tests.backends.dramatiq.conftest import Broker, cleanup_broker
 
 #: 0.2 s, doubling, no jitter, three attempts.
 RETRY = RetryPolicy(max_attempts=3, initial_delay=0.2, backoff_factor=2.0, jitter=0.0, max_delay=5)
