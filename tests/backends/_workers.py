@@ -19,7 +19,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 from uuid import UUID
 
 import attrs
@@ -46,6 +46,22 @@ EXPECTED: Final = {
     "bounce": (DeliveryStatus.CANCELLED, "bounced", 1),
     "exhaust": (DeliveryStatus.CANCELLED, "retries_exhausted", MAX_ATTEMPTS),
 }
+
+
+@attrs.frozen
+class BrokerSpec:
+    """One broker for one test: which service (``redis`` or ``rabbitmq``), its URL, a queue."""
+
+    name: str
+    url: str
+    queue: str
+
+
+def redis_db_url(db: int) -> str:
+    """The tests' Redis URL pointed at database ``db``."""
+    from tests.services import REDIS_URL
+
+    return f"{REDIS_URL.rsplit('/', 1)[0]}/{db}"
 
 
 def wait_until(
@@ -76,7 +92,7 @@ class ScriptedSetup:
     ``broker`` is the backend's test broker (its ``url`` and ``queue``).
     """
 
-    broker: Any
+    broker: BrokerSpec
     workdir: Path
     database_url: str
 

@@ -43,7 +43,8 @@ class WorkerSetup(ScriptedSetup):
         It never performs (its channel is a stand-in); its retry policy gives
         new deliveries the worker app's ``max_attempts``.
         """
-        broker: Broker = self.broker
+        broker = self.broker
+        assert isinstance(broker, Broker)
         app = broker.app(broker_transport_options=self.transport_options)
         backend = CeleryBackend(app, queue=broker.queue, rescue_interval=None)
         retry = RetryPolicy(max_attempts=MAX_ATTEMPTS)

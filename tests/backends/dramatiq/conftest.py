@@ -17,20 +17,17 @@ import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
-from tests.services import RABBITMQ_PIKA_URL, REDIS_URL, require
+from tests.backends._workers import BrokerSpec, redis_db_url
+from tests.services import RABBITMQ_PIKA_URL, require
 
 #: The Redis database the Dramatiq tests use (with a namespace per test).
 REDIS_DB = 2
-REDIS_BROKER_URL = f"{REDIS_URL.rsplit('/', 1)[0]}/{REDIS_DB}"
+REDIS_BROKER_URL = redis_db_url(REDIS_DB)
 
 
 @attrs.frozen
-class Broker:
-    """One broker for one test: which service, its URL, a unique queue and Redis namespace."""
-
-    name: str
-    url: str
-    queue: str
+class Broker(BrokerSpec):
+    """One broker for one test; on Redis the queue is its key namespace too."""
 
     @property
     def namespace(self) -> str:

@@ -53,7 +53,8 @@ class WorkerSetup(ScriptedSetup):
 
     def producer(self, engine: Engine) -> Chimeway:
         """An engine in the test process that notifies onto the workers' queue (never performs)."""
-        broker: Broker = self.broker
+        broker = self.broker
+        assert isinstance(broker, Broker)
         self.made.append(broker.make())
         backend = DramatiqBackend(self.made[-1], queue=broker.queue, rescue_interval=None)
         retry = RetryPolicy(max_attempts=MAX_ATTEMPTS)
