@@ -498,6 +498,35 @@ def subprocess_env(*extra_paths: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
+def compare_each(
+    results: Results,
+    area: str,
+    row: str,
+    samples: Mapping[str, tuple[float, ...]],
+    anchors: Sequence[tuple[str, Target | None]],
+    *,
+    unit: str,
+    detail: str,
+    name: str,
+) -> None:
+    """Compare ``samples["chimeway"]`` with each anchor's samples, one row each; log as ``name``."""
+    for anchor, target in anchors:
+        entry = results.compare(
+            area,
+            row,
+            ("chimeway", samples["chimeway"]),
+            (anchor, samples[anchor]),
+            unit=unit,
+            target=target,
+            detail=detail,
+        )
+        log(
+            area,
+            f"{name}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
+            f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
+        )
+
+
 def log(area: str, message: str) -> None:
     """One progress line on stderr."""
     print(f"[{area}] {message}", file=sys.stderr, flush=True)

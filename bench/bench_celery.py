@@ -29,36 +29,23 @@ one, Celery's solo pool takes about one message per event-loop wake-up there
 from __future__ import annotations
 
 import os
-import secrets
-import signal
-import subprocess
 import sys
 import textwrap
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import create_engine
 
 from _harness import (
     Config,
     Results,
-    Target,
-    expect,
-    interleave,
-    log,
     postgres_database,
     reachable,
     redis_command_calls,
     redis_delta,
     run_area,
-    subprocess_env,
 )
-from _jobs import ANCHOR_DB_ENV
-from bench_engine import anchor_tables, count_anchor_done, insert_anchor_rows
+from _queue_bench import QueueBench, bench_app, report_sides, with_ledger, worker_process
 
 AREA = "celery"
 CELERY_REDIS_DB = "13"
@@ -112,36 +99,12 @@ APP = textwrap.dedent(
 @contextmanager
 def worker(workdir: Path, env: dict[str, str], pool: str, concurrency: int) -> Iterator[None]:
     """A ``celery worker`` on the bench app, ready (its ``worker_ready`` signal); stopped after."""
-    log_file = workdir / "worker.log"
     ready = Path(env["BENCH_READY"])
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", pool]
     command += ["-c", str(concurrency), "-Q", env["BENCH_QUEUE"], "-l", "WARNING"]
     command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    with log_file.open("ab") as out:
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait(lambda: ready.exists() or process.poll() is not None, timeout=60)
-        if process.poll() is not None:
-            raise RuntimeError(log_file.read_text()[-2000:])
+    with worker_process(command, workdir, env, lambda _log: ready.exists()):
         yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def wait(condition: Callable[[], bool], timeout: float = 600, interval: float = 0.01) -> None:
-    """Poll ``condition`` every ``interval`` seconds; raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the worker did not finish in time")
-        time.sleep(interval)
 
 
 def forget_redis_keys(url: str, queue: str) -> None:
@@ -157,28 +120,21 @@ def forget_redis_keys(url: str, queue: str) -> None:
         client.close()
 
 
-class CeleryBench:
+class CeleryBench(QueueBench):
     """One worker's three sides: raw no-op, anchor-A task, chimeway."""
+
+    label = "Celery"
 
     def __init__(self, broker_url: str, db: str, queue: str, ticks: Path) -> None:
         from celery import Celery
 
         from chimeway_backends.celery import CeleryBackend
-        from chimeway_core import CallableChannel, Chimeway, RetryPolicy, Sent, SQLStore
 
-        self.queue = queue
-        self.ticks = ticks
         self.app = Celery("bench-client", broker=broker_url, set_as_current=False)
         self.app.conf.update(task_default_queue=queue)
-        backend = CeleryBackend(self.app, queue=queue, rescue_interval=None)
-        self.store = SQLStore(db)
-        self.engine = Chimeway(
-            self.store,
-            backend,
-            {"sent": CallableChannel(lambda _d, _k: Sent())},
-            retry=RetryPolicy(max_attempts=3),
+        super().__init__(
+            CeleryBackend(self.app, queue=queue, rescue_interval=None), db, queue, ticks
         )
-        self.sql = create_engine(db)
 
     def send(self, name: str, args: list[list[Any]]) -> None:
         """Send one task per argument list over one producer."""
@@ -188,95 +144,29 @@ class CeleryBench:
                     name, args=one, queue=self.queue, producer=producer, serializer="json"
                 )
 
-    def raw(self, n: int) -> float:
-        """Raw no-op tasks per second, sends included."""
-        target = self.ticks.stat().st_size + n
-        start = time.perf_counter()
-        self.send("bench.noop", [[i] for i in range(n)])
-        wait(lambda: self.ticks.stat().st_size >= target)
-        return n / (time.perf_counter() - start)
-
-    def anchor(self, n: int) -> float:
-        """Anchor-A tasks per second, the rows' insert and the sends included."""
-        anchor_tables(self.sql)
-        ids = [str(uuid.uuid4()) for _ in range(n)]
-        start = time.perf_counter()
-        insert_anchor_rows(self.sql, ids)
-        self.send("bench.anchor_a", [[i] for i in ids])
-        wait(lambda: count_anchor_done(self.sql) >= n)
-        return n / (time.perf_counter() - start)
-
-    def chimeway(self, n: int) -> float:
-        """chimeway deliveries per second, notify_many included."""
-        from chimeway_core import NewDelivery
-
-        self.store.drop_all()
-        self.store.create_all()
-        specs = [NewDelivery(channel="sent", recipient=f"r{i}") for i in range(n)]
-        start = time.perf_counter()
-        self.engine.notify_many(specs)
-        wait(lambda: self.store.oldest_non_terminal() is None)
-        rate = n / (time.perf_counter() - start)
-        counts = {(s.value, reason): c for (s, reason), c in self.store.counts().items()}
-        expect("chimeway Celery run: deliveries by status", {("succeeded", None): n}, counts)
-        return rate
-
-    def close(self) -> None:
-        """Release the database connections."""
-        self.store.engine.dispose()
-        self.sql.dispose()
-
 
 def measure(
     config: Config, results: Results, broker: str, url: str, db: str, pool: str, concurrency: int
 ) -> None:
     """Start one worker and run the three sides against it; counts on Redis + solo."""
     n = config.size(800, 10)
-    workdir = config.workdir / f"celery-{broker}-{pool}"
-    workdir.mkdir()
-    (workdir / "bench_app.py").write_text(APP)
-    ticks = workdir / "ticks"
-    ticks.touch()
-    queue = f"chimeway-bench-{secrets.token_hex(4)}"
-    env = subprocess_env(workdir)
-    env.update(
-        BENCH_QUEUE=queue,
-        BENCH_TICKS=str(ticks),
-        BENCH_BROKER=url,
-        BENCH_DB=db,
-        BENCH_READY=str(workdir / "ready"),
-        **{ANCHOR_DB_ENV: db},
-    )
-    bench = CeleryBench(url, db, queue, ticks)
+    env = bench_app(config, f"celery-{broker}-{pool}", APP, queue_prefix="chimeway-bench-")
+    env = with_ledger(env, url, db)
+    env["BENCH_READY"] = str(Path(env["BENCH_DIR"]) / "ready")
+    queue = env["BENCH_QUEUE"]
+    bench = CeleryBench(url, db, queue, Path(env["BENCH_TICKS"]))
     kind = f"Celery {pool} (c={concurrency}), {broker} broker"
     try:
-        with worker(workdir, env, pool, concurrency):
-            samples = interleave(
-                {
-                    "chimeway": lambda: bench.chimeway(n),
-                    "anchor A task": lambda: bench.anchor(n),
-                    "raw no-op task": lambda: bench.raw(n),
-                },
-                config.runs if not config.smoke else 1,
+        with worker(Path(env["BENCH_DIR"]), env, pool, concurrency):
+            samples = bench.sides(n, config.runs if not config.smoke else 1, "task")
+            report_sides(
+                results,
+                AREA,
+                kind,
+                samples,
+                job="task",
+                detail=f"N={n} per run, timed from the first send to the last job done",
             )
-            for anchor, target in (
-                ("anchor A task", Target(">=", 0.75, f"{kind} >= 0.75x its anchor-A task")),
-                ("raw no-op task", None),
-            ):
-                entry = results.compare(
-                    AREA,
-                    f"{kind}, PostgreSQL",
-                    ("chimeway", samples["chimeway"]),
-                    (anchor, samples[anchor]),
-                    unit="jobs/s",
-                    target=target,
-                    detail=f"N={n} per run, timed from the first send to the last job done",
-                )
-                log(
-                    AREA,
-                    f"{kind}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
-                    f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
-                )
             if broker == "redis" and pool == "solo":
                 counts = _redis_counts(bench, url, config.size(200, 10))
                 results.counts["Celery solo, Redis broker, PostgreSQL"] = counts

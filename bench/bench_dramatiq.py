@@ -21,34 +21,21 @@ every side):
 from __future__ import annotations
 
 import os
-import secrets
-import signal
-import subprocess
 import sys
 import textwrap
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import create_engine
 
 from _harness import (
     Config,
     Results,
-    Target,
-    expect,
-    interleave,
-    log,
     postgres_database,
     reachable,
     run_area,
-    subprocess_env,
 )
-from _jobs import ANCHOR_DB_ENV
-from bench_engine import anchor_tables, count_anchor_done, insert_anchor_rows
+from _queue_bench import QueueBench, bench_app, report_sides, with_ledger, worker_process
 
 AREA = "dramatiq"
 DRAMATIQ_REDIS_DB = "2"
@@ -102,61 +89,29 @@ def pika_url(url: str) -> str:
 @contextmanager
 def worker(workdir: Path, env: dict[str, str]) -> Iterator[None]:
     """A ``dramatiq bench_app:broker`` command, its process ready; stopped after."""
-    log_file = workdir / "worker.log"
     command = [sys.executable, "-m", "dramatiq", "bench_app:broker", "--processes", "1"]
     command += ["--threads", str(THREADS), "--queues", env["BENCH_QUEUE"]]
-    with log_file.open("ab") as out:
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait(lambda: READY in log_file.read_text() or process.poll() is not None, timeout=60)
-        if process.poll() is not None:
-            raise RuntimeError(log_file.read_text()[-2000:])
+    with worker_process(command, workdir, env, lambda log: READY in log):
         yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
-def wait(condition: Callable[[], bool], timeout: float = 600, interval: float = 0.01) -> None:
-    """Poll ``condition`` every ``interval`` seconds; raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the worker did not finish in time")
-        time.sleep(interval)
-
-
-class DramatiqBench:
+class DramatiqBench(QueueBench):
     """One worker's three sides: raw no-op, anchor-A actor, chimeway."""
+
+    label = "Dramatiq"
 
     def __init__(self, broker_url: str, db: str, queue: str, ticks: Path) -> None:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
         from dramatiq.brokers.redis import RedisBroker
 
         from chimeway_backends.dramatiq import DramatiqBackend
-        from chimeway_core import CallableChannel, Chimeway, RetryPolicy, Sent, SQLStore
 
-        self.queue = queue
-        self.ticks = ticks
         if broker_url.startswith("redis"):
             self.broker: Any = RedisBroker(url=broker_url, namespace=queue)
         else:
             self.broker = RabbitmqBroker(url=broker_url, confirm_delivery=True)
         backend = DramatiqBackend(self.broker, queue=queue, rescue_interval=None)
-        self.store = SQLStore(db)
-        self.engine = Chimeway(
-            self.store,
-            backend,
-            {"sent": CallableChannel(lambda _d, _k: Sent())},
-            retry=RetryPolicy(max_attempts=3),
-        )
-        self.sql = create_engine(db)
+        super().__init__(backend, db, queue, ticks)
 
     def send(self, name: str, args: list[list[Any]]) -> None:
         """Send one message per argument list to the actor ``name``."""
@@ -168,39 +123,6 @@ class DramatiqBench:
             )
             self.broker.enqueue(message)
 
-    def raw(self, n: int) -> float:
-        """Raw no-op messages per second, sends included."""
-        target = self.ticks.stat().st_size + n
-        start = time.perf_counter()
-        self.send("bench.noop", [[i] for i in range(n)])
-        wait(lambda: self.ticks.stat().st_size >= target)
-        return n / (time.perf_counter() - start)
-
-    def anchor(self, n: int) -> float:
-        """Anchor-A messages per second, the rows' insert and the sends included."""
-        anchor_tables(self.sql)
-        ids = [str(uuid.uuid4()) for _ in range(n)]
-        start = time.perf_counter()
-        insert_anchor_rows(self.sql, ids)
-        self.send("bench.anchor_a", [[i] for i in ids])
-        wait(lambda: count_anchor_done(self.sql) >= n)
-        return n / (time.perf_counter() - start)
-
-    def chimeway(self, n: int) -> float:
-        """chimeway deliveries per second, notify_many included."""
-        from chimeway_core import NewDelivery
-
-        self.store.drop_all()
-        self.store.create_all()
-        specs = [NewDelivery(channel="sent", recipient=f"r{i}") for i in range(n)]
-        start = time.perf_counter()
-        self.engine.notify_many(specs)
-        wait(lambda: self.store.oldest_non_terminal() is None)
-        rate = n / (time.perf_counter() - start)
-        counts = {(s.value, reason): c for (s, reason), c in self.store.counts().items()}
-        expect("chimeway Dramatiq run: deliveries by status", {("succeeded", None): n}, counts)
-        return rate
-
     def close(self) -> None:
         """Remove the queue from the broker and release the connections."""
         if hasattr(self.broker, "client"):
@@ -211,58 +133,28 @@ class DramatiqBench:
             for name in (self.queue, f"{self.queue}.DQ", f"{self.queue}.XQ"):
                 self.broker.channel.queue_delete(name)
         self.broker.close()
-        self.store.engine.dispose()
-        self.sql.dispose()
+        super().close()
 
 
 def measure(config: Config, results: Results, broker: str, url: str, db: str) -> None:
     """Start one worker and run the three sides against it."""
     n = config.size(800, 10)
-    workdir = config.workdir / f"dramatiq-{broker}"
-    workdir.mkdir()
-    (workdir / "bench_app.py").write_text(APP)
-    ticks = workdir / "ticks"
-    ticks.touch()
-    queue = f"dramatiq_bench_{secrets.token_hex(4)}"
-    env = subprocess_env(workdir)
-    env.update(
-        BENCH_QUEUE=queue,
-        BENCH_TICKS=str(ticks),
-        BENCH_BROKER=url,
-        BENCH_DB=db,
-        dramatiq_queue_prefetch="1",
-        **{ANCHOR_DB_ENV: db},
-    )
-    bench = DramatiqBench(url, db, queue, ticks)
+    env = bench_app(config, f"dramatiq-{broker}", APP, queue_prefix="dramatiq_bench_")
+    env = with_ledger(env, url, db)
+    env["dramatiq_queue_prefetch"] = "1"
+    bench = DramatiqBench(url, db, env["BENCH_QUEUE"], Path(env["BENCH_TICKS"]))
     kind = f"Dramatiq (1 process, {THREADS} threads), {broker} broker"
     try:
-        with worker(workdir, env):
-            samples = interleave(
-                {
-                    "chimeway": lambda: bench.chimeway(n),
-                    "anchor A actor": lambda: bench.anchor(n),
-                    "raw no-op actor": lambda: bench.raw(n),
-                },
-                config.runs if not config.smoke else 1,
+        with worker(Path(env["BENCH_DIR"]), env):
+            samples = bench.sides(n, config.runs if not config.smoke else 1, "actor")
+            report_sides(
+                results,
+                AREA,
+                kind,
+                samples,
+                job="actor",
+                detail=f"N={n} per run, timed from the first send to the last job done",
             )
-            for anchor, target in (
-                ("anchor A actor", Target(">=", 0.75, f"{kind} >= 0.75x its anchor-A actor")),
-                ("raw no-op actor", None),
-            ):
-                entry = results.compare(
-                    AREA,
-                    f"{kind}, PostgreSQL",
-                    ("chimeway", samples["chimeway"]),
-                    (anchor, samples[anchor]),
-                    unit="jobs/s",
-                    target=target,
-                    detail=f"N={n} per run, timed from the first send to the last job done",
-                )
-                log(
-                    AREA,
-                    f"{kind}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
-                    f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
-                )
     finally:
         bench.close()
 

@@ -49,6 +49,7 @@ from _harness import (
     Stat,
     Target,
     WALMeter,
+    compare_each,
     expect,
     interleave,
     log,
@@ -360,24 +361,13 @@ def bench_database(config: Config, results: Results, name: str, url: str) -> Non
     samples = interleave(cases, config.runs)
     label = f"notify -> terminal, memory backend, {name}"
     detail = f"N={n} deliveries per run, notify() one by one, channel always sends"
-    for anchor, target in (
+    anchors = [
         ("anchor A", Target(">=", 0.6, f"notify->terminal >= 0.6x anchor A on {name}")),
         ("floor", None),
-    ):
-        entry = results.compare(
-            AREA,
-            label,
-            ("chimeway", samples["chimeway"]),
-            (anchor, samples[anchor]),
-            unit="deliveries/s",
-            target=target,
-            detail=detail,
-        )
-        log(
-            AREA,
-            f"{name}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
-            f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
-        )
+    ]
+    compare_each(
+        results, AREA, label, samples, anchors, unit="deliveries/s", detail=detail, name=name
+    )
     if name == "SQLite":
         entry = results.compare(
             AREA,

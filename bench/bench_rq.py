@@ -38,7 +38,6 @@ from _harness import (
     Config,
     Results,
     SQLCounter,
-    Target,
     expect,
     interleave,
     log,
@@ -49,6 +48,7 @@ from _harness import (
     run_area,
 )
 from _jobs import ANCHOR_DB_ENV
+from _queue_bench import report_sides
 from _rq_timing import burst_seconds, drained
 from bench_engine import (
     _always_sent,
@@ -254,25 +254,15 @@ def run(config: Config, results: Results) -> None:
                 },
                 config.runs if not forking else min(config.runs, 3),
             )
-            for anchor, target in (
-                ("anchor A job", Target(">=", 0.75, f"RQ {kind} >= 0.75x its anchor-A job")),
-                ("raw no-op job", None),
-            ):
-                entry = results.compare(
-                    AREA,
-                    f"RQ {kind}, PostgreSQL",
-                    ("chimeway", samples["chimeway"]),
-                    (anchor, samples[anchor]),
-                    unit="jobs/s",
-                    target=target,
-                    detail=f"N={n} jobs per run; the worker's drain of a full queue is timed, "
-                    "to the end of its last job",
-                )
-                log(
-                    AREA,
-                    f"{kind}: chimeway {entry['figure']['median']:.0f}/s, {anchor} "
-                    f"{entry['anchor']['median']:.0f}/s, x{entry['ratio']['median']:.2f}",
-                )
+            report_sides(
+                results,
+                AREA,
+                f"RQ {kind}",
+                samples,
+                job="job",
+                detail=f"N={n} jobs per run; the worker's drain of a full queue is timed, "
+                "to the end of its last job",
+            )
         counts = bench.counts(config.size(100, 10))
         results.counts["RQ SimpleWorker, PostgreSQL"] = counts
         results.broker_target("RQ job", counts["chimeway, succeeded"], counts["raw RQ no-op job"])

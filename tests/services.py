@@ -28,6 +28,15 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("CHIMEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("CHIMEWAY_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
+
+def pika_url(url: str) -> str:
+    """A kombu-style AMQP URL as pika reads it: kombu's ``//`` (the default vhost) is ``/%2F``."""
+    return url[:-2] + "/%2F" if url.endswith("//") else url
+
+
+#: :data:`RABBITMQ_URL` for pika (Dramatiq's RabbitMQ client).
+RABBITMQ_PIKA_URL = pika_url(RABBITMQ_URL)
+
 _ENDPOINTS = {
     "postgres": (POSTGRES_HOST, POSTGRES_PORT),
     "redis": ("127.0.0.1", 6379),

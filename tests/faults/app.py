@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
+from uuid import UUID
 
 import attrs
 from sqlalchemy import make_url
@@ -23,7 +24,14 @@ from chimeway_core.clock import Clock
 from chimeway_core.jobs import Backend
 from chimeway_core.retry import RetryPolicy
 from chimeway_core.store import SQLStore
-from tests.faults.provider import FaultEngine, Hooks, ProviderChannel, RecordFault, RunFiles
+from tests.faults.provider import (
+    FaultEngine,
+    Hooks,
+    ProcessHooks,
+    ProviderChannel,
+    RecordFault,
+    RunFiles,
+)
 
 #: The variable worker processes read their settings from.
 SETTINGS_VARIABLE: Final = "FAULTS_SETTINGS"
@@ -82,7 +90,7 @@ class Settings:
 
 
 def urgent_queue(queue: str) -> str:
-    """The second queue a Celery worker consumes: only redeliveries go there."""
+    """The second queue a Celery or Dramatiq worker consumes: only redeliveries go there."""
     return f"{queue}-urgent"
 
 
@@ -120,3 +128,23 @@ def make_engine(
         requeue_after=settings.requeue_after,
         relay_grace=settings.relay_grace,
     )
+
+
+def worker_backend_options(settings: Settings, module: str) -> dict[str, Any]:
+    """The backend options of a worker application ``module`` (Celery's, Dramatiq's)."""
+    return {
+        "queue": settings.queue,
+        "engine": f"{module}:engine",
+        "rescue_interval": settings.rescue_interval,
+        "error_retry_delay": settings.error_retry_delay,
+    }
+
+
+def worker_engine(
+    settings: Settings, backend: Backend, push_duplicate: Callable[[UUID], None]
+) -> FaultEngine:
+    """The engine of a worker process: real kills and sleeps, ``push_duplicate`` for redelivery."""
+    hooks = ProcessHooks(push_duplicate, settings.files)
+    made = make_engine(settings, backend, hooks)
+    hooks.engine = made
+    return made

@@ -12,8 +12,7 @@ from celery import Celery
 from chimeway_backends.celery import CeleryBackend
 from chimeway_core.jobs import job_id_for
 from tests.faults import sabotage
-from tests.faults.app import Settings, make_engine, urgent_queue
-from tests.faults.provider import ProcessHooks
+from tests.faults.app import Settings, urgent_queue, worker_backend_options, worker_engine
 
 settings = Settings.from_env()
 sabotage.apply(settings.sabotage)
@@ -29,13 +28,7 @@ celery_app.conf.update(
 )
 if "pickle-on" in settings.sabotage:
     celery_app.conf.accept_content = ["json", "pickle"]
-backend = CeleryBackend(
-    celery_app,
-    queue=settings.queue,
-    engine="tests.faults.celery_app:engine",
-    rescue_interval=settings.rescue_interval,
-    error_retry_delay=settings.error_retry_delay,
-)
+backend = CeleryBackend(celery_app, **worker_backend_options(settings, __name__))
 
 
 def _push_duplicate(delivery_id: UUID) -> None:
@@ -47,6 +40,4 @@ def _push_duplicate(delivery_id: UUID) -> None:
     )
 
 
-hooks = ProcessHooks(_push_duplicate, settings.files)
-engine = make_engine(settings, backend, hooks)
-hooks.engine = engine
+engine = worker_engine(settings, backend, _push_duplicate)

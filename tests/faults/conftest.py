@@ -31,6 +31,7 @@ from tests.faults.deployments import (
     RQDeployment,
     new_queue,
 )
+from tests.faults.dramatiq_deployment import QUEUE_PREFIX, DramatiqDeployment
 from tests.faults.history import Report, table
 from tests.faults.proxy import TcpProxy
 from tests.services import require
@@ -38,13 +39,18 @@ from tests.services import require
 #: Deliveries per scenario and backend.
 N: Final = int(os.environ.get("CHIMEWAY_FAULTS_N", "20"))
 #: Every backend, in the order of the table.
-BACKENDS: Final = ("memory", "rq", "celery-redis", "celery-rabbitmq")
+BACKENDS: Final = ("memory", "rq", "celery-redis", "celery-rabbitmq", "dramatiq-rabbitmq")
 _SERVICES: Final = {
     "memory": (),
     "rq": ("redis",),
     "celery-redis": ("redis",),
     "celery-rabbitmq": ("rabbitmq",),
+    "dramatiq-rabbitmq": ("rabbitmq",),
 }
+#: How many worker deaths a scenario that kills workers may cause, where fewer than N's:
+#: a killed ``dramatiq`` worker process stops its whole command, started again from
+#: scratch, so each death costs seconds. Every kind of kill still runs.
+DEATHS: Final = {"dramatiq-rabbitmq": 6}
 _REPORTS: list[Report] = []
 #: Held while a test uses the suite's Redis database, which every deployment flushes:
 #: two runs of the suite on one machine (two clones, a soak and a test) take turns.
@@ -57,6 +63,12 @@ Deploy = Callable[..., Deployment]
 def n() -> int:
     """How many deliveries a scenario injects (``CHIMEWAY_FAULTS_N``)."""
     return N
+
+
+def killing_size(backend: str, n: int, deaths: int) -> int:
+    """The size of a scenario whose deliveries each kill ``deaths`` workers (see DEATHS)."""
+    most = DEATHS.get(backend)
+    return n if most is None else max(1, min(n, most // deaths))
 
 
 @pytest.fixture
@@ -114,7 +126,7 @@ def deploy(
             directory=str(tmp_path / f"run-{len(made)}"),
             db_url=db_url,
             admin_db_url=postgres_database,
-            queue=new_queue(),
+            queue=new_queue(QUEUE_PREFIX if backend.startswith("dramatiq") else "faults-"),
             sabotage=sabotage,
             **overrides,
         )
@@ -123,6 +135,8 @@ def deploy(
             deployment = MemoryDeployment(settings, postgres_engine, nodes=nodes, realtime=realtime)
         elif backend == "rq":
             deployment = RQDeployment(settings, postgres_engine, workers=workers or 2)
+        elif backend == "dramatiq-rabbitmq":
+            deployment = DramatiqDeployment(settings, postgres_engine, workers=workers or 2)
         else:
             broker = backend.split("-")[1]
             deployment = CeleryDeployment(

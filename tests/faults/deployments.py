@@ -1,5 +1,7 @@
 """The deployments the scenarios attack: memory, RQ, Celery on Redis, Celery on RabbitMQ.
 
+Dramatiq on RabbitMQ is :mod:`tests.faults.dramatiq_deployment`.
+
 A :class:`Deployment` is one application on one backend: a producer engine
 in the test process (it notifies and cancels), workers (threads for memory,
 real ``rq worker`` / ``celery worker`` processes otherwise), the run's shared
@@ -36,7 +38,7 @@ from typing import Any, Final, NoReturn
 from uuid import UUID
 
 import attrs
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, text
 
 from chimeway_backends.memory import MemoryBackend, MemoryWorker
 from chimeway_core.clock import Clock, SystemClock, VirtualClock
@@ -45,6 +47,7 @@ from tests.faults.app import Settings, make_engine, urgent_queue
 from tests.faults.history import Expect, GlobalFault, Problem, Report, check
 from tests.faults.provider import FaultEngine
 from tests.faults.proxy import TcpProxy
+from tests.faults.rabbitmq import RabbitMQRoute
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 RQ_CLI: Final = str(Path(sys.executable).with_name("rq"))
@@ -546,6 +549,32 @@ class ProcessDeployment(Deployment):
         """Start new worker processes."""
         self.start()
 
+    #: The signals a graceful shutdown sends every worker, 0.1 s apart.
+    graceful_signals: tuple[int, ...] = (signal.SIGTERM,)
+    #: The signals a cold shutdown sends every worker, 0.1 s apart.
+    cold_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGTERM)
+    #: Whether a process left in a worker's group after its main process exited is a problem.
+    children_must_exit = True
+
+    def shutdown(self, *, graceful: bool = True) -> None:
+        """Send the shutdown's signals and wait until every worker has exited."""
+        self.supervising = False
+        self.inject("sigterm" if graceful else "cold shutdown", post_accept=not graceful)
+        for index, signum in enumerate(self.graceful_signals if graceful else self.cold_signals):
+            if index:
+                time.sleep(0.1)
+            self.signal_all(signum)
+        if not self.wait_exited(60):
+            self.problem(None, "a worker did not exit within 60 s of SIGTERM")
+        if not self.children_must_exit:
+            return
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 0)
+                # The main process is gone; a child left behind would be a leak.
+                os.killpg(process.pid, signal.SIGKILL)
+                self.problem(None, "a worker's child outlived its shutdown")
+
     def close(self) -> None:
         """Stop the workers, release connections, clean the broker."""
         super().close()
@@ -614,7 +643,13 @@ def _redis_url(db: int) -> str:
 
 
 class RQDeployment(ProcessDeployment):
-    """Forking ``rq worker`` processes (``ChimewayWorker``) on Redis database 12."""
+    """Forking ``rq worker`` processes (``ChimewayWorker``) on Redis database 12.
+
+    A shutdown is SIGTERM (warm: the horse finishes its job), or SIGTERM twice
+    (cold: it is killed).
+    """
+
+    children_must_exit = False
 
     def __init__(self, settings: Settings, db: Engine, *, workers: int = 2) -> None:
         import redis
@@ -661,17 +696,6 @@ class RQDeployment(ProcessDeployment):
         import rq
 
         return len(rq.Worker.all(queue=self.backend.queue)) >= self.count
-
-    def shutdown(self, *, graceful: bool = True) -> None:
-        """SIGTERM (warm: the horse finishes its job), or SIGTERM twice (cold: it is killed)."""
-        self.supervising = False
-        self.inject("sigterm" if graceful else "cold shutdown", post_accept=not graceful)
-        self.signal_all(signal.SIGTERM)
-        if not graceful:
-            time.sleep(0.1)
-            self.signal_all(signal.SIGTERM)
-        if not self.wait_exited(60):
-            self.problem(None, "a worker did not exit within 60 s of SIGTERM")
 
     def lose_queue(self) -> None:
         """FLUSHDB: every queued, scheduled and started job is gone."""
@@ -732,8 +756,11 @@ class CeleryDeployment(ProcessDeployment):
     """One ``celery worker`` process (prefork, two children) on Redis or RabbitMQ.
 
     On RabbitMQ the worker reaches the broker through a :class:`TcpProxy`, so
-    :meth:`lose_queue` can drop its connections.
+    :meth:`lose_queue` can drop its connections. A shutdown is SIGTERM (warm),
+    or SIGQUIT (cold); no pool child may outlive it.
     """
+
+    cold_signals = (signal.SIGQUIT,)
 
     def __init__(self, settings: Settings, db: Engine, *, broker: str, workers: int = 1) -> None:
         from celery import Celery
@@ -742,7 +769,7 @@ class CeleryDeployment(ProcessDeployment):
         from tests.services import RABBITMQ_URL
 
         self.broker = broker
-        self.proxy: TcpProxy | None = None
+        self.rabbitmq: RabbitMQRoute | None = None
         if broker == "redis":
             url = _redis_url(CELERY_REDIS_DB)
             options: dict[str, Any] = {"global_keyprefix": f"{settings.queue}:"}
@@ -750,9 +777,9 @@ class CeleryDeployment(ProcessDeployment):
         else:
             url = RABBITMQ_URL
             options = {"confirm_publish": True}
-            parsed = make_url(url.replace("amqp://", "postgresql://", 1))
-            self.proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5672))
-            worker_url = url.replace(f":{parsed.port or 5672}", f":{self.proxy.port}", 1)
+            queues = (settings.queue, urgent_queue(settings.queue))
+            self.rabbitmq = RabbitMQRoute(url, queues)
+            worker_url = self.rabbitmq.worker_url
         settings = settings.evolve(broker_url=worker_url, transport_options=options)
         super().__init__(settings, db, workers=workers)
         self.name = f"celery-{broker}"
@@ -798,34 +825,10 @@ class CeleryDeployment(ProcessDeployment):
         """Every worker logged that it is ready."""
         return sum(" ready." in path.read_text() for path in self.log_paths()) >= self.count
 
-    def shutdown(self, *, graceful: bool = True) -> None:
-        """SIGTERM (warm shutdown), or SIGQUIT (cold)."""
-        self.supervising = False
-        self.inject("sigterm" if graceful else "cold shutdown", post_accept=not graceful)
-        self.signal_all(signal.SIGTERM if graceful else signal.SIGQUIT)
-        if not self.wait_exited(60):
-            self.problem(None, "a worker did not exit within 60 s of SIGTERM")
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 0)
-                # The main process is gone; a pool child left behind would be a leak.
-                os.killpg(process.pid, signal.SIGKILL)
-                self.problem(None, "a pool child outlived its worker's shutdown")
-
     def lose_queue(self) -> None:
-        """Redis: FLUSHDB. RabbitMQ: drop every connection of the worker, then purge its queues.
-
-        RabbitMQ requeues what a dropped connection held unacknowledged; the
-        purge then loses it with everything else that was waiting.
-        """
-        if self.proxy is not None:
-            self.inject("rabbitmq connections dropped")
-            before = self.proxy.dropped
-            self.proxy.drop()
-            if self.proxy.dropped == before:
-                self.problem(None, "no broker connection to drop: the worker bypassed the proxy")
-            purged = self._rabbitmq_queues(lambda channel, queue: channel.queue_purge(queue))
-            self.inject(f"rabbitmq queues purged ({sum(filter(None, purged))} messages)")
+        """Redis: FLUSHDB. RabbitMQ: drop every connection of the worker, then purge its queues."""
+        if self.rabbitmq is not None:
+            self.rabbitmq.lose(self)
         else:
             self.inject("redis flushdb")
             client = self._redis()
@@ -890,18 +893,13 @@ class CeleryDeployment(ProcessDeployment):
 
     def watch_broker(self, needle: bytes) -> None:
         """RabbitMQ: look for ``needle`` in the worker's AMQP traffic (through the proxy)."""
-        if self.proxy is not None:
-            self.proxy.watch(needle)
+        if self.rabbitmq is not None:
+            self.rabbitmq.watch(needle)
 
     def broker_sightings(self, needle: bytes) -> list[str]:
-        """Redis keys holding ``needle``; on RabbitMQ, the worker's AMQP traffic since watched.
-
-        Every message the worker consumes or publishes crosses the proxy, so a
-        secret in any job message, retry included, is seen there.
-        """
-        if self.proxy is not None:
-            seen = self.proxy.sightings
-            return [f"the worker's AMQP traffic ({seen} connection directions)"] if seen else []
+        """Redis keys holding ``needle``; on RabbitMQ, the worker's AMQP traffic since watched."""
+        if self.rabbitmq is not None:
+            return self.rabbitmq.sightings()
         client = self._redis()
         try:
             return scan_redis(client, needle)
@@ -909,32 +907,16 @@ class CeleryDeployment(ProcessDeployment):
             client.close()
 
     def cleanup(self) -> None:
-        """Delete the run's queue and stop the proxy."""
-        if self.broker == "redis":
+        """Delete the run's queues (Redis: FLUSHDB) and stop the proxy."""
+        if self.rabbitmq is not None:
+            self.rabbitmq.close()
+        else:
             client = self._redis()
             client.flushdb()
             client.close()
-        else:
-            self._rabbitmq_queues(lambda channel, queue: channel.queue_delete(queue))
-        if self.proxy is not None:
-            self.proxy.close()
         self.app.close()
 
-    def _rabbitmq_queues(self, action: Callable[[Any, str], Any]) -> list[Any]:
-        """``action(channel, queue)`` on both of the run's queues on RabbitMQ, directly."""
-        from kombu import Connection  # type: ignore[attr-defined]  # kombu is untyped
 
-        from tests.services import RABBITMQ_URL
-
-        with Connection(RABBITMQ_URL) as connection:  # type: ignore[no-untyped-call]
-            channel = connection.default_channel
-            results = []
-            for queue in (self.settings.queue, urgent_queue(self.settings.queue)):
-                with contextlib.suppress(Exception):  # a queue not declared yet
-                    results.append(action(channel, queue))
-            return results
-
-
-def new_queue() -> str:
-    """A queue name no other run uses."""
-    return f"faults-{secrets.token_hex(5)}"
+def new_queue(prefix: str = "faults-") -> str:
+    """A queue name no other run uses, starting with ``prefix``."""
+    return f"{prefix}{secrets.token_hex(5)}"

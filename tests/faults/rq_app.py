@@ -16,8 +16,7 @@ import redis
 from chimeway_core.engine import Chimeway
 from chimeway_core.jobs import job_id_for
 from tests.faults import sabotage
-from tests.faults.app import SETTINGS_VARIABLE, Settings, make_engine
-from tests.faults.provider import ProcessHooks
+from tests.faults.app import SETTINGS_VARIABLE, Settings, worker_engine
 
 if SETTINGS_VARIABLE in os.environ:
     sabotage.apply(Settings.from_env().sabotage)
@@ -37,7 +36,4 @@ def engine() -> Chimeway:
         # A raw push of the job id to the front: an idle worker runs the same job hash again.
         connection.lpush(backend.queue.key, job_id_for(delivery_id))
 
-    hooks = ProcessHooks(push_duplicate, settings.files)
-    made = make_engine(settings, backend, hooks)
-    hooks.engine = made
-    return made
+    return worker_engine(settings, backend, push_duplicate)

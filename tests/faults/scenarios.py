@@ -294,6 +294,7 @@ def concurrency(
         "rq": {"job_timeout": 6, "workers": 4},
         "celery-redis": {"workers": 2},
         "celery-rabbitmq": {"workers": 2},
+        "dramatiq-rabbitmq": {"workers": 3},
     }.get(backend, {})
     d = deploy(backend, sabotage=sabotage, **options)
     d.start()

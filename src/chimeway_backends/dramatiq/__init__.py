@@ -1,7 +1,8 @@
 """The Dramatiq backend: chimeway deliveries as messages on the user's Dramatiq broker.
 
 A package of what is specific to Dramatiq: the backend, its actor and its
-middleware (:mod:`.backend`), :func:`run_worker` (:mod:`.worker`), the test
+middleware (:mod:`.backend`), the check that Dramatiq's encoder is JSON
+(:mod:`.encoder`), :func:`run_worker` (:mod:`.worker`), the test
 harness (:mod:`.harness`) and the command line's entry (:mod:`.cli`, loaded
 only by the command line). The worker half every backend shares is
 :mod:`chimeway_core.worker`. Every public name is imported on first use.
@@ -14,6 +15,10 @@ delivery id (a canonical UUID string, in Dramatiq's JSON messages); anything
 else (another type, a second argument, a keyword) raises
 :class:`~chimeway_core.errors.InvalidJobError` before the ledger is read,
 and the message fails without a retry and without a channel call.
+Dramatiq's encoder must be JSON: with ``dramatiq.set_encoder(PickleEncoder())``
+the backend is not built and no worker of its broker boots
+(:class:`UnsafeEncoderError`), since a worker decodes every message, pickle
+included, before any actor can refuse it.
 
 Every message of one delivery has the Dramatiq message id
 :func:`~chimeway_core.jobs.job_id_for`. Dramatiq does not deduplicate on
@@ -73,6 +78,7 @@ if TYPE_CHECKING:
         DramatiqBackend,
         ledger_decides,
     )
+    from chimeway_backends.dramatiq.encoder import UnsafeEncoderError, refuse_unsafe_encoder
     from chimeway_backends.dramatiq.worker import run_worker
 
 __all__ = [
@@ -80,7 +86,9 @@ __all__ = [
     "DEFAULT_QUEUE",
     "ChimewayMiddleware",
     "DramatiqBackend",
+    "UnsafeEncoderError",
     "ledger_decides",
+    "refuse_unsafe_encoder",
     "run_worker",
 ]
 
@@ -90,7 +98,9 @@ _HOMES: Final = {
     "DEFAULT_QUEUE": "backend",
     "ChimewayMiddleware": "backend",
     "DramatiqBackend": "backend",
+    "UnsafeEncoderError": "encoder",
     "ledger_decides": "backend",
+    "refuse_unsafe_encoder": "encoder",
     "run_worker": "worker",
 }
 

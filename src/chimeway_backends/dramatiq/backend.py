@@ -22,6 +22,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware, TimeLimitExceeded
 
+from chimeway_backends.dramatiq.encoder import refuse_unsafe_encoder
 from chimeway_core._checks import queue_or, seconds
 from chimeway_core.backend import Backend
 from chimeway_core.engine import Chimeway
@@ -72,6 +73,10 @@ class DramatiqBackend(Backend):
     Dramatiq's time limit (``TimeLimitExceeded``, raised inside the channel
     call) is one of its ``interrupts``: the attempt is left in flight and
     rescued as ``unknown``, never recorded as the channel's own failure.
+
+    Raises :class:`~chimeway_backends.dramatiq.encoder.UnsafeEncoderError`
+    if Dramatiq's encoder is not JSON (``dramatiq.set_encoder(PickleEncoder())``):
+    chimeway's actor takes JSON arguments only.
     """
 
     name = "dramatiq"
@@ -99,6 +104,7 @@ class DramatiqBackend(Backend):
             raise TypeError(f"broker must be a dramatiq.Broker, not {type(broker).__name__}")
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+        refuse_unsafe_encoder()
         source = EngineSource(engine)
         if ACTOR_NAME in broker.actors:
             raise ValueError(f"{broker!r} already has a DramatiqBackend; make one per broker")
@@ -245,7 +251,9 @@ class ChimewayMiddleware(Middleware):
     """The worker side, in every worker of the backend's broker: the rescuer on a timer.
 
     In a worker process it drops database connections inherited over a
-    fork; when the worker boots it declares every queue the engine routes to
+    fork; when the worker boots it refuses a non-JSON encoder
+    (:class:`~chimeway_backends.dramatiq.encoder.UnsafeEncoderError`), then declares every
+    queue the engine routes to
     (so the worker consumes them too) and starts a thread that runs
     :func:`chimeway_core.worker.rescue` every ``rescue_interval`` seconds,
     stopped with the worker.
@@ -274,8 +282,14 @@ class ChimewayMiddleware(Middleware):
             self.backend.broker.emit_after("process_boot")
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        """Resolve the engine and declare its routed queues before the worker consumes."""
+        """Refuse a non-JSON encoder, resolve the engine and declare its routed queues.
+
+        All before the worker consumes; ``UnsafeEncoderError`` stops
+        the worker's boot (the encoder may have been set after the backend
+        was built, by a module the worker imported).
+        """
         del worker
+        refuse_unsafe_encoder()
         engine = self.backend.engine()
         for queue in engine.worker_queues(self.backend.queue):
             if queue not in broker.get_declared_queues():

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -23,23 +22,18 @@ from chimeway_backends.celery import TASK_NAME, CeleryBackend
 from chimeway_backends.celery.harness import WakeUp, worker_for
 from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
-from tests.services import RABBITMQ_URL, REDIS_URL, require
+from tests.backends._workers import IDLE_TIMEOUT, BrokerSpec, redis_db_url, wait_until
+from tests.services import RABBITMQ_URL, require
 
 #: The Redis database the Celery tests use (keys are prefixed per test too).
 REDIS_DB = 14
-REDIS_BROKER_URL = f"{REDIS_URL.rsplit('/', 1)[0]}/{REDIS_DB}"
-
-#: How long any wait for the worker may take before the test fails.
-IDLE_TIMEOUT = 60.0
+REDIS_BROKER_URL = redis_db_url(REDIS_DB)
 
 
 @attrs.frozen
-class Broker:
-    """One broker for one test: where it is, its transport options, a unique queue."""
+class Broker(BrokerSpec):
+    """One broker for one test, with its transport options."""
 
-    name: str
-    url: str
-    queue: str
     transport_options: dict[str, Any]
 
     def app(self, **conf: Any) -> Any:
@@ -82,7 +76,7 @@ def make_broker(name: str, *, redis_db: int = REDIS_DB) -> Broker:
     """A Broker with a queue name unique to this call (on Redis, in database ``redis_db``)."""
     queue = f"chimeway-test-{secrets.token_hex(4)}"
     if name == "redis":
-        url = f"{REDIS_URL.rsplit('/', 1)[0]}/{redis_db}"
+        url = redis_db_url(redis_db)
         return Broker(name, url, queue, {"global_keyprefix": f"{queue}:", "fanout_prefix": True})
     return Broker(name, RABBITMQ_URL, queue, {"confirm_publish": True})
 
@@ -164,17 +158,6 @@ class JobWatch:
         with self._lock:
             failures, self._failures = self._failures, []
             return failures
-
-
-def wait_until(
-    condition: Callable[[], bool], *, timeout: float = IDLE_TIMEOUT, what: str = "a condition"
-) -> None:
-    """Poll ``condition`` every 50 ms until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def run_watched_until_idle(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,13 +27,14 @@ from chimeway_core import (
     UnhandledOutcomeError,
 )
 from chimeway_core.engine import Chimeway
-from chimeway_core.errors import EngineNotFoundError, InvalidJobError, MissingExtraError
+from chimeway_core.errors import EngineNotFoundError, InvalidJobError
 from chimeway_core.jobs import Backend, job_id_for
 from chimeway_core.loading import load_engine
 from chimeway_core.policies import PolicyContext, PolicyDecision, Proceed
 from chimeway_core.records import Delivery
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import FakeChannel
+from tests.backends._checks import Routed, assert_import_names_the_extra
 from tests.backends.celery.conftest import (
     Broker,
     InProcessCelery,
@@ -52,11 +52,7 @@ RETRY = RetryPolicy(max_attempts=3, initial_delay=0.2, backoff_factor=2.0, jitte
 
 def test_import_without_celery_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Importing the adapter without celery raises MissingExtraError with the install command."""
-    monkeypatch.delitem(sys.modules, "chimeway_backends.celery")
-    monkeypatch.setitem(sys.modules, "celery", None)
-    with pytest.raises(MissingExtraError, match=r'pip install "chimeway\[celery\]"') as raised:
-        import chimeway_backends.celery  # noqa: F401
-    assert "celery" == raised.value.extra
+    assert_import_names_the_extra(monkeypatch, "chimeway_backends.celery", "celery", "celery")
 
 
 def test_satisfies_the_backend_protocol_and_one_backend_per_app() -> None:
@@ -326,7 +322,6 @@ def test_load_engine_from_a_path_a_factory_and_the_environment(
     import chimeway_load_probe  # type: ignore[import-not-found]
 
     from chimeway_backends.memory import MemoryBackend
-    from chimeway_core.engine import Chimeway
 
     engine = Chimeway(pg_store, MemoryBackend(), {})
     chimeway_load_probe.Holder.engine = engine
@@ -364,7 +359,6 @@ def test_load_engine_without_a_path_or_environment(monkeypatch: pytest.MonkeyPat
 
 def test_binding_a_second_engine_is_refused(pg_store: SQLStore) -> None:
     """A backend performs with one engine per process."""
-    from chimeway_core.engine import Chimeway
 
     backend = CeleryBackend(Celery("bind", broker="memory://", set_as_current=False))
     first = Chimeway(pg_store, backend, {})
@@ -386,30 +380,20 @@ def test_a_routed_channel_runs_and_retries_on_its_own_queue(
     broker: Broker, pg_store: SQLStore
 ) -> None:
     """A worker of the routed queue alone runs the sms delivery, its retry too; email waits."""
-    routed = Broker(broker.name, broker.url, f"{broker.queue}-sms", broker.transport_options)
+    routed_broker = Broker(broker.name, broker.url, f"{broker.queue}-sms", broker.transport_options)
     app = broker.app()
     backend = CeleryBackend(app, queue=broker.queue, rescue_interval=None)
-    sms_channel, email_channel = FakeChannel([TemporaryFailure("busy"), Sent()]), FakeChannel()
-    channels = {"sms": sms_channel, "email": email_channel}
-    engine = Chimeway(pg_store, backend, channels, routes={"sms": routed.queue}, retry=RETRY)
-    backend.bind(engine)
-
-    def status(delivery_id: uuid.UUID) -> DeliveryStatus:
-        return engine.get(delivery_id).delivery.status
-
+    routed = Routed(pg_store, backend, routed_broker.queue, RETRY)
     try:
         with worker_for(app, routed.queue):
-            sms = engine.notify("sms", "+15550100").id
-            email = engine.notify("email", "someone@example.test").id
-            wait_until(lambda: status(sms) is DeliveryStatus.SUCCEEDED, what="the sms delivery")
+            sms, email = routed.notify_both()
+            wait_until(
+                lambda: routed.status(sms) is DeliveryStatus.SUCCEEDED, what="the sms delivery"
+            )
         # Celery on Redis would send a retry to the default queue: chimeway names the route.
-        assert (2, 0, DeliveryStatus.READY) == (
-            len(sms_channel.calls),
-            len(email_channel.calls),
-            status(email),
-        )
+        assert (2, 0, DeliveryStatus.READY) == routed.only_sms_ran(email)
         with worker_for(app, broker.queue):
-            wait_until(lambda: status(email) is DeliveryStatus.SUCCEEDED, what="the email")
-        assert (2, 1) == (len(sms_channel.calls), len(email_channel.calls))
+            wait_until(lambda: routed.status(email) is DeliveryStatus.SUCCEEDED, what="the email")
+        assert (2, 1) == (len(routed.sms.calls), len(routed.email.calls))
     finally:
-        cleanup_broker(routed)
+        cleanup_broker(routed_broker)

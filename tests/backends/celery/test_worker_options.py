@@ -35,16 +35,9 @@ from chimeway_backends.celery import (
 from chimeway_core import DeliveryStatus
 from chimeway_core.errors import ChimewayError
 from chimeway_core.store import SQLStore
+from tests.backends._workers import APP_MODULE, MAX_ATTEMPTS, stop, wait_all_terminal
 from tests.backends.celery.conftest import Broker, cleanup_broker, make_broker, wait_until
-from tests.backends.celery.workers import (
-    APP_MODULE,
-    MAX_ATTEMPTS,
-    WorkerSetup,
-    celery_worker,
-    make_setup,
-    stop,
-    wait_all_terminal,
-)
+from tests.backends.celery.workers import WorkerSetup, celery_worker, make_setup
 from tests.cli.conftest import COMMAND
 from tests.services import RABBITMQ_URL, require
 

@@ -7,9 +7,6 @@ ledger and the channel's call log, and kills pool processes.
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import os
 import signal
 import sys
 import time
@@ -19,47 +16,18 @@ import pytest
 from kombu import Connection, Producer
 from sqlalchemy import Engine
 
-from chimeway_core import DeliveryStatus, NewDelivery, Outcome
+from chimeway_core import DeliveryStatus, Outcome
 from chimeway_core.jobs import job_id_for
 from chimeway_core.store import SQLStore
-from tests.backends.celery.conftest import Broker, wait_until
-from tests.backends.celery.workers import (
-    MAX_ATTEMPTS,
-    celery_worker,
-    make_setup,
-    wait_all_terminal,
-)
+from tests.backends import _workers as shared
+from tests.backends._workers import MAX_ATTEMPTS, specs, wait_all_terminal, wait_until
+from tests.backends.celery.conftest import Broker
+from tests.backends.celery.workers import celery_worker, make_setup
 
 pytestmark = pytest.mark.slow
 
-#: recipient prefix -> (status, reason, attempts) every such delivery must end with.
-EXPECTED = {
-    "ok": (DeliveryStatus.SUCCEEDED, None, 1),
-    "temp2": (DeliveryStatus.SUCCEEDED, None, 3),
-    "perm": (DeliveryStatus.CANCELLED, "permanent_failure", 1),
-    "bounce": (DeliveryStatus.CANCELLED, "bounced", 1),
-    "exhaust": (DeliveryStatus.CANCELLED, "retries_exhausted", MAX_ATTEMPTS),
-}
-
 #: How many pool children the kill test SIGKILLs per broker.
 KILLS = 20
-
-
-def _specs(kinds: list[str]) -> list[NewDelivery]:
-    return [
-        NewDelivery(
-            channel="scripted",
-            recipient=f"{kind}-{n}",
-            payload={"n": n},
-            notification_key="test",
-            idempotency_key=None,
-            max_attempts=MAX_ATTEMPTS,
-            scheduled_at=None,
-            expires_at=None,
-            metadata={},
-        )
-        for n, kind in enumerate(kinds)
-    ]
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 2), ("solo", 1)])
@@ -75,31 +43,10 @@ def test_two_hundred_mixed_deliveries_end_terminal(
     """200 deliveries of five scripted kinds end terminal with the expected attempts and calls."""
     setup = make_setup(broker, tmp_path, postgres_database)
     producer = setup.producer(postgres_engine)
-    kinds = [list(EXPECTED)[n % len(EXPECTED)] for n in range(200)]
     with celery_worker(setup, pool=pool, concurrency=concurrency):
-        deliveries = producer.notify_many(_specs(kinds))
+        deliveries = producer.notify_many(specs(shared.mixed_kinds(200)))
         wait_all_terminal(pg_store, timeout=120)
-    calls = collections.Counter(call.delivery_id for call in setup.calls())
-    actual = collections.Counter()
-    for delivery in deliveries:
-        after = pg_store.get(delivery.id)
-        assert after is not None
-        kind = delivery.recipient.split("-", 1)[0]
-        actual[(kind, after.status, after.reason, after.attempt_count, calls[delivery.id])] += 1
-    expected = collections.Counter(
-        {(kind, *shape, shape[2]): 40 for kind, shape in EXPECTED.items()}
-    )
-    assert expected == actual
-
-
-def _markers(directory: Path) -> list[tuple[str, int, int]]:
-    if not directory.exists():
-        return []
-    found = []
-    for path in directory.iterdir():
-        delivery_id, attempt, pid = path.name.split(".")
-        found.append((delivery_id, int(attempt), int(pid)))
-    return found
+    shared.assert_mixed_ends(deliveries, pg_store, setup.calls())
 
 
 def test_sigkilled_pool_children_lose_nothing_and_never_send_twice(
@@ -113,47 +60,14 @@ def test_sigkilled_pool_children_lose_nothing_and_never_send_twice(
     setup = make_setup(broker, tmp_path, postgres_database)
     producer = setup.producer(postgres_engine)
     kinds = ["killonce"] * KILLS + ["killalways"] + ["ok"] * 10
-    killed: set[tuple[str, int, int]] = set()
     started = time.monotonic()
     with celery_worker(setup, pool="prefork", concurrency=2):
-        deliveries = producer.notify_many(_specs(kinds))
-        by_id = {str(d.id): d.recipient.split("-", 1)[0] for d in deliveries}
-        deadline = time.monotonic() + 150
-        while pg_store.oldest_non_terminal() is not None:
-            assert time.monotonic() < deadline, f"not terminal after 150 s; killed {len(killed)}"
-            for marker in _markers(setup.markers):
-                delivery_id, attempt, pid = marker
-                if marker in killed or by_id[delivery_id] != "killonce" or attempt != 1:
-                    continue
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                killed.add(marker)
-            time.sleep(0.05)
+        deliveries = producer.notify_many(specs(kinds))
+        killed = shared.kill_mid_call(pg_store, deliveries, setup.markers, timeout=150)
     took = time.monotonic() - started
     print(f"\n{broker.name}: {len(killed)} pool children SIGKILLed mid-call in {took:.1f} s")
     assert KILLS == len(killed)
-    calls = setup.calls()
-    for delivery in deliveries:
-        history = producer.get(delivery.id)
-        kind = by_id[str(delivery.id)]
-        outcomes = [attempt.outcome for attempt in history.attempts]
-        keys = {call.idempotency_key for call in calls if call.delivery_id == delivery.id}
-        assert {delivery.idempotency_key} == keys
-        assert outcomes.count(Outcome.SUCCEEDED) <= 1
-        if kind == "killonce":
-            assert (DeliveryStatus.SUCCEEDED, [Outcome.UNKNOWN, Outcome.SUCCEEDED]) == (
-                history.delivery.status,
-                outcomes,
-            )
-        elif kind == "killalways":
-            deaths = [m for m in _markers(setup.markers) if m[0] == str(delivery.id)]
-            assert (DeliveryStatus.CANCELLED, "retries_exhausted", MAX_ATTEMPTS) == (
-                history.delivery.status,
-                history.delivery.reason,
-                len(deaths),
-            )
-        else:
-            assert [Outcome.SUCCEEDED] == outcomes
+    shared.assert_kills_lost_nothing(producer, deliveries, setup.calls(), setup.markers)
 
 
 def test_redelivered_task_while_running_makes_one_call(
@@ -232,7 +146,7 @@ def test_pickle_message_is_refused_and_tampered_arguments_make_no_call(
                 declare=[queue],
             )
         # Written without a job: the tampered jobs below name a live, due delivery.
-        target = producer.store.create(_specs(["ok"])[0], now=producer.clock.now()).delivery
+        target = producer.store.create(specs(["ok"])[0], now=producer.clock.now()).delivery
         for args, kwargs in [
             (["not-a-uuid"], {}),
             ([target.id.hex], {}),

@@ -8,8 +8,7 @@ trace is removed at the end. Every wait is a bounded poll.
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import attrs
 import dramatiq
@@ -18,26 +17,17 @@ import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
-from tests.services import RABBITMQ_URL, REDIS_URL, require
+from tests.backends._workers import BrokerSpec, redis_db_url
+from tests.services import RABBITMQ_PIKA_URL, require
 
 #: The Redis database the Dramatiq tests use (with a namespace per test).
 REDIS_DB = 2
-REDIS_BROKER_URL = f"{REDIS_URL.rsplit('/', 1)[0]}/{REDIS_DB}"
-
-#: RabbitMQ's URL as pika reads it: kombu's ``//`` (the default vhost) is ``/%2F`` there.
-PIKA_URL = RABBITMQ_URL[:-2] + "/%2F" if RABBITMQ_URL.endswith("//") else RABBITMQ_URL
-
-#: How long any wait for a worker may take before the test fails.
-IDLE_TIMEOUT = 60.0
+REDIS_BROKER_URL = redis_db_url(REDIS_DB)
 
 
 @attrs.frozen
-class Broker:
-    """One broker for one test: which service, its URL, a unique queue and Redis namespace."""
-
-    name: str
-    url: str
-    queue: str
+class Broker(BrokerSpec):
+    """One broker for one test; on Redis the queue is its key namespace too."""
 
     @property
     def namespace(self) -> str:
@@ -55,7 +45,7 @@ def make_broker(name: str) -> Broker:
     """A :class:`Broker` on ``name`` (``redis`` or ``rabbitmq``) with a queue of its own."""
     require(name)
     queue = f"dramatiq_{secrets.token_hex(4)}"
-    return Broker(name, REDIS_BROKER_URL if name == "redis" else PIKA_URL, queue)
+    return Broker(name, REDIS_BROKER_URL if name == "redis" else RABBITMQ_PIKA_URL, queue)
 
 
 def cleanup_broker(broker: Broker) -> None:
@@ -83,12 +73,3 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     spec = make_broker(request.param)
     yield spec
     cleanup_broker(spec)
-
-
-def wait_until(check: Callable[[], bool], *, timeout: float = IDLE_TIMEOUT, what: str) -> None:
-    """Poll ``check`` until true; fail the test naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)

@@ -8,7 +8,6 @@ Retries middleware re-enqueued.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
@@ -33,13 +32,15 @@ from chimeway_core import (
 )
 from chimeway_core.backend import Enqueued
 from chimeway_core.engine import Chimeway
-from chimeway_core.errors import InvalidJobError, MissingExtraError
+from chimeway_core.errors import InvalidJobError
 from chimeway_core.jobs import job_id_for
 from chimeway_core.policies import PolicyContext, PolicyDecision, Proceed
 from chimeway_core.records import Delivery
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import FakeChannel
-from tests.backends.dramatiq.conftest import Broker, cleanup_broker, wait_until
+from tests.backends._checks import Routed, assert_import_names_the_extra
+from tests.backends._workers import wait_until
+from tests.backends.dramatiq.conftest import Broker, cleanup_broker
 
 #: 0.2 s, doubling, no jitter, three attempts.
 RETRY = RetryPolicy(max_attempts=3, initial_delay=0.2, backoff_factor=2.0, jitter=0.0, max_delay=5)
@@ -109,11 +110,7 @@ def in_process(broker: Broker, pg_store: SQLStore) -> Iterator[InProcess]:
 
 def test_import_without_dramatiq_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Importing the adapter without dramatiq raises MissingExtraError with the install command."""
-    monkeypatch.delitem(sys.modules, "chimeway_backends.dramatiq")
-    monkeypatch.setitem(sys.modules, "dramatiq", None)
-    with pytest.raises(MissingExtraError, match=r'pip install "chimeway\[dramatiq\]"') as raised:
-        import chimeway_backends.dramatiq  # noqa: F401
-    assert "dramatiq" == raised.value.extra
+    assert_import_names_the_extra(monkeypatch, "chimeway_backends.dramatiq", "dramatiq", "dramatiq")
 
 
 def test_guards_and_one_backend_per_broker() -> None:
@@ -336,33 +333,23 @@ def test_a_routed_channel_runs_and_retries_on_its_own_queue(
     broker: Broker, pg_store: SQLStore
 ) -> None:
     """A worker of the routed queue alone runs the sms delivery, its retry too; email waits."""
-    routed = Broker(broker.name, broker.url, f"{broker.queue}_sms")
+    routed_broker = Broker(broker.name, broker.url, f"{broker.queue}_sms")
     made = broker.make()
     backend = DramatiqBackend(made, queue=broker.queue, rescue_interval=None)
-    sms_channel, email_channel = FakeChannel([TemporaryFailure("busy"), Sent()]), FakeChannel()
-    channels = {"sms": sms_channel, "email": email_channel}
-    engine = Chimeway(pg_store, backend, channels, routes={"sms": routed.queue}, retry=RETRY)
-    backend.bind(engine)
-
-    def status(delivery_id: uuid.UUID) -> DeliveryStatus:
-        return engine.get(delivery_id).delivery.status
-
+    routed = Routed(pg_store, backend, routed_broker.queue, RETRY)
     try:
         made.declare_queue(routed.queue)
         sms_only = dramatiq.Worker(made, queues={routed.queue}, worker_threads=1)
         sms_only.start()
         try:
-            sms = engine.notify("sms", "+15550100").id
-            email = engine.notify("email", "someone@example.test").id
-            wait_until(lambda: status(sms) is DeliveryStatus.SUCCEEDED, what="the sms delivery")
+            sms, email = routed.notify_both()
+            wait_until(
+                lambda: routed.status(sms) is DeliveryStatus.SUCCEEDED, what="the sms delivery"
+            )
         finally:
             sms_only.stop(timeout=30_000)
-        assert (2, 0, DeliveryStatus.READY) == (
-            len(sms_channel.calls),
-            len(email_channel.calls),
-            status(email),
-        )
+        assert (2, 0, DeliveryStatus.READY) == routed.only_sms_ran(email)
     finally:
         made.close()
         if broker.name == "rabbitmq":
-            cleanup_broker(routed)
+            cleanup_broker(routed_broker)

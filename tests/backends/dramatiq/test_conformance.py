@@ -12,7 +12,8 @@ import pytest
 
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.conformance import BackendConformance
-from tests.backends.dramatiq.conftest import Broker, wait_until
+from tests.backends._workers import wait_until
+from tests.backends.dramatiq.conftest import Broker
 from tests.backends.dramatiq.harness import DramatiqHarness, dramatiq_harness
 
 

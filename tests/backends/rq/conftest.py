@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import secrets
 import signal
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -17,6 +20,7 @@ import redis
 
 from chimeway_backends.rq import job as rq_job
 from chimeway_backends.rq.harness import purge
+from tests.backends._workers import ROOT
 from tests.services import REDIS_URL, require
 
 __all__ = ["purge"]  # the tests' cleanup is the shipped harness's
@@ -34,21 +38,70 @@ def redis_url(db: int) -> str:
     return urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{db}"))
 
 
+@contextmanager
+def redis_client(db: int) -> Iterator[redis.Redis]:
+    """A client on Redis database ``db`` (skips, or fails in CI, if Redis is down)."""
+    require("redis")
+    conn = redis.Redis.from_url(redis_url(db))
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def scratch_queue(conn: redis.Redis, prefix: str) -> Iterator[str]:
+    """A queue name starting with ``prefix`` no other test uses; its keys are deleted after."""
+    name = f"{prefix}{secrets.token_hex(6)}"
+    try:
+        yield name
+    finally:
+        purge(conn, name)
+
+
+class Workers:
+    """Long-running worker processes a test starts, each logging to a file of ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, command: list[str], env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start ``command`` in the repository's root; the process and its log file."""
+        log_path = self.directory / f"worker-{len(self.started)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.started.append(process)
+        return process, log_path
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM every worker; SIGKILL one still running ``timeout`` seconds later."""
+        for process in self.started:
+            process.send_signal(signal.SIGTERM)
+        for process in self.started:
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 @pytest.fixture
 def redis_conn() -> Iterator[redis.Redis]:
     """A client on the RQ test database (skips, or fails in CI, if Redis is down)."""
-    require("redis")
-    conn = redis.Redis.from_url(redis_url(REDIS_TEST_DB))
-    yield conn
-    conn.close()
+    with redis_client(REDIS_TEST_DB) as conn:
+        yield conn
 
 
 @pytest.fixture
 def queue_name(redis_conn: redis.Redis) -> Iterator[str]:
     """A queue name no other test uses; all its keys are deleted at teardown."""
-    name = f"chimeway-test-{secrets.token_hex(6)}"
-    yield name
-    purge(redis_conn, name)
+    with scratch_queue(redis_conn, "chimeway-test-") as name:
+        yield name
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import signal
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -38,9 +36,9 @@ from chimeway_core.channels.smtp import SMTPChannel
 from chimeway_core.channels.webhook import WebhookChannel
 from chimeway_core.engine import Chimeway
 from chimeway_core.store import SQLStore
+from tests.backends._workers import wait_until
 from tests.backends.rq import limits_app
-from tests.backends.rq.conftest import purge, redis_url
-from tests.services import require
+from tests.backends.rq.conftest import Workers, redis_client, redis_url, scratch_queue
 
 #: The Redis database these tests write to (theirs alone).
 REDIS_LIMITS_DB = 4
@@ -55,18 +53,15 @@ WORKER_CLASSES = [
 @pytest.fixture
 def limits_redis() -> Iterator[redis.Redis]:
     """A client on :data:`REDIS_LIMITS_DB`."""
-    require("redis")
-    conn = redis.Redis.from_url(redis_url(REDIS_LIMITS_DB))
-    yield conn
-    conn.close()
+    with redis_client(REDIS_LIMITS_DB) as conn:
+        yield conn
 
 
 @pytest.fixture
 def limits_queue(limits_redis: redis.Redis) -> Iterator[str]:
     """A ``rqto_`` queue no other test uses; all its keys are deleted at teardown."""
-    name = f"rqto_{secrets.token_hex(6)}"
-    yield name
-    purge(limits_redis, name)
+    with scratch_queue(limits_redis, "rqto_") as name:
+        yield name
 
 
 @pytest.fixture
@@ -105,44 +100,18 @@ def worker_env(engine: Chimeway, calls: Path) -> dict[str, str]:
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[[Chimeway, str], Path]]:
     """Start a long-running worker; returns its log file. Stopped (SIGTERM) at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
+    workers = Workers(tmp_path)
 
     def start(engine: Chimeway, worker_class: str) -> Path:
         backend = engine.backend
         assert isinstance(backend, RQBackend)
-        log_path = tmp_path / f"worker-{len(started)}.log"
         command = [RQ_CLI, "worker", "--url", redis_url(REDIS_LIMITS_DB), "-w", worker_class]
         command += ["--with-scheduler", "--serializer", "rq.serializers.JSONSerializer"]
-        with log_path.open("wb") as log:
-            started.append(
-                subprocess.Popen(
-                    [*command, backend.queue_name],
-                    env=worker_env(engine, tmp_path / "calls.jsonl"),
-                    cwd=ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        return log_path
+        command.append(backend.queue_name)
+        return workers.start(command, worker_env(engine, tmp_path / "calls.jsonl"))[1]
 
     yield start
-    for process in started:
-        process.send_signal(signal.SIGTERM)
-    for process in started:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 100 ms until it holds; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}", pytrace=False)
-        time.sleep(0.1)
+    workers.stop(timeout=30)
 
 
 def call_log(path: Path) -> dict[str, list[dict[str, Any]]]:

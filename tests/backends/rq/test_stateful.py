@@ -11,18 +11,18 @@ PostgreSQL. Few examples: each costs real seconds.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
 import pytest
 import redis
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from chimeway_core.store import SQLStore
 from chimeway_core.testing.conformance import EngineFactory
 from chimeway_core.testing.stateful import MachineHarness, RealTimeEngineMachine
+from tests.backends._stateful import assert_broken_table_is_caught
 from tests.backends.rq.conftest import redis_url
 from tests.backends.rq.harness import machine_harness
 from tests.services import require
@@ -70,19 +70,4 @@ def test_a_broken_table_is_caught_on_rq(
     pg_store: SQLStore, stateful_redis: redis.Redis, table_without_retry: None
 ) -> None:
     """With the temporary_retry row changed to ACK, the RQ machine reports a leaked delivery."""
-    machine = rq_machine(pg_store, stateful_redis)
-    machine.drain_timeout = 2.0  # a leaked delivery never ends: do not wait long for it
-    with pytest.raises(AssertionError, match="still live after draining") as caught:
-        run_state_machine_as_test(
-            machine,
-            settings=settings(
-                max_examples=30,
-                stateful_step_count=6,
-                deadline=None,
-                database=None,
-                phases=[Phase.generate],  # the first failure is enough; shrinking costs seconds
-                derandomize=True,  # the same few examples each run, so the same few seconds
-            ),
-        )
-    notes = "\n".join(getattr(caught.value, "__notes__", []))
-    assert re.search(r"state\.(first_)?notify\(", notes)
+    assert_broken_table_is_caught(rq_machine(pg_store, stateful_redis), database=None)

@@ -35,8 +35,17 @@ from chimeway_core import NewDelivery, Outcome
 from chimeway_core.engine import Chimeway
 from chimeway_core.jobs import job_id_for
 from chimeway_core.store import SQLStore
+from tests.backends._workers import wait_until
 from tests.backends.rq import worker_app
-from tests.backends.rq.conftest import REDIS_FLUSH_DB, REDIS_TEST_DB, purge, redis_url
+from tests.backends.rq.conftest import (
+    REDIS_FLUSH_DB,
+    REDIS_TEST_DB,
+    Workers,
+    purge,
+    redis_url,
+)
+
+__all__ = ["wait_until"]  # shared with test_namespaces and test_schedules
 
 ROOT = Path(__file__).resolve().parents[3]
 RQ_CLI = str(Path(sys.executable).with_name("rq"))
@@ -176,38 +185,13 @@ def make_app(
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[[App, str], subprocess.Popen[bytes]]]:
     """Start long-running workers; stop them (SIGTERM, then SIGKILL) at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
+    workers = Workers(tmp_path)
 
     def start(app: App, worker_class: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"worker-{len(started)}.log").open("wb") as log:
-            process = subprocess.Popen(
-                app.worker_command(worker_class, burst=False),
-                env=app.env(),
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(process)
-        return process
+        return workers.start(app.worker_command(worker_class, burst=False), app.env())[0]
 
     yield start
-    for process in started:
-        process.send_signal(signal.SIGTERM)
-    for process in started:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 50 ms until it holds; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}", pytrace=False)
-        time.sleep(0.05)
+    workers.stop(timeout=15)
 
 
 def calls_by_delivery(app: App) -> dict[str, list[dict[str, object]]]:
