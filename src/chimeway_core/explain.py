@@ -29,7 +29,9 @@ def explain(history: DeliveryHistory) -> list[str]:
             case JournalKind.CREATED:
                 rank, text = 0, f"created: {after}{of}"
             case JournalKind.RESENT:
-                rank, text = 3, f"resent as {entry.detail.get('as', '?')}"
+                rank, text = 3, f"resent as {entry.detail.get('as', '?')}{_by(entry.detail)}"
+            case JournalKind.REVEALED:
+                rank, text = 3, f"payload revealed{_by(entry.detail)}"
             case JournalKind.DEFERRED:
                 until = entry.detail.get("until", "?")
                 rank, text = 3, f"deferred until {until}{reason}"
@@ -37,7 +39,7 @@ def explain(history: DeliveryHistory) -> list[str]:
                 rank, text = (
                     3,
                     f"{entry.kind.value}: {entry.event or '-'} {before} -> {after}{reason}"
-                    f"{_where(entry.detail)}",
+                    f"{_where(entry.detail)}{_by(entry.detail)}",
                 )
         lines.append((entry.at, rank, seq, text))
     for attempt in history.attempts:
@@ -70,3 +72,9 @@ def _where(detail: Mapping[str, Any]) -> str:
         return ""
     policy = detail.get("policy")
     return f" at {at}" + (f" by {policy}" if isinstance(policy, str) else "")
+
+
+def _by(detail: Mapping[str, Any]) -> str:
+    """`` by alice``: the operator who acted (cancel, resend, reveal), when one is named."""
+    by = detail.get("by")
+    return f" by {by}" if isinstance(by, str) else ""

@@ -119,6 +119,8 @@ class JournalKind(enum.StrEnum):
     RESCUED = "rescued"
     RESENT = "resent"
     """The delivery was resent; ``detail["as"]`` is the id of its copy."""
+    REVEALED = "revealed"
+    """An operator was shown the payload; ``detail["by"]`` says who."""
 
 
 @attrs.frozen(kw_only=True)

@@ -166,7 +166,8 @@ def list_deliveries(
         # there; the row comparison breaks ties within one created_at by id.
         query = query.where(
             sql.D.created_at <= after.created_at,
-            tuple_(sql.D.created_at, sql.D.id) < tuple_(
+            tuple_(sql.D.created_at, sql.D.id)
+            < tuple_(
                 literal(after.created_at, sql.D.created_at.type), literal(after.id, sql.D.id.type)
             ),
         )
@@ -352,7 +353,7 @@ def channel_health(
     ]
 
 
-def _aware(value: datetime) -> datetime:
+def _aware(value: datetime | str) -> datetime:
     # max() over a UTCDateTime column comes back untyped on SQLite: plain text
     # or a naive datetime, always UTC.
     if isinstance(value, str):

@@ -14,6 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from chimeway_core.errors import ChimewayError, NoDatabaseConfiguredError
+from chimeway_core.ledger.schema import CONSOLE_FILTERS
 from chimeway_core.migrations import (
     SCRIPT_LOCATION,
     VERSION_TABLE,
@@ -23,7 +24,6 @@ from chimeway_core.migrations import (
     status,
     upgrade,
 )
-from chimeway_core.ledger.schema import CONSOLE_FILTERS
 from chimeway_core.records import NewDelivery
 from chimeway_core.schema import metadata
 from chimeway_core.store import SQLStore
@@ -142,7 +142,7 @@ def test_status_follows_a_database_from_empty_to_head_on_postgres(empty_postgres
     before = _status_of(empty_postgres)
     upgrade(empty_postgres)
     after = _status_of(empty_postgres)
-    assert (SchemaState.BEHIND, None, ("0001", "0003"), False) == (
+    assert (SchemaState.BEHIND, None, ("0001", "0002", "0003"), False) == (
         before.state,
         before.revision,
         before.pending,

@@ -341,7 +341,11 @@ class Chimeway:
         return self._notifier.notify_many(specs, session=session)
 
     def resend(
-        self, delivery_id: UUID, *, session: Session | scoped_session[Any] | None = None
+        self,
+        delivery_id: UUID,
+        *,
+        session: Session | scoped_session[Any] | None = None,
+        by: str | None = None,
     ) -> Resent:
         """Send a delivery that ended unsent (cancelled or suppressed) again, as a copy.
 
@@ -361,8 +365,10 @@ class Chimeway:
         succeeded delivery :class:`~chimeway_core.errors.NotResendableError`; a
         channel this engine no longer has
         :class:`~chimeway_core.errors.UnknownChannelError`. Each writes nothing.
+        ``by`` names who resent it, in the original's ``resent`` journal entry
+        (``detail["by"]``).
         """
-        return self._notifier.resend(delivery_id, session=session)
+        return self._notifier.resend(delivery_id, session=session, by=by)
 
     # ------------------------------------------------------------------ hand-over
 
@@ -407,13 +413,15 @@ class Chimeway:
         """The delivery with its attempts and journal; raises if it does not exist."""
         return operate.history(self.store, delivery_id)
 
-    def cancel(self, delivery_id: UUID) -> Delivery:
+    def cancel(self, delivery_id: UUID, *, by: str | None = None) -> Delivery:
         """Cancel a live delivery (reason ``cancelled``); a leased worker is fenced off.
 
         A terminal delivery raises :class:`IllegalTransitionError`; an unknown
-        id :class:`DeliveryNotFoundError`.
+        id :class:`DeliveryNotFoundError`. ``by`` names who cancelled it, in
+        the journal entry's ``detail["by"]``.
         """
-        return operate.cancel(self.store, self.telemetry, delivery_id, now=self.clock.now()).after
+        now = self.clock.now()
+        return operate.cancel(self.store, self.telemetry, delivery_id, now=now, by=by).after
 
     def explain(self, delivery_id: UUID) -> list[str]:
         """Why the delivery is where it is: one line per attempt and journal entry."""

@@ -135,7 +135,9 @@ class Notifier:
             for c in created
         ]
 
-    def resend(self, delivery_id: UUID, *, session: AnySession | None = None) -> Resent:
+    def resend(
+        self, delivery_id: UUID, *, session: AnySession | None = None, by: str | None = None
+    ) -> Resent:
         """Write a copy of a delivery that ended unsent (see ``Chimeway.resend``)."""
         now = self.clock.now()
         if session is not None:
@@ -146,7 +148,7 @@ class Notifier:
         self._check([copy])
         [(reason, policy)] = self._suppressions([copy], now)
         resent = self.store.resend(
-            copy, now=now, session=session, suppress_reason=reason, suppressed_by=policy
+            copy, now=now, session=session, suppress_reason=reason, suppressed_by=policy, by=by
         )
         if resent.created:
             self.telemetry.emit(

@@ -42,8 +42,17 @@ def history(store: Ledger, delivery_id: UUID) -> DeliveryHistory:
     return found
 
 
-def cancel(store: Ledger, telemetry: Telemetry, delivery_id: UUID, *, now: datetime) -> Cancelled:
+def cancel(
+    store: Ledger,
+    telemetry: Telemetry,
+    delivery_id: UUID,
+    *,
+    now: datetime,
+    by: str | None = None,
+) -> Cancelled:
     """Cancel a live delivery (reason ``cancelled``) and report the transition.
+
+    ``by`` names who cancelled it, in the journal entry's ``detail["by"]``.
 
     A leased worker is fenced off. A terminal delivery raises
     :class:`~chimeway_core.errors.IllegalTransitionError`, an unknown id
@@ -51,7 +60,7 @@ def cancel(store: Ledger, telemetry: Telemetry, delivery_id: UUID, *, now: datet
     emits nothing.
     """
     before = store.get(delivery_id)
-    after = store.cancel(delivery_id, now=now)
+    after = store.cancel(delivery_id, now=now, by=by)
     telemetry.emit(
         TelemetryEvent.STATUS_TRANSITION,
         meta(after)

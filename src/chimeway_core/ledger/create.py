@@ -396,21 +396,24 @@ def resend_on(
     suppress_reason: str | None,
     max_payload_bytes: int,
     suppressed_by: str | None = None,
+    by: str | None = None,
 ) -> Resent:
-    """Write the copy of ``delivery_id`` (``copy``, else drafted here) and journal it."""
+    """Write the copy of ``delivery_id`` (``copy``, else drafted here) and journal it.
+
+    ``by`` (who resent it) goes into the original's ``resent`` entry's detail.
+    """
     original = resend_original(conn, delivery_id, for_update=True)
     if copy is None:
         copy = draft(copy_spec(original), now, -1, max_payload_bytes, resend_of=original.id)
     rows, drafted = rows_of([copy], now, max_payload_bytes)
     apply_suppressions(rows, None if suppress_reason is None else [suppress_reason], drafted)
-    by = {} if suppressed_by is None else {rows[0]["id"]: suppressed_by}
-    [result] = insert_deliveries(conn, dialect, rows, now, drafted, by)
+    policies = {} if suppressed_by is None else {rows[0]["id"]: suppressed_by}
+    [result] = insert_deliveries(conn, dialect, rows, now, drafted, policies)
     if result.created:
+        detail = {"as": str(result.delivery.id)} | ({} if by is None else {"by": by})
         conn.execute(
             sql.JOURNAL.insert(),
-            journal_values(
-                original.id, now, JournalKind.RESENT, detail={"as": str(result.delivery.id)}
-            ),
+            journal_values(original.id, now, JournalKind.RESENT, detail=detail),
         )
     elif not _is_copy_of(conn, original.id, result.delivery.id):
         # The copy's key is held by a delivery no resend wrote: one notify()

@@ -106,8 +106,9 @@ class Ledger(Protocol):
         session: Session | None = None,
         suppress_reason: str | None = None,
         suppressed_by: str | None = None,
+        by: str | None = None,
     ) -> Resent:
-        """Write the copy of a delivery that ended unsent."""
+        """Write the copy of a delivery that ended unsent (``by``: who resent it)."""
         ...
 
     def delete_outbox(self, delivery_ids: Sequence[UUID]) -> None:
@@ -154,8 +155,8 @@ class Ledger(Protocol):
         """Move a ``failed`` delivery to ``cancelled`` / ``retries_exhausted``."""
         ...
 
-    def cancel(self, delivery_id: UUID, *, now: datetime) -> Delivery:
-        """Cancel a live delivery, even while it is leased."""
+    def cancel(self, delivery_id: UUID, *, now: datetime, by: str | None = None) -> Delivery:
+        """Cancel a live delivery, even while it is leased (``by``: who cancelled it)."""
         ...
 
     def count_recent_attempts(self, *, channel: str, recipient: str, since: datetime) -> int:

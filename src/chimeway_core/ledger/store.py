@@ -74,12 +74,7 @@ from chimeway_core.ledger.validation import (
     check_text,
 )
 from chimeway_core.outcomes import Classification
-from chimeway_core.records import (
-    Claim,
-    Delivery,
-    NewDelivery,
-    Resent,
-)
+from chimeway_core.records import Claim, Delivery, NewDelivery, Resent
 from chimeway_core.states import Event, Transition
 
 __all__ = ["SQLStore"]
@@ -339,6 +334,7 @@ class SQLStore(Reads, Transitions):
         suppress_reason: str | None = None,
         suppress_if: Callable[[Delivery], str | None] | None = None,
         suppressed_by: str | None = None,
+        by: str | None = None,
     ) -> Resent:
         """Create the copy of a delivery that ended unsent; journal it on the original.
 
@@ -361,7 +357,8 @@ class SQLStore(Reads, Transitions):
 
         ``suppress_if`` (instead of ``suppress_reason``, for callers written
         before drafts) is asked for the reason with the drafted copy.
-        ``suppressed_by`` names the policy behind ``suppress_reason``.
+        ``suppressed_by`` names the policy behind ``suppress_reason``; ``by``, who
+        resent it (the ``resent`` entry's ``detail["by"]``).
         """
         if suppress_if is not None:
             if suppress_reason is not None or isinstance(delivery_id, Draft):
@@ -388,6 +385,7 @@ class SQLStore(Reads, Transitions):
                 suppress_reason=suppress_reason,
                 max_payload_bytes=self.max_payload_bytes,
                 suppressed_by=suppressed_by,
+                by=by,
             )
 
     @contextmanager
