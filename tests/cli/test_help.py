@@ -27,6 +27,7 @@ COMMANDS = [
     ("db", "upgrade"),
     ("db", "check"),
     ("selftest",),
+    ("web",),
 ]
 
 

@@ -58,9 +58,7 @@ def test_resend_makes_a_copy_and_journals_the_actor(
     """The original's resent entry names the copy and alice."""
     response = _post(client, f"/deliveries/{seeded['cancelled']}/resend")
     assert 303 == response.status_code
-    [entry] = [
-        e for e in engine.get(seeded["cancelled"]).journal if e.kind is JournalKind.RESENT
-    ]
+    [entry] = [e for e in engine.get(seeded["cancelled"]).journal if e.kind is JournalKind.RESENT]
     assert "alice" == entry.detail["by"]
     copy = engine.get(UUID(entry.detail["as"])).delivery
     assert DeliveryStatus.READY is copy.status
@@ -97,9 +95,7 @@ def test_reveal_shows_the_payload_once_and_journals_it(
     assert PAYLOAD_CANARY not in client.get(f"/deliveries/{delivery_id}").text
 
 
-def test_rescue_runs_the_rescuer_and_reports(
-    client: httpx.Client, seeded: dict[str, UUID]
-) -> None:
+def test_rescue_runs_the_rescuer_and_reports(client: httpx.Client, seeded: dict[str, UUID]) -> None:
     """303 to the overview with the report in the flash."""
     response = _post(client, "/rescue")
     assert (303, "/") == (
@@ -130,9 +126,7 @@ def test_another_consoles_token_is_refused(
     with client_of(other.wsgi) as foreign, client_of(console.wsgi) as client:
         token = csrf_of(foreign.get(f"/deliveries/{seeded['ready']}/cancel").text)
         client.cookies.set("chimeway_csrf", token)
-        response = client.post(
-            f"/deliveries/{seeded['ready']}/cancel", data={"csrf_token": token}
-        )
+        response = client.post(f"/deliveries/{seeded['ready']}/cancel", data={"csrf_token": token})
     assert 403 == response.status_code
     assert DeliveryStatus.READY is engine.get(seeded["ready"]).delivery.status
 
@@ -154,9 +148,7 @@ def test_read_only_shows_no_actions_and_refuses_every_post(
     assert DeliveryStatus.READY is engine.get(seeded["ready"]).delivery.status
 
 
-def test_authorize_false_is_a_403_everywhere(
-    engine: Chimeway, seeded: dict[str, UUID]
-) -> None:
+def test_authorize_false_is_a_403_everywhere(engine: Chimeway, seeded: dict[str, UUID]) -> None:
     """authorize sees the request; saying no refuses pages and actions alike."""
     seen: list[str] = []
 

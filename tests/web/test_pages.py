@@ -8,8 +8,14 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 
+from chimeway_backends.memory import MemoryBackend
+from chimeway_core import VirtualClock
+from chimeway_core.channels.callable import CallableChannel
 from chimeway_core.engine import Chimeway
-from tests.web.conftest import HOSTILE, PAYLOAD_CANARY, RECIPIENT_CANARY, notify
+from chimeway_core.outcomes import Sent
+from chimeway_core.store import SQLStore
+from chimeway_web import Console
+from tests.web.conftest import HOSTILE, PAYLOAD_CANARY, RECIPIENT_CANARY, client_of, notify
 
 PAGES = ("/", "/?fragment=overview", "/deliveries", "/channels")
 
@@ -176,3 +182,43 @@ def test_canaries_and_hostile_text_never_reach_a_page_raw(
     assert "https://***@api.example.com/v1" in detail
     assert "\\x1b[31m" in detail
     assert "r•••@example.com" in client.get(f"/deliveries/{seeded['sent']}").text
+
+
+def test_the_overview_counts_attempts_per_outcome(
+    client: httpx.Client, seeded: dict[str, UUID]
+) -> None:
+    """Four attempts in the last hour: one succeeded, three failed; the chart has their bars."""
+    page = client.get("/").text
+    rows = dict(re.findall(r'<tr data-outcome="([a-z_]+)">(.*?)</tr>', page, re.S))
+    assert re.search(r">1</td><td class=\"num\">1</td>$", rows["succeeded"].strip())
+    assert re.search(r">3</td><td class=\"num\">3</td>$", rows["failed"].strip())
+    assert 2 == len(re.findall(r'<rect class="(?:succeeded|failed)"', page))
+
+
+def test_a_namespaced_store_shows_only_its_own_deliveries(
+    store: SQLStore, clock: VirtualClock
+) -> None:
+    """Two ledgers on one database: the console over the namespace sees that one only."""
+    spaced = SQLStore(store.engine, namespace="console_ns")
+    spaced.create_all()
+    try:
+        outside = notify(
+            Chimeway(store, MemoryBackend(clock), {"mail": CallableChannel(_ok)}, clock=clock),
+            "out@example.com",
+            "ok",
+        )
+        engine = Chimeway(spaced, MemoryBackend(clock), {"mail": CallableChannel(_ok)}, clock=clock)
+        inside = notify(engine, "in@example.com", "ok")
+        engine.perform(inside)
+        with client_of(Console(engine).wsgi) as client:
+            assert [str(inside)] == _ids(client.get("/deliveries").text)
+            assert 404 == client.get(f"/deliveries/{outside}").status_code
+            assert 200 == client.get(f"/deliveries/{inside}").status_code
+            assert '<tr data-status="succeeded">' in client.get("/").text
+            assert '<tr data-channel="mail">' in client.get("/channels").text
+    finally:
+        spaced.drop_all()
+
+
+def _ok(_delivery: object, _key: str) -> object:
+    return Sent()

@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from sqlalchemy.exc import DBAPIError
 
-from chimeway_core.cli import db, demo, ledger, metrics, selftest, table, workers
+from chimeway_core.cli import db, demo, ledger, metrics, selftest, table, web, workers
 from chimeway_core.cli.config import database_failure
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import OutputError, warn
@@ -34,6 +34,7 @@ environment:
   CHIMEWAY_BROKER_URL    the broker URL when --broker-url is not given
   CHIMEWAY_APP           the engine of worker, relay, rescue, prune, resend when --app
                          is not given
+  CHIMEWAY_WEB_TOKEN     the web console's token when --token is not given
 
 exit status:
   0  ok
@@ -67,6 +68,7 @@ def build_parser() -> Parser:
     workers.register(commands)
     db.register(commands)
     selftest.register(commands)
+    web.register(commands)
     return parser
 
 
