@@ -27,7 +27,7 @@ from chimeway_core.store import SQLStore
 from chimeway_web import actions, pages
 from chimeway_web.adapters import asgi_app, wsgi_app
 from chimeway_web.http import Handler, HTTPError, Request, Response, Router
-from chimeway_web.safety import Signer, mask_recipient, shown
+from chimeway_web.safety import Signer, mask_emails, mask_recipient, shown
 
 __all__ = ["Console", "Context"]
 
@@ -109,6 +109,9 @@ class Console:
         )
         self._templates.filters["shown"] = shown
         self._templates.filters["masked"] = lambda value: shown(self.mask_recipient(str(value)))
+        self._templates.filters["scrubbed"] = lambda value: shown(
+            mask_emails(str(value), self.mask_recipient)
+        )
         self._templates.filters["when"] = pages.when
         self._router = Router()
         pages.route(self._router, self)

@@ -9,7 +9,7 @@ the one response that follows a journaled reveal.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
@@ -148,6 +148,7 @@ class AttemptView:
 
     attempt: Attempt
     row: str | None
+    error: str | None
     response: str | None
 
 
@@ -189,6 +190,14 @@ def _detail_text(detail: Mapping[str, Any]) -> str:
     return json.dumps(rest, sort_keys=True, default=str) if rest else ""
 
 
+def _scrubber(recipient: str, mask: Callable[[str], str]) -> Callable[[str], str]:
+    """Replace the recipient wherever it appears (a provider echoing the address) by its mask."""
+    if len(recipient) < 3:  # too short to tell from other text
+        return lambda text: text
+    masked = mask(recipient)
+    return lambda text: text.replace(recipient, masked)
+
+
 def _history(console: Console, delivery_id: UUID) -> DeliveryHistory:
     found = console.store.history(delivery_id)
     if found is None:
@@ -206,6 +215,7 @@ def detail_page(
     """One delivery: summary, attempts, journal, explanation, payload (hidden unless revealed)."""
     history = _history(console, delivery_id_of(id))
     delivery = history.delivery
+    scrub = _scrubber(delivery.recipient, console.mask_recipient)
     rows: dict[int, str | None] = {}
     journal = []
     for entry in history.journal:
@@ -220,16 +230,17 @@ def detail_page(
                 by=by if isinstance(by, str) else None,
                 policy=policy if isinstance(policy, str) else None,
                 row=row,
-                detail=_detail_text(entry.detail),
+                detail=scrub(_detail_text(entry.detail)),
             )
         )
     attempts = [
         AttemptView(
             attempt=a,
             row=rows.get(a.number),
+            error=None if a.error is None else scrub(a.error),
             response=None
             if a.provider_response is None
-            else json.dumps(a.provider_response, sort_keys=True, default=str),
+            else scrub(json.dumps(a.provider_response, sort_keys=True, default=str)),
         )
         for a in history.attempts
     ]
@@ -244,12 +255,12 @@ def detail_page(
         delivery=delivery,
         attempts=attempts,
         journal=journal,
-        explain=console.engine.explain(delivery.id),
+        explain=[scrub(line) for line in console.engine.explain(delivery.id)],
         next_run=next_run,
         payload=payload,
         can_cancel=live,
         can_resend=delivery.status.value in {"cancelled", "suppressed"},
-        metadata=json.dumps(dict(delivery.metadata), sort_keys=True, default=str),
+        metadata=scrub(json.dumps(dict(delivery.metadata), sort_keys=True, default=str)),
     )
 
 

@@ -32,7 +32,7 @@ from sqlalchemy import Select, and_, case, func, literal, select, tuple_
 from chimeway_core.ledger import statements as sql
 from chimeway_core.ledger.rows import delivery_from_row
 from chimeway_core.outcomes import Outcome
-from chimeway_core.records import RESEND_KEY_PREFIX, Delivery, LedgerGauges
+from chimeway_core.records import RESEND_KEY_PREFIX, Delivery, JournalKind, LedgerGauges
 from chimeway_core.states import RESENDABLE_STATUSES, DeliveryStatus
 from chimeway_core.store import SQLStore
 
@@ -181,11 +181,15 @@ def list_deliveries(
 
 
 def _resendable(filters: DeliveryFilters) -> Select[Any]:
-    """Ids of the deliveries a bulk resend of ``filters`` would resend: unsent, no copies."""
+    """Ids of what a bulk resend of ``filters`` would resend: unsent, not resent, no copies."""
+    resent = select(sql.J.id).where(
+        sql.J.delivery_id == sql.D.id, sql.J.kind == JournalKind.RESENT.value
+    )
     return filters.apply(
         select(sql.D.id).where(
             sql.D.status.in_([status.value for status in sorted(RESENDABLE_STATUSES)]),
             ~sql.D.idempotency_key.startswith(RESEND_KEY_PREFIX, autoescape=True),
+            ~resent.exists(),
         )
     )
 
@@ -193,8 +197,8 @@ def _resendable(filters: DeliveryFilters) -> Select[Any]:
 def count_resendable(store: SQLStore, filters: DeliveryFilters) -> int:
     """How many deliveries matching ``filters`` a bulk resend would resend (the dry run).
 
-    Those that ended unsent (cancelled, suppressed) and are no resend's copy
-    themselves: a copy is resent by its own id.
+    Those that ended unsent (cancelled, suppressed), were not resent yet,
+    and are no resend's copy themselves: a copy is resent by its own id.
     """
     query = select(func.count()).select_from(_resendable(filters).subquery())
     with store.engine.connect() as conn:

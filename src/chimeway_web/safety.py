@@ -22,12 +22,27 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from typing import Final
 
-__all__ = ["Signer", "mask_recipient", "redact", "shown", "visible"]
+__all__ = ["Signer", "mask_emails", "mask_recipient", "redact", "shown", "visible"]
 
 _USERINFO: Final = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s@]*@")
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+_EMAIL: Final = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def mask_emails(text: str, mask: Callable[[str], str]) -> str:
+    """``text`` with every email address in it passed through ``mask``.
+
+    For text about many deliveries (a channel's errors), where no one
+    recipient is known: a provider that quotes the address it refused shows
+    it masked. Recipients that are no email (phone numbers, device tokens)
+    are not recognized.
+    """
+    return _EMAIL.sub(lambda m: mask(m.group()), text)
 
 
 def redact(text: str) -> str:

@@ -41,10 +41,14 @@ def _send(delivery: Delivery, _key: str) -> object:
     if mode == "fail":
         return PermanentFailure(
             f"<img src=x onerror=alert(1)> bell\x07 at {SECRET_URL}",
-            provider_response={"html": "<b>refused</b>", "see": SECRET_URL},
+            provider_response={
+                "html": "<b>refused</b>",
+                "see": SECRET_URL,
+                "to": delivery.recipient,
+            },
         )
     if mode == "temp":
-        return TemporaryFailure("<i>busy</i>")
+        return TemporaryFailure(f"<i>busy</i> for {delivery.recipient}")
     return Sent(provider_response={"id": "<em>m-1</em>"})
 
 
@@ -81,13 +85,15 @@ def seeded(engine: Chimeway) -> dict[str, UUID]:
     """A delivery in each shape: sent, failed for good, retrying, ready, cancelled, hostile."""
     ids = {
         "sent": notify(engine, f"{RECIPIENT_CANARY}@example.com", "ok", notification_key="n-1"),
+        "echoed": notify(engine, f"{RECIPIENT_CANARY}-2@example.com", "fail"),
+        "echoed-temp": notify(engine, f"{RECIPIENT_CANARY}-3@example.com", "temp"),
         "refused": notify(engine, "bob@example.com", "fail"),
         "retrying": notify(engine, "carol@example.com", "temp"),
         "ready": notify(engine, "dave@example.com", "ok", idempotency_key="idem-ready"),
         "cancelled": notify(engine, "erin@example.com", "ok"),
         "hostile": notify(engine, HOSTILE, "fail", notification_key=f"{HOSTILE}\x1b[31m"),
     }
-    for name in ("sent", "refused", "retrying", "hostile"):
+    for name in ("sent", "echoed", "echoed-temp", "refused", "retrying", "hostile"):
         engine.perform(ids[name])
     engine.cancel(ids["cancelled"])
     return ids

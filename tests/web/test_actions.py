@@ -67,19 +67,20 @@ def test_resend_makes_a_copy_and_journals_the_actor(
 def test_bulk_resend_shows_the_dry_run_count_then_resends_them(
     client: httpx.Client, engine: Chimeway, seeded: dict[str, UUID]
 ) -> None:
-    """Three deliveries ended cancelled: the count says 3, the POST resends 3, again none."""
+    """Four deliveries ended cancelled: the count says 4, the POST resends 4, then 0 are left."""
     path = "/resend?status=cancelled&channel=mail"
     page = client.get(path).text
-    assert 'data-testid="dry-run-count">3<' in page
+    assert 'data-testid="dry-run-count">4<' in page
     response = client.post(path, data={"csrf_token": csrf_of(page)})
     assert 303 == response.status_code
-    assert "Resent 3 deliveries." in client.get(response.headers["location"]).text
-    for name in ("cancelled", "refused", "hostile"):
+    assert "Resent 4 deliveries." in client.get(response.headers["location"]).text
+    for name in ("cancelled", "refused", "hostile", "echoed"):
         kinds = [e.kind for e in engine.get(seeded[name]).journal]
         assert JournalKind.RESENT in kinds
-    assert 'data-testid="dry-run-count">3<' in client.get(path).text  # copies are no candidates
+    # Resent ones and their copies are no candidates: nothing is left to resend.
+    assert 'data-testid="dry-run-count">0<' in client.get(path).text
     client.post(path, data={"csrf_token": csrf_of(page)})
-    assert 6 + 3 == len(engine.store.find(limit=100))
+    assert 8 + 4 == len(engine.store.find(limit=100))
 
 
 def test_reveal_shows_the_payload_once_and_journals_it(

@@ -53,12 +53,14 @@ def test_the_list_shows_every_delivery_newest_first_and_filters(
     client: httpx.Client, seeded: dict[str, UUID]
 ) -> None:
     """No filter: all six; each filter narrows to the deliveries it names."""
-    assert 6 == len(_ids(client.get("/deliveries").text))
+    assert 8 == len(_ids(client.get("/deliveries").text))
     cases = {
-        "status=cancelled": {seeded["cancelled"], seeded["refused"], seeded["hostile"]},
+        "status=cancelled": {
+            seeded[name] for name in ("cancelled", "refused", "hostile", "echoed")
+        },
         "status=cancelled&reason=cancelled": {seeded["cancelled"]},
-        "status=failed": {seeded["retrying"]},
-        "reason=permanent_failure": {seeded["refused"], seeded["hostile"]},
+        "status=failed": {seeded["retrying"], seeded["echoed-temp"]},
+        "reason=permanent_failure": {seeded["refused"], seeded["hostile"], seeded["echoed"]},
         "channel=mail": set(seeded.values()),
         "channel=sms": set(),
         "recipient=bob@example.com": {seeded["refused"]},
@@ -143,12 +145,12 @@ def test_the_detail_page_shows_attempts_journal_explanation_and_dispatch_rows(
 def test_the_channels_page_counts_outcomes_and_groups_errors(
     client: httpx.Client, seeded: dict[str, UUID]
 ) -> None:
-    """mail: 1 sent, 3 failed; the two identical refusals are one error row counted twice."""
+    """mail: the three identical refusals are one error row counted three times."""
     page = client.get("/channels").text
     assert '<tr data-channel="mail">' in page
     errors = re.findall(r'<tr data-channel-error="mail">(.*?)</tr>', page, re.S)
-    assert 2 == len(errors)
-    assert any(">2</td>" in row for row in errors)
+    assert 3 == len(errors)  # the refusal, and each recipient's "busy"
+    assert 1 == sum('<td class="num">3</td>' in row for row in errors)
 
 
 def test_static_files_are_served(client: httpx.Client) -> None:
@@ -187,11 +189,11 @@ def test_canaries_and_hostile_text_never_reach_a_page_raw(
 def test_the_overview_counts_attempts_per_outcome(
     client: httpx.Client, seeded: dict[str, UUID]
 ) -> None:
-    """Four attempts in the last hour: one succeeded, three failed; the chart has their bars."""
+    """Six attempts in the last hour: one succeeded, five failed; the chart has their bars."""
     page = client.get("/").text
     rows = dict(re.findall(r'<tr data-outcome="([a-z_]+)">(.*?)</tr>', page, re.S))
     assert re.search(r">1</td><td class=\"num\">1</td>$", rows["succeeded"].strip())
-    assert re.search(r">3</td><td class=\"num\">3</td>$", rows["failed"].strip())
+    assert re.search(r">5</td><td class=\"num\">5</td>$", rows["failed"].strip())
     assert 2 == len(re.findall(r'<rect class="(?:succeeded|failed)"', page))
 
 
