@@ -13,12 +13,16 @@ from collections.abc import Callable
 from typing import Any, Final
 from uuid import UUID
 
+import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import Engine, text
 
 from chimeway_core import Chimeway
 from tests.web.browser.conftest import Watched, scalar
 from tests.web.browser.ledger import PAYLOAD_CANARY, Seeded
+
+# A PostgreSQL ledger of its own (tests/web/browser/conftest.py) and Chromium.
+pytestmark = pytest.mark.postgres
 
 JOURNAL_BY: Final = (
     "SELECT count(*) FROM chimeway_delivery_journal "

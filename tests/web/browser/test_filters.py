@@ -17,6 +17,9 @@ from sqlalchemy import Engine, text
 from tests.web.browser.conftest import Watched
 from tests.web.browser.ledger import Seeded, recipient
 
+# A PostgreSQL ledger of its own (tests/web/browser/conftest.py) and Chromium.
+pytestmark = pytest.mark.postgres
+
 PAGE: Final = 50
 
 

@@ -21,6 +21,9 @@ from chimeway_core import Chimeway
 from tests.web.browser.conftest import WIDE, Watched
 from tests.web.browser.ledger import HOSTILE_RECIPIENT, HTML_ERROR, Seeded
 
+# A PostgreSQL ledger of its own (tests/web/browser/conftest.py) and Chromium.
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture(scope="module")
 def unmasked_url(serve: Callable[[Any], str], engine: Chimeway) -> str:
