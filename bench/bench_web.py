@@ -190,7 +190,7 @@ def bench_size(config: Config, results: Results, url: str, rows: int) -> None:
                 ("console page", samples["page"]),
                 ("its SQL run bare", samples["bare SQL"]),
                 unit="ms",
-                detail=f"{len(statements)} statements; server time of one WSGI request",
+                detail=f"{len(statements)} SQL statement(s); server time of one WSGI request",
             )
             log(
                 AREA,
