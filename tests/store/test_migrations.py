@@ -233,7 +233,7 @@ def test_0002_adds_the_trace_context_to_a_ledger_in_use_and_takes_it_away(
 def test_0003_adds_the_console_indexes_and_takes_them_away(
     tmp_path: Path, url_of: str, request: pytest.FixtureRequest
 ) -> None:
-    """0003 indexes every console filter with created_at; its downgrade drops exactly those."""
+    """0003 indexes every console filter with (created_at, id); its downgrade undoes it."""
     url = (
         f"sqlite:///{tmp_path / 'indexes.db'}"
         if url_of == "sqlite"
@@ -251,16 +251,26 @@ def test_0003_adds_the_console_indexes_and_takes_them_away(
             for i in inspect(engine).get_indexes(table)
         }
 
+    def by_created_at() -> list[str | None]:
+        [found] = [
+            i
+            for i in inspect(engine).get_indexes("chimeway_deliveries")
+            if i["name"] == "ix_chimeway_deliveries_created_at"
+        ]
+        return list(found["column_names"])
+
     upgrade(url, revision="0002")
     before = indexes()
     assert not console & before
     upgrade(url)
     assert before | console == indexes()
+    assert ["created_at", "id"] == by_created_at()
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("sqlalchemy.url", url)
     command.downgrade(config, "0002")
     assert before == indexes()
+    assert ["created_at"] == by_created_at()
     engine.dispose()
 
 

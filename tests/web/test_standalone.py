@@ -8,15 +8,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from chimeway_core.cli import main
-from tests.cli.conftest import add_deliveries, sqlite_ledger, start
+from tests.cli.conftest import APP_MODULE, add_deliveries, app_dir, sqlite_ledger, start
 
 pytestmark = pytest.mark.extras
+
+__all__ = ["app_dir"]  # the --app modules' fixture, shared with tests/cli
 
 TOKEN = "t0ken-for-tests"
 #: How long a started server may take to say where it listens (a busy machine).
@@ -68,22 +71,69 @@ def test_the_core_cli_does_not_import_the_console() -> None:
     assert 0 == subprocess.run([sys.executable, "-c", probe], check=False).returncode
 
 
-@pytest.fixture
-def served(tmp_path: Path, ledger: tuple[str, list[str]]) -> Iterator[tuple[str, list[str]]]:
-    """``chimeway web --port 0 --token`` on the ledger; yields its base URL and the ids."""
-    url, ids = ledger
-    process = start("web", "--db", url, "--port", "0", "--token", TOKEN, cwd=tmp_path)
+@contextmanager
+def _serving(tmp_path: Path, *args: str, path: tuple[Path, ...] = ()) -> Iterator[str]:
+    """``chimeway web --port 0 *args`` running; yields its base URL, checks it stops cleanly."""
+    process = start("web", "--port", "0", *args, cwd=tmp_path, path=path)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()  # blocks until the server says where it listens
         found = re.search(r"serving (http://127\.0\.0\.1:\d+)/", line)
         assert found is not None, (line, process.stderr.read() if process.poll() else "")
-        yield found.group(1), ids
+        yield found.group(1)
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=STARTUP)
     assert (0, "") == (process.returncode, err)
     assert "chimeway web: stopped" in out
+
+
+@pytest.fixture
+def served(tmp_path: Path, ledger: tuple[str, list[str]]) -> Iterator[tuple[str, list[str]]]:
+    """``chimeway web --token`` on the ledger; yields its base URL and the ids."""
+    url, ids = ledger
+    with _serving(tmp_path, "--db", url, "--token", TOKEN) as base:
+        yield base, ids
+
+
+def _confirm(client: httpx.Client, path: str) -> httpx.Response:
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
+    assert token is not None
+    return client.post(path, data={"csrf_token": token.group(1)})
+
+
+def test_with_the_app_resend_and_rescue_go_through_its_engine(
+    tmp_path: Path, ledger: tuple[str, list[str]], app_dir: Path
+) -> None:
+    """--app: cancel, then resend makes a copy; rescue reports; no token needed on loopback."""
+    url, ids = ledger
+    app = f"{APP_MODULE}:memory_engine"
+    with (
+        _serving(tmp_path, "--db", url, "--app", app, path=(app_dir,)) as base,
+        httpx.Client(base_url=base, timeout=STARTUP) as client,
+    ):
+        assert 303 == _confirm(client, f"/deliveries/{ids[0]}/cancel").status_code
+        resent = _confirm(client, f"/deliveries/{ids[0]}/resend")
+        assert "Resent as " in client.get(resent.headers["location"]).text
+        rescued = _confirm(client, "/rescue")
+        assert "Rescue: " in client.get(rescued.headers["location"]).text
+
+
+def test_without_the_app_resend_and_rescue_say_they_need_it(
+    tmp_path: Path, ledger: tuple[str, list[str]]
+) -> None:
+    """No --app: cancel works; resend and rescue answer with a message, never a 500."""
+    url, ids = ledger
+    with (
+        _serving(tmp_path, "--db", url) as base,
+        httpx.Client(base_url=base, timeout=STARTUP) as client,
+    ):
+        assert 303 == _confirm(client, f"/deliveries/{ids[0]}/cancel").status_code
+        resent = _confirm(client, f"/deliveries/{ids[0]}/resend")
+        assert "Not done" in client.get(resent.headers["location"]).text
+        rescued = _confirm(client, "/rescue")
+        assert 303 == rescued.status_code
+        assert "--app" in client.get(rescued.headers["location"]).text
 
 
 def test_the_token_sets_a_cookie_once_and_the_console_serves(

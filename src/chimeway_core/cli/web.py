@@ -34,9 +34,11 @@ from chimeway_core.cli.output import echo
 from chimeway_core.cli.parser import Subparsers, command
 from chimeway_core.cli.signals import stop_on_signals
 from chimeway_core.engine import Chimeway
-from chimeway_core.errors import BackendUnavailableError
+from chimeway_core.engine.upkeep import RescueReport
+from chimeway_core.errors import BackendUnavailableError, ChimewayError
+from chimeway_core.records import Resent
 
-__all__ = ["ENV_WEB_TOKEN", "register"]
+__all__ = ["ENV_WEB_TOKEN", "NeedsAppError", "register"]
 
 #: The token when ``--token`` is not given.
 ENV_WEB_TOKEN: Final = "CHIMEWAY_WEB_TOKEN"  # noqa: S105 -- a variable's name
@@ -92,10 +94,35 @@ class _NoQueue:
         raise BackendUnavailableError("none", "the application's queue", "run with --app")
 
 
+class NeedsAppError(ChimewayError):
+    """What the console was asked needs the application's engine (``--app``)."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        super().__init__(
+            f"{action} needs the application's channels and queue: "
+            "run chimeway web --app MODULE:ATTRIBUTE"
+        )
+
+
+class _LedgerOnly(Chimeway):
+    """The engine of a console with no application: it reads, cancels and reveals only."""
+
+    def resend(self, delivery_id: UUID, **_options: Any) -> Resent:
+        """Refuse: the copy's channel and policies are the application's."""
+        del delivery_id
+        raise NeedsAppError("resend")
+
+    def rescue(self, now: datetime | None = None, **_options: Any) -> RescueReport:
+        """Refuse: the rescuer queues jobs, and the queue is the application's."""
+        del now
+        raise NeedsAppError("rescue")
+
+
 def _engine(args: argparse.Namespace) -> Chimeway:
     if args.app is None:
         store = open_store(from_env(args.db, ENV_DATABASE_URL), namespace=namespace(args))
-        return Chimeway(store, _NoQueue(), {})
+        return _LedgerOnly(store, _NoQueue(), {})
     from chimeway_core.cli.workers import _engine as app_engine  # noqa: PLC0415
 
     if args.db is not None:

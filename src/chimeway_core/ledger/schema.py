@@ -85,7 +85,7 @@ REASON_LENGTH: Final = 255
 OWNER_LENGTH: Final = 255
 ERROR_CLASS_LENGTH: Final = 100
 #: The columns the console's delivery list filters on, each indexed with
-#: ``created_at`` (migration 0003).
+#: ``(created_at, id)`` (migration 0003).
 CONSOLE_FILTERS: Final = (
     "status",
     "reason",
@@ -190,11 +190,13 @@ class DeliveryRow(Base):
         Index("ix_chimeway_deliveries_lease_expires_at", "lease_expires_at"),
         # the rate-limit policy counts recent attempts per channel + recipient.
         Index("ix_chimeway_deliveries_channel_recipient", "channel", "recipient"),
-        Index("ix_chimeway_deliveries_created_at", "created_at"),
-        # The console's delivery list: newest first under each filter it
-        # offers, so a page of a large ledger reads one index range (0003).
+        # Newest first by (created_at, id): the console's pages, keyset on both
+        # (id breaks the ties of a batch notified at one instant; 0003 added it).
+        Index("ix_chimeway_deliveries_created_at", "created_at", "id"),
+        # The console's delivery list under each filter it offers: a page of a
+        # large ledger reads one index range (0003).
         *(
-            Index(f"ix_chimeway_deliveries_{column}_created_at", column, "created_at")
+            Index(f"ix_chimeway_deliveries_{column}_created_at", column, "created_at", "id")
             for column in CONSOLE_FILTERS
         ),
     )

@@ -1,13 +1,16 @@
-"""The console's indexes: each delivery-list filter with ``created_at``; attempts by start.
+"""The console's indexes: each delivery-list filter with ``(created_at, id)``; attempts by start.
 
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-07
 
 The web console lists deliveries newest first under a filter (status, reason,
-channel, recipient, notification key, idempotency key) a page at a time. With
-an index on ``(filter, created_at)`` PostgreSQL reads one page from one index
-range however large the ledger; without, it reads every matching row and sorts.
+channel, recipient, notification key, idempotency key) a page at a time, keyset
+on ``(created_at, id)``. With an index on ``(filter, created_at, id)`` PostgreSQL
+reads one page from one index range however large the ledger (and however many
+deliveries one batch notified at one instant); without, it reads every
+matching row and sorts. The index on ``created_at`` alone gains ``id`` for the
+same reason.
 Its overview counts the attempts of the last hour and day by ``started_at``.
 """
 
@@ -34,12 +37,21 @@ def _namespace() -> str | None:
 
 
 def upgrade() -> None:
-    """Create one ``(column, created_at)`` index per console filter, and attempts' by start."""
+    """Index each console filter with ``(created_at, id)``, ``created_at`` with ``id``, attempts."""
+    op.drop_index(
+        "ix_chimeway_deliveries_created_at", table_name="chimeway_deliveries", schema=_namespace()
+    )
+    op.create_index(
+        "ix_chimeway_deliveries_created_at",
+        "chimeway_deliveries",
+        ["created_at", "id"],
+        schema=_namespace(),
+    )
     for column in _COLUMNS:
         op.create_index(
             f"ix_chimeway_deliveries_{column}_created_at",
             "chimeway_deliveries",
-            [column, "created_at"],
+            [column, "created_at", "id"],
             schema=_namespace(),
         )
     op.create_index(
@@ -63,3 +75,12 @@ def downgrade() -> None:
             table_name="chimeway_deliveries",
             schema=_namespace(),
         )
+    op.drop_index(
+        "ix_chimeway_deliveries_created_at", table_name="chimeway_deliveries", schema=_namespace()
+    )
+    op.create_index(
+        "ix_chimeway_deliveries_created_at",
+        "chimeway_deliveries",
+        ["created_at"],
+        schema=_namespace(),
+    )
