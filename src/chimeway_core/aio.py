@@ -95,17 +95,19 @@ class AsyncChimeway:
         """Record and queue many deliveries (see :meth:`Chimeway.notify_many`), awaiting."""
         return await _run(functools.partial(self.engine.notify_many, list(specs)), session)
 
-    async def resend(self, delivery_id: UUID, *, session: AsyncSession | None = None) -> Resent:
+    async def resend(
+        self, delivery_id: UUID, *, session: AsyncSession | None = None, by: str | None = None
+    ) -> Resent:
         """Resend a delivery that ended unsent (see :meth:`Chimeway.resend`), awaiting."""
-        return await _run(functools.partial(self.engine.resend, delivery_id), session)
+        return await _run(functools.partial(self.engine.resend, delivery_id, by=by), session)
 
     async def get(self, delivery_id: UUID) -> DeliveryHistory:
         """The delivery with its attempts and journal (see :meth:`Chimeway.get`)."""
         return await asyncio.to_thread(self.engine.get, delivery_id)
 
-    async def cancel(self, delivery_id: UUID) -> Delivery:
+    async def cancel(self, delivery_id: UUID, *, by: str | None = None) -> Delivery:
         """Cancel a live delivery (see :meth:`Chimeway.cancel`)."""
-        return await asyncio.to_thread(self.engine.cancel, delivery_id)
+        return await asyncio.to_thread(functools.partial(self.engine.cancel, delivery_id, by=by))
 
     async def explain(self, delivery_id: UUID) -> list[str]:
         """Why the delivery is where it is (see :meth:`Chimeway.explain`)."""

@@ -327,3 +327,38 @@ def test_bulk_selection_refuses_a_wrong_filter_by_name(
     """resendable() names a filter of the wrong kind or out of range before reading anything."""
     with pytest.raises(error, match=message):
         store.resendable(since=clock.now(), **filters)
+
+
+def test_who_resent_and_who_cancelled_is_journaled(
+    make_engine: MakeEngine, backend: MemoryBackend
+) -> None:
+    """by= lands in the entries' detail and in explain(); without it, no "by" at all."""
+    engine, _channel, original = _failed_for_good(make_engine, backend)
+    copy = engine.resend(original.id, by="alice").copy
+    [resent] = [e for e in engine.get(original.id).journal if e.kind is JournalKind.RESENT]
+    assert {"as": str(copy.id), "by": "alice"} == dict(resent.detail)
+    engine.cancel(copy.id, by="bob")
+    assert {"by": "bob"} == dict(engine.get(copy.id).journal[-1].detail)
+    assert engine.explain(copy.id)[-1].endswith("(cancelled) by bob")
+    other = engine.notify("sms", "+15550101", {"text": "hi"})
+    engine.cancel(other.id)
+    assert {} == dict(engine.get(other.id).journal[-1].detail)
+
+
+def test_a_reveal_is_journaled_and_an_unknown_id_writes_nothing(
+    make_engine: MakeEngine, store: SQLStore, clock: VirtualClock
+) -> None:
+    """note_revealed: a revealed entry naming who saw it; the delivery itself unchanged."""
+    engine = make_engine({"sms": FakeChannel([Sent()])})
+    delivery = engine.notify("sms", "+15550100", {"text": "hi"})
+    before = engine.get(delivery.id).delivery
+    store.note_revealed(delivery.id, now=clock.now(), by="carol")
+    history = engine.get(delivery.id)
+    assert (JournalKind.REVEALED, {"by": "carol"}) == (
+        history.journal[-1].kind,
+        dict(history.journal[-1].detail),
+    )
+    assert before == history.delivery
+    assert engine.explain(delivery.id)[-1].endswith("payload revealed by carol")
+    with pytest.raises(DeliveryNotFoundError):
+        store.note_revealed(uuid4(), now=clock.now(), by="carol")
