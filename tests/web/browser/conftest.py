@@ -7,7 +7,7 @@ when it is missing. Without it the browser tests are skipped with the
 reason — unless ``CHIMEWAY_REQUIRE_SERVICES=1`` (CI), where they fail, as a
 missing service does (tests/services.py).
 
-One ledger serves the whole session (:mod:`tests.web.browser.ledger`): a
+One ledger serves every test of this folder (:mod:`tests.web.browser.ledger`): a
 fresh database, seeded once, served by ``Console(engine).wsgi`` on a
 threading ``wsgiref`` server on a free loopback port. Tests that act change
 it; every test reads what it expects from the ledger at the time it checks.
@@ -60,9 +60,14 @@ def require_browser() -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless, for the whole session."""
+    """Debian's Chromium, headless, for this folder's tests.
+
+    Not for the whole session: Playwright's sync API keeps an event loop
+    running in this thread while it is open, and a later test's
+    ``asyncio.run()`` would then refuse to start.
+    """
     require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -72,7 +77,7 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ledger() -> Iterator[tuple[SQLStore, Seeded]]:
     """A fresh PostgreSQL database seeded with about 3,000 deliveries."""
     with fresh_postgres_database("chimeway_console") as url:
@@ -85,19 +90,19 @@ def ledger() -> Iterator[tuple[SQLStore, Seeded]]:
         store.engine.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def store(ledger: tuple[SQLStore, Seeded]) -> SQLStore:
     """The seeded ledger's store."""
     return ledger[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def seeded(ledger: tuple[SQLStore, Seeded]) -> Seeded:
     """What the seed made."""
     return ledger[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def db(store: SQLStore) -> Engine:
     """The ledger's SQLAlchemy engine, to check what the pages show."""
     return store.engine
@@ -109,7 +114,7 @@ def scalar(db: Engine, statement: str, **parameters: Any) -> Any:
         return conn.execute(text(statement), parameters).scalar_one()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def engine(store: SQLStore) -> Chimeway:
     """The engine the console serves: the seed's channels, on the wall clock."""
     return Chimeway(
@@ -131,9 +136,9 @@ class _QuietHandler(WSGIRequestHandler):
         """Say nothing: pytest shows failures, not every request."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def serve() -> Iterator[Callable[[Any], str]]:
-    """Serve WSGI apps on free loopback ports for the session; ``serve(app)`` is the base URL."""
+    """Serve WSGI apps on free loopback ports; ``serve(app)`` is the base URL."""
     servers: list[WSGIServer] = []
 
     def start(app: Any) -> str:
@@ -148,7 +153,7 @@ def serve() -> Iterator[Callable[[Any], str]]:
         server.server_close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def base_url(serve: Callable[[Any], str], engine: Chimeway) -> str:
     """The console with its defaults (masked recipients, actions on), acting as ``alice``."""
     from chimeway_web import Console
