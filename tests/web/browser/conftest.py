@@ -36,7 +36,13 @@ from chimeway_core import Chimeway, DeliveryGuarantee
 from chimeway_core.store import SQLStore
 from chimeway_core.testing import FakeChannel
 from tests.services import fresh_postgres_database, services_required
-from tests.web.browser.ledger import Seeded, seed
+from tests.web.browser.ledger import (
+    PAYLOAD_CANARY,
+    RECIPIENT_CANARY,
+    SECRET_CANARY,
+    Seeded,
+    seed,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -199,6 +205,15 @@ def watched(context: BrowserContext) -> Iterator[Watched]:
     page = Watched(context.new_page())
     yield page
     assert page.errors == [], page.errors
+
+
+CANARIES: Final = (PAYLOAD_CANARY, RECIPIENT_CANARY, SECRET_CANARY)
+
+
+def assert_no_canary(html: str, where: str) -> None:
+    """Fail naming the canary that reached the HTML of ``where``."""
+    leaked = [canary for canary in CANARIES if canary in html]
+    assert leaked == [], f"{where} shows {leaked}"
 
 
 def screenshot(page: Page, name: str) -> None:

@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import Engine, text
 
 from chimeway_core import Chimeway
-from tests.web.browser.conftest import Watched, scalar
+from tests.web.browser.conftest import Watched, assert_no_canary, scalar
 from tests.web.browser.ledger import PAYLOAD_CANARY, Seeded
 
 # A PostgreSQL ledger of its own (tests/web/browser/conftest.py) and Chromium.
@@ -35,8 +35,11 @@ def _confirm(page: Page, action: str) -> None:
     with page.expect_navigation():
         page.click(f'a[data-action="{action}"]')
     expect(page.locator('form[data-testid="confirm"]')).to_be_visible()
+    assert_no_canary(page.content(), f"the {action} confirmation")
     with page.expect_navigation():
         page.click('button[data-testid="confirm-button"]')
+    if action != "reveal":  # the reveal's own response is the one that shows the payload
+        assert_no_canary(page.content(), f"the page after {action}")
 
 
 def _status(db: Engine, delivery_id: UUID) -> tuple[str, str | None]:

@@ -18,19 +18,11 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from chimeway_core.states import DeliveryStatus
-from tests.web.browser.conftest import NARROW, WIDE, Watched, screenshot
-from tests.web.browser.ledger import PAYLOAD_CANARY, RECIPIENT_CANARY, SECRET_CANARY, Seeded
+from tests.web.browser.conftest import NARROW, WIDE, Watched, assert_no_canary, screenshot
+from tests.web.browser.ledger import Seeded
 
 # A PostgreSQL ledger of its own (tests/web/browser/conftest.py) and Chromium.
 pytestmark = pytest.mark.postgres
-
-CANARIES: Final = (PAYLOAD_CANARY, RECIPIENT_CANARY, SECRET_CANARY)
-
-
-def assert_no_canary(html: str, where: str) -> None:
-    """Fail naming the canary that reached the HTML of ``where``."""
-    leaked = [canary for canary in CANARIES if canary in html]
-    assert leaked == [], f"{where} shows {leaked}"
 
 
 def visit(page: Page, url: str) -> str:
