@@ -21,6 +21,7 @@ the sessions, commit both.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -53,9 +54,32 @@ CORE_TESTS = (
 CORE_ONLY = "not postgres and not redis and not rabbitmq and not extras"
 
 
+#: Debian's Chromium, which the console's browser tests drive (tests/web/browser).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium(session: nox.Session) -> None:
+    """Install Debian's ``chromium`` package when it is missing (root and apt-get needed).
+
+    Playwright drives this browser; it never downloads one of its own.
+    Already installed: nothing runs. Not root, or no apt-get: the session
+    fails saying what to install.
+    """
+    if CHROMIUM.exists():
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        session.error(
+            f"the browser tests need Chromium at {CHROMIUM}: install Debian's chromium "
+            "package (apt-get install chromium) as root, or run the session as root"
+        )
+    session.run("apt-get", "update", external=True)
+    session.run("apt-get", "install", "-y", "chromium", external=True)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole suite against the real PostgreSQL, Redis and RabbitMQ."""
+    """Run the whole suite against the real PostgreSQL, Redis and RabbitMQ (and Chromium)."""
+    ensure_chromium(session)
     session.install(ALL_EXTRAS, *nox.project.dependency_groups(PYPROJECT, "test"), *PINNED)
     session.run(
         "pytest",

@@ -42,6 +42,7 @@ import bench_profile
 import bench_rq
 import bench_scaling
 import bench_store
+import bench_web
 from _harness import BENCH_DIR, ROOT, Config, Results, log, write_json
 
 AREAS: dict[str, Callable[[Config, Results], None]] = {
@@ -54,6 +55,7 @@ AREAS: dict[str, Callable[[Config, Results], None]] = {
     "dramatiq": bench_dramatiq.run,
     "scaling": bench_scaling.run,
     "profile": bench_profile.run,
+    "web": bench_web.run,
 }
 
 

@@ -47,6 +47,7 @@ EXTRA_MODULES: Final = frozenset(
         "mkdocs",
         "opentelemetry",
         "pika",
+        "playwright",
         "prometheus_client",
         "psycopg",
         "redis",

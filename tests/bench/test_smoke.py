@@ -28,7 +28,17 @@ EXPECTED_KEYS = {
     "targets",
     "notes",
 }
-EXPECTED_AREAS = {"core", "engine", "async", "bulk", "rq", "celery", "dramatiq", "scaling"}
+EXPECTED_AREAS = {
+    "core",
+    "engine",
+    "async",
+    "bulk",
+    "rq",
+    "celery",
+    "dramatiq",
+    "scaling",
+    "web",
+}
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.rabbitmq]
 
