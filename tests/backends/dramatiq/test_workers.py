@@ -51,7 +51,7 @@ def test_two_hundred_mixed_deliveries_end_with_their_scripted_status(
     producer = work.producer(postgres_engine)
     with dramatiq_workers(work, processes=2, threads=2):
         deliveries = producer.notify_many(specs(shared.mixed_kinds(200)))
-        wait_all_terminal(pg_store, timeout=180)
+        wait_all_terminal(pg_store, timeout=600)
     shared.assert_mixed_ends(deliveries, pg_store, work.calls())
 
 
@@ -70,7 +70,7 @@ def test_sigkilled_workers_lose_nothing_and_never_send_twice(
     started = time.monotonic()
     with supervised(work, processes=2, threads=1) as exits:
         deliveries = producer.notify_many(specs(kinds))
-        killed = shared.kill_mid_call(pg_store, deliveries, work.markers, timeout=400)
+        killed = shared.kill_mid_call(pg_store, deliveries, work.markers, timeout=900)
     took = time.monotonic() - started
     print(
         f"\n{broker.name}: {len(killed)} workers SIGKILLed mid-call in {took:.1f} s, "
