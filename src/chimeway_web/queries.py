@@ -10,15 +10,19 @@ sees only that namespace's deliveries.
 The delivery list is keyset-paginated: newest first by ``(created_at, id)``,
 and a page after another starts strictly below the last row it showed
 (:class:`Cursor`). Nothing is skipped or shown twice across pages, and a page
-deep in a large ledger costs what the first one does, under a status, a
-recipient or no filter: each reads one range of an index ending in
-``(created_at, id)`` (migration 0003). A reason alone reads one such range per
-status and merges them (a reason has no index of its own: every index on the
-deliveries is paid by every write of one). Channel, notification key and
-idempotency key walk the ``created_at`` index newest first until a page is
-full: quick for common values, a walk over the time range for rare ones
-(give ``since``/``until`` on a large ledger; an idempotency key with its
-channel is one lookup in the unique index). Aggregates (counts, attempts per outcome,
+deep in a large ledger costs what the first one does: each page reads
+ranges of indexes that end in ``(created_at, id)`` (migration 0003), one
+range, or one per value of a column the filter leaves open, merged:
+
+- no filter, a time range, a recipient, a notification key: one range;
+- a status: one range of ``(status, reason, ...)`` per reason that status
+  has (found by stepping the index, one row a step); a reason: one per status;
+- an idempotency key: one lookup per channel in the unique
+  ``(channel, idempotency_key)`` (the channels found the same way);
+- a channel alone walks ``created_at`` newest first, its rows filtered: a
+  channel is a large share of the ledger, so a page is near. The deliveries
+  carry no index of a channel's own, as every index on them is paid by every
+  write of a delivery. Aggregates (counts, attempts per outcome,
 the chart's buckets, errors grouped by message) run in the database, over
 attempts started inside their window only (``started_at``'s index).
 """
@@ -33,7 +37,18 @@ from typing import Any, Final
 from uuid import UUID
 
 import attrs
-from sqlalchemy import Select, and_, case, func, literal, select, tuple_, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    case,
+    func,
+    literal,
+    select,
+    tuple_,
+    union_all,
+)
 
 from chimeway_core.ledger import statements as sql
 from chimeway_core.ledger.rows import delivery_from_row
@@ -166,29 +181,76 @@ def list_deliveries(
     """
     if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {limit!r}")
-    if filters.reason is not None and filters.status is None:
-        # One ordered range of (status, created_at, id, reason) per status,
-        # merged: a reason has no index of its own.
-        ranges = [
-            _page_query(attrs.evolve(filters, status=status), after, limit).subquery()
-            for status in DeliveryStatus
-        ]
-        merged = union_all(*(select(*r.c) for r in ranges)).subquery()
-        query = select(*merged.c).order_by(merged.c.created_at.desc(), merged.c.id.desc())
-        query = query.limit(limit + 1)
-    else:
-        query = _page_query(filters, after, limit)
     with store.engine.connect() as conn:
-        rows = [delivery_from_row(row) for row in conn.execute(query)]
+        ranges = [
+            _page_query(filters, narrowed, after, limit) for narrowed in _ranges(conn, filters)
+        ]
+        if not ranges:
+            rows = []
+        else:
+            if len(ranges) == 1:
+                query = ranges[0]
+            else:
+                merged = union_all(*(select(*r.subquery().c) for r in ranges)).subquery()
+                query = (
+                    select(*merged.c)
+                    .order_by(merged.c.created_at.desc(), merged.c.id.desc())
+                    .limit(limit + 1)
+                )
+            rows = [delivery_from_row(row) for row in conn.execute(query)]
     more = len(rows) > limit
     rows = rows[:limit]
     following = Cursor(rows[-1].created_at, rows[-1].id) if more else None
     return Page(tuple(rows), following)
 
 
-def _page_query(filters: DeliveryFilters, after: Cursor | None, limit: int) -> Select[Any]:
-    """The first ``limit + 1`` rows matching ``filters`` below ``after``, newest first."""
-    query = filters.apply(select(sql.DELIVERIES))
+#: Where a range is narrowed to one value of a column the filters leave open.
+_Narrowing = tuple[ColumnElement[bool], ...]
+
+
+def _ranges(conn: Connection, filters: DeliveryFilters) -> list[_Narrowing]:
+    """One narrowing per index range a page under ``filters`` reads (none: nothing matches).
+
+    A status alone ranges over each of its reasons; a reason alone over each
+    status; an idempotency key alone over each channel. The values present
+    are found by stepping an index one row a step (:func:`_values`).
+    """
+    if filters.status is not None and filters.reason is None:
+        status = sql.D.status == filters.status.value
+        reasons = _values(conn, sql.D.reason, status)
+        narrowed: list[_Narrowing] = [(sql.D.reason == reason,) for reason in reasons]
+        # No reason is a range too: an empty one costs a seek, a probe as much.
+        return [*narrowed, (sql.D.reason.is_(None),)]
+    if filters.reason is not None and filters.status is None:
+        return [(sql.D.status == status.value,) for status in DeliveryStatus]
+    if filters.idempotency_key is not None and filters.channel is None:
+        return [(sql.D.channel == channel,) for channel in _values(conn, sql.D.channel)]
+    return [()]
+
+
+def _values(conn: Connection, column: ColumnElement[Any], *where: ColumnElement[bool]) -> list[Any]:
+    """The distinct non-null values of ``column`` under ``where``, one index step each.
+
+    Each step asks for the least value above the last one found: a
+    ``LIMIT 1`` read off an index that starts with ``where``'s columns and
+    then ``column``, however many rows hold each value.
+    """
+    found: list[Any] = []
+    while True:
+        query = select(column).where(*where, column.is_not(None))
+        if found:
+            query = query.where(column > found[-1])
+        value = conn.execute(query.order_by(column).limit(1)).scalar()
+        if value is None:
+            return found
+        found.append(value)
+
+
+def _page_query(
+    filters: DeliveryFilters, narrowed: _Narrowing, after: Cursor | None, limit: int
+) -> Select[Any]:
+    """The first ``limit + 1`` rows matching ``filters`` and ``narrowed`` below ``after``."""
+    query = filters.apply(select(sql.DELIVERIES)).where(*narrowed)
     if after is not None:
         # The plain bound lets an index on (filter, created_at) start its range
         # there; the row comparison breaks ties within one created_at by id.

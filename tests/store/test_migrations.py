@@ -230,10 +230,10 @@ def test_0002_adds_the_trace_context_to_a_ledger_in_use_and_takes_it_away(
 
 
 @pytest.mark.parametrize("url_of", ["sqlite", "postgres"])
-def test_0003_reshapes_the_indexes_for_keyset_pages_and_back(
+def test_0003_shapes_the_indexes_for_keyset_pages_and_back(
     tmp_path: Path, url_of: str, request: pytest.FixtureRequest
 ) -> None:
-    """0003 ends three indexes in (created_at, id), adds none on deliveries; downgrade undoes it."""
+    """0003 ends three indexes in (created_at, id) and adds one; its downgrade undoes it."""
     url = (
         f"sqlite:///{tmp_path / 'indexes.db'}"
         if url_of == "sqlite"
@@ -251,7 +251,7 @@ def test_0003_reshapes_the_indexes_for_keyset_pages_and_back(
     assert ["channel", "recipient"] == before["ix_chimeway_deliveries_channel_recipient"]
     upgrade(url)
     after = indexes("chimeway_deliveries")
-    assert len(before) == len(after)
+    assert len(before) + 1 == len(after)
     for name, columns in PAGED_INDEXES.items():
         assert list(columns) == after[name]
     assert ["started_at"] == indexes("chimeway_delivery_attempts")[

@@ -49,6 +49,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -84,17 +85,34 @@ STATUS_LENGTH: Final = 32
 REASON_LENGTH: Final = 255
 OWNER_LENGTH: Final = 255
 ERROR_CLASS_LENGTH: Final = 100
-#: The deliveries' indexes migration 0003 reshaped for keyset pages newest
-#: first, ``(created_at, id)`` after each prefix, replacing ``(created_at)``,
-#: ``(status, reason)`` and ``(channel, recipient)``: as many indexes as before,
-#: so writing a delivery maintains no more of them. The trailing columns keep
+#: The deliveries' indexes that end in ``(created_at, id)``, for keyset pages
+#: newest first (the console's list): migration 0003 rebuilt ``(created_at)``,
+#: ``(status, reason)`` and ``(channel, recipient)`` so, and added the
+#: notification key's. Every index on the deliveries is maintained by every
+#: write of a delivery, so a filter gets one only where no other reaches it
+#: (``chimeway_web.queries`` says how each is read); the trailing columns keep
 #: the counts by status and reason, and the rate limit's recipient and
 #: channel, in the index.
 PAGED_INDEXES: Final = {
     "ix_chimeway_deliveries_created_at": ("created_at", "id"),
-    "ix_chimeway_deliveries_status_created_at": ("status", "created_at", "id", "reason"),
+    "ix_chimeway_deliveries_status_reason": ("status", "reason", "created_at", "id"),
     "ix_chimeway_deliveries_recipient_created_at": ("recipient", "created_at", "id", "channel"),
+    "ix_chimeway_deliveries_notification_key_created_at": ("notification_key", "created_at", "id"),
 }
+#: Indexes that hold only the rows their condition selects: a delivery with
+#: no notification key writes no entry to the key's index.
+PARTIAL_INDEXES: Final = {
+    "ix_chimeway_deliveries_notification_key_created_at": "notification_key IS NOT NULL",
+}
+
+
+def _partial(where: str | None) -> dict[str, Any]:
+    """The dialect options that make an index partial on ``where`` (none for ``None``)."""
+    if where is None:
+        return {}
+    return {"postgresql_where": text(where), "sqlite_where": text(where)}
+
+
 #: A W3C ``traceparent`` is 55 characters; room for a ``tracestate`` after it.
 TRACE_CONTEXT_LENGTH: Final = 512
 
@@ -187,9 +205,12 @@ class DeliveryRow(Base):
         Index("ix_chimeway_deliveries_status_scheduled_at", "status", "scheduled_at"),
         # "stuck deliveries": leases that expired.
         Index("ix_chimeway_deliveries_lease_expires_at", "lease_expires_at"),
-        # Pages newest first under a status, a recipient or none (the console);
-        # counts by status and reason, the rate limit's recipient + channel.
-        *(Index(name, *columns) for name, columns in PAGED_INDEXES.items()),
+        # Pages newest first under each filter (the console); the counts by
+        # status and reason; the rate limit's recipient + channel.
+        *(
+            Index(name, *columns, **_partial(PARTIAL_INDEXES.get(name)))
+            for name, columns in PAGED_INDEXES.items()
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
