@@ -432,6 +432,11 @@ class OpenTelemetrySubscriber:
       (the rescuer, a duplicate at notify time) a zero-length span of its
       own in the delivery's stored trace, or the current one.
 
+    A span event carries what the event adds: the attributes naming the
+    delivery (its id, channel, key, max attempts, messaging destination and
+    message id) are its span's, once; the notify span of one delivery takes
+    them from its first event.
+
     Attributes are the safe metadata prefixed ``chimeway.`` (the stored
     trace context is never one), plus the messaging conventions'
     ``messaging.system`` (``chimeway``), ``messaging.operation.type``,
