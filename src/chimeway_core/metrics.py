@@ -171,10 +171,11 @@ class Measurement:
 def _of(key: str, value: float, meta: Mapping[str, MetaValue]) -> Measurement:
     # A list made in one go, then a tuple: cheaper than a generator, and this
     # runs for every measurement.
-    labels = [(label, meta.get(label)) for label in INSTRUMENTS[key].labels]
-    return Measurement(
-        key, value, tuple([(label, "" if found is None else str(found)) for label, found in labels])
-    )
+    labels = [
+        (label, "" if (found := meta.get(label)) is None else str(found))
+        for label in INSTRUMENTS[key].labels
+    ]
+    return Measurement(key, value, tuple(labels))
 
 
 def measurements(event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> list[Measurement]:
