@@ -8,8 +8,11 @@ its safe metadata to :class:`Measurement` values of the instruments in
 :data:`INSTRUMENTS`. Two telemetry handlers feed them somewhere:
 
 - :class:`OpenTelemetryMetrics` (the ``otel`` extra) records them on
-  OpenTelemetry counters and histograms of a meter provider (the global one
-  by default), for whatever exporter the application set up.
+  OpenTelemetry instruments of a meter provider (the global one by
+  default), for whatever exporter the application set up. Counters are
+  observable counters: a :class:`CounterTally` adds them up in the process
+  (a dict update per event) and the SDK reads the totals at each
+  collection, so an event costs the SDK a call only for a histogram.
 - :class:`~chimeway_core.prometheus_collector.PrometheusCollector` (the
   ``prometheus`` extra) keeps them in the process and is a
   ``prometheus_client`` collector the application registers into its own
@@ -25,8 +28,9 @@ from __future__ import annotations
 
 import enum
 import importlib
-from collections.abc import Mapping
-from typing import Any, Final
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeAlias
 
 import attrs
 
@@ -35,6 +39,7 @@ from chimeway_core.telemetry import MetaValue, TelemetryEvent
 
 __all__ = [
     "INSTRUMENTS",
+    "CounterTally",
     "Instrument",
     "InstrumentKind",
     "Measurement",
@@ -150,23 +155,27 @@ INSTRUMENTS: Final[Mapping[str, Instrument]] = {
 }
 
 
+#: An instrument's label names and values, in the order of its ``labels``.
+Labels: TypeAlias = tuple[tuple[str, str], ...]
+
+
 @attrs.frozen
 class Measurement:
     """One value for one instrument (a key of :data:`INSTRUMENTS`), with its labels."""
 
     instrument: str
     value: float
-    labels: tuple[tuple[str, str], ...]
-
-
-def _label(meta: Mapping[str, MetaValue], key: str) -> str:
-    value = meta.get(key)
-    return "" if value is None else str(value)
+    labels: Labels
 
 
 def _of(key: str, value: float, meta: Mapping[str, MetaValue]) -> Measurement:
-    labels = tuple((label, _label(meta, label)) for label in INSTRUMENTS[key].labels)
-    return Measurement(key, value, labels)
+    # A list made in one go, then a tuple: cheaper than a generator, and this
+    # runs for every measurement.
+    labels = [
+        (label, "" if (found := meta.get(label)) is None else str(found))
+        for label in INSTRUMENTS[key].labels
+    ]
+    return Measurement(key, value, tuple(labels))
 
 
 def measurements(event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> list[Measurement]:
@@ -206,13 +215,43 @@ def measurements(event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> list[M
     return found
 
 
+class CounterTally:
+    """The totals of the counters of :data:`INSTRUMENTS`, kept in the process.
+
+    :meth:`add` adds a counter's measurement to the total of its label set;
+    :meth:`totals` is a snapshot of one counter's. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals: dict[str, dict[Labels, float]] = {key: {} for key in INSTRUMENTS}
+
+    def add(self, measured: Measurement) -> None:
+        """Add ``measured.value`` to its counter's total for ``measured.labels``."""
+        with self._lock:
+            series = self._totals[measured.instrument]
+            series[measured.labels] = series.get(measured.labels, 0) + measured.value
+
+    def totals(self, instrument: str) -> dict[Labels, float]:
+        """Each label set's total of ``instrument`` (a key of :data:`INSTRUMENTS`) so far."""
+        with self._lock:
+            return dict(self._totals[instrument])
+
+
+#: How many label sets OpenTelemetryMetrics keeps attribute dicts for; past
+#: it (the SDK's own default cardinality limit) each record builds its own.
+_ATTRIBUTE_SETS: Final = 2000
+
+
 class OpenTelemetryMetrics:
     """Records :func:`measurements` on OpenTelemetry instruments (needs the ``otel`` extra).
 
     Subscribe it to the engine's telemetry. ``meter_provider`` defaults to
-    the global one. Counters are OpenTelemetry counters and histograms
-    histograms (with :data:`INSTRUMENTS`' bucket bounds as advice), named
-    as :data:`INSTRUMENTS` says. Raises
+    the global one. Counters are OpenTelemetry observable counters (monotonic
+    sums, exported as a counter's are) whose totals a :class:`CounterTally`
+    keeps, read at each collection; histograms are histograms (with
+    :data:`INSTRUMENTS`' bucket bounds as advice), each label set's
+    attributes built once. Names are those of :data:`INSTRUMENTS`. Raises
     :class:`~chimeway_core.errors.MissingExtraError` if ``opentelemetry-api``
     is not installed.
     """
@@ -222,26 +261,49 @@ class OpenTelemetryMetrics:
             metrics = importlib.import_module("opentelemetry.metrics")
         except ImportError:
             raise MissingExtraError("otel", feature="OpenTelemetryMetrics") from None
+        self._observation = metrics.Observation
         meter = metrics.get_meter("chimeway", meter_provider=meter_provider)
-        self._instruments: dict[str, Any] = {}
+        self._tally = CounterTally()
+        self._histograms: dict[str, Any] = {}
+        self._attribute_sets: dict[Labels, dict[str, str]] = {}
         for key, spec in INSTRUMENTS.items():
             if spec.kind is InstrumentKind.COUNTER:
-                made = meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+                meter.create_observable_counter(
+                    spec.name,
+                    callbacks=[self._observe(key)],
+                    unit=spec.unit,
+                    description=spec.description,
+                )
             else:
-                made = meter.create_histogram(
+                self._histograms[key] = meter.create_histogram(
                     spec.name,
                     unit=spec.unit,
                     description=spec.description,
                     explicit_bucket_boundaries_advisory=list(spec.buckets),
                 )
-            self._instruments[key] = made
+
+    def _observe(self, key: str) -> Callable[[Any], Iterable[Any]]:
+        """The callback the SDK calls at each collection: counter ``key``'s totals."""
+
+        def observe(_options: Any) -> Iterable[Any]:
+            return [
+                self._observation(total, attributes=dict(labels))
+                for labels, total in self._tally.totals(key).items()
+            ]
+
+        return observe
 
     def __call__(self, event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> None:
         """Record what ``event`` counts."""
         for measured in measurements(event, meta):
-            instrument = self._instruments[measured.instrument]
-            attributes = dict(measured.labels)
-            if INSTRUMENTS[measured.instrument].kind is InstrumentKind.COUNTER:
-                instrument.add(measured.value, attributes=attributes)
-            else:
-                instrument.record(measured.value, attributes=attributes)
+            histogram = self._histograms.get(measured.instrument)
+            if histogram is None:
+                self._tally.add(measured)
+                continue
+            # One dict per label set, built once: the SDK copies what it keeps.
+            attributes = self._attribute_sets.get(measured.labels)
+            if attributes is None:
+                attributes = dict(measured.labels)
+                if len(self._attribute_sets) < _ATTRIBUTE_SETS:
+                    self._attribute_sets[measured.labels] = attributes
+            histogram.record(measured.value, attributes=attributes)

@@ -24,7 +24,7 @@ from typing import Any
 from chimeway_core.clock import Clock, SystemClock
 from chimeway_core.errors import MissingExtraError
 from chimeway_core.ledger.protocol import Ledger
-from chimeway_core.metrics import INSTRUMENTS, InstrumentKind, measurements
+from chimeway_core.metrics import INSTRUMENTS, CounterTally, InstrumentKind, measurements
 from chimeway_core.records import LedgerGauges
 from chimeway_core.telemetry import MetaValue, TelemetryEvent
 
@@ -84,7 +84,7 @@ class PrometheusCollector:
         self.timeout = timeout
         self.clock = clock or SystemClock()
         self._lock = threading.Lock()
-        self._counters: dict[str, dict[_Labels, float]] = {}
+        self._counters = CounterTally()
         self._histograms: dict[str, dict[_Labels, _Histogram]] = {}
 
     def __call__(self, event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> None:
@@ -92,19 +92,19 @@ class PrometheusCollector:
         found = measurements(event, meta)
         if not found:
             return
+        # One lock over counters and histograms: a scrape sees an event whole.
         with self._lock:
             for measured in found:
                 spec = INSTRUMENTS[measured.instrument]
-                labels = tuple(value for _, value in measured.labels)
                 if spec.kind is InstrumentKind.COUNTER:
-                    series = self._counters.setdefault(measured.instrument, {})
-                    series[labels] = series.get(labels, 0.0) + measured.value
-                else:
-                    histograms = self._histograms.setdefault(measured.instrument, {})
-                    histogram = histograms.get(labels)
-                    if histogram is None:
-                        histogram = histograms[labels] = _Histogram(spec.buckets)
-                    histogram.observe(measured.value)
+                    self._counters.add(measured)
+                    continue
+                labels = tuple(value for _, value in measured.labels)
+                histograms = self._histograms.setdefault(measured.instrument, {})
+                histogram = histograms.get(labels)
+                if histogram is None:
+                    histogram = histograms[labels] = _Histogram(spec.buckets)
+                histogram.observe(measured.value)
 
     def describe(self) -> list[Any]:
         """The families, without samples: registering reads no ledger."""
@@ -117,7 +117,11 @@ class PrometheusCollector:
     def _families(self, *, with_samples: bool) -> Iterator[Any]:
         core = self._core
         with self._lock:
-            counters = {k: dict(v) for k, v in self._counters.items()}
+            counters = {
+                key: {tuple(v for _, v in labels): total for labels, total in totals.items()}
+                for key in INSTRUMENTS
+                if (totals := self._counters.totals(key))
+            }
             histograms = {
                 k: {labels: (h.buckets(), h.sum) for labels, h in v.items()}
                 for k, v in self._histograms.items()

@@ -144,6 +144,13 @@ _SPANS: Final[Mapping[str, tuple[TelemetryEvent, TelemetryEvent, TelemetryEvent]
 
 
 def _coerce(value: object) -> MetaValue:
+    # The engine's values are nearly all plain already: they are told by
+    # their exact type first, the cheapest test there is, since this runs
+    # for every key of every event.
+    if type(value) is str:
+        return value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT]
+    if value is None or type(value) is int or type(value) is float:
+        return value
     match value:
         case None:
             return None
@@ -251,10 +258,12 @@ class Telemetry:
         event = TelemetryEvent(event)
         clean = safe_meta(meta or {})
         clean["event"] = event.value
+        # One read-only view for every handler: none can alter what the next
+        # sees, and nothing writes to ``clean`` after this point.
+        view = MappingProxyType(clean)
         for _, handler in subscriptions:
             try:
-                # Each handler gets a read-only view: one cannot alter what the next sees.
-                handler(event, MappingProxyType(dict(clean)))
+                handler(event, view)
             except Exception:
                 _logger.warning(
                     "telemetry handler %s raised on %s; ignored",
@@ -347,9 +356,59 @@ def _import_otel(module: str) -> Any:
 #: the channel the destination, the delivery the message.
 _SPAN_KINDS: Final = {"notify": ("PRODUCER", "send"), "perform": ("CONSUMER", "process")}
 
-#: The spans an OpenTelemetrySubscriber has open in this context, innermost
-#: last: (subscriber id, unit of work, span, context token).
-_OPEN: contextvars.ContextVar[tuple[tuple[int, str, Any, object], ...]] = contextvars.ContextVar(
+#: Each safe key's attribute name; the stored trace context is never one.
+_ATTRIBUTE_NAMES: Final = {key: f"chimeway.{key}" for key in SAFE_KEYS - {"trace_context"}}
+
+#: The attributes that name a delivery, the same in every event about it. A
+#: span event leaves out those its span carries already, with the same value.
+_IDENTITY: Final = frozenset(
+    {
+        "chimeway.delivery_id",
+        "chimeway.channel",
+        "chimeway.notification_key",
+        "chimeway.max_attempts",
+        "messaging.destination.name",
+        "messaging.message.id",
+    }
+)
+
+
+class _Route(enum.Enum):
+    """What an event does to spans."""
+
+    OPEN = "start"
+    STOP = "stop"
+    EXCEPTION = "exception"
+    RECORD = "record"
+
+
+#: Each event's route, unit of work (``None`` for a recorded event) and span name.
+_ROUTES: Final[Mapping[TelemetryEvent, tuple[_Route, str | None, str]]] = {
+    event: (_Route.RECORD, None, event.value) for event in TelemetryEvent
+} | {
+    event: (route, unit, f"chimeway.{unit}")
+    for unit, events in _SPANS.items()
+    for route, event in zip((_Route.OPEN, _Route.STOP, _Route.EXCEPTION), events, strict=True)
+}
+
+
+class _OpenSpan:
+    """A span an OpenTelemetrySubscriber opened, and the attributes it carries so far."""
+
+    __slots__ = ("attributes", "owner", "span", "token", "unit")
+
+    def __init__(
+        self, owner: int, unit: str, span: Any, token: object, attributes: dict[str, Any]
+    ) -> None:
+        self.owner = owner
+        self.unit = unit
+        self.span = span
+        self.token = token
+        self.attributes = attributes
+
+
+#: The spans the OpenTelemetrySubscribers have open in this context, innermost last.
+_OPEN: contextvars.ContextVar[tuple[_OpenSpan, ...]] = contextvars.ContextVar(
     "chimeway_open_spans", default=()
 )
 
@@ -373,6 +432,11 @@ class OpenTelemetrySubscriber:
       (the rescuer, a duplicate at notify time) a zero-length span of its
       own in the delivery's stored trace, or the current one.
 
+    A span event carries what the event adds: the attributes naming the
+    delivery (its id, channel, key, max attempts, messaging destination and
+    message id) are its span's, once; the notify span of one delivery takes
+    them from its first event.
+
     Attributes are the safe metadata prefixed ``chimeway.`` (the stored
     trace context is never one), plus the messaging conventions'
     ``messaging.system`` (``chimeway``), ``messaging.operation.type``,
@@ -390,6 +454,9 @@ class OpenTelemetrySubscriber:
         tracecontext = _import_otel("opentelemetry.trace.propagation.tracecontext")
         self._propagator = tracecontext.TraceContextTextMapPropagator()
         self._tracer = self._trace.get_tracer("chimeway", tracer_provider=tracer_provider)
+        self._kinds = {
+            unit: getattr(self._trace.SpanKind, kind) for unit, (kind, _) in _SPAN_KINDS.items()
+        }
 
     def current_trace_context(self) -> str | None:
         """The W3C ``traceparent`` of the current span, or ``None`` when there is none."""
@@ -410,47 +477,54 @@ class OpenTelemetrySubscriber:
 
     @staticmethod
     def _attributes(unit: str | None, meta: Mapping[str, MetaValue]) -> dict[str, Any]:
+        # Built once per event, of the plain str/int/float values safe_meta
+        # made: the SDK's own checks of each value then find nothing to convert.
+        names = _ATTRIBUTE_NAMES
         attributes: dict[str, Any] = {
-            f"chimeway.{k}": v for k, v in meta.items() if v is not None and k != "trace_context"
+            names[key]: value for key, value in meta.items() if value is not None and key in names
         }
         if unit is not None:
             attributes["messaging.system"] = "chimeway"
             attributes["messaging.operation.type"] = _SPAN_KINDS[unit][1]
-        if isinstance(meta.get("channel"), str):
-            attributes["messaging.destination.name"] = meta["channel"]
-        if isinstance(meta.get("delivery_id"), str):
-            attributes["messaging.message.id"] = meta["delivery_id"]
+        channel, delivery_id = meta.get("channel"), meta.get("delivery_id")
+        if isinstance(channel, str):
+            attributes["messaging.destination.name"] = channel
+        if isinstance(delivery_id, str):
+            attributes["messaging.message.id"] = delivery_id
         return attributes
 
     def __call__(self, event: TelemetryEvent, meta: Mapping[str, MetaValue]) -> None:
         """Open or close a span, or record ``event`` on one."""
-        name, _, phase = event.value.rpartition(".")
-        unit = name.removeprefix("chimeway.")
-        if unit in _SPAN_KINDS and phase == "start":
-            self._open(unit, name, meta)
-        elif unit in _SPAN_KINDS and phase in {"stop", "exception"}:
-            self._close(unit, name, phase, meta)
-        else:
+        route, unit, name = _ROUTES[event]
+        if unit is None:
             self._record(event, meta)
+        elif route is _Route.OPEN:
+            self._open(unit, name, meta)
+        else:
+            self._close(unit, name, route, meta)
 
     def _open(self, unit: str, name: str, meta: Mapping[str, MetaValue]) -> None:
-        kind = getattr(self._trace.SpanKind, _SPAN_KINDS[unit][0])
+        attributes = self._attributes(unit, meta)
         span = self._tracer.start_span(
-            name,
-            context=self._parent(meta),
-            kind=kind,
-            attributes=self._attributes(unit, meta),
+            name, context=self._parent(meta), kind=self._kinds[unit], attributes=attributes
         )
         token = self._context.attach(self._trace.set_span_in_context(span))
-        _OPEN.set((*_OPEN.get(), (id(self), unit, span, token)))
+        _OPEN.set((*_OPEN.get(), _OpenSpan(id(self), unit, span, token, attributes)))
 
-    def _close(self, unit: str, name: str, phase: str, meta: Mapping[str, MetaValue]) -> None:
+    def _close(self, unit: str, name: str, route: _Route, meta: Mapping[str, MetaValue]) -> None:
+        attributes = self._attributes(unit, meta)
         stack = _OPEN.get()
         for index in range(len(stack) - 1, -1, -1):
-            owner, opened, span, token = stack[index]
-            if owner == id(self) and opened == unit:
+            opened = stack[index]
+            if opened.owner == id(self) and opened.unit == unit:
                 _OPEN.set(stack[:index] + stack[index + 1 :])
-                self._context.detach(token)
+                self._context.detach(opened.token)
+                span = opened.span
+                # Only what the job changed: the span carries the rest already.
+                carried = opened.attributes
+                attributes = {
+                    key: value for key, value in attributes.items() if carried.get(key) != value
+                }
                 break
         else:
             # Subscribed after the start: the span is recorded whole, back-dated.
@@ -460,8 +534,8 @@ class OpenTelemetrySubscriber:
             span = self._tracer.start_span(
                 name, context=self._parent(meta), start_time=end - int(seconds * 1e9)
             )
-        span.set_attributes(self._attributes(unit, meta))
-        if phase == "exception":
+        span.set_attributes(attributes)
+        if route is _Route.EXCEPTION:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
         span.end()
 
@@ -469,6 +543,9 @@ class OpenTelemetrySubscriber:
         attributes = self._attributes(None, meta)
         current = self._trace.get_current_span()
         if current.is_recording():
+            stack = _OPEN.get()
+            if stack and stack[-1].span is current:
+                attributes = self._on_span(stack[-1], attributes)
             current.add_event(event.value, attributes=attributes)
             return
         now = time.time_ns()
@@ -476,3 +553,26 @@ class OpenTelemetrySubscriber:
             event.value, context=self._parent(meta), start_time=now, attributes=attributes
         )
         span.end(end_time=now)
+
+    @staticmethod
+    def _on_span(opened: _OpenSpan, attributes: dict[str, Any]) -> dict[str, Any]:
+        """An event's attributes on ``opened``: the delivery's own are the span's, once.
+
+        The notify span of one delivery takes them from its first event (its
+        stop would set them anyway); every event then leaves out those the
+        span carries with the same value.
+        """
+        carried = opened.attributes
+        if (
+            opened.unit == "notify"
+            and carried.get("chimeway.count") == 1
+            and "chimeway.delivery_id" not in carried
+        ):
+            identity = {key: value for key, value in attributes.items() if key in _IDENTITY}
+            opened.span.set_attributes(identity)
+            carried.update(identity)
+        return {
+            key: value
+            for key, value in attributes.items()
+            if key not in _IDENTITY or carried.get(key) != value
+        }

@@ -94,6 +94,16 @@ def test_a_delivery_is_one_trace_from_the_request_through_every_attempt(
     assert [["chimeway.attempt.recorded", "chimeway.status.transition"]] * 2 == [
         [event.name for event in span.events] for span in performs
     ]
+    # The delivery's own attributes are on each span once, never repeated by its events.
+    assert [str(delivery.id)] * 3 == [
+        span.attributes["chimeway.delivery_id"] for span in [notify, *performs]
+    ]
+    assert [] == [
+        event.name
+        for span in [notify, *performs]
+        for event in span.events
+        if {"chimeway.delivery_id", "messaging.message.id"} & set(event.attributes or {})
+    ]
     stored = engine.get(delivery.id).delivery.trace_context
     assert stored is not None
     assert f"{notify.context.trace_id:032x}-{notify.context.span_id:016x}" in stored

@@ -1,4 +1,4 @@
-"""The traced application real RQ and Celery workers run in the trace tests.
+"""The traced application real RQ, Celery and Dramatiq workers run in the trace tests.
 
 Its telemetry has an :class:`OpenTelemetrySubscriber` on a real SDK
 provider whose spans go, as JSON lines, to the ``TRACED_SPANS`` file: the
@@ -8,7 +8,8 @@ and then plays the recipient's script: ``retry-*`` fails temporarily once,
 then sends; anything else sends.
 
 RQ workers load :func:`engine` (``CHIMEWAY_APP=tests.telemetry.traced_app:engine``);
-Celery workers run ``celery -A tests.telemetry.traced_celery_app``.
+Celery workers run ``celery -A tests.telemetry.traced_celery_app``, Dramatiq
+workers ``dramatiq tests.telemetry.traced_dramatiq_app:broker``.
 """
 
 from __future__ import annotations
