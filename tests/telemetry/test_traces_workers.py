@@ -163,7 +163,7 @@ def _traced_by_a_worker(
     The worker is stopped at the end (SIGTERM, then SIGKILL to its process
     group): it runs in a session of its own.
     """
-    from tests.backends.dramatiq.workers import stop
+    from tests.backends._workers import stop
 
     spans_file = Path(env["TRACED_SPANS"])
     log = tmp_path / "worker.log"
@@ -285,9 +285,10 @@ def test_a_celery_worker_continues_the_requests_trace(
 def dramatiq_broker() -> Iterator[Broker]:
     """A Dramatiq broker spec on RabbitMQ with a queue ``otel-dq-*`` of this test's own."""
     require("rabbitmq")
-    from tests.backends.dramatiq.conftest import PIKA_URL, Broker, cleanup_broker
+    from tests.backends.dramatiq.conftest import Broker, cleanup_broker
+    from tests.services import RABBITMQ_PIKA_URL
 
-    spec = Broker("rabbitmq", PIKA_URL, f"otel-dq-{secrets.token_hex(6)}")
+    spec = Broker("rabbitmq", RABBITMQ_PIKA_URL, f"otel-dq-{secrets.token_hex(6)}")
     yield spec
     cleanup_broker(spec)  # the queue, its delay queue and its dead-letter queue
 
