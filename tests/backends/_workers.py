@@ -32,7 +32,9 @@ from chimeway_core.records import Delivery
 from chimeway_core.store import SQLStore
 
 SRC: Final = Path(chimeway_backends.__file__).resolve().parents[1]
-ROOT: Final = SRC.parent
+#: The repository root, where ``tests`` imports from (not SRC.parent: chimeway
+#: may be installed, as in the nox sessions, with SRC its site-packages).
+ROOT: Final = Path(__file__).resolve().parents[2]
 APP_MODULE: Final = "chimeway_worker_app"
 #: ``scripted_app.RETRY.max_attempts`` (that module only imports inside a worker).
 MAX_ATTEMPTS: Final = 3
