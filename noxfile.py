@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
@@ -78,14 +79,41 @@ def ensure_chromium(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole suite against the real PostgreSQL, Redis and RabbitMQ (and Chromium)."""
+    """Run the whole suite against the real PostgreSQL, Redis and RabbitMQ (and Chromium).
+
+    With no arguments, the fault suite (``tests/faults``) runs in a second
+    pytest process beside the rest: it spends its ten minutes waiting on
+    worker processes it kills and restarts, not computing, and it shares no
+    Redis database, queue or PostgreSQL database with the other tests. Its
+    output follows the rest's; either failing fails the session. Arguments
+    (``nox -s tests -- tests/engine``) run as given, in one process.
+    """
     ensure_chromium(session)
     session.install(ALL_EXTRAS, *nox.project.dependency_groups(PYPROJECT, "test"), *PINNED)
-    session.run(
-        "pytest",
-        *(session.posargs or ["tests"]),
-        env={"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")},
-    )
+    env = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
+    if session.posargs:
+        session.run("pytest", *session.posargs, env=env)
+        return
+    scratch = Path(session.create_tmp())
+    log = scratch / "faults.log"
+    with log.open("wb") as out:
+        faults = subprocess.Popen(
+            [
+                *(str(Path(session.bin) / "pytest"), "tests/faults", "-p", "no:cacheprovider"),
+                "--durations=10",
+                *("--basetemp", str(scratch / "faults-tmp")),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+    try:
+        session.run("pytest", "tests", "--ignore=tests/faults", "--durations=25", env=env)
+    finally:
+        code = faults.wait()
+        session.log("the fault suite, run beside the rest:\n" + log.read_text(errors="replace"))
+    if code != 0:
+        session.error(f"the fault suite failed (exit {code}); its output is above")
 
 
 @nox.session
