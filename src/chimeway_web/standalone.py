@@ -23,7 +23,6 @@ import hmac
 import ipaddress
 import socket
 import socketserver
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -117,15 +116,3 @@ def serve(app: WSGIApp, host: str, port: int) -> Server:
     server_class = _Server6 if ":" in host else Server
     server: Server = make_server(host, port, app, server_class=server_class, handler_class=_Quiet)
     return server
-
-
-def run_until(server: Server, stop: threading.Event) -> None:
-    """Serve until ``stop`` is set, then shut down and close the socket."""
-    thread = threading.Thread(target=server.serve_forever, name="chimeway-web", daemon=True)
-    thread.start()
-    try:
-        while not stop.wait(0.2):
-            pass
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -47,7 +47,7 @@ from chimeway_core.cli.config import (
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo, warn
 from chimeway_core.cli.parser import Subparsers, command, listen_address
-from chimeway_core.cli.signals import stop_on_signals
+from chimeway_core.cli.signals import serve_until, stop_on_signals
 from chimeway_core.clock import SystemClock
 from chimeway_core.prometheus import CONTENT_TYPE, render
 from chimeway_core.store import SQLStore
@@ -309,19 +309,14 @@ def run_metrics(args: argparse.Namespace) -> int:
         ) from None
     port = server.server_address[1]
     stop = threading.Event()
-    thread = threading.Thread(target=server.serve_forever, name="chimeway-metrics", daemon=True)
     with stop_on_signals(stop):
-        thread.start()
         echo(
             f"chimeway metrics: serving http://{where}:{port}/metrics for "
             f"{shown(store.engine.url)}; Ctrl-C or SIGTERM stops"
         )
         try:
-            while not stop.wait(0.2):
-                pass
+            serve_until(server, stop, name="chimeway-metrics")
         finally:
-            server.shutdown()
-            server.server_close()
             store.engine.dispose()
     echo("chimeway metrics: stopped")
     return ExitCode.OK

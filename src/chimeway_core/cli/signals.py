@@ -1,14 +1,15 @@
-"""SIGINT and SIGTERM as a stop request, for the commands that run until stopped."""
+"""SIGINT and SIGTERM as a stop request, and serving until one, for long-running commands."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import socketserver
 import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["stop_on_signals"]
+__all__ = ["serve_until", "stop_on_signals"]
 
 
 @contextlib.contextmanager
@@ -30,3 +31,18 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def serve_until(server: socketserver.BaseServer, stop: threading.Event, *, name: str) -> None:
+    """Serve ``server`` in a thread called ``name`` until ``stop`` is set, then shut it down.
+
+    The socket is closed on the way out, whatever ends the wait.
+    """
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()

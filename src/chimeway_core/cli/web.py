@@ -32,7 +32,7 @@ from chimeway_core.cli.config import (
 from chimeway_core.cli.errors import CliError, ExitCode
 from chimeway_core.cli.output import echo
 from chimeway_core.cli.parser import Subparsers, command
-from chimeway_core.cli.signals import stop_on_signals
+from chimeway_core.cli.signals import serve_until, stop_on_signals
 from chimeway_core.engine import Chimeway
 from chimeway_core.engine.upkeep import RescueReport
 from chimeway_core.errors import BackendUnavailableError, ChimewayError
@@ -137,7 +137,7 @@ def run_web(args: argparse.Namespace) -> int:
     """Serve the console until SIGINT or SIGTERM."""
     try:
         from chimeway_web import Console  # noqa: PLC0415 -- the extra, only when asked for
-        from chimeway_web.standalone import check_bind, run_until, serve, token_gate  # noqa: PLC0415
+        from chimeway_web.standalone import check_bind, serve, token_gate  # noqa: PLC0415
     except ImportError as error:
         raise CliError(f"{_INSTALL} ({error})") from None
     token = from_env(args.token, ENV_WEB_TOKEN)
@@ -163,7 +163,7 @@ def run_web(args: argparse.Namespace) -> int:
             f"{shown(engine.store.engine.url)}{opened}; Ctrl-C or SIGTERM stops"
         )
         try:
-            run_until(server, stop)
+            serve_until(server, stop, name="chimeway-web")
         finally:
             engine.store.engine.dispose()
     echo("chimeway web: stopped")
