@@ -9,9 +9,12 @@ the target's name, and shown only while the target is missed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
+
+import _charts
+import _history
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
@@ -218,8 +221,13 @@ def _sqlite_budget(data: Mapping[str, Any]) -> str | None:
     )
 
 
-def markdown(data: Mapping[str, Any], image: str) -> str:
-    """The generated section of docs/performance.md for one run's JSON."""
+def markdown(data: Mapping[str, Any], stem: str, areas: Sequence[str]) -> str:
+    """The generated section of docs/performance.md for one run's JSON.
+
+    ``stem`` names the charts beside the page (``<stem>.png``, ``<stem>-ratios.png``,
+    ``<stem>-times.png``); ``areas`` are every area a full run measures, to tell a
+    full run in the history from a partial one.
+    """
     meta = data["meta"]
     lines = [
         START,
@@ -229,8 +237,22 @@ def markdown(data: Mapping[str, Any], image: str) -> str:
         f"other work; the run took {data['timings'].get('total', 0) / 60:.1f} minutes"
         + (" (**smoke run: tiny sizes, not figures to quote**)" if meta["smoke"] else "")
         + ".",
+    ]
+    lines += _throughput(data, stem)
+    lines += [
         "",
-        f"![Every ratio of this run, with its min-max over the runs]({image})",
+        "### How to read the rest",
+        "",
+        "- **ratio**: chimeway's figure divided by what it is compared with, measured in "
+        "the same run, run by run, then the median. For a rate (per second) more is "
+        "better; for a time (ns, ms) less is better.",
+        "- **anchor A**, *the hand-written job*: per delivery, one transaction inserting "
+        "its row, then one worker transaction selecting it, inserting an attempt and "
+        "updating its status (2 commits): what a careful user writes without chimeway.",
+        "- **floor**: the same row inserted and updated in one transaction, nothing else: "
+        "the least any ledger could cost.",
+        "- **raw no-op job** (or task, actor): the queue's own cost of a job that does "
+        "nothing, no database at all.",
         "",
         "### Targets",
         "",
@@ -243,13 +265,18 @@ def markdown(data: Mapping[str, Any], image: str) -> str:
             f"| {target['target']} | {target['comparison']}: {_measured(target)} "
             f"| {target['goal']} | {verdict} |"
         )
+    lines += _history.markdown(_history.history_of(data), areas)
     lines += [
         "",
         "### Every figure next to its anchor",
         "",
+        f"![How close each rate comes to what it is compared with]({stem}-ratios.png)",
+        "",
+        f"![What a call or a page costs next to the bare operation]({stem}-times.png)",
+        "",
         "Median of the runs (± half the min-max spread); the ratio is figure / anchor, "
         "taken run by run, then its median (min-max over the runs). For ns per call "
-        "lower is better; for every rate higher is better.",
+        "and ms lower is better; for every rate higher is better.",
         "",
         "| area | what | figure | anchor | ratio |",
         "|---|---|---|---|---|",
@@ -284,6 +311,33 @@ def markdown(data: Mapping[str, Any], image: str) -> str:
         lines += [f"- {note}" for note in notes]
     lines += ["", END]
     return "\n".join(lines)
+
+
+def _throughput(data: Mapping[str, Any], stem: str) -> list[str]:
+    """The page's first answer: deliveries per second per setup, next to the hand-written job."""
+    rows = _charts.throughput_rows(data)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### Deliveries per second",
+        "",
+        "One delivery, from `notify()` to its terminal status, with a channel that always "
+        "sends, on this machine; next to it, the hand-written job doing the same database "
+        "writes a careful user would (*anchor A*, below) on the same queue and worker. "
+        "More is better.",
+        "",
+        f"![Deliveries per second, by backend and worker kind]({stem}.png)",
+        "",
+        "| backend, worker, database | chimeway | the hand-written job | chimeway ÷ hand-written |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {_charts.setup_name(c)} | {_fmt(c['figure']['median'])}/s "
+        f"| {_fmt(c['anchor']['median'])}/s | {_ratio(c['ratio'])} |"
+        for c in rows
+    ]
+    return lines
 
 
 def _counts(counts: Mapping[str, Any]) -> list[str]:
@@ -389,9 +443,9 @@ def _profile(profile: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def write_docs(data: Mapping[str, Any], page: Path, image: str) -> None:
+def write_docs(data: Mapping[str, Any], page: Path, stem: str, areas: Sequence[str]) -> None:
     """Rewrite the generated section of ``page`` (append it, with markers, if absent)."""
-    section = markdown(data, image)
+    section = markdown(data, stem, areas)
     text = page.read_text() if page.exists() else "# Performance\n"
     if START in text and END in text:
         head, rest = text.split(START, 1)
@@ -400,54 +454,3 @@ def write_docs(data: Mapping[str, Any], page: Path, image: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     page.write_text(text)
-
-
-def chart(data: Mapping[str, Any], path: Path) -> Path | None:
-    """Draw every ratio (median, min-max bar, target tick) into ``path``.
-
-    Returns ``None`` when matplotlib is not installed (the JSON and the table
-    are still written).
-    """
-    try:
-        import matplotlib as mpl
-
-        mpl.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    comparisons = data["comparisons"]
-    if not comparisons:
-        return None
-    labels = [f"{c['label']}\n{c['figure_name']} / {c['anchor_name']}" for c in comparisons]
-    medians = [c["ratio"]["median"] for c in comparisons]
-    errors = [
-        [m - c["ratio"]["min"] for m, c in zip(medians, comparisons, strict=True)],
-        [c["ratio"]["max"] - m for m, c in zip(medians, comparisons, strict=True)],
-    ]
-    colours = []
-    for c in comparisons:
-        if c["target"] is None:
-            colours.append("#9e9e9e")
-        else:
-            colours.append("#2e7d32" if c["target"]["met"] else "#c62828")
-    height = 0.42 * len(comparisons) + 1.5
-    figure, axes = plt.subplots(figsize=(11, height))
-    rows = list(range(len(comparisons)))[::-1]
-    axes.barh(rows, medians, xerr=errors, color=colours, capsize=2)
-    for row, c in zip(rows, comparisons, strict=True):
-        if c["target"] is not None:
-            axes.plot([c["target"]["value"]] * 2, [row - 0.4, row + 0.4], color="black", lw=2)
-    axes.set_yticks(rows, labels, fontsize=6.5)
-    axes.set_xscale("log")
-    axes.axvline(1.0, color="black", lw=0.6, ls=":")
-    axes.set_xlabel("figure / anchor, same run (log scale); black tick = target")
-    smoke = " (smoke run)" if data["meta"]["smoke"] else ""
-    axes.set_title(
-        f"chimeway benchmarks{smoke}: green = target met, red = missed, grey = no target",
-        fontsize=9,
-    )
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path

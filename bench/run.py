@@ -5,10 +5,11 @@
     python bench/run.py --only core,engine
     python bench/run.py --render        # chart and docs again from latest.json
 
-A full run writes ``bench/results/latest.json``, ``bench/results/latest.png``
-(copied to ``docs/performance.png``) and rewrites the generated part of
+A full run writes ``bench/results/latest.json`` (with the targets of the
+runs before it: ``history``), the charts ``bench/results/latest*.png``
+(copied to ``docs/performance*.png``) and rewrites the generated part of
 ``docs/performance.md`` (between its markers; the rest of the page is left
-alone). A smoke run or an ``--only`` run writes the same three files into a
+alone). A smoke run or an ``--only`` run writes the same files into a
 temporary folder (or ``--out``), never over the committed ones; so does a
 full run given an ``--out`` of its own. ``nox -s
 bench`` runs this script; its arguments follow ``--``.
@@ -32,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _charts
+import _history
 import _report
 import bench_async
 import bench_celery
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     data = results.to_json()
     data["meta"]["areas"] = areas
     data["meta"]["failed_areas"] = failed
+    previous = out / "latest.json"
+    data["history"] = _history.carry(
+        data, json.loads(previous.read_text()) if previous.exists() else None
+    )
     write_json(out / "latest.json", data)
     publish(data, out, committed=committed)
     return 1 if failed else 0
@@ -116,16 +123,16 @@ def destination(*, smoke: bool, only: str | None, out: Path | None) -> tuple[Pat
 
 
 def publish(data: dict[str, Any], out: Path, *, committed: bool) -> None:
-    """Draw the chart and write the docs table: into docs/ when ``committed``, else ``out``."""
-    docs_page = ROOT / "docs" / "performance.md"
-    chart = _report.chart(data, out / "latest.png")
-    page = docs_page if committed else out / "performance.md"
-    if not committed and docs_page.exists():
-        shutil.copyfile(docs_page, page)
-    _report.write_docs(data, page, image="performance.png")
-    if committed and chart is not None:
-        shutil.copyfile(chart, ROOT / "docs" / "performance.png")
-    log("run", f"wrote {out / 'latest.json'}, {chart or 'no chart'} and {page}")
+    """Draw the charts and write the docs section: into docs/ when ``committed``, else ``out``."""
+    docs = ROOT / "docs"
+    charts = _charts.draw_all(data, out / "latest")
+    page = docs / "performance.md" if committed else out / "performance.md"
+    if not committed and (docs / "performance.md").exists():
+        shutil.copyfile(docs / "performance.md", page)
+    _report.write_docs(data, page, stem="performance", areas=list(AREAS))
+    for question, chart in charts.items():
+        shutil.copyfile(chart, page.parent / f"performance{_charts.SUFFIXES[question]}.png")
+    log("run", f"wrote {out / 'latest.json'}, {len(charts)} charts and {page}")
 
 
 def render(out: Path) -> int:

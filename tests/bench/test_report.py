@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-# bench/ is a folder of scripts, not a package: load the one module by its path.
-_SPEC = importlib.util.spec_from_file_location(
-    "chimeway_bench_report", Path(__file__).resolve().parents[2] / "bench" / "_report.py"
-)
-assert _SPEC is not None
-assert _SPEC.loader is not None
-_report = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_report)
+from tests.bench import load_bench_module
+
+_report = load_bench_module("_report")
 
 
 @pytest.mark.parametrize(
