@@ -1,8 +1,47 @@
 """Adapters that run chimeway deliveries on a job queue, one package per queue.
 
-``chimeway_backends.rq`` and ``chimeway_backends.celery`` need their extras
-and import them lazily; each registers in the ``chimeway.backends``
-entry-point group, where ``chimeway worker --backend`` finds it. The embedded
-default queue is the core's own, :mod:`chimeway_core.memory`;
-``chimeway_backends.memory`` still imports it, for code written before.
+``chimeway_backends.rq``, ``chimeway_backends.celery`` and
+``chimeway_backends.dramatiq`` need their extras and import them lazily; each
+registers in the ``chimeway.backends`` entry-point group, where ``chimeway
+worker --backend`` finds it. The embedded default queue is the core's own,
+:mod:`chimeway_core.memory`; ``chimeway_backends.memory`` still imports it,
+for code written before.
+
+What the adapters share here is :class:`LazyExports`, the public names of an
+adapter package imported from their modules on first use (PEP 562). It
+imports nothing of chimeway's core, so neither does an app module that reads
+one name (``from chimeway_backends.celery import beat_schedule``), nor the
+``celery`` command's hook.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Mapping, Sequence
+
+
+class LazyExports:
+    """The ``__getattr__`` and ``__dir__`` of ``package``, given each name's home module."""
+
+    def __init__(self, package: str, homes: Mapping[str, str], public: Sequence[str]) -> None:
+        self._package = package
+        self._homes = dict(homes)
+        self._public = tuple(public)
+
+    def get(self, name: str) -> object:
+        """The value of ``name``, imported from its home and kept on the package for next time.
+
+        Raises :class:`AttributeError`, as a module does, for a name the package
+        does not export.
+        """
+        home = self._homes.get(name)
+        if home is None:
+            raise AttributeError(f"module {self._package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{self._package}.{home}"), name)
+        setattr(sys.modules[self._package], name, value)
+        return value
+
+    def names(self) -> list[str]:
+        """What ``dir(package)`` lists: what it holds now and every exported name."""
+        return sorted({*vars(sys.modules[self._package]), *self._public})

@@ -58,8 +58,9 @@ a thread of each worker process.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Final
+
+from chimeway_backends import LazyExports
 
 try:
     import dramatiq  # noqa: F401 - checked here so a missing extra is one clear error
@@ -105,14 +106,12 @@ _HOMES: Final = {
 }
 
 
+_EXPORTS: Final = LazyExports(__name__, _HOMES, __all__)
+
+
 def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+    return _EXPORTS.get(name)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return _EXPORTS.names()
