@@ -7,10 +7,11 @@ worker --backend`` finds it. The embedded default queue is the core's own,
 :mod:`chimeway_core.memory`; ``chimeway_backends.memory`` still imports it,
 for code written before.
 
-What the adapters share here is :class:`LazyExports`, the public names of an
-adapter package imported from their modules on first use (PEP 562). It
-imports nothing of chimeway's core, so neither does an app module that reads
-one name (``from chimeway_backends.celery import beat_schedule``), nor the
+What the adapters' ``__init__`` modules share is here: :func:`require` (the
+extra's modules, or one clear error) and :class:`LazyExports` (the public
+names, imported from their modules on first use, PEP 562). Neither imports
+anything of chimeway's core, so neither does an app module that reads one
+name (``from chimeway_backends.celery import beat_schedule``), nor the
 ``celery`` command's hook.
 """
 
@@ -19,6 +20,22 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
+
+
+def require(extra: str, feature: str, *modules: str) -> None:
+    """Import ``modules``, or raise :class:`~chimeway_core.errors.MissingExtraError` for ``extra``.
+
+    Checked when an adapter package is imported, so a missing extra is one
+    error naming the ``pip install`` line, not an ImportError deep inside.
+    """
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as error:
+        # Only on failure: an adapter package imports nothing of the core.
+        from chimeway_core.errors import MissingExtraError  # noqa: PLC0415
+
+        raise MissingExtraError(extra, feature=feature) from error
 
 
 class LazyExports:

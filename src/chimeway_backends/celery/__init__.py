@@ -81,18 +81,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from chimeway_backends import LazyExports
+from chimeway_backends import LazyExports, require
 
-try:
-    import celery  # noqa: F401 - checked here so a missing extra is one clear error
-    import kombu  # noqa: F401
-except ImportError as _error:  # pragma: no cover - exercised by monkeypatching sys.modules
-    from chimeway_core.errors import MissingExtraError
-
-    raise MissingExtraError("celery", feature="the Celery backend") from _error
+require("celery", "the Celery backend", "celery", "kombu")
 
 # Connects the worker check in this process (the `celery` command connects it too).
-from chimeway_backends.celery import hooks as _hooks  # noqa: F401
+from chimeway_backends.celery import hooks as _hooks  # noqa: E402, F401
 
 if TYPE_CHECKING:
     from chimeway_backends.celery.backend import CeleryBackend
@@ -156,11 +150,5 @@ _HOMES: Final = {
 
 
 _EXPORTS: Final = LazyExports(__name__, _HOMES, __all__)
-
-
-def __getattr__(name: str) -> object:
-    return _EXPORTS.get(name)
-
-
-def __dir__() -> list[str]:
-    return _EXPORTS.names()
+__getattr__ = _EXPORTS.get
+__dir__ = _EXPORTS.names

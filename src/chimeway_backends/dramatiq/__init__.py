@@ -60,16 +60,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from chimeway_backends import LazyExports
+from chimeway_backends import LazyExports, require
 
-try:
-    import dramatiq  # noqa: F401 - checked here so a missing extra is one clear error
-    import pika  # noqa: F401
-    import redis  # noqa: F401
-except ImportError as _error:  # pragma: no cover - exercised by monkeypatching sys.modules
-    from chimeway_core.errors import MissingExtraError
-
-    raise MissingExtraError("dramatiq", feature="the Dramatiq backend") from _error
+require("dramatiq", "the Dramatiq backend", "dramatiq", "pika", "redis")
 
 if TYPE_CHECKING:
     from chimeway_backends.dramatiq.backend import (
@@ -107,11 +100,5 @@ _HOMES: Final = {
 
 
 _EXPORTS: Final = LazyExports(__name__, _HOMES, __all__)
-
-
-def __getattr__(name: str) -> object:
-    return _EXPORTS.get(name)
-
-
-def __dir__() -> list[str]:
-    return _EXPORTS.names()
+__getattr__ = _EXPORTS.get
+__dir__ = _EXPORTS.names
