@@ -68,8 +68,10 @@ from chimeway_core.policies import (
     PreferencePolicy,
     Proceed,
     QuietHoursPolicy,
+    RateLimitAction,
     RateLimitPolicy,
     ReadStatePolicy,
+    RecipientRateLimitPolicy,
     Suppress,
 )
 from chimeway_core.records import (
@@ -119,6 +121,8 @@ __all__ = [
     "PreferencePolicy",
     "QuietHoursPolicy",
     "RateLimitPolicy",
+    "RecipientRateLimitPolicy",
+    "RateLimitAction",
     "ReadStatePolicy",
     "ExpiryPolicy",
     # telemetry

@@ -57,9 +57,12 @@ __all__ = [
     "PreferencePolicy",
     "Proceed",
     "QuietHoursPolicy",
+    "RateLimitAction",
     "RateLimitPolicy",
     "ReadStatePolicy",
     "RecentAttempts",
+    "RecipientAttempts",
+    "RecipientRateLimitPolicy",
     "Suppress",
     "apply_deferral_bound",
     "evaluate_policies",
@@ -110,6 +113,10 @@ PolicyDecision: TypeAlias = Proceed | Suppress | Defer
 #: ``(channel, recipient, since) -> attempts started at or after since``.
 RecentAttempts: TypeAlias = Callable[[str, str, datetime], int]
 
+#: ``(recipient, channels, since) -> attempts started at or after since`` to the
+#: recipient on any of ``channels`` (on every channel when ``None``).
+RecipientAttempts: TypeAlias = Callable[[str, frozenset[str] | None, datetime], int]
+
 
 class PolicyPhase(enum.StrEnum):
     """When a policy is being evaluated."""
@@ -131,12 +138,15 @@ class PolicyContext:
 
     ``now`` is tz-aware; ``recent_attempts`` counts the attempts started for a
     channel and recipient since a given instant, across every worker (the
-    engine wires it to the store).
+    engine wires it to the store); ``recipient_attempts`` counts them for a
+    recipient over a set of channels, or over every channel (the engine wires
+    it too; ``None`` in a context built without it).
     """
 
     now: datetime = attrs.field(validator=_check_aware)
     phase: PolicyPhase = attrs.field(validator=attrs.validators.instance_of(PolicyPhase))
     recent_attempts: RecentAttempts
+    recipient_attempts: RecipientAttempts | None = None
 
 
 def _policy_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -309,6 +319,46 @@ def _positive_duration(_: object, attribute: attrs.Attribute[timedelta], value: 
         raise ValueError(f"{attribute.name} must be a positive timedelta, got {value!r}")
 
 
+def _frees_at(
+    has_room: Callable[[datetime], bool], now: datetime, per: timedelta, probes: int
+) -> datetime | None:
+    """When a sliding window of ``per`` ending at ``now`` has room again; ``None``: it has.
+
+    ``has_room(since)`` says whether the attempts started at or after
+    ``since`` are fewer than the limit. The instant is the earliest at which
+    the window will have room if no new attempt starts, found by bisection
+    with ``probes`` more counts and rounded up: never early, at most
+    ``per / 2**probes`` late.
+    """
+    now = now.astimezone(UTC)
+    full, free = now - per, now
+    if has_room(full):
+        return None
+    if not has_room(free):
+        # Attempts stamped at or after now fill the window by themselves
+        # (another worker's clock runs ahead): the window counts ``since``
+        # inclusively, so wait a whole window plus one step of resolution.
+        step: timedelta = per / 2**probes
+        return now + per + step
+    for _ in range(probes):
+        middle = full + (free - full) / 2
+        if has_room(middle):
+            free = middle
+        else:
+            full = middle
+    return free + per
+
+
+def _at_perform(phase: PolicyPhase) -> bool:
+    match phase:
+        case PolicyPhase.NOTIFY:
+            return False
+        case PolicyPhase.PERFORM:
+            return True
+        case _:
+            assert_never(phase)
+
+
 @attrs.frozen
 class RateLimitPolicy:
     """At most ``limit`` attempts per ``per`` for one recipient on one channel.
@@ -330,33 +380,93 @@ class RateLimitPolicy:
 
     def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:
         """Proceed below the limit (or at NOTIFY); otherwise defer until the window frees."""
-        match context.phase:
-            case PolicyPhase.NOTIFY:
-                return Proceed()
-            case PolicyPhase.PERFORM:
-                pass
-            case _:
-                assert_never(context.phase)
+        if not _at_perform(context.phase):
+            return Proceed()
 
         def has_room(since: datetime) -> bool:
             return context.recent_attempts(delivery.channel, delivery.recipient, since) < self.limit
 
-        now = context.now.astimezone(UTC)
-        full, free = now - self.per, now
-        if has_room(full):
+        until = _frees_at(has_room, context.now, self.per, self.probes)
+        return Proceed() if until is None else Defer(until, Reason.RATE_LIMITED)
+
+
+class RateLimitAction(enum.StrEnum):
+    """What a :class:`RecipientRateLimitPolicy` does with a delivery over its cap."""
+
+    DEFER = "defer"
+    """Wait until the window has room again (``Defer``)."""
+    SUPPRESS = "suppress"
+    """Never send it (``Suppress``): the delivery ends ``suppressed``."""
+
+
+def _channel_set(value: object) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"channels must be a collection of channel names or None, got {value!r}")
+    channels = frozenset(value)
+    if not channels or not all(isinstance(c, str) and c for c in channels):
+        raise ValueError(f"channels must be non-empty strings, at least one, got {value!r}")
+    return channels
+
+
+@attrs.frozen
+class RecipientRateLimitPolicy:
+    """At most ``limit`` attempts per ``per`` for one recipient across channels.
+
+    The cap :class:`RateLimitPolicy` puts on one channel, over several: at
+    ``now`` it counts the attempts started since ``now - per`` to the
+    delivery's recipient on any of ``channels`` (every channel when
+    ``None``) with ``context.recipient_attempts``, shared by every worker
+    through the store. A delivery on a channel outside ``channels`` proceeds
+    (and its attempts do not count). Below ``limit`` it proceeds; at or over
+    it, with ``action`` :attr:`RateLimitAction.DEFER` it defers with
+    ``recipient_rate_limited`` until the window will have room, exactly as
+    :class:`RateLimitPolicy` computes it (never early, at most
+    ``per / 2**probes`` late); with :attr:`RateLimitAction.SUPPRESS` it
+    suppresses with ``recipient_rate_limited``. It only applies at
+    :attr:`PolicyPhase.PERFORM`; at ``notify()`` time it always proceeds. A
+    context without ``recipient_attempts`` is a :class:`TypeError`.
+    """
+
+    limit: int = attrs.field(validator=_positive_int)
+    per: timedelta = attrs.field(validator=_positive_duration)
+    channels: frozenset[str] | None = attrs.field(
+        default=None, kw_only=True, converter=_channel_set
+    )
+    action: RateLimitAction = attrs.field(
+        default=RateLimitAction.DEFER,
+        kw_only=True,
+        validator=attrs.validators.instance_of(RateLimitAction),
+    )
+    probes: int = attrs.field(default=8, kw_only=True, validator=_positive_int)
+    name: str = attrs.field(default="recipient_rate_limit", kw_only=True, validator=_policy_name)
+
+    def covers(self, channel: str) -> bool:
+        """Whether attempts on ``channel`` count toward the cap, and its deliveries obey it."""
+        return self.channels is None or channel in self.channels
+
+    def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:
+        """Proceed below the cap, off its channels or at NOTIFY; otherwise defer or suppress."""
+        if not _at_perform(context.phase) or not self.covers(delivery.channel):
             return Proceed()
-        if not has_room(free):
-            # Attempts stamped at or after now fill the window by themselves
-            # (another worker's clock runs ahead): the window counts ``since``
-            # inclusively, so wait a whole window plus one step of resolution.
-            return Defer(now + self.per + self.per / 2**self.probes, Reason.RATE_LIMITED)
-        for _ in range(self.probes):
-            middle = full + (free - full) / 2
-            if has_room(middle):
-                free = middle
-            else:
-                full = middle
-        return Defer(free + self.per, Reason.RATE_LIMITED)
+        count = context.recipient_attempts
+        if count is None:
+            raise TypeError("the policy context has no recipient_attempts to count with")
+
+        def has_room(since: datetime) -> bool:
+            return count(delivery.recipient, self.channels, since) < self.limit
+
+        match self.action:
+            case RateLimitAction.SUPPRESS:
+                if has_room(context.now.astimezone(UTC) - self.per):
+                    return Proceed()
+                return Suppress(Reason.RECIPIENT_RATE_LIMITED)
+            case RateLimitAction.DEFER:
+                until = _frees_at(has_room, context.now, self.per, self.probes)
+                return Proceed() if until is None else Defer(until, Reason.RECIPIENT_RATE_LIMITED)
+            case _:
+                assert_never(self.action)
 
 
 def _decide(policy: Policy, delivery: Delivery, context: PolicyContext) -> PolicyDecision:

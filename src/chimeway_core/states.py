@@ -101,6 +101,7 @@ class Reason(enum.StrEnum):
     EXPIRED = "expired"
     QUIET_HOURS = "quiet_hours"
     RATE_LIMITED = "rate_limited"
+    RECIPIENT_RATE_LIMITED = "recipient_rate_limited"
     TOO_MANY_DEFERRALS = "too_many_deferrals"
 
 

@@ -25,6 +25,8 @@ DOCUMENTED = {
     "PreferencePolicy",
     "QuietHoursPolicy",
     "RateLimitPolicy",
+    "RecipientRateLimitPolicy",
+    "RateLimitAction",
     "ReadStatePolicy",
     "ExpiryPolicy",
     "Telemetry",

@@ -44,9 +44,25 @@ class AttemptLog:
             1 for c, r, at in self.started if c == channel and r == recipient and at >= since
         )
 
+    def across(self, recipient: str, channels: frozenset[str] | None, since: datetime) -> int:
+        """Count the attempts for this recipient on ``channels`` (any) started at or after since."""
+        return sum(
+            1
+            for c, r, at in self.started
+            if r == recipient and (channels is None or c in channels) and at >= since
+        )
+
 
 def make_context(
-    now: datetime = T0, phase: PolicyPhase = PolicyPhase.PERFORM, recent_attempts: Any = None
+    now: datetime = T0,
+    phase: PolicyPhase = PolicyPhase.PERFORM,
+    recent_attempts: Any = None,
+    recipient_attempts: Any = None,
 ) -> PolicyContext:
     """A context at ``now`` with no recent attempts unless given."""
-    return PolicyContext(now=now, phase=phase, recent_attempts=recent_attempts or no_attempts)
+    return PolicyContext(
+        now=now,
+        phase=phase,
+        recent_attempts=recent_attempts or no_attempts,
+        recipient_attempts=recipient_attempts,
+    )

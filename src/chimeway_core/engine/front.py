@@ -249,8 +249,10 @@ class Chimeway:
         The longest lease a worker can hold (a channel's ``timeout`` plus
         ``lease_margin``), so that no worker is still calling a channel for a
         delivery as it is deleted, and the longest window of a
-        :class:`~chimeway_core.policies.RateLimitPolicy` among the engine's
-        policies, whose counts take in the attempts of terminal deliveries.
+        :class:`~chimeway_core.policies.RateLimitPolicy` or
+        :class:`~chimeway_core.policies.RecipientRateLimitPolicy` among the
+        engine's policies, whose counts take in the attempts of terminal
+        deliveries.
         """
         return self._settings.min_retention
 

@@ -42,6 +42,8 @@ from chimeway_core.policies import (
     PolicyPhase,
     RateLimitPolicy,
     RecentAttempts,
+    RecipientAttempts,
+    RecipientRateLimitPolicy,
 )
 from chimeway_core.records import Delivery
 from chimeway_core.retry import RetryPolicy
@@ -101,7 +103,7 @@ class Settings:
         windows = [
             policy.per.total_seconds()
             for policy in self.policies
-            if isinstance(policy, RateLimitPolicy)
+            if isinstance(policy, RateLimitPolicy | RecipientRateLimitPolicy)
         ]
         return max([self.lease_margin, *leases, *windows])
 
@@ -320,4 +322,11 @@ def policy_context(
             channel=channel, recipient=recipient, since=since
         )
     )
-    return PolicyContext(now=now, phase=phase, recent_attempts=recent)
+    across: RecipientAttempts = (
+        locked.recipient_attempts
+        if locked is not None
+        else lambda recipient, channels, since: store.count_recipient_attempts(
+            recipient=recipient, since=since, channels=channels
+        )
+    )
+    return PolicyContext(now=now, phase=phase, recent_attempts=recent, recipient_attempts=across)

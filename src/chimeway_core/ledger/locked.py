@@ -46,7 +46,7 @@ from chimeway_core.errors import (
 )
 from chimeway_core.ledger import statements as sql
 from chimeway_core.ledger.dialects import Dialect
-from chimeway_core.ledger.queries import count_recent_attempts
+from chimeway_core.ledger.queries import count_recent_attempts, count_recipient_attempts
 from chimeway_core.ledger.rows import (
     delivery_from_row,
     in_flight_attempt,
@@ -275,6 +275,12 @@ class LockedDelivery:
     def recent_attempts(self, channel: str, recipient: str, since: datetime) -> int:
         """:meth:`SQLStore.count_recent_attempts`, inside this transaction."""
         return count_recent_attempts(self._conn, channel, recipient, since)
+
+    def recipient_attempts(
+        self, recipient: str, channels: frozenset[str] | None, since: datetime
+    ) -> int:
+        """:meth:`SQLStore.count_recipient_attempts`, inside this transaction."""
+        return count_recipient_attempts(self._conn, recipient, channels, since)
 
     def claim(self, *, owner: str, lease_seconds: float, now: datetime) -> Claim | None:
         """Take the lease and write the in-flight attempt; ``None`` if not claimable.

@@ -14,7 +14,7 @@ is defined).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
@@ -47,6 +47,12 @@ class LockedRow(Protocol):
 
     def recent_attempts(self, channel: str, recipient: str, since: datetime) -> int:
         """Attempts started since ``since`` to this channel and recipient, in this transaction."""
+        ...
+
+    def recipient_attempts(
+        self, recipient: str, channels: frozenset[str] | None, since: datetime
+    ) -> int:
+        """Attempts started since ``since`` to ``recipient`` on ``channels`` (``None``: any)."""
         ...
 
     def claim(self, *, owner: str, lease_seconds: float, now: datetime) -> Claim | None:
@@ -161,6 +167,12 @@ class Ledger(Protocol):
 
     def count_recent_attempts(self, *, channel: str, recipient: str, since: datetime) -> int:
         """Attempts started since ``since`` to this channel and recipient."""
+        ...
+
+    def count_recipient_attempts(
+        self, *, recipient: str, since: datetime, channels: Iterable[str] | None = None
+    ) -> int:
+        """Attempts started since ``since`` to ``recipient`` on ``channels`` (``None``: any)."""
         ...
 
     # upkeep: relay, rescue, retention

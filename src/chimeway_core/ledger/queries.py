@@ -13,6 +13,7 @@ over rows fetched into Python.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Final
@@ -42,6 +43,7 @@ __all__ = [
     "Reads",
     "count_by_status",
     "count_recent_attempts",
+    "count_recipient_attempts",
     "deliveries",
     "due_query",
     "expired_claims",
@@ -176,6 +178,20 @@ def count_recent_attempts(conn: Connection, channel: str, recipient: str, since:
     since = aware(since, "since")
     parameters = {"b_channel": channel, "b_recipient": recipient, "b_since": since}
     return int(conn.execute(sql.COUNT_RECENT_ATTEMPTS, parameters).scalar_one())
+
+
+def count_recipient_attempts(
+    conn: Connection, recipient: str, channels: frozenset[str] | None, since: datetime
+) -> int:
+    """Attempts started at or after ``since`` to this recipient on ``channels`` (``None``: any)."""
+    since = aware(since, "since")
+    parameters: dict[str, object] = {"b_recipient": recipient, "b_since": since}
+    if channels is None:
+        return int(conn.execute(sql.COUNT_RECIPIENT_ATTEMPTS, parameters).scalar_one())
+    if not channels:
+        return 0
+    parameters["b_channels"] = sorted(channels)
+    return int(conn.execute(sql.COUNT_RECIPIENT_ATTEMPTS_ON, parameters).scalar_one())
 
 
 def gauges(conn: Connection, now: datetime) -> LedgerGauges:
@@ -354,6 +370,20 @@ class Reads:
         """
         with self._read() as conn:
             return count_recent_attempts(conn, channel, recipient, since)
+
+    def count_recipient_attempts(
+        self, *, recipient: str, since: datetime, channels: Iterable[str] | None = None
+    ) -> int:
+        """Attempts started at or after ``since`` to this recipient on any of ``channels``.
+
+        Every channel when ``channels`` is ``None``. Counted in the database,
+        so a cap across channels holds across workers.
+        """
+        if isinstance(channels, str):
+            raise TypeError(f"channels must be a collection of channel names, not {channels!r}")
+        chosen = None if channels is None else frozenset(channels)
+        with self._read() as conn:
+            return count_recipient_attempts(conn, recipient, chosen, since)
 
     def count_prunable(self, *, before: datetime) -> int:
         """How many deliveries :meth:`prune` with this ``before`` would delete now."""

@@ -373,6 +373,16 @@ COUNT_RECENT_ATTEMPTS: Final = (
         A.started_at >= bindparam("b_since"),
     )
 )
+# Across channels: the recipient's index, ``(recipient, created_at, id,
+# channel)``, holds the id to join on and the channel to filter by.
+COUNT_RECIPIENT_ATTEMPTS: Final = (
+    select(func.count())
+    .select_from(ATTEMPTS.join(DELIVERIES, A.delivery_id == D.id))
+    .where(D.recipient == bindparam("b_recipient"), A.started_at >= bindparam("b_since"))
+)
+COUNT_RECIPIENT_ATTEMPTS_ON: Final = COUNT_RECIPIENT_ATTEMPTS.where(
+    D.channel.in_(bindparam("b_channels", expanding=True))
+)
 
 
 # The ready-born bulk create on PostgreSQL: the rows go as one JSON document,
