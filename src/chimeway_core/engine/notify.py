@@ -203,7 +203,8 @@ class Notifier:
         self, results: Sequence[tuple[Delivery, bool]], now: datetime, session: Session | None
     ) -> None:
         """Report what a create wrote, and hand the new live deliveries to the backend."""
-        for delivery, created in results:
+        # Each event's metadata is built only for someone to see it.
+        for delivery, created in results if self.telemetry.handlers else ():
             if not created:
                 self.telemetry.emit(TelemetryEvent.DUPLICATE_IGNORED, meta(delivery))
                 continue

@@ -42,7 +42,6 @@ from sqlalchemy import (
     Insert,
     Row,
     Select,
-    delete,
     event,
 )
 from sqlalchemy import (
@@ -240,16 +239,48 @@ class SQLite:
     def create_ready(
         self, conn: Connection, rows: Sequence[dict[str, Any]], now: datetime
     ) -> set[UUID] | None:
-        del conn, rows, now
-        return None
+        # One executemany per table. It tells how many delivery rows were
+        # written, not which: a batch that met a key already held (or held
+        # twice in it) goes back to the savepoint and the general way, which
+        # reads back each written id. A lone row met one or was not written.
+        if len(rows) == 1:
+            written = _write_ready(conn, rows, now)
+        else:
+            with conn.begin_nested() as savepoint:
+                written = _write_ready(conn, rows, now)
+                if not written:
+                    savepoint.rollback()
+        return {row["id"] for row in rows} if written else None
 
     def creates_in_one_statement(self, count: int) -> bool:
         del count
         return False
 
     def delete_outbox(self, conn: Connection, ids: Sequence[UUID]) -> None:
-        for chunk in sql.in_chunks(ids):
-            conn.execute(delete(sql.OUTBOX).where(sql.OUT.delivery_id.in_(list(chunk))))
+        if ids:
+            sql.RUN_DELETE_OUTBOX_ROW.execute_many(conn, [{"b_id": id_} for id_ in ids])
+
+
+def _write_ready(conn: Connection, rows: Sequence[dict[str, Any]], now: datetime) -> bool:
+    """Write born-ready rows, then their journal and outbox rows if every one was written."""
+    # What every row born ready at now holds alike is converted once.
+    born = {
+        "status": DeliveryStatus.READY.value,
+        "reason": None,
+        "attempt_count": 0,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "version": 1,
+        "deferral_count": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if sql.RUN_SQLITE_INSERT_DELIVERIES.execute_many(conn, rows, born).rowcount != len(rows):
+        return False
+    rest = [{"b_id": row["id"], "b_run_at": row["scheduled_at"]} for row in rows]
+    sql.RUN_INSERT_CREATED_ENTRIES.execute_many(conn, rest, {"b_now": now})
+    sql.RUN_INSERT_OUTBOX_ROWS.execute_many(conn, rest, {"b_now": now})
+    return True
 
 
 def _document_scalar(value: object) -> str:
@@ -260,6 +291,23 @@ def _document_scalar(value: object) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat()
     raise TypeError(f"a delivery row holds a {type(value).__name__}")  # pragma: no cover
+
+
+def _documents(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The columns of ``rows`` the create reads, its ids and timestamps as text."""
+    # A batch holds a few distinct timestamps (its now) many times: each is
+    # written once.
+    stamps: dict[datetime, str] = {}
+    documents = []
+    for row in rows:
+        document = {name: row[name] for name in sql.PG_DOCUMENT_COLUMNS}
+        document["id"] = str(row["id"])
+        for name in ("scheduled_at", "expires_at"):
+            if (value := row[name]) is not None:
+                text = stamps.get(value)
+                document[name] = stamps[value] = text or _document_scalar(value)
+        documents.append(document)
+    return documents
 
 
 class PostgreSQL:
@@ -338,7 +386,7 @@ class PostgreSQL:
             # Payload and metadata are already validated JSON values; the json columns
             # keep their text exactly as written here (compact).
             document = json.dumps(
-                [{name: row[name] for name in sql.PG_DOCUMENT_COLUMNS} for row in chunk],
+                _documents(chunk),
                 ensure_ascii=False,
                 separators=(",", ":"),
                 default=_document_scalar,

@@ -21,22 +21,36 @@ table names qualified, once per namespace.
 
 Only statements whose every parameter is an explicit ``bindparam`` qualify:
 a bare ``table.insert()`` compiles its columns from the keys it is given.
+
+:meth:`Precompiled.execute_many` runs one statement for many rows (the
+driver's ``executemany``): a timestamp a batch holds many times (its ``now``)
+is converted once per distinct value, and parameters shared by every row are
+converted once per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
-from sqlalchemy import Connection, CursorResult, Dialect
+from sqlalchemy import Connection, CursorResult, DateTime, Dialect, TypeDecorator
 from sqlalchemy.sql.selectable import ExecutableReturnsRows
+from sqlalchemy.types import TypeEngine
 
 from chimeway_core.ledger.namespace import namespace_of, translate_map
 
 __all__ = ["Precompiled"]
 
 _Processor = Callable[[Any], Any]
+_UNSEEN: Final = object()
+
+
+def _is_timestamp(kind: TypeEngine[Any]) -> bool:
+    if isinstance(kind, TypeDecorator):
+        kind = kind.impl_instance
+    return isinstance(kind, DateTime)
 
 
 @attrs.frozen
@@ -49,6 +63,8 @@ class _Compiled:
     positions: tuple[str, ...] | None
     binds: tuple[tuple[str, _Processor], ...]
     results: tuple[_Processor | None, ...]
+    # The parameters holding timestamps: the same value converts the same way.
+    timestamps: frozenset[str] = frozenset()
 
 
 class Precompiled:
@@ -93,6 +109,9 @@ class Precompiled:
             positions=positions,
             binds=tuple(processors.items()),
             results=results if any(results) else (),
+            timestamps=frozenset(
+                name for bind, name in compiled.bind_names.items() if _is_timestamp(bind.type)
+            ),
         )
         # A race compiles twice and keeps either: both are the same.
         self._by_dialect[dialect, namespace] = result
@@ -113,6 +132,65 @@ class Precompiled:
                 compiled.sql, tuple(values[name] for name in compiled.positions)
             )
         return conn.exec_driver_sql(compiled.sql, values)
+
+    def execute_many(
+        self,
+        conn: Connection,
+        rows: Sequence[Mapping[str, Any]],
+        shared: Mapping[str, Any] | None = None,
+    ) -> CursorResult[Any]:
+        """Run the statement once per row (the driver's ``executemany``); the raw result.
+
+        Each row gives the parameters that vary (every one with no value of
+        its own, and not in ``shared``); ``shared`` those every row has in
+        common. Conversions are those of :meth:`execute`. Its ``rowcount`` is
+        the number of rows the statement changed in all. ``rows`` is not empty.
+        """
+        key = (conn.dialect, namespace_of(conn))
+        compiled = self._by_dialect.get(key) or self._compile(*key)
+        shared = shared or {}
+        varying = compiled.required - shared.keys()
+        common = {
+            **{name: value for name, value in compiled.defaults.items() if name not in varying},
+            **shared,
+        }
+        processors = dict(compiled.binds)
+        for name in common.keys() - varying:
+            if name in processors:
+                common[name] = processors[name](common[name])
+        names = compiled.positions or tuple(sorted({*common, *varying}))
+        # A row's varying values are picked in one call, converted in place,
+        # then put among the shared ones (already converted) in statement order.
+        picked = tuple(name for name in names if name in varying)
+        converts: list[tuple[int, _Processor, dict[Any, Any] | None]] = [
+            (index, process, {} if name in compiled.timestamps else None)
+            for index, name in enumerate(picked)
+            if (process := processors.get(name)) is not None
+        ]
+        merge = (
+            None
+            if len(picked) == len(names)
+            else [(picked.index(n), None) if n in varying else (-1, common[n]) for n in names]
+        )
+        pick = operator.itemgetter(*picked) if len(picked) > 1 else None
+        batch: list[Any] = []
+        for row in rows:
+            values = [row[name] for name in picked] if pick is None else [*pick(row)]
+            for index, process, seen in converts:
+                value = values[index]
+                if seen is None:
+                    values[index] = process(value)
+                else:
+                    converted = seen.get(value, _UNSEEN)
+                    if converted is _UNSEEN:
+                        converted = seen[value] = process(value)
+                    values[index] = converted
+            if merge is not None:
+                values = [values[at] if at >= 0 else constant for at, constant in merge]
+            batch.append(
+                tuple(values) if compiled.positions else dict(zip(names, values, strict=True))
+            )
+        return conn.exec_driver_sql(compiled.sql, batch)
 
     def first(self, conn: Connection, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run the statement; its first row with each value converted by its type, or None."""

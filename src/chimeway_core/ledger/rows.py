@@ -29,10 +29,9 @@ from chimeway_core.errors import (
     PayloadNotSerializableError,
     PayloadTooLargeError,
 )
-from chimeway_core.ledger import validation
 from chimeway_core.ledger.schema import CHANNEL_LENGTH, KEY_LENGTH, MAX_ATTEMPTS, RECIPIENT_LENGTH
 from chimeway_core.ledger.statements import A, J
-from chimeway_core.ledger.validation import aware, check_text, json_size
+from chimeway_core.ledger.validation import aware, check_text, plain_json
 from chimeway_core.outcomes import Outcome
 from chimeway_core.records import (
     RESEND_KEY_PREFIX,
@@ -211,14 +210,12 @@ def new_row(
         now if spec.scheduled_at is None else aware(spec.scheduled_at, f"{where}scheduled_at")
     )
     expires_at = None if spec.expires_at is None else aware(spec.expires_at, f"{where}expires_at")
-    payload = validation.json_value(spec.payload, f"{where}payload")
-    size = json_size(payload)
+    payload, size = plain_json(spec.payload, f"{where}payload")
     if size > max_payload_bytes:
         raise PayloadTooLargeError(f"{where}payload", size, max_payload_bytes)
-    meta = validation.json_value(spec.metadata, f"{where}metadata")
+    meta, size = plain_json(spec.metadata, f"{where}metadata")
     if not isinstance(meta, dict):
         raise PayloadNotSerializableError(f"{where}metadata", "must be a mapping")
-    size = json_size(meta)
     if size > max_payload_bytes:
         raise PayloadTooLargeError(f"{where}metadata", size, max_payload_bytes)
     delivery_id = uuid.uuid4()

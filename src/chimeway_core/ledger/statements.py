@@ -50,7 +50,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import ColumnCollection
 from sqlalchemy.types import TypeEngine, Uuid
@@ -66,7 +66,8 @@ from chimeway_core.ledger.claimable import (
 from chimeway_core.ledger.namespace import qualified
 from chimeway_core.ledger.precompiled import Precompiled
 from chimeway_core.ledger.schema import AttemptRow, DeliveryRow, JournalRow, OutboxRow, metadata
-from chimeway_core.states import TERMINAL_STATUSES
+from chimeway_core.records import JournalKind
+from chimeway_core.states import TERMINAL_STATUSES, DeliveryStatus
 
 DELIVERIES: Final = metadata.tables[DeliveryRow.__tablename__]
 ATTEMPTS: Final = metadata.tables[AttemptRow.__tablename__]
@@ -363,6 +364,30 @@ RUN_RECORD_RESCHEDULED: Final = Precompiled(RECORD_RESCHEDULED)
 RUN_PG_CLAIM: Final = Precompiled(PG_CLAIM)
 RUN_PG_RECORD: Final = Precompiled(PG_RECORD)
 RUN_PG_RECORD_RESCHEDULED: Final = Precompiled(PG_RECORD_RESCHEDULED)
+
+# The bulk create on SQLite, where a statement costs no round trip: one
+# executemany per table (the driver prepares each statement once). A bare
+# insert binds every column of a delivery row by name; conflicts on the key
+# are skipped, and the rowcount says whether any was.
+RUN_SQLITE_INSERT_DELIVERIES: Final = Precompiled(
+    sqlite.insert(DELIVERIES).on_conflict_do_nothing(index_elements=[D.channel, D.idempotency_key])
+)
+RUN_INSERT_CREATED_ENTRIES: Final = Precompiled(
+    insert(JOURNAL).values(
+        delivery_id=bindparam("b_id"),
+        at=bindparam("b_now", type_=J.at.type),
+        kind=JournalKind.CREATED.value,
+        to_status=DeliveryStatus.READY.value,
+        detail=bindparam("b_detail", {}, type_=J.detail.type),
+    )
+)
+RUN_INSERT_OUTBOX_ROWS: Final = Precompiled(
+    insert(OUTBOX).values(
+        delivery_id=bindparam("b_id"),
+        run_at=bindparam("b_run_at", type_=OUT.run_at.type),
+        created_at=bindparam("b_now", type_=OUT.created_at.type),
+    )
+)
 
 COUNT_RECENT_ATTEMPTS: Final = (
     select(func.count())

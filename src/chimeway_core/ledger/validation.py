@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final, TypeAlias
@@ -40,6 +41,7 @@ __all__ = [
     "clean_text",
     "json_size",
     "json_value",
+    "plain_json",
     "sanitize",
     "truncate",
 ]
@@ -104,6 +106,13 @@ def check_session(session: object) -> Session:
 
 def check_text(value: object, field: str, *, max_length: int, optional: bool = False) -> None:
     """Raise unless ``value`` is a non-empty, storable str of at most ``max_length``."""
+    if (
+        type(value) is str
+        and 0 < len(value) <= max_length
+        and value.isascii()  # so no lone surrogate
+        and "\x00" not in value
+    ):
+        return
     if value is None and optional:
         return
     if not isinstance(value, str):
@@ -173,6 +182,47 @@ def json_value(value: object, field: str, depth: int = 0) -> Any:
             json_value(item, f"{field}[{index}]", depth + 1) for index, item in enumerate(value)
         ]
     raise PayloadNotSerializableError(field, f"holds a {type(value).__name__}, not a JSON value")
+
+
+_COMPACT: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+)
+# Digits enough for an integer past 64 bits (or one near it: then the full check decides).
+_LONG_NUMBER: Final = re.compile(r"\d{19}")
+
+
+def plain_json(value: object, field: str) -> tuple[Any, int]:
+    """:func:`json_value` of ``value`` and :func:`json_size` of it, in one pass where it can.
+
+    The value is dumped once by the C encoder and read back: when the copy
+    read back equals the value and its text shows nothing the full walk would
+    refuse (NUL, a lone surrogate, deep nesting, a long integer), that copy
+    is the plain-JSON copy. Anything else (tuples, keys that are no string,
+    a value the encoder refuses) takes the full walk, which says what is
+    wrong, where.
+    """
+    if type(value) is dict and not value:
+        return {}, 2  # most metadata
+    try:
+        text = _COMPACT.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if (
+        text is not None
+        and "\\u0000" not in text
+        and text.count("[") + text.count("{") <= MAX_JSON_DEPTH
+        and _LONG_NUMBER.search(text) is None
+    ):
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the full walk names it
+        else:
+            copy = json.loads(text)
+            if type(copy) is type(value) and copy == value:
+                return copy, size
+    copy = json_value(value, field)
+    return copy, json_size(copy)
 
 
 def json_size(value: Any) -> int:
