@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from chimeway_core.errors import InvalidDeliveryError
 from chimeway_core.ledger.validation import json_size, json_value, plain_json
@@ -160,3 +161,25 @@ def test_one_pass_validation_keeps_the_depth_limit(deep: int) -> None:
         _one_pass(value)[0],
         _one_pass(value),
     )
+
+
+def test_a_batch_meeting_a_held_key_in_the_callers_session_commits_with_it(
+    store: SQLStore, now: datetime
+) -> None:
+    """In a caller's Session, a batch beside a held key is written once, the session
+    stays usable, and it all appears on commit."""
+    held = store.create(NewDelivery(channel="c", recipient="old", idempotency_key="k"), now=now)
+    specs = [
+        NewDelivery(channel="c", recipient="a"),
+        NewDelivery(channel="c", recipient="old", idempotency_key="k"),
+        NewDelivery(channel="c", recipient="b"),
+    ]
+    with Session(store.engine) as session:
+        results = store.create_many(specs, now=now, session=session)
+        later = store.create(NewDelivery(channel="c", recipient="z"), now=now, session=session)
+        assert (1, 1, 1) == _counts(store)
+        session.commit()
+    assert [True, False, True] == [r.created for r in results]
+    assert held.delivery == results[1].delivery
+    assert later.delivery == store.get(later.delivery.id)
+    assert (4, 4, 4) == _counts(store)
