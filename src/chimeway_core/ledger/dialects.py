@@ -15,18 +15,24 @@ JSON document). A one-statement write runs in autocommit: one statement is
 atomic by itself, and skipping ``BEGIN`` and ``COMMIT`` makes each one round
 trip. Concurrent relays and prunes skip each other's rows (``SKIP LOCKED``),
 and the gauges read one ``REPEATABLE READ`` snapshot under a
-``statement_timeout``.
+``statement_timeout``. Rate-limit counts at perform time take a
+transaction-scoped advisory lock on the delivery's recipient
+(:meth:`Dialect.lock_rate_counts`): a row lock holds only the one delivery,
+and two deliveries to one recipient must not both count before either's
+attempt row is committed.
 
 SQLite runs in process, where a statement costs no round trip: the same
 writes run as separate statements in a transaction. File databases get WAL, a
 busy timeout and foreign keys on connect, and write transactions start with
 ``BEGIN IMMEDIATE``, so writers queue for the lock instead of failing with
-"database is locked" (that lock also serializes relays and prunes). A read
-transaction is one snapshot already.
+"database is locked" (that lock also serializes relays and prunes, and
+rate-limit counts with the claims that follow them). A read transaction is
+one snapshot already.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,6 +72,7 @@ __all__ = [
     "configure_sqlite",
     "sqlite_on_connect",
     "dialect_for",
+    "rate_lock_key",
 ]
 
 #: The execution option that marks a write transaction (SQLite: ``BEGIN IMMEDIATE``).
@@ -127,6 +134,14 @@ class Dialect(Protocol):
 
     def delete_outbox(self, conn: Connection, ids: Sequence[UUID]) -> None:
         """Delete the outbox rows of ``ids``."""
+
+    def lock_rate_counts(self, conn: Connection, recipient: str) -> None:
+        """Wait for, and hold until ``conn``'s transaction ends, ``recipient``'s count lock.
+
+        Taken after the delivery's row lock and before its first rate count,
+        so a count sees the attempt rows of every claim that counted before
+        it: each claim is written in the transaction that counted.
+        """
 
 
 def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -259,6 +274,10 @@ class SQLite:
     def delete_outbox(self, conn: Connection, ids: Sequence[UUID]) -> None:
         if ids:
             sql.RUN_DELETE_OUTBOX_ROW.execute_many(conn, [{"b_id": id_} for id_ in ids])
+
+    def lock_rate_counts(self, conn: Connection, recipient: str) -> None:
+        # The BEGIN IMMEDIATE write lock serializes the writers already.
+        del conn, recipient
 
 
 def _write_ready(conn: Connection, rows: Sequence[dict[str, Any]], now: datetime) -> bool:
@@ -406,6 +425,20 @@ class PostgreSQL:
 
     def delete_outbox(self, conn: Connection, ids: Sequence[UUID]) -> None:
         _run(conn, sql.PG_DELETE_OUTBOX_RAW, {"ids": list(ids)})
+
+    def lock_rate_counts(self, conn: Connection, recipient: str) -> None:
+        conn.execute(sql.PG_RATE_LOCK, {"b_key": rate_lock_key(namespace_of(conn), recipient)})
+
+
+def rate_lock_key(namespace: str | None, recipient: str) -> int:
+    """The advisory lock key of ``recipient``'s rate counts in ``namespace``: a signed bigint.
+
+    The first 8 bytes of a BLAKE2b digest, so every process and every
+    PostgreSQL version computes the same key; stores in two namespaces keep
+    apart, as their ledgers do.
+    """
+    named = json.dumps(["chimeway-rate", namespace, recipient]).encode()
+    return int.from_bytes(hashlib.blake2b(named, digest_size=8).digest(), "big", signed=True)
 
 
 def _run(

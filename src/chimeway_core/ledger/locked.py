@@ -244,7 +244,13 @@ class LockedDelivery:
     Yielded by :meth:`SQLStore.lock`. ``delivery`` is ``None`` for an unknown
     id. While the block runs nobody else can write the row (PostgreSQL ``SELECT
     ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` write lock), so what the
-    caller decides from ``delivery`` still holds when it writes. At most one of
+    caller decides from ``delivery`` still holds when it writes. The first
+    rate count (:meth:`recent_attempts`, :meth:`recipient_attempts`) also
+    takes the count lock of the delivery's recipient, held to the end of the
+    transaction (:meth:`~chimeway_core.ledger.dialects.Dialect.lock_rate_counts`):
+    the transactions that count for one recipient take turns, each seeing
+    the attempts the others claimed, so a rate limit holds exactly however
+    many workers perform at once. At most one of
     :meth:`claim`, :meth:`suppress`, :meth:`defer` and :meth:`exhaust` may be
     called (a second raises :class:`~chimeway_core.errors.LockReusedError`);
     the transaction commits when the block ends and rolls everything back if
@@ -259,6 +265,7 @@ class LockedDelivery:
         self.delivery_id = delivery_id
         self.delivery = delivery
         self._written = False
+        self._counting = False
 
     def __repr__(self) -> str:
         found = "found" if self.delivery is not None else "missing"
@@ -272,14 +279,26 @@ class LockedDelivery:
         self._written = True
         return self.delivery
 
+    def _count_under_lock(self, recipient: str) -> None:
+        if self._counting:
+            return
+        # One count lock per transaction, taken after the row lock: the
+        # delivery's recipient's, whichever recipient a policy counts for, so
+        # no transaction waits for a count lock while it holds another.
+        whose = self.delivery.recipient if self.delivery is not None else recipient
+        self._dialect.lock_rate_counts(self._conn, whose)
+        self._counting = True
+
     def recent_attempts(self, channel: str, recipient: str, since: datetime) -> int:
-        """:meth:`SQLStore.count_recent_attempts`, inside this transaction."""
+        """:meth:`SQLStore.count_recent_attempts`, inside this transaction, under the count lock."""
+        self._count_under_lock(recipient)
         return count_recent_attempts(self._conn, channel, recipient, since)
 
     def recipient_attempts(
         self, recipient: str, channels: frozenset[str] | None, since: datetime
     ) -> int:
-        """:meth:`SQLStore.count_recipient_attempts`, inside this transaction."""
+        """:meth:`SQLStore.count_recipient_attempts`, in this transaction, under the count lock."""
+        self._count_under_lock(recipient)
         return count_recipient_attempts(self._conn, recipient, channels, since)
 
     def claim(self, *, owner: str, lease_seconds: float, now: datetime) -> Claim | None:

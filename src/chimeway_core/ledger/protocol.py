@@ -40,7 +40,12 @@ __all__ = ["Ledger", "LockedRow"]
 
 
 class LockedRow(Protocol):
-    """A delivery read for update; at most one write joins its transaction."""
+    """A delivery read for update; at most one write joins its transaction.
+
+    Its counts are serialized with every other locked transaction's counts
+    for the same recipient, until the transaction ends: a count sees the
+    attempts claimed by each transaction that counted before it.
+    """
 
     delivery_id: UUID
     delivery: Delivery | None

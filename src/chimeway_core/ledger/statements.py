@@ -31,6 +31,7 @@ from uuid import UUID
 import attrs
 from sqlalchemy import (
     CTE,
+    BigInteger,
     BindParameter,
     ColumnElement,
     DateTime,
@@ -408,6 +409,9 @@ COUNT_RECIPIENT_ATTEMPTS: Final = (
 COUNT_RECIPIENT_ATTEMPTS_ON: Final = COUNT_RECIPIENT_ATTEMPTS.where(
     D.channel.in_(bindparam("b_channels", expanding=True))
 )
+# Held until the transaction ends: rate counts of one recipient's deliveries,
+# and the claims that follow them, take turns (see Dialect.lock_rate_counts).
+PG_RATE_LOCK: Final = select(func.pg_advisory_xact_lock(cast(bindparam("b_key"), BigInteger)))
 
 
 # The ready-born bulk create on PostgreSQL: the rows go as one JSON document,
