@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from chimeway_core.ledger.dialects import rate_lock_key
 from chimeway_core.records import Delivery, NewDelivery
@@ -34,11 +35,11 @@ def _advisory_locks(store: SQLStore) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def _free(store: SQLStore, recipient: str) -> bool:
-    """Whether another transaction could take ``recipient``'s count lock now."""
+def _free(store: SQLStore, recipient: str, namespace: str | None = None) -> bool:
+    """Whether another transaction could take ``recipient``'s count lock in ``namespace`` now."""
     with store.engine.begin() as conn:
         query = text("SELECT pg_try_advisory_xact_lock(:key)")
-        return bool(conn.execute(query, {"key": rate_lock_key(None, recipient)}).scalar_one())
+        return bool(conn.execute(query, {"key": rate_lock_key(namespace, recipient)}).scalar_one())
 
 
 def test_the_key_is_stable_and_namespaced() -> None:
@@ -92,3 +93,19 @@ def test_counts_inside_the_lock_on_each_database(store: SQLStore, now: datetime)
     assert 0 == _count_then_claim(store, first, now)
     second = _new(store, now, "sms", "alice")
     assert 1 == _count_then_claim(store, second, now)
+
+
+@pytest.mark.postgres
+def test_a_namespace_has_its_own_count_locks(postgres_engine: Engine, now: datetime) -> None:
+    """A store in a namespace locks its recipients apart from the default schema's."""
+    name = f"ns_{secrets.token_hex(4)}"
+    store = SQLStore(postgres_engine, namespace=name)
+    store.create_all()
+    try:
+        delivery = _new(store, now, "email", "alice")
+        with store.lock(delivery.id) as locked:
+            locked.recipient_attempts("alice", None, now - HOUR)
+            assert (False, True) == (_free(store, "alice", name), _free(store, "alice"))
+    finally:
+        with postgres_engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
