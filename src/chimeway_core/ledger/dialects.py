@@ -24,10 +24,10 @@ attempt row is committed.
 SQLite runs in process, where a statement costs no round trip: the same
 writes run as separate statements in a transaction. File databases get WAL, a
 busy timeout and foreign keys on connect, and write transactions start with
-``BEGIN IMMEDIATE``, so writers queue for the lock instead of failing with
-"database is locked" (that lock also serializes relays and prunes, and
-rate-limit counts with the claims that follow them). A read transaction is
-one snapshot already.
+``BEGIN IMMEDIATE`` (sent on the driver's connection), so writers queue for
+the lock instead of failing with "database is locked" (that lock also
+serializes relays and prunes, and rate-limit counts with the claims that
+follow them). A read transaction is one snapshot already.
 """
 
 from __future__ import annotations
@@ -160,11 +160,17 @@ def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_on_begin(conn: Connection) -> None:
     # A write transaction takes the write lock up front: concurrent writers
-    # then wait (busy_timeout) instead of failing on lock upgrade.
-    if conn.get_execution_options().get(WRITE_OPTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
+    # then wait (busy_timeout) instead of failing on lock upgrade. Sent on
+    # the DBAPI connection, as other drivers send their BEGIN: a statement
+    # through SQLAlchemy here would cost a whole execution per transaction
+    # (aiosqlite's DBAPI connection is adapted to be called so too).
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(
+            "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN"
+        )
+    finally:
+        cursor.close()
 
 
 def configure_sqlite(engine: Engine) -> None:
