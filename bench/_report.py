@@ -69,7 +69,7 @@ REMEDIES: dict[str, str] = {
     "RQ": (
         "The job is perform(): two statements that each commit (claim, record) where "
         "the anchor-A job makes three statements and one commit, and chimeway's Python "
-        "around them; see notify->terminal. RQ is not the gap: chimeway adds about 3 "
+        "around them; see notify->terminal. RQ is not the gap: chimeway adds 2 "
         "Redis commands per job (its dedupe check at enqueue) to RQ's own 60-odd (see "
         "the counts)."
     ),
@@ -89,13 +89,16 @@ REMEDIES: dict[str, str] = {
     ),
     "Redis commands per RQ job": (
         "RQ runs a delivery under one job id, retries included, so chimeway's enqueue "
-        "first reads what that id holds, in one Lua call per 500 ids under `WATCH` (`HGET` "
-        "of the job's status, `ZSCORE` in the scheduled registry), and clears what an "
-        "ended run left there (`DEL`) before RQ's own writes: 3 commands per job, shown "
-        "by command in the JSON. They are what keeps a second enqueue of a pending "
-        "delivery (a relay and a rescuer, a notify and a relay) from writing a second "
-        "job over the first one's hash, which RQ's registries cannot tell apart. "
-        "Dropping them means a job id per enqueue, which gives that up: not done."
+        "first reads what that id holds, in one Lua call per 500 ids under `WATCH`: "
+        "`HGETALL` of the job hash (its status, and whether an ended run left one to "
+        "delete before RQ's own writes; a new delivery's job deletes nothing) and "
+        "`ZSCORE` in the scheduled registry: 2 commands per job, shown by command in "
+        "the JSON. They are what keeps a second enqueue of a pending delivery (a relay "
+        "and a rescuer, a notify and a relay) from writing a second job over the first "
+        "one's hash, and a scheduled entry left behind from running the id again, which "
+        "RQ's registries cannot tell apart (docs/backends/rq.md, *What the check "
+        "costs*). Dropping them means a job id per enqueue, which gives that up: not "
+        "done."
     ),
     "at most 3 commits": (
         "perform() must be reading the delivery in a transaction of its own again: "

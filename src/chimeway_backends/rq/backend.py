@@ -44,16 +44,25 @@ DEFAULT_QUEUE: Final = "chimeway"
 #: The one function a chimeway worker runs, by the import path jobs name it with.
 DELIVER: Final = "chimeway_backends.rq.deliver"
 
-# Per job, in the queue's scheduled registry: [status, score] for each job
-# hash, "" for absent. Read-only; runs while the hashes are WATCHed.
+# Per job: [status, hash, score]: its hash's status ("" for none), "1" when the
+# hash exists at all ("" when not), its score in the queue's scheduled registry
+# ("" for none). One HGETALL answers both of the hash's questions, so a new job
+# (no hash) needs no DEL. Read-only; runs while the hashes are WATCHed.
 _STATES_SCRIPT: Final = """
 local out = {}
 for i = 2, #KEYS do
-  out[#out + 1] = redis.call('HGET', KEYS[i], 'status') or ''
+  local fields = redis.call('HGETALL', KEYS[i])
+  local status = ''
+  for f = 1, #fields, 2 do
+    if fields[f] == 'status' then status = fields[f + 1] end
+  end
+  out[#out + 1] = status
+  out[#out + 1] = #fields > 0 and '1' or ''
   out[#out + 1] = redis.call('ZSCORE', KEYS[1], ARGV[i - 1]) or ''
 end
 return out
 """
+_STATE_WIDTH: Final = 3
 _RUNNING: Final = frozenset({JobStatus.QUEUED.value, JobStatus.STARTED.value})
 # Deliveries per WATCH/MULTI transaction: bounds the keys one transaction watches.
 _BATCH: Final = 500
@@ -247,7 +256,9 @@ class RQBackend(Backend):
         done: dict[UUID, Enqueued] = {}
         for index, (delivery_id, at) in enumerate(items):
             job_id = job_id_for(delivery_id)
-            status, raw_score = _text(flat[2 * index]), _text(flat[2 * index + 1])
+            at_index = _STATE_WIDTH * index
+            status, has_hash = _text(flat[at_index]), bool(flat[at_index + 1])
+            raw_score = _text(flat[at_index + 2])
             score = float(raw_score) if raw_score else None
             when = None if at is None or at.timestamp() <= now else not_before(at)
             # A job in the scheduled registry, with a hash, due by now: RQ's scheduler
@@ -269,7 +280,8 @@ class RQBackend(Backend):
             # No job, an ended one, or a scheduled one due by now that nothing runs (its
             # scheduler may be dead, its hash unreadable): what is under this id (fields,
             # an expiry, the schedule) is not the new job's, which is written whole.
-            pipe.delete(queue.job_class.key_for(job_id))
+            if has_hash:
+                pipe.delete(queue.job_class.key_for(job_id))
             if score is not None:
                 pipe.zrem(registry, job_id)
             if when is None or overdue:

@@ -139,6 +139,42 @@ def test_an_ended_job_is_replaced_and_kept(
     )
 
 
+def test_a_hash_without_a_status_is_replaced_whole(
+    redis_conn: redis.Redis, queue_name: str
+) -> None:
+    """A job hash with no status (not RQ's) still loses its fields and expiry to the new job."""
+    backend = RQBackend(redis_conn, queue_name)
+    key = f"rq:job:{job_id_for(A)}"
+    redis_conn.hset(key, "exc_info", b"left over")
+    redis_conn.expire(key, 30)
+    assert backend.enqueue(A) is QUEUED
+    assert (JobStatus.QUEUED.value.encode(), -1, None) == (
+        redis_conn.hget(key, "status"),
+        redis_conn.ttl(key),
+        redis_conn.hget(key, "exc_info"),
+    )
+
+
+def test_a_new_job_deletes_nothing(
+    redis_conn: redis.Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no job hash exists, the enqueue writes the job without a DEL first."""
+    deleted: list[object] = []
+    original = redis.client.Pipeline.delete
+
+    def spy(self: redis.client.Pipeline, *names: object) -> object:
+        deleted.extend(names)
+        return original(self, *names)
+
+    monkeypatch.setattr(redis.client.Pipeline, "delete", spy)
+    backend = RQBackend(redis_conn, queue_name)
+    assert [QUEUED, QUEUED] == backend.enqueue_many([B, C])
+    assert [] == deleted
+    finish(backend, B, JobStatus.FINISHED)
+    assert [QUEUED, PENDING] == backend.enqueue_many([B, C])
+    assert [f"rq:job:{job_id_for(B)}"] == deleted
+
+
 def test_a_scheduled_entry_without_its_job_is_replaced(
     redis_conn: redis.Redis, queue_name: str
 ) -> None:
