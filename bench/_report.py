@@ -117,7 +117,11 @@ REMEDIES: dict[str, str] = {
         "three rows (the *all rows* comparison in the table) the gap left is chimeway's "
         "Python: validating each spec before anything is written (text, NUL and "
         "surrogates, JSON shape, depth and size), the policies, queueing the ids and "
-        "clearing the outbox rows. 0.7x of the one-row anchor needs one row per delivery, "
+        "clearing the outbox rows. On SQLite a batch born ready is one `executemany` per "
+        "table; of 10,000 rows (stop 27, timed by stage) about 0.25 s is SQLite writing "
+        "the three tables and a second commit (the outbox rows of the queued ids cleared), "
+        "and about 0.3 s chimeway's Python (records, results, queueing), where 0.7x allows "
+        "about 0.33 s in all. 0.7x of the one-row anchor needs one row per delivery, "
         "which gives up the journal's history or the outbox's guarantee: not done."
     ),
     "worker memory": (

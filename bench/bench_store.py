@@ -164,7 +164,7 @@ def bench_ledger(config: Config, results: Results, name: str, url: str) -> None:
     )
     one_row = "chimeway writes delivery + journal + outbox rows; the anchor only the delivery rows"
     comparisons = (
-        ("notify_many", "raw executemany", name == "PostgreSQL", one_row),
+        ("notify_many", "raw executemany", True, one_row),
         ("create_many", "raw executemany", False, one_row),
         (
             "notify_many",
@@ -180,7 +180,11 @@ def bench_ledger(config: Config, results: Results, name: str, url: str) -> None:
             (figure, samples[figure]),
             (anchor, samples[anchor]),
             unit="rows/s",
-            target=Target(">=", 0.7, "notify_many >= 0.7x raw executemany") if targeted else None,
+            target=(
+                Target(">=", 0.7, f"notify_many >= 0.7x raw executemany on {name}")
+                if targeted
+                else None
+            ),
             detail=detail,
         )
         log(
