@@ -34,7 +34,9 @@ def explain(history: DeliveryHistory) -> list[str]:
                 rank, text = 3, f"payload revealed{_by(entry.detail)}"
             case JournalKind.DEFERRED:
                 until = entry.detail.get("until", "?")
-                rank, text = 3, f"deferred until {until}{reason}"
+                policy = entry.detail.get("policy")
+                by = f" by {policy}" if isinstance(policy, str) else ""
+                rank, text = 3, f"deferred until {until}{reason}{by}"
             case _:
                 rank, text = (
                     3,

@@ -42,7 +42,12 @@ def test_deferred_until_the_window_across_channels_frees(
         history.delivery.deferral_count,
     )
     [deferred] = [e for e in history.journal if e.kind is JournalKind.DEFERRED]
-    assert "recipient_rate_limited" == deferred.reason
+    assert ("recipient_rate_limited", "recipient_rate_limit") == (
+        deferred.reason,
+        deferred.detail["policy"],
+    )
+    [line] = [line for line in engine.explain(third.id) if "deferred until" in line]
+    assert line.endswith("(recipient_rate_limited) by recipient_rate_limit")
 
 
 def test_suppressed_over_the_cap_names_it(

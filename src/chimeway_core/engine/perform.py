@@ -239,7 +239,7 @@ class Performer:
                     locked.suppress(reason, now=now, policy=policy_name), reason, policy_name
                 )
             case Defer(until=until, reason=reason):
-                return _Deferred(locked.defer(until, reason, now=now), reason)
+                return _Deferred(locked.defer(until, reason, now=now, policy=policy_name), reason)
             case Proceed():
                 pass
             case _:

@@ -207,9 +207,18 @@ def transition_on(
 
 
 def defer_on(
-    conn: Connection, current: Delivery, until: datetime, reason: str, *, now: datetime
+    conn: Connection,
+    current: Delivery,
+    until: datetime,
+    reason: str,
+    *,
+    now: datetime,
+    policy: str | None = None,
 ) -> Delivery:
-    """Push ``current`` (as read in this transaction) to ``until``, fenced; journal it."""
+    """Push ``current`` (as read in this transaction) to ``until``, fenced; journal it.
+
+    The journal entry names ``policy`` (the deferring policy's name), when given.
+    """
     if current.is_terminal:
         raise DeliveryTerminalError(current.id, current.status, "defer")
     updated = write_fenced(
@@ -232,7 +241,11 @@ def defer_on(
             from_status=current.status,
             to_status=current.status,
             reason=reason,
-            detail={"until": until.isoformat(), "deferral_count": current.deferral_count + 1},
+            detail={
+                "until": until.isoformat(),
+                "deferral_count": current.deferral_count + 1,
+                **({} if policy is None else {"policy": policy}),
+            },
         ),
     )
     return delivery_from_row(updated)
@@ -334,12 +347,17 @@ class LockedDelivery:
             detail=suppressed_detail("perform", policy),
         )
 
-    def defer(self, until: datetime, reason: str, *, now: datetime) -> Delivery:
-        """Push the delivery to ``until`` for a policy's ``reason`` (no attempt used)."""
+    def defer(
+        self, until: datetime, reason: str, *, now: datetime, policy: str | None = None
+    ) -> Delivery:
+        """Push the delivery to ``until`` for a policy's ``reason`` (no attempt used).
+
+        The journal entry names ``policy`` (the policy's name), when given.
+        """
         now = aware(now, "now")
         until = aware(until, "until")
         check_text(reason, "reason", max_length=REASON_LENGTH)
-        return defer_on(self._conn, self._current("defer"), until, reason, now=now)
+        return defer_on(self._conn, self._current("defer"), until, reason, now=now, policy=policy)
 
     def exhaust(self, *, now: datetime) -> Delivery:
         """Move a ``failed`` delivery with no attempt left to ``cancelled``."""

@@ -68,8 +68,10 @@ class LockedRow(Protocol):
         """Move the delivery to ``suppressed`` with ``reason`` (``policy``: whose it is)."""
         ...
 
-    def defer(self, until: datetime, reason: str, *, now: datetime) -> Delivery:
-        """Push the delivery to ``until`` for ``reason``."""
+    def defer(
+        self, until: datetime, reason: str, *, now: datetime, policy: str | None = None
+    ) -> Delivery:
+        """Push the delivery to ``until`` for ``reason`` (``policy``: whose it is)."""
         ...
 
     def exhaust(self, *, now: datetime) -> Delivery:
