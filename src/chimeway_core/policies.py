@@ -359,44 +359,71 @@ def _at_perform(phase: PolicyPhase) -> bool:
             assert_never(phase)
 
 
+class RateLimitAction(enum.StrEnum):
+    """What a rate limit does with a delivery over its limit."""
+
+    DEFER = "defer"
+    """Wait until the window has room again (``Defer``)."""
+    SUPPRESS = "suppress"
+    """Never send it (``Suppress``): the delivery ends ``suppressed``."""
+
+
+def _over_limit(
+    action: RateLimitAction,
+    has_room: Callable[[datetime], bool],
+    now: datetime,
+    per: timedelta,
+    probes: int,
+    reason: Reason,
+) -> PolicyDecision:
+    """Proceed while the window ending at ``now`` has room; else act as ``action`` says."""
+    match action:
+        case RateLimitAction.SUPPRESS:
+            return Proceed() if has_room(now.astimezone(UTC) - per) else Suppress(reason)
+        case RateLimitAction.DEFER:
+            until = _frees_at(has_room, now, per, probes)
+            return Proceed() if until is None else Defer(until, reason)
+        case _:
+            assert_never(action)
+
+
 @attrs.frozen
 class RateLimitPolicy:
     """At most ``limit`` attempts per ``per`` for one recipient on one channel.
 
     A sliding window: at ``now`` it counts the attempts started since
     ``now - per`` with ``context.recent_attempts`` (shared by every worker
-    through the store). Below ``limit`` it proceeds; at or over it, it defers
-    with ``rate_limited`` until the earliest instant at which the window will
-    hold fewer than ``limit`` attempts if no new one starts. That instant is
-    found by bisection with ``probes`` more counts, rounded up, so it is never
-    early and at most ``per / 2**probes`` late. It only applies at
+    through the store). Below ``limit`` it proceeds; at or over it, with
+    ``action`` :attr:`RateLimitAction.DEFER` (the default) it defers with
+    ``rate_limited`` until the earliest instant at which the window will hold
+    fewer than ``limit`` attempts if no new one starts. That instant is found
+    by bisection with ``probes`` more counts, rounded up, so it is never early
+    and at most ``per / 2**probes`` late. With :attr:`RateLimitAction.SUPPRESS`
+    it suppresses with ``rate_limited`` instead. It only applies at
     :attr:`PolicyPhase.PERFORM`; at ``notify()`` time it always proceeds.
     """
 
     limit: int = attrs.field(validator=_positive_int)
     per: timedelta = attrs.field(validator=_positive_duration)
+    action: RateLimitAction = attrs.field(
+        default=RateLimitAction.DEFER,
+        kw_only=True,
+        validator=attrs.validators.instance_of(RateLimitAction),
+    )
     probes: int = attrs.field(default=8, kw_only=True, validator=_positive_int)
     name: str = attrs.field(default="rate_limit", kw_only=True, validator=_policy_name)
 
     def evaluate(self, delivery: Delivery, context: PolicyContext) -> PolicyDecision:
-        """Proceed below the limit (or at NOTIFY); otherwise defer until the window frees."""
+        """Proceed below the limit (or at NOTIFY); otherwise defer or suppress, per ``action``."""
         if not _at_perform(context.phase):
             return Proceed()
 
         def has_room(since: datetime) -> bool:
             return context.recent_attempts(delivery.channel, delivery.recipient, since) < self.limit
 
-        until = _frees_at(has_room, context.now, self.per, self.probes)
-        return Proceed() if until is None else Defer(until, Reason.RATE_LIMITED)
-
-
-class RateLimitAction(enum.StrEnum):
-    """What a :class:`RecipientRateLimitPolicy` does with a delivery over its cap."""
-
-    DEFER = "defer"
-    """Wait until the window has room again (``Defer``)."""
-    SUPPRESS = "suppress"
-    """Never send it (``Suppress``): the delivery ends ``suppressed``."""
+        return _over_limit(
+            self.action, has_room, context.now, self.per, self.probes, Reason.RATE_LIMITED
+        )
 
 
 def _channel_set(value: object) -> frozenset[str] | None:
@@ -457,16 +484,14 @@ class RecipientRateLimitPolicy:
         def has_room(since: datetime) -> bool:
             return count(delivery.recipient, self.channels, since) < self.limit
 
-        match self.action:
-            case RateLimitAction.SUPPRESS:
-                if has_room(context.now.astimezone(UTC) - self.per):
-                    return Proceed()
-                return Suppress(Reason.RECIPIENT_RATE_LIMITED)
-            case RateLimitAction.DEFER:
-                until = _frees_at(has_room, context.now, self.per, self.probes)
-                return Proceed() if until is None else Defer(until, Reason.RECIPIENT_RATE_LIMITED)
-            case _:
-                assert_never(self.action)
+        return _over_limit(
+            self.action,
+            has_room,
+            context.now,
+            self.per,
+            self.probes,
+            Reason.RECIPIENT_RATE_LIMITED,
+        )
 
 
 def _decide(policy: Policy, delivery: Delivery, context: PolicyContext) -> PolicyDecision:

@@ -76,6 +76,26 @@ def test_suppressed_over_the_cap_names_it(
     assert 4 == sum(len(channel.calls) for channel in channels.values())
 
 
+def test_a_channel_limit_can_suppress_too(
+    make_engine: MakeEngine, backend: MemoryBackend, clock: VirtualClock
+) -> None:
+    """RateLimitPolicy with SUPPRESS ends the delivery over its limit, named in the journal."""
+    sms, email = FakeChannel(clock=clock), FakeChannel(clock=clock)
+    limit = RateLimitPolicy(1, MINUTE, action=RateLimitAction.SUPPRESS, name="one_sms")
+    engine = make_engine({"sms": sms, "email": email}, policies=(limit,))
+    engine.notify("sms", "alice", idempotency_key="k1")
+    over = engine.notify("sms", "alice", idempotency_key="k2")
+    other_channel = engine.notify("email", "alice", idempotency_key="k3")
+    backend.run_until_idle(engine, fail_fast=True)
+    after = engine.get(over.id).delivery
+    assert (DeliveryStatus.SUPPRESSED, "rate_limited") == (after.status, after.reason)
+    assert DeliveryStatus.SUCCEEDED == engine.get(other_channel.id).delivery.status
+    assert engine.explain(over.id)[-1].endswith(
+        "transition: suppress ready -> suppressed (rate_limited) at perform by one_sms"
+    )
+    assert (1, 1) == (len(sms.calls), len(email.calls))
+
+
 def test_a_channel_limit_and_a_cap_together(
     make_engine: MakeEngine, backend: MemoryBackend, clock: VirtualClock
 ) -> None:

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chimeway_core.policies import Defer, PolicyPhase, Proceed, RateLimitPolicy
+from chimeway_core.policies import (
+    Defer,
+    PolicyPhase,
+    Proceed,
+    RateLimitAction,
+    RateLimitPolicy,
+    Suppress,
+)
 from tests.policies.helpers import T0, AttemptLog, make_context, make_delivery
 
 PER = timedelta(minutes=10)
@@ -108,3 +115,29 @@ def _exact_free(log: AttemptLog, limit: int) -> datetime:
     """The latest instant at which the window still holds ``limit`` attempts."""
     starts = sorted((at for _, _, at in log.started), reverse=True)
     return starts[limit - 1] + PER
+
+
+@given(st.lists(st.floats(min_value=0, max_value=30), max_size=8), st.integers(1, 5))
+def test_suppress_drops_exactly_what_defer_would_hold(minutes_ago: list[float], limit: int) -> None:
+    """With SUPPRESS, a delivery the default would defer is suppressed; the rest proceed."""
+    log, delivery = log_of(*minutes_ago), make_delivery()
+    context = make_context(T0, PolicyPhase.PERFORM, recent_attempts=log)
+    deferred = RateLimitPolicy(limit, PER).evaluate(delivery, context)
+    suppressed = RateLimitPolicy(limit, PER, action=RateLimitAction.SUPPRESS).evaluate(
+        delivery, context
+    )
+    expected = Suppress("rate_limited") if isinstance(deferred, Defer) else Proceed()
+    assert expected == suppressed
+    assert isinstance(deferred, Defer | Proceed)
+
+
+def test_suppress_still_proceeds_at_notify() -> None:
+    """Like the default, SUPPRESS decides nothing at notify time, however full the window."""
+    policy = RateLimitPolicy(1, PER, action=RateLimitAction.SUPPRESS)
+    context = make_context(T0, PolicyPhase.NOTIFY, recent_attempts=log_of(1, 2, 3))
+    assert Proceed() == policy.evaluate(make_delivery(), context)
+
+
+def test_an_action_of_the_wrong_kind_is_refused() -> None:
+    with pytest.raises(TypeError, match="action"):
+        RateLimitPolicy(1, PER, action="suppress")  # type: ignore[arg-type]
